@@ -1,0 +1,1 @@
+"""Loom graph package."""

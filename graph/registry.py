@@ -1,0 +1,106 @@
+"""The registry of node types: built-ins first, then plugins, looked up by class name.
+
+Built-in names are protected: a plugin that registers an existing built-in class name is refused
+(ComfyUI's rule), so a workflow's meaning never depends on which plugins happen to be installed.
+Among plugins the later registration wins, also as in ComfyUI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import ModuleType
+from typing import Any
+
+from graph.declare import SPEC_ATTRIBUTE
+from graph.spec import NodeDefinitionError, NodeSpec
+from graph.v1 import spec_from_v1_class
+
+log = logging.getLogger(__name__)
+
+
+class RegistrationError(ValueError):
+    """A node type could not be registered (a clash with a built-in, or a bad declaration)."""
+
+
+class NodeRegistry:
+    """Maps class names to ``NodeSpec``s; what ``/object_info`` lists and validation resolves."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, NodeSpec] = {}
+        self._builtin: set[str] = set()
+
+    def register(self, spec: NodeSpec, *, builtin: bool = False) -> None:
+        if spec.class_type in self._builtin:
+            raise RegistrationError(f"node type {spec.class_type!r} is built in and cannot be replaced")
+        if builtin and spec.class_type in self._specs:
+            raise RegistrationError(f"built-in node type {spec.class_type!r} is registered twice")
+        self._specs[spec.class_type] = spec
+        if builtin:
+            self._builtin.add(spec.class_type)
+
+    def register_module(self, module: ModuleType, *, python_module: str | None = None, builtin: bool = False) -> list[str]:
+        """Register every node a module exports; returns the class names it added.
+
+        A module exports V1 classes through ``NODE_CLASS_MAPPINGS`` (+ ``NODE_DISPLAY_NAME_MAPPINGS``)
+        and declarative nodes as module-level functions decorated with ``@node`` (or listed in
+        ``LOOM_NODES`` when they are defined elsewhere).
+        """
+        module_name = python_module or module.__name__
+        specs = list(_declared_specs(module)) + list(_v1_specs(module, module_name))
+        if not specs:
+            raise RegistrationError(f"module {module.__name__} exports no nodes (no NODE_CLASS_MAPPINGS or @node functions)")
+        for spec in specs:
+            if python_module is not None:
+                spec.python_module = python_module
+            self.register(spec, builtin=builtin)
+        return [spec.class_type for spec in specs]
+
+    def get(self, class_type: str) -> NodeSpec | None:
+        return self._specs.get(class_type)
+
+    def is_builtin(self, class_type: str) -> bool:
+        return class_type in self._builtin
+
+    def __contains__(self, class_type: object) -> bool:
+        return class_type in self._specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def object_info(self, on_error: Callable[[str, Exception], None] | None = None) -> dict[str, Any]:
+        """Every node's ``/object_info`` entry; a node whose inputs cannot be computed is left out."""
+        info = {}
+        for class_type, spec in self._specs.items():
+            try:
+                info[class_type] = spec.object_info()
+            except Exception as error:  # a plugin's INPUT_TYPES may raise anything
+                log.warning("node %s left out of object_info: %s", class_type, error)
+                if on_error is not None:
+                    on_error(class_type, error)
+        return info
+
+
+def _declared_specs(module: ModuleType) -> Iterable[NodeSpec]:
+    listed = getattr(module, "LOOM_NODES", None)
+    if listed is not None:
+        candidates: Iterable[Any] = listed
+    else:
+        candidates = (value for value in vars(module).values() if getattr(value, "__module__", None) == module.__name__)
+    for candidate in candidates:
+        spec = getattr(candidate, SPEC_ATTRIBUTE, None)
+        if isinstance(spec, NodeSpec):
+            yield spec
+
+
+def _v1_specs(module: ModuleType, python_module: str) -> Iterable[NodeSpec]:
+    mappings: Mapping[str, type] = getattr(module, "NODE_CLASS_MAPPINGS", None) or {}
+    display_names: Mapping[str, str] = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+    for class_type, cls in mappings.items():
+        try:
+            yield spec_from_v1_class(class_type, cls, display_names.get(class_type), python_module)
+        except NodeDefinitionError as error:
+            raise RegistrationError(str(error)) from error

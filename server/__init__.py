@@ -1,0 +1,1 @@
+"""Loom server package."""
