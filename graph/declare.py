@@ -209,7 +209,10 @@ def node(
         output_specs = tuple(out.to_spec() for out in outputs)
 
         def run(_instance: Any, kwargs: dict[str, Any]) -> NodeResult:
-            returned = function(**kwargs)
+            # An absent optional input must not reach the function as its declaration object.
+            call_kwargs = {pname: declaration.options.get("default") for pname, declaration in declared}
+            call_kwargs.update(kwargs)
+            returned = function(**call_kwargs)
             if isinstance(returned, NodeOutput):
                 return NodeResult(values=returned.values, ui=returned.ui, expand=returned.expand)
             if len(output_specs) == 1:

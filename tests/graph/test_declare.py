@@ -107,3 +107,11 @@ def test_a_parameter_without_a_declaration_is_refused() -> None:
         @node(outputs=[Output("INT")])
         def Bad(x=3):
             return x
+
+
+def test_absent_optional_inputs_arrive_as_their_default_or_none() -> None:
+    @node(outputs=[Output("*")])
+    def Optional_(mask=Socket("MASK", optional=True), strength=Float(0.5, optional=True)):
+        return (mask, strength)
+
+    assert spec_of(Optional_).run(None, {}).values == ((None, 0.5),)

@@ -1,0 +1,276 @@
+"""Open model files lazily: keys, shapes and dtypes first, tensor bytes only when asked for.
+
+A single-file SDXL checkpoint is ~7 GB; reading it to classify it, or copying it once into RAM and
+once more into the model, is what makes naive loaders slow and memory hungry. Here:
+
+- `.safetensors` is parsed by hand (an 8-byte little-endian header length, a JSON header, a flat data
+  section) and each tensor is a `torch.frombuffer` view over a copy-on-write `mmap` of the file: no
+  byte is read until a tensor is touched, no copy is made until it is moved or cast.
+- Legacy pickled checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`) go through
+  `torch.load(weights_only=True)`, memory mapped when the file is a zip archive (the only layout
+  `mmap=True` supports). `weights_only` refuses arbitrary code in the pickle, which is how malicious
+  checkpoints work.
+
+The format is sniffed from the content, not trusted from the extension, so a renamed or half
+downloaded file gets an error that says what was actually found.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import pickle
+import struct
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointFormatError
+
+__all__ = ["LazyStateDict", "TensorEntry", "open_state_dict"]
+
+# dtype names from the safetensors specification (https://github.com/huggingface/safetensors).
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80  # pickle protocol >= 2 opcode; torch's pre-1.6 format starts with a pickled magic number
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """What is known about a stored tensor without reading its bytes."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * self.dtype.itemsize
+
+
+class LazyStateDict(Mapping[str, torch.Tensor]):
+    """A read-only state dict whose tensors are loaded one key at a time.
+
+    `view(prefix)` gives the sub-dict under a prefix with the prefix stripped, sharing the same
+    file: this is how a checkpoint is split into UNet / VAE / text encoder without touching weights.
+    Tensors come back in their stored dtype on the CPU; placing and casting is the caller's job.
+    """
+
+    def __init__(
+        self,
+        entries: Mapping[str, TensorEntry],
+        load: Callable[[str], torch.Tensor],
+        path: Path | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self._entries = dict(entries)
+        self._load = load
+        self.path = path
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> LazyStateDict:
+        """Wrap tensors already in memory (or on the meta device) in the same interface."""
+        entries = {k: TensorEntry(tuple(v.shape), v.dtype) for k, v in tensors.items()}
+        return cls(entries, tensors.__getitem__, path)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._entries:
+            raise KeyError(key)
+        return self._load(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entries[key].shape
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._entries[key].dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensors occupy in their stored dtypes."""
+        return sum(e.nbytes for e in self._entries.values())
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in self._entries)
+
+    def view(self, prefix: str) -> LazyStateDict:
+        """The tensors whose keys start with `prefix`, with the prefix removed."""
+        entries = {k[len(prefix):]: e for k, e in self._entries.items() if k.startswith(prefix)}
+        load = self._load
+        return LazyStateDict(entries, lambda key: load(prefix + key), self.path, self.metadata)
+
+
+def open_state_dict(path: str | Path) -> LazyStateDict:
+    """Open a `.safetensors` or pickled torch checkpoint without reading its tensor data."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointFormatError(path, "is a directory, not a model file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CheckpointFormatError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise CheckpointFormatError(path, "is empty (0 bytes)")
+    if head.startswith(_ZIP_MAGIC):
+        return _open_torch_zip(path)
+    if head[0] == _PICKLE_PROTO:
+        return _open_torch_pickle(path, mmap_ok=False)
+    return _open_safetensors(path, size, head)
+
+
+def _describe_unknown(head: bytes) -> str:
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "is a JSON/text file, not a model checkpoint"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"is a text file, not a model checkpoint (starts with {head[:16]!r})"
+    return f"is not a model checkpoint: unrecognised content (first bytes {head[:8].hex(' ')})"
+
+
+def _open_safetensors(path: Path, size: int, head: bytes) -> LazyStateDict:
+    if size < 8 or head[8:9] != b"{":
+        raise CheckpointFormatError(path, _describe_unknown(head))
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if 8 + header_len > size:
+        raise CheckpointFormatError(
+            path,
+            f"truncated safetensors file: the header claims {header_len} bytes but only {size - 8} follow "
+            "the length field",
+        )
+    with path.open("rb") as f:
+        f.seek(8)
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointFormatError(path, f"safetensors header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointFormatError(path, "safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    data_size = size - data_start
+    entries: dict[str, TensorEntry] = {}
+    offsets: dict[str, int] = {}
+    for key, info in header.items():
+        entry, begin, end = _parse_header_entry(path, key, info)
+        if end > data_size:
+            raise CheckpointFormatError(
+                path,
+                f"truncated safetensors file: tensor {key!r} ends at byte {end} of the data section, "
+                f"which has only {data_size} bytes",
+            )
+        entries[key] = entry
+        offsets[key] = data_start + begin
+    return LazyStateDict(entries, _MappedTensors(path, entries, offsets), path, metadata)
+
+
+def _parse_header_entry(path: Path, key: str, info: object) -> tuple[TensorEntry, int, int]:
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise CheckpointFormatError(path, f"safetensors header entry {key!r} lacks dtype/shape/data_offsets")
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise CheckpointFormatError(path, f"tensor {key!r} has dtype {info['dtype']!r}, which Loom cannot read")
+    shape = tuple(int(d) for d in info["shape"])
+    begin, end = (int(o) for o in info["data_offsets"])
+    entry = TensorEntry(shape, dtype)
+    if end - begin != entry.nbytes:
+        raise CheckpointFormatError(
+            path,
+            f"tensor {key!r} occupies {end - begin} bytes but shape {list(shape)} of {info['dtype']} "
+            f"needs {entry.nbytes}",
+        )
+    return entry, begin, end
+
+
+class _MappedTensors:
+    """Tensor loader over one copy-on-write mapping of a safetensors file.
+
+    ACCESS_COPY maps pages privately: they are shared with the page cache until written, so the
+    views are zero-copy yet writable (torch warns about read-only buffers), and an in-place edit of
+    a loaded tensor can never reach the file.
+    """
+
+    def __init__(self, path: Path, entries: Mapping[str, TensorEntry], offsets: Mapping[str, int]) -> None:
+        self._path = path
+        self._entries = entries
+        self._offsets = offsets
+        self._map: mmap.mmap | None = None
+
+    def __call__(self, key: str) -> torch.Tensor:
+        entry = self._entries[key]
+        numel = prod(entry.shape)
+        if numel == 0:
+            return torch.empty(entry.shape, dtype=entry.dtype)
+        offset = self._offsets[key]
+        if self._map is None:
+            with self._path.open("rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        if offset % entry.dtype.itemsize:
+            # Misaligned data (legal in the format, rare in practice): copy rather than hand
+            # vectorised kernels a pointer they may not expect.
+            raw = bytearray(self._map[offset: offset + entry.nbytes])
+            return torch.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape)
+        return torch.frombuffer(self._map, dtype=entry.dtype, count=numel, offset=offset).reshape(entry.shape)
+
+
+def _open_torch_zip(path: Path) -> LazyStateDict:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as exc:
+        raise CheckpointFormatError(path, f"is a damaged zip archive ({exc})") from exc
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        listing = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise CheckpointFormatError(path, f"is a zip archive but not a torch checkpoint (no data.pkl; holds {listing})")
+    return _open_torch_pickle(path, mmap_ok=True)
+
+
+def _open_torch_pickle(path: Path, mmap_ok: bool) -> LazyStateDict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
+    except pickle.UnpicklingError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), str(exc).splitlines()[0])
+        raise CheckpointFormatError(
+            path, f"is a pickle that safe (weights_only) loading refuses to open: {detail}"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointFormatError(path, f"is not a readable torch checkpoint ({exc})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(path, f"holds a pickled {type(obj).__name__}, not a dict of tensors")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointFormatError(path, "holds a dict without any tensors")
+    return LazyStateDict.from_tensors(tensors, path)

@@ -1,0 +1,117 @@
+"""Sampler registry: ComfyUI sampler names to functions sharing k-diffusion's contract.
+
+Every sampler is ``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None,
+**options) -> x`` where ``model(x, sigma, **extra_args)`` returns the denoised estimate and
+``callback`` receives ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}`` once per step. Adding a
+sampler is one function and one ``SamplerSpec`` below.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from diffusion.samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from diffusion.samplers.dpmpp import (
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+)
+from diffusion.samplers.euler import (
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+    sample_heunpp2,
+)
+from diffusion.samplers.multistep import sample_deis, sample_ipndm, sample_lms
+from diffusion.samplers.noise import BrownianTreeNoiseSampler, NoiseSampler, gaussian_noise_sampler
+from diffusion.samplers.stochastic import sample_ddpm, sample_lcm
+from diffusion.samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
+
+__all__ = [
+    "BrownianTreeNoiseSampler",
+    "NoiseSampler",
+    "SAMPLER_NAMES",
+    "SamplerSpec",
+    "UnknownSamplerError",
+    "gaussian_noise_sampler",
+    "get_sampler",
+]
+
+SamplerFn = Callable[..., Tensor]
+
+
+class UnknownSamplerError(ValueError):
+    """A sampler name that is not in the registry."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown sampler {name!r}; known: {', '.join(SAMPLER_NAMES)}")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler and what the pipeline must know about it.
+
+    ``discard_penultimate_sigma``: ComfyUI computes one extra step for these samplers and drops
+    the second-to-last sigma, because their final step (a second-order midpoint, or UniPC's
+    first-order landing) gains more from a longer last step than from one more short one.
+    """
+
+    name: str
+    function: SamplerFn
+    discard_penultimate_sigma: bool = False
+
+    @property
+    def takes_seed(self) -> bool:
+        """Whether the sampler draws noise of its own (ancestral, SDE, churn) and so needs the seed."""
+        return "seed" in inspect.signature(self.function).parameters
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        return self.function(*args, **kwargs)
+
+
+_SPECS = (
+    SamplerSpec("euler", sample_euler),
+    SamplerSpec("euler_ancestral", sample_euler_ancestral),
+    SamplerSpec("heun", sample_heun),
+    SamplerSpec("heunpp2", sample_heunpp2),
+    SamplerSpec("dpm_2", sample_dpm_2, discard_penultimate_sigma=True),
+    SamplerSpec("dpm_2_ancestral", sample_dpm_2_ancestral, discard_penultimate_sigma=True),
+    SamplerSpec("lms", sample_lms),
+    SamplerSpec("dpm_fast", sample_dpm_fast),
+    SamplerSpec("dpm_adaptive", sample_dpm_adaptive),
+    SamplerSpec("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral),
+    SamplerSpec("dpmpp_sde", sample_dpmpp_sde),
+    SamplerSpec("dpmpp_2m", sample_dpmpp_2m),
+    SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde),
+    SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde),
+    SamplerSpec("ddpm", sample_ddpm),
+    SamplerSpec("lcm", sample_lcm),
+    SamplerSpec("ipndm", sample_ipndm),
+    SamplerSpec("deis", sample_deis),
+    # ComfyUI's ddim is Euler; only its inpainting noise differs, which the pipeline handles.
+    SamplerSpec("ddim", sample_euler),
+    SamplerSpec("uni_pc", sample_uni_pc, discard_penultimate_sigma=True),
+    SamplerSpec("uni_pc_bh2", sample_uni_pc_bh2, discard_penultimate_sigma=True),
+)
+
+_REGISTRY: dict[str, SamplerSpec] = {spec.name: spec for spec in _SPECS}
+
+SAMPLER_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""The sampler names served to clients, in ComfyUI's order (ddim and the UniPC pair last)."""
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler called ``name``; raises ``UnknownSamplerError`` otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownSamplerError(name) from None

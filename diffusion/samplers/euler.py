@@ -1,0 +1,177 @@
+"""Single-step ODE samplers of Karras et al. 2022 and their ancestral variants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import trange
+
+from diffusion.samplers.noise import NoiseSampler, gaussian_noise_sampler
+from diffusion.samplers.ode import Denoiser, StepCallback, ancestral_step, report_step, sigma_batch, to_d
+
+__all__ = [
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_heunpp2",
+]
+
+
+def _churn(x: Tensor, sigmas: Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+           noise_sampler: NoiseSampler) -> tuple[Tensor, Tensor]:
+    """Karras et al. 2022, Algorithm 2 lines 5-7: raise the noise level to ``sigma_hat`` before the step."""
+    in_range = s_tmin <= float(sigmas[i]) <= s_tmax
+    gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if in_range else 0.0
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+    return x, sigma_hat
+
+
+@torch.no_grad()
+def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                 callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+    """Karras et al. 2022, Algorithm 2 with Euler steps (first order, one model call per step)."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
+        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
+        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
+        x = x + to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                           callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
+                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                           seed: int | None = None) -> Tensor:
+    """Euler step down to ``sigma_down``, then fresh noise up to ``sigma_next`` (ancestral sampling)."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+    """Karras et al. 2022, Algorithm 2: Heun's second-order correction, Euler on the last step to 0."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
+        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+            continue
+        x_2 = x + d * dt
+        d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigma_batch(sigmas[i + 1], x), **extra_args))
+        x = x + (d + d_2) / 2 * dt
+    return x
+
+
+@torch.no_grad()
+def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                   callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                   s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                   noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+    """Heun with look-ahead slopes weighted by noise level (the "Heun++" variant ComfyUI calls heunpp2).
+
+    Each step takes Euler predictions one and two schedule points ahead and averages the slopes
+    found there; the slope at ``sigma_k`` gets weight ``sigma_k / (2 sigma_0)`` and the current one
+    the rest. Early in sampling (large sigmas) the look-ahead slopes weigh up to half, late in
+    sampling the step is nearly Euler. Two points ahead are used while they exist and are
+    nonzero, one point (Heun-like) before the last nonzero sigma, and plain Euler to 0.
+    """
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    scale = 2 * sigmas[0]
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
+        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+            continue
+        x_2 = x + d * dt
+        d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigma_batch(sigmas[i + 1], x), **extra_args))
+        if i + 2 >= len(sigmas) - 1 or sigmas[i + 2] == 0:
+            w_2 = sigmas[i + 1] / scale
+            x = x + (d * (1 - w_2) + d_2 * w_2) * dt
+            continue
+        x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
+        d_3 = to_d(x_3, sigmas[i + 2], model(x_3, sigma_batch(sigmas[i + 2], x), **extra_args))
+        w_2, w_3 = sigmas[i + 1] / scale, sigmas[i + 2] / scale
+        x = x + (d * (1 - w_2 - w_3) + d_2 * w_2 + d_3 * w_3) * dt
+    return x
+
+
+def _dpm_2_step(model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_to: Tensor,
+                extra_args: dict[str, Any]) -> Tensor:
+    """DPM-Solver-2 (Lu et al. 2022) in sigma: the slope at the log-space midpoint carries the whole step."""
+    sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
+    x_2 = x + d * (sigma_mid - sigma)
+    d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_batch(sigma_mid, x), **extra_args))
+    return x + d_2 * (sigma_to - sigma)
+
+
+@torch.no_grad()
+def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                 callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+    """Karras et al. 2022 Algorithm 2 with DPM-Solver-2 midpoint steps (k-diffusion's "DPM2")."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
+        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigma_hat)
+        else:
+            x = _dpm_2_step(model, x, d, sigma_hat, sigmas[i + 1], extra_args)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                           callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
+                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                           seed: int | None = None) -> Tensor:
+    """DPM-Solver-2 step down to ``sigma_down``, then fresh noise up to ``sigma_next``."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        d = to_d(x, sigmas[i], denoised)
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigmas[i])
+        else:
+            x = _dpm_2_step(model, x, d, sigmas[i], sigma_down, extra_args)
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x

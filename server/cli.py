@@ -1,0 +1,78 @@
+"""The ``loom`` command: ``serve``, ``run WORKFLOW`` and ``tiny-checkpoint PATH``.
+
+Heavy imports (torch, aiohttp) happen inside the sub-commands, so ``loom --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run a workflow file headless (API format, editor format, or a PNG that carries one)")
+    run.add_argument("workflow", help="path to the workflow .json or .png")
+    run.add_argument("--output-dir", default=None, help="where output images go (default: <base-dir>/output)")
+    run.add_argument("--base-dir", default=".", help="base directory holding models/, input/, output/ (default: .)")
+    run.add_argument("--input-dir", default=None, help="where LoadImage looks (default: <base-dir>/input)")
+    run.add_argument("--models-dir", default=None, help="models folder (default: <base-dir>/models)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run_workflow)
+
+
+def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction) -> None:
+    tiny = subparsers.add_parser(
+        "tiny-checkpoint", help="write a tiny random checkpoint in the real key layout (it makes noise, not pictures)"
+    )
+    tiny.add_argument("path", help="the .safetensors file to write")
+    tiny.add_argument("--family", default="sd15", help="checkpoint family: sd15, sd2, sdxl")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_write_tiny_checkpoint)
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from server.serve import add_serve_arguments, serve_from_args
+
+    serve = subparsers.add_parser("serve", help="run the server with the editor (binds 127.0.0.1 by default)")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=serve_from_args)
+
+
+def _run_workflow(args: argparse.Namespace) -> int:
+    from server.headless import run_workflow_file
+
+    return run_workflow_file(
+        args.workflow,
+        base_dir=args.base_dir,
+        output_dir=args.output_dir,
+        input_dir=args.input_dir,
+        models_dir=args.models_dir,
+        show_progress=not args.quiet,
+    )
+
+
+def _write_tiny_checkpoint(args: argparse.Namespace) -> int:
+    from diffusion.tiny import write_tiny_checkpoint
+
+    write_tiny_checkpoint(args.path, args.family, seed=args.seed)
+    print(f"wrote a tiny random {args.family} checkpoint to {args.path} (random weights: it makes noise, not pictures)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loom", description="Loom, a node-based workflow engine for diffusion models.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_serve(subparsers)
+    _add_run(subparsers)
+    _add_tiny_checkpoint(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

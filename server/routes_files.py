@@ -1,0 +1,203 @@
+"""``/view``, ``/view_metadata/{folder}``, ``/upload/image``, ``/upload/mask`` (COMPAT 1.6).
+
+Only the input, output and temp folders are reachable. Every path is resolved through symlinks by
+``nodes.folders.resolve_inside`` before its containment check (ComfyUI #12285), file names must be
+plain names (directories go in ``subfolder``), and files are served so they can never run as a page
+(``server.downloads``). Uploads dedupe by SHA-256: identical bytes under a taken name return the
+existing file; different bytes get ``name (1).ext``, ``name (2).ext``...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import struct
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiohttp import web
+from PIL import Image, ImageOps
+
+from nodes.folders import FOLDER_KINDS, UnsafePathError, resolve_inside, split_annotation
+from server.downloads import bytes_response, file_response
+from server.keys import FOLDERS
+from server.responses import error_response
+
+__all__ = ["routes", "store_upload"]
+
+routes = web.RouteTableDef()
+
+_PREVIEW_FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg")}
+
+
+def _target(folder: Path, subfolder: str, name: str) -> Path:
+    """``folder/subfolder/name`` resolved through symlinks and checked to stay inside ``folder``."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+        raise UnsafePathError(name, folder, "a file name may not contain a directory part")
+    return resolve_inside(folder, str(PurePosixPath(subfolder) / name) if subfolder else name)
+
+
+def _refused(error: UnsafePathError) -> web.Response:
+    # The reason, not str(error): that names the server's absolute folder, which clients need not know.
+    return error_response(403, "path_refused", "Path refused", f"{error.name!r}: {error.reason}")
+
+
+def _encode_variant(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
+    """Apply ``channel`` (rgb | a | rgba) and ``preview=webp;90`` re-encoding with Pillow."""
+    with Image.open(path) as image:
+        image.load()
+    if channel == "rgb":
+        image = image.convert("RGB")
+    elif channel == "a":
+        alpha = image.convert("RGBA").getchannel("A")
+        image = Image.merge("RGBA", (alpha, alpha, alpha, Image.new("L", alpha.size, 255)))
+    fmt, mime = "PNG", "image/png"
+    options: dict[str, Any] = {}
+    if preview:
+        kind, _, quality = preview.partition(";")
+        fmt, mime = _PREVIEW_FORMATS.get(kind.lower(), ("WEBP", "image/webp"))
+        if fmt == "JPEG" and image.mode == "RGBA":
+            fmt, mime = "WEBP", "image/webp"  # JPEG has no alpha
+        options["quality"] = int(quality) if quality.isdigit() else 90
+        if fmt == "JPEG":
+            image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue(), mime
+
+
+@routes.get("/view")
+async def view(request: web.Request) -> web.StreamResponse:
+    query = request.query
+    name, kind = split_annotation(query.get("filename", ""), query.get("type", "output"))  # type: ignore[arg-type]
+    if kind not in FOLDER_KINDS:
+        return error_response(400, "bad_request", f"type {kind!r} is not one of {', '.join(FOLDER_KINDS)}")
+    folders = request.app[FOLDERS]
+    try:
+        path = _target(folders.directory(kind), query.get("subfolder", ""), name)
+    except UnsafePathError as error:
+        return _refused(error)
+    if not path.is_file():
+        return error_response(404, "not_found", f"No file {name!r} in {kind}")
+    channel = query.get("channel", "rgba")
+    preview = query.get("preview")
+    if channel == "rgba" and not preview:
+        return file_response(path)
+    try:
+        data, mime = await asyncio.to_thread(_encode_variant, path, preview, channel)
+    except (OSError, ValueError) as error:
+        return error_response(400, "bad_request", f"Cannot convert {name!r}", str(error))
+    return bytes_response(data, path.name, mime)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > 100 * 2**20:
+            return None
+        header = json.loads(handle.read(length))
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else None
+
+
+@routes.get("/view_metadata/{folder}")
+async def view_metadata(request: web.Request) -> web.Response:
+    folders = request.app[FOLDERS]
+    name = request.query.get("filename", "")
+    if not name.endswith(".safetensors"):
+        return error_response(404, "not_found", "Only .safetensors files carry metadata")
+    try:
+        path = resolve_inside(resolve_inside(folders.models, request.match_info["folder"]), name)
+    except UnsafePathError as error:
+        return _refused(error)
+    if not path.is_file():
+        return error_response(404, "not_found", f"No model {name!r}")
+    try:
+        metadata = await asyncio.to_thread(_safetensors_metadata, path)
+    except (OSError, ValueError, struct.error) as error:
+        return error_response(400, "bad_request", f"{name!r} is not a readable safetensors file", str(error))
+    if metadata is None:
+        return error_response(404, "not_found", f"{name!r} has no __metadata__")
+    return web.json_response(metadata)
+
+
+def store_upload(directory: Path, name: str, data: bytes, overwrite: bool) -> str:
+    """Write ``data`` as ``name`` in ``directory``; dedupe by hash, else rename ``name (N).ext``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        (directory / name).write_bytes(data)
+        return name
+    digest = hashlib.sha256(data).digest()
+    stem, suffix = Path(name).stem, Path(name).suffix
+    candidate, counter = name, 0
+    while (directory / candidate).exists():
+        if hashlib.sha256((directory / candidate).read_bytes()).digest() == digest:
+            return candidate
+        counter += 1
+        candidate = f"{stem} ({counter}){suffix}"
+    with (directory / candidate).open("xb") as handle:
+        handle.write(data)
+    return candidate
+
+
+async def _read_upload(request: web.Request) -> tuple[dict[str, str], str, bytes]:
+    form = await request.post()
+    upload = form.get("image")
+    if not isinstance(upload, web.FileField):
+        raise ValueError("multipart field 'image' with a file is required")
+    fields = {key: str(value) for key, value in form.items() if isinstance(value, str)}
+    return fields, upload.filename or "", upload.file.read()
+
+
+async def _upload(request: web.Request, mask: bool) -> web.Response:
+    try:
+        fields, name, data = await _read_upload(request)
+    except ValueError as error:
+        return error_response(400, "bad_request", "Bad upload", str(error))
+    kind = fields.get("type", "input")
+    if kind not in FOLDER_KINDS:
+        return error_response(400, "bad_request", f"type {kind!r} is not one of {', '.join(FOLDER_KINDS)}")
+    subfolder = fields.get("subfolder", "")
+    folders = request.app[FOLDERS]
+    try:
+        base = folders.directory(kind)  # type: ignore[arg-type]
+        target = _target(base, subfolder, name)
+        if mask:
+            data = await asyncio.to_thread(_apply_mask, folders, fields.get("original_ref", ""), data)
+    except UnsafePathError as error:
+        return _refused(error)
+    except (OSError, ValueError) as error:
+        return error_response(400, "bad_request", "Bad mask upload", str(error))
+    overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+    stored = await asyncio.to_thread(store_upload, target.parent, target.name, data, overwrite)
+    return web.json_response({"name": stored, "subfolder": subfolder, "type": kind})
+
+
+def _apply_mask(folders: Any, original_ref: str, mask_png: bytes) -> bytes:
+    """The original image's RGB with the uploaded image's alpha as its alpha (the mask editor's save)."""
+    ref = json.loads(original_ref or "{}")
+    if not isinstance(ref, dict) or not ref.get("filename"):
+        raise ValueError("original_ref must be JSON {filename, subfolder, type}")
+    name, kind = split_annotation(str(ref["filename"]), ref.get("type", "input"))
+    if kind not in FOLDER_KINDS:
+        raise ValueError(f"original_ref type {kind!r} is not one of {', '.join(FOLDER_KINDS)}")
+    original_path = _target(folders.directory(kind), str(ref.get("subfolder") or ""), name)
+    with Image.open(original_path) as original, Image.open(io.BytesIO(mask_png)) as mask:
+        result = ImageOps.exif_transpose(original).convert("RGBA")
+        alpha = mask.convert("RGBA").getchannel("A").resize(result.size)
+    result.putalpha(alpha)
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@routes.post("/upload/image")
+async def upload_image(request: web.Request) -> web.Response:
+    return await _upload(request, mask=False)
+
+
+@routes.post("/upload/mask")
+async def upload_mask(request: web.Request) -> web.Response:
+    return await _upload(request, mask=True)

@@ -1,0 +1,70 @@
+"""``loom serve``: the flags (COMPAT Appendix B names where one exists) and running the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from graph.registry import NodeRegistry
+from server.config import AUTH_TOKEN_ENV, DEVICES, DTYPE_MODES, PREVIEW_METHODS, REPO_ROOT, ServerConfig, parse_size
+
+__all__ = ["add_serve_arguments", "config_from_args", "serve_from_args", "run_server"]
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerConfig(auth_token=None)
+    parser.add_argument("--host", "--listen", dest="host", default=defaults.host,
+                        help="address(es) to bind, comma-separated (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=defaults.port, help="port (default 8188)")
+    parser.add_argument("--base-dir", type=_path, default=Path.cwd(), help="folder holding models/, input/, output/, user/, temp/")
+    for name in ("models", "input", "output", "user", "temp"):
+        parser.add_argument(f"--{name}-dir", type=_path, default=None, help=f"the {name} folder (default <base-dir>/{name})")
+    parser.add_argument("--extra-model-paths", type=_path, default=None, help="a YAML file of extra model folders")
+    parser.add_argument("--cache-budget", type=parse_size, default=defaults.cache_budget_bytes,
+                        help="bytes of node outputs kept between prompts, e.g. 4G or 512M (default 4G)")
+    parser.add_argument("--device", default=defaults.device, help=f"compute device: {', '.join(DEVICES)} or cuda:N")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_MODES, help="weight dtype mode (default auto)")
+    parser.add_argument("--auth-token", default=None,
+                        help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)")
+    parser.add_argument("--preview-method", default=defaults.preview_method, choices=PREVIEW_METHODS)
+    parser.add_argument("--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)")
+    parser.add_argument("--max-upload-size", type=float, default=defaults.max_upload_bytes / 2**20, help="request body limit in MB (default 100)")
+    parser.add_argument("--enable-cors-header", dest="cors_origin", nargs="?", const="*", default=None,
+                        help="send CORS headers for this origin (no value: '*'); off by default")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host, port=args.port, base_dir=args.base_dir,
+        models_dir=args.models_dir, input_dir=args.input_dir, output_dir=args.output_dir,
+        user_dir=args.user_dir, temp_dir=args.temp_dir, extra_model_paths=args.extra_model_paths,
+        cache_budget_bytes=args.cache_budget, device=args.device, dtype=args.dtype,
+        auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None,
+        preview_method=args.preview_method, frontend_root=args.frontend_root,
+        max_upload_bytes=int(args.max_upload_size * 2**20), cors_origin=args.cors_origin,
+    )
+
+
+def run_server(config: ServerConfig, registry: NodeRegistry | None = None) -> None:
+    """Serve until interrupted; refuses a non-loopback bind without a token only with a warning."""
+    from server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.loopback_only and not config.auth_token:
+        logging.getLogger(__name__).warning(
+            "listening on %s without --auth-token: anyone who can reach this port can run workflows", config.host)
+    hosts = [part.strip() for part in config.host.split(",") if part.strip()]
+    web.run_app(create_app(config, registry), host=hosts, port=config.port, print=None, shutdown_timeout=5.0)
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    run_server(config_from_args(args))
+    return 0

@@ -1,0 +1,201 @@
+"""The one thread that runs prompts, in queue order, through the executor.
+
+One prompt at a time, as in ComfyUI (COMPAT 4.2): a diffusion run saturates the device, and models
+cached by one prompt are reused by the next. Per prompt the worker clears the interrupt flag, runs
+the executor with a listener that forwards events to the WebSocket hub (routed per COMPAT 1.4), then
+writes the history entry *before* it sends ``executing {node: null}`` — clients fetch
+``/history/{id}`` as soon as they see that frame (COMPAT C.6). ``/free`` requests are applied between
+prompts, never under a running one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from graph import events
+from graph.progress import InterruptFlag
+from server.previews import PreviewEncodingError, encode_preview
+from server.queue import PromptQueue
+from server.store import HistoryRecord, PromptStore, QueueItem
+
+__all__ = ["PromptWorker", "EventPublisher", "PromptEngine"]
+
+log = logging.getLogger(__name__)
+
+#: Events only the submitting socket receives; with no ``client_id`` they are not sent at all.
+_CLIENT_ONLY = frozenset({
+    events.EXECUTION_START, events.EXECUTION_CACHED, events.EXECUTING, events.EXECUTED,
+    events.EXECUTION_SUCCESS, events.EXECUTION_ERROR,
+})
+#: Events for the submitting socket, or everybody when the prompt has no ``client_id``.
+_CLIENT_OR_EVERYONE = frozenset({events.PROGRESS, events.EXECUTION_INTERRUPTED})
+
+
+class EventPublisher(Protocol):
+    """Thread-safe delivery to WebSocket clients (implemented by ``websocket.ThreadSafePublisher``)."""
+
+    def event(self, name: str, data: Mapping[str, Any], sid: str | None) -> None: ...
+
+    def preview(self, sid: str, image: bytes, mime: str, metadata: Mapping[str, Any]) -> None: ...
+
+    def wants_previews(self, sid: str) -> bool: ...
+
+
+class PromptEngine(Protocol):
+    """What the worker needs of ``graph.executor.Executor``."""
+
+    def execute(
+        self,
+        prompt: dict[str, Any],
+        outputs: list[str],
+        *,
+        prompt_id: str,
+        extra_data: dict[str, Any] | None = None,
+        listener: Callable[[str, dict[str, Any]], None] | None = None,
+        interrupt: InterruptFlag | None = None,
+    ) -> Any: ...
+
+
+class PromptWorker:
+    """Runs queued prompts on a daemon thread until ``stop()``."""
+
+    def __init__(
+        self,
+        queue: PromptQueue,
+        store: PromptStore,
+        engine: PromptEngine,
+        publisher: EventPublisher,
+        free_memory: Callable[[bool, bool], None],
+        previews_enabled: bool = True,
+    ) -> None:
+        self._queue = queue
+        self._store = store
+        self._engine = engine
+        self._publisher = publisher
+        self._free_memory = free_memory
+        self._previews_enabled = previews_enabled
+        self._interrupt = InterruptFlag()
+        self._lock = threading.Lock()
+        self._running: QueueItem | None = None
+        self._free_request: tuple[bool, bool] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loom-prompt-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current prompt (interrupted); pending prompts stay stored for next start."""
+        self._stopping.set()
+        self._queue.close()
+        self.interrupt()
+        self._thread.join(timeout)
+
+    @property
+    def running_prompt_id(self) -> str | None:
+        with self._lock:
+            return self._running.prompt_id if self._running else None
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Stop the running prompt, or only ``prompt_id`` if given; returns whether one was stopped.
+
+        Checked and set under the lock the worker holds while switching prompts, so a targeted
+        interrupt can never land on the prompt that starts right after the intended one.
+        """
+        with self._lock:
+            if self._running is None or (prompt_id is not None and self._running.prompt_id != prompt_id):
+                return False
+            self._interrupt.set()
+            return True
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        with self._lock:
+            previous = self._free_request or (False, False)
+            self._free_request = (previous[0] or unload_models, previous[1] or free_memory)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            item = self._queue.take(timeout=0.5)
+            self._apply_free_request()
+            if item is None:
+                continue
+            if self._stopping.is_set():
+                return
+            self._run(item)
+
+    def _apply_free_request(self) -> None:
+        with self._lock:
+            request, self._free_request = self._free_request, None
+        if request is not None:
+            self._free_memory(*request)
+
+    def _run(self, item: QueueItem) -> None:
+        with self._lock:
+            self._interrupt.clear()
+            self._running = item
+        sid = item.extra_data.get("client_id") or None
+        start = time.time()
+        try:
+            record = self._engine.execute(
+                item.prompt,
+                list(item.outputs),
+                prompt_id=item.prompt_id,
+                extra_data={**item.extra_data, **item.sensitive},
+                listener=lambda name, data: self._forward(sid, name, data),
+                interrupt=self._interrupt,
+            )
+            status = str(getattr(record.status, "value", record.status))
+            outputs, history_status, meta = record.outputs, record.history_status(), record.meta
+        except Exception as error:  # an executor bug must not kill the worker: record it and go on
+            log.exception("executor failed on prompt %s", item.prompt_id)
+            status, outputs, meta = "error", {}, {}
+            failure = events.execution_error(
+                item.prompt_id, None, None, [], str(error), type(error).__name__,
+                traceback.format_exception(error), {}, [],
+            )
+            messages = [[events.EXECUTION_START, events.execution_start(item.prompt_id)], [events.EXECUTION_ERROR, failure]]
+            history_status = {"status_str": "error", "completed": False, "messages": messages}
+            self._forward(sid, events.EXECUTION_ERROR, failure)
+        if status == "interrupted" and self._stopping.is_set():
+            # Cut off by shutdown, not by a user: it stays stored as pending and runs at the next start.
+            with self._lock:
+                self._running = None
+            self._queue.done(item.prompt_id)
+            return
+        entry = {"prompt": item.wire(), "outputs": outputs, "status": history_status, "meta": meta}
+        self._store.finish(HistoryRecord(item.prompt_id, item.number, status, item.create_time, start, time.time(), entry))
+        with self._lock:
+            self._running = None
+        self._queue.done(item.prompt_id)
+        if sid is not None:
+            self._publisher.event(events.EXECUTING, {"node": None, "prompt_id": item.prompt_id}, sid)
+
+    def _forward(self, sid: str | None, name: str, data: dict[str, Any]) -> None:
+        """Route one executor event (COMPAT 1.4 targets); previews become binary frames."""
+        if name == events.PREVIEW:
+            self._forward_preview(sid, data)
+        elif name == events.EXECUTING and data.get("node") is None:
+            return  # the worker sends the end marker itself, after history is written
+        elif name in _CLIENT_ONLY:
+            if sid is not None:
+                self._publisher.event(name, data, sid)
+        elif name in _CLIENT_OR_EVERYONE:
+            self._publisher.event(name, data, sid)
+        else:
+            self._publisher.event(name, data, None)
+
+    def _forward_preview(self, sid: str | None, data: dict[str, Any]) -> None:
+        if not self._previews_enabled or sid is None or not self._publisher.wants_previews(sid):
+            return
+        try:
+            image, mime = encode_preview(data["image"])
+        except PreviewEncodingError as error:
+            log.warning("preview of node %s dropped: %s", data.get("node_id"), error)
+            return
+        metadata = {key: value for key, value in data.items() if key != "image"}
+        self._publisher.preview(sid, image, mime, metadata)

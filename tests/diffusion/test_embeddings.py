@@ -1,0 +1,99 @@
+"""Textual-inversion files: their formats, the folder resolver, and their effect on the encoding."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusion.embeddings import EmbeddingFolder, EmbeddingFormatError, TextualInversion, load_textual_inversion
+from diffusion.text_encoders import ClipStack
+from diffusion.tokenizer import load_clip_tokenizer
+from tests.diffusion.reference_clip import HEAD_WIDTH, hf_layout, openclip_layout, tiny_reference_model
+
+
+def test_a1111_pt_file(tmp_path) -> None:
+    vectors = torch.randn(2, 768)
+    path = tmp_path / "style.pt"
+    torch.save({"string_to_param": {"*": vectors}, "name": "style", "step": 500, "string_to_token": {"*": 265}}, path)
+    assert torch.equal(load_textual_inversion(path).vectors_for("clip_l", 768), vectors)
+
+
+def test_sdxl_file_gives_each_encoder_its_own_vectors(tmp_path) -> None:
+    l, g = torch.randn(3, 768), torch.randn(3, 1280)
+    save_file({"clip_l": l, "clip_g": g}, tmp_path / "x.safetensors")
+    embedding = load_textual_inversion(tmp_path / "x.safetensors")
+    assert torch.equal(embedding.vectors_for("clip_l", 768), l)
+    assert torch.equal(embedding.vectors_for("clip_g", 1280), g)
+    assert embedding.vectors_for("clip_h", 1024) is None
+
+
+def test_single_vector_files_become_one_token(tmp_path) -> None:
+    torch.save({"<cat-toy>": torch.randn(768)}, tmp_path / "learned_embeds.bin")
+    assert load_textual_inversion(tmp_path / "learned_embeds.bin").vectors_for("clip_l", 768).shape == (1, 768)
+
+
+def test_two_unnamed_tensors_of_one_width_are_ambiguous() -> None:
+    embedding = TextualInversion("two.safetensors", {"a": torch.zeros(1, 768), "b": torch.zeros(1, 768)})
+    with pytest.raises(EmbeddingFormatError, match=r"two.safetensors: several 768-wide tensors \['a', 'b'\]"):
+        embedding.vectors_for("clip_l", 768)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a pickle", "cannot be read"), (None, "holds a list"), ({"emb_params": torch.zeros(2, 3, 4)}, "shape")],
+)
+def test_unusable_files_are_named(tmp_path, content, message: str) -> None:
+    path = tmp_path / "bad.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save([1, 2] if content is None else content, path)
+    with pytest.raises(EmbeddingFormatError, match=f"bad.pt: .*{message}"):
+        load_textual_inversion(path)
+
+
+def test_folder_resolves_names_with_or_without_suffix_and_stays_inside(tmp_path) -> None:
+    inside = tmp_path / "embeddings"
+    (inside / "styles").mkdir(parents=True)
+    save_file({"emb_params": torch.ones(1, 8)}, inside / "styles" / "neon.safetensors")
+    save_file({"emb_params": torch.ones(1, 8)}, tmp_path / "secret.safetensors")
+    folder = EmbeddingFolder([inside])
+    assert folder("styles/neon") is not None and folder("styles/neon.safetensors") is not None
+    assert folder("../secret") is None and folder("nothing") is None
+
+
+def test_folder_reloads_a_changed_file(tmp_path) -> None:
+    path = tmp_path / "x.safetensors"
+    save_file({"emb_params": torch.zeros(1, 8)}, path)
+    folder = EmbeddingFolder([tmp_path])
+    assert folder("x").vectors["emb_params"].sum() == 0
+    save_file({"emb_params": torch.ones(1, 8)}, path)
+    os.utime(path, (1, 1))
+    assert folder("x").vectors["emb_params"].sum() == 8
+
+
+@pytest.fixture(scope="module")
+def sdxl_stack() -> ClipStack:
+    clip_l = tiny_reference_model(layers=2, hidden_act="quick_gelu", with_projection=False, seed=2)
+    clip_g = tiny_reference_model(layers=2, hidden_act="gelu", with_projection=True, seed=3)
+    state_dicts = {"clip_l": hf_layout(clip_l), "clip_g": openclip_layout(clip_g)}
+    return ClipStack.from_state_dicts("sdxl", state_dicts, head_width=HEAD_WIDTH)
+
+
+def word_vectors(stack: ClipStack, name: str, word: str) -> torch.Tensor:
+    ids = torch.tensor(load_clip_tokenizer().encode(word))
+    return stack.encoders[name].embeddings.token_embedding.weight[ids].clone()
+
+
+def test_embedding_holding_a_words_vectors_encodes_like_the_word(sdxl_stack: ClipStack) -> None:
+    word = "astronaut riding"
+    embedding = TextualInversion(
+        "x.safetensors",
+        {"clip_l": word_vectors(sdxl_stack, "clip_l", word), "clip_g": word_vectors(sdxl_stack, "clip_g", word)},
+    )
+    expected = sdxl_stack.encode(f"a photo of ({word}:1.3) on mars")
+    actual = sdxl_stack.encode("a photo of (embedding:x:1.3) on mars", resolve_embedding={"x": embedding}.get)
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])

@@ -1,0 +1,132 @@
+"""Placing models within a memory budget: LRU offloading, counted moves (CPU stands in for both sides)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion.model_memory import MemoryBudgetError, ModelMemory, module_bytes
+
+MODEL_BYTES = 16 * 16 * 4 + 16 * 4  # one fp32 Linear(16, 16)
+
+
+class Recorded(nn.Linear):
+    """A model that logs every move into a shared journal."""
+
+    def __init__(self, name: str, journal: list[tuple[str, str]]) -> None:
+        super().__init__(16, 16)
+        self.name = name
+        self.journal = journal
+
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        self.journal.append((self.name, str(args[0] if args else kwargs["device"])))
+        return super().to(*args, **kwargs)
+
+
+@pytest.fixture
+def journal() -> list[tuple[str, str]]:
+    return []
+
+
+def _models(journal: list[tuple[str, str]], *names: str) -> list[Recorded]:
+    return [Recorded(n, journal) for n in names]
+
+
+def test_module_bytes_counts_parameters_and_buffers() -> None:
+    model = nn.BatchNorm1d(8)  # 2 parameters + running mean/var + a counter
+    assert module_bytes(model) == 4 * 8 * 4 + 8
+
+
+def test_a_model_is_moved_once_and_then_stays(journal) -> None:
+    (a,) = _models(journal, "a")
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES)
+    memory.use(a)
+    memory.use(a)
+    assert journal == [("a", "cpu")]
+    assert memory.is_resident(a)
+    assert memory.resident_bytes == MODEL_BYTES
+
+
+def test_a_model_already_on_the_device_counts_as_resident(journal) -> None:
+    (a,) = _models(journal, "a")
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES, offload_device="meta")
+    memory.use(a)
+    assert journal == []
+    assert memory.resident_bytes == MODEL_BYTES
+
+
+def test_least_recently_used_models_are_offloaded_to_make_room(journal) -> None:
+    a, b, c = _models(journal, "a", "b", "c")
+    memory = ModelMemory("cpu", budget_bytes=2 * MODEL_BYTES)
+    memory.use(a)
+    memory.use(b)
+    memory.use(a)  # a is now more recent than b
+    journal.clear()
+    memory.use(c)
+    assert journal == [("b", "cpu"), ("c", "cpu")]
+    assert [memory.is_resident(m) for m in (a, b, c)] == [True, False, True]
+
+
+def test_only_as_much_is_offloaded_as_needed(journal) -> None:
+    a, b, c, d = _models(journal, "a", "b", "c", "d")
+    memory = ModelMemory("cpu", budget_bytes=3 * MODEL_BYTES)
+    for model in (a, b, c):
+        memory.use(model)
+    memory.use(d)
+    assert [memory.is_resident(m) for m in (a, b, c, d)] == [False, True, True, True]
+
+
+def test_models_used_together_never_evict_each_other(journal) -> None:
+    a, b, c = _models(journal, "a", "b", "c")
+    memory = ModelMemory("cpu", budget_bytes=2 * MODEL_BYTES)
+    memory.use(a)
+    memory.use(b)
+    memory.use(c, a)
+    assert [memory.is_resident(m) for m in (a, b, c)] == [True, False, True]
+
+
+def test_working_memory_counts_against_the_budget(journal) -> None:
+    a, b = _models(journal, "a", "b")
+    memory = ModelMemory("cpu", budget_bytes=2 * MODEL_BYTES)
+    memory.use(a)
+    memory.use(b, extra_bytes=MODEL_BYTES // 2)
+    assert not memory.is_resident(a)
+
+
+def test_a_request_larger_than_the_budget_is_refused_with_sizes(journal) -> None:
+    a, b = _models(journal, "a", "b")
+    memory = ModelMemory("cpu", budget_bytes=MODEL_BYTES + 1)
+    memory.use(a)
+    with pytest.raises(MemoryBudgetError) as err:
+        memory.use(a, b)
+    assert (err.value.needed, err.value.budget) == (2 * MODEL_BYTES, MODEL_BYTES + 1)
+    assert "MiB" in str(err.value)
+    assert memory.is_resident(a)  # nothing was offloaded for a request that cannot succeed
+
+
+def test_registered_sizes_override_parameter_counts(journal) -> None:
+    a, b = _models(journal, "a", "b")
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES - 1)
+    memory.register(a, size_bytes=9 * MODEL_BYTES)
+    memory.use(a)
+    memory.use(b)
+    assert not memory.is_resident(a)
+
+
+def test_unload_all_and_offload_move_models_off_the_device(journal) -> None:
+    a, b = _models(journal, "a", "b")
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES)
+    memory.use(a, b)
+    memory.offload(a)
+    assert not memory.is_resident(a) and memory.is_resident(b)
+    memory.unload_all()
+    assert memory.resident_bytes == 0
+    memory.forget(b)
+    assert not memory.is_resident(b)
+
+
+def test_the_budget_of_a_device_leaves_a_reserve() -> None:
+    memory = ModelMemory.for_device("cpu", reserve_bytes=1 << 20)
+    assert memory.budget_bytes > 0
+    assert memory.device == torch.device("cpu")

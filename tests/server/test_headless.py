@@ -1,0 +1,136 @@
+"""``loom run``: a workflow file runs headless, and an invalid one is refused with exit code 2."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from server.cli import main
+from server.headless import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_workflow_file
+
+API_WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": 0xFF0000}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "run/api"}},
+}
+
+EDITOR_WORKFLOW = {
+    "last_node_id": 3,
+    "last_link_id": 2,
+    "nodes": [
+        {"id": 1, "type": "EmptyImage", "pos": [0, 0], "size": [300, 130], "flags": {}, "order": 0, "mode": 0,
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1], "slot_index": 0}],
+         "properties": {}, "widgets_values": [24, 8, 1, 0x00FF00]},
+        {"id": 2, "type": "ImageInvert", "pos": [350, 0], "size": [200, 30], "flags": {}, "order": 1, "mode": 0,
+         "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2], "slot_index": 0}],
+         "properties": {}, "widgets_values": []},
+        {"id": 3, "type": "SaveImage", "pos": [600, 0], "size": [300, 300], "flags": {}, "order": 2, "mode": 0,
+         "inputs": [{"name": "images", "type": "IMAGE", "link": 2}],
+         "properties": {}, "widgets_values": ["run/editor"]},
+    ],
+    "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
+    "groups": [],
+    "config": {},
+    "extra": {"ds": {"scale": 1, "offset": [0, 0]}},
+    "version": 0.4,
+}
+
+
+def _write(tmp_path: Path, name: str, document: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _run(path: Path, tmp_path: Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_workflow_file(str(path), base_dir=str(tmp_path), show_progress=False, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_an_api_format_file_runs_and_prints_where_outputs_went(tmp_path: Path) -> None:
+    code, out, _ = _run(_write(tmp_path, "api.json", API_WORKFLOW), tmp_path)
+    saved = tmp_path / "output" / "run" / "api_00001_.png"
+    assert code == EXIT_OK
+    assert out.strip() == f"node 3: {saved}"
+    with Image.open(saved) as image:
+        assert image.size == (32, 16)
+        assert image.getpixel((0, 0)) == (0, 255, 255)  # red inverted
+
+
+def test_an_editor_format_file_runs_and_embeds_its_workflow(tmp_path: Path) -> None:
+    code, out, _ = _run(_write(tmp_path, "editor.json", EDITOR_WORKFLOW), tmp_path)
+    saved = tmp_path / "output" / "run" / "editor_00001_.png"
+    assert code == EXIT_OK and str(saved) in out
+    with Image.open(saved) as image:
+        assert image.getpixel((0, 0)) == (255, 0, 255)  # green inverted
+        assert json.loads(image.info["workflow"]) == EDITOR_WORKFLOW
+        assert json.loads(image.info["prompt"])["3"]["inputs"]["filename_prefix"] == "run/editor"
+
+
+def test_a_png_written_by_save_image_runs_again(tmp_path: Path) -> None:
+    _run(_write(tmp_path, "api.json", API_WORKFLOW), tmp_path)
+    code, out, _ = _run(tmp_path / "output" / "run" / "api_00001_.png", tmp_path)
+    assert code == EXIT_OK and "api_00002_.png" in out
+
+
+def test_an_invalid_file_is_refused_with_every_problem_named(tmp_path: Path) -> None:
+    broken = json.loads(json.dumps(API_WORKFLOW))
+    broken["1"]["inputs"]["width"] = -5
+    broken["1"]["inputs"]["height"] = "tall"
+    broken["3"]["inputs"]["images"] = ["1", 4]
+    code, out, err = _run(_write(tmp_path, "bad.json", broken), tmp_path)
+    assert code == EXIT_INVALID and out == ""
+    assert "node 1 (EmptyImage), input 'width': Value -5 smaller than min of 1" in err
+    assert "node 1 (EmptyImage), input 'height'" in err and "'tall'" in err
+    assert "node 3 (SaveImage), input 'images': Bad linked input" in err
+    assert not (tmp_path / "output" / "run").exists()
+
+
+def test_an_unknown_node_type_is_refused(tmp_path: Path) -> None:
+    document = dict(API_WORKFLOW, **{"9": {"class_type": "NoSuchNode", "inputs": {}}})
+    code, _, err = _run(_write(tmp_path, "unknown.json", document), tmp_path)
+    assert code == EXIT_INVALID and "NoSuchNode" in err
+
+
+def test_a_file_that_is_not_a_workflow_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.json"
+    path.write_text("not json at all")
+    code, _, err = _run(path, tmp_path)
+    assert code == EXIT_INVALID and "cannot read" in err and "junk.json" in err
+
+
+def test_a_node_that_fails_at_run_time_exits_1_naming_it(tmp_path: Path) -> None:
+    document = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "missing.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    code, _, err = _run(_write(tmp_path, "fails.json", document), tmp_path)
+    # A missing input file is caught by LoadImage's own validation before anything runs.
+    assert code == EXIT_INVALID and "Invalid image file: missing.png" in err
+
+    (tmp_path / "input").mkdir(exist_ok=True)
+    (tmp_path / "input" / "broken.png").write_bytes(b"not a png")
+    document["1"]["inputs"]["image"] = "broken.png"
+    code, _, err = _run(_write(tmp_path, "fails.json", document), tmp_path)
+    assert code == EXIT_FAILED and "node 1 (LoadImage) failed" in err
+
+
+@pytest.mark.parametrize("argv_tail", [[], ["--quiet"]])
+def test_the_console_entry_point_runs_a_file(tmp_path: Path, argv_tail: list[str]) -> None:
+    path = _write(tmp_path, "api.json", API_WORKFLOW)
+    assert main(["run", str(path), "--base-dir", str(tmp_path), "--output-dir", str(tmp_path / "elsewhere"), *argv_tail]) == EXIT_OK
+    assert (tmp_path / "elsewhere" / "run" / "api_00001_.png").is_file()
+
+
+def test_the_installed_loom_script_exits_2_on_an_invalid_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "bad.json", {"1": {"class_type": "SaveImage", "inputs": {}}})
+    loom = Path(sys.executable).with_name("loom")
+    completed = subprocess.run([str(loom), "run", str(path), "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == EXIT_INVALID
+    assert "node 1 (SaveImage), input 'images'" in completed.stderr

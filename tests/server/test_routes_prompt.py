@@ -1,0 +1,147 @@
+"""POST /prompt as clients use it: full runs, partial validation, bodies without Content-Type."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+from tests.server.conftest import wait_for_history, wait_prompt
+
+SAVE_PROMPT = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 1, "color": 0xFF0000}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "run/test"}, "_meta": {"title": "Save"}},
+}
+
+
+async def test_full_run_from_post_through_websocket_to_view(client):
+    ws = await client.ws_connect("/ws?clientId=me")
+    hello = await ws.receive_json()
+    assert hello == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "me"}}
+
+    response = await client.post("/prompt", json={"prompt": SAVE_PROMPT, "client_id": "me"})
+    assert response.status == 200
+    reply = await response.json()
+    assert set(reply) == {"prompt_id", "number", "node_errors"} and reply["node_errors"] == {}
+    prompt_id = reply["prompt_id"]
+
+    seen = []
+    while True:
+        message = await ws.receive_json(timeout=20)
+        seen.append(message["type"])
+        if message["type"] == "executing" and message["data"]["node"] is None:
+            assert message["data"]["prompt_id"] == prompt_id
+            break
+    assert {"execution_start", "executing", "executed", "execution_success"} <= set(seen)
+
+    # The end marker comes after the history entry is written (COMPAT C.6).
+    history = await (await client.get(f"/history/{prompt_id}")).json()
+    entry = history[prompt_id]
+    assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
+    assert entry["prompt"][1] == prompt_id and entry["prompt"][4] == ["2"]
+    image_ref = entry["outputs"]["2"]["images"][0]
+    assert image_ref["type"] == "output" and image_ref["subfolder"] == "run"
+
+    view = await client.get("/view", params=image_ref)
+    assert view.status == 200 and view.headers["Content-Type"] == "image/png"
+    picture = Image.open(io.BytesIO(await view.read()))
+    assert picture.size == (8, 6) and picture.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+    await ws.close()
+
+
+async def test_body_without_content_type_is_accepted(client):
+    body = json.dumps({"prompt": wait_prompt(0, "plain")}).encode()
+    response = await client.post("/prompt", data=body, skip_auto_headers={"Content-Type"})
+    assert response.status == 200
+    entry = await wait_for_history(client, (await response.json())["prompt_id"])
+    assert entry["outputs"]["2"] == {"text": ["plain"]}
+
+
+async def test_partial_validation_runs_the_valid_output_and_reports_the_broken_one(client):
+    prompt = {
+        **wait_prompt(0, "fine"),
+        "3": {"class_type": "Wait", "inputs": {"seconds": 99.0, "text": "x"}},
+        "4": {"class_type": "Record", "inputs": {"value": ["3", 0]}},
+    }
+    response = await client.post("/prompt", json={"prompt": prompt})
+    assert response.status == 200
+    reply = await response.json()
+    error = reply["node_errors"]["3"]
+    assert error["class_type"] == "Wait" and error["dependent_outputs"] == ["4"]
+    assert error["errors"][0]["type"] == "value_bigger_than_max"
+    assert error["errors"][0]["extra_info"]["input_name"] == "seconds"
+    entry = await wait_for_history(client, reply["prompt_id"])
+    assert entry["prompt"][4] == ["2"] and set(entry["outputs"]) == {"2"}
+
+
+async def test_a_prompt_with_no_valid_output_is_refused_with_every_error(client):
+    prompt = {
+        "1": {"class_type": "Wait", "inputs": {"seconds": -1.0}},
+        "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "Record", "inputs": {"value": ["9", 0]}},
+    }
+    response = await client.post("/prompt", json={"prompt": prompt})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert set(body["node_errors"]) == {"1", "3"}
+    assert (await (await client.get("/queue")).json())["queue_pending"] == []
+
+
+async def test_unknown_node_type_and_missing_prompt(client):
+    response = await client.post("/prompt", json={"prompt": {"1": {"class_type": "Nope", "inputs": {}}}})
+    assert response.status == 400
+    assert (await response.json())["error"]["type"] == "invalid_prompt"
+    response = await client.post("/prompt", json={"client_id": "x"})
+    assert response.status == 400
+    assert await response.json() == {
+        "error": {"type": "no_prompt", "message": "No prompt provided",
+                  "details": "The body needs a 'prompt' (API format) or a 'workflow' (editor format).", "extra_info": {}},
+        "node_errors": {},
+    }
+    response = await client.post("/prompt", data=b"{not json", skip_auto_headers={"Content-Type"})
+    assert response.status == 400 and (await response.json())["error"]["type"] == "invalid_prompt"
+
+
+async def test_editor_workflow_is_converted_on_the_server(client):
+    workflow = {
+        "version": 0.4, "last_node_id": 2, "last_link_id": 1,
+        "nodes": [
+            {"id": 1, "type": "PrimitiveString", "mode": 0, "inputs": [],
+             "outputs": [{"name": "STRING", "type": "STRING", "links": [1]}], "widgets_values": ["from editor"]},
+            {"id": 2, "type": "Record", "mode": 0, "inputs": [{"name": "value", "type": "*", "link": 1}], "outputs": [],
+             "widgets_values": []},
+        ],
+        "links": [[1, 1, 0, 2, 0, "STRING"]],
+    }
+    response = await client.post("/prompt", json={"workflow": workflow})
+    assert response.status == 200, await response.text()
+    entry = await wait_for_history(client, (await response.json())["prompt_id"])
+    assert entry["outputs"]["2"] == {"text": ["from editor"]}
+    assert entry["prompt"][3]["extra_pnginfo"]["workflow"] == workflow
+
+
+async def test_caller_chosen_id_number_front_and_secret_keys(client):
+    blocker = await client.post("/prompt", json={"prompt": wait_prompt(0.5, "blocker")})
+    first = await (await client.post("/prompt", json={"prompt": wait_prompt(0, "a")})).json()
+    second = await (await client.post("/prompt", json={
+        "prompt": wait_prompt(0, "b"), "front": True, "prompt_id": "mine",
+        "extra_data": {"api_key_comfy_org": "secret", "note": 1},
+    })).json()
+    assert second["prompt_id"] == "mine" and second["number"] < 0 < first["number"]
+    pending = (await (await client.get("/queue")).json())["queue_pending"]
+    assert [item[1] for item in pending] == ["mine", first["prompt_id"]]
+    assert "api_key_comfy_org" not in pending[0][3] and pending[0][3]["note"] == 1
+    duplicate = await client.post("/prompt", json={"prompt": wait_prompt(0, "c"), "prompt_id": "mine"})
+    assert duplicate.status == 400
+    entry = await wait_for_history(client, "mine")
+    assert "secret" not in json.dumps(entry)
+    assert blocker.status == 200
+
+
+async def test_get_prompt_reports_queue_remaining(client):
+    await client.post("/prompt", json={"prompt": wait_prompt(0.4, "slow")})
+    await client.post("/prompt", json={"prompt": wait_prompt(0, "next")})
+    body = await (await client.get("/api/prompt")).json()
+    assert body == {"exec_info": {"queue_remaining": 2}}

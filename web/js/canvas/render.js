@@ -1,0 +1,133 @@
+/**
+ * One frame of the canvas: grid, groups, links, nodes, the link being dragged, the selection rectangle
+ * and the minimap. Only what intersects the visible rectangle is drawn, which keeps 300-node graphs
+ * smooth: a frame's cost follows what is on screen, not the graph's size.
+ */
+import { THEME, typeColor } from './colors.js';
+import { drawNode } from './draw_node.js';
+import { nodeBounds, rectsOverlap } from './layout.js';
+import { drawMinimap } from './minimap.js';
+
+function drawGrid(ctx, view, width, height) {
+  ctx.fillStyle = THEME.background;
+  ctx.fillRect(0, 0, width, height);
+  if (view.scale < 0.5) return;
+  const step = 20 * view.scale;
+  const ox = (view.offset[0] * view.scale) % step;
+  const oy = (view.offset[1] * view.scale) % step;
+  ctx.strokeStyle = THEME.grid;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let x = ox; x < width; x += step) { ctx.moveTo(Math.round(x) + 0.5, 0); ctx.lineTo(Math.round(x) + 0.5, height); }
+  for (let y = oy; y < height; y += step) { ctx.moveTo(0, Math.round(y) + 0.5); ctx.lineTo(width, Math.round(y) + 0.5); }
+  ctx.stroke();
+}
+
+function drawGroups(ctx, editor, visible) {
+  for (const group of editor.graph.groups) {
+    const [x, y, w, h] = group.bounding;
+    if (!rectsOverlap(visible, group.bounding)) continue;
+    ctx.globalAlpha = 0.22;
+    ctx.fillStyle = group.color || THEME.group;
+    ctx.fillRect(x, y, w, h);
+    ctx.globalAlpha = 1;
+    ctx.strokeStyle = group.color || THEME.group;
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(x, y, w, h);
+    const size = group.font_size || 24;
+    ctx.font = `${size}px sans-serif`;
+    ctx.fillStyle = THEME.text;
+    ctx.textAlign = 'left';
+    ctx.textBaseline = 'top';
+    ctx.fillText(group.title || 'Group', x + 8, y + 6);
+  }
+}
+
+/** Links are cubic curves leaving outputs to the right and entering inputs from the left. */
+export function linkPath(ctx, a, b) {
+  const dx = Math.max(40, Math.abs(b[0] - a[0]) * 0.5);
+  ctx.moveTo(a[0], a[1]);
+  ctx.bezierCurveTo(a[0] + dx, a[1], b[0] - dx, b[1], b[0], b[1]);
+}
+
+export function linkMidpoint(a, b) {
+  const dx = Math.max(40, Math.abs(b[0] - a[0]) * 0.5);
+  const t = 0.5;
+  const mt = 1 - t;
+  const x = mt ** 3 * a[0] + 3 * mt * mt * t * (a[0] + dx) + 3 * mt * t * t * (b[0] - dx) + t ** 3 * b[0];
+  const y = mt ** 3 * a[1] + 3 * mt * mt * t * a[1] + 3 * mt * t * t * b[1] + t ** 3 * b[1];
+  return [x, y];
+}
+
+function drawLinks(ctx, editor, boxes, visible) {
+  ctx.lineWidth = 3;
+  for (const link of editor.graph.links.values()) {
+    const from = boxes.get(link.origin_id);
+    const to = boxes.get(link.target_id);
+    if (!from || !to) continue;
+    const a = from.outputs[link.origin_slot];
+    const b = to.inputs[link.target_slot];
+    if (!a || !b) continue;
+    const bbox = [Math.min(a[0], b[0]) - 60, Math.min(a[1], b[1]) - 10, Math.abs(b[0] - a[0]) + 120, Math.abs(b[1] - a[1]) + 20];
+    if (!rectsOverlap(bbox, visible)) continue;
+    ctx.strokeStyle = typeColor(link.type);
+    ctx.beginPath();
+    linkPath(ctx, a, b);
+    ctx.stroke();
+    if (editor.view.scale >= 0.6) {
+      const [mx, my] = linkMidpoint(a, b);
+      ctx.fillStyle = typeColor(link.type);
+      ctx.beginPath();
+      ctx.arc(mx, my, 4, 0, Math.PI * 2);
+      ctx.fill();
+    }
+  }
+}
+
+/** Layout of every node (links need both ends even when a node is off screen). */
+export function layoutAll(editor) {
+  const boxes = new Map();
+  for (const node of editor.graph.nodes.values()) boxes.set(node.id, editor.layout(node));
+  return boxes;
+}
+
+export function renderFrame(ctx, editor, width, height, overlay) {
+  const { view, execution } = editor;
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  drawGrid(ctx, view, width, height);
+  ctx.setTransform(view.scale * devicePixelRatio, 0, 0, view.scale * devicePixelRatio,
+    view.offset[0] * view.scale * devicePixelRatio, view.offset[1] * view.scale * devicePixelRatio);
+  const visible = view.visibleRect(width, height);
+  const boxes = layoutAll(editor);
+  drawGroups(ctx, editor, visible);
+  drawLinks(ctx, editor, boxes, visible);
+  const drag = overlay.link;
+  for (const node of editor.graph.nodes.values()) {
+    const box = boxes.get(node.id);
+    if (!rectsOverlap(nodeBounds(box), [visible[0], visible[1] - 80, visible[2], visible[3] + 160])) continue;
+    const id = String(node.id);
+    drawNode(editor, ctx, node, box, {
+      scale: view.scale, selected: editor.selection.has(node.id), running: execution.running === id,
+      progress: execution.progress && execution.progress.node === id ? execution.progress : null,
+      error: execution.errors.get(id), dragType: drag ? drag.type : null, dragFromOutput: drag ? drag.fromOutput : false,
+    });
+  }
+  if (drag) {
+    ctx.strokeStyle = typeColor(drag.type);
+    ctx.lineWidth = 3;
+    ctx.beginPath();
+    if (drag.fromOutput) linkPath(ctx, drag.start, drag.end); else linkPath(ctx, drag.end, drag.start);
+    ctx.stroke();
+  }
+  if (overlay.rubber) {
+    const [x, y, w, h] = overlay.rubber;
+    ctx.fillStyle = 'rgba(120, 160, 255, 0.12)';
+    ctx.fillRect(x, y, w, h);
+    ctx.strokeStyle = 'rgba(120, 160, 255, 0.8)';
+    ctx.lineWidth = 1 / view.scale;
+    ctx.strokeRect(x, y, w, h);
+  }
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  drawMinimap(ctx, editor, boxes, width, height);
+  return boxes;
+}

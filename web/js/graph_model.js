@@ -1,0 +1,154 @@
+/**
+ * The editor's graph as plain data, in the shape of ComfyUI's v0.4 workflow files (COMPAT 2.2, C.5.2):
+ * nodes keep `inputs[].link`, `outputs[].links` and positional `widgets_values`; links are
+ * `[id, origin_id, origin_slot, target_id, target_slot, type]` tuples on disk. No drawing, no DOM here,
+ * so the same model serves the canvas, the API conversion and the tests.
+ */
+
+export const MODE_ALWAYS = 0;
+export const MODE_NEVER = 2;
+export const MODE_BYPASS = 4;
+
+export class WorkflowFormatError extends Error {
+  constructor(path, reason) {
+    super(`workflow ${path}: ${reason}`);
+    this.path = path;
+    this.reason = reason;
+  }
+}
+
+function clone(value) {
+  return value === undefined ? undefined : JSON.parse(JSON.stringify(value));
+}
+
+export class Graph {
+  constructor() {
+    this.nodes = new Map();
+    this.links = new Map();
+    this.groups = [];
+    this.lastNodeId = 0;
+    this.lastLinkId = 0;
+    this.extra = { ds: { scale: 1, offset: [0, 0] } };
+    this.config = {};
+    this.id = globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : String(Date.now());
+  }
+
+  /** Keeps a given free id (loading, pasting with ids kept), else assigns the next one. */
+  addNode(node) {
+    if (node.id == null || this.nodes.has(node.id)) node.id = this.lastNodeId + 1;
+    this.lastNodeId = Math.max(this.lastNodeId, node.id);
+    this.nodes.set(node.id, node);
+    return node;
+  }
+
+  removeNode(id) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    node.inputs.forEach((input) => { if (input.link != null) this.removeLink(input.link); });
+    node.outputs.forEach((output) => (output.links || []).slice().forEach((l) => this.removeLink(l)));
+    this.nodes.delete(id);
+  }
+
+  /** One link per input: connecting replaces whatever fed that input before. */
+  connect(originId, originSlot, targetId, targetSlot, linkId = null) {
+    const origin = this.nodes.get(originId);
+    const target = this.nodes.get(targetId);
+    if (!origin || !target || !origin.outputs[originSlot] || !target.inputs[targetSlot]) return null;
+    const existing = target.inputs[targetSlot].link;
+    if (existing != null) this.removeLink(existing);
+    const id = linkId != null && !this.links.has(linkId) ? linkId : this.lastLinkId + 1;
+    this.lastLinkId = Math.max(this.lastLinkId, id);
+    const output = origin.outputs[originSlot];
+    const link = { id, origin_id: originId, origin_slot: originSlot, target_id: targetId, target_slot: targetSlot,
+      type: output.type === '*' ? target.inputs[targetSlot].type : output.type };
+    this.links.set(id, link);
+    output.links = output.links || [];
+    output.links.push(id);
+    target.inputs[targetSlot].link = id;
+    return link;
+  }
+
+  removeLink(id) {
+    const link = this.links.get(id);
+    if (!link) return;
+    const origin = this.nodes.get(link.origin_id);
+    const target = this.nodes.get(link.target_id);
+    const output = origin && origin.outputs[link.origin_slot];
+    if (output && output.links) output.links = output.links.filter((l) => l !== id);
+    const input = target && target.inputs[link.target_slot];
+    if (input && input.link === id) input.link = null;
+    this.links.delete(id);
+  }
+
+  /** Nodes whose title box lies inside a group's rectangle move with it. */
+  nodesInGroup(group) {
+    const [gx, gy, gw, gh] = group.bounding;
+    return [...this.nodes.values()].filter((n) => n.pos[0] >= gx && n.pos[1] >= gy
+      && n.pos[0] + n.size[0] <= gx + gw && n.pos[1] + n.size[1] <= gy + gh);
+  }
+
+  toJSON() {
+    const nodes = [...this.nodes.values()].sort((a, b) => a.id - b.id).map((n, order) => {
+      const out = { id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
+        order, mode: n.mode || 0,
+        inputs: n.inputs.map((i) => { const o = { name: i.name, type: i.type, link: i.link ?? null }; if (i.widget) o.widget = { ...i.widget }; if (i.shape !== undefined) o.shape = i.shape; return o; }),
+        outputs: n.outputs.map((o, slot) => ({ name: o.name, type: o.type, links: o.links && o.links.length ? [...o.links] : null, slot_index: slot })),
+        properties: clone(n.properties) || {}, widgets_values: clone(n.widgets_values) || [] };
+      for (const key of ['title', 'color', 'bgcolor']) if (n[key] !== undefined) out[key] = n[key];
+      return out;
+    });
+    const links = [...this.links.values()].sort((a, b) => a.id - b.id)
+      .map((l) => [l.id, l.origin_id, l.origin_slot, l.target_id, l.target_slot, l.type]);
+    return { id: this.id, revision: 0, last_node_id: this.lastNodeId, last_link_id: this.lastLinkId, nodes, links,
+      groups: clone(this.groups), config: clone(this.config), extra: clone(this.extra), version: 0.4 };
+  }
+
+  /** Accepts v0.4 files (tuple links) and version 1 files (object links, COMPAT C.5.3). */
+  static fromJSON(json) {
+    if (!json || typeof json !== 'object') throw new WorkflowFormatError('(root)', 'not a JSON object');
+    if (!Array.isArray(json.nodes)) throw new WorkflowFormatError('nodes', 'missing or not a list');
+    const graph = new Graph();
+    if (json.id) graph.id = json.id;
+    json.nodes.forEach((raw, i) => {
+      if (typeof raw.type !== 'string') throw new WorkflowFormatError(`nodes[${i}].type`, 'missing node type');
+      if (typeof raw.id !== 'number') throw new WorkflowFormatError(`nodes[${i}].id`, 'node id must be a number');
+      const node = makeNode(raw);
+      node.inputs.forEach((input) => { input.link = null; });
+      node.outputs.forEach((output) => { output.links = []; });
+      graph.nodes.set(node.id, node);
+      graph.lastNodeId = Math.max(graph.lastNodeId, node.id);
+    });
+    (json.links || []).forEach((raw, i) => {
+      const link = Array.isArray(raw) ? { id: raw[0], origin_id: raw[1], origin_slot: raw[2], target_id: raw[3], target_slot: raw[4], type: raw[5] } : raw;
+      if (link == null || typeof link.id !== 'number') throw new WorkflowFormatError(`links[${i}]`, 'not a link');
+      const made = graph.connect(link.origin_id, link.origin_slot, link.target_id, link.target_slot, link.id);
+      if (made && link.type) made.type = link.type;
+    });
+    graph.groups = clone(json.groups) || [];
+    graph.config = clone(json.config) || {};
+    graph.extra = { ds: { scale: 1, offset: [0, 0] }, ...(clone(json.extra) || {}) };
+    const state = json.state || {};
+    graph.lastNodeId = Math.max(graph.lastNodeId, json.last_node_id || 0, state.lastNodeId || 0);
+    graph.lastLinkId = Math.max(graph.lastLinkId, json.last_link_id || 0, state.lastLinkId || 0);
+    return graph;
+  }
+}
+
+/** A node record with every field the file format has, copied from `raw`. */
+export function makeNode(raw) {
+  return {
+    id: raw.id ?? null,
+    type: raw.type,
+    title: raw.title,
+    pos: raw.pos ? [Number(raw.pos[0] ?? raw.pos['0']), Number(raw.pos[1] ?? raw.pos['1'])] : [0, 0],
+    size: raw.size ? [Number(raw.size[0] ?? raw.size['0']), Number(raw.size[1] ?? raw.size['1'])] : [220, 80],
+    flags: clone(raw.flags) || {},
+    mode: raw.mode || 0,
+    inputs: (raw.inputs || []).map((i) => ({ ...clone(i), link: i.link ?? null })),
+    outputs: (raw.outputs || []).map((o) => ({ name: o.name, type: o.type, links: o.links ? [...o.links] : [] })),
+    properties: clone(raw.properties) || {},
+    widgets_values: Array.isArray(raw.widgets_values) ? clone(raw.widgets_values) : [],
+    color: raw.color,
+    bgcolor: raw.bgcolor,
+  };
+}
