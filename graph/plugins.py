@@ -1,0 +1,395 @@
+"""Load third-party node packs from ``custom_nodes`` folders so that one broken pack breaks nothing else.
+
+A plugin is an entry of a plugin folder: a package (a folder with ``__init__.py``) or a single
+``.py`` file, as in ComfyUI (COMPAT 3.10). Each is imported under a synthetic module name,
+``custom_nodes.<name>``, so ``from .helpers import x`` inside a package works and two folders that
+hold packs of the same name do not share one module. A pack exports nodes through
+``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` (V1 classes), through module-level
+functions declared with Loom's ``@node`` (its own or listed in ``LOOM_NODES``), and browser code
+through ``WEB_DIRECTORY``.
+
+Plugin code is untrusted in the reliability sense: any exception while importing (a missing
+dependency, a bug, even ``sys.exit``) fails that pack alone, and a node class whose ``INPUT_TYPES``
+raises, that cannot be read as a spec, or that reuses a built-in's name is refused alone while the
+pack's other nodes load. Every outcome is a ``PluginReport`` the server can log, serve and show.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from graph.declare import SPEC_ATTRIBUTE
+from graph.registry import NodeRegistry, RegistrationError
+from graph.spec import NodeSpec
+from graph.v1 import spec_from_v1_class
+
+__all__ = [
+    "MODULE_PREFIX",
+    "NodeRefusal",
+    "PluginExportError",
+    "PluginEntry",
+    "PluginReport",
+    "PluginStatus",
+    "discover_plugins",
+    "import_times_table",
+    "load_plugins",
+]
+
+log = logging.getLogger(__name__)
+
+#: Parent of every plugin's module name; ComfyUI's ``RELATIVE_PYTHON_MODULE`` has the same form.
+MODULE_PREFIX = "custom_nodes"
+DISABLED_SUFFIX = ".disabled"
+
+
+#: Builds a node's spec on demand, so an exception from plugin code is caught per node.
+_SpecMaker = Callable[[], NodeSpec]
+
+
+class PluginExportError(ValueError):
+    """A pack imported, but exports something Loom cannot read (``NODE_CLASS_MAPPINGS`` not a dict)."""
+
+
+class PluginStatus(str, Enum):
+    LOADED = "loaded"
+    #: Importing raised: nothing from the pack is registered.
+    FAILED = "failed"
+    #: Not imported: named ``*.disabled``, or plugins are disabled and it is not whitelisted.
+    DISABLED = "disabled"
+    #: Not a loadable pack: a folder without ``__init__.py``, or a module that exports nothing.
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One candidate in a plugin folder; ``name`` is the folder name or the file's stem."""
+
+    name: str
+    path: Path
+
+    @property
+    def is_package(self) -> bool:
+        return self.path.is_dir()
+
+    @property
+    def root(self) -> Path:
+        """The folder the pack owns: its package folder, or the folder a single file sits in."""
+        return self.path if self.is_package else self.path.parent
+
+
+@dataclass(frozen=True)
+class NodeRefusal:
+    """A node a pack exports that was not registered, and why."""
+
+    class_type: str
+    reason: str
+    traceback: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class_type": self.class_type, "reason": self.reason, "traceback": self.traceback}
+
+
+@dataclass
+class PluginReport:
+    """What loading one entry did: the server logs it, serves it and shows it in the editor."""
+
+    name: str
+    path: Path
+    status: PluginStatus
+    #: The synthetic module name (``custom_nodes.<key>``); ``None`` when it was never imported.
+    module_name: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    refused: list[NodeRefusal] = field(default_factory=list)
+    #: Absolute folder of browser code, served at ``/extensions/<key>/``.
+    web_directory: Path | None = None
+    #: Why a declared ``WEB_DIRECTORY`` was not accepted (the nodes still load).
+    web_error: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """A name unique among the loaded packs (``foo``, ``foo__2``); the URL segment of its web files."""
+        if self.module_name is None:
+            return self.name
+        return self.module_name.removeprefix(MODULE_PREFIX + ".")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "key": self.key,
+            "path": str(self.path),
+            "status": self.status.value,
+            "module": self.module_name,
+            "nodes": list(self.nodes),
+            "refused": [refusal.to_json() for refusal in self.refused],
+            "web_directory": str(self.web_directory) if self.web_directory is not None else None,
+            "web_error": self.web_error,
+            "error": self.error,
+            "traceback": self.traceback,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def discover_plugins(folders: Iterable[Path]) -> list[PluginEntry]:
+    """Every entry of the folders in name order (stable across file systems, unlike ``listdir``).
+
+    Ignored silently: ``__pycache__``, hidden names (``.git``), files that are not ``.py``.
+    Folders without ``__init__.py`` and ``*.disabled`` names are returned so they can be reported.
+    """
+    entries: list[PluginEntry] = []
+    for folder in folders:
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            log.warning("plugin folder %s does not exist; skipped", folder)
+            continue
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            if path.name == "__pycache__" or path.name.startswith("."):
+                continue
+            name = path.name.removesuffix(DISABLED_SUFFIX)
+            if path.is_dir():
+                entries.append(PluginEntry(name, path))
+            elif name.endswith(".py"):
+                entries.append(PluginEntry(name.removesuffix(".py"), path))
+    return entries
+
+
+def load_plugins(
+    registry: NodeRegistry,
+    folders: Iterable[Path],
+    *,
+    disable_all: bool = False,
+    whitelist: Collection[str] = (),
+) -> list[PluginReport]:
+    """Import every plugin in ``folders`` and register its nodes; never raises for a plugin's fault.
+
+    ``disable_all`` (``--disable-custom-nodes``) imports nothing except the packs named in
+    ``whitelist`` (by folder name, file stem or file name). Built-ins must be registered first, so
+    that their names are protected. Among packs the later one wins a shared node name, as in ComfyUI.
+    """
+    reports: list[PluginReport] = []
+    taken: set[str] = set()
+    origins: dict[str, str] = {}
+    for entry in discover_plugins(folders):
+        passed_over = _not_imported(entry, disable_all, whitelist)
+        if passed_over is not None:
+            report = PluginReport(entry.name, entry.path, passed_over[0], error=passed_over[1])
+        else:
+            report = _load_entry(registry, entry, _unique_module_name(entry.name, taken), origins)
+        _log_report(report)
+        reports.append(report)
+    log.info("%s", import_times_table(reports))
+    return reports
+
+
+def import_times_table(reports: Iterable[PluginReport]) -> str:
+    """The startup summary: one line per imported pack, slowest first, failures flagged."""
+    lines = ["Plugin import times:"]
+    for report in sorted(reports, key=lambda r: r.seconds, reverse=True):
+        if report.status is PluginStatus.DISABLED:
+            continue
+        flag = {PluginStatus.FAILED: " (IMPORT FAILED)", PluginStatus.SKIPPED: " (SKIPPED)"}.get(report.status, "")
+        extra = f", {len(report.refused)} refused" if report.refused else ""
+        lines.append(f"{report.seconds:9.3f} s  {report.path}{flag}  [{len(report.nodes)} nodes{extra}]")
+    return "\n".join(lines)
+
+
+def _not_imported(entry: PluginEntry, disable_all: bool, whitelist: Collection[str]) -> tuple[PluginStatus, str] | None:
+    """Why an entry is passed over without running any of its code, or ``None`` to import it."""
+    if entry.path.name.endswith(DISABLED_SUFFIX):
+        return PluginStatus.DISABLED, f"its name ends in {DISABLED_SUFFIX!r}"
+    if disable_all and entry.name not in whitelist and entry.path.name not in whitelist:
+        return PluginStatus.DISABLED, f"custom nodes are disabled and {entry.name!r} is not whitelisted"
+    if entry.is_package and not (entry.path / "__init__.py").is_file():
+        return PluginStatus.SKIPPED, "the folder has no __init__.py, so it is not a Python package"
+    return None
+
+
+def _unique_module_name(name: str, taken: set[str]) -> str:
+    """``custom_nodes.<name>``, suffixed ``__2``, ``__3``... when another folder already used it.
+
+    Dots would make importlib look for a parent package that does not exist, so they become ``_``.
+    """
+    base = f"{MODULE_PREFIX}.{name.replace('.', '_')}"
+    candidate, number = base, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{base}__{number}"
+    taken.add(candidate)
+    return candidate
+
+
+def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, origins: dict[str, str]) -> PluginReport:
+    report = PluginReport(entry.name, entry.path, PluginStatus.LOADED, module_name=module_name)
+    started = time.perf_counter()
+    try:
+        module = _import(entry, module_name)
+        candidates = _node_candidates(module)
+    # SystemExit too: a pack that calls sys.exit() when a dependency is missing must not stop the server.
+    except (Exception, SystemExit) as error:
+        _forget_modules(module_name)
+        report.status = PluginStatus.FAILED
+        report.error = _import_error_text(error)
+        report.traceback = traceback.format_exc()
+    else:
+        _register_exports(registry, entry, module, candidates, report, origins)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _import(entry: PluginEntry, module_name: str) -> ModuleType:
+    """Execute the plugin as ``module_name``; a package gets a search path so relative imports resolve."""
+    # A second load (a test, a reload) must run the files on disk, not reuse modules of an older
+    # folder that had the same name.
+    _forget_modules(module_name)
+    if entry.is_package:
+        spec = importlib.util.spec_from_file_location(
+            module_name, entry.path / "__init__.py", submodule_search_locations=[str(entry.path)]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, entry.path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot build an import spec for {entry.path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _forget_modules(module_name: str) -> None:
+    for name in [name for name in sys.modules if name == module_name or name.startswith(module_name + ".")]:
+        del sys.modules[name]
+
+
+def _import_error_text(error: BaseException) -> str:
+    if isinstance(error, PluginExportError):
+        return str(error)
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        return f"missing Python module {error.name!r} (install the pack's requirements): {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _node_candidates(module: ModuleType) -> list[tuple[str, _SpecMaker]]:
+    """Every node the module exports, read before anything is registered (reading runs plugin code)."""
+    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if mappings is not None and not isinstance(mappings, Mapping):
+        raise PluginExportError(f"NODE_CLASS_MAPPINGS is a {type(mappings).__name__}, not a dict of node classes")
+    return list(_v1_candidates(module, mappings or {})) + list(_declared_candidates(module))
+
+
+def _register_exports(
+    registry: NodeRegistry,
+    entry: PluginEntry,
+    module: ModuleType,
+    candidates: list[tuple[str, _SpecMaker]],
+    report: PluginReport,
+    origins: dict[str, str],
+) -> None:
+    web_directory = getattr(module, "WEB_DIRECTORY", None)
+    if web_directory is not None:
+        try:
+            report.web_directory = _resolve_web_directory(entry, web_directory)
+        except ValueError as error:
+            report.web_error = str(error)
+    if not candidates and web_directory is None:
+        report.status = PluginStatus.SKIPPED
+        report.error = _nothing_exported(module)
+        return
+    for class_type, make_spec in candidates:
+        refusal = _register_node(registry, class_type, make_spec, report, origins)
+        if refusal is None:
+            report.nodes.append(class_type)
+        else:
+            report.refused.append(refusal)
+
+
+def _v1_candidates(module: ModuleType, mappings: Mapping[str, Any]) -> Iterator[tuple[str, _SpecMaker]]:
+    display_names = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+    for class_type, cls in mappings.items():
+        display_name = display_names.get(class_type) if isinstance(display_names, Mapping) else None
+        yield str(class_type), lambda c=class_type, k=cls, d=display_name: spec_from_v1_class(c, k, d, module.__name__)
+
+
+def _declared_candidates(module: ModuleType) -> Iterator[tuple[str, _SpecMaker]]:
+    """``@node`` functions the pack defines itself (or lists in ``LOOM_NODES``).
+
+    A pack's own functions live in its submodules (re-exported by ``__init__``), so the test is the
+    module-name prefix; a built-in ``@node`` function a pack imports to reuse is not re-registered.
+    """
+    listed = getattr(module, "LOOM_NODES", None)
+    if listed is not None:
+        values: Iterable[Any] = listed
+    else:
+        own = (module.__name__, module.__name__ + ".")
+        values = (v for v in vars(module).values() if str(getattr(v, "__module__", "")).startswith(own))
+    seen: set[int] = set()
+    for value in values:
+        spec = getattr(value, SPEC_ATTRIBUTE, None)
+        if isinstance(spec, NodeSpec) and id(spec) not in seen:
+            seen.add(id(spec))
+            yield spec.class_type, lambda s=spec: s
+
+
+def _register_node(
+    registry: NodeRegistry, class_type: str, make_spec: _SpecMaker, report: PluginReport, origins: dict[str, str]
+) -> NodeRefusal | None:
+    if registry.is_builtin(class_type):
+        return NodeRefusal(class_type, "a built-in node has this name, and plugins cannot replace built-in nodes")
+    try:
+        spec = make_spec()
+        spec.python_module = report.module_name or spec.python_module
+        # Computed once now so a broken INPUT_TYPES is refused here, not found by /object_info later.
+        spec.inputs()
+    except Exception as error:  # plugin code: INPUT_TYPES and class attributes may raise anything
+        return NodeRefusal(class_type, f"cannot be read as a node: {type(error).__name__}: {error}", traceback.format_exc())
+    try:
+        registry.register(spec)
+    except RegistrationError as error:
+        return NodeRefusal(class_type, str(error))
+    previous = origins.get(class_type)
+    if previous is not None and previous != report.name:
+        log.warning("node %s from plugin %s replaces the one from plugin %s", class_type, report.name, previous)
+    origins[class_type] = report.name
+    return None
+
+
+def _resolve_web_directory(entry: PluginEntry, declared: Any) -> Path:
+    """The absolute folder ``WEB_DIRECTORY`` names; it must be an existing folder inside the pack's own."""
+    if not isinstance(declared, (str, os.PathLike)):
+        raise ValueError(f"WEB_DIRECTORY must be a path string, not {type(declared).__name__}")
+    root = entry.root.resolve()
+    resolved = (root / declared).resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"WEB_DIRECTORY {str(declared)!r} points outside the plugin folder {root}")
+    if not resolved.is_dir():
+        raise ValueError(f"WEB_DIRECTORY {str(declared)!r} is not a folder ({resolved})")
+    return resolved
+
+
+def _nothing_exported(module: ModuleType) -> str:
+    if hasattr(module, "comfy_entrypoint"):
+        return "it exports only comfy_entrypoint (ComfyUI's V3 API), which Loom does not load yet"
+    return "it exports no NODE_CLASS_MAPPINGS, no @node functions and no WEB_DIRECTORY"
+
+
+def _log_report(report: PluginReport) -> None:
+    if report.status is PluginStatus.FAILED:
+        log.error("cannot import plugin %s from %s: %s\n%s", report.name, report.path, report.error, report.traceback or "")
+    elif report.status is not PluginStatus.LOADED:
+        log.warning("plugin %s %s: %s", report.name, report.status.value, report.error)
+    for refusal in report.refused:
+        log.warning("plugin %s: node %s refused: %s", report.name, refusal.class_type, refusal.reason)
+    if report.web_error is not None:
+        log.warning("plugin %s: web files not served: %s", report.name, report.web_error)
