@@ -79,7 +79,10 @@ def lattice(size: int, width: int = 10) -> Graph:
             prompt[f"{layer}.{column}"] = {"class_type": "BenchAdd", "inputs": {"a": [a, 0], "b": [b, 0], "step": 0}}
     last = layers - 1
     for column in range(width):
-        prompt[f"{last}.{column}"] = {"class_type": "BenchSink", "inputs": {"x": [f"{last - 1}.{column}", 0], "step": 0}}
+        prompt[f"{last}.{column}"] = {
+            "class_type": "BenchSink",
+            "inputs": {"x": [f"{last - 1}.{column}", 0], "step": 0},
+        }
     return prompt, [f"{last}.{column}" for column in range(width)], f"{last - 1}.0"
 
 
@@ -133,12 +136,16 @@ def bench(shape: str, build: Callable[[int], Graph], size: int, repeats: int) ->
     reg = registry()
 
     cold_s, cold_wall, record = best_of(
-        repeats, lambda: (Executor(reg), copy.deepcopy(prompt)), lambda args: args[0].execute(args[1], outputs, prompt_id="cold")
+        repeats,
+        lambda: (Executor(reg), copy.deepcopy(prompt)),
+        lambda args: args[0].execute(args[1], outputs, prompt_id="cold"),
     )
     assert record.status == "success" and len(record.executed) == nodes, record.error
     warm = Executor(reg)
     warm.execute(copy.deepcopy(prompt), outputs, prompt_id="warm-up")
-    cached_s, _, record = best_of(repeats, lambda: copy.deepcopy(prompt), lambda p: warm.execute(p, outputs, prompt_id="cached"))
+    cached_s, _, record = best_of(
+        repeats, lambda: copy.deepcopy(prompt), lambda p: warm.execute(p, outputs, prompt_id="cached")
+    )
     assert not record.executed and len(record.cached) == nodes
 
     counter = iter(range(10**6, 10**9))
@@ -185,7 +192,8 @@ def main() -> None:
             row = bench(shape, build, size, args.repeats if size <= 1000 else max(1, args.repeats // 2))
             print(
                 f"| {row['shape']} | {row['nodes']:,} | {row['cold_us']:.1f} | {row['cached_ms']:.2f} | "
-                f"{row['change_ms']:.2f} ({row['rerun']}) | {row['naive_us']:.2f} | {row['ratio']:.1f}× | {row['cold_wall_us']:.1f} |",
+                f"{row['change_ms']:.2f} ({row['rerun']}) | {row['naive_us']:.2f} | {row['ratio']:.1f}× | "
+                f"{row['cold_wall_us']:.1f} |",
                 flush=True,
             )
 

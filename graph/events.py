@@ -29,7 +29,7 @@ EXECUTION_ERROR = "execution_error"
 EXECUTION_INTERRUPTED = "execution_interrupted"
 PREVIEW = "preview"
 
-#: ``listener(event_name, data)``; called synchronously, so a slow listener slows the prompt.
+#: ``listener(event_name, data)``; called synchronously (a slow listener slows the prompt); what it raises is logged.
 Listener = Callable[[str, dict[str, Any]], None]
 
 #: How much of one input value ``current_inputs`` shows; enough to recognise it, never a dump.
@@ -61,7 +61,9 @@ def progress(prompt_id: str, node_id: str, value: float, total: float) -> dict[s
     return {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id}
 
 
-def node_progress(prompt_id: str, node_id: str, value: float, total: float, state: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+def node_progress(
+    prompt_id: str, node_id: str, value: float, total: float, state: str, meta: Mapping[str, Any]
+) -> dict[str, Any]:
     """One entry of ``progress_state.nodes``; ``state`` is ``running``, ``finished`` or ``error``."""
     return {
         "value": value,
@@ -117,7 +119,9 @@ def execution_error(
     }
 
 
-def execution_interrupted(prompt_id: str, node_id: str | None, node_type: str | None, executed_ids: Iterable[str]) -> dict[str, Any]:
+def execution_interrupted(
+    prompt_id: str, node_id: str | None, node_type: str | None, executed_ids: Iterable[str]
+) -> dict[str, Any]:
     return {
         "prompt_id": prompt_id,
         "node_id": node_id,

@@ -9,6 +9,7 @@ and the same data. Without a listener no payload is built except the few the his
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -16,6 +17,8 @@ from typing import Any
 
 from graph import events
 from graph.events import Listener
+
+log = logging.getLogger(__name__)
 
 
 class NodeState(str, Enum):
@@ -73,10 +76,30 @@ class ExecutionState:
         self.error: dict[str, Any] | None = None
         #: ``progress_state`` bookkeeping: only nodes that have started appear (pending ones do not).
         self._progress: dict[str, dict[str, Any]] = {}
+        #: ``meta`` of the nodes created by expansions; prompt nodes use the default.
+        self._expanded_meta: dict[str, dict[str, Any]] = {}
+
+    def meta(self, node_id: str) -> dict[str, Any]:
+        return self._expanded_meta.get(node_id) or events.node_meta(node_id)
+
+    def display_node(self, node_id: str) -> str:
+        return self.meta(node_id)["display_node"]
+
+    def add_expanded(self, node_id: str, parent: str, display_node: str | None) -> None:
+        """A node created by ``parent``'s expansion joins the prompt, shown on the parent's display node."""
+        parent_meta = self.meta(parent)
+        self._expanded_meta[node_id] = events.node_meta(
+            node_id, display_node or parent_meta["display_node"], parent, parent_meta["real_node_id"]
+        )
+        self.states[node_id] = NodeState.PENDING
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
-        if self.listener is not None:
+        if self.listener is None:
+            return
+        try:
             self.listener(event, data)
+        except Exception:  # a broken client connection must not fail the prompt (ComfyUI logs send errors too)
+            log.exception("listener failed on %s event of prompt %s", event, self.prompt_id)
 
     def _remember(self, event: str, data: dict[str, Any]) -> None:
         self.messages.append([event, data])
@@ -100,7 +123,7 @@ class ExecutionState:
     def node_started(self, node_id: str) -> None:
         self.states[node_id] = NodeState.RUNNING
         if self.listener is not None:
-            self._emit(events.EXECUTING, events.executing(self.prompt_id, node_id, node_id))
+            self._emit(events.EXECUTING, events.executing(self.prompt_id, node_id, self.display_node(node_id)))
             self._set_progress(node_id, 0, 1, "running")
 
     def node_deferred(self, node_id: str) -> None:
@@ -127,18 +150,18 @@ class ExecutionState:
         self._emit(events.PROGRESS, events.progress(self.prompt_id, node_id, value, total))
         self._set_progress(node_id, value, total, "running")
         if preview is not None:
-            self._emit(events.PREVIEW, events.preview(self.prompt_id, node_id, events.node_meta(node_id), preview))
+            self._emit(events.PREVIEW, events.preview(self.prompt_id, node_id, self.meta(node_id), preview))
 
     def _set_progress(self, node_id: str, value: float, total: float, state: str) -> None:
         if self.listener is None:
             return
-        meta = events.node_meta(node_id)
+        meta = self.meta(node_id)
         self._progress[node_id] = events.node_progress(self.prompt_id, node_id, value, total, state, meta)
         self._emit(events.PROGRESS_STATE, events.progress_state(self.prompt_id, self._progress))
 
     def _record_ui(self, node_id: str, ui: dict[str, list[Any]]) -> None:
         self.outputs[node_id] = ui
-        self._emit(events.EXECUTED, events.executed(self.prompt_id, node_id, node_id, ui))
+        self._emit(events.EXECUTED, events.executed(self.prompt_id, node_id, self.display_node(node_id), ui))
 
     def succeed(self) -> ExecutionRecord:
         for node_id, state in self.states.items():
@@ -192,7 +215,7 @@ class ExecutionState:
             executed=list(self.executed),
             cached=list(self.cached),
             error=self.error,
-            meta={node_id: events.node_meta(node_id) for node_id in self.outputs},
+            meta={node_id: self.meta(node_id) for node_id in self.outputs},
             node_states=self.states,
         )
 

@@ -19,10 +19,14 @@ One ``Executor`` lives as long as the server. Per prompt (COMPAT 4.2–4.6):
 5. An exception ends the prompt with ``execution_error`` naming the node, its type and its inputs;
    everything computed before it stays cached and the executor is ready for the next prompt.
 
+6. Node expansion (COMPAT 3.8): a result carrying ``expand`` (an API-format subgraph) adds those
+   nodes to this prompt's graph, keyed and cached like any other node; the values it returned may
+   be links into the subgraph, and the expanding node finishes once they are computed. Expanded
+   nodes are displayed on the node that expanded them (``display_node``/``parent_node`` in events).
+
 Node instances are kept per ``(node id, class_type)`` across prompts, so V1 nodes can hold state;
-instances of nodes absent from the current prompt are dropped. Node expansion (results carrying
-``expand``) is not supported and fails the node with ``NodeExpansionUnsupported``. ``async def``
-node functions are awaited one at a time on the executor's own event loop.
+instances of nodes absent from the current prompt are dropped. ``async def`` node functions are
+awaited one at a time on the executor's own event loop.
 """
 
 from __future__ import annotations
@@ -47,19 +51,20 @@ from graph.cache_keys import (
 )
 from graph.events import Listener
 from graph.execution_state import ExecutionRecord, ExecutionState
-from graph.progress import InterruptFlag, Interrupted, node_context
+from graph.progress import Interrupted, InterruptFlag, node_context
 from graph.registry import NodeRegistry
 from graph.spec import ExecutionBlocker, NodeResult, NodeReturnError
 
-__all__ = ["ExecutionBlocked", "Executor", "NodeExpansionUnsupported"]
+__all__ = ["DuplicateNodeError", "ExecutionBlocked", "Executor"]
 
 
-class NodeExpansionUnsupported(NotImplementedError):
-    """A node returned ``expand`` (a subgraph to splice in); Loom does not expand graphs yet."""
+class DuplicateNodeError(ValueError):
+    """An expansion tried to add a node id that already exists in the prompt."""
 
-    def __init__(self, class_type: str) -> None:
-        super().__init__(f"node type {class_type!r} returned a graph expansion, which Loom does not support")
-        self.class_type = class_type
+    def __init__(self, node_id: str, new_id: str) -> None:
+        super().__init__(f"node {node_id!r} expanded into node id {new_id!r}, which already exists")
+        self.node_id = node_id
+        self.new_id = new_id
 
 
 class ExecutionBlocked(RuntimeError):
@@ -114,9 +119,11 @@ class Executor:
     def facts_of(self, class_type: str) -> SpecFacts | None:
         return self._facts.get(class_type)
 
-    def keys_for(self, prompt: Mapping[str, Any], outputs: list[str]) -> dict[str, CacheKey]:
+    def keys_for(
+        self, prompt: Mapping[str, Any], outputs: list[str], known: dict[str, CacheKey] | None = None
+    ) -> dict[str, CacheKey]:
         """Cache keys of ``outputs`` and everything upstream, memoised across this executor's prompts."""
-        return compute_keys(prompt, outputs, self._facts.get, self._digests)
+        return compute_keys(prompt, outputs, self._facts.get, self._digests, known)
 
     def instance_for(self, node_id: str, facts: SpecFacts) -> Any:
         """The node's kept instance (created on first use); stateless node types have none (``None``)."""
@@ -156,6 +163,10 @@ class _PromptRun:
         self.executor = executor
         self.cache = executor.cache
         self.prompt = prompt
+        #: The prompt plus the nodes expansions added (the original stays untouched: it is ``PROMPT``).
+        self.graph: dict[str, Any] = {}
+        #: Outputs of nodes that expanded, holding links into their subgraphs until those are computed.
+        self.expanded: dict[str, tuple[tuple[list[Any], ...], dict[str, list[Any]] | None]] = {}
         self.requested_outputs = outputs
         self.outputs: list[str] = []
         self.extra_data = extra_data
@@ -176,8 +187,9 @@ class _PromptRun:
         try:
             if not isinstance(self.prompt, Mapping):
                 raise PromptStructureError(None, f"the prompt is a {type(self.prompt).__name__}, not an object")
+            self.graph = dict(self.prompt)
             self.outputs = list(dict.fromkeys(self.requested_outputs))
-            self.keys = self.executor.keys_for(self.prompt, self.outputs)
+            self.keys = self.executor.keys_for(self.graph, self.outputs)
             self._use_cached_results()
             self.executor.keep_instances_of(self.prompt)
             self._require(self.outputs)
@@ -203,7 +215,8 @@ class _PromptRun:
         return self.state.succeed()
 
     def _class_type(self, node_id: str | None) -> str | None:
-        node = self.prompt.get(node_id) if node_id is not None and isinstance(self.prompt, Mapping) else None
+        graph = self.graph or (self.prompt if isinstance(self.prompt, Mapping) else {})
+        node = graph.get(node_id) if node_id is not None else None
         return node.get("class_type") if isinstance(node, Mapping) else None
 
     def _use_cached_results(self) -> None:
@@ -216,7 +229,7 @@ class _PromptRun:
                 self.state.served_from_cache(node_id, entries[node_id].ui)
 
     def _facts_of_node(self, node_id: str) -> SpecFacts:
-        class_type = self.prompt[node_id]["class_type"]
+        class_type = self.graph[node_id]["class_type"]
         facts = self.facts_by_type.get(class_type)
         if facts is None:
             found = self.executor.facts_of(class_type)
@@ -229,7 +242,7 @@ class _PromptRun:
         """Sources that must be computed before ``node_id`` runs: non-lazy links plus requested lazy ones."""
         found = self.dependencies.get(node_id)
         if found is None:
-            node = self.prompt[node_id]
+            node = self.graph[node_id]
             lazy = self._facts_of_node(node_id).lazy
             requested = self.requested.get(node_id, ())
             found = self.dependencies[node_id] = [
@@ -264,7 +277,7 @@ class _PromptRun:
                     pending[node_id] = None
 
     def _replan(self) -> list[str]:
-        """A topological order of what is still pending, after a node asked for lazy inputs (networkx)."""
+        """A topological order of what is still pending, after a node asked for lazy inputs or expanded (networkx)."""
         import networkx as nx
 
         graph = nx.DiGraph()
@@ -287,11 +300,15 @@ class _PromptRun:
                 order = []
 
     def _run_node(self, node_id: str) -> bool:
-        """Run one node; ``False`` when it asked for lazy inputs first and must be scheduled again."""
+        """Run one node; ``False`` when it must run again later (it asked for lazy inputs, or expanded)."""
         self.current = node_id
         if self.interrupt.is_set():
             raise Interrupted(node_id)
-        node = self.prompt[node_id]
+        if node_id in self.expanded:
+            slots, ui = self._resolve_expansion(node_id)
+            self._finish(node_id, slots, ui, all_blocked=False)
+            return True
+        node = self.graph[node_id]
         class_type = node["class_type"]
         facts = self._facts_of_node(node_id)
         self.state.node_started(node_id)
@@ -304,13 +321,22 @@ class _PromptRun:
                 if wanted:
                     self.requested.setdefault(node_id, set()).update(wanted)
                     del self.dependencies[node_id]
-                    self._require([self.prompt[node_id]["inputs"][name][0] for name in wanted])
+                    self._require([node["inputs"][name][0] for name in wanted])
                     self.state.node_deferred(node_id)
                     return False
-            slots, ui, all_blocked = self._call(node_id, facts, instance, args)
+            slots, ui, all_blocked, expansions = self._call(node_id, facts, instance, args)
+            if expansions:
+                self._expand(node_id, expansions, slots, ui)
+                return False
         except Exception as error:  # Interrupted is a BaseException and passes through
             visible = {name: values for name, values in args.items() if name not in dict(facts.hidden)}
             raise _NodeFailure(node_id, class_type, error, visible) from error
+        self._finish(node_id, slots, ui, all_blocked)
+        return True
+
+    def _finish(
+        self, node_id: str, slots: tuple[list[Any], ...], ui: dict[str, list[Any]] | None, all_blocked: bool
+    ) -> None:
         self.values[node_id] = slots
         if can_match(self.keys[node_id]):
             self.cache.put(self.keys[node_id], slots, ui)
@@ -318,9 +344,54 @@ class _PromptRun:
             self.state.node_skipped(node_id)
         else:
             self.state.node_succeeded(node_id, ui)
-        return True
 
-    def _gather_inputs(self, node_id: str, node: Mapping[str, Any], facts: SpecFacts) -> tuple[dict[str, list[Any]], list[str]]:
+    def _expand(
+        self,
+        node_id: str,
+        expansions: list[Mapping[str, Any]],
+        slots: tuple[list[Any], ...],
+        ui: dict[str, list[Any]] | None,
+    ) -> None:
+        """Add the subgraphs to this prompt and wait for the nodes the results link to."""
+        added: list[str] = []
+        for subgraph in expansions:
+            for new_id, new_node in subgraph.items():
+                if new_id in self.graph:
+                    raise DuplicateNodeError(node_id, new_id)
+                self.graph[new_id] = new_node
+                display = new_node.get("override_display_id") if isinstance(new_node, Mapping) else None
+                self.state.add_expanded(new_id, node_id, display)
+                added.append(new_id)
+        targets = list(dict.fromkeys(item[0] for slot in slots for item in slot if is_link(item)))
+        for target in targets:
+            if target not in self.graph:
+                raise PromptStructureError(
+                    node_id, f"its expansion result links to node {target!r}, which does not exist"
+                )
+        self.executor.keys_for(self.graph, added + targets, self.keys)
+        fresh = [new_id for new_id in added + targets if new_id not in self.values]
+        for new_id, entry in self.cache.get_many({new_id: self.keys[new_id] for new_id in fresh}).items():
+            self.values[new_id] = entry.outputs
+        self.expanded[node_id] = (slots, ui)
+        self.dependencies[node_id] = targets
+        self._require(targets)
+        self.state.node_deferred(node_id)
+
+    def _resolve_expansion(self, node_id: str) -> tuple[tuple[list[Any], ...], dict[str, list[Any]] | None]:
+        """The expanding node's outputs: each link replaced by every item the linked output produced."""
+        slots, ui = self.expanded.pop(node_id)
+        resolved: tuple[list[Any], ...] = tuple([] for _ in slots)
+        for target, slot in zip(resolved, slots, strict=True):
+            for item in slot:
+                if is_link(item):
+                    target.extend(self.values[item[0]][item[1]])
+                else:
+                    target.append(item)
+        return resolved, ui
+
+    def _gather_inputs(
+        self, node_id: str, node: Mapping[str, Any], facts: SpecFacts
+    ) -> tuple[dict[str, list[Any]], list[str]]:
         args: dict[str, list[Any]] = {}
         unevaluated: list[str] = []
         for name, value in node.get("inputs", {}).items():
@@ -332,7 +403,8 @@ class _PromptRun:
                 produced = self.values[source]
                 if not 0 <= slot < len(produced):
                     raise PromptStructureError(
-                        node_id, f"input {name!r} links to output {slot} of node {source!r}, which has {len(produced)} outputs"
+                        node_id,
+                        f"input {name!r} links to output {slot} of node {source!r}, which has {len(produced)} outputs",
                     )
                 args[name] = produced[slot]
             elif name in facts.lazy:
@@ -345,8 +417,10 @@ class _PromptRun:
         return args, unevaluated
 
     def _hidden_value(self, node_id: str, kind: str) -> Any:
-        if kind in ("PROMPT", "DYNPROMPT"):
+        if kind == "PROMPT":
             return self.prompt
+        if kind == "DYNPROMPT":
+            return self.graph
         if kind == "UNIQUE_ID":
             return node_id
         if kind == "EXTRA_PNGINFO":
@@ -372,11 +446,16 @@ class _PromptRun:
 
     def _call(
         self, node_id: str, facts: SpecFacts, instance: Any, args: dict[str, list[Any]]
-    ) -> tuple[tuple[list[Any], ...], dict[str, list[Any]] | None, bool]:
-        """Call the node over the list mapping; returns output slots, merged UI, whether every call was blocked."""
+    ) -> tuple[tuple[list[Any], ...], dict[str, list[Any]] | None, bool, list[Mapping[str, Any]]]:
+        """Call the node over the list mapping.
+
+        Returns the output slots, the merged UI, whether every call was blocked, and the subgraphs
+        the calls asked to expand (their results may then hold links into them).
+        """
         spec = facts.spec
         slots: tuple[list[Any], ...] = tuple([] for _ in spec.outputs)
         ui: dict[str, list[Any]] | None = None
+        expansions: list[Mapping[str, Any]] = []
         calls = 0
         blocked = 0
         with node_context(node_id, self.interrupt, self.state):
@@ -397,14 +476,16 @@ class _PromptRun:
                     raw = self.executor.await_result(raw)
                 result = spec.normalize_result(raw)
                 _check_result(spec.class_type, result, len(slots))
-                for slot, output, value in zip(slots, spec.outputs, result.values):
-                    if output.is_list and not isinstance(value, ExecutionBlocker):
+                if result.expand:
+                    expansions.append(result.expand)
+                for slot, output, value in zip(slots, spec.outputs, result.values, strict=True):
+                    if output.is_list and not isinstance(value, ExecutionBlocker) and not is_link(value):
                         slot.extend(value)
                     else:
                         slot.append(value)
                 if result.ui:
                     ui = _merge_ui(ui, result.ui)
-        return slots, ui, calls > 0 and blocked == calls
+        return slots, ui, calls > 0 and blocked == calls, expansions
 
 
 #: Return types that are certainly not awaitable; checked first because ``isawaitable`` is slow.
@@ -412,7 +493,7 @@ _PLAIN_RESULTS = frozenset({tuple, list, dict, NodeResult, ExecutionBlocker, typ
 
 
 def _call_arguments(args: dict[str, list[Any]], input_is_list: bool) -> list[dict[str, Any]]:
-    """The keyword arguments of each call: whole lists, or one index at a time (shorter lists repeat their last item)."""
+    """Keyword arguments of each call: whole lists, or one index at a time (shorter lists repeat their last item)."""
     if input_is_list:
         return [args]
     count = 1
@@ -421,7 +502,9 @@ def _call_arguments(args: dict[str, list[Any]], input_is_list: bool) -> list[dic
             count = 0 if not values or not count else max(count, len(values))
     if count == 1:
         return [{name: values[0] for name, values in args.items()}]
-    return [{name: values[index if index < len(values) else -1] for name, values in args.items()} for index in range(count)]
+    return [
+        {name: values[index if index < len(values) else -1] for name, values in args.items()} for index in range(count)
+    ]
 
 
 def _blocker_in(kwargs: dict[str, Any], input_is_list: bool) -> ExecutionBlocker | None:
@@ -436,8 +519,10 @@ def _blocker_in(kwargs: dict[str, Any], input_is_list: bool) -> ExecutionBlocker
 
 
 def _check_result(class_type: str, result: NodeResult, outputs: int) -> None:
-    if result.expand:
-        raise NodeExpansionUnsupported(class_type)
+    if result.expand is not None and not isinstance(result.expand, Mapping):
+        raise NodeReturnError(
+            class_type, f"an expansion that is a {type(result.expand).__name__}, not an API-format graph"
+        )
     if len(result.values) != outputs:
         raise NodeReturnError(class_type, f"{len(result.values)} values for {outputs} outputs")
 

@@ -44,7 +44,9 @@ def is_device_tensor(value: Any) -> bool:
 
 def sizes(value: Any) -> tuple[int, int]:
     """``(total bytes, bytes on non-CPU devices)`` in one walk over ``value``."""
-    if type(value) is tuple and all(type(slot) is list and all(type(item) in _SCALARS for item in slot) for slot in value):
+    if type(value) is tuple and all(
+        type(slot) is list and all(type(item) in _SCALARS for item in slot) for slot in value
+    ):
         # The common node result, output slots of plain numbers and strings: no walk, no bookkeeping.
         return sum(_scalar_size(item) for slot in value for item in slot), 0
     # An explicit stack, not recursion: a deeply nested value must not hit the recursion limit.

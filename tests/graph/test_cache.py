@@ -118,7 +118,13 @@ def test_over_the_device_budget_tensors_are_offloaded_before_anything_is_dropped
     cache.put(b"new", ([FakeTensor(100)],))
     assert len(cache) == 2
     stats = cache.stats()
-    assert (stats.device_bytes, stats.bytes, stats.offloads, stats.offloaded_bytes, stats.evictions) == (400, 800, 1, 400, 0)
+    assert (stats.device_bytes, stats.bytes, stats.offloads, stats.offloaded_bytes, stats.evictions) == (
+        400,
+        800,
+        1,
+        400,
+        0,
+    )
     old = cache.get(b"old")
     assert old is not None and old.outputs[0][0].device.type == "cpu" and old.device_nbytes == 0
     assert cache.get(b"new").outputs[0][0].device.type == "cuda"

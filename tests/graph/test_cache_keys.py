@@ -81,7 +81,13 @@ def pair(a, b=None, note=""):
 
 def test_keys_ignore_node_ids_and_input_order(keys_of) -> None:
     first = keys_of({"1": value(1), "2": value(2), "3": pair("1", ["2", 0])})
-    second = keys_of({"z": value(2), "y": value(1), "x": {"class_type": "Pair", "inputs": {"note": "", "b": ["z", 0], "a": ["y", 0]}}})
+    second = keys_of(
+        {
+            "z": value(2),
+            "y": value(1),
+            "x": {"class_type": "Pair", "inputs": {"note": "", "b": ["z", 0], "a": ["y", 0]}},
+        }
+    )
     assert first["3"] == second["x"] and first["1"] == second["y"]
     assert len(first["3"]) == 16
 
@@ -100,13 +106,31 @@ def test_a_changed_constant_changes_that_node_and_its_descendants_only(keys_of) 
 
 
 def test_the_output_slot_of_a_link_is_part_of_the_key(keys_of) -> None:
-    keys = keys_of({"1": value(1), "2": pair("1"), "3": {"class_type": "Value", "inputs": {"value": ["2", 0]}}, "4": {"class_type": "Value", "inputs": {"value": ["2", 1]}}})
+    keys = keys_of(
+        {
+            "1": value(1),
+            "2": pair("1"),
+            "3": {"class_type": "Value", "inputs": {"value": ["2", 0]}},
+            "4": {"class_type": "Value", "inputs": {"value": ["2", 1]}},
+        }
+    )
     assert keys["3"] != keys["4"]
 
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [(1, 1.0), (1, True), (0, False), (0.0, -0.0), ("1", 1), ([1, 2], [2, 1]), ([1], (1,)), ({"a": 1}, {"a": 1.0}), (None, "None"), ([1], ["1", 0][:1])],
+    [
+        (1, 1.0),
+        (1, True),
+        (0, False),
+        (0.0, -0.0),
+        ("1", 1),
+        ([1, 2], [2, 1]),
+        ([1], (1,)),
+        ({"a": 1}, {"a": 1.0}),
+        (None, "None"),
+        ([1], ["1", 0][:1]),
+    ],
 )
 def test_constants_that_python_calls_equal_but_differ_in_type_have_different_keys(keys_of, a, b) -> None:
     memo = DigestMemo()
@@ -135,7 +159,10 @@ def test_the_fingerprint_joins_the_key(keys_of) -> None:
 
 @pytest.mark.parametrize("class_type", ["Broken", "Volatile"])
 def test_a_raising_or_nan_fingerprint_never_matches(keys_of, class_type) -> None:
-    prompt = {"1": {"class_type": class_type, "inputs": {"path": "a.txt"}}, "2": {"class_type": "Value", "inputs": {"value": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": class_type, "inputs": {"path": "a.txt"}},
+        "2": {"class_type": "Value", "inputs": {"value": ["1", 0]}},
+    }
     first, second = keys_of(prompt), keys_of(prompt)
     assert first["1"] != second["1"] and first["2"] != second["2"]
 
@@ -143,7 +170,13 @@ def test_a_raising_or_nan_fingerprint_never_matches(keys_of, class_type) -> None
 @pytest.mark.parametrize("class_type", ["Random", "Tagged"])
 def test_not_idempotent_and_unique_id_nodes_are_keyed_by_id(keys_of, class_type) -> None:
     inputs = {"seed": 1} if class_type == "Random" else {"x": ["0", 0]}
-    keys = keys_of({"0": value(1), "1": {"class_type": class_type, "inputs": inputs}, "2": {"class_type": class_type, "inputs": dict(inputs)}})
+    keys = keys_of(
+        {
+            "0": value(1),
+            "1": {"class_type": class_type, "inputs": inputs},
+            "2": {"class_type": class_type, "inputs": dict(inputs)},
+        }
+    )
     assert keys["1"] != keys["2"]
     again = keys_of({"0": value(1), "1": {"class_type": class_type, "inputs": dict(inputs)}})
     assert again["1"] == keys["1"]
@@ -211,6 +244,8 @@ def test_links_are_two_item_lists_of_id_and_slot() -> None:
 def test_never_matching_keys_are_recognisable(keys_of) -> None:
     from graph.cache_keys import can_match
 
-    keys = keys_of({"1": value(float("nan")), "2": value(1), "3": {"class_type": "Value", "inputs": {"value": ["1", 0]}}})
+    keys = keys_of(
+        {"1": value(float("nan")), "2": value(1), "3": {"class_type": "Value", "inputs": {"value": ["1", 0]}}}
+    )
     assert not can_match(keys["1"]) and can_match(keys["2"])
     assert not can_match(keys["3"]), "a node downstream of a never-matching one can never match either"

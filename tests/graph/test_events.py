@@ -13,8 +13,16 @@ def test_event_names_are_the_wire_names() -> None:
     assert (events.EXECUTION_START, events.EXECUTION_CACHED, events.EXECUTING, events.PROGRESS) == (
         "execution_start", "execution_cached", "executing", "progress",
     )  # fmt: skip
-    assert (events.PROGRESS_STATE, events.EXECUTED, events.EXECUTION_SUCCESS) == ("progress_state", "executed", "execution_success")
-    assert (events.EXECUTION_ERROR, events.EXECUTION_INTERRUPTED, events.PREVIEW) == ("execution_error", "execution_interrupted", "preview")
+    assert (events.PROGRESS_STATE, events.EXECUTED, events.EXECUTION_SUCCESS) == (
+        "progress_state",
+        "executed",
+        "execution_success",
+    )
+    assert (events.EXECUTION_ERROR, events.EXECUTION_INTERRUPTED, events.PREVIEW) == (
+        "execution_error",
+        "execution_interrupted",
+        "preview",
+    )
 
 
 def test_timestamps_are_integer_milliseconds_now() -> None:
@@ -32,7 +40,12 @@ def test_prompt_level_payloads() -> None:
 def test_node_level_payloads() -> None:
     assert events.executing("p", "3", "3") == {"node": "3", "display_node": "3", "prompt_id": "p"}
     assert events.progress("p", "3", 2, 20) == {"value": 2, "max": 20, "prompt_id": "p", "node": "3"}
-    assert events.executed("p", "9", "9", {"images": []}) == {"node": "9", "display_node": "9", "output": {"images": []}, "prompt_id": "p"}
+    assert events.executed("p", "9", "9", {"images": []}) == {
+        "node": "9",
+        "display_node": "9",
+        "output": {"images": []},
+        "prompt_id": "p",
+    }
 
 
 def test_progress_state_is_a_snapshot_of_started_nodes() -> None:
@@ -62,7 +75,8 @@ def test_error_and_interrupt_payloads() -> None:
 def test_preview_carries_the_binary_frame_ids_and_the_unencoded_image() -> None:
     image = object()
     assert events.preview("p", "5", events.node_meta("5"), image) == {
-        "prompt_id": "p", "node_id": "5", "display_node_id": "5", "parent_node_id": None, "real_node_id": "5", "image": image,
+        "prompt_id": "p", "node_id": "5", "display_node_id": "5", "parent_node_id": None, "real_node_id": "5",
+        "image": image,
     }  # fmt: skip
 
 

@@ -95,7 +95,7 @@ def WhoAmI(
     extra_pnginfo=Hidden("EXTRA_PNGINFO"),
     unique_id=Hidden("UNIQUE_ID"),
 ):
-    CALLS.append(("WhoAmI", (sorted(prompt), dynprompt is prompt, extra_pnginfo, unique_id)))
+    CALLS.append(("WhoAmI", (sorted(prompt), dynprompt == prompt, extra_pnginfo, unique_id)))
     return x
 
 
@@ -142,16 +142,48 @@ class Stateful:
         return (self.uses,)
 
 
-class Expander:
+class LazyPick:
+    """A V1 switch: ``check_lazy_status`` runs on the kept instance, with unevaluated inputs as ``None``."""
+
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}}
+        return {
+            "required": {
+                "first": ("BOOLEAN", {"default": True}),
+                "a": ("INT", {"lazy": True}),
+                "b": ("INT", {"lazy": True}),
+            }
+        }
 
     RETURN_TYPES = ("INT",)
     FUNCTION = "run"
 
-    def run(self):
-        return {"result": (["a", 0],), "expand": {"a": {"class_type": "Const", "inputs": {"value": 1}}}}
+    def check_lazy_status(self, first, a, b):
+        CALLS.append(("check_lazy_status", (a, b)))
+        return ["a"] if first else ["b"]
+
+    def run(self, first, a, b):
+        return (a if first else b,)
+
+
+class Repeat:
+    """Expands into a chain of ``times`` Tick nodes after ``x`` (COMPAT 3.8), ids prefixed by its own."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("INT",), "times": ("INT", {"default": 2})}, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, x, times, unique_id, clash=None):
+        CALLS.append(("Repeat", x))
+        graph = {f"{unique_id}.0": {"class_type": "Const", "inputs": {"value": x}}}
+        for index in range(1, times + 1):
+            graph[f"{unique_id}.{index}"] = {"class_type": "Tick", "inputs": {"x": [f"{unique_id}.{index - 1}", 0]}}
+        if x < 0:
+            graph["1"] = {"class_type": "Const", "inputs": {"value": 0}}
+        return {"result": ([f"{unique_id}.{times}", 0],), "expand": graph}
 
 
 class WrongCount:
@@ -175,7 +207,7 @@ def make_registry() -> NodeRegistry:
         registry.register(spec_of(function))
     from graph.v1 import spec_from_v1_class
 
-    for cls in (AsyncAdd, Stateful, Expander, WrongCount):
+    for cls in (AsyncAdd, Stateful, LazyPick, Repeat, WrongCount):
         registry.register(spec_from_v1_class(cls.__name__, cls))
     return registry
 
@@ -245,7 +277,9 @@ def test_an_unchanged_rerun_runs_nothing_and_resends_cached_ui(executor: Executo
     assert record.cached == ["1", "2", "3", "4"]
     assert record.outputs == {"4": {"text": ["5"]}}
     assert recorder.named("execution_cached")[0]["nodes"] == ["1", "2", "3", "4"]
-    assert recorder.named("executed") == [{"node": "4", "display_node": "4", "output": {"text": ["5"]}, "prompt_id": "p2"}]
+    assert recorder.named("executed") == [
+        {"node": "4", "display_node": "4", "output": {"text": ["5"]}, "prompt_id": "p2"}
+    ]
     assert recorder.named("executing") == []
     assert all(state is NodeState.CACHED for node_id, state in record.node_states.items() if node_id != "5")
 
@@ -264,7 +298,14 @@ def test_a_changed_constant_reruns_that_node_and_its_descendants_only(executor: 
 def test_renumbered_nodes_and_duplicated_branches_hit_the_cache(executor: Executor) -> None:
     executor.execute(adder_prompt(), ["4"], prompt_id="p1")
     CALLS.clear()
-    renumbered = {"a": const(2), "b": const(3), "c": add("a", "b"), "d": show("c"), "c2": add("a", "b"), "d2": show("c2")}
+    renumbered = {
+        "a": const(2),
+        "b": const(3),
+        "c": add("a", "b"),
+        "d": show("c"),
+        "c2": add("a", "b"),
+        "d2": show("c2"),
+    }
     record = executor.execute(renumbered, ["d", "d2"], prompt_id="p2")
     assert record.executed == []
     assert record.outputs == {"d": {"text": ["5"]}, "d2": {"text": ["5"]}}
@@ -315,7 +356,11 @@ def test_node_instances_persist_per_node_id_and_class(executor: Executor) -> Non
 
 
 def test_async_node_functions_are_awaited(executor: Executor) -> None:
-    record = executor.execute({"1": const(1), "2": {"class_type": "AsyncAdd", "inputs": {"x": ["1", 0]}}, "3": show("2")}, ["3"], prompt_id="p")
+    record = executor.execute(
+        {"1": const(1), "2": {"class_type": "AsyncAdd", "inputs": {"x": ["1", 0]}}, "3": show("2")},
+        ["3"],
+        prompt_id="p",
+    )
     assert record.outputs["3"] == {"text": ["101"]}
 
 
@@ -323,7 +368,11 @@ def test_async_node_functions_are_awaited(executor: Executor) -> None:
 
 
 def test_list_outputs_map_consumers_per_item_and_concatenate_ui(executor: Executor) -> None:
-    prompt = {"1": {"class_type": "Range", "inputs": {"count": 3}}, "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}}, "3": show("2")}
+    prompt = {
+        "1": {"class_type": "Range", "inputs": {"count": 3}},
+        "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}},
+        "3": show("2"),
+    }
     record = executor.execute(prompt, ["3"], prompt_id="p")
     assert [c for c in CALLS if c[0] == "Double"] == [("Double", 0), ("Double", 1), ("Double", 2)]
     assert record.outputs["3"] == {"text": ["0", "2", "4"]}
@@ -336,14 +385,22 @@ def test_shorter_lists_repeat_their_last_item(executor: Executor) -> None:
 
 
 def test_input_is_list_nodes_get_whole_lists_once(executor: Executor) -> None:
-    prompt = {"1": {"class_type": "Range", "inputs": {"count": 4}}, "2": {"class_type": "Sum", "inputs": {"values": ["1", 0]}}, "3": show("2")}
+    prompt = {
+        "1": {"class_type": "Range", "inputs": {"count": 4}},
+        "2": {"class_type": "Sum", "inputs": {"values": ["1", 0]}},
+        "3": show("2"),
+    }
     record = executor.execute(prompt, ["3"], prompt_id="p")
     assert [c for c in CALLS if c[0] == "Sum"] == [("Sum", [0, 1, 2, 3])]
     assert record.outputs["3"] == {"text": ["6"]}
 
 
 def test_an_empty_list_calls_nothing_downstream(executor: Executor) -> None:
-    prompt = {"1": {"class_type": "Range", "inputs": {"count": 0}}, "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}}, "3": show("2")}
+    prompt = {
+        "1": {"class_type": "Range", "inputs": {"count": 0}},
+        "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}},
+        "3": show("2"),
+    }
     record = executor.execute(prompt, ["3"], prompt_id="p")
     assert record.status == "success"
     assert [c for c in CALLS if c[0] in ("Double", "Show")] == []
@@ -363,13 +420,31 @@ def switch_prompt(choose: int) -> dict:
 
 
 @pytest.mark.parametrize(("choose", "runs", "skipped", "shown"), [(1, "1", "2", "1"), (0, "2", "1", "2")])
-def test_lazy_inputs_run_only_the_requested_branch(executor: Executor, choose: int, runs: str, skipped: str, shown: str) -> None:
+def test_lazy_inputs_run_only_the_requested_branch(
+    executor: Executor, choose: int, runs: str, skipped: str, shown: str
+) -> None:
     record = executor.execute(switch_prompt(choose), ["4"], prompt_id="p")
     assert record.status == "success", record.error
     assert runs in record.executed and skipped not in record.executed
     assert record.node_states[skipped] is NodeState.SKIPPED
     assert record.outputs["4"] == {"text": [shown]}
-    assert [c for c in CALLS if c[0] == "Switch"] == [("Switch", (choose, int(runs) if choose else None, None if choose else int(runs)))]
+    assert [c for c in CALLS if c[0] == "Switch"] == [
+        ("Switch", (choose, int(runs) if choose else None, None if choose else int(runs)))
+    ]
+
+
+def test_v1_lazy_status_is_asked_until_it_needs_nothing_new(executor: Executor) -> None:
+    prompt = {
+        "1": const(1),
+        "2": const(2),
+        "3": {"class_type": "LazyPick", "inputs": {"first": False, "a": ["1", 0], "b": ["2", 0]}},
+        "4": show("3"),
+    }
+    record = executor.execute(prompt, ["4"], prompt_id="p")
+    assert record.outputs["4"] == {"text": ["2"]}
+    asked = [args for name, args in CALLS if name == "check_lazy_status"]
+    assert asked == [(None, None), (None, 2)], "asked again once b exists; it wants nothing new, so it runs"
+    assert "1" not in record.executed
 
 
 def test_a_cached_lazy_source_is_delivered_without_being_requested(executor: Executor) -> None:
@@ -380,7 +455,12 @@ def test_a_cached_lazy_source_is_delivered_without_being_requested(executor: Exe
 
 
 def test_a_silent_blocker_skips_consumers_and_their_ui(executor: Executor) -> None:
-    prompt = {"1": const(1), "2": {"class_type": "Block", "inputs": {"x": ["1", 0], "message": ""}}, "3": show("2"), "4": show("1")}
+    prompt = {
+        "1": const(1),
+        "2": {"class_type": "Block", "inputs": {"x": ["1", 0], "message": ""}},
+        "3": show("2"),
+        "4": show("1"),
+    }
     record = executor.execute(prompt, ["3", "4"], prompt_id="p")
     assert record.status == "success"
     assert record.outputs == {"4": {"text": ["1"]}}
@@ -389,7 +469,11 @@ def test_a_silent_blocker_skips_consumers_and_their_ui(executor: Executor) -> No
 
 
 def test_a_blocker_with_a_message_ends_the_prompt_with_that_message(executor: Executor) -> None:
-    prompt = {"1": const(1), "2": {"class_type": "Block", "inputs": {"x": ["1", 0], "message": "no image"}}, "3": show("2")}
+    prompt = {
+        "1": const(1),
+        "2": {"class_type": "Block", "inputs": {"x": ["1", 0], "message": "no image"}},
+        "3": show("2"),
+    }
     record = executor.execute(prompt, ["3"], prompt_id="p")
     assert record.status == "error"
     assert record.error["node_id"] == "3"
@@ -401,7 +485,11 @@ def test_a_blocker_with_a_message_ends_the_prompt_with_that_message(executor: Ex
 
 
 def test_a_failing_node_ends_the_prompt_with_a_complete_error(executor: Executor) -> None:
-    prompt = {"1": const(7), "2": {"class_type": "Fail", "inputs": {"x": ["1", 0], "message": "bad seed"}}, "3": show("2")}
+    prompt = {
+        "1": const(7),
+        "2": {"class_type": "Fail", "inputs": {"x": ["1", 0], "message": "bad seed"}},
+        "3": show("2"),
+    }
     recorder = Recorder()
     record = executor.execute(prompt, ["3"], prompt_id="p", listener=recorder)
     assert record.status is PromptStatus.ERROR
@@ -447,7 +535,9 @@ def test_after_a_failure_the_cache_keeps_earlier_results_and_the_executor_runs_a
         ({"1": {"class_type": "Const", "inputs": [1]}}, ["1"], "1", "'inputs' is a list"),
     ],
 )
-def test_malformed_prompts_become_error_records(executor: Executor, prompt: dict, outputs: list, node_id: str, reason: str) -> None:
+def test_malformed_prompts_become_error_records(
+    executor: Executor, prompt: dict, outputs: list, node_id: str, reason: str
+) -> None:
     record = executor.execute(prompt, outputs, prompt_id="bad")
     assert record.status == "error"
     assert record.error["node_id"] == node_id
@@ -468,11 +558,48 @@ def test_a_cycle_is_an_error_naming_its_nodes(executor: Executor) -> None:
     assert CALLS == []
 
 
-@pytest.mark.parametrize(("class_type", "message"), [("Expander", "graph expansion"), ("WrongCount", "1 values for 2 outputs")])
-def test_unsupported_or_wrong_returns_fail_the_node(executor: Executor, class_type: str, message: str) -> None:
-    record = executor.execute({"1": {"class_type": class_type, "inputs": {}}}, ["1"], prompt_id="p")
+def test_a_wrong_number_of_results_fails_the_node(executor: Executor) -> None:
+    record = executor.execute({"1": {"class_type": "WrongCount", "inputs": {}}}, ["1"], prompt_id="p")
     assert record.status == "error" and record.error["node_id"] == "1"
-    assert message in record.error["exception_message"]
+    assert "1 values for 2 outputs" in record.error["exception_message"]
+
+
+# --- node expansion -------------------------------------------------------------------------------
+
+
+def repeat_prompt(x: int = 5, times: int = 3) -> dict:
+    return {"1": const(x), "r": {"class_type": "Repeat", "inputs": {"x": ["1", 0], "times": times}}, "s": show("r")}
+
+
+def test_an_expansion_runs_its_subgraph_and_resolves_the_linked_results(executor: Executor) -> None:
+    recorder = Recorder()
+    record = executor.execute(repeat_prompt(), ["s"], prompt_id="p", listener=recorder)
+    assert record.status == "success", record.error
+    assert record.outputs == {"s": {"text": ["8"]}}
+    # r.0 is Const(5), the same content as node 1, so it is served from the cache.
+    assert record.executed == ["1", "r.1", "r.2", "r.3", "r", "s"]
+    assert record.node_states["r.3"] is NodeState.SUCCEEDED and record.node_states["r"] is NodeState.SUCCEEDED
+    shown_on = {data["node"]: data["display_node"] for data in recorder.named("executing")}
+    assert shown_on["r.2"] == "r" and shown_on["s"] == "s"
+    entry = recorder.named("progress_state")[-1]["nodes"]["r.2"]
+    assert (entry["display_node_id"], entry["parent_node_id"], entry["real_node_id"]) == ("r", "r", "r")
+
+
+def test_an_expanded_node_is_cached_as_a_whole(executor: Executor) -> None:
+    executor.execute(repeat_prompt(), ["s"], prompt_id="p1")
+    CALLS.clear()
+    record = executor.execute(repeat_prompt(), ["s"], prompt_id="p2")
+    assert CALLS == [] and record.executed == []
+    record = executor.execute(repeat_prompt(times=4), ["s"], prompt_id="p3")
+    assert record.outputs == {"s": {"text": ["9"]}}
+    assert record.executed == ["r.4", "r", "s"], "the subgraph nodes it shares with the last run are cached"
+
+
+def test_an_expansion_may_not_reuse_an_existing_id(executor: Executor) -> None:
+    record = executor.execute(repeat_prompt(x=-1), ["s"], prompt_id="p")
+    assert record.status == "error" and record.error["node_id"] == "r"
+    assert record.error["exception_type"] == "graph.executor.DuplicateNodeError"
+    assert "'1'" in record.error["exception_message"]
 
 
 # --- interruption and progress -------------------------------------------------------------------
@@ -507,7 +634,9 @@ def test_an_interrupt_is_checked_before_each_node(executor: Executor) -> None:
             flag.set()
 
     recorder = Recorder()
-    record = executor.execute(adder_prompt(), ["4"], prompt_id="p", listener=lambda e, d: (listener(e, d), recorder(e, d)), interrupt=flag)
+    record = executor.execute(
+        adder_prompt(), ["4"], prompt_id="p", listener=lambda e, d: (listener(e, d), recorder(e, d)), interrupt=flag
+    )
     assert record.status == "interrupted"
     assert record.messages[-1][1]["node_id"] == "4"
     assert record.messages[-1][1]["executed"] == record.executed and record.executed[-1] == "3"
@@ -524,7 +653,14 @@ def test_progress_reports_reach_the_listener_with_previews(executor: Executor) -
         {"value": 2, "max": 2, "prompt_id": "p", "node": "2"},
     ]
     assert recorder.named("preview") == [
-        {"prompt_id": "p", "node_id": "2", "display_node_id": "2", "parent_node_id": None, "real_node_id": "2", "image": ("JPEG", "image2", 512)}
+        {
+            "prompt_id": "p",
+            "node_id": "2",
+            "display_node_id": "2",
+            "parent_node_id": None,
+            "real_node_id": "2",
+            "image": ("JPEG", "image2", 512),
+        }
     ]
     last_state = recorder.named("progress_state")[-1]
     assert last_state["nodes"]["2"] == {
@@ -546,7 +682,9 @@ def test_the_event_stream_and_history_messages_follow_compat(executor: Executor)
     executing = recorder.named("executing")
     assert [e["node"] for e in executing][2:] == ["3", "4"]
     assert all(set(e) == {"node", "display_node", "prompt_id"} and e["display_node"] == e["node"] for e in executing)
-    assert recorder.named("executed") == [{"node": "4", "display_node": "4", "output": {"text": ["5"]}, "prompt_id": "p"}]
+    assert recorder.named("executed") == [
+        {"node": "4", "display_node": "4", "output": {"text": ["5"]}, "prompt_id": "p"}
+    ]
     assert names.index("executed") < names.index("execution_success")
     assert [event for event, _ in record.messages] == ["execution_start", "execution_cached", "execution_success"]
     start, cached, success = (data for _, data in record.messages)
@@ -560,11 +698,22 @@ def test_the_event_stream_and_history_messages_follow_compat(executor: Executor)
     assert {entry["state"] for entry in states[-1].values()} == {"finished"}
 
 
+def test_a_failing_listener_does_not_fail_the_prompt(executor: Executor, caplog: pytest.LogCaptureFixture) -> None:
+    def listener(event: str, data: dict) -> None:
+        raise ConnectionResetError("client went away")
+
+    record = executor.execute(adder_prompt(), ["4"], prompt_id="p", listener=listener)
+    assert record.status == "success" and record.outputs == {"4": {"text": ["5"]}}
+    assert "listener failed on execution_start" in caplog.text
+
+
 def test_executor_shares_a_budgeted_cache_across_prompts() -> None:
     cache = OutputCache(budget_bytes=3 * 64)
     executor = Executor(make_registry(), cache)
     for value in range(10):
-        record = executor.execute({"1": const(value), "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}}}, ["2"], prompt_id=f"p{value}")
+        record = executor.execute(
+            {"1": const(value), "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}}}, ["2"], prompt_id=f"p{value}"
+        )
         assert record.status == "success"
         assert cache.stats().bytes <= 3 * 64
     assert cache.stats().evictions > 0

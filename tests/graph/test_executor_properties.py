@@ -156,11 +156,14 @@ def test_renumbering_node_ids_hits_the_cache_for_every_node(case, random) -> Non
     executor.execute(prompt, outputs, prompt_id="cold")
     new_ids = [f"n{number}" for number in range(len(prompt))]
     random.shuffle(new_ids)
-    rename = dict(zip(prompt, new_ids))
+    rename = dict(zip(prompt, new_ids, strict=True))
     renumbered = {
         rename[node_id]: {
             "class_type": entry["class_type"],
-            "inputs": {name: [rename[value[0]], value[1]] if isinstance(value, list) else value for name, value in entry["inputs"].items()},
+            "inputs": {
+                name: [rename[value[0]], value[1]] if isinstance(value, list) else value
+                for name, value in entry["inputs"].items()
+            },
         }
         for node_id, entry in prompt.items()
     }

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from graph.progress import InterruptFlag, Interrupted, check_interrupted, current_node_id, node_context, report_progress
+from graph.progress import Interrupted, InterruptFlag, check_interrupted, current_node_id, node_context, report_progress
 
 
 class Sink:
