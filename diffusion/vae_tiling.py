@@ -5,7 +5,10 @@ with linear feathering: inside an overlap each tile's weight ramps from its bord
 interior and the weighted sum is normalised by the summed weights, so no seam line is left where
 one tile's border artefacts would otherwise meet the next tile. Borders that lie on the image
 edge keep full weight. Tiling changes the result (each tile sees a limited context: the decoder's
-mid-block attention and GroupNorm statistics become per-tile); the tests measure how much.
+mid-block attention and GroupNorm statistics become per-tile). Measured on the tiny random test
+decoder with a smooth 40x40 latent, 24-latent tiles, 8 of overlap: mean |error| 0.057 and max 0.69
+for outputs of std 0.36; the steepest step of the error is 0.65x the image's mean gradient (a seam
+from abutting, unblended tiles measures 1.8x). A trained decoder is far more local than a random one.
 """
 
 from __future__ import annotations
