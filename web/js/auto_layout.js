@@ -7,6 +7,7 @@ import { Graph } from './graph_model.js';
 import { createNode } from './node_factory.js';
 import { defaultWidgetValue, widgetSpecs } from './node_defs.js';
 
+const widgetNames = (def) => new Set(def ? widgetSpecs(def).map((w) => w.name) : []);
 const isLink = (v) => Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'number';
 
 export function promptToGraph(prompt, defs) {
@@ -31,7 +32,7 @@ export function promptToGraph(prompt, defs) {
     const row = rows.get(column) || 0;
     rows.set(column, row + 1);
     const pos = [60 + column * 320, 60 + row * 260];
-    const node = def ? createNode(def, pos) : { ...createNode({ name: entry.class_type, input: {}, output: [] }, pos) };
+    const node = createNode(def || { name: entry.class_type, input: {}, output: [] }, pos);
     const numeric = Number(id);
     node.id = Number.isInteger(numeric) && numeric > 0 && !graph.nodes.has(numeric) ? numeric : null;
     if (entry._meta && entry._meta.title && def && entry._meta.title !== def.display_name) node.title = entry._meta.title;
@@ -50,13 +51,16 @@ export function promptToGraph(prompt, defs) {
     const target = made.get(id);
     for (const [name, value] of Object.entries(prompt[id].inputs || {})) {
       if (!isLink(value) || !made.has(value[0])) continue;
+      const origin = made.get(value[0]);
+      while (!defs[origin.type] && origin.outputs.length <= value[1]) origin.outputs.push({ name: '*', type: '*', links: [] });
       let slot = target.inputs.findIndex((i) => i.name === name || (i.widget && i.widget.name === name));
       if (slot < 0) {
-        const type = made.get(value[0]).outputs[value[1]]?.type || '*';
-        target.inputs.push({ name, type, link: null, widget: { name } });
+        const type = origin.outputs[value[1]]?.type || '*';
+        const isWidget = widgetNames(defs[prompt[id].class_type]).has(name);
+        target.inputs.push(isWidget ? { name, type, link: null, widget: { name } } : { name, type, link: null });
         slot = target.inputs.length - 1;
       }
-      graph.connect(made.get(value[0]).id, value[1], target.id, slot);
+      graph.connect(origin.id, value[1], target.id, slot);
     }
   }
   return graph;

@@ -23,7 +23,7 @@ export function defaultWorkflow(checkpoint = 'v1-5-pruned-emaonly-fp16.safetenso
     ],
     links: [[1, 4, 0, 3, 0, 'MODEL'], [2, 5, 0, 3, 3, 'LATENT'], [3, 4, 1, 6, 0, 'CLIP'], [4, 6, 0, 3, 1, 'CONDITIONING'],
       [5, 4, 1, 7, 0, 'CLIP'], [6, 7, 0, 3, 2, 'CONDITIONING'], [7, 3, 0, 8, 0, 'LATENT'], [8, 4, 2, 8, 1, 'VAE'], [9, 8, 0, 9, 0, 'IMAGE']],
-    groups: [], config: {}, extra: { ds: { scale: 1, offset: [0, 0] } }, version: 0.4,
+    groups: [], config: {}, extra: { ds: { scale: 0.75, offset: [10, -100] } }, version: 0.4,
   };
 }
 

@@ -65,7 +65,9 @@ export class Editor extends EventTarget {
     return box;
   }
 
+  /** Sizes are derived from content, so they are settled before every snapshot to keep snapshots comparable. */
   snapshot() {
+    for (const node of this.graph.nodes.values()) this.layout(node);
     this.graph.extra.ds = this.view.toDs();
     return JSON.stringify(this.graph.toJSON());
   }

@@ -30,6 +30,7 @@ export class Graph {
     this.lastLinkId = 0;
     this.extra = { ds: { scale: 1, offset: [0, 0] } };
     this.config = {};
+    this.passthrough = {};
     this.id = globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : String(Date.now());
   }
 
@@ -80,16 +81,9 @@ export class Graph {
     this.links.delete(id);
   }
 
-  /** Nodes whose title box lies inside a group's rectangle move with it. */
-  nodesInGroup(group) {
-    const [gx, gy, gw, gh] = group.bounding;
-    return [...this.nodes.values()].filter((n) => n.pos[0] >= gx && n.pos[1] >= gy
-      && n.pos[0] + n.size[0] <= gx + gw && n.pos[1] + n.size[1] <= gy + gh);
-  }
-
   toJSON() {
     const nodes = [...this.nodes.values()].sort((a, b) => a.id - b.id).map((n, order) => {
-      const out = { id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
+      const out = { ...clone(n.passthrough), id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
         order, mode: n.mode || 0,
         inputs: n.inputs.map((i) => { const o = { name: i.name, type: i.type, link: i.link ?? null }; if (i.widget) o.widget = { ...i.widget }; if (i.shape !== undefined) o.shape = i.shape; return o; }),
         outputs: n.outputs.map((o, slot) => ({ name: o.name, type: o.type, links: o.links && o.links.length ? [...o.links] : null, slot_index: slot })),
@@ -99,7 +93,7 @@ export class Graph {
     });
     const links = [...this.links.values()].sort((a, b) => a.id - b.id)
       .map((l) => [l.id, l.origin_id, l.origin_slot, l.target_id, l.target_slot, l.type]);
-    return { id: this.id, revision: 0, last_node_id: this.lastNodeId, last_link_id: this.lastLinkId, nodes, links,
+    return { ...clone(this.passthrough), id: this.id, revision: 0, last_node_id: this.lastNodeId, last_link_id: this.lastLinkId, nodes, links,
       groups: clone(this.groups), config: clone(this.config), extra: clone(this.extra), version: 0.4 };
   }
 
@@ -109,6 +103,7 @@ export class Graph {
     if (!Array.isArray(json.nodes)) throw new WorkflowFormatError('nodes', 'missing or not a list');
     const graph = new Graph();
     if (json.id) graph.id = json.id;
+    graph.passthrough = json.version === 1 ? {} : unknownFields(json, TOP_FIELDS);
     json.nodes.forEach((raw, i) => {
       if (typeof raw.type !== 'string') throw new WorkflowFormatError(`nodes[${i}].type`, 'missing node type');
       if (typeof raw.id !== 'number') throw new WorkflowFormatError(`nodes[${i}].id`, 'node id must be a number');
@@ -135,8 +130,19 @@ export class Graph {
 }
 
 /** A node record with every field the file format has, copied from `raw`. */
+const NODE_FIELDS = new Set(['id', 'type', 'title', 'pos', 'size', 'flags', 'order', 'mode', 'inputs', 'outputs',
+  'properties', 'widgets_values', 'color', 'bgcolor', 'passthrough']);
+const TOP_FIELDS = new Set(['id', 'revision', 'last_node_id', 'last_link_id', 'nodes', 'links', 'groups', 'config',
+  'extra', 'version', 'state']);
+
+/** Fields this editor does not use (widgets_values_named, shape, models, definitions...) ride along unchanged. */
+function unknownFields(raw, known) {
+  return Object.fromEntries(Object.entries(raw).filter(([key]) => !known.has(key)).map(([key, value]) => [key, clone(value)]));
+}
+
 export function makeNode(raw) {
   return {
+    passthrough: { ...unknownFields(raw, NODE_FIELDS), ...clone(raw.passthrough) },
     id: raw.id ?? null,
     type: raw.type,
     title: raw.title,
@@ -147,7 +153,7 @@ export function makeNode(raw) {
     inputs: (raw.inputs || []).map((i) => ({ ...clone(i), link: i.link ?? null })),
     outputs: (raw.outputs || []).map((o) => ({ name: o.name, type: o.type, links: o.links ? [...o.links] : [] })),
     properties: clone(raw.properties) || {},
-    widgets_values: Array.isArray(raw.widgets_values) ? clone(raw.widgets_values) : [],
+    widgets_values: clone(raw.widgets_values) ?? [],
     color: raw.color,
     bgcolor: raw.bgcolor,
   };

@@ -15,6 +15,7 @@ import { closeMenus, showMenu } from './menus.js';
 import { buildMenu } from './node_menus.js';
 import { defaultWorkflow, missingCheckpointMessage } from './default_workflow.js';
 import { Gallery } from './panels/gallery.js';
+import { LibraryPanel, NODE_DRAG_TYPE } from './panels/library.js';
 import { closeHelp, toggleHelp } from './panels/help.js';
 import { QueuePanel } from './panels/queue_panel.js';
 import { WorkflowsPanel } from './panels/workflows.js';
@@ -58,6 +59,9 @@ async function boot() {
   const workflows = new WorkflowsPanel($('#panel-workflows'), api, (json, path) => openWorkflow(json, path));
   const queuePanel = new QueuePanel($('#panel-queue'), api, (json) => openWorkflow(json));
   new Gallery($('#panel-gallery'), api, execution);
+  new LibraryPanel($('#panel-library'), defs, (type) => {
+    editor.addNode(type, editor.view.toWorld(controller.width / 2 - 100, controller.height / 2 - 50));
+  });
 
   const actions = {
     rename: async (node) => {
@@ -150,6 +154,12 @@ async function boot() {
   addEventListener('dragover', (e) => e.preventDefault());
   addEventListener('drop', (e) => {
     e.preventDefault();
+    const nodeType = e.dataTransfer.getData(NODE_DRAG_TYPE);
+    if (nodeType) {
+      const r = $('#canvas').getBoundingClientRect();
+      editor.addNode(nodeType, editor.view.toWorld(e.clientX - r.left, e.clientY - r.top));
+      return;
+    }
     const file = e.dataTransfer.files[0];
     if (file) openFile(file);
   });

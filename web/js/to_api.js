@@ -1,9 +1,10 @@
 /**
  * Editor graph → API prompt, by the same rules as the frontend's graphToPrompt (COMPAT 2.2, C.5.1):
  * muted (2) and bypassed (4) nodes and virtual nodes are left out; links are followed through reroutes,
- * through bypassed nodes (first input of the same type) and into primitive nodes (their value);
- * widget values are taken in order, the control_after_generate companions are not sent; list values
- * are wrapped as {"__value__": [...]}; links into nodes that were left out are dropped at the end.
+ * through bypassed nodes (the first input of the same type that leads somewhere live) and into
+ * primitive nodes (their value); widget values are taken in order, the control_after_generate
+ * companions are not sent; list values are wrapped as {"__value__": [...]}; links into nodes that were
+ * left out are dropped at the end.
  */
 import { MODE_BYPASS, MODE_NEVER } from './graph_model.js';
 import { VIRTUAL_TYPES, inputSpecs, typesCompatible, widgetSpecs } from './node_defs.js';
@@ -21,9 +22,13 @@ export function resolveLink(graph, linkId, seen = new Set()) {
   }
   if (origin.type === 'PrimitiveNode') return { value: origin.widgets_values[0] };
   if (origin.mode === MODE_BYPASS) {
-    const type = link.type;
-    const through = origin.inputs.find((input) => input.link != null && typesCompatible(graph.links.get(input.link)?.type ?? input.type, type) && typesCompatible(input.type, type));
-    return through ? resolveLink(graph, through.link, seen) : null;
+    for (const input of origin.inputs) {
+      const feed = input.link != null ? graph.links.get(input.link) : null;
+      if (!feed || !typesCompatible(feed.type, link.type)) continue;
+      const source = resolveLink(graph, feed.id, seen);
+      if (source) return source;
+    }
+    return null;
   }
   if (origin.mode === MODE_NEVER) return null;
   return { node: origin, slot: link.origin_slot };

@@ -57,7 +57,7 @@ export function drawReroute(ctx, node, box, selected) {
   slotDot(ctx, box.outputs[0][0], box.outputs[0][1], type, node.outputs[0].links.length > 0, false);
 }
 
-/** `ctxState`: {scale, selected, running, progress, error, dragType, dragFromOutput}. */
+/** `s`: {scale, selected, running, progress, error, dragType, dragFromOutput} for this frame. */
 export function drawNode(editor, ctx, node, box, s) {
   if (node.type === 'Reroute') { drawReroute(ctx, node, box, s.selected); return; }
   const def = editor.defs[node.type];

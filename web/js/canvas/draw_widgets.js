@@ -68,15 +68,16 @@ export function drawWidget(ctx, rect, value, state) {
   const stepped = widget.kind === 'int' || widget.kind === 'float' || widget.kind === 'combo';
   if (stepped && !state.linked) arrows(ctx, rect);
   const inset = stepped ? 18 : 10;
-  ctx.textAlign = 'left';
-  ctx.fillStyle = state.error ? THEME.error : THEME.textDim;
-  ctx.fillText(label, rect.x + inset, cy);
-  const labelWidth = ctx.measureText(label).width;
   let shown;
   if (state.linked) shown = 'linked';
   else if (widget.kind === 'int' || widget.kind === 'float') shown = formatNumber(widget, value);
   else if (widget.kind === 'boolean') shown = value ? 'true' : 'false';
   else shown = String(value ?? '');
+  const room = rect.w - inset * 2 - (widget.kind === 'boolean' && !state.linked ? 40 : 0);
+  shown = clipText(ctx, shown, room * 0.7);
+  ctx.textAlign = 'left';
+  ctx.fillStyle = state.error ? THEME.error : THEME.textDim;
+  ctx.fillText(clipText(ctx, label, room - ctx.measureText(shown).width - 10), rect.x + inset, cy);
   ctx.textAlign = 'right';
   ctx.fillStyle = THEME.widgetText;
   if (widget.kind === 'boolean' && !state.linked) {
@@ -91,7 +92,7 @@ export function drawWidget(ctx, rect, value, state) {
     ctx.fillStyle = THEME.widgetText;
     ctx.fillText(shown, tx - 6, cy);
   } else {
-    ctx.fillText(clipText(ctx, shown, rect.w - inset * 2 - labelWidth - 10), rect.x + rect.w - inset, cy);
+    ctx.fillText(shown, rect.x + rect.w - inset, cy);
   }
   ctx.globalAlpha = 1;
 }
