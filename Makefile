@@ -22,7 +22,7 @@ $(VENV)/.base: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,distributed]'
 	# k-diffusion is only a parity reference; its package __init__ drags in training deps we never use.
 	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1.post1
 	touch $@

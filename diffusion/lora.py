@@ -9,7 +9,7 @@ Files in the wild name the same thing several ways; each tensor is keyed ``<stem
 | kohya SDXL                | ``lora_unet_input_blocks_4_1_...`` (LDM      | same                                   |
 |                           | names); ``lora_te1_``/``lora_te2_`` encoders |                                        |
 | diffusers (old)           | ``unet.down_blocks.0....to_q``               | ``lora.up.weight``, ``lora.down.weight`` |
-| diffusers / PEFT          | ``unet.``, ``text_encoder.``, ``text_encoder_2.``, ``transformer.`` | ``lora_A.weight`` (down), ``lora_B.weight`` (up), ``alpha`` |
+| diffusers / PEFT          | ``unet.``, ``text_encoder.``, ``text_encoder_2.`` | ``lora_A.weight`` (down), ``lora_B.weight`` (up), ``alpha`` |
 | full deltas (kohya)       | any of the above                             | ``diff`` (weight), ``diff_b`` (bias)     |
 
 ``alpha`` scales the product by ``alpha / rank`` (kohya's convention; no alpha means 1). LoCon stores a
@@ -21,7 +21,8 @@ Stems are resolved against the target module's own parameter names rather than b
 into guesses: an LDM-layout stem is looked up in ``{name with "." -> "_": name}`` built from
 ``named_parameters()``, diffusers module names go through ``diffusion.diffusers_layout.unet_to_ldm``,
 and the result is kept only if the module really has that parameter. Whatever does not resolve is
-reported back, so a LoRA for another model family shows up as a list of unmatched keys.
+reported back, so a LoRA for another model family (a DiT's ``transformer.`` keys, say) shows up as a
+list of unmatched keys, and so do formats not handled here (LoHa ``hada_*``, LoKr ``lokr_*``, DoRA scales).
 """
 
 from __future__ import annotations

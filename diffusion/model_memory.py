@@ -54,23 +54,37 @@ class _Entry:
     model: nn.Module
     size: int
     resident: bool
+    explicit_size: bool
 
 
 class ModelMemory:
-    """Which registered models sit on `device`; `use()` places models there within `budget_bytes`."""
+    """Which registered models sit on `device`; `use()` places models there within `budget_bytes`.
 
-    def __init__(self, device: torch.device | str, budget_bytes: int, offload_device: torch.device | str = "cpu") -> None:
+    With a `dtype`, floating-point weights are cast to it when first placed (and stay cast when
+    offloaded), so a file's fp16 weights can compute in fp32 on a CPU or in bf16 on a GPU.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        budget_bytes: int,
+        offload_device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.device = torch.device(device)
+        self.dtype = dtype
         self.offload_device = torch.device(offload_device)
         self.budget_bytes = budget_bytes
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     @classmethod
-    def for_device(cls, device: torch.device | str, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> ModelMemory:
+    def for_device(
+        cls, device: torch.device | str, reserve_bytes: int = DEFAULT_RESERVE_BYTES, dtype: torch.dtype | None = None
+    ) -> ModelMemory:
         """A budget of the device's total memory minus a reserve."""
         total = memory_info(device).total
-        return cls(device, max(total - reserve_bytes, 0))
+        return cls(device, max(total - reserve_bytes, 0), dtype=dtype)
 
     def register(self, model: nn.Module, size_bytes: int | None = None) -> None:
         """Track a model (where it is now: resident if its weights are on `device`)."""
@@ -82,7 +96,7 @@ class ModelMemory:
         if entry is None:
             first = next(iter(model.parameters()), None)
             resident = first is not None and first.device == self.device and self.device != self.offload_device
-            entry = _Entry(model, module_bytes(model) if size_bytes is None else size_bytes, resident)
+            entry = _Entry(model, module_bytes(model) if size_bytes is None else size_bytes, resident, size_bytes is not None)
             self._entries[id(model)] = entry
         return entry
 
@@ -105,7 +119,9 @@ class ModelMemory:
                     self._offload(other)
             for entry in entries:
                 if not entry.resident:
-                    entry.model.to(self.device)
+                    entry.model.to(self.device, dtype=self.dtype)
+                    if self.dtype is not None and not entry.explicit_size:
+                        entry.size = module_bytes(entry.model)
                     entry.resident = True
                 self._entries.move_to_end(id(entry.model))
 

@@ -113,9 +113,14 @@ class _Cond:
         return self.sigma_end <= sigma <= self.sigma_start
 
     def batch_key(self) -> tuple:
-        shape = lambda t: None if t is None else tuple(t.shape[1:])
         rows, cols = self.region
-        return (rows.start, rows.stop, cols.start, cols.stop, self.context.shape[-1], shape(self.y), shape(self.concat))
+        return (rows.start, rows.stop, cols.start, cols.stop, self.context.shape[-1],
+                _trailing_shape(self.y), _trailing_shape(self.concat))
+
+
+def _trailing_shape(tensor: Tensor | None) -> tuple[int, ...] | None:
+    """Per-sample shape: conditionings batch together only when their extras stack."""
+    return None if tensor is None else tuple(tensor.shape[1:])
 
 
 def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -283,7 +288,8 @@ def sample_latent(unet_fn: UNetCall, model_sampling: ModelSampling, latent: Tens
                   add_noise: bool = True, return_with_leftover_noise: bool = False,
                   noise_mask: Tensor | None = None, batch_index: list[int] | None = None,
                   callback: ProgressCallback | None = None, interrupt: Callable[[], bool] | None = None,
-                  preview_family: str = "sd1", sampler_options: dict[str, Any] | None = None) -> Tensor:
+                  preview_family: str = "sd1", sampler_options: dict[str, Any] | None = None,
+                  sigmas: Tensor | None = None) -> Tensor:
     """Run KSampler / KSamplerAdvanced on ``latent`` ``[B, C, H, W]`` and return the new latent.
 
     ``unet_fn(x_in, timesteps, context, y=..., concat=...)`` returns the UNet's raw output; ``y`` and
@@ -293,10 +299,13 @@ def sample_latent(unet_fn: UNetCall, model_sampling: ModelSampling, latent: Tens
     last sigma to 0 unless ``return_with_leftover_noise``. ``noise_mask`` (1 = repaint) restricts
     changes to the masked cells. ``callback(step, total, preview)`` runs after every step;
     ``preview()`` renders that step's x0 estimate only when called. ``interrupt()`` returning
-    True stops sampling with ``SamplingInterrupted`` before the next UNet call.
+    True stops sampling with ``SamplingInterrupted`` before the next UNet call. Explicit ``sigmas``
+    (the custom-sampling nodes' SIGMAS) replace the schedule; ``scheduler``/``steps``/``denoise`` are then unused.
     """
     spec = get_sampler(sampler_name)
-    sigmas = sampling_sigmas(model_sampling, spec, scheduler, steps, denoise).to(latent.device)
+    if sigmas is None:
+        sigmas = sampling_sigmas(model_sampling, spec, scheduler, steps, denoise)
+    sigmas = sigmas.to(latent.device)
     if end_step is not None and end_step < len(sigmas) - 1:
         sigmas = sigmas[:end_step + 1].clone()
         if not return_with_leftover_noise:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import SpatialTransformer
+from diffusion.packed_conv import PackedConv2d
 from diffusion.unet_config import UNetConfig, detect_unet_config, load_exact
 
 __all__ = [
@@ -83,30 +84,31 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
         super().__init__()
+        # SiLU in place on the fresh GroupNorm output: one activation-sized allocation fewer.
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(32, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            nn.GroupNorm(32, channels), nn.SiLU(inplace=True), PackedConv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         # Index 2 held a Dropout in the original; the checkpoint's conv therefore sits at index 3.
         self.out_layers = nn.Sequential(
             nn.GroupNorm(32, out_channels),
-            nn.SiLU(),
+            nn.SiLU(inplace=True),
             nn.Identity(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            PackedConv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection: nn.Module = (
-            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+            nn.Identity() if channels == out_channels else PackedConv2d(channels, out_channels, 1)
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h = self.in_layers(x).add_(self.emb_layers(emb)[:, :, None, None])
+        return self.out_layers(h).add_(self.skip_connection(x))
 
 
 class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = PackedConv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -118,7 +120,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = PackedConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
         if size is None:
@@ -166,7 +168,7 @@ class UNetModel(nn.Module):
                 nn.Sequential(nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             )
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(PackedConv2d(config.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
         depths = iter(config.transformer_depth)
         for level, (mult, blocks) in enumerate(zip(config.channel_mult, config.num_res_blocks)):
@@ -199,7 +201,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(inplace=True), PackedConv2d(ch, config.out_channels, 3, padding=1))
 
     def _add_transformer(self, layers: list[nn.Module], channels: int, depth: int) -> None:
         if depth:

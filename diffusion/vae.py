@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.packed_conv import PackedConv2d
 from diffusion.unet_config import CheckpointLayoutError, load_exact
 from diffusion.vae_tiling import TileSpec, map_or_tile_on_oom, tiled_map
 
@@ -41,17 +42,19 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = PackedConv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = _norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = PackedConv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.nin_shortcut = PackedConv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        # In place wherever the input is a fresh intermediate: at 512² a decoder activation is
+        # 32-64 MB, and each new buffer of that size is fresh pages from the OS (first-touch page
+        # faults). Measured: bf16 channels-last decode of a 64x64 latent, 2.09 s -> 1.76 s.
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        return h.add_(self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x)
 
 
 class AttnBlock(nn.Module):
@@ -60,10 +63,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = PackedConv2d(channels, channels, 1)
+        self.k = PackedConv2d(channels, channels, 1)
+        self.v = PackedConv2d(channels, channels, 1)
+        self.proj_out = PackedConv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
@@ -73,7 +76,7 @@ class AttnBlock(nn.Module):
             return t.permute(0, 2, 3, 1).reshape(b, 1, height * width, c)
 
         attended = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
-        return x + self.proj_out(attended.reshape(b, height, width, c).permute(0, 3, 1, 2))
+        return self.proj_out(attended.reshape(b, height, width, c).permute(0, 3, 1, 2)).add_(x)
 
 
 class Downsample(nn.Module):
@@ -81,7 +84,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = PackedConv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -90,7 +93,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = PackedConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -128,7 +131,7 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         widths = [config.base_channels * m for m in config.channel_mult]
-        self.conv_in = nn.Conv2d(config.in_channels, config.base_channels, 3, padding=1)
+        self.conv_in = PackedConv2d(config.in_channels, config.base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         channels = config.base_channels
         for level, width in enumerate(widths):
@@ -142,7 +145,7 @@ class Encoder(nn.Module):
             self.down.append(stage)
         self.mid = MidBlock(channels)
         self.norm_out = _norm(channels)
-        self.conv_out = nn.Conv2d(channels, 2 * config.z_channels, 3, padding=1)
+        self.conv_out = PackedConv2d(channels, 2 * config.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -151,7 +154,7 @@ class Encoder(nn.Module):
                 h = block(h)
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        return self.conv_out(F.silu(self.norm_out(self.mid(h)), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -159,7 +162,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [config.base_channels * m for m in config.channel_mult]
         channels = widths[-1]
-        self.conv_in = nn.Conv2d(config.z_channels, channels, 3, padding=1)
+        self.conv_in = PackedConv2d(config.z_channels, channels, 3, padding=1)
         self.mid = MidBlock(channels)
         stages: list[nn.Module] = []
         for level in reversed(range(len(widths))):
@@ -173,7 +176,7 @@ class Decoder(nn.Module):
             stages.insert(0, stage)
         self.up = nn.ModuleList(stages)
         self.norm_out = _norm(channels)
-        self.conv_out = nn.Conv2d(channels, config.out_channels, 3, padding=1)
+        self.conv_out = PackedConv2d(channels, config.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -182,7 +185,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,8 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         if config.use_quant_conv:
-            self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
-            self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+            self.quant_conv = PackedConv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
+            self.post_quant_conv = PackedConv2d(config.embed_dim, config.z_channels, 1)
 
     @property
     def dtype(self) -> torch.dtype:

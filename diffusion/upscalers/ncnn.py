@@ -12,7 +12,7 @@ plain fp32), while its bias and a PReLU's slopes are untagged fp32. Nothing mark
 ends, so a misread shows up only as leftover or missing bytes: reading checks that the file is used
 to the last byte.
 
-``ncnn_state_dict`` then walks the layer list and names each weighted layer after the torch module
+``map_ncnn`` then walks the layer list and names each weighted layer after the torch module
 it is (``body.N`` for SRVGGNetCompact, the BasicSR names for RRDBNet), so an ncnn pair loads through
 the same path as a ``.pth`` in the standard key layout.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["NcnnFormatError", "NcnnLayer", "NcnnNetwork", "read_ncnn", "parse_param", "ncnn_state_dict"]
+__all__ = ["NcnnFormatError", "NcnnLayer", "NcnnNetwork", "NcnnMapping", "OutputResize", "read_ncnn", "parse_param", "map_ncnn"]
 
 PARAM_MAGIC = 7767517
 FP16_TAG = 0x01306B47
@@ -92,7 +92,11 @@ def _parse_params(path: Path, layer_name: str, tokens: list[str]) -> dict[int, P
 
 def parse_param(path: Path) -> tuple[NcnnLayer, ...]:
     """The layers of a text ``.param`` file, in file order (ncnn's execution order)."""
-    lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] != [str(PARAM_MAGIC)]:
         raise NcnnFormatError(path, f"not an ncnn text .param file: the first line is not the magic {PARAM_MAGIC}")
     if len(lines) < 2 or len(lines[1]) != 2:
@@ -101,7 +105,9 @@ def parse_param(path: Path) -> tuple[NcnnLayer, ...]:
     if len(lines) - 2 != layer_count:
         raise NcnnFormatError(path, f"announces {layer_count} layers but lists {len(lines) - 2}")
     layers = []
-    for tokens in lines[2:]:
+    for number, tokens in enumerate(lines[2:], start=3):
+        if len(tokens) < 4 or not (tokens[2].isdigit() and tokens[3].isdigit()):
+            raise NcnnFormatError(path, f"line {number} is not 'Type name n_inputs n_outputs ...': {' '.join(tokens)!r}")
         layer_type, name, n_in, n_out, *rest = tokens
         n_inputs, n_outputs = int(n_in), int(n_out)
         blobs, params = rest[: n_inputs + n_outputs], rest[n_inputs + n_outputs :]
@@ -196,9 +202,30 @@ def read_ncnn(param_path: Path, bin_path: Path) -> NcnnNetwork:
     return NcnnNetwork(layers=layers, weights=weights)
 
 
+#: ncnn Interp ``resize_type`` → torch interpolate mode.
+INTERP_MODES = {1: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+@dataclass(frozen=True)
+class OutputResize:
+    """A resize the ``.param`` applies after the network: the animevideov3 x2/x3 files are the x4 network
+    followed by a bicubic ×0.5 / ×0.75 (their ``.bin`` files are byte-identical to the x4 one)."""
+
+    mode: str
+    factor: float
+
+
+@dataclass(frozen=True)
+class NcnnMapping:
+    """An ncnn network as torch sees it: the weights under module names, and any trailing resize."""
+
+    state_dict: dict[str, torch.Tensor]
+    output_resize: OutputResize | None
+
+
 def _rrdb_names(conv_count: int, upsample_count: int, path: Path) -> list[str]:
     """RRDBNet's convs in forward order: first, 15 per RRDB, trunk, one per upsampling stage, hr, last."""
-    blocks, remainder = divmod(conv_count - 3 - upsample_count, 15)
+    blocks, remainder = divmod(conv_count - 4 - upsample_count, 15)
     if remainder or blocks < 1:
         raise NcnnFormatError(path, f"{conv_count} convolutions and {upsample_count} upsampling stages do not form an RRDBNet")
     trunk = [f"body.{b}.rdb{r}.conv{c}" for b in range(blocks) for r in (1, 2, 3) for c in range(1, 6)]
@@ -206,24 +233,39 @@ def _rrdb_names(conv_count: int, upsample_count: int, path: Path) -> list[str]:
     return ["conv_first", *trunk, "conv_body", *ups, "conv_hr", "conv_last"]
 
 
-def ncnn_state_dict(network: NcnnNetwork, path: Path) -> dict[str, torch.Tensor]:
+def _output_resize(layer: NcnnLayer, path: Path) -> OutputResize:
+    resize_type, height_scale, width_scale = layer.param(0, 0), layer.param(1, 1.0), layer.param(2, 1.0)
+    if resize_type not in INTERP_MODES or height_scale != width_scale or not isinstance(height_scale, float):
+        raise NcnnFormatError(
+            path, f"final layer {layer.name!r}: only a uniform nearest/bilinear/bicubic resize is supported, "
+            f"found type {resize_type} with scales {height_scale}x{width_scale}"
+        )
+    return OutputResize(mode=INTERP_MODES[resize_type], factor=height_scale)
+
+
+def map_ncnn(network: NcnnNetwork, path: Path) -> NcnnMapping:
     """Name the network's weights after the torch module they belong to, by walking the layers in order.
 
     PReLU layers identify SRVGGNetCompact (each conv and PReLU is the next ``body`` entry); dense
-    blocks (Concat) identify RRDBNet, whose upsampling stages are its Interp layers. ``path`` is only
-    for error messages.
+    blocks (Concat) identify RRDBNet, whose upsampling stages are its Interp layers. A final Interp
+    is a resize of the finished output, not part of either network. ``path`` is for error messages.
     """
-    weighted = [layer for layer in network.layers if layer.name in network.weights]
-    types = {layer.type for layer in network.layers}
+    layers = network.layers
+    resize = _output_resize(layers[-1], path) if layers and layers[-1].type == "Interp" else None
+    if resize is not None:
+        layers = layers[:-1]
+    weighted = [layer for layer in layers if layer.name in network.weights]
+    types = {layer.type for layer in layers}
     if "PReLU" in types:
         names = [f"body.{index}" for index in range(len(weighted))]
     elif "Concat" in types:
         convs = sum(1 for layer in weighted if layer.type == "Convolution")
-        names = _rrdb_names(convs, sum(1 for layer in network.layers if layer.type == "Interp"), path)
+        names = _rrdb_names(convs, sum(1 for layer in layers if layer.type == "Interp"), path)
     else:
         raise NcnnFormatError(path, f"not a known upscaler network (layer types: {', '.join(sorted(types))})")
-    return {
+    state_dict = {
         f"{name}.{kind}": tensor
         for name, layer in zip(names, weighted, strict=True)
         for kind, tensor in network.weights[layer.name].items()
     }
+    return NcnnMapping(state_dict=state_dict, output_resize=resize)

@@ -130,3 +130,12 @@ def test_the_budget_of_a_device_leaves_a_reserve() -> None:
     memory = ModelMemory.for_device("cpu", reserve_bytes=1 << 20)
     assert memory.budget_bytes > 0
     assert memory.device == torch.device("cpu")
+
+
+def test_a_compute_dtype_casts_weights_when_placed_and_counts_the_cast_size() -> None:
+    half = nn.Linear(16, 16).half()
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES, dtype=torch.float32)
+    assert memory.resident_bytes == 0
+    memory.use(half)
+    assert half.weight.dtype == torch.float32
+    assert memory.resident_bytes == MODEL_BYTES

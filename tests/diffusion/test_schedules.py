@@ -10,7 +10,8 @@ import torch
 
 from diffusion.prediction import EpsPrediction
 from diffusion.schedules import SCHEDULER_NAMES, UnknownSchedulerError, beta_quantile, compute_sigmas
-from tests.diffusion.kdiffusion_ref import external, sampling as ksampling
+from tests.diffusion.kdiffusion_ref import external
+from tests.diffusion.kdiffusion_ref import sampling as ksampling
 
 MS = EpsPrediction()
 

@@ -1,0 +1,403 @@
+"""Loom's model library against diffusers/transformers, in one process, on random SD1.5-size weights.
+
+Run from the repository root: ``.venv/bin/python bench/models.py`` (``--only unet32,clip`` for a
+subset, ``--repeats N``). Cases: the UNet on a batch of 2 (one CFG call) at 64x64 and 32x32
+latents (512² and 256² images), the VAE decoding a 64x64 latent to 512², CLIP-L encoding 2x77
+tokens, and the peak RSS of loading a full-size single-file checkpoint.
+
+Both sides get the same weights: the diffusers modules are built with their default random
+initialisation and Loom's are loaded from the same tensors renamed to the LDM layout. Each case is
+timed in fp32 and in every "fast" mode each side offers (Loom: bf16 weights + channels_last, the
+path its modules are written for; diffusers: bf16 weights + channels_last, bf16 autocast), and
+each side is credited with its fastest. Timings on the shared 2-core machines vary 1.5-2.5x from
+run to run (FACTS.md), so every contender is warmed up once and then timed in interleaved rounds,
+and the minimum of the rounds is reported; ratios are meaningful only within one run. FLOPs come
+from ``torch.utils.flop_counter.FlopCounterMode`` on one diffusers fp32 call (convolutions, matmuls,
+SDPA); both sides do the same arithmetic.
+
+The load case writes a random fp16 SD1.5 checkpoint (2 GB) and a diffusers config folder under
+/tmp once, then loads it in fresh subprocesses (one per loader, so each peak is its own): Loom's
+``load_checkpoint`` lazily (weights left memory-mapped, as the server loads), then Loom and
+diffusers' ``StableDiffusionPipeline.from_single_file`` (offline) each converting to fp32 and to bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import gzip
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm  # noqa: E402
+
+CASES = ("unet64", "unet32", "vae", "clip", "load")
+LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
+CHECKPOINT = Path("/tmp/loom_bench_sd15_fp16.safetensors")
+CONFIG_DIR = Path("/tmp/loom_bench_sd15_diffusers_config")
+VOCAB_FILE = Path(__file__).resolve().parents[1] / "diffusion" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+BF16_PEAK_GFLOPS = (400.0, 470.0)  # FACTS.md: the 2-core machine's bf16 limit
+
+# The published runwayml/stable-diffusion-v1-5 component configs (unet/, vae/, text_encoder/config.json).
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+CLIP_L = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=768,
+)
+
+
+@dataclass
+class Contender:
+    """One way of making one call: whose (``loom``/``diffusers``), in which mode, and the call itself."""
+
+    side: str
+    mode: str
+    call: Callable[[], torch.Tensor]
+
+
+@dataclass
+class Row:
+    case: str
+    contender: Contender
+    seconds: float
+    gflop: float
+
+    @property
+    def gflops(self) -> float:
+        return self.gflop / self.seconds
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def count_gflop(call: Callable[[], Any]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        call()
+    return counter.get_total_flops() / 1e9
+
+
+def time_interleaved(contenders: list[Contender], repeats: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Min-of-``repeats`` seconds per contender, rounds interleaved so all see the same machine load.
+
+    The warm-up call (oneDNN primitive creation, allocator growth) is not timed; its output is
+    returned per contender for the parity check.
+    """
+    outputs = {}
+    with torch.no_grad():
+        for c in contenders:
+            outputs[f"{c.side}/{c.mode}"] = c.call().float()
+        best = [float("inf")] * len(contenders)
+        for _ in range(repeats):
+            for index, c in enumerate(contenders):
+                gc.collect()
+                start = time.perf_counter()
+                c.call()
+                best[index] = min(best[index], time.perf_counter() - start)
+    return best, outputs
+
+
+def _bf16_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(module).to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+
+def _as_bf16_input(x: torch.Tensor) -> torch.Tensor:
+    x = x.to(torch.bfloat16)
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+class Models:
+    """The random full-size models, built once per run and shared by the cases."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def _get(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._cache:
+            started = time.perf_counter()
+            self._cache[name] = build()
+            print(f"  (built {name} in {time.perf_counter() - started:.0f} s)", flush=True)
+        return self._cache[name]
+
+    def unet(self) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+        def build() -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+            from diffusers import UNet2DConditionModel
+
+            from diffusion.unet import unet_from_state_dict
+
+            with _seeded(0):
+                reference = UNet2DConditionModel(**SD15_UNET).eval()
+            weights = unet_to_ldm(reference.state_dict(), reference.config)
+            return reference, unet_from_state_dict(weights).eval(), weights
+
+        return self._get("unet", build)
+
+    def vae(self) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+        def build() -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+            from diffusers import AutoencoderKL
+
+            from diffusion.vae import vae_from_state_dict
+
+            with _seeded(1):
+                reference = AutoencoderKL(**SD15_VAE).eval()
+            weights = vae_to_ldm(reference.state_dict())
+            return reference, vae_from_state_dict(weights).eval(), weights
+
+        return self._get("vae", build)
+
+    def clip(self) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+        def build() -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+            from transformers import CLIPTextConfig, CLIPTextModel
+
+            from diffusion.text_encoders.layouts import load_clip_text_model
+
+            with _seeded(2):
+                reference = CLIPTextModel(CLIPTextConfig(**CLIP_L)).eval()
+            # transformers >= 5.6 drops the `text_model.` level that SD1 files keep (FACTS.md).
+            weights = {f"text_model.{k}": v for k, v in reference.state_dict().items()}
+            return reference, load_clip_text_model(weights, "quick_gelu"), weights
+
+        return self._get("clip", build)
+
+
+def unet_contenders(models: Models, latent: int) -> list[Contender]:
+    reference, loom, _ = models.unet()
+    with _seeded(3):
+        x = torch.randn(2, 4, latent, latent)
+        t = torch.tensor([500.0, 500.0])
+        context = torch.randn(2, 77, 768)
+    loom_fast = _bf16_channels_last(loom)
+    reference_fast = _bf16_channels_last(reference)
+    xb, cb = _as_bf16_input(x), _as_bf16_input(context)
+
+    def reference_autocast() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return reference(x, t, context).sample
+
+    return [
+        Contender("loom", "fp32", lambda: loom(x, t, context)),
+        Contender("diffusers", "fp32", lambda: reference(x, t, context).sample),
+        Contender("loom", "bf16+CL", lambda: loom_fast(x, t, context)),
+        Contender("diffusers", "bf16+CL", lambda: reference_fast(xb, t, cb).sample),
+        Contender("diffusers", "autocast", reference_autocast),
+    ]
+
+
+def vae_contenders(models: Models) -> list[Contender]:
+    reference, loom, _ = models.vae()
+    with _seeded(4):
+        z = torch.randn(1, 4, 64, 64)
+    loom_fast = _bf16_channels_last(loom)
+    reference_bf16 = copy.deepcopy(reference).to(torch.bfloat16)
+    reference_fast = _bf16_channels_last(reference)
+    zb = z.to(torch.bfloat16)
+    return [
+        Contender("loom", "fp32", lambda: loom.decode(z)),
+        Contender("diffusers", "fp32", lambda: reference.decode(z).sample),
+        Contender("loom", "bf16+CL", lambda: loom_fast.decode(z)),
+        Contender("diffusers", "bf16", lambda: reference_bf16.decode(zb).sample),
+        Contender("diffusers", "bf16+CL", lambda: reference_fast.decode(_as_bf16_input(z)).sample),
+    ]
+
+
+def clip_contenders(models: Models) -> list[Contender]:
+    reference, loom, _ = models.clip()
+    with _seeded(5):
+        ids = torch.randint(0, 49406, (2, 77))
+    ids[:, 0], ids[:, -1] = 49406, 49407
+    eos = torch.full((2,), 76)
+    loom_bf16 = copy.deepcopy(loom).to(torch.bfloat16)
+    reference_bf16 = copy.deepcopy(reference).to(torch.bfloat16)
+    return [
+        Contender("loom", "fp32", lambda: loom(ids, eos).hidden),
+        Contender("diffusers", "fp32", lambda: reference(ids).last_hidden_state),
+        Contender("loom", "bf16", lambda: loom_bf16(ids, eos).hidden),
+        Contender("diffusers", "bf16", lambda: reference_bf16(ids).last_hidden_state),
+    ]
+
+
+def run_speed_case(case: str, contenders: list[Contender], repeats: int) -> list[Row]:
+    # Counted on the reference: the counter sees aten convolutions and matmuls, not the oneDNN
+    # prepacked-weight op Loom's convolutions dispatch to (same arithmetic, different op name).
+    gflop = count_gflop(next(c for c in contenders if (c.side, c.mode) == ("diffusers", "fp32")).call)
+    seconds, outputs = time_interleaved(contenders, repeats)
+    parity = (outputs["loom/fp32"] - outputs["diffusers/fp32"]).abs().max().item()
+    print(f"  {case}: {gflop:,.0f} GFLOP per call; fp32 max |loom - diffusers| = {parity:.2e}")
+    return [Row(case, c, s, gflop) for c, s in zip(contenders, seconds)]
+
+
+def matmul_peak_gflops(dtype: torch.dtype, repeats: int) -> float:
+    """This machine's practical ceiling: a 4096^3 matmul, min of ``repeats`` (FACTS.md's peaks are
+    another CPU model's; these machines are not all alike)."""
+    a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+    seconds, _ = time_interleaved([Contender("matmul", str(dtype), lambda: a @ b)], repeats)
+    return 2 * 4096 ** 3 / seconds[0] / 1e9
+
+
+def report_speed(rows: list[Row], bf16_peak: float) -> None:
+    print("\n| case | side | mode | min s | GFLOP/s |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        c = row.contender
+        print(f"| {row.case} | {c.side} | {c.mode} | {row.seconds:.3f} | {row.gflops:.0f} |")
+    print(f"\nbf16 peak: FACTS.md {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
+          f"this machine's 4096^3 bf16 matmul {bf16_peak:.0f} GFLOP/s")
+    print("\n| case | fp32 loom/diffusers | fastest: loom (mode) / diffusers (mode) | ratio "
+          "| loom fastest % of FACTS bf16 peak | % of this machine's bf16 matmul |")
+    print("|---|---|---|---|---|---|")
+    for case in dict.fromkeys(r.case for r in rows):
+        mine = [r for r in rows if r.case == case]
+        fp32 = {r.contender.side: r for r in mine if r.contender.mode == "fp32"}
+        fastest = {side: min((r for r in mine if r.contender.side == side), key=lambda r: r.seconds)
+                   for side in ("loom", "diffusers")}
+        lo, di = fastest["loom"], fastest["diffusers"]
+        peak = "/".join(f"{100 * lo.gflops / p:.0f}" for p in BF16_PEAK_GFLOPS)
+        print(f"| {case} | {fp32['loom'].seconds / fp32['diffusers'].seconds:.2f} | "
+              f"{lo.seconds:.3f} ({lo.contender.mode}) / {di.seconds:.3f} ({di.contender.mode}) | "
+              f"{lo.seconds / di.seconds:.2f} | {peak} % | {100 * lo.gflops / bf16_peak:.0f} % |")
+
+
+def write_checkpoint(models: Models) -> None:
+    """A random SD1.5 single-file checkpoint in fp16, and the diffusers config folder to read it."""
+    from diffusers import PNDMScheduler
+    from safetensors.torch import save_file
+
+    from diffusion.tokenizer import load_clip_tokenizer
+
+    reference_unet, _, unet_weights = models.unet()
+    reference_vae, _, vae_weights = models.vae()
+    reference_clip, _, clip_weights = models.clip()
+    tensors = {}
+    for prefix, weights in (("model.diffusion_model.", unet_weights), ("first_stage_model.", vae_weights),
+                            ("cond_stage_model.transformer.", clip_weights)):
+        tensors.update({prefix + k: v.to(torch.float16).contiguous() for k, v in weights.items()})
+    save_file(tensors, str(CHECKPOINT))
+    del tensors
+
+    reference_unet.save_config(CONFIG_DIR / "unet")
+    reference_vae.save_config(CONFIG_DIR / "vae")
+    reference_clip.config.save_pretrained(CONFIG_DIR / "text_encoder")
+    # transformers' CLIPTokenizer files, derived from the shipped BPE vocabulary (FACTS.md).
+    (CONFIG_DIR / "tokenizer").mkdir(parents=True, exist_ok=True)
+    (CONFIG_DIR / "tokenizer" / "vocab.json").write_text(json.dumps(load_clip_tokenizer().token_ids), encoding="utf-8")
+    merges = gzip.open(VOCAB_FILE, "rt", encoding="utf-8").read().split("\n")[1:48895]
+    (CONFIG_DIR / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  skip_prk_steps=True, steps_offset=1).save_config(CONFIG_DIR / "scheduler")
+    (CONFIG_DIR / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False, "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }), encoding="utf-8")
+
+
+def _memory_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def probe_load(loader: str) -> None:
+    """Child-process body: import, note RSS, load the checkpoint, print peak and final RSS as JSON."""
+    if loader.startswith("loom"):
+        from diffusion.checkpoint import load_checkpoint
+    else:
+        from diffusers import StableDiffusionPipeline
+    dtype = {"lazy": None, "fp32": torch.float32, "bf16": torch.bfloat16}[loader.split("-")[1]]
+    before = _memory_kb("VmRSS")
+    started = time.perf_counter()
+    if loader.startswith("loom"):
+        loaded = load_checkpoint(CHECKPOINT, dtype=dtype)
+    else:
+        loaded = StableDiffusionPipeline.from_single_file(
+            str(CHECKPOINT), config=str(CONFIG_DIR), local_files_only=True, torch_dtype=dtype,
+            safety_checker=None, requires_safety_checker=False)
+    seconds = time.perf_counter() - started
+    assert loaded is not None
+    print(json.dumps({"loader": loader, "seconds": seconds, "rss_before_mb": before / 1024,
+                      "peak_mb": _memory_kb("VmHWM") / 1024, "rss_after_mb": _memory_kb("VmRSS") / 1024}))
+
+
+def run_load_case(models: Models) -> None:
+    if not CHECKPOINT.exists() or not (CONFIG_DIR / "model_index.json").exists():
+        print(f"  writing {CHECKPOINT} and {CONFIG_DIR} (once)", flush=True)
+        write_checkpoint(models)
+    print("\n| loader | load s | RSS after imports MB | peak RSS MB | peak − imports MB | RSS after MB |")
+    print("|---|---|---|---|---|---|")
+    for loader in LOADERS:
+        result = subprocess.run([sys.executable, __file__, "--probe", loader], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"load probe {loader} failed:\n{result.stderr[-3000:]}")
+        r = json.loads(result.stdout.strip().splitlines()[-1])
+        print(f"| {loader} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | {r['peak_mb']:.0f} | "
+              f"{r['peak_mb'] - r['rss_before_mb']:.0f} | {r['rss_after_mb']:.0f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (min is reported)")
+    parser.add_argument("--probe", choices=LOADERS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        probe_load(args.probe)
+        return
+    cases = [c for c in args.only.split(",") if c]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {args.repeats}", flush=True)
+    models = Models()
+    builders = {
+        "unet64": lambda: unet_contenders(models, 64),
+        "unet32": lambda: unet_contenders(models, 32),
+        "vae": lambda: vae_contenders(models),
+        "clip": lambda: clip_contenders(models),
+    }
+    rows: list[Row] = []
+    for case in cases:
+        if case in builders:
+            print(f"{case} ...", flush=True)
+            rows += run_speed_case(case, builders[case](), args.repeats)
+            gc.collect()
+    if rows:
+        fp32_peak = matmul_peak_gflops(torch.float32, args.repeats)
+        bf16_peak = matmul_peak_gflops(torch.bfloat16, args.repeats)
+        print(f"4096^3 matmul: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
+        report_speed(rows, bf16_peak)
+    if "load" in cases:
+        run_load_case(models)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""2-D convolution that packs its weight into oneDNN's blocked layout once, not on every call.
+
+PyTorch's CPU convolution (oneDNN) keeps a weight in the plain OIHW layout and reorders it into the
+kernel's blocked layout on every call. At the UNet's low-resolution levels (1280-2560 channels on
+8x8 and 16x16 maps) that reorder costs as much as the arithmetic. Measured on the project's 2-core
+machine: a [2, 2560, 8, 8] x [1280, 2560, 3, 3] bf16 channels-last conv takes 22 ms plain and 5.9 ms
+with its weight packed once (bit-identical output); fp32 NCHW at 8x8 goes from 27 to 11 ms (same
+values to ~1e-7 relative: oneDNN picks its channels-last algorithm). At 64x64 and larger the two
+are within a few percent. The packed path is the op PyTorch's own CPU compiler emits for frozen
+convolutions (``mkldnn::_convolution_pointwise`` over ``_reorder_convolution_weight``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["PackedConv2d"]
+
+_PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class PackedConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters, same state-dict keys) that runs inference on the CPU
+    through a cached packed copy of its weight.
+
+    The packed path is taken only when autograd records nothing (the fused op has no backward), on CPU
+    tensors of the weight's dtype (fp32 or bf16) with zero padding. The cache is keyed on the
+    weight's storage, dtype and version counter, so ``.to(dtype)``, ``load_state_dict``, in-place
+    patches and weights rebound through ``param.data = tensor`` (LoRA) repack on the next call.
+    Writes through ``param.data.copy_(...)`` bypass the version counter and are not seen. While
+    cached, the weight is held twice: the plain parameter and the packed copy. Outputs of the packed
+    path are channels-last.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (key, packed weight, storage of the weight it was packed from)
+        self._packed: tuple[tuple[int, int, torch.dtype], torch.Tensor, torch.UntypedStorage] | None = None
+
+    def _uses_packed_path(self, x: torch.Tensor) -> bool:
+        weight, bias = self.weight, self.bias
+        records_graph = torch.is_grad_enabled() and (
+            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        return (
+            not records_graph
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype == weight.dtype
+            and weight.dtype in _PACKABLE_DTYPES
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
+        )
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if self._packed is None or self._packed[0] != key:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
+            )
+            # Holding the source storage keeps its address from being reused by a later weight
+            # (say, another LoRA's patched copy swapped in), which would make a stale entry match.
+            self._packed = (key, packed, weight.untyped_storage())
+        return self._packed[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._uses_packed_path(x):
+            return super().forward(x)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._packed_weight(x), self.bias, list(self.padding), list(self.stride), list(self.dilation),
+            self.groups, "none", [], "",
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the cache: oneDNN tensors cannot be serialised, and a copy repacks."""
+        state = super().__getstate__()
+        state["_packed"] = None
+        return state

@@ -1,0 +1,99 @@
+"""PackedConv2d computes what nn.Conv2d computes, and never serves a stale packed weight."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion.packed_conv import PackedConv2d
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+def conv(in_channels: int = 16, out_channels: int = 24, kernel: int = 3, **kwargs) -> PackedConv2d:
+    torch.manual_seed(0)
+    return PackedConv2d(in_channels, out_channels, kernel, **kwargs).eval().requires_grad_(False)
+
+
+def reference(module: PackedConv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_bf16_output_is_bit_identical_to_conv2d(memory_format: torch.memory_format) -> None:
+    module = conv(padding=1).to(torch.bfloat16).to(memory_format=memory_format)
+    x = torch.randn(2, 16, 9, 7, dtype=torch.bfloat16).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        assert torch.equal(module(x), reference(module, x))
+    assert module._packed is not None
+
+
+@pytest.mark.parametrize(
+    "options", [dict(kernel=3, padding=1), dict(kernel=3, stride=2), dict(kernel=1), dict(kernel=3, padding=2, dilation=2)],
+    ids=["3x3", "stride2-unpadded", "1x1", "dilated"],
+)
+def test_fp32_output_matches_conv2d(options: dict) -> None:
+    module = conv(**options)
+    x = torch.randn(2, 16, 11, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weight_serves_every_input_size() -> None:
+    module = conv(padding=1)
+    with torch.no_grad():
+        for size in (8, 13, 4):
+            x = torch.randn(1, 16, size, size)
+            torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
+
+
+def test_in_place_weight_patch_is_seen_on_the_next_call() -> None:
+    module = conv(padding=1)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        before = module(x)
+        module.weight.add_(torch.randn_like(module.weight))  # what a LoRA patch does
+        after = module(x)
+        torch.testing.assert_close(after, reference(module, x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
+
+
+def test_rebinding_the_weight_data_repacks_both_ways() -> None:
+    module = conv(padding=1)
+    x = torch.randn(1, 16, 8, 8)
+    original = module.weight.data
+    with torch.no_grad():
+        before = module(x)
+        module.weight.data = torch.randn_like(original)  # how patched weights are swapped in for a run
+        torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
+        module.weight.data = original
+        assert torch.equal(module(x), before)
+
+
+def test_dtype_change_repacks() -> None:
+    module = conv(padding=1)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        module(x)
+        module.to(torch.bfloat16)
+        assert torch.equal(module(x.bfloat16()), reference(module, x.bfloat16()))
+
+
+def test_autograd_takes_the_plain_path() -> None:
+    module = PackedConv2d(16, 24, 3, padding=1)
+    x = torch.randn(1, 16, 8, 8, requires_grad=True)
+    module(x).sum().backward()
+    assert x.grad is not None and module.weight.grad is not None
+    assert module._packed is None
+
+
+def test_copies_drop_the_cache_and_keep_the_state_dict_keys() -> None:
+    module = conv(padding=1)
+    with torch.no_grad():
+        module(torch.randn(1, 16, 8, 8))
+    clone = copy.deepcopy(module)
+    assert clone._packed is None
+    assert set(clone.state_dict()) == set(torch.nn.Conv2d(16, 24, 3).state_dict()) == {"weight", "bias"}
