@@ -111,7 +111,11 @@ class Executor:
         listener: Listener | None = None,
         interrupt: InterruptFlag | None = None,
     ) -> ExecutionRecord:
-        """Run what ``outputs`` need; never raises for a bad prompt or a failing node (see the record)."""
+        """Run what ``outputs`` need; never raises for a bad prompt or a failing node (see the record).
+
+        ``interrupt`` is read, never cleared: the caller owns it, so an interrupt that arrives between
+        the caller's choosing this prompt and its start still stops it (before its first node).
+        """
         with self._running, self.cache.prompt_scope():
             run = _PromptRun(self, prompt, outputs, prompt_id, extra_data or {}, listener, interrupt or InterruptFlag())
             return run.execute()
@@ -182,7 +186,6 @@ class _PromptRun:
         self.current: str | None = None
 
     def execute(self) -> ExecutionRecord:
-        self.interrupt.clear()
         self.state.start()
         try:
             if not isinstance(self.prompt, Mapping):

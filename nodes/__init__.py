@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 def builtin_modules() -> tuple[ModuleType, ...]:
     """The modules whose nodes are built in, imported on demand so ``import nodes`` stays light."""
-    from nodes import image, io, primitives
+    from nodes import conditioning, image, io, latent, loaders, primitives, sampling, upscale
 
-    return (image, io, primitives)
+    return (image, io, primitives, loaders, conditioning, latent, sampling, upscale)
 
 
 def register_builtin_nodes(registry: NodeRegistry) -> list[str]:

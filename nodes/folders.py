@@ -210,10 +210,26 @@ class SaveTarget:
     #: The folder relative to its root, with ``/``, as clients receive it in ``ui.images[].subfolder``.
     subfolder: str
 
-    def file_name(self, batch_index: int, extension: str = "png") -> str:
+    def file_name(self, batch_index: int, extension: str = "png", counter: int | None = None) -> str:
         """Each image of a batch takes the next counter value, as ComfyUI numbers them."""
         base = self.base.replace(BATCH_NUMBER, str(batch_index))
-        return f"{base}_{self.counter + batch_index:05d}_.{extension}"
+        return f"{base}_{(self.counter + batch_index) if counter is None else counter:05d}_.{extension}"
+
+    def write_new(self, batch_index: int, data: bytes, extension: str = "png") -> str:
+        """Write ``data`` under its numbered name, or the next free number if another writer took it.
+
+        Files are created exclusively, so prompts saving with the same prefix at the same moment (Ray
+        workers, parallel lanes) never overwrite each other. Returns the name written.
+        """
+        counter = self.counter + batch_index
+        while True:
+            name = self.file_name(batch_index, extension, counter)
+            try:
+                with open(self.folder / name, "xb") as file:
+                    file.write(data)
+                return name
+            except FileExistsError:
+                counter = max(counter + 1, _next_counter(self.folder, self.base))
 
 
 def _next_counter(folder: Path, base: str) -> int:

@@ -9,6 +9,7 @@ PNG text chunks. Folders come from ``current_folders()`` at call time (the serve
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import string
@@ -19,7 +20,15 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from graph.declare import Combo, Hidden, NodeOutput, Output, Socket, String, node
-from nodes.folders import IMAGE_EXTENSIONS, FolderKind, UnsafePathError, annotated_path, current_folders, list_files, save_target
+from nodes.folders import (
+    IMAGE_EXTENSIONS,
+    FolderKind,
+    UnsafePathError,
+    annotated_path,
+    current_folders,
+    list_files,
+    save_target,
+)
 from nodes.image_tensors import alpha_to_mask, channel_to_mask, has_alpha, image_to_pil, pil_to_image
 
 #: Multi-picture JPEGs (phone stereo and depth shots) hold views, not frames; only the first is the photo.
@@ -119,8 +128,9 @@ def write_pngs(
     metadata = _png_metadata(prompt, extra_pnginfo)
     written = []
     for index, picture in enumerate(images):
-        file_name = target.file_name(index)
-        image_to_pil(picture).save(target.folder / file_name, pnginfo=metadata, compress_level=compress_level)
+        encoded = io.BytesIO()
+        image_to_pil(picture).save(encoded, format="PNG", pnginfo=metadata, compress_level=compress_level)
+        file_name = target.write_new(index, encoded.getvalue())
         written.append({"filename": file_name, "subfolder": target.subfolder, "type": kind})
     return written
 

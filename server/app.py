@@ -1,35 +1,39 @@
 """``create_app(config)``: the aiohttp application with every service wired in.
 
-Services live behind typed ``AppKey``s (``server.keys``). The worker thread and the database are
-owned by a ``cleanup_ctx`` so they start with the server and stop with it: the worker finishes (or
-interrupts) its prompt, and the database is closed last. Every API route is registered twice, bare
-and under ``/api`` (COMPAT 1.1): the frontend uses ``/api``, Python clients the bare paths.
+Services live behind typed ``AppKey``s (``server.keys``). The worker threads, the backend they run
+prompts on (in process, or Ray actors: ``config.workers``) and the database are owned by a
+``cleanup_ctx`` so they start with the server and stop with it: the worker finishes (or interrupts)
+its prompts, the backend is closed, and the database is closed last. Every API route is registered
+twice, bare and under ``/api`` (COMPAT 1.1): the frontend uses ``/api``, Python clients the bare paths.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from graph.cache import OutputCache
 from graph.executor import Executor
+from graph.plugins import PluginReport
 from graph.registry import NodeRegistry
-from nodes import register_builtin_nodes
-from nodes.folders import configure_folders
+from nodes.compute import configure_compute
+from nodes.folders import Folders, configure_folders
+from nodes.model_folders import add_extra_model_paths, clear_extra_model_paths
 from server import routes_files, routes_info, routes_prompt, routes_queue, routes_userdata
 from server.config import ServerConfig
+from server.distributed.backend import LocalBackend, PromptBackend, PromptEngine
 from server.keys import CONFIG, FOLDERS, HUB, QUEUE, REGISTRY, STORE, WORKER
 from server.openapi import add_openapi_route
+from server.plugins import add_plugin_routes, configured_registry
 from server.queue import PromptQueue
 from server.security import add_login_routes, security_middlewares
+from server.starter import install_starter_files
 from server.static import add_frontend_routes
 from server.store import PromptStore
 from server.websocket import SocketHub, ThreadSafePublisher
-from server.worker import PromptEngine, PromptWorker
+from server.worker import PromptWorker
 
 __all__ = ["create_app", "API_ROUTE_TABLES"]
 
@@ -38,34 +42,48 @@ API_ROUTE_TABLES = (
 )
 
 
-def _builtin_registry() -> NodeRegistry:
-    registry = NodeRegistry()
-    register_builtin_nodes(registry)
-    return registry
+def _backend(
+    config: ServerConfig, registry: NodeRegistry, given_registry: bool, folders: Folders, engine: PromptEngine | None
+) -> PromptBackend:
+    """An explicit ``engine`` always runs in process; otherwise ``config.workers`` decides.
 
+    Ray workers rebuild the configured registry themselves (plugins are imported by file path, which
+    a pickled registry could not replay on another machine); a registry given to ``create_app`` is
+    sent as it is.
+    """
+    if engine is not None:
+        return LocalBackend(engine, None)
+    if config.workers_spec.uses_ray:
+        from server.distributed.ray_backend import RayBackend, WorkerSetup  # imports Ray: only when asked for
 
-def _free_memory(cache: OutputCache) -> Callable[[bool, bool], None]:
-    def free(unload_models: bool, free_memory: bool) -> None:
-        """Models are cached outputs of loader nodes, so dropping the cache unloads them too."""
-        if unload_models or free_memory:
-            cache.clear()
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    return free
+        setup = WorkerSetup(folders, config.cache_budget_bytes, config.device, config.dtype,
+                            registry=registry if given_registry else None, plugins=None if given_registry else config)
+        return RayBackend(config.workers_spec, setup)
+    cache = OutputCache(config.cache_budget_bytes)
+    return LocalBackend(Executor(registry, cache), cache)
 
 
 def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engine: PromptEngine | None = None) -> web.Application:
-    """Build the application; ``registry`` defaults to the built-in nodes, ``engine`` to an ``Executor``."""
+    """Build the application; ``engine`` defaults to an ``Executor``.
+
+    ``registry`` defaults to the built-in nodes plus the configured plugins; a registry passed in is
+    used as it is (tests choose their nodes), so no plugin is loaded into it.
+    """
     folders = configure_folders(
         config.base_dir, input=config.input_path, output=config.output_path, temp=config.temp_path,
         user=config.user_path, models=config.models_path,
     )
-    registry = registry if registry is not None else _builtin_registry()
-    cache = OutputCache(config.cache_budget_bytes)
-    engine = engine if engine is not None else Executor(registry, cache)
+    clear_extra_model_paths()
+    if config.extra_model_paths is not None:
+        add_extra_model_paths(config.extra_model_paths)
+    configure_compute(config.device, config.dtype)
+    if config.starter_files:
+        install_starter_files(folders)
+    given_registry = registry is not None
+    plugin_reports: list[PluginReport] = []
+    if registry is None:
+        registry, plugin_reports = configured_registry(config)
+    backend = _backend(config, registry, given_registry, folders, engine)
 
     app = web.Application(client_max_size=config.max_upload_bytes, middlewares=security_middlewares(config))
     store = PromptStore(config.database_path, config.max_history)
@@ -77,7 +95,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engin
         queue_size=config.ws_send_queue,
         send_timeout=config.ws_send_timeout,
     )
-    worker = PromptWorker(queue, store, engine, publisher, _free_memory(cache), previews_enabled=config.preview_method != "none")
+    worker = PromptWorker(queue, store, backend, publisher, previews_enabled=config.preview_method != "none")
     app[CONFIG], app[FOLDERS], app[REGISTRY] = config, folders, registry
     app[STORE], app[QUEUE], app[HUB], app[WORKER] = store, queue, hub, worker
 
@@ -89,6 +107,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engin
     app.router.add_get("/ws", hub.handle)
     app.router.add_get("/api/ws", hub.handle)
     add_openapi_route(app)
+    add_plugin_routes(app, plugin_reports, config.frontend_root)
     add_login_routes(app, config)
     add_frontend_routes(app, config.frontend_root)
 
@@ -97,6 +116,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engin
         worker.start()
         yield
         await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(backend.close)
         store.close()
 
     async def close_sockets(app: web.Application) -> None:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.distributed.spec import WorkersSpec, parse_workers
+
 __all__ = [
     "ServerConfig", "AUTH_TOKEN_ENV", "REPO_ROOT", "PREVIEW_METHODS", "DEVICES", "DTYPE_MODES", "parse_size", "is_loopback_host",
 ]
@@ -72,18 +74,30 @@ class ServerConfig:
     frontend_root: Path = REPO_ROOT / "web"
     max_upload_bytes: int = 100 * 2**20
     cors_origin: str | None = None
+    #: Load no plugins except those named in ``custom_node_whitelist`` (``--disable-custom-nodes``).
+    disable_custom_nodes: bool = False
+    #: Plugins still loaded when ``disable_custom_nodes`` is set: folder names, file names or stems.
+    custom_node_whitelist: tuple[str, ...] = ()
+    #: Plugin folders searched after the repository's ``custom_nodes/``, in this order.
+    extra_custom_node_dirs: tuple[Path, ...] = ()
     #: History entries kept in the database; the oldest are dropped past this (ComfyUI keeps 10,000).
     max_history: int = 10_000
     #: Frames a WebSocket may have waiting before it is judged too slow and closed.
     ws_send_queue: int = 1024
     #: Seconds one frame may take to reach a socket before that socket is closed.
     ws_send_timeout: float = 10.0
+    #: Where prompts run: ``local``, ``ray-local:N`` or ``ray://ADDRESS`` (``server.distributed.spec``).
+    workers: str = "local"
+    #: Place the bundled upscalers and a sample image at start (``server.starter``); ``--no-starter-files``.
+    starter_files: bool = True
 
     def __post_init__(self) -> None:
         for name in ("base_dir", "models_dir", "input_dir", "output_dir", "user_dir", "temp_dir", "extra_model_paths", "frontend_root"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "custom_node_whitelist", tuple(self.custom_node_whitelist))
+        object.__setattr__(self, "extra_custom_node_dirs", tuple(Path(folder) for folder in self.extra_custom_node_dirs))
         if self.preview_method not in PREVIEW_METHODS:
             raise ValueError(f"preview_method {self.preview_method!r} not in {PREVIEW_METHODS}")
         if self.device not in DEVICES and not re.fullmatch(r"(cuda|mps|xpu):\d+", self.device):
@@ -94,6 +108,11 @@ class ServerConfig:
             raise ValueError(f"port {self.port} out of range 1..65535")
         if self.max_upload_bytes <= 0 or self.cache_budget_bytes < 0:
             raise ValueError("max_upload_bytes must be positive and cache_budget_bytes not negative")
+        parse_workers(self.workers)
+
+    @property
+    def workers_spec(self) -> WorkersSpec:
+        return parse_workers(self.workers)
 
     def _dir(self, explicit: Path | None, name: str) -> Path:
         return explicit if explicit is not None else self.base_dir / name

@@ -151,6 +151,19 @@ SCHEMAS: dict[str, Any] = {
     "Features": {"type": "object", "properties": {"supports_preview_metadata": {"type": "boolean"}, "max_upload_size": {"type": "integer"}}},
     "Users": {"type": "object", "required": ["storage"], "properties": {"storage": {"const": "server"}, "migrated": {"type": "boolean"}}},
     "UserdataList": {"type": "array", "items": {"type": ["string", "object", "array"]}},
+    "PluginReport": {
+        "type": "object",
+        "required": ["name", "key", "path", "status", "module", "nodes", "refused", "web_directory", "web_error", "error", "traceback", "seconds"],
+        "properties": {
+            "name": {"type": "string"}, "key": {"type": "string", "description": "the URL segment of its web files"},
+            "path": {"type": "string"}, "status": {"enum": ["loaded", "failed", "disabled", "skipped"]},
+            "module": {"type": ["string", "null"]}, "nodes": _STR_LIST,
+            "refused": {"type": "array", "items": {"type": "object", "required": ["class_type", "reason", "traceback"], "properties": {
+                "class_type": {"type": "string"}, "reason": {"type": "string"}, "traceback": {"type": ["string", "null"]}}}},
+            "web_directory": {"type": ["string", "null"]}, "web_error": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]}, "traceback": {"type": ["string", "null"]}, "seconds": {"type": "number"},
+        },
+    },
     "UserdataV2": {
         "type": "array",
         "items": {"type": "object", "required": ["name", "path", "type"], "properties": {
@@ -200,7 +213,14 @@ PATHS: dict[str, Any] = {
     "/system_stats": {"get": _op("Versions, memory and devices", _json(_ref("SystemStats")))},
     "/features": {"get": _op("Server feature flags", _json(_ref("Features")))},
     "/embeddings": {"get": _op("Embedding names", _json(_STR_LIST))},
-    "/extensions": {"get": _op("Frontend extension scripts", _json(_STR_LIST))},
+    "/extensions": {"get": _op("Editor extension scripts: the frontend root's extensions/ and every loaded plugin's WEB_DIRECTORY",
+                               _json(_STR_LIST))},
+    "/extensions/{key}/{path}": {"get": _op(
+        "A file of a plugin's WEB_DIRECTORY (or of the frontend root's extensions/<key>/); scripts as text/javascript",
+        {"description": "File bytes", "content": {"text/javascript": {"schema": {"type": "string"}}, **_BINARY["content"]}},
+        errors=(403, 404), params=[_p("key"), _p("path")])},
+    "/loom/plugins": {"get": _op("Every plugin found at start and what loading it did; tracebacks only for loopback clients",
+                                 _json({"type": "array", "items": _ref("PluginReport")}))},
     "/models": {"get": _op("Model folder keys", _json(_STR_LIST))},
     "/models/{folder}": {"get": _op("Model files in a folder", _json(_STR_LIST), errors=(403, 404), params=[_p("folder")])},
     "/experiment/models": {"get": _op("Model folders with their paths", _json({"type": "array"}))},

@@ -12,27 +12,20 @@ import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 from aiohttp import web
 
-from nodes.folders import UnsafePathError, list_files, resolve_inside
-from server.keys import CONFIG, FOLDERS, REGISTRY
+from nodes.folders import UnsafePathError, list_files
+from nodes.model_folders import UnknownModelFolderError, all_model_folders, folder_keys, list_models
+from server.keys import CONFIG, REGISTRY
+from server.plugins import PLUGIN_REPORTS, plugin_scripts
 from server.responses import error_response
 
-__all__ = ["routes", "server_features", "MODEL_FOLDERS", "MODEL_EXTENSIONS"]
+__all__ = ["routes", "server_features"]
 
 routes = web.RouteTableDef()
-
-#: The folder keys ComfyUI clients know; any other directory under ``models/`` is listed as well.
-MODEL_FOLDERS = (
-    "checkpoints", "clip", "clip_vision", "configs", "controlnet", "diffusers", "diffusion_models",
-    "embeddings", "gligen", "hypernetworks", "loras", "photomaker", "style_models", "text_encoders",
-    "unet", "upscale_models", "vae", "vae_approx",
-)
-MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
-
 
 def server_features(max_upload_bytes: int) -> dict[str, Any]:
     """Capabilities sent in ``feature_flags`` and ``/features``; ``loom_previews`` is Loom's own."""
@@ -110,48 +103,40 @@ async def features(request: web.Request) -> web.Response:
     return web.json_response(server_features(request.app[CONFIG].max_upload_bytes))
 
 
-def _model_folder_names(models: Path) -> list[str]:
-    present = {entry.name for entry in models.iterdir() if entry.is_dir()} if models.is_dir() else set()
-    return sorted(set(MODEL_FOLDERS) | present)
-
-
 @routes.get("/models")
 async def model_folders(request: web.Request) -> web.Response:
-    return web.json_response(_model_folder_names(request.app[FOLDERS].models))
+    return web.json_response(folder_keys())
 
 
 @routes.get("/models/{folder}")
 async def model_files(request: web.Request) -> web.Response:
-    models = request.app[FOLDERS].models
     folder = request.match_info["folder"]
-    if folder not in _model_folder_names(models):
-        return error_response(404, "not_found", f"No model folder {folder!r}")
     try:
-        directory = resolve_inside(models, folder)
+        return web.json_response(await asyncio.to_thread(list_models, folder))
+    except UnknownModelFolderError as error:
+        return error_response(404, "not_found", f"No model folder {folder!r}", str(error))
     except UnsafePathError as error:
         return error_response(403, "path_refused", "Path refused", f"{error.name!r}: {error.reason}")
-    files = await asyncio.to_thread(list_files, directory, MODEL_EXTENSIONS) if directory.is_dir() else []
-    return web.json_response(files)
 
 
 @routes.get("/experiment/models")
 async def experiment_models(request: web.Request) -> web.Response:
-    models = request.app[FOLDERS].models
-    return web.json_response([{"name": name, "folders": [str(models / name)]} for name in _model_folder_names(models)])
+    folders = await asyncio.to_thread(all_model_folders)
+    return web.json_response([{"name": key, "folders": [str(path) for path in paths]} for key, paths in folders.items()])
 
 
 @routes.get("/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
-    directory = request.app[FOLDERS].models / "embeddings"
-    files = await asyncio.to_thread(list_files, directory, MODEL_EXTENSIONS) if directory.is_dir() else []
-    return web.json_response([str(Path(name).with_suffix("")) for name in files])
+    files = await asyncio.to_thread(list_models, "embeddings")
+    return web.json_response([str(PurePosixPath(name).with_suffix("")) for name in files])
 
 
 @routes.get("/extensions")
 async def extensions(request: web.Request) -> web.Response:
     root = request.app[CONFIG].frontend_root / "extensions"
     scripts = await asyncio.to_thread(list_files, root, frozenset({".js"})) if root.is_dir() else []
-    return web.json_response([f"/extensions/{name}" for name in scripts])
+    from_plugins = await asyncio.to_thread(plugin_scripts, request.app[PLUGIN_REPORTS])
+    return web.json_response([f"/extensions/{name}" for name in scripts] + from_plugins)
 
 
 @routes.get("/i18n")

@@ -5,18 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from graph.registry import NodeRegistry
 from server.config import AUTH_TOKEN_ENV, DEVICES, DTYPE_MODES, PREVIEW_METHODS, REPO_ROOT, ServerConfig, parse_size
+from server.distributed.spec import DistributedUnavailableError, parse_workers, require_ray
 
 __all__ = ["add_serve_arguments", "config_from_args", "serve_from_args", "run_server"]
 
 
 def _path(text: str) -> Path:
     return Path(text).expanduser()
+
+
+def _workers(text: str) -> str:
+    """Checked while parsing, so a bad value or a missing Ray stops ``loom serve`` before it starts."""
+    try:
+        spec = parse_workers(text)
+        if spec.uses_ray:
+            require_ray(text)
+    except (ValueError, DistributedUnavailableError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +52,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-size", type=float, default=defaults.max_upload_bytes / 2**20, help="request body limit in MB (default 100)")
     parser.add_argument("--enable-cors-header", dest="cors_origin", nargs="?", const="*", default=None,
                         help="send CORS headers for this origin (no value: '*'); off by default")
+    parser.add_argument("--disable-custom-nodes", "--disable-all-custom-nodes", dest="disable_custom_nodes", action="store_true",
+                        help="load no plugins from custom_nodes/ (except those given to --whitelist-custom-nodes)")
+    parser.add_argument("--whitelist-custom-nodes", nargs="+", default=[], metavar="NAME",
+                        help="plugins to load despite --disable-custom-nodes: folder names, or file names with or without .py")
+    parser.add_argument("--extra-custom-nodes-dir", dest="extra_custom_node_dirs", type=_path, action="append", default=[],
+                        metavar="DIR", help="another plugin folder, searched after custom_nodes/ (repeatable)")
+    parser.add_argument("--no-starter-files", dest="starter_files", action="store_false",
+                        help="do not place the bundled Real-ESRGAN models and the sample image at start")
+    parser.add_argument("--workers", type=_workers, default=defaults.workers,
+                        help="where prompts run: local (default, in this process), ray-local:N (N Ray worker actors "
+                             "on this machine) or ray://ADDRESS (a Ray cluster; needs the 'distributed' extra)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -49,7 +73,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cache_budget_bytes=args.cache_budget, device=args.device, dtype=args.dtype,
         auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None,
         preview_method=args.preview_method, frontend_root=args.frontend_root,
-        max_upload_bytes=int(args.max_upload_size * 2**20), cors_origin=args.cors_origin,
+        disable_custom_nodes=args.disable_custom_nodes, custom_node_whitelist=tuple(args.whitelist_custom_nodes),
+        extra_custom_node_dirs=tuple(args.extra_custom_node_dirs),
+        max_upload_bytes=int(args.max_upload_size * 2**20), cors_origin=args.cors_origin, workers=args.workers,
+        starter_files=args.starter_files,
     )
 
 
@@ -66,5 +93,13 @@ def run_server(config: ServerConfig, registry: NodeRegistry | None = None) -> No
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
-    run_server(config_from_args(args))
+    """Exit status 2, with the reason on stderr, for settings the server cannot start with."""
+    from nodes.compute import ComputeSettingsError
+    from nodes.model_folders import ExtraModelPathsError
+
+    try:
+        run_server(config_from_args(args))
+    except (ExtraModelPathsError, ComputeSettingsError) as error:
+        print(f"loom serve: {error}", file=sys.stderr)
+        return 2
     return 0

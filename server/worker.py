@@ -1,11 +1,13 @@
-"""The one thread that runs prompts, in queue order, through the executor.
+"""The threads that run prompts, in queue order, through a backend.
 
-One prompt at a time, as in ComfyUI (COMPAT 4.2): a diffusion run saturates the device, and models
-cached by one prompt are reused by the next. Per prompt the worker clears the interrupt flag, runs
-the executor with a listener that forwards events to the WebSocket hub (routed per COMPAT 1.4), then
-writes the history entry *before* it sends ``executing {node: null}`` — clients fetch
-``/history/{id}`` as soon as they see that frame (COMPAT C.6). ``/free`` requests are applied between
-prompts, never under a running one.
+In process, one prompt at a time, as in ComfyUI (COMPAT 4.2): a diffusion run saturates the device,
+and models cached by one prompt are reused by the next. A distributed backend
+(``server.distributed``) has one *lane* per remote worker, and the worker runs one thread per lane,
+each taking the next prompt from the queue when its lane is free. Per prompt a lane clears its
+interrupt flag, runs the backend with a listener that forwards events to the WebSocket hub (routed
+per COMPAT 1.4), then writes the history entry *before* it sends ``executing {node: null}`` — clients
+fetch ``/history/{id}`` as soon as they see that frame (COMPAT C.6). ``/free`` requests are applied
+between prompts, never under a running one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 
 from graph import events
 from graph.progress import InterruptFlag
+from server.distributed.backend import PromptBackend, PromptEngine
 from server.previews import PreviewEncodingError, encode_preview
 from server.queue import PromptQueue
 from server.store import HistoryRecord, PromptStore, QueueItem
@@ -46,79 +49,77 @@ class EventPublisher(Protocol):
     def wants_previews(self, sid: str) -> bool: ...
 
 
-class PromptEngine(Protocol):
-    """What the worker needs of ``graph.executor.Executor``."""
+class _Lane:
+    """One prompt at a time: its thread, its interrupt flag and the prompt it is running."""
 
-    def execute(
-        self,
-        prompt: dict[str, Any],
-        outputs: list[str],
-        *,
-        prompt_id: str,
-        extra_data: dict[str, Any] | None = None,
-        listener: Callable[[str, dict[str, Any]], None] | None = None,
-        interrupt: InterruptFlag | None = None,
-    ) -> Any: ...
+    def __init__(self, index: int, target: Callable[[_Lane], None]) -> None:
+        self.interrupt = InterruptFlag()
+        self.running: QueueItem | None = None
+        self.thread = threading.Thread(target=target, args=(self,), name=f"loom-prompt-worker-{index}", daemon=True)
 
 
 class PromptWorker:
-    """Runs queued prompts on a daemon thread until ``stop()``."""
+    """Runs queued prompts on ``backend.lanes`` daemon threads until ``stop()``."""
 
     def __init__(
         self,
         queue: PromptQueue,
         store: PromptStore,
-        engine: PromptEngine,
+        backend: PromptBackend,
         publisher: EventPublisher,
-        free_memory: Callable[[bool, bool], None],
         previews_enabled: bool = True,
     ) -> None:
         self._queue = queue
         self._store = store
-        self._engine = engine
+        self._backend = backend
         self._publisher = publisher
-        self._free_memory = free_memory
         self._previews_enabled = previews_enabled
-        self._interrupt = InterruptFlag()
         self._lock = threading.Lock()
-        self._running: QueueItem | None = None
         self._free_request: tuple[bool, bool] | None = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="loom-prompt-worker", daemon=True)
+        self._lanes = [_Lane(index, self._loop) for index in range(backend.lanes)]
 
     def start(self) -> None:
-        self._thread.start()
+        for lane in self._lanes:
+            lane.thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current prompt (interrupted); pending prompts stay stored for next start."""
+        """Stop after the current prompts (interrupted); pending prompts stay stored for next start."""
         self._stopping.set()
         self._queue.close()
         self.interrupt()
-        self._thread.join(timeout)
+        for lane in self._lanes:
+            lane.thread.join(timeout)
 
     @property
-    def running_prompt_id(self) -> str | None:
+    def backend(self) -> PromptBackend:
+        return self._backend
+
+    @property
+    def running_prompt_ids(self) -> list[str]:
         with self._lock:
-            return self._running.prompt_id if self._running else None
+            return [lane.running.prompt_id for lane in self._lanes if lane.running is not None]
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Stop the running prompt, or only ``prompt_id`` if given; returns whether one was stopped.
+        """Stop every running prompt, or only ``prompt_id`` if given; returns whether one was stopped.
 
-        Checked and set under the lock the worker holds while switching prompts, so a targeted
+        Checked and set under the lock the lanes hold while switching prompts, so a targeted
         interrupt can never land on the prompt that starts right after the intended one.
         """
+        stopped = False
         with self._lock:
-            if self._running is None or (prompt_id is not None and self._running.prompt_id != prompt_id):
-                return False
-            self._interrupt.set()
-            return True
+            for lane in self._lanes:
+                if lane.running is not None and (prompt_id is None or lane.running.prompt_id == prompt_id):
+                    lane.interrupt.set()
+                    stopped = True
+        return stopped
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
         with self._lock:
             previous = self._free_request or (False, False)
             self._free_request = (previous[0] or unload_models, previous[1] or free_memory)
 
-    def _loop(self) -> None:
+    def _loop(self, lane: _Lane) -> None:
         while not self._stopping.is_set():
             item = self._queue.take(timeout=0.5)
             self._apply_free_request()
@@ -126,33 +127,33 @@ class PromptWorker:
                 continue
             if self._stopping.is_set():
                 return
-            self._run(item)
+            self._run(lane, item)
 
     def _apply_free_request(self) -> None:
         with self._lock:
             request, self._free_request = self._free_request, None
         if request is not None:
-            self._free_memory(*request)
+            self._backend.free(*request)
 
-    def _run(self, item: QueueItem) -> None:
+    def _run(self, lane: _Lane, item: QueueItem) -> None:
         with self._lock:
-            self._interrupt.clear()
-            self._running = item
+            lane.interrupt.clear()
+            lane.running = item
         sid = item.extra_data.get("client_id") or None
         start = time.time()
         try:
-            record = self._engine.execute(
+            record = self._backend.execute(
                 item.prompt,
                 list(item.outputs),
                 prompt_id=item.prompt_id,
                 extra_data={**item.extra_data, **item.sensitive},
                 listener=lambda name, data: self._forward(sid, name, data),
-                interrupt=self._interrupt,
+                interrupt=lane.interrupt,
             )
             status = str(getattr(record.status, "value", record.status))
             outputs, history_status, meta = record.outputs, record.history_status(), record.meta
-        except Exception as error:  # an executor bug must not kill the worker: record it and go on
-            log.exception("executor failed on prompt %s", item.prompt_id)
+        except Exception as error:  # an executor bug or a lost worker must not kill the lane: record it, go on
+            log.exception("prompt %s could not be run", item.prompt_id)
             status, outputs, meta = "error", {}, {}
             failure = events.execution_error(
                 item.prompt_id, None, None, [], str(error), type(error).__name__,
@@ -164,13 +165,13 @@ class PromptWorker:
         if status == "interrupted" and self._stopping.is_set():
             # Cut off by shutdown, not by a user: it stays stored as pending and runs at the next start.
             with self._lock:
-                self._running = None
+                lane.running = None
             self._queue.done(item.prompt_id)
             return
         entry = {"prompt": item.wire(), "outputs": outputs, "status": history_status, "meta": meta}
         self._store.finish(HistoryRecord(item.prompt_id, item.number, status, item.create_time, start, time.time(), entry))
         with self._lock:
-            self._running = None
+            lane.running = None
         self._queue.done(item.prompt_id)
         if sid is not None:
             self._publisher.event(events.EXECUTING, {"node": None, "prompt_id": item.prompt_id}, sid)

@@ -621,9 +621,18 @@ def test_an_interrupt_from_a_progress_report_stops_the_prompt(executor: Executor
     assert (data["node_id"], data["node_type"], data["executed"]) == ("2", "Steps", ["1"])
     assert ("Steps", 1) not in CALLS
     assert record.history_status()["status_str"] == "error"
+    flag.clear()  # the caller owns the flag
     record = executor.execute(prompt, ["3"], prompt_id="again", interrupt=flag)
-    assert record.status == "success", "the flag is cleared when the next prompt starts"
+    assert record.status == "success"
     assert record.cached == ["1"]
+
+
+def test_an_interrupt_set_before_the_prompt_starts_stops_it_before_its_first_node(executor: Executor) -> None:
+    flag = InterruptFlag()
+    flag.set()
+    record = executor.execute(adder_prompt(), ["4"], prompt_id="p", interrupt=flag)
+    assert record.status == "interrupted" and record.executed == []
+    assert CALLS == []
 
 
 def test_an_interrupt_is_checked_before_each_node(executor: Executor) -> None:

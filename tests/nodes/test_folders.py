@@ -135,6 +135,16 @@ def test_batch_number_is_substituted_per_image_and_does_not_reset_the_counter(fo
     assert target.file_name(0) == "img_0_00005_.png" and target.file_name(1) == "img_1_00006_.png"
 
 
+def test_a_name_taken_by_a_concurrent_writer_moves_on_instead_of_overwriting(folders: Folders) -> None:
+    first = save_target("ComfyUI", folders.output, 8, 8)
+    second = save_target("ComfyUI", folders.output, 8, 8)  # chose its counter before the first wrote
+    assert first.counter == second.counter == 1
+    assert first.write_new(0, b"first") == "ComfyUI_00001_.png"
+    assert second.write_new(0, b"second") == "ComfyUI_00002_.png"
+    assert second.write_new(1, b"second, picture 2") == "ComfyUI_00003_.png"
+    assert (folders.output / "ComfyUI_00001_.png").read_bytes() == b"first"
+
+
 def test_the_date_lands_in_the_subfolder(folders: Folders) -> None:
     target = save_target("%date:yyyy-MM-dd%/ComfyUI", folders.output, 8, 8, MOMENT)
     assert target.subfolder == "2024-03-07" and target.folder == folders.output / "2024-03-07"

@@ -17,6 +17,15 @@ BUILTIN_NAMES = {
     "LoadImage", "LoadImageMask", "SaveImage", "PreviewImage",
     "PrimitiveInt", "PrimitiveFloat", "PrimitiveString", "PrimitiveStringMultiline", "PrimitiveBoolean",
     "StringConcatenate", "StringReplace", "PreviewAny", "MathExpression",
+    "CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "UpscaleModelLoader",
+    "CLIPSetLastLayer", "CLIPTextEncode", "ConditioningCombine", "ConditioningAverage", "ConditioningConcat",
+    "ConditioningSetArea", "ConditioningSetMask", "ConditioningSetTimestepRange", "ConditioningZeroOut",
+    "InpaintModelConditioning",
+    "EmptyLatentImage", "VAEDecode", "VAEEncode", "VAEDecodeTiled", "VAEEncodeTiled", "VAEEncodeForInpaint",
+    "SetLatentNoiseMask", "LatentUpscale", "LatentUpscaleBy", "LatentFromBatch", "RepeatLatentBatch",
+    "LatentComposite", "LatentBlend",
+    "KSampler", "KSamplerAdvanced", "KSamplerSelect", "BasicScheduler", "RandomNoise", "DisableNoise",
+    "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (COMPAT C.4).

@@ -22,10 +22,12 @@ MakeClient = Callable[..., Awaitable[TestClient]]
 async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
     clients: list[TestClient] = []
 
-    async def make(**overrides: Any) -> TestClient:
+    async def make(*, plugins: bool = False, **overrides: Any) -> TestClient:
+        """A server on the stand-in nodes, or with ``plugins`` on the built-ins plus the configured plugins."""
         settings: dict[str, Any] = {"base_dir": tmp_path, "frontend_root": tmp_path / "web", "auth_token": None}
         settings.update(overrides)
-        client = TestClient(TestServer(create_app(ServerConfig(**settings), registry=standin_registry()), host="127.0.0.1"))
+        registry = None if plugins else standin_registry()
+        client = TestClient(TestServer(create_app(ServerConfig(**settings), registry=registry), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client

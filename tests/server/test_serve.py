@@ -13,7 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from server.config import REPO_ROOT
 from server.serve import add_serve_arguments, config_from_args
 

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -33,22 +35,20 @@ class RunningServer:
     base_dir: Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def loom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@contextmanager
+def serve_in_thread(config: Any) -> Iterator[RunningServer]:
+    """The real app on its own event loop in a thread, so sync Playwright can drive it from the test."""
     from aiohttp import web
 
     from server.app import create_app
-    from server.config import ServerConfig
 
-    base = tmp_path_factory.mktemp("loom-web")
-    port = _free_port()
-    app = create_app(ServerConfig(base_dir=base, auth_token=None, preview_method="latent2rgb", port=port))
+    app = create_app(config)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     started = threading.Event()
@@ -56,21 +56,35 @@ def loom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     def serve() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", config.port).start())
         started.set()
         loop.run_forever()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     assert started.wait(30), "the Loom server did not start"
-    yield RunningServer(url=f"http://127.0.0.1:{port}", base_dir=base)
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    try:
+        yield RunningServer(url=f"http://127.0.0.1:{config.port}", base_dir=config.base_dir)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def loom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    from server.config import ServerConfig
+
+    base = tmp_path_factory.mktemp("loom-web")
+    with serve_in_thread(ServerConfig(base_dir=base, auth_token=None, preview_method="latent2rgb",
+                                      port=free_port())) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
+    """One chromium for the session: Playwright's sync driver owns this thread's event loop while it
+    runs, so browser tests stay in this package, which runs last."""
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
     with playwright_api.sync_playwright() as playwright:
@@ -168,16 +182,25 @@ class EditorPage:
         self.page.dispatch_event("#canvas", "drop", {"dataTransfer": transfer})
 
 
-@pytest.fixture
-def editor(browser: Any, loom_server: RunningServer, request: pytest.FixtureRequest) -> Iterator[EditorPage]:
+@contextmanager
+def open_editor(browser: Any, server: RunningServer, name: str) -> Iterator[EditorPage]:
+    """A fresh browser context on the editor; any console or page error it collects fails the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     page = context.new_page()
-    driver = EditorPage(page=page, server=loom_server, name=request.node.name)
+    driver = EditorPage(page=page, server=server, name=name)
     page.on("console", lambda m: driver.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: driver.errors.append(f"page error: {e}"))
-    yield driver.open()
-    context.close()
+    try:
+        yield driver.open()
+    finally:
+        context.close()
     assert driver.unexpected_errors() == [], f"browser errors: {driver.unexpected_errors()}"
+
+
+@pytest.fixture
+def editor(browser: Any, loom_server: RunningServer, request: pytest.FixtureRequest) -> Iterator[EditorPage]:
+    with open_editor(browser, loom_server, request.node.name) as driver:
+        yield driver
 
 
 def fixture_json(name: str) -> dict[str, Any]:

@@ -9,15 +9,6 @@ from tests.web.conftest import EditorPage
 pytestmark = pytest.mark.browser
 
 
-def test_first_open_shows_the_default_workflow_and_the_missing_checkpoint_message(editor: EditorPage) -> None:
-    types = sorted(n["type"] for n in editor.workflow()["nodes"])
-    assert types == ["CLIPTextEncode", "CLIPTextEncode", "CheckpointLoaderSimple", "EmptyLatentImage",
-                     "KSampler", "SaveImage", "VAEDecode"]
-    banner = editor.page.text_content("#banner")
-    assert "models/checkpoints" in banner and "loom tiny-checkpoint" in banner
-    editor.shot("default")
-
-
 def test_add_connect_and_edit_like_a_person(editor: EditorPage) -> None:
     editor.clear_graph()
     source = editor.add_node("emptyimg", (200, 250))

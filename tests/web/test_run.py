@@ -7,6 +7,7 @@ import io
 import json
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -79,6 +80,25 @@ def test_validation_errors_are_shown_on_the_node(editor: EditorPage) -> None:
     message, inputs = error
     assert "images" in inputs and message
     editor.shot("validation-error")
+
+
+def test_first_open_without_a_checkpoint_upscales_the_sample_photo_for_real(editor: EditorPage) -> None:
+    banner = editor.page.text_content("#banner")
+    assert "models/checkpoints" in banner and "loom tiny-checkpoint" in banner
+    nodes = {n["id"]: n for n in editor.workflow()["nodes"]}
+    assert [nodes[i]["type"] for i in sorted(nodes)] == ["LoadImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "SaveImage"]
+    assert nodes[2]["widgets_values"] == ["RealESRGAN_x4plus.param"], "the bundled photo model, placed by the server"
+    editor.page.click("#btn-queue")
+    editor.page.wait_for_function("() => loom.execution.outputs.has('4')", timeout=180000)
+    (image,) = editor.js("() => loom.execution.outputs.get('4')")
+    with urllib.request.urlopen(editor.server.url + editor.js("(img) => loom.api.viewUrl(img)", image)) as reply:
+        upscaled = Image.open(io.BytesIO(reply.read())).convert("RGB")
+    assert upscaled.size == (512, 512), "the 128 px sample, four times larger"
+    sample = Image.open(editor.server.base_dir / "input" / "loom_sample_coffee.png").convert("RGB")
+    error = np.abs(np.asarray(upscaled.resize(sample.size, Image.Resampling.BOX), dtype=float) - np.asarray(sample, dtype=float))
+    assert error.mean() < 12, "a real upscale: shrunk back, it matches the photo it came from"
+    editor.page.wait_for_timeout(300)
+    editor.shot("first-open-upscale")
 
 
 @pytest.fixture

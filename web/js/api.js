@@ -89,7 +89,7 @@ export class Api extends EventTarget {
       sessionStorage.setItem(CLIENT_KEY, this.clientId);
     }
     if (message.type === 'feature_flags') this.serverFeatures = message.data || {};
-    this.emit(message.type, message.data || {});
+    this.emitServer(message.type, message.data || {});
   }
 
   onBinary(buffer) {
@@ -97,15 +97,21 @@ export class Api extends EventTarget {
     const kind = view.getUint32(0);
     if (kind === 1) {
       const mime = view.getUint32(4) === 2 ? 'image/png' : 'image/jpeg';
-      this.emit('b_preview', { blob: new Blob([buffer.slice(8)], { type: mime }), meta: {} });
+      this.emitServer('b_preview', { blob: new Blob([buffer.slice(8)], { type: mime }), meta: {} });
     } else if (kind === 4) {
       const length = view.getUint32(4);
       const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 8, length)));
-      this.emit('b_preview', { blob: new Blob([buffer.slice(8 + length)], { type: meta.image_type || 'image/jpeg' }), meta });
+      this.emitServer('b_preview', { blob: new Blob([buffer.slice(8 + length)], { type: meta.image_type || 'image/jpeg' }), meta });
     }
   }
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /** A server message goes out under its own type and as one `server-event` for listeners of every type. */
+  emitServer(type, detail) {
+    this.emit(type, detail);
+    this.emit('server-event', { type, data: detail });
   }
 }

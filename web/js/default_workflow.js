@@ -1,15 +1,22 @@
 /**
- * The first-open graph: SD1.5 text-to-image as in COMPAT Appendix A, written as a v0.4 file so it goes
- * through the same loader as any other workflow. The checkpoint is the first one the server lists.
+ * The first-open graphs, written as v0.4 files so they go through the same loader as any other
+ * workflow. With a checkpoint: SD1.5 text-to-image as in COMPAT Appendix A, on the first checkpoint
+ * the server lists. Without one: upscaling the sample photograph with a bundled Real-ESRGAN model
+ * (both placed by `loom serve`), so a new user gets a real picture before downloading anything.
  */
 export const DEMO_CHECKPOINT_COMMAND = '.venv/bin/loom tiny-checkpoint models/checkpoints/tiny-sd15.safetensors';
+/** The sample photograph `loom serve` puts in the input folder (server/starter.py). */
+export const SAMPLE_IMAGE = 'loom_sample_coffee.png';
+/** The bundled upscaler preferred for photographs, when the server lists it. */
+export const PHOTO_UPSCALER = 'RealESRGAN_x4plus.param';
+
+const node = (id, type, pos, size, inputs, outputs, widgets_values) => ({
+  id, type, pos, size, flags: {}, order: 0, mode: 0, inputs, outputs,
+  properties: { 'Node name for S&R': type }, widgets_values });
+const input = (name, type, link) => ({ name, type, link });
+const output = (name, type, links) => ({ name, type, links });
 
 export function defaultWorkflow(checkpoint = 'v1-5-pruned-emaonly-fp16.safetensors') {
-  const node = (id, type, pos, size, inputs, outputs, widgets_values) => ({
-    id, type, pos, size, flags: {}, order: 0, mode: 0, inputs, outputs,
-    properties: { 'Node name for S&R': type }, widgets_values });
-  const input = (name, type, link) => ({ name, type, link });
-  const output = (name, type, links) => ({ name, type, links });
   return {
     last_node_id: 9, last_link_id: 9,
     nodes: [
@@ -27,7 +34,30 @@ export function defaultWorkflow(checkpoint = 'v1-5-pruned-emaonly-fp16.safetenso
   };
 }
 
+/** Load the sample photo, upscale it with `model`, save the result. */
+export function upscaleWorkflow(model, image = SAMPLE_IMAGE) {
+  return {
+    last_node_id: 4, last_link_id: 3,
+    nodes: [
+      node(1, 'LoadImage', [40, 230], [315, 330], [], [output('IMAGE', 'IMAGE', [1]), output('MASK', 'MASK', [])], [image, 'image']),
+      node(2, 'UpscaleModelLoader', [40, 110], [315, 58], [], [output('UPSCALE_MODEL', 'UPSCALE_MODEL', [2])], [model]),
+      node(3, 'ImageUpscaleWithModel', [420, 150], [260, 46], [input('upscale_model', 'UPSCALE_MODEL', 2), input('image', 'IMAGE', 1)],
+        [output('IMAGE', 'IMAGE', [3])], []),
+      node(4, 'SaveImage', [740, 150], [400, 420], [input('images', 'IMAGE', 3)], [], ['loom_upscaled']),
+    ],
+    links: [[1, 1, 0, 3, 1, 'IMAGE'], [2, 2, 0, 3, 0, 'UPSCALE_MODEL'], [3, 3, 0, 4, 0, 'IMAGE']],
+    groups: [], config: {}, extra: { ds: { scale: 1, offset: [0, 0] } }, version: 0.4,
+  };
+}
+
+/** The graph a new page opens with: text-to-image when a checkpoint exists, else the upscale demo. */
+export function firstWorkflow(checkpoints, upscalers) {
+  if (checkpoints.length || !upscalers.length) return defaultWorkflow(checkpoints[0]);
+  return upscaleWorkflow(upscalers.includes(PHOTO_UPSCALER) ? PHOTO_UPSCALER : upscalers[0]);
+}
+
 export function missingCheckpointMessage(modelsFolder = 'models/checkpoints') {
   return `No checkpoint found in ${modelsFolder}/. Put a Stable Diffusion 1.5 .safetensors file there, `
-    + `or make a tiny demo checkpoint with: ${DEMO_CHECKPOINT_COMMAND}`;
+    + `or make a tiny demo checkpoint with: ${DEMO_CHECKPOINT_COMMAND} (random weights: it makes noise, not pictures). `
+    + 'Until then, the upscale workflow below gives a real result: press Queue.';
 }

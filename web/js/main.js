@@ -8,12 +8,13 @@ import { CanvasController, isTyping } from './canvas/controller.js';
 import { askText } from './dialogs.js';
 import { Editor, STORAGE_KEY } from './editor.js';
 import { ExecutionState } from './execution.js';
+import { ExtensionHost, showPluginNotice } from './extensions.js';
 import { downloadJson, pickFile, readWorkflowFile } from './files.js';
 import { MODE_BYPASS, MODE_NEVER } from './graph_model.js';
 import { commandFor } from './keymap.js';
 import { closeMenus, showMenu } from './menus.js';
 import { buildMenu } from './node_menus.js';
-import { defaultWorkflow, missingCheckpointMessage } from './default_workflow.js';
+import { defaultWorkflow, firstWorkflow, missingCheckpointMessage } from './default_workflow.js';
 import { Gallery } from './panels/gallery.js';
 import { LibraryPanel, NODE_DRAG_TYPE } from './panels/library.js';
 import { closeHelp, toggleHelp } from './panels/help.js';
@@ -30,8 +31,12 @@ async function boot() {
   await api.json('/users');
   await api.json('/settings');
   const defs = await api.json('/object_info');
+  const extensions = new ExtensionHost(api);
+  await extensions.load();
   let checkpoints = [];
   try { checkpoints = await api.json('/models/checkpoints'); } catch { checkpoints = []; }
+  // The loader's own choices: an ncnn pair appears once there, by its .param file.
+  const upscalers = defs.UpscaleModelLoader?.input?.required?.model_name?.[0] ?? [];
 
   const execution = new ExecutionState(api);
   const editor = new Editor(defs, execution);
@@ -48,10 +53,10 @@ async function boot() {
   };
   const saved = localStorage.getItem(STORAGE_KEY);
   try {
-    openWorkflow(saved ? JSON.parse(saved) : defaultWorkflow(checkpoints[0]));
+    openWorkflow(saved ? JSON.parse(saved) : firstWorkflow(checkpoints, upscalers));
   } catch (error) {
     toast(`Could not restore the last workflow (${error.message}); opened the default one.`, { kind: 'error' });
-    openWorkflow(defaultWorkflow(checkpoints[0]));
+    openWorkflow(firstWorkflow(checkpoints, upscalers));
   }
   if (!checkpoints.length) $('#banner').textContent = missingCheckpointMessage();
   else $('#banner').remove();
@@ -89,6 +94,7 @@ async function boot() {
       }
     },
     help: toggleHelp,
+    extensionMenu: () => extensions.menuEntries(),
   };
   const controller = new CanvasController($('#canvas'), editor, actions);
 
@@ -187,9 +193,11 @@ async function boot() {
     });
   }
 
+  extensions.start(editor, defs);
+  showPluginNotice(api, $('#workspace'));
   api.connect();
   window.loom = {
-    api, editor, controller, execution, defs,
+    api, editor, controller, execution, defs, extensions,
     get graph() { return editor.graph; },
     slot: (nodeId, kind, index) => controller.slotOnScreen(nodeId, kind, index),
     widget: (nodeId, name, where) => controller.widgetOnScreen(nodeId, name, where),

@@ -6,20 +6,31 @@
  * ("fixed" | "increment" | "decrement" | "randomize"); LoadImage's upload button also holds a value
  * ("image"). widgetSpecs() reproduces that order exactly so files round-trip (COMPAT 2.2, C.5.2).
  */
+import { customWidgetType } from './widgets/custom_widgets.js';
 
 export const VIRTUAL_TYPES = new Set(['Reroute', 'PrimitiveNode', 'Note', 'MarkdownNote']);
 export const CONTROL_VALUES = ['fixed', 'increment', 'decrement', 'randomize'];
 
 const SCALAR_KINDS = { INT: 'int', FLOAT: 'float', STRING: 'string', BOOLEAN: 'boolean' };
 
-/** One input of a definition: `kind` is 'socket' or a widget kind (int, float, string, boolean, combo). */
+/**
+ * One input of a definition: `kind` is 'socket' or a widget kind (int, float, string, boolean, combo,
+ * custom). `custom` names an extension's widget type that draws it: a scalar keeps its kind (and so
+ * its value rules), an input whose type is itself a registered widget type becomes kind 'custom'.
+ */
 export function classifyInput(name, spec, section) {
   const [head, options = {}] = Array.isArray(spec) ? spec : [spec];
   if (Array.isArray(head)) return { name, section, type: 'COMBO', kind: 'combo', options: { ...options, values: head } };
   if (head === 'COMBO') return { name, section, type: 'COMBO', kind: 'combo', options: { ...options, values: options.options || [] } };
   const kind = SCALAR_KINDS[head];
-  if (!kind || options.forceInput) return { name, section, type: String(head), kind: 'socket', options };
-  return { name, section, type: head, kind, options };
+  if (options.forceInput) return { name, section, type: String(head), kind: 'socket', options };
+  if (!kind) {
+    const own = customWidgetType(head);
+    return own ? { name, section, type: String(head), kind: 'custom', custom: own.type, options }
+      : { name, section, type: String(head), kind: 'socket', options };
+  }
+  const custom = customWidgetType(options.widgetType);
+  return custom ? { name, section, type: head, kind, custom: custom.type, options } : { name, section, type: head, kind, options };
 }
 
 /** Required then optional inputs in declaration order; hidden inputs are the server's business. */

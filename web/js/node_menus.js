@@ -96,5 +96,12 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
     { label: 'Fit view', action: () => controller.fit() },
     { label: editor.showMinimap ? 'Hide minimap' : 'Show minimap', action: () => { editor.showMinimap = !editor.showMinimap; editor.markDirty(); } },
     { label: 'Keyboard shortcuts', action: () => actions.help() },
+    ...extensionEntries(actions),
   ];
+}
+
+/** Entries that editor extensions add (`menuItems`), under their own heading. */
+function extensionEntries(actions) {
+  const items = actions.extensionMenu ? actions.extensionMenu() : [];
+  return items.length ? ['-', { label: 'Extensions', submenu: items }] : [];
 }

@@ -7,6 +7,7 @@ import { typesCompatible } from '../node_defs.js';
 import { openSearch } from '../search.js';
 import { clampNumber, dragNumber, stepNumber } from '../widgets/number.js';
 import { openTextEditor } from '../widgets/text_editor.js';
+import { DomWidgetLayer } from './dom_widgets.js';
 import { hitTest } from './hit_test.js';
 import { nodeBounds, rectsOverlap, TITLE_H } from './layout.js';
 import { minimapToWorld } from './minimap.js';
@@ -27,8 +28,10 @@ export class CanvasController {
     this.pointer = [0, 0];
     this.spaceDown = false;
     this.frames = 0;
+    this.domWidgets = new DomWidgetLayer(canvas, editor);
     this.resize();
-    addEventListener('resize', () => this.resize());
+    // Not only window resizes: a notice above the canvas or an opened panel changes its box too.
+    new ResizeObserver(() => this.resize()).observe(canvas);
     canvas.addEventListener('pointerdown', (e) => this.onDown(e));
     addEventListener('pointermove', (e) => this.onMove(e));
     addEventListener('pointerup', (e) => this.onUp(e));
@@ -54,6 +57,7 @@ export class CanvasController {
     if (this.editor.dirty || this.alwaysRedraw) {
       this.editor.dirty = false;
       this.boxes = renderFrame(this.ctx, this.editor, this.width, this.height, this.overlay);
+      this.domWidgets.sync(this.boxes);
       this.frames += 1;
     }
     requestAnimationFrame(() => this.frame());

@@ -9,7 +9,7 @@ import { THEME, typeColor } from './colors.js';
 import { drawWidget } from './draw_widgets.js';
 import { TITLE_H } from './layout.js';
 
-const DETAIL_SCALE = 0.45;
+export const DETAIL_SCALE = 0.45;
 
 function slotDot(ctx, x, y, type, linked, dim) {
   ctx.globalAlpha = dim ? 0.2 : 1;

@@ -4,6 +4,8 @@
  * (inputs left, outputs right), then one row per widget, then an image area when there is one.
  * A widget that was turned into an input keeps its row and gets a socket at its left edge.
  */
+import { customWidgetType } from '../widgets/custom_widgets.js';
+
 export const TITLE_H = 30;
 export const SLOT_H = 20;
 export const WIDGET_H = 22;
@@ -11,6 +13,12 @@ export const MULTILINE_H = 66;
 export const IMAGE_H = 200;
 export const REROUTE_SIZE = [75, 26];
 export const MIN_WIDTH = 160;
+
+/** An extension's widget asks for its own height; a multiline text box is taller than a row. */
+function widgetHeight(widget) {
+  if (widget.custom) return customWidgetType(widget.custom).height ?? WIDGET_H;
+  return widget.kind === 'string' && widget.options.multiline ? MULTILINE_H : WIDGET_H;
+}
 
 /** `widgets` are the node's widget specs (empty for unknown types); `hasImage` reserves the image area. */
 export function layoutNode(node, widgets, hasImage) {
@@ -33,7 +41,7 @@ export function layoutNode(node, widgets, hasImage) {
   const outputs = node.outputs.map((_, row) => [x + w, y + row * SLOT_H + SLOT_H / 2 + 2]);
   let cursor = y + rows * SLOT_H + 6;
   const widgetRects = widgets.map((widget, index) => {
-    const h = widget.kind === 'string' && widget.options.multiline ? MULTILINE_H : WIDGET_H;
+    const h = widgetHeight(widget);
     const rect = { index, widget, x: x + 10, y: cursor, w: w - 20, h };
     cursor += h + 4;
     return rect;

@@ -1,0 +1,195 @@
+"""Text encoding and the nodes that edit CONDITIONING values.
+
+A CONDITIONING is ComfyUI's list of ``[cond [1, tokens, width], options]`` pairs; the options the
+sampler reads are listed in ``diffusion.sampling``. Editing nodes copy the options dict and never
+mutate their input: cached upstream outputs are shared between runs and between prompts.
+
+SDXL's size conditioning is not fixed here: a plain ``CLIPTextEncode`` leaves ``width``/``height``
+unset and the sampler fills them from the latent it is given, as ComfyUI does (``nodes.sampling``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffusion.embeddings import EmbeddingFolder
+from graph.declare import Combo, Float, Int, Output, Socket, String, node
+from nodes.image import MAX_RESOLUTION
+from nodes.model_folders import folder_paths
+from nodes.model_handles import ClipHandle, VaeHandle
+
+__all__ = [
+    "CLIPTextEncode",
+    "ConditioningAverage",
+    "ConditioningCombine",
+    "ConditioningConcat",
+    "ConditioningSetArea",
+    "ConditioningSetMask",
+    "ConditioningSetTimestepRange",
+    "ConditioningZeroOut",
+    "InpaintModelConditioning",
+    "masked_for_inpaint",
+    "pixel_mask",
+]
+
+Conditioning = list[list[Any]]
+_log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=8)
+def _embedding_folder(folders: tuple[Path, ...]) -> EmbeddingFolder:
+    """One resolver per folder list, so its per-file cache survives between prompts."""
+    return EmbeddingFolder(folders)
+
+
+def _edited(conditioning: Conditioning, **options: Any) -> Conditioning:
+    return [[cond, {**extra, **options}] for cond, extra in conditioning]
+
+
+@node(category="conditioning", display_name="CLIP Text Encode (Prompt)", outputs=[Output("CONDITIONING")])
+def CLIPTextEncode(
+    text=String(multiline=True, dynamic_prompts=True, tooltip="The prompt; (word:1.2) weights, embedding:name inserts an embedding."),
+    clip=Socket("CLIP"),
+):
+    """Encode a prompt with the model's text encoder(s) into conditioning for the sampler."""
+    handle: ClipHandle = clip
+    resolver = _embedding_folder(tuple(folder_paths("embeddings")))
+    cond, pooled = handle.encode(text, resolver)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+@node(category="conditioning", display_name="Conditioning (Combine)", outputs=[Output("CONDITIONING")])
+def ConditioningCombine(conditioning_1=Socket("CONDITIONING"), conditioning_2=Socket("CONDITIONING")):
+    """Use both conditionings: the sampler averages their predictions (each over its own area)."""
+    return conditioning_1 + conditioning_2
+
+
+def _fit_tokens(cond: torch.Tensor, length: int) -> torch.Tensor:
+    """Cut or zero-pad ``[1, T, D]`` to ``length`` tokens."""
+    if cond.shape[1] >= length:
+        return cond[:, :length]
+    return F.pad(cond, (0, 0, 0, length - cond.shape[1]))
+
+
+@node(category="conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningAverage(
+    conditioning_to=Socket("CONDITIONING"),
+    conditioning_from=Socket("CONDITIONING"),
+    conditioning_to_strength=Float(1.0, min=0.0, max=1.0, step=0.01),
+):
+    """Blend each ``to`` entry with the first ``from`` entry: ``to * strength + from * (1 - strength)``."""
+    if len(conditioning_from) > 1:
+        _log.warning("ConditioningAverage uses only the first entry of conditioning_from")
+    source, source_options = conditioning_from[0]
+    source_pooled = source_options.get("pooled_output")
+    strength = conditioning_to_strength
+    blended = []
+    for cond, options in conditioning_to:
+        mixed = cond * strength + _fit_tokens(source, cond.shape[1]) * (1.0 - strength)
+        options = dict(options)
+        pooled = options.get("pooled_output", source_pooled)
+        if pooled is not None and source_pooled is not None:
+            options["pooled_output"] = pooled * strength + source_pooled * (1.0 - strength)
+        elif pooled is not None:
+            options["pooled_output"] = pooled
+        blended.append([mixed, options])
+    return blended
+
+
+@node(category="conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningConcat(conditioning_to=Socket("CONDITIONING"), conditioning_from=Socket("CONDITIONING")):
+    """Append the first ``from`` entry's tokens to each ``to`` entry (like a longer prompt, kept separate)."""
+    if len(conditioning_from) > 1:
+        _log.warning("ConditioningConcat uses only the first entry of conditioning_from")
+    source = conditioning_from[0][0]
+    return [[torch.cat([cond, source], dim=1), dict(options)] for cond, options in conditioning_to]
+
+
+@node(category="conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningSetArea(
+    conditioning=Socket("CONDITIONING"),
+    width=Int(64, min=64, max=MAX_RESOLUTION, step=8),
+    height=Int(64, min=64, max=MAX_RESOLUTION, step=8),
+    x=Int(0, min=0, max=MAX_RESOLUTION, step=8),
+    y=Int(0, min=0, max=MAX_RESOLUTION, step=8),
+    strength=Float(1.0, min=0.0, max=10.0, step=0.01),
+):
+    """Restrict a conditioning to a rectangle of the image (pixels; applied in latent cells of 8)."""
+    area = (height // 8, width // 8, y // 8, x // 8)
+    return _edited(conditioning, area=area, strength=strength, set_area_to_bounds=False)
+
+
+@node(category="conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningSetMask(
+    conditioning=Socket("CONDITIONING"),
+    mask=Socket("MASK"),
+    strength=Float(1.0, min=0.0, max=10.0, step=0.01),
+    set_cond_area=Combo(["default", "mask bounds"]),
+):
+    """Weight a conditioning by a mask; "mask bounds" also crops its area to the mask's bounding box."""
+    if mask.ndim < 3:
+        mask = mask[None]
+    return _edited(conditioning, mask=mask, set_area_to_bounds=set_cond_area != "default", mask_strength=strength)
+
+
+@node(category="advanced/conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningSetTimestepRange(
+    conditioning=Socket("CONDITIONING"),
+    start=Float(0.0, min=0.0, max=1.0, step=0.001),
+    end=Float(1.0, min=0.0, max=1.0, step=0.001),
+):
+    """Use a conditioning only for part of the sampling: 0 is the first (noisiest) step, 1 the end."""
+    return _edited(conditioning, timestep_start=start, timestep_end=end)
+
+
+@node(category="advanced/conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningZeroOut(conditioning=Socket("CONDITIONING")):
+    """Replace the text states and pooled output by zeros (an "empty" conditioning for SDXL negatives)."""
+    zeroed = []
+    for cond, options in conditioning:
+        options = dict(options)
+        if options.get("pooled_output") is not None:
+            options["pooled_output"] = torch.zeros_like(options["pooled_output"])
+        zeroed.append([torch.zeros_like(cond), options])
+    return zeroed
+
+
+def pixel_mask(mask: torch.Tensor, image: torch.Tensor, node_name: str) -> torch.Tensor:
+    """A MASK as ``[B, 1, H, W]`` matching IMAGE ``[B, H, W, C]``; a size mismatch is an error that says so."""
+    mask = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+    if tuple(mask.shape[-2:]) != tuple(image.shape[1:3]):
+        hint = " (a picture without alpha gives LoadImage's 64x64 empty mask)" if tuple(mask.shape[-2:]) == (64, 64) else ""
+        raise ValueError(f"{node_name}: the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
+                         f"{image.shape[2]}x{image.shape[1]}; they must be the same size{hint}")
+    return mask
+
+
+def masked_for_inpaint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The picture with the area to repaint set to mid-grey, so the encoder sees no trace of it."""
+    keep = (1.0 - mask.round()).movedim(1, -1)
+    return (image[..., :3] - 0.5) * keep + 0.5
+
+
+@node(category="conditioning/inpaint", outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"), Output("LATENT", "latent")])
+def InpaintModelConditioning(
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    vae=Socket("VAE"),
+    pixels=Socket("IMAGE"),
+    mask=Socket("MASK"),
+):
+    """Prepare inpainting: the masked picture's latent goes to inpainting models as extra input, and
+    the returned latent carries the mask so only the masked area is sampled."""
+    handle: VaeHandle = vae
+    mask = pixel_mask(mask, pixels, "InpaintModelConditioning")
+    pixels, mask = handle.crop_pixels(pixels), handle.crop_pixels(mask.movedim(1, -1)).movedim(-1, 1)
+    concat = handle.encode(masked_for_inpaint(pixels, mask))
+    latent = {"samples": handle.encode(pixels), "noise_mask": mask}
+    options = {"concat_latent_image": concat, "concat_mask": mask}
+    return _edited(positive, **options), _edited(negative, **options), latent

@@ -1,0 +1,89 @@
+"""Nodes that load model files and adjust the loaded models: checkpoints, VAEs, LoRAs, clip skip.
+
+Names, inputs and ranges are ComfyUI's (COMPAT 5). Files are found through ``nodes.model_folders``
+at run time, so a name missing on disk fails with the folders that were searched. The outputs are
+handles (``nodes.model_handles``): a LoRA or clip-skip node returns a new handle over the same
+loaded modules, so only the changed node re-runs and nothing is read from disk again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from diffusion.checkpoint import open_state_dict
+from diffusion.checkpoint.errors import CheckpointError
+from diffusion.lora import LoraPatches, parse_lora
+from graph.declare import Combo, Float, Int, Output, Socket, node
+from nodes.model_folders import find_model, list_models
+from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint
+
+__all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "VAELoader"]
+
+_log = logging.getLogger(__name__)
+#: ComfyUI's LoRA strength range; negative strengths subtract a LoRA's effect.
+_STRENGTH = dict(min=-100.0, max=100.0, step=0.01)
+_TEXT_ENCODER_STEMS = ("lora_te", "text_encoder")
+
+
+def _names(key: str):  # noqa: ANN202 - a Combo choices callable
+    return lambda: list_models(key)
+
+
+@node(category="loaders", display_name="Load Checkpoint", outputs=[Output("MODEL"), Output("CLIP"), Output("VAE")])
+def CheckpointLoaderSimple(ckpt_name=Combo(_names("checkpoints"), tooltip="The checkpoint (model) file to load.")):
+    """Load a Stable Diffusion checkpoint: the diffusion model, its text encoder(s) and its VAE."""
+    path = find_model("checkpoints", ckpt_name)
+    loaded = load_shared_checkpoint(path)
+    if loaded.vae is None:
+        raise CheckpointError(path, "holds no VAE; load one with VAELoader")
+    return ModelHandle(loaded), ClipHandle(loaded), VaeHandle(loaded.vae, path)
+
+
+@node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])
+def VAELoader(vae_name=Combo(_names("vae"))):
+    """Load a standalone VAE file (or the VAE inside a checkpoint) from the vae folder."""
+    path = find_model("vae", vae_name)
+    loaded = load_shared_checkpoint(path)
+    if loaded.vae is None:
+        raise CheckpointError(path, "holds no VAE weights")
+    return VaeHandle(loaded.vae, path)
+
+
+def _read_lora(lora_name: str, model: ModelHandle, clip: ClipHandle | None) -> LoraPatches:
+    path = find_model("loras", lora_name)
+    patches = parse_lora(open_state_dict(path), model.unet, clip.encoders if clip is not None else (), path)
+    # Without a CLIP the text-encoder part is skipped on purpose; only the rest is worth a warning.
+    ignored = [key for key in patches.unmatched if clip is not None or not key.startswith(_TEXT_ENCODER_STEMS)]
+    if ignored:
+        _log.warning("LoRA %s: %d keys match nothing in this %s model and are ignored: %s",
+                     lora_name, len(ignored), model.family.value, ", ".join(ignored[:8]))
+    return patches
+
+
+@node(category="loaders", display_name="Load LoRA", outputs=[Output("MODEL"), Output("CLIP")])
+def LoraLoader(
+    model=Socket("MODEL"),
+    clip=Socket("CLIP"),
+    lora_name=Combo(_names("loras")),
+    strength_model=Float(1.0, **_STRENGTH),
+    strength_clip=Float(1.0, **_STRENGTH),
+):
+    """Apply a LoRA to the diffusion model and the text encoder, each with its own strength."""
+    if strength_model == 0.0 and strength_clip == 0.0:
+        return model, clip
+    patches = _read_lora(lora_name, model, clip)
+    return model.with_lora(patches.unet, strength_model), clip.with_lora(patches.text, strength_clip)
+
+
+@node(category="loaders", outputs=[Output("MODEL")])
+def LoraLoaderModelOnly(model=Socket("MODEL"), lora_name=Combo(_names("loras")), strength_model=Float(1.0, **_STRENGTH)):
+    """Apply only the diffusion-model part of a LoRA."""
+    if strength_model == 0.0:
+        return model
+    return model.with_lora(_read_lora(lora_name, model, None).unet, strength_model)
+
+
+@node(category="conditioning", display_name="CLIP Set Last Layer", outputs=[Output("CLIP")])
+def CLIPSetLastLayer(clip=Socket("CLIP"), stop_at_clip_layer=Int(-1, min=-24, max=-1, step=1)):
+    """Take the text encoding from an earlier layer ("clip skip"): -1 is the last layer, -2 the one before."""
+    return clip.with_clip_skip(stop_at_clip_layer)

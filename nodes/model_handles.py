@@ -1,0 +1,295 @@
+"""The MODEL, CLIP and VAE values that flow between nodes: cheap handles around shared, loaded modules.
+
+A handle is the loaded modules plus what the workflow changed about them: LoRA patch sets (with their
+strengths) and, for CLIP, the clip skip. Patching never touches the loaded tensors, which are
+copy-on-write views of the file's memory map shared by every handle of that checkpoint; a handle
+computes its patched weights into new tensors once (per device), keeps them, and swaps them into the
+module only for the duration of a call. Changing or removing a LoRA therefore costs one new handle
+and one weight sum, never a reload of the checkpoint.
+
+Latents between nodes are the VAE's own, unscaled, as in ComfyUI (so LATENT values and ``.latent``
+files mean the same thing in both engines); the MODEL handle's ``latent_format`` scales them into
+the diffusion model's space for sampling and back.
+
+Loaded checkpoints are shared through a weak cache keyed by file and modification time: two loader
+nodes naming one file get the same modules, and the modules go away with the last handle using them.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffusion.checkpoint import LoadedCheckpoint, ModelFamily, load_checkpoint
+from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
+from diffusion.embeddings import EmbeddingResolver
+from diffusion.lora import WeightDelta, apply_lora_patches
+from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
+from diffusion.unet import UNetModel
+from diffusion.vae import SD1_LATENT, SD2_LATENT, SDXL_LATENT, AutoencoderKL, LatentFormat, ScaledVAE
+from diffusion.vae_tiling import TileSpec
+from nodes.compute import model_memory
+
+__all__ = [
+    "ClipHandle",
+    "ModelHandle",
+    "PatchSet",
+    "VaeHandle",
+    "load_shared_checkpoint",
+    "weights_swapped",
+]
+
+#: One LoRA as applied: parameter name -> deltas, and the strength it was applied with.
+PatchSet = tuple[Mapping[str, Sequence[WeightDelta]], float]
+
+_LATENT_FORMATS = {
+    ModelFamily.SD15: SD1_LATENT,
+    ModelFamily.SD2: SD2_LATENT,
+    ModelFamily.SDXL: SDXL_LATENT,
+    ModelFamily.SDXL_REFINER: SDXL_LATENT,
+}
+#: Latents between nodes are unscaled (module docstring); the VAE handle maps with factor 1.
+_UNSCALED = LatentFormat("unscaled", 1.0)
+
+_loaded: weakref.WeakValueDictionary[tuple[str, int, int], LoadedCheckpoint] = weakref.WeakValueDictionary()
+_loaded_lock = threading.Lock()
+
+
+def load_shared_checkpoint(path: Path) -> LoadedCheckpoint:
+    """``load_checkpoint(path)``, shared with every live handle of the same unchanged file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _loaded_lock:
+        loaded = _loaded.get(key)
+        if loaded is None:
+            loaded = load_checkpoint(path)
+            _loaded[key] = loaded
+        return loaded
+
+
+@contextmanager
+def weights_swapped(module: nn.Module, weights: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """Run with ``module``'s named parameters temporarily bound to ``weights``; rebinds, never writes."""
+    parameters = dict(module.named_parameters())
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        for name, tensor in weights.items():
+            originals[name] = parameters[name].data
+            parameters[name].data = tensor
+        yield module
+    finally:
+        for name, tensor in originals.items():
+            parameters[name].data = tensor
+
+
+class _Patched:
+    """A module plus patch sets, with the patched weights computed once per device."""
+
+    def __init__(self, module: nn.Module, patches: tuple[PatchSet, ...]) -> None:
+        self.module = module
+        self.patches = patches
+        self._weights: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        first = next(self.module.parameters())
+        with self._lock:
+            if first.device not in self._weights:
+                self._weights = {first.device: apply_lora_patches(self.module, self.patches)}
+            return self._weights[first.device]
+
+    @contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        """The module with its patched weights bound; the caller has placed it (``model_memory().use``)
+        together with every module it runs alongside, so none is offloaded while patched."""
+        if not self.patches:
+            yield self.module
+            return
+        with torch.no_grad(), weights_swapped(self.module, self.weights()):
+            yield self.module
+
+
+def _active_patches(patches: tuple[PatchSet, ...], added: Mapping[str, Sequence[WeightDelta]], strength: float) -> tuple[PatchSet, ...]:
+    return patches if strength == 0.0 or not added else (*patches, (added, strength))
+
+
+class ModelHandle:
+    """MODEL: the diffusion UNet of a checkpoint, how it predicts, and the LoRAs applied to it."""
+
+    def __init__(self, checkpoint: LoadedCheckpoint, patches: tuple[PatchSet, ...] = ()) -> None:
+        info = checkpoint.info
+        if checkpoint.unet is None or info.family is None:
+            raise CheckpointError(info.path, "holds no diffusion model (UNet), so it cannot be used as a MODEL")
+        if info.prediction == "edm":
+            raise UnsupportedModelError(info.path, info.family.value, "EDM-prediction models (Playground 2.5) are not supported yet")
+        self.checkpoint = checkpoint
+        self.family: ModelFamily = info.family
+        self.unet: UNetModel = checkpoint.unet
+        self.sampling: ModelSampling = VPrediction() if info.prediction == "v" else EpsPrediction()
+        self.latent_format = _LATENT_FORMATS[self.family]
+        self._patched = _Patched(self.unet, patches)
+
+    @property
+    def patches(self) -> tuple[PatchSet, ...]:
+        return self._patched.patches
+
+    @property
+    def latent_channels(self) -> int:
+        return self.checkpoint.info.latent_channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def device(self) -> torch.device:
+        """Where the UNet's weights are now (inside ``unet_fn()``: where it computes)."""
+        return next(self.unet.parameters()).device
+
+    @property
+    def preview_family(self) -> str:
+        return self.latent_format.name
+
+    def with_lora(self, patches: Mapping[str, Sequence[WeightDelta]], strength: float) -> ModelHandle:
+        """A new handle with one more LoRA; strength 0 (or nothing to patch) returns this handle."""
+        combined = _active_patches(self.patches, patches, strength)
+        return self if combined is self.patches else ModelHandle(self.checkpoint, combined)
+
+    @contextmanager
+    def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:
+        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None)`` that ``sample_latent`` calls.
+
+        Inpainting UNets (9 input channels) take the mask and masked-image latent as extra input
+        channels after the noisy latent; a 4-channel UNet ignores ``concat``.
+        """
+        model_memory().use(self.unet)
+        with self._patched.active() as unet:
+            extra_channels = self.in_channels - self.latent_channels
+
+            def call(x_in: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
+                     concat: torch.Tensor | None = None) -> torch.Tensor:
+                if extra_channels:
+                    if concat is None or concat.shape[1] != extra_channels:
+                        got = "none" if concat is None else concat.shape[1]
+                        raise ValueError(f"this inpainting model needs {extra_channels} extra input channels "
+                                         f"(mask + masked image latent), got {got}; use InpaintModelConditioning")
+                    x_in = torch.cat([x_in, concat.to(x_in)], dim=1)
+                device = next(unet.parameters()).device
+                with torch.no_grad():
+                    output = unet(x_in.to(device), timesteps.to(device), context.to(device), y=None if y is None else y.to(device))
+                return output.to(x_in.device)
+
+            yield call
+
+
+class ClipHandle:
+    """CLIP: a family's tokenizer and text encoders, the clip skip and the LoRAs applied to them."""
+
+    def __init__(self, checkpoint: LoadedCheckpoint, clip_skip: int | None = None,
+                 patches: Mapping[int, tuple[PatchSet, ...]] | None = None) -> None:
+        if checkpoint.text_encoders is None:
+            raise CheckpointError(checkpoint.info.path, "holds no text encoder, so it cannot be used as a CLIP")
+        self.checkpoint = checkpoint
+        self.stack = checkpoint.text_encoders
+        self.clip_skip = clip_skip
+        self.patches = dict(patches or {})
+        self._patched = [
+            _Patched(self.stack.encoders[role.name], self.patches.get(index, ())) for index, role in enumerate(self.stack.roles)
+        ]
+
+    @property
+    def family(self) -> str:
+        return self.stack.family
+
+    @property
+    def encoders(self) -> list[nn.Module]:
+        """The text encoders in family order, as LoRA files number them (te1, te2)."""
+        return [self.stack.encoders[role.name] for role in self.stack.roles]
+
+    def with_clip_skip(self, clip_skip: int) -> ClipHandle:
+        if not -self.stack.layer_count <= clip_skip <= -1:
+            raise ValueError(f"stop_at_clip_layer {clip_skip} is out of range for this {self.family} text encoder: "
+                             f"-1 .. -{self.stack.layer_count}")
+        return ClipHandle(self.checkpoint, clip_skip, self.patches)
+
+    def with_lora(self, patches: Mapping[int, Mapping[str, Sequence[WeightDelta]]], strength: float) -> ClipHandle:
+        combined = {index: _active_patches(self.patches.get(index, ()), patches.get(index, {}), strength)
+                    for index in range(len(self.stack.roles))}
+        if all(combined[index] is self.patches.get(index, ()) for index in combined):
+            return self
+        return ClipHandle(self.checkpoint, self.clip_skip, combined)
+
+    def encode(self, text: str, resolve_embedding: EmbeddingResolver | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond [1, tokens, width], pooled [1, dim]) on the CPU in float32."""
+        model_memory().use(*self.encoders)
+        with torch.no_grad(), _all_active(self._patched):
+            cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding)
+        return cond.float().cpu(), pooled.float().cpu()
+
+
+@contextmanager
+def _all_active(patched: list[_Patched]) -> Iterator[None]:
+    if not patched:
+        yield
+        return
+    with patched[0].active(), _all_active(patched[1:]):
+        yield
+
+
+class VaeHandle:
+    """VAE: IMAGE ``[B, H, W, C]`` in 0..1 <-> unscaled LATENT ``[B, C, H/8, W/8]``."""
+
+    def __init__(self, model: AutoencoderKL, source: Path | None = None) -> None:
+        self.model = model
+        self.source = source
+        self._scaled = ScaledVAE(model, _UNSCALED)
+
+    @property
+    def latent_channels(self) -> int:
+        config = self.model.config
+        return config.embed_dim if config.use_quant_conv else config.z_channels
+
+    @property
+    def downscale(self) -> int:
+        return self.model.config.downscale
+
+    def check_latent(self, latent: torch.Tensor) -> None:
+        if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
+            raise ValueError(f"the latent has shape {tuple(latent.shape)} but this VAE ({self.source or 'checkpoint'}) "
+                             f"works on {self.latent_channels}-channel latents: the latent comes from another model family")
+
+    def crop_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """Trim ``[B, H, W, C]`` to multiples of the VAE's factor, centred, as ComfyUI does before encoding."""
+        factor = self.downscale
+        height, width = image.shape[1] // factor * factor, image.shape[2] // factor * factor
+        top, left = (image.shape[1] % factor) // 2, (image.shape[2] % factor) // 2
+        return image[:, top:top + height, left:left + width]
+
+    def _to_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = self.crop_pixels(image)[..., :3].movedim(-1, 1) * 2.0 - 1.0
+        return pixels.to(next(self.model.parameters()).device)
+
+    @staticmethod
+    def _to_image(pixels: torch.Tensor) -> torch.Tensor:
+        return ((pixels.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous()
+
+    def encode(self, image: torch.Tensor, tiles: TileSpec | None = None) -> torch.Tensor:
+        model_memory().use(self.model)
+        with torch.no_grad():
+            pixels = self._to_pixels(image)
+            latent = self._scaled.encode(pixels) if tiles is None else self._scaled.encode_tiled(pixels, tiles)
+        return latent.float().cpu()
+
+    def decode(self, latent: torch.Tensor, tiles: TileSpec | None = None) -> torch.Tensor:
+        self.check_latent(latent)
+        model_memory().use(self.model)
+        with torch.no_grad():
+            z = latent.to(next(self.model.parameters()).device)
+            pixels = self._scaled.decode(z) if tiles is None else self._scaled.decode_tiled(z, tiles)
+        return self._to_image(pixels)

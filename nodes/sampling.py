@@ -1,0 +1,264 @@
+"""The sampler nodes over ``diffusion.sampling.sample_latent``: KSampler, KSamplerAdvanced, and the
+custom-sampling family that splits a KSampler into parts (SAMPLER, SIGMAS, NOISE, GUIDER values).
+
+What the nodes add to the library call is the model side of ComfyUI's ``common_ksampler``:
+- LATENT values are unscaled VAE latents; they are scaled into the model's space on the way in and
+  back on the way out (``ModelHandle.latent_format``), the masked-image latent of inpainting too.
+- An empty latent made for another channel count is replaced by zeros of the model's count.
+- SDXL's ``y`` (pooled text + size micro-conditioning, Podell et al. 2023) is built per conditioning
+  entry when it has none: sizes default to the latent's pixel size and crop (0, 0), as ComfyUI does
+  for a plain CLIPTextEncode; the refiner's aesthetic score defaults to 6 (positive) / 2.5 (negative).
+- Progress goes to ``report_progress`` once per step with a latent preview, and the interrupt flag is
+  checked before every UNet call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from diffusion.samplers import SAMPLER_NAMES, SamplerSpec, get_sampler
+from diffusion.sampling import sample_latent
+from diffusion.schedules import SCHEDULER_NAMES, compute_sigmas
+from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
+from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
+from graph.progress import check_interrupted, report_progress
+from nodes.model_handles import ModelHandle
+
+__all__ = [
+    "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced", "KSamplerSelect", "Noise",
+    "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom", "SamplerCustomAdvanced", "run_sampler",
+]  # fmt: skip
+
+#: Longest preview side in pixels (ComfyUI's ``--preview-size`` default).
+PREVIEW_MAX_SIZE = 512
+#: Per-number width of SDXL's size sinusoids; the rest of ``adm_in_channels`` is the pooled text.
+_SIZE_EMBED = 256
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+Latent = dict[str, Any]
+
+
+def _adm_vector(model: ModelHandle, options: dict[str, Any], latent: torch.Tensor, negative: bool) -> torch.Tensor:
+    adm = model.unet.config.adm_in_channels
+    refiner = model.family.value == "sdxl_refiner"
+    pooled = options.get("pooled_output")
+    if pooled is None:
+        pooled = torch.zeros(1, adm - (5 if refiner else 6) * _SIZE_EMBED)
+    height = int(options.get("height", latent.shape[2] * 8))
+    width = int(options.get("width", latent.shape[3] * 8))
+    crop = (int(options.get("crop_h", 0)), int(options.get("crop_w", 0)))
+    if refiner:
+        score = float(options.get("aesthetic_score", 2.5 if negative else 6.0))
+        return sdxl_refiner_adm_vector(pooled, (height, width), crop, score)
+    target = (int(options.get("target_height", height)), int(options.get("target_width", width)))
+    return sdxl_adm_vector(pooled, (height, width), crop, target)
+
+
+def model_conditioning(model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """Conditioning entries as this model needs them: ``y`` built, inpainting latents scaled or supplied.
+
+    ``latent`` is the latent being sampled, already in the model's space.
+    """
+    prepared = []
+    for cond, options in conditioning:
+        options = dict(options)
+        if model.unet.config.adm_in_channels is not None and options.get("y") is None:
+            options["y"] = _adm_vector(model, options, latent, negative)
+        if options.get("concat_latent_image") is not None:
+            options["concat_latent_image"] = options["concat_latent_image"] * model.latent_format.scale_factor
+        elif model.in_channels > model.latent_channels:
+            # An inpainting model fed by VAEEncodeForInpaint: the latent being sampled is already the
+            # masked picture's, and the noise mask is the inpainting mask (as in ComfyUI).
+            options["concat_latent_image"] = latent
+        prepared.append((cond, options))
+    return prepared
+
+
+def _model_latent(model: ModelHandle, samples: torch.Tensor) -> torch.Tensor:
+    """The latent in model space; a blank latent of another channel count is remade for this model."""
+    if samples.shape[1] != model.latent_channels:
+        if bool((samples == 0).all()):
+            samples = torch.zeros(samples.shape[0], model.latent_channels, *samples.shape[2:])
+        else:
+            raise ValueError(f"the latent has {samples.shape[1]} channels but this {model.family.value} model works on "
+                             f"{model.latent_channels}: it was made by another model family's VAE")
+    return samples.float() * model.latent_format.scale_factor
+
+
+def _on_step(step: int, total: int, preview: Any) -> None:
+    report_progress(step, total, ("JPEG", Image.fromarray(preview()), PREVIEW_MAX_SIZE))
+
+
+def _interrupted() -> bool:
+    check_interrupted()
+    return False
+
+
+def run_sampler(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                positive: list[Any], negative: list[Any], latent_image: Latent, denoise: float = 1.0,
+                **advanced: Any) -> Latent:
+    """ComfyUI's ``common_ksampler``: sample a LATENT dict; ``advanced`` goes to ``sample_latent``."""
+    with model.unet_fn() as unet_fn:
+        # Sample where the model lives; the start noise is still drawn on the CPU (prepare_noise).
+        samples = _model_latent(model, latent_image["samples"]).to(model.device)
+        result = sample_latent(
+            unet_fn, model.sampling, samples,
+            model_conditioning(model, positive, samples, negative=False),
+            model_conditioning(model, negative, samples, negative=True),
+            sampler_name, scheduler, steps, cfg, seed, denoise=denoise,
+            noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"),
+            callback=_on_step, interrupt=_interrupted, preview_family=model.preview_family, **advanced,
+        )
+    return {**latent_image, "samples": (result / model.latent_format.scale_factor).cpu()}
+
+
+@node(category="sampling", outputs=[Output("LATENT")])
+def KSampler(
+    model=Socket("MODEL", tooltip="The model used to denoise the latent."),
+    seed=Int(0, min=0, max=SEED_MAX, control_after_generate=True, tooltip="The random seed of the noise."),
+    steps=Int(20, min=1, max=10000),
+    cfg=Float(8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
+    sampler_name=Combo(SAMPLER_NAMES),
+    scheduler=Combo(SCHEDULER_NAMES),
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    latent_image=Socket("LATENT"),
+    denoise=Float(1.0, min=0.0, max=1.0, step=0.01, tooltip="How much of the latent to replace: below 1 for img2img."),
+):
+    """Denoise a latent with the model, guided by the positive and negative conditioning."""
+    return run_sampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+
+
+@node(category="sampling", display_name="KSampler (Advanced)", outputs=[Output("LATENT")])
+def KSamplerAdvanced(
+    model=Socket("MODEL"),
+    add_noise=Combo(["enable", "disable"]),
+    noise_seed=Int(0, min=0, max=SEED_MAX, control_after_generate=True),
+    steps=Int(20, min=1, max=10000),
+    cfg=Float(8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+    sampler_name=Combo(SAMPLER_NAMES),
+    scheduler=Combo(SCHEDULER_NAMES),
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    latent_image=Socket("LATENT"),
+    start_at_step=Int(0, min=0, max=10000),
+    end_at_step=Int(10000, min=0, max=10000),
+    return_with_leftover_noise=Combo(["disable", "enable"]),
+):
+    """Run part of a schedule (steps start_at_step..end_at_step), for multi-stage sampling such as a refiner pass."""
+    return run_sampler(
+        model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+        start_step=start_at_step, end_step=end_at_step, add_noise=add_noise == "enable",
+        return_with_leftover_noise=return_with_leftover_noise == "enable",
+    )
+
+
+@dataclass(frozen=True)
+class Noise:
+    """NOISE: the seed of the start noise, or None for none (sampling continues a noisy latent)."""
+
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Guider:
+    """GUIDER: a model with its conditioning and classifier-free guidance scale."""
+
+    model: ModelHandle
+    positive: list[Any]
+    negative: list[Any]
+    cfg: float
+
+
+def run_custom(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent) -> tuple[Latent, Latent]:
+    """(output, denoised_output) of running ``sampler`` over exactly ``sigmas``.
+
+    When the sigmas end at 0 the output is the final x0 estimate itself. When they end above 0
+    (leftover noise for a later pass), ``denoised_output`` is the model's x0 estimate at that final
+    state: one Euler step to sigma 0, which is exactly the denoiser's prediction there.
+    """
+    model = guider.model
+    common = dict(seed=noise.seed or 0, steps=max(len(sigmas) - 1, 1), cfg=guider.cfg, scheduler=SCHEDULER_NAMES[0],
+                  positive=guider.positive, negative=guider.negative)
+    output = run_sampler(model, sampler_name=sampler.name, latent_image=latent_image, sigmas=sigmas,
+                         add_noise=noise.seed is not None, **common)
+    if len(sigmas) < 2 or float(sigmas[-1]) == 0.0:
+        return output, output
+    to_zero = torch.stack([sigmas[-1], sigmas.new_zeros(())])
+    denoised = run_sampler(model, sampler_name="euler", latent_image=output, sigmas=to_zero, add_noise=False, **common)
+    return output, denoised
+
+
+@node(category="sampling/custom_sampling/samplers", outputs=[Output("SAMPLER")])
+def KSamplerSelect(sampler_name=Combo(SAMPLER_NAMES)):
+    """Pick a sampling algorithm for the custom sampler nodes."""
+    return get_sampler(sampler_name)
+
+
+@node(category="sampling/custom_sampling/schedulers", outputs=[Output("SIGMAS")])
+def BasicScheduler(
+    model=Socket("MODEL"),
+    scheduler=Combo(SCHEDULER_NAMES),
+    steps=Int(20, min=1, max=10000),
+    denoise=Float(1.0, min=0.0, max=1.0, step=0.01),
+):
+    """The noise levels of a schedule; below 1, ``denoise`` keeps the last ``steps`` of a longer one."""
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    return compute_sigmas(model.sampling, scheduler, total)[-(steps + 1):].cpu()
+
+
+@node(category="sampling/custom_sampling/noise", outputs=[Output("NOISE")])
+def RandomNoise(noise_seed=Int(0, min=0, max=SEED_MAX, control_after_generate=True)):
+    """Start noise from a seed (drawn on the CPU, so a seed gives the same picture on any device)."""
+    return Noise(noise_seed)
+
+
+@node(category="sampling/custom_sampling/noise", outputs=[Output("NOISE")])
+def DisableNoise():
+    """No start noise: continue sampling a latent that is already noisy."""
+    return Noise(None)
+
+
+@node(category="sampling/custom_sampling/guiders", outputs=[Output("GUIDER")])
+def CFGGuider(
+    model=Socket("MODEL"),
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    cfg=Float(8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+):
+    """Classifier-free guidance: push the prediction away from the negative towards the positive."""
+    return Guider(model, positive, negative, cfg)
+
+
+@node(category="sampling/custom_sampling", outputs=[Output("LATENT", "output"), Output("LATENT", "denoised_output")])
+def SamplerCustom(
+    model=Socket("MODEL"),
+    add_noise=Boolean(True),
+    noise_seed=Int(0, min=0, max=SEED_MAX, control_after_generate=True),
+    cfg=Float(8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    sampler=Socket("SAMPLER"),
+    sigmas=Socket("SIGMAS"),
+    latent_image=Socket("LATENT"),
+):
+    """Sample with a chosen sampler over given noise levels."""
+    return run_custom(Noise(noise_seed if add_noise else None), Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
+
+
+@node(category="sampling/custom_sampling", outputs=[Output("LATENT", "output"), Output("LATENT", "denoised_output")])
+def SamplerCustomAdvanced(
+    noise=Socket("NOISE"),
+    guider=Socket("GUIDER"),
+    sampler=Socket("SAMPLER"),
+    sigmas=Socket("SIGMAS"),
+    latent_image=Socket("LATENT"),
+):
+    """Sample with separately chosen noise, guidance, sampler and noise levels."""
+    return run_custom(noise, guider, sampler, sigmas, latent_image)

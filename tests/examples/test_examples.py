@@ -1,0 +1,91 @@
+"""Every workflow in ``examples/`` runs: the editor file converts to the API file, and the API file
+executes with tiny checkpoints, LoRAs and upscalers under the example's model names.
+
+For speed the run shrinks pictures to 64 px and sampling to 2 steps; everything else is as shipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graph.formats.editor import editor_to_api
+from nodes.folders import Folders
+from nodes.model_handles import load_shared_checkpoint
+from tests.diffusion.upscalers.tiny_upscalers import tiny_srvgg
+from tests.nodes.tiny_models import kohya_lora_tensors, make_executor, run_prompt, tiny_checkpoint, write_lora
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+API_FILES = sorted(EXAMPLES.glob("*.api.json"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_each_family_has_every_kind_of_workflow_in_both_formats() -> None:
+    kinds = {"txt2img", "img2img", "inpaint", "lora", "hires_fix", "model_upscale"}
+    names = {path.name for path in EXAMPLES.glob("*.json")}
+    for family in ("sd15", "sdxl"):
+        for kind in kinds:
+            assert {f"{family}_{kind}.api.json", f"{family}_{kind}.workflow.json"} <= names
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda path: path.name.removesuffix(".api.json"))
+def test_the_editor_file_converts_to_the_api_file(api_file: Path, folders: Folders) -> None:
+    executor = make_executor()
+    workflow = load(api_file.with_name(api_file.name.replace(".api.json", ".workflow.json")))
+    assert workflow["version"] == 0.4
+    converted = editor_to_api(workflow, executor.registry).prompt
+    expected = load(api_file)
+    strip = lambda prompt: {key: (node["class_type"], node["inputs"]) for key, node in prompt.items()}  # noqa: E731
+    assert strip(converted) == strip(expected)
+
+
+def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
+    """Tiny stand-ins for every file the prompt names, of the family the name implies."""
+    checkpoints = {}
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            name = inputs["ckpt_name"]
+            family = "sdxl" if "xl" in name else "sd15"
+            checkpoints[name] = tiny_checkpoint(folders.models, name, family=family, inpaint="inpainting" in name)
+        elif node["class_type"] == "UpscaleModelLoader":
+            (folders.models / "upscale_models").mkdir(exist_ok=True)
+            torch.save(tiny_srvgg(upscale=4).state_dict(), folders.models / "upscale_models" / inputs["model_name"])
+        elif node["class_type"] == "LoadImage":
+            rgba = np.random.default_rng(0).integers(0, 256, (48, 48, 4)).astype(np.uint8)
+            rgba[..., 3] = 255
+            rgba[16:32, 16:32, 3] = 0
+            Image.fromarray(rgba, "RGBA").save(folders.input / inputs["image"])
+    for node in prompt.values():
+        if node["class_type"] == "LoraLoader":
+            loaded = load_shared_checkpoint(next(iter(checkpoints.values())))
+            write_lora(folders.models / "loras" / node["inputs"]["lora_name"],
+                       kohya_lora_tensors(loaded.unet, list(loaded.text_encoders.encoders.values())))
+
+
+def shrink(prompt: dict[str, Any]) -> None:
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        if "steps" in inputs:
+            inputs["steps"] = 2
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda path: path.name.removesuffix(".api.json"))
+def test_the_example_runs_on_tiny_models(api_file: Path, folders: Folders) -> None:
+    prompt = load(api_file)
+    provide_models(prompt, folders)
+    shrink(prompt)
+    record = run_prompt(make_executor(), prompt, api_file.name)
+    (images,) = [output["images"] for output in record.outputs.values()]
+    assert len(images) == 1 and (folders.output / images[0]["subfolder"] / images[0]["filename"]).is_file()

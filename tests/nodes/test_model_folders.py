@@ -1,0 +1,198 @@
+"""Model folders: ComfyUI's layout, extra-model-paths files, cached listings and lookups."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import nodes.model_folders as model_folders
+from nodes.folders import Folders, UnsafePathError
+from nodes.model_folders import (
+    ExtraModelPathsError,
+    ModelNotFoundError,
+    UnknownModelFolderError,
+    add_extra_model_paths,
+    find_model,
+    folder_keys,
+    folder_paths,
+    list_models,
+    parse_extra_model_paths,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_extra_paths() -> Iterator[None]:
+    model_folders.clear_extra_model_paths()
+    yield
+    model_folders.clear_extra_model_paths()
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_keys_include_comfyui_names_and_legacy_aliases(folders: Folders) -> None:
+    keys = folder_keys()
+    for key in ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "text_encoders", "clip",
+                "diffusion_models", "unet", "controlnet", "vae_approx", "configs"):
+        assert key in keys
+
+
+def test_lists_model_files_recursively_with_model_extensions_only(folders: Folders) -> None:
+    root = folders.models / "checkpoints"
+    for name in ("b.safetensors", "sub/a.ckpt", "c.SFT", "d.pt2", "notes.txt", ".hidden.safetensors"):
+        touch(root / name)
+    assert list_models("checkpoints") == ["b.safetensors", "c.SFT", "d.pt2", "sub/a.ckpt"]
+
+
+def test_upscale_models_list_ncnn_param_files(folders: Folders) -> None:
+    touch(folders.models / "upscale_models" / "x4.param")
+    touch(folders.models / "upscale_models" / "x4.bin")
+    assert list_models("upscale_models") == ["x4.bin", "x4.param"]
+
+
+def test_legacy_and_new_directory_names_are_one_key(folders: Folders) -> None:
+    touch(folders.models / "clip" / "old.safetensors")
+    touch(folders.models / "text_encoders" / "new.safetensors")
+    touch(folders.models / "unet" / "u.safetensors")
+    assert list_models("clip") == list_models("text_encoders") == ["new.safetensors", "old.safetensors"]
+    assert list_models("diffusion_models") == ["u.safetensors"]
+
+
+def test_listing_is_cached_until_a_directory_changes(folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = folders.models / "loras"
+    touch(root / "deep" / "a.safetensors")
+    walks = []
+    real_walk = os.walk
+    monkeypatch.setattr(model_folders.os, "walk", lambda *a, **k: walks.append(a) or real_walk(*a, **k))
+    assert list_models("loras") == ["deep/a.safetensors"]
+    assert list_models("loras") == ["deep/a.safetensors"]
+    assert len(walks) == 1
+    touch(root / "deep" / "b.safetensors")
+    os.utime(root / "deep", ns=(1, 1))  # the mtime changes even on coarse-clock filesystems
+    assert list_models("loras") == ["deep/a.safetensors", "deep/b.safetensors"]
+    assert len(walks) == 2
+
+
+def test_find_model_names_every_folder_searched(folders: Folders, tmp_path: Path) -> None:
+    config = tmp_path / "extra.yaml"
+    config.write_text(f"other:\n    base_path: {tmp_path / 'comfy'}\n    checkpoints: models/checkpoints\n")
+    add_extra_model_paths(config)
+    with pytest.raises(ModelNotFoundError) as caught:
+        find_model("checkpoints", "missing.safetensors")
+    message = str(caught.value)
+    assert "missing.safetensors" in message
+    assert str(folders.models / "checkpoints") in message and str(tmp_path / "comfy" / "models" / "checkpoints") in message
+    assert caught.value.searched == folder_paths("checkpoints")
+
+
+def test_find_model_searches_extra_folders_and_refuses_escapes(folders: Folders, tmp_path: Path) -> None:
+    target = touch(tmp_path / "comfy" / "models" / "loras" / "style.safetensors")
+    config = tmp_path / "extra.yaml"
+    config.write_text(f"comfyui:\n    base_path: {tmp_path / 'comfy'}\n    loras: models/loras\n")
+    add_extra_model_paths(config)
+    assert find_model("loras", "style.safetensors") == target.resolve()
+    assert list_models("loras") == ["style.safetensors"]
+    touch(folders.models / "secret.safetensors")
+    (folders.models / "loras").mkdir()
+    with pytest.raises(UnsafePathError):
+        find_model("loras", "../secret.safetensors")
+
+
+def test_unknown_folder_key_is_an_error_listing_known_keys(folders: Folders) -> None:
+    with pytest.raises(UnknownModelFolderError, match="checkpoints"):
+        list_models("nonsense")
+
+
+COMFYUI_EXAMPLE = """
+#Rename this to extra_model_paths.yaml and ComfyUI will load it
+
+#config for a1111 ui
+a111:
+    base_path: webui/
+
+    checkpoints: models/Stable-diffusion
+    configs: models/Stable-diffusion
+    vae: models/VAE
+    loras: |
+         models/Lora
+         models/LyCORIS
+    upscale_models: |
+                  models/ESRGAN
+                  models/RealESRGAN
+    embeddings: embeddings
+    controlnet: models/ControlNet
+
+comfyui:
+     base_path: "/srv/comfy # not a comment/"
+     is_default: true
+     clip: models/clip/  # trailing comment
+     unet: models/unet/
+"""
+
+
+def test_parses_the_comfyui_example_file_format(tmp_path: Path) -> None:
+    parsed = parse_extra_model_paths(COMFYUI_EXAMPLE, tmp_path / "extra_model_paths.yaml")
+    webui = (tmp_path / "webui").resolve()
+    assert parsed["loras"] == [(webui / "models/Lora", False), (webui / "models/LyCORIS", False)]
+    assert parsed["upscale_models"] == [(webui / "models/ESRGAN", False), (webui / "models/RealESRGAN", False)]
+    assert parsed["checkpoints"] == [(webui / "models/Stable-diffusion", False)]
+    assert parsed["configs"] == [(webui / "models/Stable-diffusion", False)]
+    comfy = Path("/srv/comfy # not a comment")
+    assert parsed["text_encoders"] == [((comfy / "models/clip").resolve(), True)]
+    assert parsed["diffusion_models"] == [((comfy / "models/unet").resolve(), True)]
+
+
+def test_is_default_folders_are_searched_before_the_own_models_folder(folders: Folders, tmp_path: Path) -> None:
+    config = tmp_path / "extra.yaml"
+    config.write_text(COMFYUI_EXAMPLE)
+    add_extra_model_paths(config)
+    paths = folder_paths("text_encoders")
+    assert paths[0] == Path("/srv/comfy # not a comment/models/clip").resolve()
+    assert paths[1:3] == [folders.models / "text_encoders", folders.models / "clip"]
+
+
+def test_json_with_the_same_structure_is_accepted(tmp_path: Path) -> None:
+    text = json.dumps({"mine": {"base_path": "/data", "checkpoints": ["a", "b"], "vae": "v"}})
+    parsed = parse_extra_model_paths(text, tmp_path / "paths.json")
+    assert parsed["checkpoints"] == [(Path("/data/a"), False), (Path("/data/b"), False)]
+    assert parsed["vae"] == [(Path("/data/v"), False)]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("section:\n  checkpoints models\n", 2, "key: value"),
+        ("  checkpoints: x\n", 1, "before any section"),
+        ("top value\n", 1, "section name"),
+        ("s:\n\tcheckpoints: x\n", 2, "tab"),
+        ("{not json", 1, "invalid JSON"),
+    ],
+)
+def test_malformed_files_name_the_line_and_the_problem(tmp_path: Path, text: str, line: int, reason: str) -> None:
+    with pytest.raises(ExtraModelPathsError, match=reason) as caught:
+        parse_extra_model_paths(text, tmp_path / "bad.yaml")
+    assert caught.value.line == line
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ExtraModelPathsError, match="missing.yaml"):
+        add_extra_model_paths(tmp_path / "missing.yaml")
+
+
+def test_an_existing_comfyui_models_folder_works_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nodes.folders
+
+    comfy_models = tmp_path / "ComfyUI" / "models"
+    touch(comfy_models / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+    touch(comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth")
+    monkeypatch.setattr(nodes.folders, "_current", None)
+    nodes.folders.configure_folders(tmp_path / "loom", models=comfy_models)
+    assert list_models("checkpoints") == ["v1-5-pruned-emaonly.safetensors"]
+    assert find_model("upscale_models", "RealESRGAN_x4plus.pth") == (comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth").resolve()

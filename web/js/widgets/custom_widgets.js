@@ -1,0 +1,25 @@
+/**
+ * Widget types contributed by editor extensions (docs/plugins.md, "Editor extensions"). An input gets
+ * one when its options name it in `widgetType` (a STRING/INT/... input that keeps working as an
+ * ordinary widget where the extension is absent) or when its type is the widget type's own name.
+ * Registered before the editor reads any node definition, so every widget list sees the same types.
+ */
+const registered = new Map();
+
+export class WidgetTypeTakenError extends Error {
+  constructor(type, owner) {
+    super(`widget type "${type}" is already registered by extension "${owner}"`);
+    this.type = type;
+    this.owner = owner;
+  }
+}
+
+/** `factory` is {create, height?}; `owner` is the extension's name, for error messages. */
+export function registerWidgetType(type, factory, owner) {
+  if (registered.has(type)) throw new WidgetTypeTakenError(type, registered.get(type).owner);
+  registered.set(type, { type, owner, height: factory.height, create: factory.create });
+}
+
+export function customWidgetType(type) {
+  return (type != null && registered.get(type)) || null;
+}
