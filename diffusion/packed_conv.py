@@ -48,6 +48,7 @@ class PackedConv2d(nn.Conv2d):
         return (
             not records_graph
             and x.device.type == "cpu"
+            and weight.device.type == "cpu"
             and x.dim() == 4
             and x.dtype == weight.dtype
             and weight.dtype in _PACKABLE_DTYPES

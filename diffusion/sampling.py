@@ -32,6 +32,7 @@ from diffusion.schedules import compute_sigmas
 __all__ = [
     "ConditioningError",
     "Conditioning",
+    "Previewer",
     "ProgressCallback",
     "SamplingInterrupted",
     "prepare_noise",
@@ -41,6 +42,8 @@ __all__ = [
 
 Conditioning = list[tuple[Tensor, dict[str, Any]]]
 ProgressCallback = Callable[[int, int, Callable[[], np.ndarray]], None]
+#: Renders an x0 estimate ``[B, C, H, W]`` as an ``[h, w, 3]`` uint8 image of its first item.
+Previewer = Callable[[Tensor], np.ndarray]
 UNetCall = Callable[..., Tensor]
 
 
@@ -289,7 +292,7 @@ def sample_latent(unet_fn: UNetCall, model_sampling: ModelSampling, latent: Tens
                   noise_mask: Tensor | None = None, batch_index: list[int] | None = None,
                   callback: ProgressCallback | None = None, interrupt: Callable[[], bool] | None = None,
                   preview_family: str = "sd1", sampler_options: dict[str, Any] | None = None,
-                  sigmas: Tensor | None = None) -> Tensor:
+                  sigmas: Tensor | None = None, previewer: Previewer | None = None) -> Tensor:
     """Run KSampler / KSamplerAdvanced on ``latent`` ``[B, C, H, W]`` and return the new latent.
 
     ``unet_fn(x_in, timesteps, context, y=..., concat=...)`` returns the UNet's raw output; ``y`` and
@@ -298,7 +301,8 @@ def sample_latent(unet_fn: UNetCall, model_sampling: ModelSampling, latent: Tens
     ``start_step``/``end_step`` cut the schedule as KSamplerAdvanced does: the end step forces the
     last sigma to 0 unless ``return_with_leftover_noise``. ``noise_mask`` (1 = repaint) restricts
     changes to the masked cells. ``callback(step, total, preview)`` runs after every step;
-    ``preview()`` renders that step's x0 estimate only when called. ``interrupt()`` returning
+    ``preview()`` renders that step's x0 estimate only when called, with ``previewer`` (a TAESD
+    decoder, say) or else ``latent_to_rgb`` for ``preview_family``. ``interrupt()`` returning
     True stops sampling with ``SamplingInterrupted`` before the next UNet call. Explicit ``sigmas``
     (the custom-sampling nodes' SIGMAS) replace the schedule; ``scheduler``/``steps``/``denoise`` are then unused.
     """
@@ -331,12 +335,13 @@ def sample_latent(unet_fn: UNetCall, model_sampling: ModelSampling, latent: Tens
     inpaint = None if mask is None else (mask, latent, noise)
     denoiser = _GuidedDenoiser(unet_fn, model_sampling, conds, cfg, inpaint, interrupt)
     total = len(sigmas) - 1
+    render = previewer or (lambda estimate: latent_to_rgb(estimate, preview_family))
 
     def on_step(info: dict[str, Any]) -> None:
         denoiser.step = info["i"] + 1
         if callback is not None:
             estimate = info["denoised"]
-            callback(info["i"] + 1, total, lambda: latent_to_rgb(estimate, preview_family))
+            callback(info["i"] + 1, total, lambda: render(estimate))
 
     options = dict(sampler_options or {})
     if spec.takes_seed:

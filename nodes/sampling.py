@@ -8,8 +8,8 @@ What the nodes add to the library call is the model side of ComfyUI's ``common_k
 - SDXL's ``y`` (pooled text + size micro-conditioning, Podell et al. 2023) is built per conditioning
   entry when it has none: sizes default to the latent's pixel size and crop (0, 0), as ComfyUI does
   for a plain CLIPTextEncode; the refiner's aesthetic score defaults to 6 (positive) / 2.5 (negative).
-- Progress goes to ``report_progress`` once per step with a latent preview, and the interrupt flag is
-  checked before every UNet call.
+- Progress goes to ``report_progress`` once per step with a preview drawn as ``nodes.previews``
+  says (none with ``--preview-method none``), and the interrupt flag is checked before every UNet call.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import torch
 from PIL import Image
 
 from diffusion.samplers import SAMPLER_NAMES, SamplerSpec, get_sampler
-from diffusion.sampling import sample_latent
+from diffusion.sampling import Previewer, ProgressCallback, sample_latent
 from diffusion.schedules import SCHEDULER_NAMES, compute_sigmas
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
 from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
 from graph.progress import check_interrupted, report_progress
 from nodes.model_handles import ModelHandle
+from nodes.previews import previewer_for
 
 __all__ = [
     "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced", "KSamplerSelect", "Noise",
@@ -89,8 +90,14 @@ def _model_latent(model: ModelHandle, samples: torch.Tensor) -> torch.Tensor:
     return samples.float() * model.latent_format.scale_factor
 
 
-def _on_step(step: int, total: int, preview: Any) -> None:
-    report_progress(step, total, ("JPEG", Image.fromarray(preview()), PREVIEW_MAX_SIZE))
+def _step_reporter(previewer: Previewer | None) -> ProgressCallback:
+    """Reports each step, with a JPEG preview unless previews are off (``previewer`` None)."""
+
+    def report(step: int, total: int, preview: Any) -> None:
+        image = None if previewer is None else ("JPEG", Image.fromarray(preview()), PREVIEW_MAX_SIZE)
+        report_progress(step, total, image)
+
+    return report
 
 
 def _interrupted() -> bool:
@@ -102,6 +109,7 @@ def run_sampler(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_n
                 positive: list[Any], negative: list[Any], latent_image: Latent, denoise: float = 1.0,
                 **advanced: Any) -> Latent:
     """ComfyUI's ``common_ksampler``: sample a LATENT dict; ``advanced`` goes to ``sample_latent``."""
+    previewer = previewer_for(model.preview_family)
     with model.unet_fn() as unet_fn:
         # Sample where the model lives; the start noise is still drawn on the CPU (prepare_noise).
         samples = _model_latent(model, latent_image["samples"]).to(model.device)
@@ -111,7 +119,8 @@ def run_sampler(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_n
             model_conditioning(model, negative, samples, negative=True),
             sampler_name, scheduler, steps, cfg, seed, denoise=denoise,
             noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"),
-            callback=_on_step, interrupt=_interrupted, preview_family=model.preview_family, **advanced,
+            callback=_step_reporter(previewer), interrupt=_interrupted, preview_family=model.preview_family,
+            previewer=previewer, **advanced,
         )
     return {**latent_image, "samples": (result / model.latent_format.scale_factor).cpu()}
 

@@ -21,6 +21,7 @@ from graph.registry import NodeRegistry
 from nodes.compute import configure_compute
 from nodes.folders import Folders, configure_folders
 from nodes.model_folders import add_extra_model_paths, clear_extra_model_paths
+from nodes.previews import configure_previews
 from server import routes_files, routes_info, routes_prompt, routes_queue, routes_userdata
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, PromptBackend, PromptEngine
@@ -56,7 +57,7 @@ def _backend(
     if config.workers_spec.uses_ray:
         from server.distributed.ray_backend import RayBackend, WorkerSetup  # imports Ray: only when asked for
 
-        setup = WorkerSetup(folders, config.cache_budget_bytes, config.device, config.dtype,
+        setup = WorkerSetup(folders, config.cache_budget_bytes, config.device, config.dtype, config.preview_method,
                             registry=registry if given_registry else None, plugins=None if given_registry else config)
         return RayBackend(config.workers_spec, setup)
     cache = OutputCache(config.cache_budget_bytes)
@@ -77,6 +78,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engin
     if config.extra_model_paths is not None:
         add_extra_model_paths(config.extra_model_paths)
     configure_compute(config.device, config.dtype)
+    configure_previews(config.preview_method)
     if config.starter_files:
         install_starter_files(folders)
     given_registry = registry is not None

@@ -47,7 +47,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_MODES, help="weight dtype mode (default auto)")
     parser.add_argument("--auth-token", default=None,
                         help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)")
-    parser.add_argument("--preview-method", default=defaults.preview_method, choices=PREVIEW_METHODS)
+    parser.add_argument("--preview-method", default=defaults.preview_method, choices=PREVIEW_METHODS,
+                        help="sampler previews: taesd (needs models/vae_approx/taesd_decoder.pth or taesdxl_decoder.pth), "
+                             "latent2rgb, none, or auto (taesd when its file is there, else latent2rgb)")
     parser.add_argument("--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)")
     parser.add_argument("--max-upload-size", type=float, default=defaults.max_upload_bytes / 2**20, help="request body limit in MB (default 100)")
     parser.add_argument("--enable-cors-header", dest="cors_origin", nargs="?", const="*", default=None,

@@ -144,7 +144,9 @@ def open_state_dict(path: str | Path) -> LazyStateDict:
         raise CheckpointFormatError(path, "is empty (0 bytes)")
     if head.startswith(_ZIP_MAGIC):
         return _open_torch_zip(path)
-    if head[0] == _PICKLE_PROTO:
+    # The JSON header's "{" is checked before the pickle opcode: a safetensors header whose length
+    # is 128 modulo 256 also starts with the byte 0x80.
+    if head[0] == _PICKLE_PROTO and head[8:9] != b"{":
         return _open_torch_pickle(path, mmap_ok=False)
     return _open_safetensors(path, size, head)
 

@@ -42,6 +42,7 @@ from graph.progress import InterruptFlag
 from graph.registry import NodeRegistry
 from nodes.compute import configure_compute
 from nodes.folders import Folders, configure_folders
+from nodes.previews import configure_previews
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, WorkerLostError
 from server.distributed.placement import Dispatcher, model_files
@@ -86,6 +87,7 @@ class WorkerSetup:
     cache_budget_bytes: int
     device: str = "auto"
     dtype: str = "auto"
+    preview_method: str = "auto"
     registry: NodeRegistry | None = None
     plugins: ServerConfig | None = None
 
@@ -112,6 +114,7 @@ class LoomWorkerActor:
             user=folders.user, models=folders.models,
         )
         configure_compute(setup.device, setup.dtype)
+        configure_previews(setup.preview_method)
         cache = OutputCache(setup.cache_budget_bytes)
         self._local = LocalBackend(Executor(setup.build_registry(), cache), cache)
         self._lock = threading.Lock()

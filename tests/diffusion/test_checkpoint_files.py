@@ -46,6 +46,17 @@ def test_safetensors_round_trip_keeps_stored_dtypes(tmp_path: Path) -> None:
     assert sd.nbytes == sum(t.numel() * t.element_size() for t in _tensors().values())
 
 
+def test_a_header_length_whose_low_byte_looks_like_a_pickle_opcode_is_still_safetensors(tmp_path: Path) -> None:
+    """Header lengths of 128 modulo 256 make a file start with 0x80, the pickle protocol opcode."""
+    tensor = torch.arange(4, dtype=torch.float32)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    header += b" " * (384 - len(header))  # the format allows trailing spaces in the header
+    path = tmp_path / "unlucky.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + tensor.numpy().tobytes())
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(open_state_dict(path)["w"], tensor)
+
+
 def test_loaded_tensors_are_views_of_the_mapped_file_and_never_write_it(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     save_file(_tensors(), path)

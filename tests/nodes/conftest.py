@@ -1,13 +1,27 @@
-"""Every node test gets its own folders under a temporary base directory."""
+"""Every node test gets its own folders under a temporary base directory, and computes on the CPU.
+
+Node tests compare against reference modules on the CPU in fp32, so they pin the process's compute
+settings to that; on a machine with a GPU, ``auto`` would otherwise move the shared modules to it
+and compute in bf16.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import nodes.folders
+from nodes.compute import configure_compute
 from nodes.folders import Folders, configure_folders
+
+
+@pytest.fixture(autouse=True)
+def cpu_compute() -> Iterator[None]:
+    configure_compute("cpu", "fp32")
+    yield
+    configure_compute()
 
 
 @pytest.fixture

@@ -97,3 +97,12 @@ def test_a_hard_kill_loses_nothing_and_pending_prompts_resume(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_flags_choices_are_exactly_what_the_nodes_accept() -> None:
+    from nodes.compute import DTYPES
+    from nodes.previews import PREVIEW_METHODS as NODE_PREVIEW_METHODS
+    from server.config import DTYPE_MODES, PREVIEW_METHODS
+
+    assert set(PREVIEW_METHODS) == set(NODE_PREVIEW_METHODS)
+    assert set(DTYPE_MODES) == {"auto", *DTYPES}
