@@ -18,6 +18,11 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--input-dir", default=None, help="where LoadImage looks (default: <base-dir>/input)")
     run.add_argument("--models-dir", default=None, help="models folder (default: <base-dir>/models)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda, cuda:N or mps")
+    run.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="weight dtype mode")
+    run.add_argument("--disable-custom-nodes", action="store_true", help="load no plugins from custom_nodes/")
+    run.add_argument("--extra-custom-nodes-dir", dest="extra_custom_node_dirs", action="append", default=[],
+                     metavar="DIR", help="another plugin folder, searched after custom_nodes/ (repeatable)")
     run.set_defaults(handler=_run_workflow)
 
 
@@ -40,8 +45,12 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_workflow(args: argparse.Namespace) -> int:
-    from server.headless import run_workflow_file
+    from pathlib import Path
 
+    from server.headless import run_workflow_file
+    from server.plugins import REPO_CUSTOM_NODES
+
+    plugin_folders = [] if args.disable_custom_nodes else [REPO_CUSTOM_NODES, *map(Path, args.extra_custom_node_dirs)]
     return run_workflow_file(
         args.workflow,
         base_dir=args.base_dir,
@@ -49,6 +58,9 @@ def _run_workflow(args: argparse.Namespace) -> int:
         input_dir=args.input_dir,
         models_dir=args.models_dir,
         show_progress=not args.quiet,
+        plugin_folders=plugin_folders,
+        device=args.device,
+        dtype=args.dtype,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -18,9 +19,11 @@ from graph import events
 from graph.errors import WorkflowError
 from graph.executor import Executor
 from graph.formats.api import load_document, prompt_from_document
+from graph.plugins import PluginStatus, load_plugins
 from graph.registry import NodeRegistry
 from graph.validation import ValidationResult, validate_prompt
 from nodes import register_builtin_nodes
+from nodes.compute import ComputeSettingsError, configure_compute
 from nodes.folders import configure_folders
 
 EXIT_OK = 0
@@ -92,13 +95,29 @@ def run_workflow_file(
     input_dir: str | None = None,
     models_dir: str | None = None,
     show_progress: bool = True,
+    plugin_folders: Sequence[Path] = (),
+    device: str = "auto",
+    dtype: str = "auto",
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Run the workflow in ``path``; prints outputs to ``out`` and problems to ``err``."""
+    """Run the workflow in ``path``; prints outputs to ``out`` and problems to ``err``.
+
+    The nodes are the built-ins plus the plugins in ``plugin_folders`` (``loom run`` passes the
+    repository's ``custom_nodes/``), so a workflow that uses a plugin runs here as in the server; a
+    plugin that cannot be imported is reported on ``err`` and only its nodes are missing.
+    """
     folders = configure_folders(base_dir, output=output_dir, input=input_dir, models=models_dir)
+    try:
+        configure_compute(device, dtype)
+    except ComputeSettingsError as error:
+        print(f"loom run: {error}", file=err)
+        return EXIT_INVALID
     registry = NodeRegistry()
     register_builtin_nodes(registry)
+    for report in load_plugins(registry, plugin_folders):
+        if report.status is PluginStatus.FAILED:
+            print(f"warning: plugin {report.name} could not be imported: {report.error}", file=err)
     try:
         document = load_document(path)
         conversion = prompt_from_document(document, registry)

@@ -134,3 +134,34 @@ def test_the_installed_loom_script_exits_2_on_an_invalid_file(tmp_path: Path) ->
     completed = subprocess.run([str(loom), "run", str(path), "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert completed.returncode == EXIT_INVALID
     assert "node 1 (SaveImage), input 'images'" in completed.stderr
+
+
+def test_a_workflow_using_a_plugin_node_runs_and_a_broken_plugin_is_reported(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken.py").write_text("import loom_missing_dependency\n")
+    document = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0xFFFFFF}},
+        "2": {"class_type": "ExampleSepia", "inputs": {"image": ["1", 0], "strength": 1.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "sepia"}},
+    }
+    path = _write(tmp_path, "plugin.json", document)
+    err = io.StringIO()
+    code = run_workflow_file(str(path), base_dir=str(tmp_path), show_progress=False, out=io.StringIO(), err=err,
+                             plugin_folders=[Path(__file__).resolve().parents[2] / "custom_nodes", plugins])
+    assert code == EXIT_OK, err.getvalue()
+    assert "plugin broken could not be imported" in err.getvalue()
+    assert (tmp_path / "output" / "sepia_00001_.png").is_file()
+
+
+def test_without_plugins_a_plugin_node_is_an_unknown_type(tmp_path: Path) -> None:
+    document = {"1": {"class_type": "ExampleSepia", "inputs": {}}}
+    path = _write(tmp_path, "plugin.json", document)
+    assert main(["run", str(path), "--base-dir", str(tmp_path), "--disable-custom-nodes", "--quiet"]) == EXIT_INVALID
+
+
+def test_an_unusable_device_is_refused_before_running(tmp_path: Path) -> None:
+    path = _write(tmp_path, "api.json", API_WORKFLOW)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_workflow_file(str(path), base_dir=str(tmp_path), show_progress=False, out=out, err=err, device="tpu:x")
+    assert code == EXIT_INVALID and "device 'tpu:x'" in err.getvalue()
