@@ -1,5 +1,6 @@
 """The canvas itself: pan, zoom around the cursor, rubber-band selection, groups, bypass and mute,
-widget/socket conversion through the context menu, the minimap and the shortcuts overlay."""
+widget/socket conversion through the context menu, the minimap, the shortcuts overlay and resizing
+a node by its corner."""
 
 from __future__ import annotations
 
@@ -141,3 +142,77 @@ def test_double_click_on_a_title_renames_the_node(editor: EditorPage) -> None:
     editor.page.keyboard.press("Enter")
     assert editor.js("() => loom.prompt()")[str(node)]["_meta"] == {"title": "Negative"}
     assert editor.workflow()["nodes"][0]["title"] == "Negative"
+
+
+def node_size(editor: EditorPage, node_id: int) -> list[float]:
+    return next(n["size"] for n in editor.workflow()["nodes"] if n["id"] == node_id)
+
+
+def resize_handle(editor: EditorPage, node_id: int) -> tuple[float, float]:
+    x, y = editor.js("(n) => loom.resizeHandle(n)", node_id)
+    return x, y
+
+
+def test_dragging_the_corner_resizes_the_node_in_one_undoable_saved_edit(editor: EditorPage) -> None:
+    editor.clear_graph()
+    save = editor.add_node("save image", (300, 250), pick="SaveImage")
+    fitted = node_size(editor, save)
+    editor.page.mouse.move(300, 250)
+    editor.page.mouse.wheel(0, -200)
+    scale = view(editor)["scale"]
+    assert scale > 1.2, "zoomed in, so screen pixels and graph units differ"
+    corner = resize_handle(editor, save)
+    editor.page.mouse.move(*corner)
+    assert editor.js("() => loom.controller.canvas.style.cursor") == "nwse-resize"
+    editor.drag(corner, (corner[0] + 200, corner[1] + 150))
+    grown = node_size(editor, save)
+    assert grown[0] == pytest.approx(fitted[0] + 200 / scale, abs=2)
+    assert grown[1] == pytest.approx(fitted[1] + 150 / scale, abs=2)
+    assert resize_handle(editor, save) == pytest.approx((corner[0] + 200, corner[1] + 150), abs=2), "the corner follows the pointer"
+
+    left, top = editor.js("(n) => loom.controller.pageOf(...loom.graph.nodes.get(n).pos)", save)
+    editor.drag(resize_handle(editor, save), (left + 20, top + 10))
+    smallest = node_size(editor, save)
+    assert smallest == [160, fitted[1]], "no narrower than the minimum width, no shorter than its slots and widget"
+    assert editor.widget(save, "filename_prefix")[1] < resize_handle(editor, save)[1], "the widget still fits"
+
+    for keys, expected in (("Control+Z", grown), ("Control+Z", fitted), ("Control+Shift+Z", grown),
+                           ("Control+Y", smallest), ("Control+Z", grown)):
+        editor.page.keyboard.press(keys)
+        assert node_size(editor, save) == expected, keys
+
+    editor.page.reload()
+    editor.page.wait_for_function("window.loom && window.loom.ready", timeout=15000)
+    assert node_size(editor, save) == grown, "the size is saved with the workflow"
+    editor.shot("resized")
+
+
+def test_a_taller_node_gives_the_room_to_its_image_and_its_text_box(editor: EditorPage) -> None:
+    editor.clear_graph()
+    source = editor.add_node("emptyimg", (150, 200))
+    save = editor.add_node("save image", (520, 200), pick="SaveImage")
+    text = editor.add_node("string multiline", (150, 480), pick="PrimitiveStringMultiline")
+    editor.connect(source, 0, save, 0)
+    for name, value in (("width", "96"), ("height", "64"), ("color", str(0x3F789E))):
+        editor.page.mouse.click(*editor.widget(source, name))
+        editor.page.keyboard.press("Control+A")
+        editor.page.keyboard.type(value)
+        editor.page.keyboard.press("Enter")
+    editor.page.mouse.click(*editor.widget(text, "value"))
+    editor.page.keyboard.type("\n".join(f"line {i}" for i in range(1, 9)))
+    editor.page.keyboard.press("Control+Enter")
+    editor.page.mouse.click(640, 700)
+    editor.page.keyboard.press("Control+Enter")
+    editor.page.wait_for_function("(id) => loom.execution.outputs.has(String(id))", arg=save, timeout=20000)
+    scale = view(editor)["scale"]
+    image_height = "(n) => loom.editor.layout(loom.graph.nodes.get(n)).image.h"
+    text_height = "(n) => loom.editor.layout(loom.graph.nodes.get(n)).widgets[0].h"
+    image_before, text_before = editor.js(image_height, save), editor.js(text_height, text)
+
+    corner = resize_handle(editor, save)
+    editor.drag(corner, (corner[0] + 100, corner[1] + 150))
+    assert editor.js(image_height, save) == pytest.approx(image_before + 150 / scale, abs=2)
+    corner = resize_handle(editor, text)
+    editor.drag(corner, (corner[0], corner[1] + 90))
+    assert editor.js(text_height, text) == pytest.approx(text_before + 90 / scale, abs=2)
+    editor.shot("image-and-text")

@@ -58,14 +58,21 @@ export class Editor extends EventTarget {
     return filename ? { url: this.execution.api.viewUrl({ filename, subfolder: '', type: 'input' }), count: 1 } : null;
   }
 
-  /** Layout also writes the derived size back, so saved files and group containment see the real box. */
+  /** The title bar's text; a type the server does not list says so. */
+  titleOf(node) {
+    const def = this.defs[node.type];
+    const title = node.title || (def && def.display_name) || node.type;
+    return def || node.type === 'Reroute' ? title : `${title} (missing)`;
+  }
+
+  /** Layout also writes the settled size back (never less than the content needs), so saved files hold a box that fits. */
   layout(node) {
-    const box = layoutNode(node, this.widgetsFor(node), Boolean(this.nodeImage(node)));
-    if (!box.collapsed && node.type !== 'Reroute') node.size = [box.w, box.h];
+    const box = layoutNode(node, { widgets: this.widgetsFor(node), hasImage: Boolean(this.nodeImage(node)), title: this.titleOf(node) });
+    if (box.size) node.size = box.size;
     return box;
   }
 
-  /** Sizes are derived from content, so they are settled before every snapshot to keep snapshots comparable. */
+  /** Sizes grow to fit content (a longer title), so they are settled before every snapshot to keep snapshots comparable. */
   snapshot() {
     for (const node of this.graph.nodes.values()) this.layout(node);
     this.graph.extra.ds = this.view.toDs();
@@ -190,6 +197,13 @@ export class Editor extends EventTarget {
     if (nodes.length) this.commit();
   }
 
+  /** Live, during a resize drag; layout clamps `size` to what the content needs. The drag's end commits. */
+  resizeNode(node, size) {
+    node.size = size;
+    this.layout(node);
+    this.markDirty();
+  }
+
   moveSelected(dx, dy) {
     for (const node of this.selectedNodes()) node.pos = [node.pos[0] + dx, node.pos[1] + dy];
     this.markDirty();
@@ -273,7 +287,12 @@ export class Editor extends EventTarget {
     if (edge === 'left') { const x = Math.min(...nodes.map((n) => n.pos[0])); nodes.forEach((n) => { n.pos[0] = x; }); }
     if (edge === 'top') { const y = Math.min(...nodes.map((n) => n.pos[1])); nodes.forEach((n) => { n.pos[1] = y; }); }
     if (edge === 'right') { const r = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])); nodes.forEach((n) => { n.pos[0] = r - n.size[0]; }); }
-    if (edge === 'bottom') { const b = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])); nodes.forEach((n) => { n.pos[1] = b - n.size[1]; }); }
+    // The drawn height, not `size`: a shown image makes a node taller than the size it keeps.
+    const height = (n) => this.layout(n).h;
+    if (edge === 'bottom') {
+      const b = Math.max(...nodes.map((n) => n.pos[1] + height(n)));
+      nodes.forEach((n) => { n.pos[1] = b - height(n); });
+    }
     this.commit();
   }
 }

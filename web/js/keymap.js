@@ -32,6 +32,7 @@ export const POINTER_HELP = [
   ['Wheel', 'Zoom around the pointer'],
   ['Ctrl+drag or Shift+drag on canvas', 'Rubber-band selection'],
   ['Drag output → input', 'Connect (incompatible slots are dimmed)'],
+  ["Drag a node's bottom-right corner", 'Resize it (not smaller than its content)'],
   ['Drag a link off an input', 'Disconnect; drop on canvas to search compatible nodes'],
   ['Right-click', 'Menu for nodes, slots, links, groups and the canvas'],
 ];

@@ -202,6 +202,7 @@ async function boot() {
     slot: (nodeId, kind, index) => controller.slotOnScreen(nodeId, kind, index),
     widget: (nodeId, name, where) => controller.widgetOnScreen(nodeId, name, where),
     title: (nodeId) => controller.titleOnScreen(nodeId),
+    resizeHandle: (nodeId) => controller.resizeHandleOnScreen(nodeId),
     prompt: () => graphToPrompt(editor.graph, defs),
     ready: true,
   };

@@ -6,7 +6,7 @@ export function createNode(def, pos = [0, 0]) {
   const node = makeNode({
     type: def.name,
     pos,
-    size: [240, 80],
+    size: [240, 0], // no height of its own: the first layout fits it to the content
     inputs: inputSpecs(def).filter((i) => i.kind === 'socket').map((i) => ({ name: i.name, type: i.type, link: null })),
     outputs: outputSpecs(def).map((o) => ({ name: o.name, type: o.type, links: [] })),
     properties: { 'Node name for S&R': def.name },

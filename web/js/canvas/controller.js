@@ -1,7 +1,7 @@
 /**
  * The canvas element: one requestAnimationFrame loop that redraws only when something changed, and
- * the pointer gestures (pan, zoom, select, move, connect, widget editing). Commands that are not
- * gestures (queue, save, menus) are reached through `actions`, which main.js supplies.
+ * the pointer gestures (pan, zoom, select, move, resize, connect, widget editing). Commands that are
+ * not gestures (queue, save, menus) are reached through `actions`, which main.js supplies.
  */
 import { typesCompatible } from '../node_defs.js';
 import { openSearch } from '../search.js';
@@ -9,7 +9,7 @@ import { clampNumber, dragNumber, stepNumber } from '../widgets/number.js';
 import { openTextEditor } from '../widgets/text_editor.js';
 import { DomWidgetLayer } from './dom_widgets.js';
 import { hitTest } from './hit_test.js';
-import { nodeBounds, rectsOverlap, TITLE_H } from './layout.js';
+import { nodeBounds, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
 import { minimapToWorld } from './minimap.js';
 import { layoutAll, renderFrame } from './render.js';
 
@@ -92,6 +92,11 @@ export class CanvasController {
     return this.pageOf(box.x + box.w / 2, box.y - TITLE_H / 2);
   }
 
+  resizeHandleOnScreen(nodeId) {
+    const [x, y, w, h] = resizeHandle(this.currentBoxes().get(nodeId));
+    return this.pageOf(x + w / 2, y + h / 2);
+  }
+
   pageOf(wx, wy) {
     const [sx, sy] = this.editor.view.toScreen(wx, wy);
     const r = this.canvas.getBoundingClientRect();
@@ -128,6 +133,9 @@ export class CanvasController {
         this.drag = { kind: 'link', ...start, node: hit.node, slot: hit.slot, reverse: true };
         this.overlay.link = { fromOutput: false, type: input.type, start: hit.box.inputs[hit.slot], end: [wx, wy] };
       }
+    } else if (hit.kind === 'resize') {
+      this.editor.select([hit.node.id]);
+      this.drag = { kind: 'resize', ...start, node: hit.node, size: [hit.box.w, hit.box.h] };
     } else if (hit.kind === 'widget') {
       this.editor.select([hit.node.id]);
       this.drag = { kind: 'widget', ...start, node: hit.node, rect: hit.rect, value: hit.node.widgets_values[hit.rect.index] };
@@ -150,7 +158,7 @@ export class CanvasController {
     const [sx, sy] = this.local(event);
     this.pointer = [sx, sy];
     const drag = this.drag;
-    if (!drag) return;
+    if (!drag) { if (event.target === this.canvas) this.hover(sx, sy); return; }
     const [wx, wy] = this.editor.view.toWorld(sx, sy);
     if (Math.hypot(sx - drag.sx, sy - drag.sy) > DRAG_THRESHOLD) drag.moved = true;
     switch (drag.kind) {
@@ -165,6 +173,9 @@ export class CanvasController {
       case 'nodes':
         this.editor.moveSelected(wx - drag.lastX, wy - drag.lastY);
         drag.lastX = wx; drag.lastY = wy;
+        break;
+      case 'resize':
+        this.editor.resizeNode(drag.node, [drag.size[0] + wx - drag.wx, drag.size[1] + wy - drag.wy]);
         break;
       case 'group': {
         const [dx, dy] = [wx - drag.lastX, wy - drag.lastY];
@@ -192,6 +203,12 @@ export class CanvasController {
     this.editor.markDirty();
   }
 
+  /** The cursor shows where a press would start a resize; the minimap, drawn on top, takes precedence. */
+  hover(sx, sy) {
+    const hit = !minimapToWorld(this.editor, sx, sy) && hitTest(this.editor, this.currentBoxes(), ...this.editor.view.toWorld(sx, sy));
+    this.canvas.style.cursor = hit && hit.kind === 'resize' ? 'nwse-resize' : '';
+  }
+
   onUp(event) {
     const drag = this.drag;
     if (!drag) return;
@@ -209,6 +226,10 @@ export class CanvasController {
         break;
       case 'nodes': case 'group':
         if (drag.moved) editor.commit();
+        break;
+      case 'resize':
+        // Even under the drag threshold the size may have changed; history ignores an unchanged graph.
+        editor.commit();
         break;
       case 'rubber': {
         const r = this.overlay.rubber;

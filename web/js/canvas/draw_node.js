@@ -1,13 +1,13 @@
 /**
- * Drawing of one node: body, title, typed slots, widgets, image, and the run state on top of it
- * (running outline and progress bar, error outline and message). At small zoom only the boxes and
- * titles are drawn: text is what costs most on a 2D canvas, and it is unreadable there anyway.
+ * Drawing of one node: body, title, typed slots, widgets, image, resize handle, and the run state on
+ * top of it (running outline and progress bar, error outline and message). At small zoom only the
+ * boxes and titles are drawn: text is what costs most on a 2D canvas, and it is unreadable there anyway.
  */
 import { MODE_BYPASS, MODE_NEVER } from '../graph_model.js';
 import { typesCompatible } from '../node_defs.js';
 import { THEME, typeColor } from './colors.js';
 import { drawWidget } from './draw_widgets.js';
-import { TITLE_H } from './layout.js';
+import { LABEL_FONT, resizeHandle, TITLE_FONT, TITLE_H } from './layout.js';
 
 export const DETAIL_SCALE = 0.45;
 
@@ -61,7 +61,6 @@ export function drawReroute(ctx, node, box, selected) {
 export function drawNode(editor, ctx, node, box, s) {
   if (node.type === 'Reroute') { drawReroute(ctx, node, box, s.selected); return; }
   const def = editor.defs[node.type];
-  const title = node.title || (def && def.display_name) || node.type;
   const fullH = box.h + TITLE_H;
   const top = box.y - TITLE_H;
   ctx.globalAlpha = node.mode === MODE_NEVER ? THEME.muted : 1;
@@ -100,13 +99,13 @@ export function drawNode(editor, ctx, node, box, s) {
     ctx.fillRect(box.x, top, box.w * Math.min(1, s.progress.value / Math.max(1, s.progress.max)), 4);
   }
   if (s.scale < DETAIL_SCALE) { ctx.globalAlpha = 1; return; }
-  ctx.font = 'bold 13px sans-serif';
+  ctx.font = TITLE_FONT;
   ctx.textBaseline = 'middle';
   ctx.textAlign = 'left';
   ctx.fillStyle = THEME.text;
-  ctx.fillText(def || node.type === 'Reroute' ? title : `${title} (missing)`, box.x + 12, top + TITLE_H / 2);
+  ctx.fillText(editor.titleOf(node), box.x + 12, top + TITLE_H / 2);
   if (box.collapsed) { ctx.globalAlpha = 1; return; }
-  ctx.font = '12px sans-serif';
+  ctx.font = LABEL_FONT;
   const widgetNames = new Set(box.widgets.map((r) => r.widget.name));
   node.inputs.forEach((input, i) => {
     const [x, y] = box.inputs[i];
@@ -131,8 +130,24 @@ export function drawNode(editor, ctx, node, box, s) {
       linked: linkedWidgets.has(rect.widget.name), error: s.error && s.error.inputs.has(rect.widget.name) });
   }
   drawImage(editor, ctx, node, box);
+  drawResizeHandle(ctx, box);
   ctx.globalAlpha = 1;
   if (s.error && s.error.message) drawErrorNote(ctx, box, s.error.message);
+}
+
+/** Two short diagonal strokes in the corner: the usual sign that it can be dragged, faint enough not to distract. */
+function drawResizeHandle(ctx, box) {
+  const [hx, hy, size] = resizeHandle(box);
+  const right = hx + size - 3;
+  const bottom = hy + size - 3;
+  const alpha = ctx.globalAlpha;
+  ctx.globalAlpha = alpha * 0.6;
+  ctx.strokeStyle = THEME.textDim;
+  ctx.lineWidth = 1.25;
+  ctx.beginPath();
+  for (const d of [8, 4]) { ctx.moveTo(right - d, bottom); ctx.lineTo(right, bottom - d); }
+  ctx.stroke();
+  ctx.globalAlpha = alpha;
 }
 
 function drawErrorNote(ctx, box, message) {

@@ -1,9 +1,12 @@
 /**
  * Drawing of one widget row. Numbers and combos get arrow ends (click to step), booleans a toggle,
- * text its value, multiline a wrapped box, upload a button. A widget fed by a link is drawn greyed
- * with "linked" in place of its value, as its stored value is not what will run.
+ * text its value, multiline a box with as many lines as its (resizable) height holds, upload a button.
+ * A widget fed by a link is drawn greyed with "linked" in place of its value, as its stored value is
+ * not what will run.
  */
 import { THEME } from './colors.js';
+
+const TEXT_LINE_H = 15;
 
 export function formatNumber(widget, value) {
   if (widget.kind === 'int') return String(value);
@@ -61,7 +64,8 @@ export function drawWidget(ctx, rect, value, state) {
     ctx.textBaseline = 'top';
     ctx.fillStyle = THEME.widgetText;
     const lines = String(state.linked ? 'linked' : value ?? '').split('\n');
-    lines.slice(0, 4).forEach((line, i) => ctx.fillText(clipText(ctx, line, rect.w - 12), rect.x + 6, rect.y + 5 + i * 15));
+    const fitting = Math.max(1, Math.floor((rect.h - 4) / TEXT_LINE_H));
+    lines.slice(0, fitting).forEach((line, i) => ctx.fillText(clipText(ctx, line, rect.w - 12), rect.x + 6, rect.y + 5 + i * TEXT_LINE_H));
     ctx.globalAlpha = 1;
     return;
   }

@@ -1,6 +1,9 @@
-/** What is under a world point, topmost first: slots, then title, widgets and body, then links and groups. */
+/**
+ * What is under a world point, topmost first: slots, then the resize handle, title, widgets and body,
+ * then links and groups. Slots win over the handle where they touch, as connecting is the commoner act.
+ */
 import { linkMidpoint } from './render.js';
-import { nodeBounds, pointInRect } from './layout.js';
+import { nodeBounds, pointInRect, resizeHandle } from './layout.js';
 
 const SLOT_RADIUS = 10;
 
@@ -19,6 +22,8 @@ export function hitTest(editor, boxes, wx, wy) {
       }
     }
     if (!pointInRect(wx, wy, bounds)) continue;
+    const handle = resizeHandle(box);
+    if (handle && pointInRect(wx, wy, handle)) return { kind: 'resize', node, box };
     if (box.title && wy < box.y) return { kind: 'title', node, box };
     const rect = box.widgets.find((r) => pointInRect(wx, wy, [r.x, r.y, r.w, r.h]));
     if (rect) return { kind: 'widget', node, rect, box };

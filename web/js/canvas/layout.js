@@ -1,10 +1,15 @@
 /**
- * Node geometry, as litegraph lays it out so that positions in ComfyUI files land where they did
- * there: `pos` is the top-left of the body and the title bar sits above it. Slot rows come first
- * (inputs left, outputs right), then one row per widget, then an image area when there is one.
- * A widget that was turned into an input keeps its row and gets a socket at its left edge.
+ * Node geometry, as litegraph lays it out so that positions and sizes in ComfyUI files land where
+ * they did there: `pos` is the top-left of the body, the title bar sits above it, and `size` is the
+ * body's size. Slot rows come first (inputs left, outputs right), then one row per widget, then an
+ * image area when there is one. A widget that was turned into an input keeps its row and gets a
+ * socket at its left edge. `size` is what a file or a resize drag asked for; the content sets the
+ * minimum, and height beyond it goes to the image, or else is shared by the multiline text boxes.
+ * The box's `size` is what the node keeps: clamped to the content but not to the image, which comes
+ * and goes with runs (a sampler's preview must not leave the node tall and empty after the run).
  */
 import { customWidgetType } from '../widgets/custom_widgets.js';
+import { textWidth } from './text_width.js';
 
 export const TITLE_H = 30;
 export const SLOT_H = 20;
@@ -13,21 +18,44 @@ export const MULTILINE_H = 66;
 export const IMAGE_H = 200;
 export const REROUTE_SIZE = [75, 26];
 export const MIN_WIDTH = 160;
+export const RESIZE_HANDLE = 12;
+export const TITLE_FONT = 'bold 13px sans-serif';
+export const LABEL_FONT = '12px sans-serif';
+
+const isMultiline = (widget) => !widget.custom && widget.kind === 'string' && Boolean(widget.options.multiline);
 
 /** An extension's widget asks for its own height; a multiline text box is taller than a row. */
 function widgetHeight(widget) {
   if (widget.custom) return customWidgetType(widget.custom).height ?? WIDGET_H;
-  return widget.kind === 'string' && widget.options.multiline ? MULTILINE_H : WIDGET_H;
+  return isMultiline(widget) ? MULTILINE_H : WIDGET_H;
 }
 
-/** `widgets` are the node's widget specs (empty for unknown types); `hasImage` reserves the image area. */
-export function layoutNode(node, widgets, hasImage) {
+/** Narrowest body where the title fits and no row's input label runs into its output label. */
+function minimumWidth(title, socketInputs, outputs) {
+  const label = (slot) => (slot ? textWidth(LABEL_FONT, slot.name || slot.type) : 0);
+  let widest = textWidth(TITLE_FONT, title) + 24;
+  for (let row = 0; row < Math.max(socketInputs.length, outputs.length); row++) {
+    widest = Math.max(widest, label(socketInputs[row]) + label(outputs[row]) + 40);
+  }
+  return Math.max(MIN_WIDTH, Math.ceil(widest));
+}
+
+/** Body height that fits the slot rows, the widgets and the image: the least a node may be resized to. */
+function minimumHeight(rows, widgetHeights, hasImage) {
+  const widgets = widgetHeights.reduce((sum, h) => sum + h + 4, 0);
+  return Math.max(rows * SLOT_H + 6 + widgets + (hasImage ? IMAGE_H + 6 : 0) + 4, SLOT_H + 6);
+}
+
+/**
+ * `widgets` are the node's widget specs (empty for unknown types), `hasImage` reserves the image
+ * area, `title` is the title bar's text (it sets the minimum width).
+ */
+export function layoutNode(node, { widgets, hasImage, title }) {
   const [x, y] = node.pos;
   if (node.type === 'Reroute') {
     const [w, h] = REROUTE_SIZE;
     return { x, y, w, h, title: false, inputs: [[x, y + h / 2]], outputs: [[x + w, y + h / 2]], widgets: [], image: null };
   }
-  const w = Math.max(MIN_WIDTH, node.size[0]);
   if (node.flags && node.flags.collapsed) {
     const cy = y - TITLE_H / 2;
     return { x, y, w: 150, h: 0, title: true, collapsed: true,
@@ -36,14 +64,19 @@ export function layoutNode(node, widgets, hasImage) {
   const widgetNames = new Set(widgets.map((wd) => wd.name));
   const socketInputs = node.inputs.map((input, i) => [input, i]).filter(([input]) => !(input.widget && widgetNames.has(input.widget.name)));
   const rows = Math.max(socketInputs.length, node.outputs.length);
+  const w = Math.max(minimumWidth(title, socketInputs.map(([input]) => input), node.outputs), node.size[0]);
+  const heights = widgets.map(widgetHeight);
+  const least = minimumHeight(rows, heights, hasImage);
+  const h = Math.max(least, node.size[1]);
+  const multiline = widgets.filter(isMultiline).length;
+  const textGrowth = !hasImage && multiline ? (h - least) / multiline : 0;
   const inputs = new Array(node.inputs.length);
   socketInputs.forEach(([, index], row) => { inputs[index] = [x, y + row * SLOT_H + SLOT_H / 2 + 2]; });
   const outputs = node.outputs.map((_, row) => [x + w, y + row * SLOT_H + SLOT_H / 2 + 2]);
   let cursor = y + rows * SLOT_H + 6;
   const widgetRects = widgets.map((widget, index) => {
-    const h = widgetHeight(widget);
-    const rect = { index, widget, x: x + 10, y: cursor, w: w - 20, h };
-    cursor += h + 4;
+    const rect = { index, widget, x: x + 10, y: cursor, w: w - 20, h: heights[index] + (isMultiline(widget) ? textGrowth : 0) };
+    cursor += rect.h + 4;
     return rect;
   });
   node.inputs.forEach((input, i) => {
@@ -51,13 +84,15 @@ export function layoutNode(node, widgets, hasImage) {
     const rect = widgetRects.find((r) => r.widget.name === input.widget.name);
     inputs[i] = [x, rect.y + rect.h / 2];
   });
-  let image = null;
-  if (hasImage) {
-    image = { x: x + 6, y: cursor + 2, w: w - 12, h: IMAGE_H };
-    cursor += IMAGE_H + 6;
-  }
-  const h = Math.max(cursor - y + 4, SLOT_H + 6);
-  return { x, y, w, h, title: true, inputs, outputs, widgets: widgetRects, image };
+  const image = hasImage ? { x: x + 6, y: cursor + 2, w: w - 12, h: IMAGE_H + h - least } : null;
+  const size = [w, Math.max(minimumHeight(rows, heights, false), node.size[1])];
+  return { x, y, w, h, title: true, inputs, outputs, widgets: widgetRects, image, size };
+}
+
+/** The grip square in a node's bottom-right corner; collapsed nodes and reroutes have none. */
+export function resizeHandle(box) {
+  if (!box.title || box.collapsed) return null;
+  return [box.x + box.w - RESIZE_HANDLE, box.y + box.h - RESIZE_HANDLE, RESIZE_HANDLE, RESIZE_HANDLE];
 }
 
 /** The node's full rectangle including its title bar, for hit tests, culling and groups. */
