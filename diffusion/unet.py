@@ -20,6 +20,7 @@ from torch import nn
 
 from diffusion.attention import SpatialTransformer
 from diffusion.packed_conv import PackedConv2d
+from diffusion.upsample_conv import NearestUpsampleConv2d
 from diffusion.unet_config import UNetConfig, detect_unet_config, load_exact
 
 __all__ = [
@@ -120,14 +121,10 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = PackedConv2d(channels, channels, 3, padding=1)
+        self.conv = NearestUpsampleConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
-        if size is None:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        else:
-            x = F.interpolate(x, size=tuple(size), mode="nearest")
-        return self.conv(x)
+        return self.conv(x, size)
 
 
 class TimestepEmbedSequential(nn.Sequential):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.packed_conv import PackedConv2d
+from diffusion.upsample_conv import NearestUpsampleConv2d
 from diffusion.unet_config import CheckpointLayoutError, load_exact
 from diffusion.vae_tiling import TileSpec, map_or_tile_on_oom, tiled_map
 
@@ -91,12 +92,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest 2x then a 3x3 conv, computed on the low-resolution input (``NearestUpsampleConv2d``)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = PackedConv2d(channels, channels, 3, padding=1)
+        self.conv = NearestUpsampleConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(x)
 
 
 class MidBlock(nn.Module):

@@ -1,0 +1,95 @@
+"""``NearestUpsampleConv2d`` computes conv(nearest-2x(x)) exactly, as 2x2 phase convolutions of x."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion.upsample_conv import NearestUpsampleConv2d, phase_kernels
+
+
+def reference(conv: NearestUpsampleConv2d, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    upsampled = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else F.interpolate(x, size=size, mode="nearest")
+    return F.conv2d(upsampled.float(), conv.weight.float(), conv.bias.float(), padding=1)
+
+
+def layer(channels_in: int, channels_out: int, seed: int = 0) -> NearestUpsampleConv2d:
+    torch.manual_seed(seed)
+    return NearestUpsampleConv2d(channels_in, channels_out, 3, padding=1).eval()
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.float() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("height, width", [(8, 8), (7, 5), (1, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fp32_output_equals_upsample_then_convolve(height: int, width: int, channels_last: bool) -> None:
+    conv = layer(6, 5)
+    x = torch.randn(2, 6, height, width)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = conv(x)
+    assert got.shape == (2, 5, 2 * height, 2 * width)
+    assert relative_error(got, reference(conv, x)) < 1e-5
+
+
+def test_bf16_differs_only_by_rounding_the_summed_taps_once() -> None:
+    conv = layer(32, 32).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 32, 16, 16, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = conv(x)
+    # bf16 keeps 8 significant bits: a sum of up to four taps rounds to within 2**-8 of itself, and the
+    # reference's own bf16 convolution rounds its output as well.
+    assert relative_error(got, reference(conv, x)) < 2e-2
+
+
+def test_a_size_that_is_not_a_doubling_upsamples_as_written() -> None:
+    """The UNet asks for its skip tensor's size, odd when the latent's side was odd."""
+    conv, x = layer(4, 4), torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        got = conv(x, (7, 9))
+    assert got.shape == (1, 4, 7, 9)
+    assert relative_error(got, reference(conv, x, (7, 9))) < 1e-6
+    with torch.no_grad():
+        assert torch.equal(conv(x, (8, 8)), conv(x))
+
+
+def test_phase_kernels_sum_the_taps_that_land_on_one_input_pixel() -> None:
+    weight = torch.arange(9.0).reshape(1, 1, 3, 3)
+    phases = phase_kernels(weight)
+    assert phases.shape == (4, 1, 2, 2)
+    assert phases.sum().item() == 4 * weight.sum().item(), "every tap is used once by each phase"
+    # Phase (0, 0): rows {-1} and {0, 1}, columns likewise.
+    assert phases[0, 0].tolist() == [[0.0, 1.0 + 2.0], [3.0 + 6.0, 4.0 + 5.0 + 7.0 + 8.0]]
+
+
+def test_changed_weights_are_seen_on_the_next_call() -> None:
+    conv, x = layer(3, 3), torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        conv(x)
+        conv.weight.mul_(2.0)  # in place: the version counter moves
+        assert relative_error(conv(x), reference(conv, x)) < 1e-5
+        conv.weight.data = torch.randn_like(conv.weight)  # rebound, as LoRA patches are
+        assert relative_error(conv(x), reference(conv, x)) < 1e-5
+
+
+def test_same_parameters_as_the_convolution_it_replaces_and_gradients_still_flow() -> None:
+    conv = layer(3, 2)
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    assert conv.weight.shape == (2, 3, 3, 3)
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_a_copy_after_use_drops_the_cached_phases_and_computes_the_same() -> None:
+    conv = layer(4, 4).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        first = conv(x)
+        assert torch.equal(copy.deepcopy(conv)(x), first)
