@@ -58,7 +58,8 @@ def _backend(
         from server.distributed.ray_backend import RayBackend, WorkerSetup  # imports Ray: only when asked for
 
         setup = WorkerSetup(folders, config.cache_budget_bytes, config.device, config.dtype, config.preview_method,
-                            registry=registry if given_registry else None, plugins=None if given_registry else config)
+                            config.extra_model_paths, registry=registry if given_registry else None,
+                            plugins=None if given_registry else config)
         return RayBackend(config.workers_spec, setup)
     cache = OutputCache(config.cache_budget_bytes)
     return LocalBackend(Executor(registry, cache), cache)

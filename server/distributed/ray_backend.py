@@ -32,6 +32,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from graph import events
@@ -42,6 +43,7 @@ from graph.progress import InterruptFlag
 from graph.registry import NodeRegistry
 from nodes.compute import configure_compute
 from nodes.folders import Folders, configure_folders
+from nodes.model_folders import add_extra_model_paths, clear_extra_model_paths
 from nodes.previews import configure_previews
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, WorkerLostError
@@ -88,6 +90,8 @@ class WorkerSetup:
     device: str = "auto"
     dtype: str = "auto"
     preview_method: str = "auto"
+    #: The server's ``--extra-model-paths`` file: workers must find models where the server lists them.
+    extra_model_paths: Path | None = None
     registry: NodeRegistry | None = None
     plugins: ServerConfig | None = None
 
@@ -113,6 +117,9 @@ class LoomWorkerActor:
             folders.base, input=folders.input, output=folders.output, temp=folders.temp,
             user=folders.user, models=folders.models,
         )
+        clear_extra_model_paths()
+        if setup.extra_model_paths is not None:
+            add_extra_model_paths(setup.extra_model_paths)
         configure_compute(setup.device, setup.dtype)
         configure_previews(setup.preview_method)
         cache = OutputCache(setup.cache_budget_bytes)

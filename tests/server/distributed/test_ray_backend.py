@@ -9,6 +9,7 @@ shown with the built-in nodes on tiny SD1.5 checkpoints (``diffusion.tiny``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from diffusion.tiny import write_tiny_checkpoint
 from nodes.folders import configure_folders
+from nodes.model_folders import clear_extra_model_paths, list_models
 from server.app import create_app
 from server.config import REPO_ROOT, ServerConfig
 from server.distributed import ray_backend
@@ -284,6 +286,20 @@ def test_the_actor_body_streams_events_in_order_then_its_record_and_stops_only_i
     assert actor.interrupt("another prompt") is False and actor.interrupt("p2") is True
     *_, (kind, record, _) = [message for batch in stream for message in batch]
     assert record.status == "interrupted"
+
+
+def test_the_actor_body_sees_the_servers_extra_model_folders(tmp_path: Path):
+    theirs = tmp_path / "comfy" / "checkpoints"
+    theirs.mkdir(parents=True)
+    (theirs / "theirs.safetensors").write_bytes(b"")
+    paths = tmp_path / "extra_model_paths.yaml"
+    paths.write_text(f"comfy:\n  base_path: {tmp_path / 'comfy'}\n  checkpoints: checkpoints\n")
+    setup = dataclasses.replace(standin_setup(tmp_path, 2**20), extra_model_paths=paths)
+    try:
+        ray_backend.LoomWorkerActor(setup)
+        assert list_models("checkpoints") == ["theirs.safetensors"]
+    finally:
+        clear_extra_model_paths()
 
 
 def test_the_actor_body_frees_its_cache_between_prompts(tmp_path: Path):
