@@ -110,7 +110,8 @@ class TestGuidance:
         sigmas = compute_sigmas(MS, "normal", 4)
         start = MS.noise_scaling(sigmas[0], prepare_noise(_latent(), 42), _latent(), max_denoise=True)
         expected = get_sampler("euler")(separate, start, sigmas, disable=True)
-        assert torch.allclose(batched, expected, rtol=1e-5, atol=1e-4)
+        # cfg 5 amplifies fp32 rounding of values in the hundreds: tolerate rounding of the largest value.
+        torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
     def test_cfg_one_skips_the_negative(self):
         unet = ToyUNet()
