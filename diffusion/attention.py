@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.fused_linear import FusedLinear, linear_gelu, linear_times
 from diffusion.packed_conv import PackedConv2d
 
 __all__ = [
@@ -50,10 +51,10 @@ class CrossAttention(nn.Module):
         inner = heads * dim_head
         context_dim = query_dim if context_dim is None else context_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim))
+        self.to_q = FusedLinear(query_dim, inner, bias=False)
+        self.to_k = FusedLinear(context_dim, inner, bias=False)
+        self.to_v = FusedLinear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(FusedLinear(inner, query_dim))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -67,9 +68,9 @@ class GEGLU(nn.Module):
     """Gated GELU projection (Shazeer 2020, "GLU Variants Improve Transformer").
 
     The checkpoint stores one linear layer whose output rows are the value half, then the gate
-    half. It runs as two matmuls over the two (contiguous) row halves of that weight: each output
-    is then contiguous, so GELU and the product run in place on them instead of on strided
-    slices of one double-width buffer (measured ~8% faster per block at 64x64, bf16 and fp32).
+    half. It runs as two matmuls over the two (contiguous) row halves of that weight, the GELU fused
+    into the gate's and the product into the value's (``diffusion.fused_linear``), so no
+    double-width buffer is written and no separate elementwise pass reads one.
     """
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
@@ -79,7 +80,7 @@ class GEGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value_weight, gate_weight = self.proj.weight.chunk(2)
         value_bias, gate_bias = self.proj.bias.chunk(2)
-        return F.gelu(F.linear(x, gate_weight, gate_bias)).mul_(F.linear(x, value_weight, value_bias))
+        return linear_times(x, value_weight, value_bias, linear_gelu(x, gate_weight, gate_bias))
 
 
 class FeedForward(nn.Module):
@@ -88,7 +89,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
         inner = dim * mult
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Identity(), nn.Linear(inner, dim))
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Identity(), FusedLinear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -136,8 +137,8 @@ class SpatialTransformer(nn.Module):
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         if use_linear:
-            self.proj_in: nn.Module = nn.Linear(channels, inner)
-            self.proj_out: nn.Module = nn.Linear(inner, channels)
+            self.proj_in: nn.Module = FusedLinear(channels, inner)
+            self.proj_out: nn.Module = FusedLinear(inner, channels)
         else:
             self.proj_in = PackedConv2d(channels, inner, kernel_size=1)
             self.proj_out = PackedConv2d(inner, channels, kernel_size=1)

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PackedConv2d"]
+from diffusion.onednn import runs_on_onednn
 
-_PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+__all__ = ["PackedConv2d"]
 
 
 class PackedConv2d(nn.Conv2d):
@@ -41,21 +41,11 @@ class PackedConv2d(nn.Conv2d):
         self._packed: tuple[tuple[int, int, torch.dtype], torch.Tensor, torch.UntypedStorage] | None = None
 
     def _uses_packed_path(self, x: torch.Tensor) -> bool:
-        weight, bias = self.weight, self.bias
-        records_graph = torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        )
         return (
-            not records_graph
-            and x.device.type == "cpu"
-            and weight.device.type == "cpu"
-            and x.dim() == 4
-            and x.dtype == weight.dtype
-            and weight.dtype in _PACKABLE_DTYPES
+            x.dim() == 4
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
+            and runs_on_onednn(x, self.weight, self.bias)
         )
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:

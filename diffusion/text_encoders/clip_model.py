@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
+from diffusion.fused_linear import FusedLinear, linear_gelu
 
 __all__ = ["Activation", "ClipTextConfig", "ClipTextModel", "ClipTextOutput", "TokenOverride"]
 
@@ -55,10 +56,10 @@ class ClipAttention(nn.Module):
     def __init__(self, config: ClipTextConfig) -> None:
         super().__init__()
         self.heads = config.heads
-        self.q_proj = nn.Linear(config.width, config.width)
-        self.k_proj = nn.Linear(config.width, config.width)
-        self.v_proj = nn.Linear(config.width, config.width)
-        self.out_proj = nn.Linear(config.width, config.width)
+        self.q_proj = FusedLinear(config.width, config.width)
+        self.k_proj = FusedLinear(config.width, config.width)
+        self.v_proj = FusedLinear(config.width, config.width)
+        self.out_proj = FusedLinear(config.width, config.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (split_heads(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
@@ -70,12 +71,14 @@ class ClipAttention(nn.Module):
 class ClipMlp(nn.Module):
     def __init__(self, config: ClipTextConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.width, config.intermediate)
-        self.fc2 = nn.Linear(config.intermediate, config.width)
-        self.activation = _quick_gelu if config.activation == "quick_gelu" else F.gelu
+        self.fc1 = FusedLinear(config.width, config.intermediate)
+        self.fc2 = FusedLinear(config.intermediate, config.width)
+        self.quick_gelu = config.activation == "quick_gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation(self.fc1(x)))
+        # oneDNN fuses the exact GELU into fc1; quick GELU (x * sigmoid(1.702 x)) has no fused form.
+        hidden = _quick_gelu(self.fc1(x)) if self.quick_gelu else linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        return self.fc2(hidden)
 
 
 class ClipEncoderLayer(nn.Module):

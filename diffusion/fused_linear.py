@@ -1,0 +1,46 @@
+"""Linear layer whose CPU inference runs on oneDNN's matmul, with the activation or product fused in.
+
+``F.linear`` on the CPU is MKL's GEMM: with a bias it first fills the output with the broadcast bias
+(a full pass over a fresh buffer) and then accumulates into it, and any activation that follows is
+another pass. oneDNN's matmul adds the bias and applies a GELU or a multiplication by another tensor
+while the output tile is still in registers. Measured on the project's 2-core AMD EPYC, min of 8,
+the UNet's transformer shapes at 64x64 (token rows x in x out): [8192 x 1280 x 320] fp32 56 -> 32 ms,
+[2048 x 640 x 2560] 46 -> 32 ms; summed over the SD1.5 shapes fp32 309 -> 230 ms and bf16 114 ->
+108 ms. The GEGLU feed-forward (two projections, GELU, product) at 8192 x 320 fp32 went from 163 to
+93 ms. The weight is passed unpacked: oneDNN's per-call reorder of a linear weight is cheap (packing
+it once saved a further 3 % for twice the memory), so no cached copy is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.onednn import runs_on_onednn
+
+__all__ = ["FusedLinear", "linear_gelu", "linear_times"]
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias)`` (exact erf GELU) in one oneDNN call when it can run there."""
+    if runs_on_onednn(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return F.gelu(F.linear(x, weight, bias))
+
+
+def linear_times(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
+    """``(x @ weight.T + bias) * other``, the product fused into the matmul when it can run on oneDNN."""
+    fusable = other.dtype == x.dtype and other.shape == (*x.shape[:-1], weight.shape[0]) and other.is_contiguous()
+    if fusable and runs_on_onednn(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "mul")
+    return F.linear(x, weight, bias).mul_(other)
+
+
+class FusedLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters, same state-dict keys) that runs CPU inference on oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if runs_on_onednn(x, self.weight, self.bias):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
