@@ -15,13 +15,12 @@ output pixel and channel pair, and the 4x-sized upsampled input is never materia
 Four interleaved 2x2 phase convolutions are what a stride-2 transposed convolution with a 4x4 kernel
 computes (``out[o] = sum_i x[i] k[o + 1 - 2i]``, padding 1): along each axis
 k = (w[1], w[0] + w[1], w[-1] + w[0], w[-1]). So the whole block is one oneDNN deconvolution with
-a cached packed weight, writing the 2h x 2w output directly. Measured on the project's 2-core AMX
-machine, min of 10 interleaved calls (nearest + packed 3x3 conv / one 2x2 conv with 4 C_out outputs
-over x padded by 1, then one strided copy interleaving the phases / the packed deconvolution), bf16
-channels-last: [1, 512, 128, 128] 158 / 94 / 86 ms, [1, 256, 256, 256] 189 / 146 / 108 ms,
-[2, 640, 32, 32] 21 / 14 / 13 ms, [2, 1280, 8, 8] 10 / 8 / 8 ms; fp32 NCHW [1, 512, 64, 64]
-248 / 110 / 99 ms, [2, 1280, 16, 16] 194 / 86 / 98 ms. In the whole VAE decode (bf16) the explicit
-phases saved 3-5 %, the deconvolution 8-9 %.
+a cached packed weight, writing the 2h x 2w output directly. Min of 6 interleaved calls (nearest +
+packed 3x3 conv / one 2x2 conv with 4 C_out outputs over x padded by 1, then one strided copy
+interleaving the phases / the packed deconvolution) on the project's 2-core AMD EPYC, bf16
+channels-last: [1, 512, 128, 128] 743 / 368 / 379 ms, [1, 256, 256, 256] 793 / 442 / 352 ms,
+[2, 640, 32, 32] 143 / 68 / 66 ms; fp32 NCHW [1, 512, 64, 64] 435 / 201 / 180 ms. On an Intel Xeon
+with AMX the deconvolution saved 8-9 % of a whole bf16 VAE decode, the phases 3-5 %.
 
 The sums of taps are formed in fp32 and rounded once to the weight's dtype, so in bf16 the result
 differs from interpolate-then-conv by that rounding (relative 2**-9 per summed tap) and by the
