@@ -31,7 +31,12 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def linear_times(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
     """``(x @ weight.T + bias) * other``, the product fused into the matmul when it can run on oneDNN."""
-    fusable = other.dtype == x.dtype and other.shape == (*x.shape[:-1], weight.shape[0]) and other.is_contiguous()
+    fusable = (
+        other.dtype == x.dtype
+        and other.shape == (*x.shape[:-1], weight.shape[0])
+        and other.is_contiguous()
+        and not (torch.is_grad_enabled() and other.requires_grad)
+    )
     if fusable and runs_on_onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "mul")
     return F.linear(x, weight, bias).mul_(other)

@@ -66,6 +66,13 @@ def test_training_records_gradients_through_the_plain_path() -> None:
     assert x.grad is not None and layer.weight.grad is not None
 
 
+def test_a_product_operand_that_needs_gradients_keeps_them() -> None:
+    weight, bias = weights(torch.float32)
+    x, other = tokens(torch.float32, 3), torch.randn(3, 24, requires_grad=True)
+    linear_times(x, weight, bias, other).sum().backward()
+    assert torch.allclose(other.grad, F.linear(x, weight, bias))
+
+
 def test_same_state_dict_keys_as_nn_linear() -> None:
     plain = torch.nn.Linear(16, 24)
     fused = FusedLinear(16, 24)
