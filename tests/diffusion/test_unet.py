@@ -165,7 +165,7 @@ def test_loading_names_a_missing_and_a_misshapen_key():
         unet_from_state_dict(misshapen, config)
 
 
-def _full_size_inputs(family: str) -> tuple[torch.Tensor, ...]:
+def _full_size_inputs(family: str) -> tuple[object, ...]:
     """One 32x32 latent (a 256² image) with the family's real context width and, for SDXL, its
     real pooled width and 256-wide size sinusoids."""
     config = REAL_FAMILIES[family][1]
