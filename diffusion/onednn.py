@@ -8,9 +8,11 @@ otherwise runs the plain ``torch.nn.functional`` path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["records_autograd", "runs_on_onednn"]
+__all__ = ["derived_weight_key", "records_autograd", "runs_on_onednn"]
 
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -34,3 +36,13 @@ def runs_on_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )
+
+
+def derived_weight_key(weight: torch.Tensor, x: torch.Tensor) -> tuple[Any, ...]:
+    """What a weight derived for input ``x`` (a oneDNN-packed copy, a rearranged kernel) must match to
+    be reused: the weight itself (address, version counter, dtype, device) and the input's shape and
+    memory format. oneDNN picks the packed layout from the input's shape; a weight packed for one shape
+    and used with another is reordered again on every call (SD1.5 UNet at 32x32 in fp32 after a
+    64x64 call: 2.46 s instead of 1.92 s per call on the project machine)."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(x.shape), channels_last)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion.onednn import runs_on_onednn
+from diffusion.onednn import derived_weight_key, runs_on_onednn
 
 __all__ = ["PackedConv2d"]
 
@@ -27,9 +27,11 @@ class PackedConv2d(nn.Conv2d):
     through a cached packed copy of its weight.
 
     The packed path is taken only when autograd records nothing (the fused op has no backward), on CPU
-    tensors of the weight's dtype (fp32 or bf16) with zero padding. The cache is keyed on the
-    weight's storage, dtype and version counter, so ``.to(dtype)``, ``load_state_dict``, in-place
-    patches and weights rebound through ``param.data = tensor`` (LoRA) repack on the next call.
+    tensors of the weight's dtype (fp32 or bf16) with zero padding. The cache holds one packed copy,
+    keyed on the weight's storage, dtype and version counter and on the input's shape and memory
+    format (``diffusion.onednn.derived_weight_key``), so ``.to(dtype)``, ``load_state_dict``, in-place
+    patches, weights rebound through ``param.data = tensor`` (LoRA) and a new image size repack on the
+    next call.
     Writes through ``param.data.copy_(...)`` bypass the version counter and are not seen. While
     cached, the weight is held twice: the plain parameter and the packed copy. Outputs of the packed
     path are channels-last.
@@ -38,7 +40,7 @@ class PackedConv2d(nn.Conv2d):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # (key, packed weight, storage of the weight it was packed from)
-        self._packed: tuple[tuple[int, int, torch.dtype], torch.Tensor, torch.UntypedStorage] | None = None
+        self._packed: tuple[tuple[Any, ...], torch.Tensor, torch.UntypedStorage] | None = None
 
     def _uses_packed_path(self, x: torch.Tensor) -> bool:
         return (
@@ -50,7 +52,7 @@ class PackedConv2d(nn.Conv2d):
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype)
+        key = derived_weight_key(weight, x)
         if self._packed is None or self._packed[0] != key:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)

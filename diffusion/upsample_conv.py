@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffusion.onednn import records_autograd
+from diffusion.onednn import derived_weight_key, records_autograd
 from diffusion.packed_conv import PackedConv2d
 
 __all__ = ["NearestUpsampleConv2d", "transposed_kernel"]
@@ -62,8 +62,8 @@ class NearestUpsampleConv2d(PackedConv2d):
     stride-2 transposed convolution over the low-resolution input (module docstring). Anything else
     (autograd recording, a size that is not an exact doubling, as the UNet asks for after an odd
     skip size, a conv shape other than 3x3 with padding 1) upsamples and convolves as written. The
-    transposed kernel is cached, keyed like ``PackedConv2d``'s packed weight on the weight's
-    storage, version counter and dtype, and packed for oneDNN on the CPU; the same
+    transposed kernel is cached, keyed like ``PackedConv2d``'s packed weight on the weight and the
+    input's shape and memory format, and packed for oneDNN on the CPU; the same
     ``param.data.copy_(...)`` caveat applies. While cached, the weight is held about three times
     (the parameter, the 16/9-sized kernel and its packed copy). Outputs on the CPU are channels-last.
     """
@@ -89,7 +89,7 @@ class NearestUpsampleConv2d(PackedConv2d):
 
     def _transposed_weight(self, x: torch.Tensor, packed: bool) -> torch.Tensor:
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, packed)
+        key = (*derived_weight_key(weight, x), packed)
         if self._transposed is None or self._transposed[0] != key:
             kernel = transposed_kernel(weight)
             if packed:

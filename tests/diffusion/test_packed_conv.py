@@ -42,12 +42,26 @@ def test_fp32_output_matches_conv2d(options: dict) -> None:
         torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_weight_serves_every_input_size() -> None:
+def test_every_input_size_is_computed_exactly() -> None:
     module = conv(padding=1)
     with torch.no_grad():
         for size in (8, 13, 4):
             x = torch.randn(1, 16, size, size)
             torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_weight_is_repacked_for_a_new_input_shape_and_kept_while_the_shape_stays() -> None:
+    """oneDNN chooses the packed layout from the input shape; a copy packed for another shape would be
+    reordered again on every call (a UNet run at 512² and then at 256² kept paying for it)."""
+    module = conv(padding=1)
+    with torch.no_grad():
+        module(torch.randn(2, 16, 16, 16))
+        packed_for_16 = module._packed[1]
+        module(torch.randn(2, 16, 8, 8))
+        packed_for_8 = module._packed[1]
+        module(torch.randn(2, 16, 8, 8))
+    assert packed_for_8 is not packed_for_16
+    assert module._packed[1] is packed_for_8
 
 
 def test_in_place_weight_patch_is_seen_on_the_next_call() -> None:

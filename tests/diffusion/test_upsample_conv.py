@@ -82,7 +82,7 @@ def test_other_devices_take_the_plain_transposed_convolution(monkeypatch: pytest
     assert relative_error(got, reference(conv, x)) < 1e-5
 
 
-def test_one_cached_kernel_serves_every_input_size_and_batch() -> None:
+def test_every_input_size_and_batch_is_computed_exactly() -> None:
     conv = layer(8, 8).to(torch.bfloat16).to(memory_format=torch.channels_last)
     with torch.no_grad():
         for shape in ((1, 8, 16, 16), (3, 8, 5, 9), (2, 8, 32, 8)):
