@@ -8,11 +8,12 @@ otherwise runs the plain ``torch.nn.functional`` path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["derived_weight_key", "records_autograd", "runs_on_onednn"]
+__all__ = ["DerivedWeight", "input_layout", "records_autograd", "runs_on_onednn"]
 
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -38,11 +39,41 @@ def runs_on_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     )
 
 
-def derived_weight_key(weight: torch.Tensor, x: torch.Tensor) -> tuple[Any, ...]:
-    """What a weight derived for input ``x`` (a oneDNN-packed copy, a rearranged kernel) must match to
-    be reused: the weight itself (address, version counter, dtype, device) and the input's shape and
-    memory format. oneDNN picks the packed layout from the input's shape; a weight packed for one shape
-    and used with another is reordered again on every call (SD1.5 UNet at 32x32 in fp32 after a
-    64x64 call: 2.46 s instead of 1.92 s per call on the project machine)."""
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    return (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(x.shape), channels_last)
+def input_layout(x: torch.Tensor) -> tuple[Any, ...]:
+    """What oneDNN picks a packed weight layout from: the input's shape and memory format. A weight
+    packed for one layout and used with another is reordered again on every call; bench/models.py,
+    which runs the 32x32 UNet case after the 64x64 one on the same fp32 model, measured Loom at
+    2.27-2.45 s per 32x32 call before packed weights were keyed on it and 1.92 s after."""
+    return tuple(x.shape), x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+class DerivedWeight:
+    """One tensor derived from a parameter (a oneDNN-packed copy, a rearranged kernel), rebuilt when
+    the parameter or the context it was derived for changes.
+
+    The parameter is recognised by address, version counter, dtype and device, so ``.to(dtype)``,
+    ``load_state_dict``, in-place patches and weights rebound through ``param.data = tensor`` (LoRA)
+    all rebuild; writes through ``param.data.copy_(...)`` bypass the version counter and are not
+    seen. Copies and pickles of the owner start empty: oneDNN tensors cannot be serialised, and a
+    copy rebuilds on its first call.
+    """
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+        self._key: tuple[Any, ...] | None = None
+        self._source: torch.UntypedStorage | None = None
+
+    def get(self, weight: torch.Tensor, context: Any, derive: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, context)
+        if self.value is None or self._key != key:
+            self.value, self._key = derive(weight), key
+            # Holding the source storage keeps its address from being reused by a later weight
+            # (say, another LoRA's patched copy swapped in), which would make a stale entry match.
+            self._source = weight.untyped_storage()
+        return self.value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion.onednn import derived_weight_key, runs_on_onednn
+from diffusion.onednn import DerivedWeight, input_layout, runs_on_onednn
 
 __all__ = ["PackedConv2d"]
 
@@ -27,20 +27,15 @@ class PackedConv2d(nn.Conv2d):
     through a cached packed copy of its weight.
 
     The packed path is taken only when autograd records nothing (the fused op has no backward), on CPU
-    tensors of the weight's dtype (fp32 or bf16) with zero padding. The cache holds one packed copy,
-    keyed on the weight's storage, dtype and version counter and on the input's shape and memory
-    format (``diffusion.onednn.derived_weight_key``), so ``.to(dtype)``, ``load_state_dict``, in-place
-    patches, weights rebound through ``param.data = tensor`` (LoRA) and a new image size repack on the
-    next call.
-    Writes through ``param.data.copy_(...)`` bypass the version counter and are not seen. While
-    cached, the weight is held twice: the plain parameter and the packed copy. Outputs of the packed
-    path are channels-last.
+    tensors of the weight's dtype (fp32 or bf16) with zero padding. The packed copy is a
+    ``diffusion.onednn.DerivedWeight``, rebuilt when the weight changes or a new input shape or
+    memory format arrives. While cached, the weight is held twice: the plain parameter and the packed
+    copy. Outputs of the packed path are channels-last.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # (key, packed weight, storage of the weight it was packed from)
-        self._packed: tuple[tuple[Any, ...], torch.Tensor, torch.UntypedStorage] | None = None
+        self._packed = DerivedWeight()
 
     def _uses_packed_path(self, x: torch.Tensor) -> bool:
         return (
@@ -51,16 +46,12 @@ class PackedConv2d(nn.Conv2d):
         )
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        key = derived_weight_key(weight, x)
-        if self._packed is None or self._packed[0] != key:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
+        def pack(weight: torch.Tensor) -> torch.Tensor:
+            return torch.ops.mkldnn._reorder_convolution_weight(
                 weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
             )
-            # Holding the source storage keeps its address from being reused by a later weight
-            # (say, another LoRA's patched copy swapped in), which would make a stale entry match.
-            self._packed = (key, packed, weight.untyped_storage())
-        return self._packed[1]
+
+        return self._packed.get(self.weight, input_layout(x), pack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._uses_packed_path(x):
@@ -69,9 +60,3 @@ class PackedConv2d(nn.Conv2d):
             x, self._packed_weight(x), self.bias, list(self.padding), list(self.stride), list(self.dilation),
             self.groups, "none", [], "",
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles drop the cache: oneDNN tensors cannot be serialised, and a copy repacks."""
-        state = super().__getstate__()
-        state["_packed"] = None
-        return state

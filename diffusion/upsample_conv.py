@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffusion.onednn import derived_weight_key, records_autograd
+from diffusion.onednn import DerivedWeight, input_layout, records_autograd
 from diffusion.packed_conv import PackedConv2d
 
 __all__ = ["NearestUpsampleConv2d", "transposed_kernel"]
@@ -62,16 +62,14 @@ class NearestUpsampleConv2d(PackedConv2d):
     stride-2 transposed convolution over the low-resolution input (module docstring). Anything else
     (autograd recording, a size that is not an exact doubling, as the UNet asks for after an odd
     skip size, a conv shape other than 3x3 with padding 1) upsamples and convolves as written. The
-    transposed kernel is cached, keyed like ``PackedConv2d``'s packed weight on the weight and the
-    input's shape and memory format, and packed for oneDNN on the CPU; the same
-    ``param.data.copy_(...)`` caveat applies. While cached, the weight is held about three times
-    (the parameter, the 16/9-sized kernel and its packed copy). Outputs on the CPU are channels-last.
+    transposed kernel is a ``diffusion.onednn.DerivedWeight``; on the CPU it is packed for oneDNN
+    and also rebuilt for a new input shape or memory format. While cached, the weight is held about
+    three times (the parameter and the 16/9-sized packed kernel). Outputs on the CPU are channels-last.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # (key, transposed kernel or its packed copy, storage of the weight it was made from)
-        self._transposed: tuple[tuple[Any, ...], torch.Tensor, torch.UntypedStorage] | None = None
+        self._transposed = DerivedWeight()
 
     def _uses_transposed_path(self, x: torch.Tensor, size: Sequence[int] | None) -> bool:
         return (
@@ -88,18 +86,16 @@ class NearestUpsampleConv2d(PackedConv2d):
         )
 
     def _transposed_weight(self, x: torch.Tensor, packed: bool) -> torch.Tensor:
-        weight = self.weight
-        key = (*derived_weight_key(weight, x), packed)
-        if self._transposed is None or self._transposed[0] != key:
+        def derive(weight: torch.Tensor) -> torch.Tensor:
             kernel = transposed_kernel(weight)
-            if packed:
-                kernel = torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                    kernel, _PADDING, _OUTPUT_PADDING, _STRIDE, _DILATION, 1, list(x.shape)
-                )
-            # Holding the source storage keeps its address from being reused by a later weight
-            # (another LoRA's patched copy swapped in), which would make a stale entry match.
-            self._transposed = (key, kernel, weight.untyped_storage())
-        return self._transposed[1]
+            if not packed:
+                return kernel
+            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                kernel, _PADDING, _OUTPUT_PADDING, _STRIDE, _DILATION, 1, list(x.shape)
+            )
+
+        # Only the packed copy depends on the input's layout; the plain kernel serves every input.
+        return self._transposed.get(self.weight, input_layout(x) if packed else None, derive)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:  # type: ignore[override]
         if not self._uses_transposed_path(x, size):
@@ -112,9 +108,3 @@ class NearestUpsampleConv2d(PackedConv2d):
                 _PADDING, _OUTPUT_PADDING, _STRIDE, _DILATION, 1, "none", [], "",
             )
         return F.conv_transpose2d(x, self._transposed_weight(x, packed=False), self.bias, stride=2, padding=1)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles drop the caches: oneDNN tensors cannot be serialised, and a copy rebuilds."""
-        state = super().__getstate__()
-        state["_transposed"] = None
-        return state

@@ -40,6 +40,19 @@ def test_fp32_gelu_and_product_are_fused_without_changing_the_values() -> None:
         assert relative_error(linear_times(x, weight, bias, other), F.linear(x, weight, bias) * other) < 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_inference_runs_each_projection_as_one_onednn_call(dtype: torch.dtype) -> None:
+    """The GEGLU pattern (GELU of one projection times another) is two oneDNN matmuls and nothing else."""
+    weight, bias = weights(dtype)
+    x = tokens(dtype, 2, 9)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        linear_times(x, weight, bias, linear_gelu(x, weight, bias))
+        FusedLinear(16, 24).to(dtype).eval()(x)
+    ops = [event.name for event in profile.events() if "::" in event.name]
+    assert ops.count("mkldnn::_linear_pointwise") == 3
+    assert not {"aten::gelu", "aten::mul", "aten::mul_", "aten::addmm", "aten::linear"} & set(ops)
+
+
 def test_bf16_fusion_rounds_once_where_the_plain_path_rounds_twice() -> None:
     """The fused epilogue works on the fp32 accumulator, so it is at least as close to the fp32 truth."""
     weight, bias = weights(torch.bfloat16)

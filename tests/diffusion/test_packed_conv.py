@@ -28,7 +28,7 @@ def test_bf16_output_is_bit_identical_to_conv2d(memory_format: torch.memory_form
     x = torch.randn(2, 16, 9, 7, dtype=torch.bfloat16).contiguous(memory_format=memory_format)
     with torch.no_grad():
         assert torch.equal(module(x), reference(module, x))
-    assert module._packed is not None
+    assert module._packed.value is not None
 
 
 @pytest.mark.parametrize(
@@ -56,12 +56,12 @@ def test_the_weight_is_repacked_for_a_new_input_shape_and_kept_while_the_shape_s
     module = conv(padding=1)
     with torch.no_grad():
         module(torch.randn(2, 16, 16, 16))
-        packed_for_16 = module._packed[1]
+        packed_for_16 = module._packed.value
         module(torch.randn(2, 16, 8, 8))
-        packed_for_8 = module._packed[1]
+        packed_for_8 = module._packed.value
         module(torch.randn(2, 16, 8, 8))
     assert packed_for_8 is not packed_for_16
-    assert module._packed[1] is packed_for_8
+    assert module._packed.value is packed_for_8
 
 
 def test_in_place_weight_patch_is_seen_on_the_next_call() -> None:
@@ -101,7 +101,7 @@ def test_autograd_takes_the_plain_path() -> None:
     x = torch.randn(1, 16, 8, 8, requires_grad=True)
     module(x).sum().backward()
     assert x.grad is not None and module.weight.grad is not None
-    assert module._packed is None
+    assert module._packed.value is None
 
 
 def test_copies_drop_the_cache_and_keep_the_state_dict_keys() -> None:
@@ -109,5 +109,5 @@ def test_copies_drop_the_cache_and_keep_the_state_dict_keys() -> None:
     with torch.no_grad():
         module(torch.randn(1, 16, 8, 8))
     clone = copy.deepcopy(module)
-    assert clone._packed is None
+    assert clone._packed.value is None
     assert set(clone.state_dict()) == set(torch.nn.Conv2d(16, 24, 3).state_dict()) == {"weight", "bias"}

@@ -31,6 +31,18 @@ TOLERANCE = 1e-4
 ORIGINAL, CROP, TARGET, AESTHETIC = (1024, 768), (16, 32), (1024, 1024), 6.0
 
 
+def _size_conditioning(pooled: torch.Tensor, adm_numbers: int, embed_dim: int) -> tuple[torch.Tensor, dict]:
+    """SDXL's ``y`` for Loom and the same size numbers as diffusers' ``added_cond_kwargs``."""
+    if adm_numbers == 6:
+        y = sdxl_adm_vector(pooled, ORIGINAL, CROP, TARGET, embed_dim=embed_dim)
+        numbers = [*ORIGINAL, *CROP, *TARGET]
+    else:
+        y = sdxl_refiner_adm_vector(pooled, ORIGINAL, CROP, AESTHETIC, embed_dim=embed_dim)
+        numbers = [*ORIGINAL, *CROP, AESTHETIC]
+    time_ids = torch.tensor([numbers] * pooled.shape[0], dtype=torch.float32)
+    return y, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
 def _inputs(family: str, height: int = 8, width: int = 8, batch: int = 2):
     """Latents, distinct fractional timesteps, context, plus (y, diffusers added_cond_kwargs) for SDXL."""
     spec = FAMILIES[family]
@@ -41,14 +53,7 @@ def _inputs(family: str, height: int = 8, width: int = 8, batch: int = 2):
     if not spec.adm_numbers:
         return x, t, context, None, {}
     pooled = torch.randn(batch, POOLED_DIM, generator=g)
-    if spec.adm_numbers == 6:
-        y = sdxl_adm_vector(pooled, ORIGINAL, CROP, TARGET, embed_dim=TIME_EMBED_DIM)
-        numbers = [*ORIGINAL, *CROP, *TARGET]
-    else:
-        y = sdxl_refiner_adm_vector(pooled, ORIGINAL, CROP, AESTHETIC, embed_dim=TIME_EMBED_DIM)
-        numbers = [*ORIGINAL, *CROP, AESTHETIC]
-    time_ids = torch.tensor([numbers] * batch, dtype=torch.float32)
-    return x, t, context, y, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+    return x, t, context, *_size_conditioning(pooled, spec.adm_numbers, TIME_EMBED_DIM)
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -175,12 +180,7 @@ def _full_size_inputs(family: str) -> tuple[object, ...]:
     if config.adm_in_channels is None:
         return x, t, context, None, {}
     pooled = torch.randn(1, 1280, generator=g)
-    if family == "sdxl":
-        y, numbers = sdxl_adm_vector(pooled, ORIGINAL, CROP, TARGET), [*ORIGINAL, *CROP, *TARGET]
-    else:
-        y, numbers = sdxl_refiner_adm_vector(pooled, ORIGINAL, CROP, AESTHETIC), [*ORIGINAL, *CROP, AESTHETIC]
-    time_ids = torch.tensor([numbers], dtype=torch.float32)
-    return x, t, context, y, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+    return x, t, context, *_size_conditioning(pooled, 6 if family == "sdxl" else 5, 256)
 
 
 def _available_gb() -> float:
