@@ -9,7 +9,10 @@ Both sides get the same weights: the diffusers modules are built with their defa
 initialisation and Loom's are loaded from the same tensors renamed to the LDM layout. Each case is
 timed in fp32 and in every "fast" mode each side offers (Loom: bf16 weights + channels_last, the
 path its modules are written for; diffusers: bf16 weights + channels_last, bf16 autocast), and
-each side is credited with its fastest. Timings on the shared 2-core machines vary 1.5-2.5x from
+each side is credited with its fastest. On a CPU without native bf16 kernels (an AVX2-only one, see
+``diffusion.devices.cpu_computes_bf16_fast``) the bf16 modes are skipped, with the reason printed:
+there bf16 is computed in software, several times slower than fp32, for Loom and diffusers alike.
+Timings on the shared 2-core machines vary 1.5-2.5x from
 run to run (FACTS.md), so every contender is warmed up once and then timed in interleaved rounds,
 and the minimum of the rounds is reported; ratios are meaningful only within one run. FLOPs come
 from ``torch.utils.flop_counter.FlopCounterMode`` on one diffusers fp32 call (convolutions, matmuls,
@@ -41,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusion.devices import cpu_computes_bf16_fast  # noqa: E402
 from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm  # noqa: E402
 
 CASES = ("unet64", "unet32", "vae", "clip", "load")
@@ -259,6 +263,15 @@ def clip_contenders(models: Models) -> list[Contender]:
     ]
 
 
+def bf16_skip_reason() -> str | None:
+    """Why the bf16 modes cannot be measured meaningfully here, or None when they can."""
+    if cpu_computes_bf16_fast():
+        return None
+    return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 kernels: "
+            f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}) has no native bf16, so bf16 would be computed "
+            "in software on both sides; fp32 is the fast mode here")
+
+
 def run_speed_case(case: str, contenders: list[Contender], repeats: int) -> list[Row]:
     # Counted on the reference: the counter sees aten convolutions and matmuls, not the oneDNN
     # prepacked-weight op Loom's convolutions dispatch to (same arithmetic, different op name).
@@ -277,16 +290,16 @@ def matmul_peak_gflops(dtype: torch.dtype, repeats: int) -> float:
     return 2 * 4096 ** 3 / seconds[0] / 1e9
 
 
-def report_speed(rows: list[Row], bf16_peak: float) -> None:
+def report_speed(rows: list[Row], peak: float, peak_dtype: str) -> None:
     print("\n| case | side | mode | min s | GFLOP/s |")
     print("|---|---|---|---|---|")
     for row in rows:
         c = row.contender
         print(f"| {row.case} | {c.side} | {c.mode} | {row.seconds:.3f} | {row.gflops:.0f} |")
     print(f"\nbf16 peak: FACTS.md {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
-          f"this machine's 4096^3 bf16 matmul {bf16_peak:.0f} GFLOP/s")
+          f"this machine's 4096^3 {peak_dtype} matmul {peak:.0f} GFLOP/s")
     print("\n| case | fp32 loom/diffusers | fastest: loom (mode) / diffusers (mode) | ratio "
-          "| loom fastest % of FACTS bf16 peak | % of this machine's bf16 matmul |")
+          f"| loom fastest % of FACTS bf16 peak | % of this machine's {peak_dtype} matmul |")
     print("|---|---|---|---|---|---|")
     for case in dict.fromkeys(r.case for r in rows):
         mine = [r for r in rows if r.case == case]
@@ -294,10 +307,10 @@ def report_speed(rows: list[Row], bf16_peak: float) -> None:
         fastest = {side: min((r for r in mine if r.contender.side == side), key=lambda r: r.seconds)
                    for side in ("loom", "diffusers")}
         lo, di = fastest["loom"], fastest["diffusers"]
-        peak = "/".join(f"{100 * lo.gflops / p:.0f}" for p in BF16_PEAK_GFLOPS)
+        share = "/".join(f"{100 * lo.gflops / p:.0f}" for p in BF16_PEAK_GFLOPS)
         print(f"| {case} | {fp32['loom'].seconds / fp32['diffusers'].seconds:.2f} | "
               f"{lo.seconds:.3f} ({lo.contender.mode}) / {di.seconds:.3f} ({di.contender.mode}) | "
-              f"{lo.seconds / di.seconds:.2f} | {peak} % | {100 * lo.gflops / bf16_peak:.0f} % |")
+              f"{lo.seconds / di.seconds:.2f} | {share} % | {100 * lo.gflops / peak:.0f} % |")
 
 
 def write_checkpoint(models: Models) -> None:
@@ -392,6 +405,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {args.repeats}", flush=True)
+    skip_bf16 = bf16_skip_reason()
+    if skip_bf16:
+        print(f"skipped modes bf16, bf16+CL, autocast: {skip_bf16}", flush=True)
     models = Models()
     builders = {
         "unet64": lambda: unet_contenders(models, 64),
@@ -403,13 +419,18 @@ def main() -> None:
     for case in cases:
         if case in builders:
             print(f"{case} ...", flush=True)
-            rows += run_speed_case(case, builders[case](), args.repeats)
+            contenders = [c for c in builders[case]() if not (skip_bf16 and c.mode != "fp32")]
+            rows += run_speed_case(case, contenders, args.repeats)
             gc.collect()
     if rows:
         fp32_peak = matmul_peak_gflops(torch.float32, args.repeats)
-        bf16_peak = matmul_peak_gflops(torch.bfloat16, args.repeats)
-        print(f"4096^3 matmul: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
-        report_speed(rows, bf16_peak)
+        if skip_bf16:
+            print(f"4096^3 matmul: fp32 {fp32_peak:.0f} GFLOP/s (bf16 skipped)")
+            report_speed(rows, fp32_peak, "fp32")
+        else:
+            bf16_peak = matmul_peak_gflops(torch.bfloat16, args.repeats)
+            print(f"4096^3 matmul: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
+            report_speed(rows, bf16_peak, "bf16")
     if "load" in cases:
         run_load_case(models)
 

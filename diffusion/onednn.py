@@ -4,18 +4,55 @@ Those ops are what PyTorch's own CPU compiler emits for frozen models: they take
 and (for convolutions) pre-packed weights, but they have no backward and exist only for CPU tensors
 of the dtypes oneDNN computes in. Every layer that uses them asks this one predicate first and
 otherwise runs the plain ``torch.nn.functional`` path.
+
+Which dtypes oneDNN computes in depends on the CPU, and machines of this project's kind differ: an
+AMD EPYC with AVX2 only has no bf16 kernels at all (PyTorch raises "bf16 path needs the cpu support
+avx_ne_convert or avx512bw, avx512vl and avx512dq" from the weight reorder), while AVX-512 and AMX
+machines have them. So the answer is probed once per dtype at run time, by PyTorch's own check and
+a trial call of every op the layers use, never assumed from the build.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["DerivedWeight", "input_layout", "records_autograd", "runs_on_onednn"]
+__all__ = ["DerivedWeight", "input_layout", "onednn_computes", "records_autograd", "runs_on_onednn"]
 
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def onednn_computes(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN runs the fused inference ops in ``dtype`` (probed once per dtype)."""
+    if dtype not in _ONEDNN_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        _trial_calls(dtype)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _trial_calls(dtype: torch.dtype) -> None:
+    """One tiny call of each oneDNN op the layers use: a packed convolution, a packed transposed
+    convolution and a fused linear. Raises the RuntimeError PyTorch raises where the CPU lacks them."""
+    x = torch.ones(1, 2, 3, 3, dtype=dtype)
+    weight = torch.ones(2, 2, 3, 3, dtype=dtype)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+    torch.ops.mkldnn._convolution_pointwise(x, packed, None, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+    transposed = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+        weight, [1, 1], [0, 0], [2, 2], [1, 1], 1, list(x.shape)
+    )
+    torch.ops.mkldnn._convolution_transpose_pointwise(
+        x, transposed, None, [1, 1], [0, 0], [2, 2], [1, 1], 1, "none", [], ""
+    )
+    torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3, dtype=dtype), torch.ones(4, 3, dtype=dtype), None, "gelu", [], "none")
 
 
 def records_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -26,16 +63,16 @@ def records_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def runs_on_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """True for inference (autograd records nothing) on CPU tensors of the weight's fp32/bf16 dtype."""
+    """True for inference (autograd records nothing) on CPU tensors of one dtype this CPU's oneDNN
+    computes in (fp32 everywhere, bf16 where the CPU has the instructions)."""
     return (
         not records_autograd(x, weight, bias)
         and x.device.type == "cpu"
         and weight.device.type == "cpu"
         and x.dtype == weight.dtype
-        and weight.dtype in _ONEDNN_DTYPES
         and (bias is None or bias.dtype == weight.dtype)
-        and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and onednn_computes(weight.dtype)
     )
 
 

@@ -61,10 +61,14 @@ class NearestUpsampleConv2d(PackedConv2d):
     Inference on an exact 2x upsample (``size`` None or twice the input's sides) runs as one
     stride-2 transposed convolution over the low-resolution input (module docstring). Anything else
     (autograd recording, a size that is not an exact doubling, as the UNet asks for after an odd
-    skip size, a conv shape other than 3x3 with padding 1) upsamples and convolves as written. The
-    transposed kernel is a ``diffusion.onednn.DerivedWeight``; on the CPU it is packed for oneDNN
-    and also rebuilt for a new input shape or memory format. While cached, the weight is held about
-    three times (the parameter and the 16/9-sized packed kernel). Outputs on the CPU are channels-last.
+    skip size, a conv shape other than 3x3 with padding 1) upsamples and convolves as written. So
+    does a CPU whose oneDNN has no kernels for the dtype (bf16 on an AVX2-only CPU): PyTorch's native
+    CPU transposed convolution is the slow one there, and in bf16 it sums overlapping taps in bf16
+    (with oneDNN off, [1, 128, 64, 64] bf16 channels-last took 1.98 s transposed against 0.14 s for
+    interpolate + conv, and was 0.7 % off the fp32 result against 0.3 %). The transposed kernel is a
+    ``diffusion.onednn.DerivedWeight``; on the CPU it is packed for oneDNN and also rebuilt for a new
+    input shape or memory format. While cached, the weight is held about three times (the parameter
+    and the 16/9-sized packed kernel). Outputs on the CPU are channels-last.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -83,6 +87,7 @@ class NearestUpsampleConv2d(PackedConv2d):
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
+            and (x.device.type != "cpu" or self._uses_packed_path(x))
         )
 
     def _transposed_weight(self, x: torch.Tensor, packed: bool) -> torch.Tensor:

@@ -13,11 +13,12 @@ has it, since fp16 overflows in SDXL's VAE).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
 
-from diffusion.devices import select_device, select_dtype
+from diffusion.devices import cpu_computes_bf16_fast, select_device, select_dtype
 from diffusion.model_memory import ModelMemory
 
 __all__ = ["DTYPES", "ComputeSettingsError", "compute_device", "compute_dtype", "configure_compute", "model_memory"]
@@ -30,6 +31,7 @@ class ComputeSettingsError(ValueError):
     """A ``--device`` or ``--dtype`` this process cannot compute with."""
 
 
+_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _device_setting = "auto"
 _dtype_setting = "auto"
@@ -48,6 +50,11 @@ def configure_compute(device: str = "auto", dtype: str = "auto") -> None:
         raise ComputeSettingsError(f"dtype {dtype!r}: expected auto or one of {', '.join(DTYPES)}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ComputeSettingsError(f"device {device!r}: this torch build or machine has no CUDA device")
+    if resolved.type == "cpu" and dtype == "bf16" and not cpu_computes_bf16_fast():
+        _log.warning(
+            "--dtype bf16: this CPU has no native bf16 kernels (no AVX512_BF16/AMX with oneDNN support), so "
+            "bf16 is computed in software, several times slower than fp32; --dtype auto picks fp32 here"
+        )
     with _lock:
         _device_setting, _dtype_setting, _memory = device, dtype, None
 

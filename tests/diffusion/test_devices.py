@@ -24,9 +24,9 @@ def test_exact_mode_is_fp32_everywhere() -> None:
 
 
 def test_fast_mode_on_cpu_follows_the_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("diffusion.devices.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("diffusion.devices.cpu_computes_bf16_fast", lambda: True)
     assert select_dtype(torch.device("cpu"), fast=True) is torch.bfloat16
-    monkeypatch.setattr("diffusion.devices.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("diffusion.devices.cpu_computes_bf16_fast", lambda: False)
     assert select_dtype(torch.device("cpu"), fast=True) is torch.float32
 
 

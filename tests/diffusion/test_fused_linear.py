@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.fused_linear import FusedLinear, linear_gelu, linear_times
+from tests.diffusion.cpu_paths import requires_onednn
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -25,14 +26,14 @@ def tokens(dtype: torch.dtype, *shape: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 7, 5)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fp32_equals_nn_linear_for_any_leading_shape(shape: tuple[int, ...], bias: bool) -> None:
+def test_fp32_equals_nn_linear_for_any_leading_shape(shape: tuple[int, ...], bias: bool, cpu_path: str) -> None:
     layer = FusedLinear(16, 24, bias=bias).eval()
     x = torch.randn(*shape, 16)
     with torch.no_grad():
         assert relative_error(layer(x), F.linear(x, layer.weight, layer.bias)) < 1e-6
 
 
-def test_fp32_gelu_and_product_are_fused_without_changing_the_values() -> None:
+def test_fp32_gelu_and_product_are_fused_without_changing_the_values(cpu_path: str) -> None:
     weight, bias = weights(torch.float32)
     x, other = tokens(torch.float32, 2, 9), torch.randn(2, 9, 24)
     with torch.no_grad():
@@ -40,19 +41,30 @@ def test_fp32_gelu_and_product_are_fused_without_changing_the_values() -> None:
         assert relative_error(linear_times(x, weight, bias, other), F.linear(x, weight, bias) * other) < 1e-6
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_inference_runs_each_projection_as_one_onednn_call(dtype: torch.dtype) -> None:
-    """The GEGLU pattern (GELU of one projection times another) is two oneDNN matmuls and nothing else."""
+def profiled_geglu_and_projection(dtype: torch.dtype) -> list[str]:
+    """The ops one GEGLU pattern (GELU of one projection times another) and one projection call."""
     weight, bias = weights(dtype)
     x = tokens(dtype, 2, 9)
     with torch.no_grad(), torch.profiler.profile() as profile:
         linear_times(x, weight, bias, linear_gelu(x, weight, bias))
         FusedLinear(16, 24).to(dtype).eval()(x)
-    ops = [event.name for event in profile.events() if "::" in event.name]
-    assert ops.count("mkldnn::_linear_pointwise") == 3
-    assert not {"aten::gelu", "aten::mul", "aten::mul_", "aten::addmm", "aten::linear"} & set(ops)
+    return [event.name for event in profile.events() if "::" in event.name]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_inference_runs_each_projection_as_one_onednn_call(dtype: torch.dtype, cpu_path: str) -> None:
+    """On the fast path the GEGLU pattern is two oneDNN matmuls and nothing else; a CPU without
+    oneDNN kernels for the dtype computes the same with plain ``linear``, ``gelu`` and ``mul``."""
+    ops = profiled_geglu_and_projection(dtype)
+    if cpu_path == "onednn":
+        assert ops.count("mkldnn::_linear_pointwise") == 3
+        assert not {"aten::gelu", "aten::mul", "aten::mul_", "aten::addmm", "aten::linear"} & set(ops)
+    else:
+        assert "mkldnn::_linear_pointwise" not in ops
+        assert {"aten::linear", "aten::gelu", "aten::mul_"} <= set(ops)
+
+
+@requires_onednn(torch.bfloat16)
 def test_bf16_fusion_rounds_once_where_the_plain_path_rounds_twice() -> None:
     """The fused epilogue works on the fp32 accumulator, so it is at least as close to the fp32 truth."""
     weight, bias = weights(torch.bfloat16)
@@ -64,7 +76,7 @@ def test_bf16_fusion_rounds_once_where_the_plain_path_rounds_twice() -> None:
     assert relative_error(fused, truth) <= relative_error(plain, truth) + 2**-9
 
 
-def test_a_product_operand_that_does_not_match_the_output_takes_the_plain_path() -> None:
+def test_a_product_operand_that_does_not_match_the_output_takes_the_plain_path(cpu_path: str) -> None:
     weight, bias = weights(torch.float32)
     x = tokens(torch.float32, 3)
     other = torch.randn(24, 3).t()  # right shape, not contiguous

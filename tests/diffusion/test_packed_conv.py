@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.packed_conv import PackedConv2d
-
-pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+from tests.diffusion.cpu_paths import requires_onednn
 
 
 def conv(in_channels: int = 16, out_channels: int = 24, kernel: int = 3, **kwargs) -> PackedConv2d:
@@ -22,27 +21,28 @@ def reference(module: PackedConv2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_bf16_output_is_bit_identical_to_conv2d(memory_format: torch.memory_format) -> None:
-    module = conv(padding=1).to(torch.bfloat16).to(memory_format=memory_format)
-    x = torch.randn(2, 16, 9, 7, dtype=torch.bfloat16).contiguous(memory_format=memory_format)
+def test_bf16_output_is_bit_identical_to_conv2d(memory_format: torch.memory_format, dtype: torch.dtype, cpu_path: str) -> None:
+    module = conv(padding=1).to(dtype).to(memory_format=memory_format)
+    x = torch.randn(2, 16, 9, 7, dtype=dtype).contiguous(memory_format=memory_format)
     with torch.no_grad():
         assert torch.equal(module(x), reference(module, x))
-    assert module._packed.value is not None
+    assert (module._packed.value is not None) == (cpu_path == "onednn")
 
 
 @pytest.mark.parametrize(
     "options", [dict(kernel=3, padding=1), dict(kernel=3, stride=2), dict(kernel=1), dict(kernel=3, padding=2, dilation=2)],
     ids=["3x3", "stride2-unpadded", "1x1", "dilated"],
 )
-def test_fp32_output_matches_conv2d(options: dict) -> None:
+def test_fp32_output_matches_conv2d(options: dict, cpu_path: str) -> None:
     module = conv(**options)
     x = torch.randn(2, 16, 11, 10)
     with torch.no_grad():
         torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
 
 
-def test_every_input_size_is_computed_exactly() -> None:
+def test_every_input_size_is_computed_exactly(cpu_path: str) -> None:
     module = conv(padding=1)
     with torch.no_grad():
         for size in (8, 13, 4):
@@ -50,6 +50,7 @@ def test_every_input_size_is_computed_exactly() -> None:
             torch.testing.assert_close(module(x), reference(module, x), rtol=1e-5, atol=1e-5)
 
 
+@requires_onednn(torch.float32)
 def test_the_weight_is_repacked_for_a_new_input_shape_and_kept_while_the_shape_stays() -> None:
     """oneDNN chooses the packed layout from the input shape; a copy packed for another shape would be
     reordered again on every call (a UNet run at 512² and then at 256² kept paying for it)."""
@@ -64,7 +65,7 @@ def test_the_weight_is_repacked_for_a_new_input_shape_and_kept_while_the_shape_s
     assert module._packed.value is packed_for_8
 
 
-def test_in_place_weight_patch_is_seen_on_the_next_call() -> None:
+def test_in_place_weight_patch_is_seen_on_the_next_call(cpu_path: str) -> None:
     module = conv(padding=1)
     x = torch.randn(1, 16, 8, 8)
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_in_place_weight_patch_is_seen_on_the_next_call() -> None:
     assert not torch.allclose(before, after)
 
 
-def test_rebinding_the_weight_data_repacks_both_ways() -> None:
+def test_rebinding_the_weight_data_repacks_both_ways(cpu_path: str) -> None:
     module = conv(padding=1)
     x = torch.randn(1, 16, 8, 8)
     original = module.weight.data
@@ -87,13 +88,16 @@ def test_rebinding_the_weight_data_repacks_both_ways() -> None:
         assert torch.equal(module(x), before)
 
 
+@requires_onednn(torch.bfloat16)
 def test_dtype_change_repacks() -> None:
     module = conv(padding=1)
     x = torch.randn(1, 16, 8, 8)
     with torch.no_grad():
         module(x)
+        packed_fp32 = module._packed.value
         module.to(torch.bfloat16)
         assert torch.equal(module(x.bfloat16()), reference(module, x.bfloat16()))
+    assert module._packed.value is not packed_fp32 and module._packed.value.dtype == torch.bfloat16
 
 
 def test_autograd_takes_the_plain_path() -> None:
@@ -104,6 +108,7 @@ def test_autograd_takes_the_plain_path() -> None:
     assert module._packed.value is None
 
 
+@requires_onednn(torch.float32)
 def test_copies_drop_the_cache_and_keep_the_state_dict_keys() -> None:
     module = conv(padding=1)
     with torch.no_grad():

@@ -114,11 +114,12 @@ def test_sdxl_adm_vector_matches_diffusers_text_time_embedding_at_full_size():
     assert torch.allclose(sdxl_refiner_adm_vector(pooled, ORIGINAL, CROP, AESTHETIC), refiner, atol=1e-6)
 
 
-def test_bf16_weights_and_channels_last_take_fp32_inputs_and_return_fp32():
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_bf16_weights_and_channels_last_take_fp32_inputs_and_return_fp32(dtype, cpu_path):
     reference, weights = tiny_unet("sdxl")
     x, t, context, y, extra = _inputs("sdxl")
     unet = unet_from_state_dict({k: v.clone() for k, v in weights.items()})
-    unet = unet.to(torch.bfloat16).to(memory_format=torch.channels_last)
+    unet = unet.to(dtype).to(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = reference(x, t, context, **extra).sample
         actual = unet(x, t, context, y)
@@ -126,7 +127,7 @@ def test_bf16_weights_and_channels_last_take_fp32_inputs_and_return_fp32():
     assert (actual - expected).abs().max() / expected.abs().max() < 0.05
 
 
-def test_channels_last_fp32_keeps_parity():
+def test_channels_last_fp32_keeps_parity(cpu_path):
     reference, weights = tiny_unet("sd1")
     x, t, context, _, _ = _inputs("sd1")
     unet = unet_from_state_dict({k: v.clone() for k, v in weights.items()}).to(memory_format=torch.channels_last)

@@ -27,7 +27,7 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("height, width", [(8, 8), (7, 5), (1, 3)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fp32_output_equals_upsample_then_convolve(height: int, width: int, channels_last: bool) -> None:
+def test_fp32_output_equals_upsample_then_convolve(height: int, width: int, channels_last: bool, cpu_path: str) -> None:
     conv = layer(6, 5)
     x = torch.randn(2, 6, height, width)
     if channels_last:
@@ -38,9 +38,31 @@ def test_fp32_output_equals_upsample_then_convolve(height: int, width: int, chan
     assert relative_error(got, reference(conv, x)) < 1e-5
 
 
-def test_bf16_differs_only_by_rounding_the_summed_taps_once() -> None:
-    conv = layer(32, 32).to(torch.bfloat16).to(memory_format=torch.channels_last)
-    x = torch.randn(1, 32, 16, 16, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_cpu_without_onednn_kernels_for_the_dtype_upsamples_and_convolves_as_written(dtype: torch.dtype, cpu_path: str) -> None:
+    """PyTorch's native CPU transposed convolution is the slow one (and rounds more in bf16), so the
+    transposed kernel is built only where oneDNN runs it."""
+    conv = layer(4, 4).to(dtype)
+    x = torch.randn(1, 4, 6, 6, dtype=dtype)
+    with torch.no_grad():
+        got = conv(x)
+    assert (conv._transposed.value is not None) == (cpu_path == "onednn")
+    if cpu_path == "plain":
+        assert torch.equal(got, F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1))
+
+
+def test_the_transposed_kernel_computes_the_block_through_plain_conv_transpose2d() -> None:
+    """What a GPU runs: the same kernel through ``F.conv_transpose2d`` (cuDNN there, native here)."""
+    conv, x = layer(6, 5), torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        got = F.conv_transpose2d(x, transposed_kernel(conv.weight), conv.bias, stride=2, padding=1)
+    assert relative_error(got, reference(conv, x)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_bf16_differs_only_by_rounding_the_summed_taps_once(dtype: torch.dtype, cpu_path: str) -> None:
+    conv = layer(32, 32).to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 32, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         got = conv(x)
         written = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1)
@@ -73,24 +95,16 @@ def test_transposed_kernel_sums_the_taps_that_land_on_one_input_pixel() -> None:
     assert kernel.sum().item() == 4 * weight.sum().item(), "each of the four output phases uses every tap once"
 
 
-def test_other_devices_take_the_plain_transposed_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Off the CPU (or without oneDNN) the same kernel runs through ``F.conv_transpose2d``."""
-    conv, x = layer(6, 5), torch.randn(2, 6, 5, 7)
-    monkeypatch.setattr(NearestUpsampleConv2d, "_uses_packed_path", lambda self, x: False)
-    with torch.no_grad():
-        got = conv(x)
-    assert relative_error(got, reference(conv, x)) < 1e-5
-
-
-def test_every_input_size_and_batch_is_computed_exactly() -> None:
-    conv = layer(8, 8).to(torch.bfloat16).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_every_input_size_and_batch_is_computed_exactly(dtype: torch.dtype, cpu_path: str) -> None:
+    conv = layer(8, 8).to(dtype).to(memory_format=torch.channels_last)
     with torch.no_grad():
         for shape in ((1, 8, 16, 16), (3, 8, 5, 9), (2, 8, 32, 8)):
-            x = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
             assert relative_error(conv(x), reference(conv, x)) < 1e-2
 
 
-def test_changed_weights_are_seen_on_the_next_call() -> None:
+def test_changed_weights_are_seen_on_the_next_call(cpu_path: str) -> None:
     conv, x = layer(3, 3), torch.randn(1, 3, 4, 4)
     with torch.no_grad():
         conv(x)
@@ -109,7 +123,7 @@ def test_same_parameters_as_the_convolution_it_replaces_and_gradients_still_flow
     assert x.grad is not None and conv.weight.grad is not None
 
 
-def test_a_copy_after_use_drops_the_cached_kernel_and_computes_the_same() -> None:
+def test_a_copy_after_use_drops_the_cached_kernel_and_computes_the_same(cpu_path: str) -> None:
     conv = layer(4, 4).to(memory_format=torch.channels_last)
     x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

@@ -68,9 +68,10 @@ def test_attention_projections_stored_as_matrices_load_as_1x1_convolutions(pair,
         assert torch.equal(vae_from_state_dict(flat).decode(latent), vae_from_state_dict(weights).decode(latent))
 
 
-def test_bf16_weights_take_fp32_inputs_and_return_fp32(pair, latent):
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_bf16_weights_take_fp32_inputs_and_return_fp32(pair, latent, dtype, cpu_path):
     reference, weights = pair
-    vae = vae_from_state_dict({k: v.clone() for k, v in weights.items()}).to(torch.bfloat16)
+    vae = vae_from_state_dict({k: v.clone() for k, v in weights.items()}).to(dtype)
     with torch.no_grad():
         expected = reference.decode(latent).sample
         actual = vae.decode(latent)

@@ -46,3 +46,14 @@ def test_reconfiguring_replaces_the_memory_manager() -> None:
 def test_bad_settings_are_refused_with_the_setting_named(device: str, dtype: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         configure_compute(device, dtype)
+
+
+@pytest.mark.parametrize(("fast_bf16", "warned"), [(False, True), (True, False)])
+def test_bf16_on_a_cpu_without_native_bf16_runs_but_warns_that_it_is_slow(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fast_bf16: bool, warned: bool
+) -> None:
+    monkeypatch.setattr("nodes.compute.cpu_computes_bf16_fast", lambda: fast_bf16)
+    with caplog.at_level("WARNING", logger="nodes.compute"):
+        configure_compute("cpu", "bf16")
+    assert compute_dtype() == torch.bfloat16
+    assert ("no native bf16 kernels" in caplog.text) is warned
