@@ -67,7 +67,9 @@ def _unet_config(family: ModelFamily, inpaint: bool) -> UNetConfig:
     )
 
 
-_VAE_CONFIG = VAEConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4)
+# Four levels, as in every SD VAE (multipliers 1, 2, 4, 4): three 2x stages give the real 8x factor,
+# so a tiny workflow makes exactly the image size a real checkpoint makes; only the widths are small.
+_VAE_CONFIG = VAEConfig(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=4, embed_dim=4)
 
 
 def _clip(activation: Activation, projection: bool) -> ClipTextModel:

@@ -52,7 +52,7 @@ def test_every_family_loads_and_runs_text_to_latent_to_image(tmp_path: Path, fam
         out = loaded.unet(x, torch.tensor([999.0]), cond, y)
         image = loaded.vae.decode(out)
     assert cond.shape[:2] == (1, 77) and cond.shape[-1] == loaded.unet.config.context_dim
-    assert out.shape == x.shape and image.shape == (1, 3, 16, 16)
+    assert out.shape == x.shape and image.shape == (1, 3, 64, 64)
     assert torch.isfinite(image).all()
 
 
@@ -76,7 +76,7 @@ def test_a_vae_file_loads_only_a_vae(tmp_path: Path) -> None:
     save_file(vae, tmp_path / "vae.safetensors")
     loaded = load_checkpoint(tmp_path / "vae.safetensors")
     assert (loaded.unet, loaded.text_encoders) == (None, None)
-    assert loaded.vae.decode(torch.zeros(1, 4, 4, 4)).shape == (1, 3, 8, 8)
+    assert loaded.vae.decode(torch.zeros(1, 4, 4, 4)).shape == (1, 3, 32, 32)
 
 
 def test_weights_that_do_not_fit_name_the_file_and_the_key(tmp_path: Path) -> None:

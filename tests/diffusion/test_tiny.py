@@ -132,14 +132,16 @@ def test_vae_weights_read_by_diffusers_decode_like_loom(tiny_files: dict[str, Pa
     from safetensors.torch import load_file
 
     reference = AutoencoderKL(
-        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+        block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
     ).eval()
     reference.load_state_dict(convert_ldm_vae_checkpoint(load_file(tiny_files["sd15"]), dict(reference.config)), strict=True)
     vae = load_checkpoint(tiny_files["sd15"]).vae
-    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latent = torch.randn(1, 4, 8, 6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(vae.decode(latent), reference.decode(latent).sample, atol=1e-4, rtol=1e-4)
+        decoded = vae.decode(latent)
+        torch.testing.assert_close(decoded, reference.decode(latent).sample, atol=1e-4, rtol=1e-4)
+    assert decoded.shape[-2:] == (64, 48), "the real 8x factor: a tiny workflow makes a real model's image size"
 
 
 def _transformers_clip(checkpoint: dict[str, torch.Tensor], prefix: str, openclip: bool, projected: bool):

@@ -73,7 +73,7 @@ def test_the_default_sd15_workflow_runs_and_a_fixed_seed_gives_identical_bytes(f
     first = saved(folders, run_prompt(make_executor(), txt2img(), "a"))
     second = saved(folders, run_prompt(make_executor(), txt2img(), "b"))
     assert first != second and first.read_bytes() == second.read_bytes()
-    assert pixels(first).shape == (16, 16, 3)  # 64 px -> 8x8 latent -> the tiny VAE doubles it
+    assert pixels(first).shape == (64, 64, 3)  # the size asked for: the tiny VAE has the real 8x factor
     other_seed = saved(folders, run_prompt(make_executor(), txt2img(seed=43), "c"))
     assert not np.array_equal(pixels(other_seed), pixels(first))
 
@@ -141,6 +141,13 @@ def img2img(denoise: float) -> dict[str, Any]:
     return prompt
 
 
+def test_a_tiny_checkpoint_makes_exactly_the_image_size_asked_for(folders: Folders, models: Path) -> None:
+    """What a real checkpoint makes: the tiny VAE has the real 8x factor, so clients see real sizes."""
+    prompt = txt2img()
+    prompt["5"]["inputs"].update(width=64, height=48)
+    assert pixels(saved(folders, run_prompt(make_executor(), prompt))).shape == (48, 64, 3)
+
+
 def test_img2img_keeps_the_picture_size_and_more_denoise_changes_more(folders: Folders, models: Path) -> None:
     write_input(folders, "photo.png")
     executor = make_executor()
@@ -206,7 +213,7 @@ def test_hires_fix_upscales_the_latent_and_samples_again(folders: Folders, model
     prompt["21"] = {"class_type": "KSampler", "inputs": {**prompt["3"]["inputs"], "latent_image": ["20", 0], "denoise": 0.5}}
     prompt["8"]["inputs"]["samples"] = ["21", 0]
     record = run_prompt(make_executor(), prompt)
-    assert pixels(saved(folders, record)).shape == (24, 24, 3)
+    assert pixels(saved(folders, record)).shape == (96, 96, 3)
 
 
 def test_sdxl_txt2img_runs_through_the_same_nodes(folders: Folders, models: Path) -> None:
@@ -214,7 +221,7 @@ def test_sdxl_txt2img_runs_through_the_same_nodes(folders: Folders, models: Path
     first = saved(folders, run_prompt(make_executor(), txt2img(ckpt=SDXL), "a"))
     second = saved(folders, run_prompt(make_executor(), txt2img(ckpt=SDXL), "b"))
     assert first.read_bytes() == second.read_bytes()
-    assert pixels(first).shape == (16, 16, 3)
+    assert pixels(first).shape == (64, 64, 3)
 
 
 def test_a_missing_checkpoint_fails_with_the_folders_searched(folders: Folders, models: Path) -> None:
