@@ -3,9 +3,11 @@
 The server or CLI calls ``configure_folders`` once; nodes call ``current_folders()`` when they run,
 never at import time, so one process can serve any base directory (and tests use temporary ones).
 
-Every path built from a user-supplied name is resolved, symlinks included, and only then checked for
-containment. ComfyUI checks the unresolved path, which lets a symlink inside an allowed folder reach
-anywhere (COMPAT 1.6, issue #12285); resolving first closes that hole.
+In the folders that web requests write and read (input, output, temp), every path built from a
+user-supplied name is resolved, symlinks included, and only then checked for containment. ComfyUI
+checks the unresolved path, which lets a symlink inside an allowed folder reach anywhere (COMPAT 1.6,
+issue #12285); resolving first closes that hole. Model folders are the owner's: there symlinks are
+followed wherever they lead, and only the name is checked (``join_inside``).
 
 Save naming follows ComfyUI (COMPAT 5, "Save naming") so clients that predict or parse file names keep
 working: ``<subfolder>/<base>_<counter:05>_.png`` with ``counter`` one past the highest existing one.
@@ -103,22 +105,42 @@ def current_folders() -> Folders:
     return _current
 
 
-def resolve_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
-    """``folder/name`` resolved through symlinks; refused unless it stays inside ``folder``.
-
-    Absolute names are refused outright, even ones that happen to point inside: a client never has a
-    reason to know the server's directory layout.
-    """
+def _checked_name(folder: Path, name: str | os.PathLike[str]) -> str:
+    """The name as text, refused when it holds a NUL byte or is absolute: even an absolute name that
+    happens to point inside is refused, since a client never has a reason to know the server's layout."""
     text = os.fspath(name)
     if "\x00" in text:
         raise UnsafePathError(text, folder, "contains a NUL byte")
     if PurePath(text).is_absolute():
         raise UnsafePathError(text, folder, "absolute paths are not allowed")
+    return text
+
+
+def resolve_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
+    """``folder/name`` resolved through symlinks; refused unless it stays inside ``folder``.
+
+    For the folders that web requests write and read (input, output, temp, user): a symlink placed
+    there, by an upload or anyone else, must not lead a request out of them.
+    """
+    text = _checked_name(folder, name)
     root = folder.resolve()
     candidate = (root / text).resolve()
     if not candidate.is_relative_to(root):
         raise UnsafePathError(text, folder, "it resolves outside the folder")
     return candidate
+
+
+def join_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
+    """``folder/name`` for a name that stays inside ``folder`` as written; symlinks are followed.
+
+    For model folders, which the machine's owner configures: linking model files or whole folders in
+    from another install or disk is what this field's users do, so a link may point anywhere. The name
+    itself, which a request supplies, may not climb out: no ``..`` component, nothing absolute.
+    """
+    text = _checked_name(folder, name)
+    if ".." in PurePath(text).parts:
+        raise UnsafePathError(text, folder, "'..' is not allowed in a model name")
+    return folder / text
 
 
 _ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<kind>input|output|temp)\]$")

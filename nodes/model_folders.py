@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.folders import current_folders, resolve_inside
+from nodes.folders import current_folders, join_inside
 
 __all__ = [
     "FOLDER_ALIASES",
@@ -150,10 +150,21 @@ def folder_paths(key: str) -> list[Path]:
 
 
 def _walk(root: Path, extensions: frozenset[str] | None, mtimes: dict[Path, float]) -> list[str]:
-    """Names under ``root`` as ``sub/name.ext``; records each visited directory's mtime in ``mtimes``."""
+    """Names under ``root`` as ``sub/name.ext``; records each visited directory's mtime in ``mtimes``.
+
+    Symlinked files and folders are followed (model folders are the owner's, ``join_inside``); a
+    folder reached twice through links (a link to an ancestor) is walked once, and a dangling link is
+    not listed, so every listed name is one ``find_model`` loads.
+    """
     found = []
+    seen: set[tuple[int, int]] = set()
     for directory, subdirectories, files in os.walk(root, followlinks=True):
-        mtimes[Path(directory)] = os.stat(directory).st_mtime
+        status = os.stat(directory)
+        if (status.st_dev, status.st_ino) in seen:
+            subdirectories[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        mtimes[Path(directory)] = status.st_mtime
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         relative = Path(directory).relative_to(root)
         if extensions is MODEL_DIRECTORIES:
@@ -161,7 +172,9 @@ def _walk(root: Path, extensions: frozenset[str] | None, mtimes: dict[Path, floa
                 found.append(relative.as_posix())
             continue
         for file_name in files:
-            if not file_name.startswith(".") and (extensions is None or Path(file_name).suffix.lower() in extensions):
+            if file_name.startswith(".") or not (extensions is None or Path(file_name).suffix.lower() in extensions):
+                continue
+            if os.path.isfile(os.path.join(directory, file_name)):
                 found.append((relative / file_name).as_posix())
     return found
 
@@ -195,12 +208,13 @@ def list_models(key: str) -> list[str]:
 def find_model(key: str, name: str) -> Path:
     """The file ``name`` (as listed by ``list_models``) in the first of ``key``'s folders that has it.
 
-    Each candidate is resolved through symlinks and must stay inside its folder (``resolve_inside``).
+    The name may not climb out of a folder (``join_inside``); symlinks in it are followed wherever
+    they lead, as ``list_models`` follows them.
     """
     searched = folder_paths(key)
     for folder in searched:
         if folder.is_dir():
-            path = resolve_inside(folder, name)
+            path = join_inside(folder, name)
             if path.is_file() or (_spec(key).extensions is MODEL_DIRECTORIES and path.is_dir()):
                 return path
     raise ModelNotFoundError(canonical_key(key), name, searched)

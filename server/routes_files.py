@@ -1,6 +1,8 @@
 """``/view``, ``/view_metadata/{folder}``, ``/upload/image``, ``/upload/mask`` (COMPAT 1.6).
 
-Only the input, output and temp folders are reachable. Every path is resolved through symlinks by
+Only the input, output and temp folders are reachable for files, and model folders for the headers
+of ``.safetensors`` files (found as the loaders find them: ``nodes.model_folders.find_model``, which
+follows the owner's symlinks). Every input/output/temp path is resolved through symlinks by
 ``nodes.folders.resolve_inside`` before its containment check (ComfyUI #12285), file names must be
 plain names (directories go in ``subfolder``), and files are served so they can never run as a page
 (``server.downloads``). Uploads dedupe by SHA-256: identical bytes under a taken name return the
@@ -21,6 +23,7 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from nodes.folders import FOLDER_KINDS, UnsafePathError, resolve_inside, split_annotation
+from nodes.model_folders import ModelNotFoundError, UnknownModelFolderError, find_model
 from server.downloads import bytes_response, file_response
 from server.keys import FOLDERS
 from server.responses import error_response
@@ -104,16 +107,15 @@ def _safetensors_metadata(path: Path) -> dict[str, Any] | None:
 
 @routes.get("/view_metadata/{folder}")
 async def view_metadata(request: web.Request) -> web.Response:
-    folders = request.app[FOLDERS]
     name = request.query.get("filename", "")
     if not name.endswith(".safetensors"):
         return error_response(404, "not_found", "Only .safetensors files carry metadata")
     try:
-        path = resolve_inside(resolve_inside(folders.models, request.match_info["folder"]), name)
+        path = await asyncio.to_thread(find_model, request.match_info["folder"], name)
     except UnsafePathError as error:
         return _refused(error)
-    if not path.is_file():
-        return error_response(404, "not_found", f"No model {name!r}")
+    except (UnknownModelFolderError, ModelNotFoundError):
+        return error_response(404, "not_found", f"No model {name!r} in {request.match_info['folder']!r}")
     try:
         metadata = await asyncio.to_thread(_safetensors_metadata, path)
     except (OSError, ValueError, struct.error) as error:

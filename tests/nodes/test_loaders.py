@@ -46,6 +46,22 @@ def test_a_missing_file_names_the_folders_searched(folders: Folders) -> None:
         CheckpointLoaderSimple("nope.safetensors")
 
 
+def test_a_checkpoint_linked_in_from_another_disk_is_listed_and_loads(folders: Folders, tmp_path_factory) -> None:
+    """Linking model files from another install is what users do; the folder is the owner's to link."""
+    elsewhere = tmp_path_factory.mktemp("other_install")
+    shared = tiny_checkpoint(elsewhere, "shared.safetensors")
+    (folders.models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (folders.models / "checkpoints" / "linked.safetensors").symlink_to(shared)
+    (folders.models / "checkpoints" / "library").symlink_to(shared.parent, target_is_directory=True)
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    listed = registry.object_info()["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    assert listed == ["library/shared.safetensors", "linked.safetensors"]
+    for name in listed:
+        model, clip, vae = CheckpointLoaderSimple(name)
+        assert model.family.value == "sd15" and vae.latent_channels == 4
+
+
 def test_vae_loader_reads_the_vae_of_a_file_and_refuses_one_without(loaded, folders: Folders) -> None:
     tiny_checkpoint(folders.models, "vae.safetensors", folder="vae")
     vae = VAELoader("vae.safetensors")

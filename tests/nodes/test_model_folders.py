@@ -105,6 +105,49 @@ def test_find_model_searches_extra_folders_and_refuses_escapes(folders: Folders,
         find_model("loras", "../secret.safetensors")
 
 
+def test_symlinked_files_and_folders_are_followed_wherever_they_lead(folders: Folders, tmp_path: Path) -> None:
+    outside = touch(tmp_path / "disk" / "big.safetensors")
+    touch(tmp_path / "disk" / "nested" / "deep.safetensors")
+    loras = folders.models / "loras"
+    loras.mkdir()
+    (loras / "big.safetensors").symlink_to(outside)
+    (loras / "disk").symlink_to(tmp_path / "disk", target_is_directory=True)
+    assert list_models("loras") == ["big.safetensors", "disk/big.safetensors", "disk/nested/deep.safetensors"]
+    for name in list_models("loras"):
+        assert find_model("loras", name).is_file()
+    assert find_model("loras", "big.safetensors") == loras / "big.safetensors"
+
+
+def test_symlinks_in_extra_model_paths_folders_are_followed_too(folders: Folders, tmp_path: Path) -> None:
+    target = touch(tmp_path / "disk" / "style.safetensors")
+    extra = tmp_path / "comfy" / "models" / "loras"
+    extra.mkdir(parents=True)
+    (extra / "style.safetensors").symlink_to(target)
+    config = tmp_path / "extra.yaml"
+    config.write_text(f"comfyui:\n    base_path: {tmp_path / 'comfy'}\n    loras: models/loras\n")
+    add_extra_model_paths(config)
+    assert list_models("loras") == ["style.safetensors"]
+    assert find_model("loras", "style.safetensors").read_bytes() == b"x"
+
+
+def test_dangling_links_are_not_listed_and_link_loops_end(folders: Folders, tmp_path: Path) -> None:
+    root = folders.models / "checkpoints"
+    touch(root / "real.safetensors")
+    (root / "gone.safetensors").symlink_to(tmp_path / "deleted.safetensors")
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    assert list_models("checkpoints") == ["real.safetensors"]
+    with pytest.raises(ModelNotFoundError):
+        find_model("checkpoints", "gone.safetensors")
+
+
+@pytest.mark.parametrize("name", ["../secret.safetensors", "sub/../../secret.safetensors", "/etc/passwd", "a\x00b"])
+def test_a_model_name_may_not_climb_out_of_its_folder(folders: Folders, name: str) -> None:
+    touch(folders.models / "secret.safetensors")
+    (folders.models / "checkpoints" / "sub").mkdir(parents=True)
+    with pytest.raises(UnsafePathError):
+        find_model("checkpoints", name)
+
+
 def test_unknown_folder_key_is_an_error_listing_known_keys(folders: Folders) -> None:
     with pytest.raises(UnknownModelFolderError, match="checkpoints"):
         list_models("nonsense")

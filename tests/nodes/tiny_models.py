@@ -1,7 +1,7 @@
 """Tiny model files for node tests: checkpoints from ``diffusion.tiny`` and kohya-format LoRAs.
 
 Checkpoints are written once per session and family, then copied into each test's models folder
-(copied, not linked: model folders refuse symlinks that resolve outside them).
+(copied, not linked, so that a test may change its file without touching another test's).
 """
 
 from __future__ import annotations

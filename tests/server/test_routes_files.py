@@ -120,15 +120,28 @@ async def test_view_traversal_is_refused(client, folders, query):
     assert b"TOPSECRET" not in await response.read()
 
 
-async def test_view_refuses_a_symlink_that_leaves_the_folder(client, folders, tmp_path_factory):
+@pytest.mark.parametrize("kind", ["input", "output", "temp"])
+async def test_view_refuses_a_symlink_that_leaves_the_folder(client, folders, tmp_path_factory, kind):
+    """Unlike model folders, the folders requests read and write never follow a link out of them."""
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.png").write_bytes(png())
-    (folders / "output" / "link.png").symlink_to(outside / "secret.png")
-    (folders / "output" / "linkdir").symlink_to(outside, target_is_directory=True)
-    assert (await client.get("/view", params={"filename": "link.png"})).status == 403
-    assert (await client.get("/view", params={"filename": "secret.png", "subfolder": "linkdir"})).status == 403
-    upload = await client.post("/upload/image", data=form(png(), name="new.png", subfolder="linkdir", type="output"))
+    (folders / kind).mkdir(exist_ok=True)
+    (folders / kind / "link.png").symlink_to(outside / "secret.png")
+    (folders / kind / "linkdir").symlink_to(outside, target_is_directory=True)
+    assert (await client.get("/view", params={"filename": "link.png", "type": kind})).status == 403
+    assert (await client.get("/view", params={"filename": "secret.png", "subfolder": "linkdir", "type": kind})).status == 403
+    upload = await client.post("/upload/image", data=form(png(), name="new.png", subfolder="linkdir", type=kind))
     assert upload.status == 403 and not (outside / "new.png").exists()
+
+
+async def test_view_metadata_follows_a_symlinked_model_file(client, folders, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("other_disk")
+    header = json.dumps({"__metadata__": {"ss_network_dim": "4"}}).encode()
+    (outside / "style.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (folders / "models" / "loras").mkdir(parents=True)
+    (folders / "models" / "loras" / "style.safetensors").symlink_to(outside / "style.safetensors")
+    response = await client.get("/view_metadata/loras", params={"filename": "style.safetensors"})
+    assert response.status == 200 and await response.json() == {"ss_network_dim": "4"}
 
 
 async def test_active_content_is_never_served_as_a_page(client, folders):
@@ -150,5 +163,7 @@ async def test_view_metadata_reads_the_safetensors_header(client, folders):
     assert await response.json() == {"modelspec.title": "tiny"}
     assert (await client.get("/view_metadata/checkpoints", params={"filename": "none.safetensors"})).status == 404
     (folders / "m.safetensors").write_bytes((checkpoints / "m.safetensors").read_bytes())
-    escape = URL("/view_metadata/..%2F..?filename=m.safetensors", encoded=True)
+    escape = URL("/view_metadata/checkpoints?filename=..%2F..%2Fm.safetensors", encoded=True)
     assert (await client.get(escape)).status == 403
+    not_a_folder_key = URL("/view_metadata/..%2F..?filename=m.safetensors", encoded=True)
+    assert (await client.get(not_a_folder_key)).status == 404
