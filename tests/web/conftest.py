@@ -172,6 +172,12 @@ class EditorPage:
     def workflow(self) -> dict[str, Any]:
         return self.js("() => loom.graph.toJSON()")
 
+    def open_file(self, name: str, data: bytes, mime: str = "application/json") -> None:
+        """Open a file the way a person does: the toolbar's Open button, then the file chooser."""
+        with self.page.expect_file_chooser() as chooser:
+            self.page.click("#btn-open")
+        chooser.value.set_files(files=[{"name": name, "mimeType": mime, "buffer": data}])
+
     def drop_file(self, name: str, data: bytes, mime: str) -> None:
         """Drop a file on the canvas the way a file manager does: a drop event carrying a DataTransfer."""
         transfer = self.page.evaluate_handle(

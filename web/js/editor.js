@@ -92,6 +92,7 @@ export class Editor extends EventTarget {
     localStorage.setItem(STORAGE_KEY, this.snapshot());
   }
 
+  /** Opens a whole workflow: 'load' tells the canvas to check that the saved view shows it, 'change' the rest. */
   load(json) {
     this.graph = Graph.fromJSON(json);
     this.view.fromDs(this.graph.extra.ds);
@@ -102,6 +103,7 @@ export class Editor extends EventTarget {
     this.history.reset(snapshot);
     localStorage.setItem(STORAGE_KEY, snapshot);
     this.markDirty();
+    this.dispatchEvent(new Event('load'));
     this.dispatchEvent(new Event('change'));
   }
 

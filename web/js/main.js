@@ -1,6 +1,7 @@
 /**
- * Boot: read the user and settings, the node library (/object_info), then restore the last graph from
- * localStorage or open the default SD1.5 workflow; wire the toolbar, panels, shortcuts and file drops.
+ * Boot: read the user and settings, the node library (/object_info, plus the editor's own note
+ * nodes), then restore the last graph from localStorage or open the default SD1.5 workflow; wire the
+ * toolbar, panels, shortcuts and file drops.
  * `window.loom` exposes the model and slot coordinates so browser tests can aim real mouse events.
  */
 import { Api } from './api.js';
@@ -10,6 +11,7 @@ import { Editor, STORAGE_KEY } from './editor.js';
 import { ExecutionState } from './execution.js';
 import { ExtensionHost, showPluginNotice } from './extensions.js';
 import { downloadJson, pickFile, readWorkflowFile } from './files.js';
+import { withFrontendNodes } from './frontend_nodes.js';
 import { MODE_BYPASS, MODE_NEVER } from './graph_model.js';
 import { commandFor } from './keymap.js';
 import { closeMenus, showMenu } from './menus.js';
@@ -30,7 +32,7 @@ async function boot() {
   const api = new Api();
   await api.json('/users');
   await api.json('/settings');
-  const defs = await api.json('/object_info');
+  const defs = withFrontendNodes(await api.json('/object_info'));
   const extensions = new ExtensionHost(api);
   await extensions.load();
   let checkpoints = [];
@@ -203,6 +205,7 @@ async function boot() {
     widget: (nodeId, name, where) => controller.widgetOnScreen(nodeId, name, where),
     title: (nodeId) => controller.titleOnScreen(nodeId),
     resizeHandle: (nodeId) => controller.resizeHandleOnScreen(nodeId),
+    bounds: (nodeId) => controller.boundsOnScreen(nodeId),
     prompt: () => graphToPrompt(editor.graph, defs),
     ready: true,
   };

@@ -6,7 +6,8 @@ export function createNode(def, pos = [0, 0]) {
   const node = makeNode({
     type: def.name,
     pos,
-    size: [240, 0], // no height of its own: the first layout fits it to the content
+    // A definition may ask for a size (a note wants room to write); else the first layout fits the height to the content.
+    size: def.size ? [...def.size] : [240, 0],
     inputs: inputSpecs(def).filter((i) => i.kind === 'socket').map((i) => ({ name: i.name, type: i.type, link: null })),
     outputs: outputSpecs(def).map((o) => ({ name: o.name, type: o.type, links: [] })),
     properties: { 'Node name for S&R': def.name },

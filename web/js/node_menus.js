@@ -3,6 +3,7 @@
  * Each entry calls an editor method, so menu actions are undoable like any other edit.
  */
 import { MODE_ALWAYS, MODE_BYPASS, MODE_NEVER } from './graph_model.js';
+import { VIRTUAL_TYPES } from './node_defs.js';
 import { linkMidpoint } from './canvas/render.js';
 import { GROUP_COLORS } from './canvas/colors.js';
 
@@ -60,7 +61,8 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
   }
   if (hit && (hit.kind === 'node' || hit.kind === 'title' || hit.kind === 'widget')) {
     const node = hit.node;
-    const widgets = editor.widgetsFor(node).filter((w) => !w.control && w.kind !== 'upload');
+    // A node that never reaches the server has nothing to feed a widget turned into an input.
+    const widgets = VIRTUAL_TYPES.has(node.type) ? [] : editor.widgetsFor(node).filter((w) => !w.control && w.kind !== 'upload');
     const converted = new Set(node.inputs.filter((i) => i.widget).map((i) => i.widget.name));
     const several = editor.selection.size > 1;
     return [

@@ -9,12 +9,14 @@ import { clampNumber, dragNumber, stepNumber } from '../widgets/number.js';
 import { openTextEditor } from '../widgets/text_editor.js';
 import { DomWidgetLayer } from './dom_widgets.js';
 import { hitTest } from './hit_test.js';
-import { nodeBounds, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
-import { minimapToWorld } from './minimap.js';
+import { enclosingRect, nodeBounds, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
+import { besideMinimap, minimapFrame, minimapToWorld } from './minimap.js';
 import { layoutAll, renderFrame } from './render.js';
+import { fitScale } from './view.js';
 
 const ARROW_ZONE = 18;
 const DRAG_THRESHOLD = 3;
+const SHOWN_INSET = 24;
 
 export class CanvasController {
   constructor(canvas, editor, actions) {
@@ -32,6 +34,9 @@ export class CanvasController {
     this.resize();
     // Not only window resizes: a notice above the canvas or an opened panel changes its box too.
     new ResizeObserver(() => this.resize()).observe(canvas);
+    // The graph opened at boot came before this canvas; later ones announce themselves.
+    this.revealGraph();
+    editor.addEventListener('load', () => this.revealGraph());
     canvas.addEventListener('pointerdown', (e) => this.onDown(e));
     addEventListener('pointermove', (e) => this.onMove(e));
     addEventListener('pointerup', (e) => this.onUp(e));
@@ -90,6 +95,12 @@ export class CanvasController {
   titleOnScreen(nodeId) {
     const box = this.currentBoxes().get(nodeId);
     return this.pageOf(box.x + box.w / 2, box.y - TITLE_H / 2);
+  }
+
+  /** The node's whole box, title bar included, as page coordinates [left, top, right, bottom]. */
+  boundsOnScreen(nodeId) {
+    const [x, y, w, h] = nodeBounds(this.currentBoxes().get(nodeId));
+    return [...this.pageOf(x, y), ...this.pageOf(x + w, y + h)];
   }
 
   resizeHandleOnScreen(nodeId) {
@@ -367,18 +378,35 @@ export class CanvasController {
 
   /** Zoom and centre on the selection, or on everything when nothing is selected. */
   fit() {
-    const nodes = this.editor.selection.size ? this.editor.selectedNodes() : [...this.editor.graph.nodes.values()];
+    this.fitNodes(this.editor.selection.size ? this.editor.selectedNodes() : [...this.editor.graph.nodes.values()]);
+  }
+
+  /** The whole canvas is used, unless the minimap would cover a node: then the roomier band beside or above it. */
+  fitNodes(nodes) {
     if (!nodes.length) return;
+    const { view, showMinimap } = this.editor;
     const boxes = nodes.map((n) => nodeBounds(this.editor.layout(n)));
-    const x0 = Math.min(...boxes.map((b) => b[0]));
-    const y0 = Math.min(...boxes.map((b) => b[1]));
-    const x1 = Math.max(...boxes.map((b) => b[0] + b[2]));
-    const y1 = Math.max(...boxes.map((b) => b[1] + b[3]));
-    const view = this.editor.view;
-    view.scale = Math.min(1.5, Math.max(0.1, Math.min(this.width / (x1 - x0 + 80), this.height / (y1 - y0 + 80))));
-    view.centerOn((x0 + x1) / 2, (y0 + y1) / 2, this.width, this.height);
+    const rect = enclosingRect(boxes);
+    view.fit(rect, [0, 0, this.width, this.height]);
+    const underMinimap = view.worldRect(minimapFrame(this.width, this.height));
+    if (showMinimap && boxes.some((box) => rectsOverlap(box, underMinimap))) {
+      const [above, beside] = besideMinimap(this.width, this.height);
+      view.fit(rect, fitScale(rect, above) >= fitScale(rect, beside) ? above : beside);
+    }
     this.editor.markDirty();
     this.editor.persistView();
+  }
+
+  /**
+   * An opened graph keeps the view it was saved with, unless that view shows none of its nodes (a
+   * file saved on a larger screen puts them all past this window's edge): then the graph is fitted.
+   * A node counts as shown only when it reaches SHOWN_INSET pixels into the canvas, not by a sliver.
+   */
+  revealGraph() {
+    const nodes = [...this.editor.graph.nodes.values()];
+    const shown = this.editor.view.visibleRect(this.width, this.height, SHOWN_INSET);
+    if (nodes.some((n) => rectsOverlap(nodeBounds(this.editor.layout(n)), shown))) return;
+    this.fitNodes(nodes);
   }
 }
 

@@ -1,9 +1,10 @@
 /**
- * Extension widgets are real DOM elements (a colour picker, a slider...) laid over the canvas on the
- * widget's row. After every frame they are moved and scaled with the view, hidden where the canvas
- * draws no widget detail (collapsed node, zoomed far out, input fed by a link), and removed with
- * their node. The value lives in `widgets_values` like any widget's, so it is saved, undone and sent
- * as the input; `update(value)` tells the element about a value set elsewhere (undo, a loaded file).
+ * Extension widgets, and the text of the editor's notes, are real DOM elements (a colour picker, a
+ * slider, a text area...) laid over the canvas on the widget's row. After every frame they are moved
+ * and scaled with the view, hidden where the canvas draws no widget detail (collapsed node, zoomed
+ * far out, input fed by a link), and removed with their node. The value lives in `widgets_values`
+ * like any widget's, so it is saved, undone and sent as the input; `update(value)` tells the element
+ * about a value set elsewhere (undo, a loaded file).
  */
 import { defaultWidgetValue } from '../node_defs.js';
 import { toast } from '../toast.js';

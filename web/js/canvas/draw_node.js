@@ -64,11 +64,11 @@ export function drawNode(editor, ctx, node, box, s) {
   const fullH = box.h + TITLE_H;
   const top = box.y - TITLE_H;
   ctx.globalAlpha = node.mode === MODE_NEVER ? THEME.muted : 1;
-  ctx.fillStyle = node.bgcolor || THEME.node;
+  ctx.fillStyle = node.bgcolor || (def && def.bgcolor) || THEME.node;
   ctx.beginPath();
   ctx.roundRect(box.x, top, box.w, box.collapsed ? TITLE_H : fullH, 6);
   ctx.fill();
-  ctx.fillStyle = node.color || THEME.nodeTitle;
+  ctx.fillStyle = node.color || (def && def.color) || THEME.nodeTitle;
   ctx.beginPath();
   ctx.roundRect(box.x, top, box.w, TITLE_H, box.collapsed ? 6 : [6, 6, 0, 0]);
   ctx.fill();

@@ -4,7 +4,8 @@
  * body's size. Slot rows come first (inputs left, outputs right), then one row per widget, then an
  * image area when there is one. A widget that was turned into an input keeps its row and gets a
  * socket at its left edge. `size` is what a file or a resize drag asked for; the content sets the
- * minimum, and height beyond it goes to the image, or else is shared by the multiline text boxes.
+ * minimum, and height beyond it goes to the image, or else is shared by the multiline text boxes
+ * (and by widget types that ask for it, like a note's text).
  * The box's `size` is what the node keeps: clamped to the content but not to the image, which comes
  * and goes with runs (a sampler's preview must not leave the node tall and empty after the run).
  */
@@ -23,6 +24,7 @@ export const TITLE_FONT = 'bold 13px sans-serif';
 export const LABEL_FONT = '12px sans-serif';
 
 const isMultiline = (widget) => !widget.custom && widget.kind === 'string' && Boolean(widget.options.multiline);
+const grows = (widget) => (widget.custom ? customWidgetType(widget.custom).grow : isMultiline(widget));
 
 /** An extension's widget asks for its own height; a multiline text box is taller than a row. */
 function widgetHeight(widget) {
@@ -68,14 +70,14 @@ export function layoutNode(node, { widgets, hasImage, title }) {
   const heights = widgets.map(widgetHeight);
   const least = minimumHeight(rows, heights, hasImage);
   const h = Math.max(least, node.size[1]);
-  const multiline = widgets.filter(isMultiline).length;
-  const textGrowth = !hasImage && multiline ? (h - least) / multiline : 0;
+  const growing = widgets.filter(grows).length;
+  const growth = !hasImage && growing ? (h - least) / growing : 0;
   const inputs = new Array(node.inputs.length);
   socketInputs.forEach(([, index], row) => { inputs[index] = [x, y + row * SLOT_H + SLOT_H / 2 + 2]; });
   const outputs = node.outputs.map((_, row) => [x + w, y + row * SLOT_H + SLOT_H / 2 + 2]);
   let cursor = y + rows * SLOT_H + 6;
   const widgetRects = widgets.map((widget, index) => {
-    const rect = { index, widget, x: x + 10, y: cursor, w: w - 20, h: heights[index] + (isMultiline(widget) ? textGrowth : 0) };
+    const rect = { index, widget, x: x + 10, y: cursor, w: w - 20, h: heights[index] + (grows(widget) ? growth : 0) };
     cursor += rect.h + 4;
     return rect;
   });
@@ -99,6 +101,13 @@ export function resizeHandle(box) {
 export function nodeBounds(box) {
   const top = box.title ? box.y - TITLE_H : box.y;
   return [box.x, top, box.w, box.h + (box.title ? TITLE_H : 0)];
+}
+
+/** The smallest rectangle [x, y, w, h] holding every one of `rects` (at least one). */
+export function enclosingRect(rects) {
+  const x = Math.min(...rects.map((r) => r[0]));
+  const y = Math.min(...rects.map((r) => r[1]));
+  return [x, y, Math.max(...rects.map((r) => r[0] + r[2])) - x, Math.max(...rects.map((r) => r[1] + r[3])) - y];
 }
 
 export function rectsOverlap(a, b) {

@@ -7,8 +7,14 @@ import { nodeBounds } from './layout.js';
 
 export const MINIMAP = { w: 200, h: 140, margin: 12 };
 
-function minimapFrame(width, height) {
+export function minimapFrame(width, height) {
   return [width - MINIMAP.w - MINIMAP.margin, height - MINIMAP.h - MINIMAP.margin, MINIMAP.w, MINIMAP.h];
+}
+
+/** The two largest screen rectangles the minimap leaves free: the band above it and the band beside it. */
+export function besideMinimap(width, height) {
+  const [fx, fy] = minimapFrame(width, height);
+  return [[0, 0, width, fy], [0, 0, fx, height]];
 }
 
 /** The world rectangle the minimap shows: every node plus the current view. */

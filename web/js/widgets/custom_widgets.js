@@ -1,7 +1,8 @@
 /**
- * Widget types contributed by editor extensions (docs/plugins.md, "Editor extensions"). An input gets
- * one when its options name it in `widgetType` (a STRING/INT/... input that keeps working as an
- * ordinary widget where the extension is absent) or when its type is the widget type's own name.
+ * Widget types contributed by editor extensions (docs/plugins.md, "Editor extensions") and by the
+ * editor itself for its note nodes (note_widgets.js). An input gets one when its options name it in
+ * `widgetType` (a STRING/INT/... input that keeps working as an ordinary widget where the extension
+ * is absent) or when its type is the widget type's own name.
  * Registered before the editor reads any node definition, so every widget list sees the same types.
  */
 const registered = new Map();
@@ -14,10 +15,13 @@ export class WidgetTypeTakenError extends Error {
   }
 }
 
-/** `factory` is {create, height?}; `owner` is the extension's name, for error messages. */
+/**
+ * `factory` is {create, height?, grow?}: `height` is the row's height (the least, with `grow`), and
+ * `grow` lets the row take the height a resize gives the node; `owner` names it in error messages.
+ */
 export function registerWidgetType(type, factory, owner) {
   if (registered.has(type)) throw new WidgetTypeTakenError(type, registered.get(type).owner);
-  registered.set(type, { type, owner, height: factory.height, create: factory.create });
+  registered.set(type, { type, owner, height: factory.height, grow: Boolean(factory.grow), create: factory.create });
 }
 
 export function customWidgetType(type) {
