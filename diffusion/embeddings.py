@@ -5,19 +5,21 @@ Files in the wild come in a few shapes, all reduced here to named 2-D tensors [t
 - kohya/SD1 `.safetensors`: ``{"emb_params": tensor}``;
 - SDXL `.safetensors`: ``{"clip_l": [n, 768], "clip_g": [n, 1280]}``, one tensor per text encoder;
 - diffusers `.bin`: ``{"<token>": tensor[width]}`` (a single 1-D vector).
-`.pt`/`.bin` files are pickles, so they are opened with `weights_only=True`: a file that needs arbitrary code
-to load is refused rather than run.
+Files open through `open_state_dict`, like every weight file: by content whatever the suffix, pickles with
+`weights_only=True` (a file that needs arbitrary code to load is refused rather than run), and a file that
+is not weights at all is named with what it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
+
+from diffusion.checkpoint.errors import CheckpointError
+from diffusion.checkpoint.files import open_state_dict
 
 __all__ = [
     "EmbeddingFormatError",
@@ -27,16 +29,12 @@ __all__ = [
     "EmbeddingFolder",
 ]
 
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 # Tried in order after the name as written, as ComfyUI does, so `embedding:foo` finds `foo.safetensors`.
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth", ".sft")
 
 
-class EmbeddingFormatError(ValueError):
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"textual-inversion file {path}: {reason}")
-        self.path = path
-        self.reason = reason
+class EmbeddingFormatError(CheckpointError):
+    """A readable weight file whose tensors are not textual-inversion vectors."""
 
 
 @dataclass(frozen=True)
@@ -65,36 +63,21 @@ class TextualInversion:
 EmbeddingResolver = Callable[[str], "TextualInversion | None"]
 
 
-def _tensors(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    for name, value in data.items():
-        if isinstance(value, torch.Tensor):
-            yield prefix + name, value
-        elif isinstance(value, Mapping):
-            yield from _tensors(value, f"{prefix}{name}.")
-
-
 def load_textual_inversion(path: str | Path) -> TextualInversion:
-    """Read an embedding file of any of the shapes above."""
+    """Read an embedding file of any of the shapes above; unreadable files raise `CheckpointFormatError`."""
     path = Path(path)
-    try:
-        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-            data: Any = load_file(str(path), device="cpu")
-        else:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every reader failure is the same user-facing problem
-        raise EmbeddingFormatError(str(path), f"cannot be read ({type(error).__name__}: {error})") from error
-    if not isinstance(data, Mapping):
-        raise EmbeddingFormatError(str(path), f"holds a {type(data).__name__}, expected a mapping of tensors")
+    weights = open_state_dict(path)
     vectors: dict[str, torch.Tensor] = {}
-    for name, tensor in _tensors(data):
+    for name in weights:
+        tensor = weights[name]
         if tensor.ndim == 1:
             tensor = tensor.unsqueeze(0)
         if tensor.ndim != 2 or not tensor.is_floating_point():
             shape = tuple(tensor.shape)
-            raise EmbeddingFormatError(str(path), f"tensor {name!r} has shape {shape}, expected [tokens, width]")
-        vectors[name] = tensor
-    if not vectors:
-        raise EmbeddingFormatError(str(path), "contains no tensors")
+            raise EmbeddingFormatError(path, f"tensor {name!r} has shape {shape}, expected [tokens, width]")
+        # A copy of its own: the opener's tensors can be views of the mapped file, which `EmbeddingFolder`
+        # keeps cached while the file may be rewritten in place (changing them, or cutting pages off).
+        vectors[name] = tensor.clone()
     return TextualInversion(str(path), vectors)
 
 

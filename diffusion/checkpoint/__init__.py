@@ -1,14 +1,22 @@
-"""Model files: open lazily (`files`), classify (`detect`, `diffusers_folder`), split and load (`load`)."""
+"""Model files: open lazily (`files`), classify (`detect`, `diffusers_folder`), split and load (`load`).
+
+`load` is imported on first use of its names. It builds the text encoders, which resolve embeddings,
+whose files open through `files` here: importing it eagerly would make importing `diffusion.embeddings`
+(or any other loader built on `files`) a cycle through the whole model stack.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .detect import CheckpointInfo, ComponentSource, ModelFamily, Prediction, detect_state_dict
 from .diffusers_folder import detect_diffusers_folder, is_diffusers_folder
 from .errors import CheckpointError, CheckpointFormatError, UnknownModelError, UnsupportedModelError
 from .files import LazyStateDict, TensorEntry, open_state_dict
-from .load import LoadedCheckpoint, load_checkpoint, split_checkpoint
+
+if TYPE_CHECKING:
+    from .load import LoadedCheckpoint, load_checkpoint, split_checkpoint
 
 __all__ = [
     "CheckpointError",
@@ -29,6 +37,17 @@ __all__ = [
     "open_state_dict",
     "split_checkpoint",
 ]
+
+
+_FROM_LOAD = frozenset({"LoadedCheckpoint", "load_checkpoint", "split_checkpoint"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_LOAD:
+        from . import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def detect_checkpoint(path: str | Path) -> CheckpointInfo:

@@ -48,7 +48,7 @@ VAE_PREFIX = "first_stage_model."
 _SD_LATENT_SCALE = 0.18215
 _SDXL_LATENT_SCALE = 0.13025
 
-# The SD2 v-prediction heuristic used by ComfyUI's model detection (COMPAT.md 6.1): SD2 files carry no
+# The SD2 v-prediction heuristic used by ComfyUI's model detection (docs/compatibility.md §6.1): SD2 files carry no
 # prediction marker, but the LayerNorm bias of the first transformer in the last output block has a
 # standard deviation above 0.09 in the v-models. Only 4-channel models are tested (inpainting is eps).
 _V_PRED_STD_THRESHOLD = 0.09

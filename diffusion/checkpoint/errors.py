@@ -28,7 +28,7 @@ class CheckpointError(Exception):
 
 
 class CheckpointFormatError(CheckpointError):
-    """The bytes are not a readable checkpoint (empty, truncated, JSON, foreign zip, refused pickle)."""
+    """The bytes are no readable weight file (empty, cut short, a web page, a git-lfs pointer, a refused pickle)."""
 
 
 class UnsupportedModelError(CheckpointError):

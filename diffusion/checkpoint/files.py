@@ -1,25 +1,29 @@
-"""Open model files lazily: keys, shapes and dtypes first, tensor bytes only when asked for.
+"""Open every weight file Loom reads: keys, shapes and dtypes first, tensor bytes only when asked for.
+
+Checkpoints, VAEs, LoRAs, embeddings, upscalers and TAESD decoders all open here, so a file named
+`.pt` that holds safetensors, or a web page saved as `.safetensors`, behaves the same whichever node
+loads it. The format comes from the content (`sniff`), never from the suffix.
 
 A single-file SDXL checkpoint is ~7 GB; reading it to classify it, or copying it once into RAM and
 once more into the model, is what makes naive loaders slow and memory hungry. Here:
 
-- `.safetensors` is parsed by hand (an 8-byte little-endian header length, a JSON header, a flat data
+- safetensors is parsed by hand (an 8-byte little-endian header length, a JSON header, a flat data
   section) and each tensor is a `torch.frombuffer` view over a copy-on-write `mmap` of the file: no
   byte is read until a tensor is touched, no copy is made until it is moved or cast.
-- Legacy pickled checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`) go through
-  `torch.load(weights_only=True)`, memory mapped when the file is a zip archive (the only layout
-  `mmap=True` supports). `weights_only` refuses arbitrary code in the pickle, which is how malicious
-  checkpoints work.
-
-The format is sniffed from the content, not trusted from the extension, so a renamed or half
-downloaded file gets an error that says what was actually found.
+- Pickled torch files (zip or legacy) go through `torch.load(weights_only=True)`, memory mapped
+  when the file is a zip archive (the only layout `mmap=True` supports). `weights_only` refuses
+  arbitrary code in the pickle, which is how malicious checkpoints work.
+- A pickle named `.safetensors` is refused rather than unpickled. That name promises a file that
+  cannot carry code, so users and model sites scrutinise it less, and no tool writes a pickle under
+  it by mistake: it is a disguise or a mix-up, and a user who trusts the file can rename it. The
+  reverse, safetensors under a pickle's name, is simply read, since it is the safer format.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
-import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointFormatError
+from .sniff import WeightFormat, sniff_weight_format
 
 __all__ = ["LazyStateDict", "TensorEntry", "open_state_dict"]
 
@@ -52,8 +57,11 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80  # pickle protocol >= 2 opcode; torch's pre-1.6 format starts with a pickled magic number
+_SAFETENSORS_SUFFIXES = frozenset({".safetensors", ".sft"})
+# Training code saves the weights beside its bookkeeping: PyTorch Lightning (the original SD `.ckpt`
+# files) under "state_dict", BasicSR and Real-ESRGAN under "params_ema" (the EMA weights they
+# evaluate with, hence preferred) and "params".
+_WRAPPER_KEYS = ("params_ema", "params", "state_dict")
 
 
 @dataclass(frozen=True)
@@ -130,48 +138,38 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
 
 def open_state_dict(path: str | Path) -> LazyStateDict:
-    """Open a `.safetensors` or pickled torch checkpoint without reading its tensor data."""
+    """Open a safetensors or pickled torch weight file, whatever its suffix, without reading tensor data.
+
+    Raises `CheckpointFormatError` naming the file and what it holds when it is not weights Loom
+    reads (see `sniff`), is damaged or cut short, or holds no tensors.
+    """
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointFormatError(path, "is a directory, not a model file")
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as exc:
-        raise CheckpointFormatError(path, f"cannot be read ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise CheckpointFormatError(path, "is empty (0 bytes)")
-    if head.startswith(_ZIP_MAGIC):
-        return _open_torch_zip(path)
-    # The JSON header's "{" is checked before the pickle opcode: a safetensors header whose length
-    # is 128 modulo 256 also starts with the byte 0x80.
-    if head[0] == _PICKLE_PROTO and head[8:9] != b"{":
-        return _open_torch_pickle(path, mmap_ok=False)
-    return _open_safetensors(path, size, head)
-
-
-def _describe_unknown(head: bytes) -> str:
-    stripped = head.lstrip()
-    if stripped[:1] in (b"{", b"["):
-        return "is a JSON/text file, not a model checkpoint"
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return f"is a text file, not a model checkpoint (starts with {head[:16]!r})"
-    return f"is not a model checkpoint: unrecognised content (first bytes {head[:8].hex(' ')})"
-
-
-def _open_safetensors(path: Path, size: int, head: bytes) -> LazyStateDict:
-    if size < 8 or head[8:9] != b"{":
-        raise CheckpointFormatError(path, _describe_unknown(head))
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if 8 + header_len > size:
+    found = sniff_weight_format(path)
+    if found is WeightFormat.SAFETENSORS:
+        return _open_safetensors(path)
+    if found is WeightFormat.NCNN_PARAM:
+        raise CheckpointFormatError(path, "is an ncnn network description (.param): it loads only as an upscaler")
+    if found is WeightFormat.TORCH_ZIP:
+        _check_torch_zip(path)
+    if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
         raise CheckpointFormatError(
             path,
-            f"truncated safetensors file: the header claims {header_len} bytes but only {size - 8} follow "
-            "the length field",
+            f"is named {path.suffix} but is a {found.value}; Loom does not unpickle a file whose name "
+            "promises safetensors. If you trust where it came from, rename it to .pt",
         )
+    return _open_torch_pickle(path, mmap_ok=found is WeightFormat.TORCH_ZIP)
+
+
+def _open_safetensors(path: Path) -> LazyStateDict:
+    size = path.stat().st_size
     with path.open("rb") as f:
-        f.seek(8)
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if 8 + header_len > size:
+            raise CheckpointFormatError(
+                path,
+                f"truncated safetensors file: the header claims {header_len} bytes but only {size - 8} "
+                "follow the length field",
+            )
         raw = f.read(header_len)
     try:
         header = json.loads(raw)
@@ -194,6 +192,8 @@ def _open_safetensors(path: Path, size: int, head: bytes) -> LazyStateDict:
             )
         entries[key] = entry
         offsets[key] = data_start + begin
+    if not entries:
+        raise CheckpointFormatError(path, "is a safetensors file without any tensors")
     return LazyStateDict(entries, _MappedTensors(path, entries, offsets), path, metadata)
 
 
@@ -246,33 +246,62 @@ class _MappedTensors:
         return torch.frombuffer(self._map, dtype=entry.dtype, count=numel, offset=offset).reshape(entry.shape)
 
 
-def _open_torch_zip(path: Path) -> LazyStateDict:
+def _check_torch_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile as exc:
-        raise CheckpointFormatError(path, f"is a damaged zip archive ({exc})") from exc
+        # A zip's directory sits at its end, so a download cut short loses it first.
+        raise CheckpointFormatError(path, f"is a damaged or cut-short zip archive ({exc})") from exc
     if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         listing = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise CheckpointFormatError(path, f"is a zip archive but not a torch checkpoint (no data.pkl; holds {listing})")
-    return _open_torch_pickle(path, mmap_ok=True)
+        raise CheckpointFormatError(path, f"is a zip archive but not a torch file (no data.pkl; holds {listing})")
 
 
 def _open_torch_pickle(path: Path, mmap_ok: bool) -> LazyStateDict:
+    """`mmap_ok` for zip archives only: `torch.load` can map those, not the legacy format."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
-    except pickle.UnpicklingError as exc:
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), str(exc).splitlines()[0])
-        raise CheckpointFormatError(
-            path, f"is a pickle that safe (weights_only) loading refuses to open: {detail}"
-        ) from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointFormatError(path, f"is not a readable torch checkpoint ({exc})") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointFormatError(path, f"holds a pickled {type(obj).__name__}, not a dict of tensors")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
+    except MemoryError:
+        raise
+    except Exception as exc:  # damaged bytes fail deep inside torch.load with a dozen exception types
+        raise CheckpointFormatError(path, _unpickling_failure(exc)) from exc
+    return LazyStateDict.from_tensors(_weights_in(path, loaded), path)
+
+
+def _unpickling_failure(exc: Exception) -> str:
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if refused:
+        return (
+            f"is a pickle that safe (weights_only) loading refuses: it asks for {refused.group(1)}, which is "
+            "neither a tensor nor a plain container, and loading it would run that code"
+        )
+    first_line = next(iter(str(exc).strip().splitlines()), "")
+    return f"is a damaged or cut-short torch file ({type(exc).__name__}{': ' if first_line else ''}{first_line})"
+
+
+def _weights_in(path: Path, loaded: object) -> dict[str, torch.Tensor]:
+    """The tensors of a `torch.load`ed object: training wrappers removed, nested dicts as dotted keys."""
+    while isinstance(loaded, Mapping):
+        inner = next((loaded[key] for key in _WRAPPER_KEYS if isinstance(loaded.get(key), Mapping)), None)
+        if inner is None:
+            break
+        loaded = inner
+    if not isinstance(loaded, Mapping):
+        raise CheckpointFormatError(path, f"holds a pickled {type(loaded).__name__}, not a dict of tensors")
+    tensors = dict(_flattened(loaded))
     if not tensors:
-        raise CheckpointFormatError(path, "holds a dict without any tensors")
-    return LazyStateDict.from_tensors(tensors, path)
+        sample = ", ".join(map(str, list(loaded)[:8])) or "none"
+        raise CheckpointFormatError(path, f"holds a dict without any tensors (keys: {sample})")
+    return tensors
+
+
+def _flattened(mapping: Mapping[object, object], prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Nested dicts give dotted keys, as A1111 embeddings nest theirs (`string_to_param.*`)."""
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            continue
+        if isinstance(value, torch.Tensor):
+            yield prefix + key, value
+        elif isinstance(value, Mapping):
+            yield from _flattened(value, f"{prefix}{key}.")

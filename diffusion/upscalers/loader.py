@@ -1,11 +1,9 @@
 """Load an upscale model from a file, recognising its architecture from the weights alone.
 
-Files come as a PyTorch state dict (``.pth``/``.pt``/``.ckpt``/``.bin``, read with ``weights_only=True``
-so a pickle cannot run code), ``.safetensors``, or an ncnn pair (``x.param`` + ``x.bin``, either may be
-named; a ``.bin`` with no ``.param`` beside it is a PyTorch file). Real-ESRGAN's own ``.pth`` files
-wrap the weights in ``{"params_ema": ...}`` (the EMA weights it evaluates with) or ``{"params": ...}``;
-both are unwrapped. Every architecture keeps all its hyper-parameters in tensor shapes, so no config
-file is needed.
+Files come as a weight file that `open_state_dict` reads like every other (safetensors or a pickled
+PyTorch state dict, recognised by content whatever the suffix; Real-ESRGAN's ``{"params_ema": ...}``
+wrapper removed there), or as an ncnn pair (``x.param`` + ``x.bin``, either may be named). Every
+architecture keeps all its hyper-parameters in tensor shapes, so no config file is needed.
 """
 
 from __future__ import annotations
@@ -17,9 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
+from diffusion.checkpoint.errors import CheckpointError, CheckpointFormatError
+from diffusion.checkpoint.files import open_state_dict
+from diffusion.checkpoint.sniff import WeightFormat, sniff_weight_format
 from diffusion.upscalers.ncnn import OutputResize, map_ncnn, read_ncnn
 from diffusion.upscalers.rrdbnet import (
     RRDBNet,
@@ -32,18 +32,9 @@ from diffusion.upscalers.srvgg import SRVGGNetCompact, is_srvgg_state_dict, srvg
 
 __all__ = ["UpscaleModel", "UpscaleModelError", "ResizedOutput", "load_upscale_model", "build_upscale_network"]
 
-TORCH_SUFFIXES = frozenset({".pth", ".pt", ".ckpt", ".bin"})
-#: Keys under which training frameworks (BasicSR, Real-ESRGAN) nest the weights, preferred first.
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict")
 
-
-class UpscaleModelError(ValueError):
-    """A file that is not a loadable upscale model; says which file and what was found."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+class UpscaleModelError(CheckpointError):
+    """A readable file that is not a loadable upscale model; says which file and what was found."""
 
 
 class ResizedOutput(nn.Module):
@@ -76,18 +67,6 @@ class UpscaleModel:
             return self.module(pixels)
 
 
-def _unwrap(path: Path, loaded: object) -> dict[str, torch.Tensor]:
-    if not isinstance(loaded, Mapping):
-        raise UpscaleModelError(path, f"holds a {type(loaded).__name__}, not a state dict")
-    for key in _WRAPPER_KEYS:
-        if isinstance(loaded.get(key), Mapping):
-            return _unwrap(path, loaded[key])
-    tensors = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        raise UpscaleModelError(path, f"holds no tensors (keys: {', '.join(map(str, list(loaded)[:8]))})")
-    return tensors
-
-
 def build_upscale_network(state_dict: Mapping[str, torch.Tensor], path: Path) -> tuple[nn.Module, str]:
     """The network the keys describe, with the weights loaded; ``path`` names the file in errors."""
     if is_old_esrgan_state_dict(state_dict):
@@ -108,46 +87,48 @@ def build_upscale_network(state_dict: Mapping[str, torch.Tensor], path: Path) ->
             )
         network.load_state_dict({key: value.float() for key, value in state_dict.items()}, strict=True)
     except (ValueError, RuntimeError) as error:
-        if isinstance(error, UpscaleModelError):
-            raise
         raise UpscaleModelError(path, f"weights do not fit the detected architecture: {error}") from None
     return network.eval().requires_grad_(False), name
 
 
-def _is_ncnn(path: Path) -> bool:
-    """``.param`` always; ``.bin`` when a ``.param`` of the same name is beside it (else a PyTorch ``.bin``)."""
-    suffix = path.suffix.lower()
-    return suffix == ".param" or (suffix == ".bin" and path.with_suffix(".param").is_file())
+def _ncnn_param_of(path: Path) -> Path | None:
+    """The ``.param`` of the ncnn pair ``path`` belongs to, or None when it is a weight file of its own.
+
+    A ``.param`` is known by its magic line, whatever its name. An ncnn ``.bin`` is raw numbers with no
+    magic, so a ``.bin`` whose content is no weight format belongs to the ncnn ``.param`` of its name.
+    """
+    own = _weight_format(path)
+    if own is WeightFormat.NCNN_PARAM:
+        return path
+    param = path.with_suffix(".param")
+    if own is None and path.suffix.lower() == ".bin" and _weight_format(param) is WeightFormat.NCNN_PARAM:
+        return param
+    return None
 
 
-def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+def _weight_format(path: Path) -> WeightFormat | None:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle and zip errors have many types; all mean "not a readable torch file"
-        raise UpscaleModelError(path, f"cannot be read as a PyTorch file: {error}") from None
-    return _unwrap(path, loaded)
+        return sniff_weight_format(path)
+    except CheckpointFormatError:
+        return None
 
 
 def load_upscale_model(path: str | os.PathLike[str]) -> UpscaleModel:
+    """The upscaler in ``path``, ready to run; unreadable files raise `CheckpointFormatError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"upscale model file {path} does not exist")
-    suffix = path.suffix.lower()
     resize: OutputResize | None = None
-    if _is_ncnn(path):
-        param, weights = path.with_suffix(".param"), path.with_suffix(".bin")
+    state_dict: Mapping[str, torch.Tensor]
+    param = _ncnn_param_of(path)
+    if param is not None:
+        weights = param.with_suffix(".bin")
         if not weights.is_file():
             raise UpscaleModelError(path, f"an ncnn model needs both files of its pair, and {weights.name} is not beside it")
         mapping = map_ncnn(read_ncnn(param, weights), param)
         state_dict, resize = mapping.state_dict, mapping.output_resize
-    elif suffix == ".safetensors":
-        state_dict = load_file(path)
-    elif suffix in TORCH_SUFFIXES:
-        state_dict = _read_torch(path)
     else:
-        raise UpscaleModelError(
-            path, f"unsupported file type {suffix!r}; expected .pth, .pt, .ckpt, .bin, .safetensors or an ncnn .param/.bin pair"
-        )
+        state_dict = open_state_dict(path)
     network, architecture = build_upscale_network(state_dict, path)
     in_channels: int = network.config.in_channels  # type: ignore[union-attr]
     scale: float = network.scale  # type: ignore[assignment]

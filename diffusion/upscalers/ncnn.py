@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion.checkpoint.errors import CheckpointError
+from diffusion.checkpoint.sniff import NCNN_PARAM_MAGIC
+
 __all__ = ["NcnnFormatError", "NcnnLayer", "NcnnNetwork", "NcnnMapping", "OutputResize", "read_ncnn", "parse_param", "map_ncnn"]
 
-PARAM_MAGIC = 7767517
 FP16_TAG = 0x01306B47
 FP32_TAG = 0
 _ARRAY_KEY_BASE = -23300
@@ -38,13 +40,8 @@ WEIGHTLESS_TYPES = frozenset({"Input", "Split", "Concat", "Eltwise", "BinaryOp",
 ParamValue = int | float | tuple[int | float, ...]
 
 
-class NcnnFormatError(ValueError):
+class NcnnFormatError(CheckpointError):
     """An ncnn file that cannot be read, or describes a network Loom cannot map."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -97,8 +94,10 @@ def parse_param(path: Path) -> tuple[NcnnLayer, ...]:
     except UnicodeDecodeError:
         text = ""
     lines = [line.split() for line in text.splitlines() if line.strip()]
-    if not lines or lines[0] != [str(PARAM_MAGIC)]:
-        raise NcnnFormatError(path, f"not an ncnn text .param file: the first line is not the magic {PARAM_MAGIC}")
+    if not lines or lines[0] != [NCNN_PARAM_MAGIC]:
+        raise NcnnFormatError(
+            path, f"not an ncnn text .param file: the first line is not the magic {NCNN_PARAM_MAGIC}"
+        )
     if len(lines) < 2 or len(lines[1]) != 2:
         raise NcnnFormatError(path, "the second line must be 'layer_count blob_count'")
     layer_count = int(lines[1][0])

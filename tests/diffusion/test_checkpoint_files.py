@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -11,8 +12,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion.checkpoint.errors import CheckpointFormatError
 from diffusion.checkpoint.files import LazyStateDict, open_state_dict
+from tests.diffusion.weight_files import (
+    BAD_WEIGHT_FILES,
+    PICKLE_SUFFIXES,
+    expect_refusal,
+    torch_file_bytes,
+    write_bad_file,
+)
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -69,12 +76,13 @@ def test_loaded_tensors_are_views_of_the_mapped_file_and_never_write_it(tmp_path
     assert torch.equal(open_state_dict(path)["ids"], torch.arange(7))
 
 
-def test_opening_reads_the_header_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".safetensors", *PICKLE_SUFFIXES])
+def test_opening_reads_the_header_only_whatever_the_suffix(tmp_path: Path, suffix: str) -> None:
     """A 1 GiB sparse data section: listing keys and taking a tensor view costs no resident memory."""
     size = 1 << 30
     header = json.dumps({"big": {"dtype": "F32", "shape": [size // 4], "data_offsets": [0, size]}}).encode()
     header += b" " * (-len(header) % 8)
-    path = tmp_path / "big.safetensors"
+    path = tmp_path / f"big{suffix}"
     with path.open("wb") as f:
         f.write(struct.pack("<Q", len(header)) + header)
         f.truncate(8 + len(header) + size)
@@ -107,12 +115,39 @@ def test_in_memory_tensors_share_the_interface() -> None:
 
 
 @pytest.mark.parametrize("zipped", [True, False])
-def test_pickled_checkpoints_are_unwrapped_from_state_dict(tmp_path: Path, zipped: bool) -> None:
-    path = tmp_path / "m.ckpt"
-    torch.save({"state_dict": _tensors(), "global_step": 10}, path, _use_new_zipfile_serialization=zipped)
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_pickles_open_under_any_pickle_suffix(tmp_path: Path, zipped: bool, suffix: str) -> None:
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(torch_file_bytes(_tensors(), zipped))
     sd = open_state_dict(path)
     assert set(sd) == set(_tensors())
     assert torch.equal(sd["model.diffusion_model.a.weight"], _tensors()["model.diffusion_model.a.weight"])
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+@pytest.mark.parametrize("suffix", [".safetensors", ".sft", ".SafeTensors"])
+def test_a_pickle_named_safetensors_is_refused_not_unpickled(tmp_path: Path, zipped: bool, suffix: str) -> None:
+    """The name promises a file that cannot carry code; a pickle under it is a disguise or a mix-up."""
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(torch_file_bytes(_tensors(), zipped))
+    expect_refusal(open_state_dict, path, rf"is named {re.escape(suffix)} but is a .*; Loom does not unpickle")
+
+
+@pytest.mark.parametrize(
+    ("saved", "keys"),
+    [
+        ({"state_dict": {"a": torch.ones(1)}, "global_step": 10}, {"a"}),  # PyTorch Lightning (SD .ckpt)
+        ({"params_ema": {"a": torch.ones(1)}, "params": {"b": torch.ones(1)}}, {"a"}),  # BasicSR: EMA first
+        ({"params": {"b": torch.ones(1)}}, {"b"}),
+        ({"string_to_param": {"*": torch.ones(1)}, "name": "style", "step": 500}, {"string_to_param.*"}),  # A1111
+    ],
+)
+def test_training_wrappers_are_removed_and_nested_dicts_give_dotted_keys(
+    tmp_path: Path, saved: dict, keys: set[str]
+) -> None:
+    path = tmp_path / "m.pt"
+    torch.save(saved, path)
+    assert set(open_state_dict(path)) == keys
 
 
 class NotAWeight:
@@ -122,14 +157,7 @@ class NotAWeight:
 def test_pickles_with_code_are_refused_naming_the_global(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.ones(1), "payload": NotAWeight()}, path)
-    with pytest.raises(CheckpointFormatError, match="weights_only.*NotAWeight") as err:
-        open_state_dict(path)
-    assert err.value.path == path
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
+    expect_refusal(open_state_dict, path, r"safe \(weights_only\) loading refuses: it asks for .*\.NotAWeight,")
 
 
 def _safetensors_bytes(header: dict, data: bytes) -> bytes:
@@ -137,46 +165,53 @@ def _safetensors_bytes(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
+@pytest.mark.parametrize(("name", "content", "reason"), BAD_WEIGHT_FILES)
+def test_files_that_are_not_weights_are_named_with_what_they_are(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    expect_refusal(open_state_dict, write_bad_file(tmp_path, name, content), reason)
+
+
 @pytest.mark.parametrize(
-    ("name", "content", "message"),
+    ("content", "reason"),
     [
-        ("empty.safetensors", b"", "is empty"),
-        ("noise.safetensors", bytes(range(200, 256)) * 4, "unrecognised content"),
-        ("config.safetensors", b'{"_class_name": "UNet2DConditionModel"}', "JSON/text file"),
-        ("notes.ckpt", b"hello, this is not a model\n" * 3, "text file"),
-        ("short.safetensors", struct.pack("<Q", 10_000) + b'{"a": 1}', "header claims 10000 bytes but only 8"),
+        (struct.pack("<Q", 10_000) + b'{"a": 1}', "header claims 10000 bytes but only 8"),
         (
-            "cut.safetensors",
-            _safetensors_bytes({"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 20),
-            "tensor 'w' ends at byte 64 of the data section, which has only 20",
-        ),
-        (
-            "liar.safetensors",
             _safetensors_bytes({"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 8]}}, b"\0" * 8),
             "'w' occupies 8 bytes but shape \\[4, 4\\] of F32 needs 64",
         ),
-        (
-            "exotic.safetensors",
-            _safetensors_bytes({"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8),
-            "dtype 'C64'",
-        ),
+        (_safetensors_bytes({"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8), "dtype 'C64'"),
+        (_safetensors_bytes({"__metadata__": {"format": "pt"}}, b""), "is a safetensors file without any tensors"),
     ],
 )
-def test_bad_files_are_named_with_what_was_found(tmp_path: Path, name: str, content: bytes, message: str) -> None:
-    path = _write(tmp_path / name, content)
-    with pytest.raises(CheckpointFormatError, match=message) as err:
-        open_state_dict(path)
-    assert str(path) in str(err.value)
+def test_broken_safetensors_files_say_what_is_wrong(tmp_path: Path, content: bytes, reason: str) -> None:
+    expect_refusal(open_state_dict, write_bad_file(tmp_path, "model.pt", content), reason)
+
+
+@pytest.mark.parametrize(
+    ("saved", "reason"),
+    [
+        ([torch.ones(1)], "holds a pickled list, not a dict of tensors"),
+        ({"epoch": 3, "optimizer": "adam"}, r"holds a dict without any tensors \(keys: epoch, optimizer\)"),
+    ],
+)
+def test_pickles_without_a_dict_of_tensors_say_what_they_hold(tmp_path: Path, saved: object, reason: str) -> None:
+    path = tmp_path / "m.pth"
+    torch.save(saved, path)
+    expect_refusal(open_state_dict, path, reason)
+
+
+def test_an_ncnn_param_is_not_a_state_dict(tmp_path: Path) -> None:
+    path = write_bad_file(tmp_path, "x4.param", b"7767517\n1 1\nInput data 0 1 data\n")
+    expect_refusal(open_state_dict, path, r"is an ncnn network description \(\.param\): it loads only as an upscaler")
 
 
 def test_a_zip_that_is_not_a_torch_checkpoint_lists_its_contents(tmp_path: Path) -> None:
     path = tmp_path / "images.pt"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("cat.png", b"png")
-    with pytest.raises(CheckpointFormatError, match="zip archive but not a torch checkpoint.*cat.png"):
-        open_state_dict(path)
+    expect_refusal(open_state_dict, path, r"is a zip archive but not a torch file \(no data\.pkl; holds cat\.png\)")
 
 
 def test_a_directory_is_not_a_model_file(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointFormatError, match="is a directory"):
-        open_state_dict(tmp_path)
+    expect_refusal(open_state_dict, tmp_path, "is a directory")

@@ -12,6 +12,13 @@ from diffusion.checkpoint import CheckpointError, ModelFamily, detect_checkpoint
 from diffusion.checkpoint.load import load_checkpoint, split_checkpoint
 from diffusion.tiny import tiny_checkpoint_tensors, write_tiny_checkpoint
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
+from tests.diffusion.weight_files import (
+    BAD_WEIGHT_FILES,
+    PICKLE_NAMED_SAFETENSORS,
+    PICKLE_SUFFIXES,
+    expect_refusal,
+    write_bad_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +84,29 @@ def test_a_vae_file_loads_only_a_vae(tmp_path: Path) -> None:
     loaded = load_checkpoint(tmp_path / "vae.safetensors")
     assert (loaded.unet, loaded.text_encoders) == (None, None)
     assert loaded.vae.decode(torch.zeros(1, 4, 4, 4)).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_a_safetensors_checkpoint_under_a_pickle_suffix_loads(sd15_file: Path, tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"sd15{suffix}"
+    path.write_bytes(sd15_file.read_bytes())
+    loaded = load_checkpoint(path)
+    assert loaded.info.family is ModelFamily.SD15
+    assert torch.equal(loaded.unet.out[2].weight, open_state_dict(sd15_file)["model.diffusion_model.out.2.weight"])
+
+
+def test_a_pickled_checkpoint_named_safetensors_is_refused(tmp_path: Path) -> None:
+    torch.save(tiny_checkpoint_tensors("sd15"), tmp_path / "sd15.safetensors")
+    expect_refusal(load_checkpoint, tmp_path / "sd15.safetensors", PICKLE_NAMED_SAFETENSORS)
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), BAD_WEIGHT_FILES)
+def test_a_checkpoint_that_is_not_weights_is_named_with_what_it_is(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    path = write_bad_file(tmp_path, name, content)
+    expect_refusal(detect_checkpoint, path, reason)
+    expect_refusal(load_checkpoint, path, reason)
 
 
 def test_weights_that_do_not_fit_name_the_file_and_the_key(tmp_path: Path) -> None:

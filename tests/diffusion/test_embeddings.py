@@ -12,6 +12,13 @@ from diffusion.embeddings import EmbeddingFolder, EmbeddingFormatError, TextualI
 from diffusion.text_encoders import ClipStack
 from diffusion.tokenizer import load_clip_tokenizer
 from tests.diffusion.reference_clip import HEAD_WIDTH, hf_layout, openclip_layout, tiny_reference_model
+from tests.diffusion.weight_files import (
+    BAD_WEIGHT_FILES,
+    PICKLE_NAMED_SAFETENSORS,
+    PICKLE_SUFFIXES,
+    expect_refusal,
+    write_bad_file,
+)
 
 
 def test_a1111_pt_file(tmp_path) -> None:
@@ -41,18 +48,35 @@ def test_two_unnamed_tensors_of_one_width_are_ambiguous() -> None:
         embedding.vectors_for("clip_l", 768)
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [(b"not a pickle", "cannot be read"), (None, "holds a list"), ({"emb_params": torch.zeros(2, 3, 4)}, "shape")],
-)
-def test_unusable_files_are_named(tmp_path, content, message: str) -> None:
-    path = tmp_path / "bad.pt"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        torch.save([1, 2] if content is None else content, path)
-    with pytest.raises(EmbeddingFormatError, match=f"bad.pt: .*{message}"):
-        load_textual_inversion(path)
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_a_safetensors_file_under_a_pickle_suffix_loads(tmp_path, suffix: str) -> None:
+    vectors = torch.randn(2, 768)
+    save_file({"emb_params": vectors}, tmp_path / f"style{suffix}")
+    assert torch.equal(load_textual_inversion(tmp_path / f"style{suffix}").vectors_for("clip_l", 768), vectors)
+
+
+def test_a_pickle_named_safetensors_is_refused(tmp_path) -> None:
+    torch.save({"string_to_param": {"*": torch.randn(2, 768)}}, tmp_path / "style.safetensors")
+    expect_refusal(load_textual_inversion, tmp_path / "style.safetensors", PICKLE_NAMED_SAFETENSORS)
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), BAD_WEIGHT_FILES)
+def test_a_file_that_is_not_weights_is_named_with_what_it_is(tmp_path, name: str, content: bytes, reason: str) -> None:
+    expect_refusal(load_textual_inversion, write_bad_file(tmp_path, name, content), reason)
+
+
+def test_tensors_that_are_not_token_vectors_are_named(tmp_path) -> None:
+    torch.save({"emb_params": torch.zeros(2, 3, 4)}, tmp_path / "bad.pt")
+    with pytest.raises(EmbeddingFormatError, match=r"bad\.pt: tensor 'emb_params' has shape \(2, 3, 4\)"):
+        load_textual_inversion(tmp_path / "bad.pt")
+
+
+def test_a_cached_embedding_keeps_its_vectors_when_the_file_is_rewritten(tmp_path) -> None:
+    path = tmp_path / "x.safetensors"
+    save_file({"emb_params": torch.ones(1, 8)}, path)
+    embedding = load_textual_inversion(path)
+    path.write_bytes(b"")  # rewritten in place: a view of the old mapping would now be past the end
+    assert embedding.vectors["emb_params"].sum() == 8
 
 
 def test_folder_resolves_names_with_or_without_suffix_and_stays_inside(tmp_path) -> None:

@@ -1,17 +1,26 @@
 """LoRA parsing and patching: every naming convention lands on the same Loom parameter, and the
-patched weights compute what the LoRA's own low-rank layers compute."""
+patched weights compute what the LoRA's own low-rank layers compute. LoRA files are read as the
+LoRA loaders read them, `parse_lora(open_state_dict(path), ...)`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from diffusion.checkpoint import ModelFamily
+from diffusion.checkpoint import ModelFamily, open_state_dict
 from diffusion.lora import FullDelta, LoraFormatError, LowRankDelta, apply_lora_patches, parse_lora
 from diffusion.text_encoders import FAMILY_ENCODERS, load_clip_text_model
 from diffusion.tiny import tiny_checkpoint_tensors
 from diffusion.unet import UNetModel, unet_from_state_dict
+from tests.diffusion.weight_files import (
+    BAD_WEIGHT_FILES,
+    PICKLE_NAMED_SAFETENSORS,
+    PICKLE_SUFFIXES,
+    expect_refusal,
+    write_bad_file,
+)
 
 
 def _view(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -57,6 +66,31 @@ def test_kohya_ldm_names_patch_w_plus_strength_alpha_over_rank_up_down(sd15) -> 
     assert patches.unmatched == [] and list(patches.unet) == [f"{TO_Q}.weight"]
     patched = apply_lora_patches(unet, [(patches.unet, 0.7)])
     torch.testing.assert_close(patched[f"{TO_Q}.weight"], weight + 0.7 * (2.0 / 4) * up @ down)
+
+
+def _kohya_to_q(unet: UNetModel) -> dict[str, torch.Tensor]:
+    up, down = low_rank(*unet.get_parameter(f"{TO_Q}.weight").shape)
+    stem = f"lora_unet_{TO_Q.replace('.', '_')}"
+    return {f"{stem}.lora_up.weight": up, f"{stem}.lora_down.weight": down}
+
+
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_a_safetensors_lora_under_a_pickle_suffix_loads(sd15, tmp_path, suffix: str) -> None:
+    unet, _ = sd15
+    save_file(_kohya_to_q(unet), tmp_path / f"style{suffix}")
+    assert list(parse_lora(open_state_dict(tmp_path / f"style{suffix}"), unet).unet) == [f"{TO_Q}.weight"]
+
+
+def test_a_pickled_lora_named_safetensors_is_refused(sd15, tmp_path) -> None:
+    torch.save(_kohya_to_q(sd15[0]), tmp_path / "style.safetensors")
+    expect_refusal(open_state_dict, tmp_path / "style.safetensors", PICKLE_NAMED_SAFETENSORS)
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), BAD_WEIGHT_FILES)
+def test_a_lora_file_that_is_not_weights_is_named_with_what_it_is(
+    tmp_path, name: str, content: bytes, reason: str
+) -> None:
+    expect_refusal(open_state_dict, write_bad_file(tmp_path, name, content), reason)
 
 
 def test_every_naming_convention_resolves_to_the_same_parameter(sd15) -> None:

@@ -9,8 +9,14 @@ import torch
 from diffusers import AutoencoderTiny
 from safetensors.torch import save_file
 
-from diffusion.checkpoint.errors import CheckpointFormatError
 from diffusion.taesd import TAESDDecoder, TAESDWeightsError, load_taesd_decoder, taesd_preview
+from tests.diffusion.weight_files import (
+    BAD_WEIGHT_FILES,
+    PICKLE_NAMED_SAFETENSORS,
+    PICKLE_SUFFIXES,
+    expect_refusal,
+    write_bad_file,
+)
 
 TOLERANCE = 1e-5
 
@@ -82,11 +88,24 @@ def test_a_file_with_the_right_keys_but_wrong_shapes_is_rejected(tmp_path: Path)
         load_taesd_decoder(path)
 
 
-def test_a_file_that_is_not_weights_at_all_is_a_format_error(tmp_path: Path) -> None:
-    path = tmp_path / "taesd_decoder.pth"
-    path.write_text("<html>404</html>")
-    with pytest.raises(CheckpointFormatError, match="taesd_decoder.pth"):
-        load_taesd_decoder(path)
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_a_safetensors_file_under_a_pickle_suffix_loads(tmp_path: Path, suffix: str) -> None:
+    weights = TAESDDecoder().state_dict()
+    save_file(weights, tmp_path / f"taesd_decoder{suffix}")
+    loaded = load_taesd_decoder(tmp_path / f"taesd_decoder{suffix}").state_dict()
+    assert all(torch.equal(loaded[key], weights[key]) for key in weights)
+
+
+def test_a_pickle_named_safetensors_is_refused(tmp_path: Path) -> None:
+    torch.save(TAESDDecoder().state_dict(), tmp_path / "taesd_decoder.safetensors")
+    expect_refusal(load_taesd_decoder, tmp_path / "taesd_decoder.safetensors", PICKLE_NAMED_SAFETENSORS)
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), BAD_WEIGHT_FILES)
+def test_a_file_that_is_not_weights_is_named_with_what_it_is(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    expect_refusal(load_taesd_decoder, write_bad_file(tmp_path, name, content), reason)
 
 
 def test_the_latent_channel_count_comes_from_the_file(tmp_path: Path) -> None:

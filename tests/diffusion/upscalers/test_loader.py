@@ -13,6 +13,13 @@ from safetensors.torch import save_file
 from diffusion.upscalers.loader import UpscaleModelError, load_upscale_model
 from diffusion.upscalers.ncnn import map_ncnn, read_ncnn
 from tests.diffusion.upscalers.tiny_upscalers import ANIMEVIDEO, X4PLUS, old_esrgan_layout, tiny_rrdb, tiny_srvgg
+from tests.diffusion.weight_files import (
+    BAD_WEIGHT_FILES,
+    PICKLE_NAMED_SAFETENSORS,
+    PICKLE_SUFFIXES,
+    expect_refusal,
+    write_bad_file,
+)
 
 X = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
 
@@ -73,10 +80,35 @@ def test_a_bin_without_param_is_read_as_a_pytorch_file(tmp_path):
     assert load_upscale_model(tmp_path / "pytorch_model.bin").architecture == "SRVGGNetCompact"
 
 
-def test_other_file_types_and_missing_files_are_refused(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"\0")
-    with pytest.raises(UpscaleModelError, match=r"model\.onnx: unsupported file type '\.onnx'"):
-        load_upscale_model(tmp_path / "model.onnx")
+def test_a_bin_holding_weights_is_read_as_such_even_beside_an_ncnn_param(tmp_path, real_models):
+    """Content first: only a ``.bin`` that is no weight format of its own is taken for ncnn data."""
+    shutil.copy(real_models / f"{ANIMEVIDEO[4]}.param", tmp_path / "v3.param")
+    save_file(tiny_srvgg(upscale=3).state_dict(), tmp_path / "v3.bin")
+    assert load_upscale_model(tmp_path / "v3.bin").scale == 3
+
+
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_a_safetensors_file_under_a_pickle_suffix_loads(tmp_path, suffix):
+    model = tiny_srvgg(upscale=3)
+    save_file(model.state_dict(), tmp_path / f"compact{suffix}")
+    loaded = load_upscale_model(tmp_path / f"compact{suffix}")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))
+
+
+def test_a_pickle_named_safetensors_is_refused(tmp_path):
+    torch.save({"params_ema": tiny_srvgg().state_dict()}, tmp_path / "compact.safetensors")
+    expect_refusal(load_upscale_model, tmp_path / "compact.safetensors", PICKLE_NAMED_SAFETENSORS)
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), BAD_WEIGHT_FILES)
+def test_a_file_that_is_not_weights_is_named_with_what_it_is(tmp_path, name, content, reason):
+    expect_refusal(load_upscale_model, write_bad_file(tmp_path, name, content), reason)
+
+
+def test_other_file_types_are_named_by_content_and_missing_files_are_refused(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    expect_refusal(load_upscale_model, tmp_path / "model.onnx", r"unrecognised content \(first bytes 08 07 12 07")
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         load_upscale_model(tmp_path / "absent.pth")
 
