@@ -24,9 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graph.cache_keys import is_link  # noqa: E402
 from graph.declare import Int, Output, Socket, node, spec_of  # noqa: E402
 from graph.executor import Executor  # noqa: E402
+from graph.formats.api import is_link  # noqa: E402
 from graph.registry import NodeRegistry  # noqa: E402
 
 

@@ -13,7 +13,7 @@ each side is credited with its fastest. On a CPU without native bf16 kernels (an
 ``diffusion.devices.cpu_computes_bf16_fast``) the bf16 modes are skipped, with the reason printed:
 there bf16 is computed in software, several times slower than fp32, for Loom and diffusers alike.
 Timings on the shared 2-core machines vary 1.5-2.5x from
-run to run (FACTS.md), so every contender is warmed up once and then timed in interleaved rounds,
+run to run (bench/RESULTS.md), so every contender is warmed up once and then timed in interleaved rounds,
 and the minimum of the rounds is reported; ratios are meaningful only within one run. FLOPs come
 from ``torch.utils.flop_counter.FlopCounterMode`` on one diffusers fp32 call (convolutions, matmuls,
 and SDPA through a formula registered for the CPU attention kernel); both sides do the same arithmetic.
@@ -52,7 +52,7 @@ LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-b
 CHECKPOINT = Path("/tmp/loom_bench_sd15_fp16.safetensors")
 CONFIG_DIR = Path("/tmp/loom_bench_sd15_diffusers_config")
 VOCAB_FILE = Path(__file__).resolve().parents[1] / "diffusion" / "data" / "bpe_simple_vocab_16e6.txt.gz"
-BF16_PEAK_GFLOPS = (400.0, 470.0)  # FACTS.md: the 2-core machine's bf16 limit
+BF16_PEAK_GFLOPS = (400.0, 470.0)  # the bf16 limit measured earlier on the project's 2-core machines
 
 # The published runwayml/stable-diffusion-v1-5 component configs (unet/, vae/, text_encoder/config.json).
 SD15_UNET = dict(
@@ -200,7 +200,7 @@ class Models:
 
             with _seeded(2):
                 reference = CLIPTextModel(CLIPTextConfig(**CLIP_L)).eval()
-            # transformers >= 5.6 drops the `text_model.` level that SD1 files keep (FACTS.md).
+            # transformers >= 5.6 drops the `text_model.` level that SD1 files keep.
             weights = {f"text_model.{k}": v for k, v in reference.state_dict().items()}
             return reference, load_clip_text_model(weights, "quick_gelu"), weights
 
@@ -283,7 +283,7 @@ def run_speed_case(case: str, contenders: list[Contender], repeats: int) -> list
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int) -> float:
-    """This machine's practical ceiling: a 4096^3 matmul, min of ``repeats`` (FACTS.md's peaks are
+    """This machine's practical ceiling: a 4096^3 matmul, min of ``repeats`` (the 400–470 GFLOP/s measured earlier are
     another CPU model's; these machines are not all alike)."""
     a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
     seconds, _ = time_interleaved([Contender("matmul", str(dtype), lambda: a @ b)], repeats)
@@ -296,10 +296,10 @@ def report_speed(rows: list[Row], peak: float, peak_dtype: str) -> None:
     for row in rows:
         c = row.contender
         print(f"| {row.case} | {c.side} | {c.mode} | {row.seconds:.3f} | {row.gflops:.0f} |")
-    print(f"\nbf16 peak: FACTS.md {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
+    print(f"\nbf16 peak: measured earlier {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
           f"this machine's 4096^3 {peak_dtype} matmul {peak:.0f} GFLOP/s")
     print("\n| case | fp32 loom/diffusers | fastest: loom (mode) / diffusers (mode) | ratio "
-          f"| loom fastest % of FACTS bf16 peak | % of this machine's {peak_dtype} matmul |")
+          f"| loom fastest % of the measured bf16 peak | % of this machine's {peak_dtype} matmul |")
     print("|---|---|---|---|---|---|")
     for case in dict.fromkeys(r.case for r in rows):
         mine = [r for r in rows if r.case == case]
@@ -333,7 +333,7 @@ def write_checkpoint(models: Models) -> None:
     reference_unet.save_config(CONFIG_DIR / "unet")
     reference_vae.save_config(CONFIG_DIR / "vae")
     reference_clip.config.save_pretrained(CONFIG_DIR / "text_encoder")
-    # transformers' CLIPTokenizer files, derived from the shipped BPE vocabulary (FACTS.md).
+    # transformers' CLIPTokenizer files, derived from the shipped BPE vocabulary as diffusion/tokenizer.py does.
     (CONFIG_DIR / "tokenizer").mkdir(parents=True, exist_ok=True)
     (CONFIG_DIR / "tokenizer" / "vocab.json").write_text(json.dumps(load_clip_tokenizer().token_ids), encoding="utf-8")
     merges = gzip.open(VOCAB_FILE, "rt", encoding="utf-8").read().split("\n")[1:48895]

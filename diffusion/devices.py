@@ -2,7 +2,7 @@
 
 The policy is exactness first: fp32 unless the caller asks for speed. "Fast" means bf16 where the
 hardware computes it natively (CUDA GPUs that report bf16 support; CPUs with AVX512_BF16 or AMX, where
-oneDNN's bf16 kernels run at about twice the fp32 rate on this project's machines, see FACTS.md), fp16 on
+oneDNN's bf16 kernels run at about twice the fp32 rate on this project's machines, see bench/RESULTS.md), fp16 on
 GPUs without bf16 (its narrow range is why it is the last resort: SDXL's VAE is known to overflow in
 fp16), and fp32 everywhere else. Loom computes on CUDA or the CPU; other backends are never picked
 automatically.

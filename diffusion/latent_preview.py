@@ -1,6 +1,6 @@
 """Cheap step previews: a fixed linear map from latent channels to RGB, no VAE call.
 
-The VAE decoder is far too slow to run at every sampling step on a CPU (FACTS.md: ~16 s per
+The VAE decoder is far too slow to run at every sampling step on a CPU (bench/RESULTS.md: about 12 s per
 512 px decode), but a latent pixel's colour is close to a linear function of its channels. The
 factors below are least-squares fits of latent channels to the downscaled RGB image. The
 SD1.x/SD2.x matrix was published by Keturn (2022) and the SDXL matrix and bias are the ones

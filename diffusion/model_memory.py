@@ -25,7 +25,7 @@ from diffusion.devices import memory_info
 __all__ = ["DEFAULT_RESERVE_BYTES", "MemoryBudgetError", "ModelMemory", "module_bytes"]
 
 # Headroom for the CUDA context, other processes and fragmentation. ComfyUI keeps 400-600 MB plus at
-# least 0.8 GB per call (COMPAT.md 6.2); one GiB is a round default in that range. A call's own
+# least 0.8 GB per call (docs/compatibility.md §6.2); one GiB is a round default in that range. A call's own
 # activation estimate goes on top, through `use(..., extra_bytes=...)`.
 DEFAULT_RESERVE_BYTES = 1 << 30
 

@@ -2,7 +2,9 @@
 
 Every builder returns a float32 tensor of ``steps + 1`` sigmas (``ddim_uniform`` and ``beta`` may
 return fewer or more, see their notes) that decreases and ends in exactly 0, so a sampler takes
-one step per consecutive pair. ``compute_sigmas`` picks a builder by its ComfyUI scheduler name.
+one step per consecutive pair. ``compute_sigmas`` picks a builder by its ComfyUI scheduler name;
+``denoise_sigmas`` and ``cut_sigmas`` take the part of a schedule that KSampler's ``denoise`` and
+KSamplerAdvanced's step window ask for.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from torch import Tensor
 from diffusion.prediction import ModelSampling
 
 __all__ = [
+    "KSAMPLER_FULL_DENOISE",
     "SCHEDULER_NAMES",
     "UnknownSchedulerError",
     "beta_quantile",
     "beta_sigmas",
     "compute_sigmas",
+    "cut_sigmas",
     "ddim_uniform_sigmas",
+    "denoise_sigmas",
     "exponential_sigmas",
     "karras_sigmas",
     "kl_optimal_sigmas",
@@ -228,3 +233,56 @@ def compute_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int) ->
     except KeyError:
         raise UnknownSchedulerError(scheduler) from None
     return build(model_sampling, steps).float()
+
+
+#: KSampler counts a denoise above this as a full one (ComfyUI's ``KSampler.set_steps``).
+KSAMPLER_FULL_DENOISE = 0.9999
+
+
+def denoise_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, denoise: float = 1.0, *,
+                   discard_penultimate_sigma: bool = False, exact_denoise: bool = False) -> Tensor:
+    """The sigmas of ``steps`` steps over the last ``denoise`` fraction of the named schedule.
+
+    img2img and hires fix start from a picture, so they skip the noisiest part of the process:
+    below 1, ``int(steps / denoise)`` steps are scheduled and the last ``steps + 1`` sigmas kept, so
+    the run still takes ``steps`` steps but starts at the noise level that fraction implies. A
+    denoise of 0 or less gives no sigmas: nothing to sample.
+
+    The two ComfyUI nodes that take a denoise round differently, and both rules are kept: KSampler
+    counts anything above ``KSAMPLER_FULL_DENOISE`` as a full denoise; BasicScheduler
+    (``exact_denoise``) lengthens the schedule for any denoise below 1. They disagree only where
+    ``int(steps / denoise) > steps`` for such a denoise, which needs about 10000 steps.
+
+    ``discard_penultimate_sigma`` (``SamplerSpec``): one more step is scheduled and the
+    second-to-last sigma dropped, as KSampler does for the samplers that ask for it.
+    """
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    full = denoise >= 1.0 if exact_denoise else denoise > KSAMPLER_FULL_DENOISE
+    total = steps if full else int(steps / denoise)
+    if discard_penultimate_sigma:
+        sigmas = compute_sigmas(model_sampling, scheduler, total + 1)
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    else:
+        sigmas = compute_sigmas(model_sampling, scheduler, total)
+    return sigmas[-(steps + 1):]
+
+
+def cut_sigmas(sigmas: Tensor, start_step: int | None = None, end_step: int | None = None,
+               leftover_noise: bool = False) -> Tensor:
+    """KSamplerAdvanced's window: the part of a schedule from step ``start_step`` to ``end_step``.
+
+    Multi-stage sampling (a base model then a refiner) splits one schedule between samplers. A
+    window that ends early lands on sigma 0, finishing the denoise from the noise level reached,
+    unless ``leftover_noise`` keeps the schedule's sigma there so a later window continues from the
+    still-noisy latent. An ``end_step`` at or past the last step changes nothing. A window that
+    starts at or after the last step is a single sigma: no step, so sampling returns the latent as
+    given.
+    """
+    if end_step is not None and end_step < len(sigmas) - 1:
+        sigmas = sigmas[:end_step + 1].clone()
+        if not leftover_noise:
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        sigmas = sigmas[start_step:] if start_step < len(sigmas) - 1 else sigmas[-1:]
+    return sigmas

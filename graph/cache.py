@@ -6,7 +6,7 @@ where the node produced them (a GPU latent stays on the GPU, so the next prompt 
 When the device budget is exceeded, the least recently used entries are first *offloaded*: their
 device tensors are copied to CPU, which frees device memory but keeps the result. Only when the
 total budget is exceeded are entries *dropped*, again least recently used first. ComfyUI's
-RAM-pressure mode (COMPAT 4.4) weighs age against size; plain LRU is predictable and testable.
+RAM-pressure mode (docs/compatibility.md §4.4) weighs age against size; plain LRU is predictable and testable.
 
 Entries a running prompt has read or written are pinned until that prompt ends, so a prompt never
 loses an input it still needs; the budget therefore holds between prompts and may be overshot by

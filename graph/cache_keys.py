@@ -1,6 +1,6 @@
 """Content-addressed cache keys: a node's key changes only when something that could change its output does.
 
-A key is a Merkle-style digest (COMPAT 4.4): the node's class, its ``fingerprint`` token (V1
+A key is a Merkle-style digest (docs/compatibility.md §4.4): the node's class, its ``fingerprint`` token (V1
 ``IS_CHANGED``) when it has one, its id only when its output depends on the id (``not_idempotent``
 or a ``UNIQUE_ID`` input), and every input sorted by name — a constant as itself, a link as the key
 of the source node plus the output slot. Node ids of ancestors never enter, so renumbering a graph
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from graph.formats.api import is_link
 from graph.registry import NodeRegistry
 from graph.spec import NodeSpec
 
@@ -92,11 +93,6 @@ class SpecFactsCache:
         if facts is None or facts.spec is not spec:
             facts = self._facts[class_type] = SpecFacts.of(spec)
         return facts
-
-
-def is_link(value: Any) -> bool:
-    """An API-format link is ``[source_id, output_index]`` (COMPAT 2.1)."""
-    return type(value) is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is int
 
 
 class _Uncacheable(Exception):
@@ -189,7 +185,7 @@ def _signature(
     try:
         for name in sorted(inputs):
             value = inputs[name]
-            if type(value) is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is int:
+            if is_link(value):
                 source_key = keys[value[0]]
                 if source_key.startswith(_NEVER):
                     raise _Uncacheable("depends on a node that never matches")
@@ -228,7 +224,7 @@ def compute_keys(
     ``known`` holds keys computed earlier in the same prompt; it is extended in place and returned
     (a node expansion keys only its new nodes). Raises ``PromptStructureError`` for a missing node
     or unknown class type and ``DependencyCycleError`` for a cycle, naming the nodes involved. This
-    runs for every node of every prompt, cached or not, so the link test and facts lookup are inlined.
+    runs for every node of every prompt, cached or not, so the facts lookup is inlined.
     """
     memo = memo if memo is not None else DigestMemo()
     keys: dict[str, CacheKey] = known if known is not None else {}
@@ -250,7 +246,7 @@ def compute_keys(
                 expanded.add(node_id)
                 waiting = False
                 for value in inputs.values():
-                    if type(value) is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is int:
+                    if is_link(value):
                         source = value[0]
                         if source in keys:
                             continue

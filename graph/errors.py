@@ -1,7 +1,7 @@
 """Typed errors of prompt validation and workflow loading, and their wire form.
 
 Validation problems are values, not exceptions: a prompt can have many at once and every one of
-them is reported (COMPAT 1.3). Each kind is a class with the fields a caller needs (node id, class
+them is reported (docs/compatibility.md §1.3). Each kind is a class with the fields a caller needs (node id, class
 type, input name, the received value), and ``to_wire()`` renders the ``{type, message, details,
 extra_info}`` dict that ComfyUI clients read. The ``type`` strings are the wire contract; the
 wording of ``message``/``details`` is Loom's own.
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-#: Combo lists longer than this are summarised in error payloads instead of listed (COMPAT 1.3).
+#: Combo lists longer than this are summarised in error payloads instead of listed (docs/compatibility.md §1.3).
 MAX_LISTED_CHOICES = 20
 
 
@@ -267,6 +267,54 @@ class DependencyCycle(NodeError):
         return {"nodes": list(self.cycle)}
 
 
+@dataclass(frozen=True, kw_only=True)
+class UnknownNodeType(NodeError):
+    """The node's ``class_type`` names no registered node type (a plugin that is not installed, a typo)."""
+
+    type: ClassVar[str] = "unknown_node_type"
+
+    @property
+    def message(self) -> str:
+        return "Node type does not exist"
+
+    @property
+    def details(self) -> str:
+        return f"no installed node or plugin provides {self.class_type!r}"
+
+    @property
+    def clause(self) -> str:
+        """Why the whole prompt cannot run, in ComfyUI's words ("node X does not exist")."""
+        return f"node {self.class_type} does not exist"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MalformedNode(NodeError):
+    """The node is not ``{"class_type": str, "inputs": {...}}``, so it cannot even be looked up.
+
+    ``class_type`` is the node's class name when it has a usable one, else ``""``.
+    """
+
+    type: ClassVar[str] = "malformed_node"
+    #: What is wrong, as a predicate of the node: "has no class_type", "is a list, not an object".
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return "Malformed node"
+
+    @property
+    def details(self) -> str:
+        return f"the node {self.reason}"
+
+    @property
+    def clause(self) -> str:
+        return f"node {self.node_id} {self.reason}"
+
+
+#: The problems that make a node unusable as a whole; any of them fails the entire prompt.
+UnresolvedNode = UnknownNodeType | MalformedNode
+
+
 def node_errors_to_wire(errors: Iterable[NodeError], dependent_outputs: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """Group problems per node in the ``node_errors`` shape; ``dependent_outputs`` maps node id → outputs."""
     grouped: dict[str, dict[str, Any]] = {}
@@ -289,20 +337,15 @@ class PromptError:
     extra_info: Mapping[str, Any] | None = None
 
     @classmethod
-    def missing_class_type(cls, node_id: str) -> PromptError:
-        return cls("invalid_prompt", f"Cannot execute because node {node_id} has no class_type.", f"Node ID '#{node_id}'")
+    def unresolved(cls, problems: Sequence[UnresolvedNode]) -> PromptError:
+        """``invalid_prompt`` naming every node that is malformed or of an unknown type.
 
-    @classmethod
-    def not_a_node(cls, node_id: str, received: Any) -> PromptError:
-        return cls(
-            "invalid_prompt",
-            f"Cannot execute because node {node_id} is a {type(received).__name__}, not an object.",
-            f"Node ID '#{node_id}'",
-        )
-
-    @classmethod
-    def unknown_class_type(cls, node_id: str, class_type: str) -> PromptError:
-        return cls("invalid_prompt", f"Cannot execute because node {class_type} does not exist.", f"Node ID '#{node_id}'")
+        One unknown node reads as ComfyUI's "Cannot execute because node X does not exist."; the
+        per-node entries in ``node_errors`` carry the same problems for clients that mark nodes.
+        """
+        clauses = "; ".join(dict.fromkeys(problem.clause for problem in problems))
+        ids = ", ".join(f"'#{problem.node_id}'" for problem in problems)
+        return cls("invalid_prompt", f"Cannot execute because {clauses}.", f"Node ID{'s' if len(problems) > 1 else ''} {ids}")
 
     @classmethod
     def not_a_prompt(cls, received: Any) -> PromptError:

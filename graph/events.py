@@ -1,4 +1,4 @@
-"""Executor event names and payloads, exactly as ComfyUI clients read them (COMPAT 1.4, 1.7).
+"""Executor event names and payloads, exactly as ComfyUI clients read them (docs/compatibility.md §1.4, §1.7).
 
 The executor calls ``listener(event, data)`` from its worker thread; the server turns each call into
 a WebSocket frame (``{"type": event, "data": data}``) and keeps the start/cached/end ones in the

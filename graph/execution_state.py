@@ -1,9 +1,9 @@
 """The explicit state of one prompt's execution, and the record it leaves behind.
 
-Modelled on dagster's ``ActiveExecution`` (STYLE.md): every node of the prompt is in one named state
+Modelled on dagster's ``ActiveExecution`` (docs/architecture.md): every node of the prompt is in one named state
 (pending, running, succeeded, cached, failed, skipped), and every transition goes through one
-method that also emits the matching COMPAT 1.4 event. So what the listener saw, what the history
-stores (COMPAT 1.7 ``status.messages``, ``outputs``, ``meta``) and what a test can inspect are one
+method that also emits the matching docs/compatibility.md §1.4 event. So what the listener saw, what the history
+stores (docs/compatibility.md §1.7 ``status.messages``, ``outputs``, ``meta``) and what a test can inspect are one
 and the same data. Without a listener no payload is built except the few the history keeps.
 """
 

@@ -1,6 +1,6 @@
 """Run a validated API prompt: only what the outputs need, in dependency order, reusing cached results.
 
-One ``Executor`` lives as long as the server. Per prompt (COMPAT 4.2–4.6):
+One ``Executor`` lives as long as the server. Per prompt (docs/compatibility.md §4.2–4.6):
 
 1. Every node the outputs depend on gets a content-addressed key (``cache_keys``); nodes whose key
    is in the ``OutputCache`` are *cached* and their whole upstream is never visited.
@@ -10,7 +10,7 @@ One ``Executor`` lives as long as the server. Per prompt (COMPAT 4.2–4.6):
    re-sorted topologically with networkx and the node runs again later. Branches never requested
    never run. (The first plan is the post-order of the walk that finds the needed nodes; building
    a networkx graph for it too would double the cold per-node cost on large graphs.)
-3. Every input is a list internally (COMPAT 3.6): a node is called once per index unless it takes
+3. Every input is a list internally (docs/compatibility.md §3.6): a node is called once per index unless it takes
    whole lists (``input_is_list``); ``is_list`` outputs are flattened; UI dicts are concatenated.
 4. An ``ExecutionBlocker`` among a call's inputs replaces that call's outputs with the blocker. A
    silent blocker (no message) just skips the consumers. A blocker with a message ends the prompt
@@ -19,7 +19,7 @@ One ``Executor`` lives as long as the server. Per prompt (COMPAT 4.2–4.6):
 5. An exception ends the prompt with ``execution_error`` naming the node, its type and its inputs;
    everything computed before it stays cached and the executor is ready for the next prompt.
 
-6. Node expansion (COMPAT 3.8): a result carrying ``expand`` (an API-format subgraph) adds those
+6. Node expansion (docs/compatibility.md §3.8): a result carrying ``expand`` (an API-format subgraph) adds those
    nodes to this prompt's graph, keyed and cached like any other node; the values it returned may
    be links into the subgraph, and the expanding node finishes once they are computed. Expanded
    nodes are displayed on the node that expanded them (``display_node``/``parent_node`` in events).
@@ -32,6 +32,7 @@ awaited one at a time on the executor's own event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 import traceback
@@ -47,11 +48,12 @@ from graph.cache_keys import (
     SpecFactsCache,
     can_match,
     compute_keys,
-    is_link,
 )
 from graph.events import Listener
 from graph.execution_state import ExecutionRecord, ExecutionState
+from graph.formats.api import is_link
 from graph.progress import Interrupted, InterruptFlag, node_context
+from graph.services import services_context
 from graph.registry import NodeRegistry
 from graph.spec import ExecutionBlocker, NodeResult, NodeReturnError
 
@@ -90,11 +92,15 @@ class Executor:
     """Runs prompts one at a time against a registry, sharing one output cache between them.
 
     Without a ``cache`` it makes an unbounded ``OutputCache``; a server passes one with budgets.
+    ``services`` is what node code reaches through ``graph.services.current_services()`` while a
+    prompt runs (Loom's hosts lend a ``nodes.runtime.Runtime``); without it, prompts see whatever the
+    calling context lends.
     """
 
-    def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None) -> None:
+    def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None, services: Any = None) -> None:
         self.registry = registry
         self.cache = cache if cache is not None else OutputCache()
+        self.services = services
         self._facts = SpecFactsCache(registry)
         self._digests = DigestMemo()
         self._instances: dict[tuple[str, str], Any] = {}
@@ -116,7 +122,8 @@ class Executor:
         ``interrupt`` is read, never cleared: the caller owns it, so an interrupt that arrives between
         the caller's choosing this prompt and its start still stops it (before its first node).
         """
-        with self._running, self.cache.prompt_scope():
+        lent = services_context(self.services) if self.services is not None else contextlib.nullcontext()
+        with self._running, self.cache.prompt_scope(), lent:
             run = _PromptRun(self, prompt, outputs, prompt_id, extra_data or {}, listener, interrupt or InterruptFlag())
             return run.execute()
 
@@ -437,7 +444,7 @@ class _PromptRun:
     def _lazy_requests(
         self, node_id: str, facts: SpecFacts, instance: Any, args: dict[str, list[Any]], unevaluated: list[str]
     ) -> list[str]:
-        """The unevaluated lazy inputs the node asks for, over every list index (COMPAT 3.7)."""
+        """The unevaluated lazy inputs the node asks for, over every list index (docs/compatibility.md §3.7)."""
         assert facts.spec.lazy_status is not None
         wanted: dict[str, None] = {}
         with node_context(node_id, self.interrupt, self.state):

@@ -1,7 +1,7 @@
 """Load third-party node packs from ``custom_nodes`` folders so that one broken pack breaks nothing else.
 
 A plugin is an entry of a plugin folder: a package (a folder with ``__init__.py``) or a single
-``.py`` file, as in ComfyUI (COMPAT 3.10). Each is imported under a synthetic module name,
+``.py`` file, as in ComfyUI (docs/compatibility.md §3.10). Each is imported under a synthetic module name,
 ``custom_nodes.<name>``, so ``from .helpers import x`` inside a package works and two folders that
 hold packs of the same name do not share one module. A pack exports nodes through
 ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` (V1 classes), through module-level

@@ -3,9 +3,9 @@
 A sampler deep inside ``diffusion/`` calls ``report_progress(step, steps, preview)`` once per step;
 it has no idea which prompt or node it serves. The executor runs every node call inside
 ``node_context(...)``, which puts the running node's sink into a ``ContextVar``, so the report
-reaches the right prompt's listener (COMPAT 4.6). The same call is the interruption point: ComfyUI
+reaches the right prompt's listener (docs/compatibility.md §4.6). The same call is the interruption point: ComfyUI
 checks its interrupt flag in every progress update, which is what makes ``/interrupt`` stop a
-sampler between steps rather than after the whole node (COMPAT 4.5).
+sampler between steps rather than after the whole node (docs/compatibility.md §4.5).
 """
 
 from __future__ import annotations

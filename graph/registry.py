@@ -56,14 +56,20 @@ class NodeRegistry:
             self.register(spec, builtin=builtin)
         return [spec.class_type for spec in specs]
 
-    def get(self, class_type: str) -> NodeSpec | None:
-        return self._specs.get(class_type)
+    def get(self, class_type: object) -> NodeSpec | None:
+        """The spec registered as ``class_type``, or ``None``.
 
-    def is_builtin(self, class_type: str) -> bool:
-        return class_type in self._builtin
+        Any value is accepted because ``class_type`` comes straight from workflow files and
+        requests: a list or an object there names no node type, it must not raise ``TypeError``
+        (unhashable) from the dictionary lookup.
+        """
+        return self._specs.get(class_type) if isinstance(class_type, str) else None
+
+    def is_builtin(self, class_type: object) -> bool:
+        return isinstance(class_type, str) and class_type in self._builtin
 
     def __contains__(self, class_type: object) -> bool:
-        return class_type in self._specs
+        return self.get(class_type) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)

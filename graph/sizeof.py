@@ -3,7 +3,7 @@
 The output cache enforces a byte budget, so it has to size arbitrary node outputs: tensors (a
 LATENT is a dict holding one, CONDITIONING a list of ``[tensor, {...}]`` pairs), plain Python
 values, and model objects that know their own size. Everything is duck-typed so ``graph/`` stays
-importable without torch (ARCHITECTURE.md):
+importable without torch (docs/architecture.md):
 
 - an object with ``loom_nbytes()`` reports its own size (a model wrapper counting its weights);
 - a tensor-like object with ``element_size()`` and ``nelement()`` holds their product (torch);

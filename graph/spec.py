@@ -17,7 +17,7 @@ from graph.types import COMBO, WIDGET_TYPES
 Section = Literal["required", "optional", "hidden"]
 SECTIONS: tuple[Section, ...] = ("required", "optional", "hidden")
 
-#: Hidden input kinds the executor knows how to fill (COMPAT 3.3).
+#: Hidden input kinds the executor knows how to fill (docs/compatibility.md §3.3).
 HIDDEN_KINDS = frozenset(
     {"PROMPT", "DYNPROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG"}
 )
@@ -85,7 +85,7 @@ class OutputSpec:
 
 
 class ExecutionBlocker:
-    """An output value that stops every consumer (COMPAT 3.8).
+    """An output value that stops every consumer (docs/compatibility.md §3.8).
 
     With a message the prompt fails with that message; with ``None`` consumers are skipped silently.
     """
@@ -206,7 +206,7 @@ class NodeSpec:
         raise NodeReturnError(self.class_type, f"{type(raw).__name__}; expected a tuple of {len(self.outputs)} values")
 
     def object_info(self) -> dict[str, Any]:
-        """The ``/object_info`` entry (COMPAT 1.5) with every field clients read."""
+        """The ``/object_info`` entry (docs/compatibility.md §1.5) with every field clients read."""
         sections: dict[str, dict[str, Any]] = {"required": {}}
         for spec in self.inputs():
             sections.setdefault(spec.section, {})[spec.name] = spec.object_info_entry()

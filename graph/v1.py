@@ -1,4 +1,4 @@
-"""Read a ComfyUI-style V1 node class (COMPAT 3.1–3.7) into a ``NodeSpec``.
+"""Read a ComfyUI-style V1 node class (docs/compatibility.md §3.1–3.7) into a ``NodeSpec``.
 
 V1 classes are duck-typed: ``INPUT_TYPES`` is a classmethod returning sections of
 ``name: (TYPE, {options})``, outputs are parallel tuples, and optional hooks are looked up by name.

@@ -1,12 +1,16 @@
-"""Check an API-format prompt against the node registry before anything runs (COMPAT 4.1).
+"""Check an API-format prompt against the node registry before anything runs (docs/compatibility.md §4.1).
 
 Every problem is collected, never just the first, so a client can mark all broken inputs at once.
 The steps follow ComfyUI's order: a node without ``class_type`` or of an unknown class fails the
 whole prompt; output nodes (optionally narrowed to the requested targets) are the roots; every node
 upstream of a root is checked input by input; an output with a problem anywhere upstream is
-dropped and the others still run. Loom adds three checks ComfyUI leaves to run time or to luck:
-links to nodes or output slots that do not exist, dependency cycles (named node by node), and
-combo values that differ from a listed file only by path separator (a workflow saved on Windows).
+dropped and the others still run. Unlike ComfyUI, an unknown or malformed node does not stop the
+check: the known nodes are still checked (including those the unknown node links to, since it may
+be the output that was meant to run), so one answer lists every problem. Loom adds three checks
+ComfyUI leaves to run time or to luck: links to nodes or output slots that do not exist, dependency
+cycles (named node by node), and combo values that differ from a listed file only by path separator
+(a workflow saved on Windows). Links are rewritten to ``[str, int]`` (``graph.formats.api``), the
+one form the executor and the cache keys read.
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ from graph.errors import (
     ExceptionDuringInnerValidation,
     ExceptionDuringValidation,
     InvalidInputType,
+    MalformedNode,
     NodeError,
     PromptError,
     RequiredInputMissing,
     ReturnTypeMismatch,
+    UnknownNodeType,
+    UnresolvedNode,
     ValueBiggerThanMax,
     ValueNotInList,
     ValueSmallerThanMin,
     node_errors_to_wire,
 )
-from graph.formats.api import unwrap_value
+from graph.formats.api import LinkShapeError, normalise_link, unwrap_value
 from graph.registry import NodeRegistry
 from graph.spec import InputSpec, NodeSpec
 from graph.types import BOOLEAN, COMBO, FLOAT, INT, STRING, types_compatible
@@ -43,7 +50,7 @@ from graph.types import BOOLEAN, COMBO, FLOAT, INT, STRING, types_compatible
 
 @dataclass
 class ValidationResult:
-    """What the server needs to accept or reject a prompt, in the COMPAT 1.3 shapes."""
+    """What the server needs to accept or reject a prompt, in the docs/compatibility.md §1.3 shapes."""
 
     ok: bool
     #: The top-level error object (``{type, message, details, extra_info}``) when ``ok`` is false.
@@ -52,7 +59,8 @@ class ValidationResult:
     outputs: list[str]
     #: ``{node_id: {class_type, dependent_outputs, errors}}``; may be non-empty when ``ok`` is true.
     node_errors: dict[str, Any]
-    #: A copy of the prompt with ``__value__`` unwrapped and constants coerced to their input types.
+    #: A copy of the prompt with ``__value__`` unwrapped, constants coerced to their input types and
+    #: links normalised to ``[str, int]``: the prompt to execute.
     prompt: dict[str, Any]
     #: The same problems as ``node_errors``, as typed objects.
     problems: list[NodeError] = field(default_factory=list)
@@ -63,25 +71,28 @@ def validate_prompt(prompt: dict[str, Any], registry: NodeRegistry, targets: lis
     if not isinstance(prompt, dict):
         return _rejected(PromptError.not_a_prompt(prompt), {})
     checked = copy.deepcopy(prompt)
-    specs, structural = _resolve_specs(checked, registry)
-    if structural is not None:
-        return _rejected(structural, checked)
+    specs, unresolved = _resolve_specs(checked, registry)
     wanted = None if targets is None else {str(target) for target in targets}
     outputs = [node_id for node_id, spec in specs.items() if spec.output_node and (wanted is None or node_id in wanted)]
-    if not outputs:
+    if not outputs and not unresolved:
         return _rejected(PromptError.no_outputs(), checked)
 
-    checker = _PromptChecker(checked, specs)
-    checker.visit_upstream(outputs)
+    checker = _PromptChecker(checked, specs, {problem.node_id: problem for problem in unresolved})
+    checker.visit_upstream([*outputs, *(problem.node_id for problem in unresolved)])
     checker.report_cycles()
-    broken = {problem.node_id for problem in checker.problems}
+    problems: list[NodeError] = [*unresolved, *checker.problems]
+    broken = {problem.node_id for problem in problems}
     upstream = {output: nx.ancestors(checker.links, output) | {output} for output in outputs}
-    passed = [output for output in outputs if not upstream[output] & broken]
     dependents = {node_id: [o for o in outputs if node_id in upstream[o]] for node_id in broken}
-    node_errors = node_errors_to_wire(checker.problems, dependents)
-    error = None if passed else PromptError.outputs_failed(checker.problems).to_wire()
+    node_errors = node_errors_to_wire(problems, dependents)
+    if unresolved:
+        passed: list[str] = []
+        error = PromptError.unresolved(unresolved).to_wire()
+    else:
+        passed = [output for output in outputs if not upstream[output] & broken]
+        error = None if passed else PromptError.outputs_failed(problems).to_wire()
     return ValidationResult(
-        ok=bool(passed), error=error, outputs=passed, node_errors=node_errors, prompt=checked, problems=checker.problems
+        ok=bool(passed), error=error, outputs=passed, node_errors=node_errors, prompt=checked, problems=problems
     )
 
 
@@ -89,29 +100,42 @@ def _rejected(error: PromptError, prompt: dict[str, Any]) -> ValidationResult:
     return ValidationResult(ok=False, error=error.to_wire(), outputs=[], node_errors={}, prompt=prompt)
 
 
-def _resolve_specs(prompt: dict[str, Any], registry: NodeRegistry) -> tuple[dict[str, NodeSpec], PromptError | None]:
-    """Step 1: every node must be an object naming a registered class."""
+def _resolve_specs(prompt: dict[str, Any], registry: NodeRegistry) -> tuple[dict[str, NodeSpec], list[UnresolvedNode]]:
+    """Step 1: the spec of every node that is an object naming a registered class; a problem for every other."""
     specs: dict[str, NodeSpec] = {}
+    unresolved: list[UnresolvedNode] = []
     for node_id, node in prompt.items():
-        if not isinstance(node, dict) or not isinstance(node.get("inputs", {}), dict):
-            return specs, PromptError.not_a_node(node_id, node)
+        if not isinstance(node, dict):
+            unresolved.append(MalformedNode(node_id=node_id, class_type="", reason=f"is a {type(node).__name__}, not an object"))
+            continue
         class_type = node.get("class_type")
+        inputs = node.setdefault("inputs", {})
         if class_type is None:
-            return specs, PromptError.missing_class_type(node_id)
-        spec = registry.get(class_type)
-        if spec is None:
-            return specs, PromptError.unknown_class_type(node_id, class_type)
-        node.setdefault("inputs", {})
-        specs[node_id] = spec
-    return specs, None
+            reason = "has no class_type"
+        elif not isinstance(class_type, str):
+            reason = f"has a class_type that is a {type(class_type).__name__}, not a string"
+        elif not isinstance(inputs, dict):
+            reason = f"has inputs that are a {type(inputs).__name__}, not an object"
+        else:
+            spec = registry.get(class_type)
+            if spec is None:
+                unresolved.append(UnknownNodeType(node_id=node_id, class_type=class_type))
+            else:
+                specs[node_id] = spec
+            continue
+        named = class_type if isinstance(class_type, str) else ""
+        unresolved.append(MalformedNode(node_id=node_id, class_type=named, reason=reason))
+    return specs, unresolved
 
 
 class _PromptChecker:
     """Walks upstream from the outputs, checking each node once and recording the links it follows."""
 
-    def __init__(self, prompt: dict[str, Any], specs: dict[str, NodeSpec]) -> None:
+    def __init__(self, prompt: dict[str, Any], specs: dict[str, NodeSpec], unresolved: dict[str, UnresolvedNode]) -> None:
         self.prompt = prompt
         self.specs = specs
+        #: Nodes without a spec (already reported): walked through, never checked.
+        self.unresolved = unresolved
         self.problems: list[NodeError] = []
         #: Edges point from the source node to the consumer, as data flows.
         self.links = nx.DiGraph()
@@ -122,7 +146,8 @@ class _PromptChecker:
         while pending:
             node_id = pending.pop()
             self.links.add_node(node_id)
-            for source in self._check_node(node_id):
+            sources = self._check_node(node_id) if node_id in self.specs else self._linked_sources(node_id)
+            for source in sources:
                 self.links.add_edge(source, node_id)
                 if source not in seen:
                     seen.add(source)
@@ -135,9 +160,28 @@ class _PromptChecker:
                 continue
             cycle = _cycle_order(self.links.subgraph(component), component)
             for node_id in cycle:
-                self.problems.append(
-                    DependencyCycle(node_id=node_id, class_type=self.specs[node_id].class_type, cycle=cycle)
-                )
+                self.problems.append(DependencyCycle(node_id=node_id, class_type=self._class_type(node_id), cycle=cycle))
+
+    def _class_type(self, node_id: str) -> str:
+        spec = self.specs.get(node_id)
+        return spec.class_type if spec is not None else self.unresolved[node_id].class_type
+
+    def _linked_sources(self, node_id: str) -> list[str]:
+        """The existing nodes an unresolved node links to; its inputs cannot be checked without a spec."""
+        node = self.prompt[node_id]
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            return []
+        sources = []
+        for value in inputs.values():
+            if isinstance(value, list):
+                try:
+                    source = normalise_link(value)[0]
+                except LinkShapeError:
+                    continue
+                if source in self.prompt:
+                    sources.append(source)
+        return sources
 
     def _check_node(self, node_id: str) -> list[str]:
         """Check one node's inputs; returns the ids of existing nodes it links to."""
@@ -163,11 +207,17 @@ class _PromptChecker:
                 continue
             value = inputs[item.name]
             if isinstance(value, list):
-                source = self._check_link(spec, item, value, where, received_types)
+                try:
+                    link = normalise_link(value)
+                except LinkShapeError as error:
+                    self.problems.append(BadLinkedInput(**where, received_value=value, reason=error.reason))
+                    continue
+                inputs[item.name] = link
+                source = self._check_link(spec, item, link, where, received_types)
                 if source is not None:
                     sources.append(source)
                 continue
-            # Unwrapped only now: a wrapped list is a constant, never a link (COMPAT 2.1).
+            # Unwrapped only now: a wrapped list is a constant, never a link (docs/compatibility.md §2.1).
             value = unwrap_value(value)
             try:
                 value = _coerce(item.type, value)
@@ -183,19 +233,19 @@ class _PromptChecker:
         return sources
 
     def _check_link(
-        self, spec: NodeSpec, item: InputSpec, value: list[Any], where: dict[str, Any], received_types: dict[str, str]
+        self, spec: NodeSpec, item: InputSpec, link: list[Any], where: dict[str, Any], received_types: dict[str, str]
     ) -> str | None:
-        if len(value) != 2 or not isinstance(value[0], str) or not _is_slot(value[1]):
-            self.problems.append(BadLinkedInput(**where, received_value=value, reason="a link must be [node_id, output_slot]"))
+        """Check a normalised link; returns the source node's id when that node exists."""
+        source, slot = link
+        if source not in self.prompt:
+            self.problems.append(BadLinkedInput(**where, received_value=link, reason=f"node {source!r} is not in the prompt"))
             return None
-        source, slot = value[0], int(value[1])
         source_spec = self.specs.get(source)
         if source_spec is None:
-            self.problems.append(BadLinkedInput(**where, received_value=value, reason=f"node {source!r} is not in the prompt"))
-            return None
+            return source  # unresolved, and reported as such: its outputs have no known types
         if not 0 <= slot < len(source_spec.outputs):
             reason = f"node {source} ({source_spec.class_type}) has {len(source_spec.outputs)} outputs, no output {slot}"
-            self.problems.append(BadLinkedInput(**where, received_value=value, reason=reason))
+            self.problems.append(BadLinkedInput(**where, received_value=link, reason=reason))
             return source
         output_type = source_spec.outputs[slot].type
         received_types[item.name] = output_type
@@ -245,7 +295,7 @@ class _PromptChecker:
 
 
 def _exempt_from_builtin_checks(spec: NodeSpec, declared: list[InputSpec]) -> frozenset[str]:
-    """Inputs a custom validator takes are its to judge (COMPAT 3.5); ``**kwargs`` takes them all."""
+    """Inputs a custom validator takes are its to judge (docs/compatibility.md §3.5); ``**kwargs`` takes them all."""
     if spec.validate is None:
         return frozenset()
     if spec.validate_takes is None:
@@ -253,19 +303,11 @@ def _exempt_from_builtin_checks(spec: NodeSpec, declared: list[InputSpec]) -> fr
     return spec.validate_takes
 
 
-def _is_slot(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, float) and value.is_integer()
-
-
 _BOOLEAN_WORDS = {"true": True, "false": False}
 
 
 def _coerce(input_type: str, value: Any) -> Any:
-    """Convert a constant to its widget type, as ComfyUI writes back before running (COMPAT 2.1).
+    """Convert a constant to its widget type, as ComfyUI writes back before running (docs/compatibility.md §2.1).
 
     Strings are accepted for numbers (``"20"``) as ComfyUI does; for BOOLEAN only the words
     ``true``/``false`` are, since ``bool("false")`` would silently be true.

@@ -1,7 +1,7 @@
 """Text encoding and the nodes that edit CONDITIONING values.
 
 A CONDITIONING is ComfyUI's list of ``[cond [1, tokens, width], options]`` pairs; the options the
-sampler reads are listed in ``diffusion.sampling``. Editing nodes copy the options dict and never
+sampler reads are listed in ``diffusion.guidance``. Editing nodes copy the options dict and never
 mutate their input: cached upstream outputs are shared between runs and between prompts.
 
 SDXL's size conditioning is not fixed here: a plain ``CLIPTextEncode`` leaves ``width``/``height``
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusion.embeddings import EmbeddingFolder
 from graph.declare import Combo, Float, Int, Output, Socket, String, node
 from nodes.image import MAX_RESOLUTION
-from nodes.model_folders import folder_paths
+from nodes.runtime import current_runtime
 from nodes.model_handles import ClipHandle, VaeHandle
 
 __all__ = [
@@ -59,7 +59,7 @@ def CLIPTextEncode(
 ):
     """Encode a prompt with the model's text encoder(s) into conditioning for the sampler."""
     handle: ClipHandle = clip
-    resolver = _embedding_folder(tuple(folder_paths("embeddings")))
+    resolver = _embedding_folder(tuple(current_runtime().model_paths.folders("embeddings")))
     cond, pooled = handle.encode(text, resolver)
     return [[cond, {"pooled_output": pooled}]]
 

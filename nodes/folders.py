@@ -1,15 +1,16 @@
 """Where Loom's files live, and the rules that keep every file a node touches inside those folders.
 
-The server or CLI calls ``configure_folders`` once; nodes call ``current_folders()`` when they run,
-never at import time, so one process can serve any base directory (and tests use temporary ones).
+``make_folders`` builds (and creates) one installation's folders; they are part of a runtime
+(``nodes.runtime``), which nodes reach when they run, never at import time, so one process can serve
+several base directories (and tests use temporary ones).
 
 In the folders that web requests write and read (input, output, temp), every path built from a
 user-supplied name is resolved, symlinks included, and only then checked for containment. ComfyUI
-checks the unresolved path, which lets a symlink inside an allowed folder reach anywhere (COMPAT 1.6,
+checks the unresolved path, which lets a symlink inside an allowed folder reach anywhere (docs/compatibility.md §1.6,
 issue #12285); resolving first closes that hole. Model folders are the owner's: there symlinks are
 followed wherever they lead, and only the name is checked (``join_inside``).
 
-Save naming follows ComfyUI (COMPAT 5, "Save naming") so clients that predict or parse file names keep
+Save naming follows ComfyUI (docs/compatibility.md §5, "Save naming") so clients that predict or parse file names keep
 working: ``<subfolder>/<base>_<counter:05>_.png`` with ``counter`` one past the highest existing one.
 """
 
@@ -50,13 +51,6 @@ class Folders:
         return getattr(self, kind)
 
 
-class FoldersNotConfiguredError(RuntimeError):
-    """A node needed files before the server or CLI said where they live."""
-
-    def __init__(self) -> None:
-        super().__init__("folders are not configured: call nodes.folders.configure_folders(base_dir) first")
-
-
 class UnsafePathError(ValueError):
     """A user-supplied name would reach outside the folder it must stay in."""
 
@@ -67,10 +61,7 @@ class UnsafePathError(ValueError):
         self.reason = reason
 
 
-_current: Folders | None = None
-
-
-def configure_folders(
+def make_folders(
     base: str | os.PathLike[str],
     *,
     input: str | os.PathLike[str] | None = None,
@@ -79,7 +70,7 @@ def configure_folders(
     user: str | os.PathLike[str] | None = None,
     models: str | os.PathLike[str] | None = None,
 ) -> Folders:
-    """Set (and create) the folders nodes use; each defaults to ``<base>/<name>``."""
+    """The folders of one installation, created if missing; each defaults to ``<base>/<name>``."""
     root = Path(base).expanduser().resolve()
 
     def pick(override: str | os.PathLike[str] | None, name: str) -> Path:
@@ -87,8 +78,7 @@ def configure_folders(
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    global _current
-    _current = Folders(
+    return Folders(
         base=root,
         input=pick(input, "input"),
         output=pick(output, "output"),
@@ -96,24 +86,45 @@ def configure_folders(
         user=pick(user, "user"),
         models=pick(models, "models"),
     )
-    return _current
 
 
-def current_folders() -> Folders:
-    if _current is None:
-        raise FoldersNotConfiguredError()
-    return _current
+#: The longest file or folder name ext4, XFS, APFS and NTFS accept, in bytes.
+NAME_MAX_BYTES = 255
+#: Linux's limit for a whole path, terminating NUL included.
+PATH_MAX_BYTES = 4096
+#: Folders within folders a name may hold; far beyond real use, far below the recursion limit that
+#: ``Path.mkdir(parents=True)`` (one frame per missing folder) would hit.
+MAX_PATH_PARTS = 100
 
 
 def _checked_name(folder: Path, name: str | os.PathLike[str]) -> str:
-    """The name as text, refused when it holds a NUL byte or is absolute: even an absolute name that
-    happens to point inside is refused, since a client never has a reason to know the server's layout."""
+    """The name as text, refused when no file system could hold it or when it is absolute.
+
+    Names come from requests and workflow files; one the OS cannot hold (a NUL byte, a lone
+    surrogate, a part over 255 bytes) would otherwise fail with an OS error deep inside a handler.
+    Even an absolute name that happens to point inside is refused: a client never has a reason to
+    know the server's directory layout.
+    """
     text = os.fspath(name)
     if "\x00" in text:
         raise UnsafePathError(text, folder, "contains a NUL byte")
+    try:
+        parts = [os.fsencode(part) for part in PurePath(text).parts]
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\ud800" escape
+        raise UnsafePathError(text, folder, "it is not text a file name can hold") from None
     if PurePath(text).is_absolute():
         raise UnsafePathError(text, folder, "absolute paths are not allowed")
+    if any(len(part) > NAME_MAX_BYTES for part in parts):
+        raise UnsafePathError(text, folder, f"a name in it is longer than {NAME_MAX_BYTES} bytes")
+    if len(parts) > MAX_PATH_PARTS:
+        raise UnsafePathError(text, folder, f"it has more than {MAX_PATH_PARTS} parts")
     return text
+
+
+def _checked_length(text: str, folder: Path, path: Path) -> Path:
+    if len(os.fsencode(path)) >= PATH_MAX_BYTES:
+        raise UnsafePathError(text, folder, f"the path is longer than {PATH_MAX_BYTES - 1} bytes")
+    return path
 
 
 def resolve_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
@@ -127,7 +138,7 @@ def resolve_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
     candidate = (root / text).resolve()
     if not candidate.is_relative_to(root):
         raise UnsafePathError(text, folder, "it resolves outside the folder")
-    return candidate
+    return _checked_length(text, folder, candidate)
 
 
 def join_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
@@ -140,7 +151,7 @@ def join_inside(folder: Path, name: str | os.PathLike[str]) -> Path:
     text = _checked_name(folder, name)
     if ".." in PurePath(text).parts:
         raise UnsafePathError(text, folder, "'..' is not allowed in a model name")
-    return folder / text
+    return _checked_length(text, folder, folder / text)
 
 
 _ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<kind>input|output|temp)\]$")
@@ -154,10 +165,10 @@ def split_annotation(name: str, default: FolderKind = "input") -> tuple[str, Fol
     return match["name"], match["kind"]  # type: ignore[return-value]
 
 
-def annotated_path(name: str, default: FolderKind = "input") -> Path:
+def annotated_path(folders: Folders, name: str, default: FolderKind = "input") -> Path:
     """The file an (optionally annotated) name refers to, checked to stay inside its folder."""
     bare, kind = split_annotation(name, default)
-    return resolve_inside(current_folders().directory(kind), bare)
+    return resolve_inside(folders.directory(kind), bare)
 
 
 def list_files(folder: Path, extensions: frozenset[str]) -> list[str]:

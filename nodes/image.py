@@ -1,6 +1,6 @@
 """Image nodes that need no model: make, resize, crop, pad, invert and batch IMAGE tensors.
 
-Class names, input names, defaults and ranges are ComfyUI's (COMPAT 5) so saved workflows run unchanged.
+Class names, input names, defaults and ranges are ComfyUI's (docs/compatibility.md §5) so saved workflows run unchanged.
 Resampling matches ComfyUI's choices on purpose: bilinear and bicubic without antialiasing (what
 ``torch.nn.functional.interpolate`` does by default), ``area`` as box averaging, and Lanczos through
 Pillow on 8-bit pixels; the same workflow then gives the same pixels in both engines.

@@ -1,6 +1,6 @@
 """Conversions between Pillow images and the tensors that flow between nodes.
 
-The wire contract (COMPAT 3.1): IMAGE is float32 ``[B, H, W, C]`` in 0..1, channels last so a batch of
+The wire contract (docs/compatibility.md §3.1): IMAGE is float32 ``[B, H, W, C]`` in 0..1, channels last so a batch of
 pixels reads like an array of pictures; MASK is float32 ``[B, H, W]``, where 1 marks the area to change.
 A picture's alpha is opacity, so its mask is ``1 - alpha``: transparent pixels are the ones to paint.
 """

@@ -1,9 +1,9 @@
 """Nodes that read pictures from the input folder and write them to the output and temp folders.
 
-Names, inputs and the files they produce follow ComfyUI (COMPAT 5, 2.3): the editor uploads into
+Names, inputs and the files they produce follow ComfyUI (docs/compatibility.md §5, §2.3): the editor uploads into
 ``input`` and offers those files in ``LoadImage``'s combo, and clients find saved files through the
 ``{"filename", "subfolder", "type"}`` entries of the ``ui.images`` list and restore workflows from the
-PNG text chunks. Folders come from ``current_folders()`` at call time (the server configures them).
+PNG text chunks. Folders come from the current runtime (``nodes.runtime``) at call time.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from nodes.folders import (
     FolderKind,
     UnsafePathError,
     annotated_path,
-    current_folders,
     list_files,
     save_target,
 )
 from nodes.image_tensors import alpha_to_mask, channel_to_mask, has_alpha, image_to_pil, pil_to_image
+from nodes.runtime import current_runtime
 
 #: Multi-picture JPEGs (phone stereo and depth shots) hold views, not frames; only the first is the photo.
 _SINGLE_FRAME_FORMATS = frozenset({"MPO"})
@@ -41,7 +41,7 @@ MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 
 def input_image_names() -> list[str]:
     """The pictures in the input folder, subfolders as ``sub/name.png``; recomputed on every request."""
-    return list_files(current_folders().input, IMAGE_EXTENSIONS)
+    return list_files(current_runtime().folders.input, IMAGE_EXTENSIONS)
 
 
 def image_fingerprint(image: str | None = None) -> str | float:
@@ -49,7 +49,7 @@ def image_fingerprint(image: str | None = None) -> str | float:
     if image is None:
         return float("nan")
     digest = hashlib.sha256()
-    with open(annotated_path(image), "rb") as file:
+    with open(annotated_path(current_runtime().folders, image), "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -60,7 +60,7 @@ def validate_image_name(image: str | None = None) -> bool | str:
     if image is None:
         return True
     try:
-        exists = annotated_path(image).is_file()
+        exists = annotated_path(current_runtime().folders, image).is_file()
     except UnsafePathError:
         exists = False
     return True if exists else f"Invalid image file: {image}"
@@ -81,7 +81,7 @@ def _frames(picture: Image.Image) -> list[Image.Image]:
 )
 def LoadImage(image=Combo(input_image_names, image_upload=True)):
     """Load a picture from the input folder; its mask is 1 where the picture is transparent."""
-    with Image.open(annotated_path(image)) as picture:
+    with Image.open(annotated_path(current_runtime().folders, image)) as picture:
         frames = _frames(picture)
     # Frames of another size than the first cannot share a batch tensor; they are dropped, as ComfyUI does.
     frames = [frame for frame in frames if frame.size == frames[0].size]
@@ -103,12 +103,12 @@ def LoadImage(image=Combo(input_image_names, image_upload=True)):
 )
 def LoadImageMask(image=Combo(input_image_names, image_upload=True), channel=Combo(MASK_CHANNELS)):
     """Load one channel of a picture as a mask; the alpha channel is inverted so transparent areas are 1."""
-    with Image.open(annotated_path(image)) as picture:
+    with Image.open(annotated_path(current_runtime().folders, image)) as picture:
         return channel_to_mask(ImageOps.exif_transpose(picture), channel)
 
 
 def _png_metadata(prompt: Any, extra_pnginfo: Any) -> PngInfo:
-    """``prompt`` plus one text chunk per ``extra_pnginfo`` key, JSON-encoded (ASCII, so plain tEXt; COMPAT 2.3)."""
+    """``prompt`` plus one text chunk per ``extra_pnginfo`` key, JSON-encoded (ASCII, so plain tEXt; docs/compatibility.md §2.3)."""
     metadata = PngInfo()
     if prompt is not None:
         metadata.add_text("prompt", json.dumps(prompt))
@@ -124,7 +124,7 @@ def write_pngs(
     if images.ndim != 4:
         raise ValueError(f"expected IMAGE [B, H, W, C], got shape {tuple(images.shape)}")
     height, width = images.shape[1:3]
-    target = save_target(prefix, current_folders().directory(kind), width, height)
+    target = save_target(prefix, current_runtime().folders.directory(kind), width, height)
     metadata = _png_metadata(prompt, extra_pnginfo)
     written = []
     for index, picture in enumerate(images):

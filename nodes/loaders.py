@@ -1,6 +1,6 @@
 """Nodes that load model files and adjust the loaded models: checkpoints, VAEs, LoRAs, clip skip.
 
-Names, inputs and ranges are ComfyUI's (COMPAT 5). Files are found through ``nodes.model_folders``
+Names, inputs and ranges are ComfyUI's (docs/compatibility.md §5). Files are found through ``nodes.model_folders``
 at run time, so a name missing on disk fails with the folders that were searched. The outputs are
 handles (``nodes.model_handles``): a LoRA or clip-skip node returns a new handle over the same
 loaded modules, so only the changed node re-runs and nothing is read from disk again.
@@ -14,7 +14,7 @@ from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.lora import LoraPatches, parse_lora
 from graph.declare import Combo, Float, Int, Output, Socket, node
-from nodes.model_folders import find_model, list_models
+from nodes.runtime import find_model, list_models
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint
 
 __all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "VAELoader"]

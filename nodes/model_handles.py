@@ -34,7 +34,7 @@ from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
 from diffusion.unet import UNetModel
 from diffusion.vae import SD1_LATENT, SD2_LATENT, SDXL_LATENT, AutoencoderKL, LatentFormat, ScaledVAE
 from diffusion.vae_tiling import TileSpec
-from nodes.compute import model_memory
+from nodes.runtime import current_runtime
 
 __all__ = [
     "ClipHandle",
@@ -106,7 +106,7 @@ class _Patched:
 
     @contextmanager
     def active(self) -> Iterator[nn.Module]:
-        """The module with its patched weights bound; the caller has placed it (``model_memory().use``)
+        """The module with its patched weights bound; the caller has placed it (``current_runtime().memory.use``)
         together with every module it runs alongside, so none is offloaded while patched."""
         if not self.patches:
             yield self.module
@@ -163,12 +163,12 @@ class ModelHandle:
 
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:
-        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None)`` that ``sample_latent`` calls.
+        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None)`` that ``diffusion.guidance.CFGGuider`` calls.
 
         Inpainting UNets (9 input channels) take the mask and masked-image latent as extra input
         channels after the noisy latent; a 4-channel UNet ignores ``concat``.
         """
-        model_memory().use(self.unet)
+        current_runtime().memory.use(self.unet)
         with self._patched.active() as unet:
             extra_channels = self.in_channels - self.latent_channels
 
@@ -227,7 +227,7 @@ class ClipHandle:
 
     def encode(self, text: str, resolve_embedding: EmbeddingResolver | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond [1, tokens, width], pooled [1, dim]) on the CPU in float32."""
-        model_memory().use(*self.encoders)
+        current_runtime().memory.use(*self.encoders)
         with torch.no_grad(), _all_active(self._patched):
             cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding)
         return cond.float().cpu(), pooled.float().cpu()
@@ -280,7 +280,7 @@ class VaeHandle:
         return ((pixels.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous()
 
     def encode(self, image: torch.Tensor, tiles: TileSpec | None = None) -> torch.Tensor:
-        model_memory().use(self.model)
+        current_runtime().memory.use(self.model)
         with torch.no_grad():
             pixels = self._to_pixels(image)
             latent = self._scaled.encode(pixels) if tiles is None else self._scaled.encode_tiled(pixels, tiles)
@@ -288,7 +288,7 @@ class VaeHandle:
 
     def decode(self, latent: torch.Tensor, tiles: TileSpec | None = None) -> torch.Tensor:
         self.check_latent(latent)
-        model_memory().use(self.model)
+        current_runtime().memory.use(self.model)
         with torch.no_grad():
             z = latent.to(next(self.model.parameters()).device)
             pixels = self._scaled.decode(z) if tiles is None else self._scaled.decode_tiled(z, tiles)

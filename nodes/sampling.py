@@ -1,15 +1,19 @@
-"""The sampler nodes over ``diffusion.sampling.sample_latent``: KSampler, KSamplerAdvanced, and the
-custom-sampling family that splits a KSampler into parts (SAMPLER, SIGMAS, NOISE, GUIDER values).
+"""The sampler nodes: KSampler, KSamplerAdvanced, and the custom-sampling family that splits a
+KSampler into its parts (SAMPLER, SIGMAS, NOISE, GUIDER values).
 
-What the nodes add to the library call is the model side of ComfyUI's ``common_ksampler``:
+Every sampler node is the same composition of four parts, which the custom-sampling nodes expose
+one by one: sigmas (``diffusion.schedules``), start noise (``Noise``), a guider (``Guider``, bound
+to the latent as a ``diffusion.guidance.CFGGuider``) and a sampler (``diffusion.samplers``), run by
+``diffusion.sampling.sample``. What the nodes add is the model side of ComfyUI's ``common_ksampler``:
 - LATENT values are unscaled VAE latents; they are scaled into the model's space on the way in and
   back on the way out (``ModelHandle.latent_format``), the masked-image latent of inpainting too.
 - An empty latent made for another channel count is replaced by zeros of the model's count.
 - SDXL's ``y`` (pooled text + size micro-conditioning, Podell et al. 2023) is built per conditioning
   entry when it has none: sizes default to the latent's pixel size and crop (0, 0), as ComfyUI does
   for a plain CLIPTextEncode; the refiner's aesthetic score defaults to 6 (positive) / 2.5 (negative).
-- Progress goes to ``report_progress`` once per step with a preview drawn as ``nodes.previews``
-  says (none with ``--preview-method none``), and the interrupt flag is checked before every UNet call.
+- Progress goes to ``report_progress`` once per step, through the sampler's step callback, with a
+  preview drawn as ``nodes.previews`` says (none with ``--preview-method none``). The same call
+  raises ``graph.progress.Interrupted`` when the prompt is stopped, so a stop lands between steps.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diffusion.samplers import SAMPLER_NAMES, SamplerSpec, get_sampler
-from diffusion.sampling import Previewer, ProgressCallback, sample_latent
-from diffusion.schedules import SCHEDULER_NAMES, compute_sigmas
+from diffusion import guidance
+from diffusion.prediction import UNetFn
+from diffusion.samplers import SAMPLER_NAMES, SamplerSpec, StepCallback, get_sampler
+from diffusion.sampling import Previewer, prepare_noise, sample
+from diffusion.schedules import SCHEDULER_NAMES, cut_sigmas, denoise_sigmas
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
 from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
-from graph.progress import check_interrupted, report_progress
+from graph.progress import report_progress
 from nodes.model_handles import ModelHandle
-from nodes.previews import previewer_for
+from nodes.runtime import current_runtime
 
 __all__ = [
-    "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced", "KSamplerSelect", "Noise",
-    "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom", "SamplerCustomAdvanced", "run_sampler",
+    "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced", "KSamplerSelect",
+    "NO_NOISE", "Noise", "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom", "SamplerCustomAdvanced",
+    "model_conditioning",
 ]  # fmt: skip
 
 #: Longest preview side in pixels (ComfyUI's ``--preview-size`` default).
@@ -90,39 +97,78 @@ def _model_latent(model: ModelHandle, samples: torch.Tensor) -> torch.Tensor:
     return samples.float() * model.latent_format.scale_factor
 
 
-def _step_reporter(previewer: Previewer | None) -> ProgressCallback:
-    """Reports each step, with a JPEG preview unless previews are off (``previewer`` None)."""
+def _step_reporter(previewer: Previewer | None, total: int) -> StepCallback:
+    """The sampler callback of a node: progress with a JPEG preview of the step's x0 estimate
+    (none when previews are off), and the interrupt check that ``report_progress`` makes."""
 
-    def report(step: int, total: int, preview: Any) -> None:
-        image = None if previewer is None else ("JPEG", Image.fromarray(preview()), PREVIEW_MAX_SIZE)
-        report_progress(step, total, image)
+    def report(step: dict[str, Any]) -> None:
+        image = None if previewer is None else ("JPEG", Image.fromarray(previewer(step["denoised"])), PREVIEW_MAX_SIZE)
+        report_progress(step["i"] + 1, total, image)
 
     return report
 
 
-def _interrupted() -> bool:
-    check_interrupted()
-    return False
+@dataclass(frozen=True)
+class Noise:
+    """NOISE: the start noise of a sampler node, and the seed its sampler draws per-step noise from.
+
+    ``add`` False starts from the latent as given: it is already noisy (leftover noise of an
+    earlier pass), so only the sampler's own noise, if any, uses the seed.
+    """
+
+    seed: int
+    add: bool = True
+
+    def generate(self, latent: torch.Tensor, batch_index: list[int] | None) -> torch.Tensor:
+        return prepare_noise(latent, self.seed, batch_index) if self.add else torch.zeros_like(latent)
 
 
-def run_sampler(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                positive: list[Any], negative: list[Any], latent_image: Latent, denoise: float = 1.0,
-                **advanced: Any) -> Latent:
-    """ComfyUI's ``common_ksampler``: sample a LATENT dict; ``advanced`` goes to ``sample_latent``."""
-    previewer = previewer_for(model.preview_family)
-    with model.unet_fn() as unet_fn:
-        # Sample where the model lives; the start noise is still drawn on the CPU (prepare_noise).
-        samples = _model_latent(model, latent_image["samples"]).to(model.device)
-        result = sample_latent(
-            unet_fn, model.sampling, samples,
-            model_conditioning(model, positive, samples, negative=False),
-            model_conditioning(model, negative, samples, negative=True),
-            sampler_name, scheduler, steps, cfg, seed, denoise=denoise,
-            noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"),
-            callback=_step_reporter(previewer), interrupt=_interrupted, preview_family=model.preview_family,
-            previewer=previewer, **advanced,
+#: DisableNoise's value: ComfyUI's empty noise has seed 0.
+NO_NOISE = Noise(0, add=False)
+
+
+@dataclass(frozen=True)
+class Guider:
+    """GUIDER: a model with its conditioning and classifier-free guidance scale."""
+
+    model: ModelHandle
+    positive: list[Any]
+    negative: list[Any]
+    cfg: float
+
+    def bind(self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None) -> guidance.CFGGuider:
+        """The denoiser for ``latent`` (in model space), with the conditioning this model needs."""
+        return guidance.CFGGuider(
+            unet_fn, self.model.sampling, latent,
+            model_conditioning(self.model, self.positive, latent, negative=False),
+            model_conditioning(self.model, self.negative, latent, negative=True),
+            self.cfg, inpainting,
         )
+
+
+def _sample(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent) -> Latent:
+    """What every sampler node runs (ComfyUI's ``common_ksampler``): a LATENT dict sampled over ``sigmas``.
+
+    The latent is scaled into the model's space and moved where the model lives; the start noise is
+    still drawn on the CPU (``prepare_noise``), and a ``noise_mask`` makes it an inpainting.
+    """
+    model = guider.model
+    runtime = current_runtime()
+    previewer = runtime.previews.previewer_for(model.preview_family, runtime.model_paths)
+    with model.unet_fn() as unet_fn:
+        latent = _model_latent(model, latent_image["samples"]).to(model.device)
+        start_noise = noise.generate(latent, latent_image.get("batch_index"))
+        mask = latent_image.get("noise_mask")
+        inpainting = None if mask is None else guidance.Inpainting.from_mask(mask, latent, start_noise)
+        result = sample(guider.bind(unet_fn, latent, inpainting), sampler, sigmas, latent, start_noise,
+                        seed=noise.seed, callback=_step_reporter(previewer, len(sigmas) - 1))
     return {**latent_image, "samples": (result / model.latent_format.scale_factor).cpu()}
+
+
+def _ksampler_sigmas(model: ModelHandle, sampler: SamplerSpec, scheduler: str, steps: int,
+                     denoise: float) -> torch.Tensor:
+    discard = sampler.discard_penultimate_sigma
+    return denoise_sigmas(model.sampling, scheduler, steps, denoise, discard_penultimate_sigma=discard)
 
 
 @node(category="sampling", outputs=[Output("LATENT")])
@@ -139,7 +185,9 @@ def KSampler(
     denoise=Float(1.0, min=0.0, max=1.0, step=0.01, tooltip="How much of the latent to replace: below 1 for img2img."),
 ):
     """Denoise a latent with the model, guided by the positive and negative conditioning."""
-    return run_sampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+    sampler = get_sampler(sampler_name)
+    sigmas = _ksampler_sigmas(model, sampler, scheduler, steps, denoise)
+    return _sample(Noise(seed), Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
 
 
 @node(category="sampling", display_name="KSampler (Advanced)", outputs=[Output("LATENT")])
@@ -159,47 +207,26 @@ def KSamplerAdvanced(
     return_with_leftover_noise=Combo(["disable", "enable"]),
 ):
     """Run part of a schedule (steps start_at_step..end_at_step), for multi-stage sampling such as a refiner pass."""
-    return run_sampler(
-        model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-        start_step=start_at_step, end_step=end_at_step, add_noise=add_noise == "enable",
-        return_with_leftover_noise=return_with_leftover_noise == "enable",
-    )
+    sampler = get_sampler(sampler_name)
+    sigmas = cut_sigmas(_ksampler_sigmas(model, sampler, scheduler, steps, 1.0), start_at_step, end_at_step,
+                        leftover_noise=return_with_leftover_noise == "enable")
+    noise = Noise(noise_seed, add=add_noise == "enable")
+    return _sample(noise, Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
 
 
-@dataclass(frozen=True)
-class Noise:
-    """NOISE: the seed of the start noise, or None for none (sampling continues a noisy latent)."""
-
-    seed: int | None
-
-
-@dataclass(frozen=True)
-class Guider:
-    """GUIDER: a model with its conditioning and classifier-free guidance scale."""
-
-    model: ModelHandle
-    positive: list[Any]
-    negative: list[Any]
-    cfg: float
-
-
-def run_custom(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent) -> tuple[Latent, Latent]:
+def _sample_custom(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor,
+                   latent_image: Latent) -> tuple[Latent, Latent]:
     """(output, denoised_output) of running ``sampler`` over exactly ``sigmas``.
 
     When the sigmas end at 0 the output is the final x0 estimate itself. When they end above 0
     (leftover noise for a later pass), ``denoised_output`` is the model's x0 estimate at that final
     state: one Euler step to sigma 0, which is exactly the denoiser's prediction there.
     """
-    model = guider.model
-    common = dict(seed=noise.seed or 0, steps=max(len(sigmas) - 1, 1), cfg=guider.cfg, scheduler=SCHEDULER_NAMES[0],
-                  positive=guider.positive, negative=guider.negative)
-    output = run_sampler(model, sampler_name=sampler.name, latent_image=latent_image, sigmas=sigmas,
-                         add_noise=noise.seed is not None, **common)
+    output = _sample(noise, guider, sampler, sigmas, latent_image)
     if len(sigmas) < 2 or float(sigmas[-1]) == 0.0:
         return output, output
     to_zero = torch.stack([sigmas[-1], sigmas.new_zeros(())])
-    denoised = run_sampler(model, sampler_name="euler", latent_image=output, sigmas=to_zero, add_noise=False, **common)
-    return output, denoised
+    return output, _sample(Noise(noise.seed, add=False), guider, get_sampler("euler"), to_zero, output)
 
 
 @node(category="sampling/custom_sampling/samplers", outputs=[Output("SAMPLER")])
@@ -216,10 +243,7 @@ def BasicScheduler(
     denoise=Float(1.0, min=0.0, max=1.0, step=0.01),
 ):
     """The noise levels of a schedule; below 1, ``denoise`` keeps the last ``steps`` of a longer one."""
-    if denoise <= 0.0:
-        return torch.zeros(0)
-    total = steps if denoise >= 1.0 else int(steps / denoise)
-    return compute_sigmas(model.sampling, scheduler, total)[-(steps + 1):].cpu()
+    return denoise_sigmas(model.sampling, scheduler, steps, denoise, exact_denoise=True).cpu()
 
 
 @node(category="sampling/custom_sampling/noise", outputs=[Output("NOISE")])
@@ -231,7 +255,7 @@ def RandomNoise(noise_seed=Int(0, min=0, max=SEED_MAX, control_after_generate=Tr
 @node(category="sampling/custom_sampling/noise", outputs=[Output("NOISE")])
 def DisableNoise():
     """No start noise: continue sampling a latent that is already noisy."""
-    return Noise(None)
+    return NO_NOISE
 
 
 @node(category="sampling/custom_sampling/guiders", outputs=[Output("GUIDER")])
@@ -258,7 +282,8 @@ def SamplerCustom(
     latent_image=Socket("LATENT"),
 ):
     """Sample with a chosen sampler over given noise levels."""
-    return run_custom(Noise(noise_seed if add_noise else None), Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
+    noise = Noise(noise_seed) if add_noise else NO_NOISE
+    return _sample_custom(noise, Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
 
 
 @node(category="sampling/custom_sampling", outputs=[Output("LATENT", "output"), Output("LATENT", "denoised_output")])
@@ -270,4 +295,4 @@ def SamplerCustomAdvanced(
     latent_image=Socket("LATENT"),
 ):
     """Sample with separately chosen noise, guidance, sampler and noise levels."""
-    return run_custom(noise, guider, sampler, sigmas, latent_image)
+    return _sample_custom(noise, guider, sampler, sigmas, latent_image)

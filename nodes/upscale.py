@@ -2,7 +2,7 @@
 
 Models live in the ``upscale_models`` model folders. An ncnn pair is listed once, by its ``.param``
 name, and its ``.bin`` is found beside it. Upscaling runs in 512-pixel tiles overlapping by 32 and halves the
-tile on out-of-memory down to 128, as COMPAT 5 describes; each tile is a progress step, which is also
+tile on out-of-memory down to 128, as docs/compatibility.md §5 describes; each tile is a progress step, which is also
 where ``/interrupt`` stops it.
 """
 
@@ -13,8 +13,7 @@ import torch
 from diffusion.upscalers import UpscaleModel, load_upscale_model, upscale_tiled
 from graph.declare import Combo, Output, Socket, node
 from graph.progress import report_progress
-from nodes.compute import compute_device
-from nodes.model_folders import find_model, list_models
+from nodes.runtime import current_runtime, find_model, list_models
 
 FOLDER_KEY = "upscale_models"
 
@@ -41,7 +40,7 @@ def ImageUpscaleWithModel(upscale_model=Socket("UPSCALE_MODEL"), image=Socket("I
             f"ImageUpscaleWithModel: the image has {image.shape[-1]} channels but {model.source.name} "
             f"takes {model.in_channels}"
         )
-    device = compute_device()
+    device = current_runtime().compute.device
     model.module.to(device)
     try:
         pixels = image.movedim(-1, 1).to(device, torch.float32)

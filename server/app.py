@@ -1,16 +1,21 @@
 """``create_app(config)``: the aiohttp application with every service wired in.
 
-Services live behind typed ``AppKey``s (``server.keys``). The worker threads, the backend they run
+Services live behind typed ``AppKey``s (``server.keys``). The nodes' runtime (folders, model paths,
+compute, previews: ``nodes.runtime``) is built once from the config and is the only source of those
+settings: routes read ``app[RUNTIME]``, the executor lends the same object to the nodes it runs, and a
+middleware lends it to every request, since validation and ``/object_info`` ask nodes for their
+choices. Nothing is process-wide, so two apps in one process keep their own. The worker threads, the backend they run
 prompts on (in process, or Ray actors: ``config.workers``) and the database are owned by a
 ``cleanup_ctx`` so they start with the server and stop with it: the worker finishes (or interrupts)
 its prompts, the backend is closed, and the database is closed last. Every API route is registered
-twice, bare and under ``/api`` (COMPAT 1.1): the frontend uses ``/api``, Python clients the bare paths.
+twice, bare and under ``/api`` (docs/compatibility.md §1.1): the frontend uses ``/api``, Python clients the bare paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -18,14 +23,12 @@ from graph.cache import OutputCache
 from graph.executor import Executor
 from graph.plugins import PluginReport
 from graph.registry import NodeRegistry
-from nodes.compute import configure_compute
-from nodes.folders import Folders, configure_folders
-from nodes.model_folders import add_extra_model_paths, clear_extra_model_paths
-from nodes.previews import configure_previews
+from graph.services import services_context
+from nodes.runtime import Runtime, build_runtime
 from server import routes_files, routes_info, routes_prompt, routes_queue, routes_userdata
 from server.config import ServerConfig
-from server.distributed.backend import LocalBackend, PromptBackend, PromptEngine
-from server.keys import CONFIG, FOLDERS, HUB, QUEUE, REGISTRY, STORE, WORKER
+from server.distributed.backend import LocalBackend, PromptBackend
+from server.keys import CONFIG, HUB, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
 from server.openapi import add_openapi_route
 from server.plugins import add_plugin_routes, configured_registry
 from server.queue import PromptQueue
@@ -43,52 +46,51 @@ API_ROUTE_TABLES = (
 )
 
 
-def _backend(
-    config: ServerConfig, registry: NodeRegistry, given_registry: bool, folders: Folders, engine: PromptEngine | None
-) -> PromptBackend:
-    """An explicit ``engine`` always runs in process; otherwise ``config.workers`` decides.
+def _backend(config: ServerConfig, registry: NodeRegistry, given_registry: bool, runtime: Runtime) -> PromptBackend:
+    """In process, or on Ray worker actors: ``config.workers`` decides.
 
     Ray workers rebuild the configured registry themselves (plugins are imported by file path, which
     a pickled registry could not replay on another machine); a registry given to ``create_app`` is
     sent as it is.
     """
-    if engine is not None:
-        return LocalBackend(engine, None)
     if config.workers_spec.uses_ray:
         from server.distributed.ray_backend import RayBackend, WorkerSetup  # imports Ray: only when asked for
 
-        setup = WorkerSetup(folders, config.cache_budget_bytes, config.device, config.dtype, config.preview_method,
-                            config.extra_model_paths, registry=registry if given_registry else None,
-                            plugins=None if given_registry else config)
+        setup = WorkerSetup(config.runtime_options(), config.cache_budget_bytes,
+                            registry=registry if given_registry else None, plugins=None if given_registry else config)
         return RayBackend(config.workers_spec, setup)
     cache = OutputCache(config.cache_budget_bytes)
-    return LocalBackend(Executor(registry, cache), cache)
+    return LocalBackend(Executor(registry, cache, services=runtime), cache)
 
 
-def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engine: PromptEngine | None = None) -> web.Application:
-    """Build the application; ``engine`` defaults to an ``Executor``.
+def _lend_runtime(runtime: Runtime) -> Any:
+    """Run every request handler with this app's runtime lent to node code (``graph.services``)."""
+
+    @web.middleware
+    async def lend(request: web.Request, handler: Any) -> web.StreamResponse:
+        with services_context(runtime):
+            return await handler(request)
+
+    return lend
+
+
+def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> web.Application:
+    """Build the application.
 
     ``registry`` defaults to the built-in nodes plus the configured plugins; a registry passed in is
     used as it is (tests choose their nodes), so no plugin is loaded into it.
     """
-    folders = configure_folders(
-        config.base_dir, input=config.input_path, output=config.output_path, temp=config.temp_path,
-        user=config.user_path, models=config.models_path,
-    )
-    clear_extra_model_paths()
-    if config.extra_model_paths is not None:
-        add_extra_model_paths(config.extra_model_paths)
-    configure_compute(config.device, config.dtype)
-    configure_previews(config.preview_method)
+    runtime = build_runtime(config.runtime_options())
     if config.starter_files:
-        install_starter_files(folders)
+        install_starter_files(runtime.folders)
     given_registry = registry is not None
     plugin_reports: list[PluginReport] = []
     if registry is None:
         registry, plugin_reports = configured_registry(config)
-    backend = _backend(config, registry, given_registry, folders, engine)
+    backend = _backend(config, registry, given_registry, runtime)
 
-    app = web.Application(client_max_size=config.max_upload_bytes, middlewares=security_middlewares(config))
+    middlewares = [*security_middlewares(config), _lend_runtime(runtime)]
+    app = web.Application(client_max_size=config.max_upload_bytes, middlewares=middlewares)
     store = PromptStore(config.database_path, config.max_history)
     publisher = ThreadSafePublisher()
     queue = PromptQueue(store, on_change=publisher.status)
@@ -98,8 +100,8 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, engin
         queue_size=config.ws_send_queue,
         send_timeout=config.ws_send_timeout,
     )
-    worker = PromptWorker(queue, store, backend, publisher, previews_enabled=config.preview_method != "none")
-    app[CONFIG], app[FOLDERS], app[REGISTRY] = config, folders, registry
+    worker = PromptWorker(queue, store, backend, publisher, previews_enabled=runtime.previews.enabled)
+    app[CONFIG], app[RUNTIME], app[REGISTRY] = config, runtime, registry
     app[STORE], app[QUEUE], app[HUB], app[WORKER] = store, queue, hub, worker
 
     for table in API_ROUTE_TABLES:

@@ -11,15 +11,12 @@ from collections.abc import Sequence
 
 
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    from server.runtime_args import add_runtime_arguments
+
     run = subparsers.add_parser("run", help="run a workflow file headless (API format, editor format, or a PNG that carries one)")
     run.add_argument("workflow", help="path to the workflow .json or .png")
-    run.add_argument("--output-dir", default=None, help="where output images go (default: <base-dir>/output)")
-    run.add_argument("--base-dir", default=".", help="base directory holding models/, input/, output/ (default: .)")
-    run.add_argument("--input-dir", default=None, help="where LoadImage looks (default: <base-dir>/input)")
-    run.add_argument("--models-dir", default=None, help="models folder (default: <base-dir>/models)")
+    add_runtime_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="weight dtype mode")
     run.add_argument("--disable-custom-nodes", action="store_true", help="load no plugins from custom_nodes/")
     run.add_argument("--extra-custom-nodes-dir", dest="extra_custom_node_dirs", action="append", default=[],
                      metavar="DIR", help="another plugin folder, searched after custom_nodes/ (repeatable)")
@@ -47,21 +44,17 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
 def _run_workflow(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from server.headless import run_workflow_file
+    from server.headless import EXIT_INVALID, run_workflow_file
     from server.plugins import REPO_CUSTOM_NODES
+    from server.runtime_args import runtime_options_from_args
 
+    try:
+        options = runtime_options_from_args(args)
+    except ValueError as error:
+        print(f"loom run: {error}", file=sys.stderr)
+        return EXIT_INVALID
     plugin_folders = [] if args.disable_custom_nodes else [REPO_CUSTOM_NODES, *map(Path, args.extra_custom_node_dirs)]
-    return run_workflow_file(
-        args.workflow,
-        base_dir=args.base_dir,
-        output_dir=args.output_dir,
-        input_dir=args.input_dir,
-        models_dir=args.models_dir,
-        show_progress=not args.quiet,
-        plugin_folders=plugin_folders,
-        device=args.device,
-        dtype=args.dtype,
-    )
+    return run_workflow_file(args.workflow, options, show_progress=not args.quiet, plugin_folders=plugin_folders)
 
 
 def _write_tiny_checkpoint(args: argparse.Namespace) -> int:

@@ -13,18 +13,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodes.runtime_options import RuntimeOptions
 from server.distributed.spec import WorkersSpec, parse_workers
 
 __all__ = [
-    "ServerConfig", "AUTH_TOKEN_ENV", "REPO_ROOT", "PREVIEW_METHODS", "DEVICES", "DTYPE_MODES", "parse_size", "is_loopback_host",
+    "ServerConfig", "AUTH_TOKEN_ENV", "REPO_ROOT", "parse_size", "is_loopback_host",
 ]
 
 AUTH_TOKEN_ENV = "LOOM_AUTH_TOKEN"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPE_MODES = ("auto", "fp32", "fp16", "bf16")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -65,7 +63,8 @@ class ServerConfig:
     output_dir: Path | None = None
     user_dir: Path | None = None
     temp_dir: Path | None = None
-    extra_model_paths: Path | None = None
+    #: ComfyUI ``extra_model_paths.yaml`` files, read in order.
+    extra_model_paths: tuple[Path, ...] = ()
     cache_budget_bytes: int = 4 * 2**30
     device: str = "auto"
     dtype: str = "auto"
@@ -92,18 +91,14 @@ class ServerConfig:
     starter_files: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("base_dir", "models_dir", "input_dir", "output_dir", "user_dir", "temp_dir", "extra_model_paths", "frontend_root"):
+        for name in ("base_dir", "models_dir", "input_dir", "output_dir", "user_dir", "temp_dir", "frontend_root"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "extra_model_paths", tuple(Path(file) for file in self.extra_model_paths))
         object.__setattr__(self, "custom_node_whitelist", tuple(self.custom_node_whitelist))
         object.__setattr__(self, "extra_custom_node_dirs", tuple(Path(folder) for folder in self.extra_custom_node_dirs))
-        if self.preview_method not in PREVIEW_METHODS:
-            raise ValueError(f"preview_method {self.preview_method!r} not in {PREVIEW_METHODS}")
-        if self.device not in DEVICES and not re.fullmatch(r"(cuda|mps|xpu):\d+", self.device):
-            raise ValueError(f"device {self.device!r}: expected one of {DEVICES} or cuda:N")
-        if self.dtype not in DTYPE_MODES:
-            raise ValueError(f"dtype {self.dtype!r} not in {DTYPE_MODES}")
+        self.runtime_options()  # checks the device, dtype and preview names
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range 1..65535")
         if self.max_upload_bytes <= 0 or self.cache_budget_bytes < 0:
@@ -113,6 +108,15 @@ class ServerConfig:
     @property
     def workers_spec(self) -> WorkersSpec:
         return parse_workers(self.workers)
+
+    def runtime_options(self) -> RuntimeOptions:
+        """What the nodes' runtime is built from: the server's own and each Ray worker's."""
+        return RuntimeOptions(
+            base_dir=self.base_dir, input_dir=self.input_dir, output_dir=self.output_dir, temp_dir=self.temp_dir,
+            user_dir=self.user_dir, models_dir=self.models_dir,
+            extra_model_paths=self.extra_model_paths,
+            device=self.device, dtype=self.dtype, preview_method=self.preview_method,
+        )
 
     def _dir(self, explicit: Path | None, name: str) -> Path:
         return explicit if explicit is not None else self.base_dir / name

@@ -23,21 +23,29 @@ from graph.plugins import PluginStatus, load_plugins
 from graph.registry import NodeRegistry
 from graph.validation import ValidationResult, validate_prompt
 from nodes import register_builtin_nodes
-from nodes.compute import ComputeSettingsError, configure_compute
-from nodes.folders import configure_folders
+from graph.services import services_context
+from nodes.compute import ComputeSettingsError
+from nodes.extra_model_paths import ExtraModelPathsError
+from nodes.runtime import RuntimeOptions, build_runtime
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
 
-def format_validation_errors(result: ValidationResult, prompt: dict[str, Any]) -> list[str]:
-    """One line per problem: node id, class, input and reason, in the order the nodes appear."""
+def format_validation_errors(result: ValidationResult) -> list[str]:
+    """The top-level error, then one line per problem: node id, class, input and reason.
+
+    Every problem is listed, unknown node types and the known nodes' errors alike, so one run of
+    ``loom run`` shows everything to fix. The top-level details are printed only when no node has
+    its own entry: otherwise they repeat the per-node lines.
+    """
     lines = []
-    if result.error and not result.node_errors:
-        lines.append(f"{result.error.get('message', 'invalid prompt')}: {result.error.get('details', '')}".rstrip(": "))
+    if result.error:
+        message, details = result.error.get("message", "invalid prompt"), result.error.get("details", "")
+        lines.append(f"{message}: {details}" if details and not result.node_errors else message)
     for node_id, entry in result.node_errors.items():
-        class_type = entry.get("class_type") or prompt.get(node_id, {}).get("class_type", "?")
+        class_type = entry.get("class_type") or "?"
         for error in entry.get("errors", []):
             input_name = (error.get("extra_info") or {}).get("input_name")
             where = f"node {node_id} ({class_type})" + (f", input '{input_name}'" if input_name else "")
@@ -89,30 +97,34 @@ class _ProgressPrinter:
 
 def run_workflow_file(
     path: str,
+    options: RuntimeOptions,
     *,
-    base_dir: str = ".",
-    output_dir: str | None = None,
-    input_dir: str | None = None,
-    models_dir: str | None = None,
     show_progress: bool = True,
     plugin_folders: Sequence[Path] = (),
-    device: str = "auto",
-    dtype: str = "auto",
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Run the workflow in ``path``; prints outputs to ``out`` and problems to ``err``.
 
-    The nodes are the built-ins plus the plugins in ``plugin_folders`` (``loom run`` passes the
+    ``options`` are the server's own (folders, extra model paths, device, dtype, previews), built
+    into a runtime the same way; ``out``/``err`` default to the standard streams at call time. The
+    nodes are the built-ins plus the plugins in ``plugin_folders`` (``loom run`` passes the
     repository's ``custom_nodes/``), so a workflow that uses a plugin runs here as in the server; a
     plugin that cannot be imported is reported on ``err`` and only its nodes are missing.
     """
-    folders = configure_folders(base_dir, output=output_dir, input=input_dir, models=models_dir)
+    out, err = out or sys.stdout, err or sys.stderr
     try:
-        configure_compute(device, dtype)
-    except ComputeSettingsError as error:
+        runtime = build_runtime(options)
+    except (ComputeSettingsError, ExtraModelPathsError, ValueError) as error:
         print(f"loom run: {error}", file=err)
         return EXIT_INVALID
+    with services_context(runtime):
+        return _run(path, runtime.folders.directory, show_progress, plugin_folders, out, err)
+
+
+def _run(
+    path: str, directory: Any, show_progress: bool, plugin_folders: Sequence[Path], out: TextIO, err: TextIO
+) -> int:
     registry = NodeRegistry()
     register_builtin_nodes(registry)
     for report in load_plugins(registry, plugin_folders):
@@ -129,7 +141,7 @@ def run_workflow_file(
     result = validate_prompt(conversion.prompt, registry)
     if not result.ok or result.node_errors:
         print(f"loom run: {path} is not a valid workflow:", file=err)
-        for line in format_validation_errors(result, conversion.prompt):
+        for line in format_validation_errors(result):
             print(f"  {line}", file=err)
         return EXIT_INVALID
 
@@ -156,7 +168,7 @@ def run_workflow_file(
             file=err,
         )
         return EXIT_FAILED
-    for line in _output_lines(record.outputs, folders.directory):
+    for line in _output_lines(record.outputs, directory):
         print(line, file=out)
     return EXIT_OK
 

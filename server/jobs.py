@@ -1,7 +1,7 @@
 """Job objects: the queue and history seen as one list, the way the frontend reads them now.
 
 The frontend no longer calls ``/queue`` or ``/history``; its queue and history panels come from
-``/api/jobs`` (COMPAT C.4, 1.7). A job is built from a queued item (``pending``/``in_progress``) or a
+``/api/jobs`` (docs/compatibility.md §C.4, §1.7). A job is built from a queued item (``pending``/``in_progress``) or a
 history record (``completed``/``failed``/``cancelled``); times are epoch milliseconds.
 """
 

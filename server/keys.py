@@ -5,17 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from graph.registry import NodeRegistry
-from nodes.folders import Folders
+from nodes.runtime import Runtime
 from server.config import ServerConfig
 from server.queue import PromptQueue
 from server.store import PromptStore
 from server.websocket import SocketHub
 from server.worker import PromptWorker
 
-__all__ = ["CONFIG", "FOLDERS", "REGISTRY", "STORE", "QUEUE", "HUB", "WORKER"]
+__all__ = ["CONFIG", "RUNTIME", "REGISTRY", "STORE", "QUEUE", "HUB", "WORKER"]
 
 CONFIG = web.AppKey("loom_config", ServerConfig)
-FOLDERS = web.AppKey("loom_folders", Folders)
+RUNTIME = web.AppKey("loom_runtime", Runtime)
 REGISTRY = web.AppKey("loom_registry", NodeRegistry)
 STORE = web.AppKey("loom_store", PromptStore)
 QUEUE = web.AppKey("loom_queue", PromptQueue)

@@ -1,10 +1,13 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json`` (COMPAT section 7 #18).
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json`` (docs/compatibility.md §7.10).
 
 Written as data here rather than generated from handlers so that it documents the *wire* shapes
 clients depend on; ``tests/server/test_openapi.py`` keeps it honest by checking that every route
 the app registers is described and that real responses validate against these schemas. OpenAPI 3.1
 schemas are JSON Schema 2020-12, so ``jsonschema`` checks them directly. Every path is also served
 under ``/api``; only the bare form is listed.
+
+The request-body schemas are not only documentation: ``server.request_body`` checks every JSON
+body against its component here before a handler runs, so what is documented is what is accepted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
+from graph.formats.schema import load_schema
+from graph.formats.strict_json import MAX_DEPTH
 
 __all__ = ["OPENAPI", "add_openapi_route"]
 
@@ -59,6 +65,8 @@ _QUEUE_ITEM = {
     "description": "[number, prompt_id, prompt, extra_data, outputs_to_execute]",
 }
 
+_API_PROMPT = load_schema("api_prompt")
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -66,14 +74,32 @@ SCHEMAS: dict[str, Any] = {
             "type": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "string"}, "extra_info": _OBJECT}},
             "node_errors": {"type": ["object", "array"]}},
     },
+    # Embedded so the document stands alone, and referenced by its $id: a $ref into components/
+    # would resolve the schema's own "#/$defs/..." references against this document instead.
+    "ApiPrompt": _API_PROMPT,
     "PromptRequest": {
         "type": "object",
         "properties": {
-            "prompt": {"type": "object", "additionalProperties": {"type": "object", "required": ["class_type", "inputs"]}},
+            "prompt": {"$ref": _API_PROMPT["$id"]},
             "workflow": {"type": "object", "description": "an editor workflow, converted on the server when 'prompt' is absent"},
-            "client_id": {"type": "string"}, "prompt_id": {"type": "string"}, "number": {"type": "number"},
-            "front": {"type": "boolean"}, "partial_execution_targets": _STR_LIST, "extra_data": _OBJECT,
+            "client_id": {"type": ["string", "null"]}, "prompt_id": {"type": ["string", "null"]},
+            # A priority is stored as a float: beyond 2^53 it would silently lose its order.
+            "number": {"type": ["number", "null"], "minimum": -(2**53), "maximum": 2**53},
+            "front": {"type": ["boolean", "null"]},
+            "partial_execution_targets": {"type": ["array", "null"], "items": {"type": ["string", "integer"]}},
+            "extra_data": {"type": ["object", "null"], "properties": {"extra_pnginfo": {
+                "type": "object", "description": "PNG text chunks outputs carry, one per key (the editor sends 'workflow')"}}},
         },
+    },
+    "DeleteOrClear": {"type": "object", "properties": {"clear": {"type": "boolean"}, "delete": _STR_LIST}},
+    "JobIds": {"type": "object", "properties": {"job_ids": _STR_LIST}},
+    "InterruptRequest": {"type": "object", "properties": {"prompt_id": {"type": ["string", "null"]}}},
+    "FreeRequest": {"type": "object", "properties": {"unload_models": {"type": "boolean"}, "free_memory": {"type": "boolean"}}},
+    "Settings": _OBJECT,
+    "MaskReference": {
+        "type": "object", "required": ["filename"], "description": "the original_ref form field of /upload/mask, as JSON",
+        "properties": {"filename": {"type": "string", "minLength": 1}, "subfolder": {"type": "string"},
+                       "type": {"enum": ["input", "output", "temp"]}},
     },
     "PromptResponse": {
         "type": "object", "required": ["prompt_id", "number", "node_errors"],
@@ -172,22 +198,20 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-_IDS = {"type": "object", "properties": {"clear": {"type": "boolean"}, "delete": _STR_LIST}}
-
 PATHS: dict[str, Any] = {
     "/prompt": {
         "get": _op("Queue length", _json(_ref("QueueInfo"))),
         "post": _op("Queue a prompt (API or editor format); works without a Content-Type header",
-                    _json(_ref("PromptResponse")), errors=(400,), body=_ref("PromptRequest")),
+                    _json(_ref("PromptResponse")), errors=(400, 413), body=_ref("PromptRequest")),
     },
     "/queue": {
         "get": _op("Running and pending prompts", _json(_ref("Queue"))),
-        "post": _op("Delete pending prompts or clear the pending queue", _EMPTY, errors=(400,), body=_IDS),
+        "post": _op("Delete pending prompts or clear the pending queue", _EMPTY, errors=(400, 413), body=_ref("DeleteOrClear")),
     },
     "/history": {
         "get": _op("Finished prompts, oldest first", _json(_ref("History")),
                    params=[_q("max_items", "integer"), _q("offset", "integer")]),
-        "post": _op("Delete or clear history entries", _EMPTY, errors=(400,), body=_IDS),
+        "post": _op("Delete or clear history entries", _EMPTY, errors=(400, 413), body=_ref("DeleteOrClear")),
     },
     "/history/{prompt_id}": {"get": _op("One history entry, or {}", _json(_ref("History")), params=[_p("prompt_id")])},
     "/jobs": {"get": _op("Queue and history as job objects", _json(_ref("JobList")), errors=(400,), params=[
@@ -195,12 +219,10 @@ PATHS: dict[str, Any] = {
         _q("limit", "integer"), _q("offset", "integer"), _q("ids")])},
     "/jobs/{job_id}": {"get": _op("One job with its outputs and workflow", _json(_ref("Job")), errors=(404,), params=[_p("job_id")])},
     "/jobs/{job_id}/cancel": {"post": _op("Cancel a pending or running job", _json(_ref("Cancelled")), errors=(404,), params=[_p("job_id")])},
-    "/jobs/cancel": {"post": _op("Cancel several jobs", _json(_ref("Cancelled")), errors=(400,),
-                                 body={"type": "object", "properties": {"job_ids": _STR_LIST}})},
-    "/interrupt": {"post": _op("Stop the running prompt, or only the given one", _EMPTY, errors=(400,),
-                               body={"type": "object", "properties": {"prompt_id": {"type": "string"}}})},
-    "/free": {"post": _op("Free cached models/outputs between prompts", _EMPTY, errors=(400,),
-                          body={"type": "object", "properties": {"unload_models": {"type": "boolean"}, "free_memory": {"type": "boolean"}}})},
+    "/jobs/cancel": {"post": _op("Cancel several jobs", _json(_ref("Cancelled")), errors=(400, 413), body=_ref("JobIds"))},
+    "/interrupt": {"post": _op("Stop the running prompt, or only the given one", _EMPTY, errors=(400, 413),
+                               body=_ref("InterruptRequest"))},
+    "/free": {"post": _op("Free cached models/outputs between prompts", _EMPTY, errors=(400, 413), body=_ref("FreeRequest"))},
     "/object_info": {"get": _op("Every node definition", _json(_ref("ObjectInfo")))},
     "/object_info/{class_type}": {"get": _op("One node definition, or {}", _json(_ref("ObjectInfo")), params=[_p("class_type")])},
     "/view": {"get": _op("A file from input/output/temp", _BINARY, errors=(400, 403, 404), params=[
@@ -208,8 +230,8 @@ PATHS: dict[str, Any] = {
         _q("channel", description="rgb, a or rgba")])},
     "/view_metadata/{folder}": {"get": _op("The __metadata__ of a safetensors model", _json(_OBJECT), errors=(403, 404),
                                            params=[_p("folder"), _q("filename", required=True)])},
-    "/upload/image": {"post": _op("Upload an image (multipart: image, type, subfolder, overwrite)", _json(_ref("Upload")), errors=(400, 403, 413))},
-    "/upload/mask": {"post": _op("Upload a mask onto an image (multipart: image, original_ref, ...)", _json(_ref("Upload")), errors=(400, 403, 413))},
+    "/upload/image": {"post": _op("Upload an image (multipart: image, type, subfolder, overwrite)", _json(_ref("Upload")), errors=(400, 403, 409, 413))},
+    "/upload/mask": {"post": _op("Upload a mask onto an image (multipart: image, original_ref, ...)", _json(_ref("Upload")), errors=(400, 403, 409, 413))},
     "/system_stats": {"get": _op("Versions, memory and devices", _json(_ref("SystemStats")))},
     "/features": {"get": _op("Server feature flags", _json(_ref("Features")))},
     "/embeddings": {"get": _op("Embedding names", _json(_STR_LIST))},
@@ -230,11 +252,11 @@ PATHS: dict[str, Any] = {
     "/workflow_templates": {"get": _op("Workflow templates of plugins", _json(_OBJECT))},
     "/settings": {
         "get": _op("All editor settings", _json(_OBJECT)),
-        "post": _op("Merge settings", _EMPTY, errors=(400,), body=_OBJECT),
+        "post": _op("Merge settings", _EMPTY, errors=(400, 413), body=_ref("Settings")),
     },
     "/settings/{setting_id}": {
         "get": _op("One setting value, or null", _json({}), params=[_p("setting_id")]),
-        "post": _op("Set one setting (body: the JSON value)", _EMPTY, errors=(400,), params=[_p("setting_id")]),
+        "post": _op("Set one setting (body: the JSON value)", _EMPTY, errors=(400, 413), params=[_p("setting_id")]),
     },
     "/users": {
         "get": _op("User storage mode", _json(_ref("Users"))),
@@ -245,14 +267,14 @@ PATHS: dict[str, Any] = {
     "/v2/userdata": {"get": _op("List one user folder", _json(_ref("UserdataV2")), errors=(403, 404), params=[_q("path")])},
     "/userdata/{file}": {
         "get": _op("A user file (URL-encode '/' in the name)", _BINARY, errors=(403, 404), params=[_p("file")]),
-        "post": _op("Write a user file (raw body)", _json({"type": ["string", "object"]}), errors=(400, 403, 409),
+        "post": _op("Write a user file (raw body)", _json({"type": ["string", "object"]}), errors=(400, 403, 409, 413),
                     params=[_p("file"), _q("overwrite"), _q("full_info")]),
         "delete": {"summary": "Delete a user file", "parameters": [_p("file")],
                    "responses": {"204": {"description": "Deleted"}, "403": _ERROR, "404": _ERROR}},
     },
     "/userdata/{file}/move/{dest}": {"post": _op("Move a user file", _json({"type": ["string", "object"]}), errors=(403, 404, 409),
                                                  params=[_p("file"), _p("dest"), _q("overwrite"), _q("full_info")])},
-    "/ws": {"get": {"summary": "WebSocket: status, execution events, binary previews (see COMPAT 1.4)", "parameters": [_q("clientId")],
+    "/ws": {"get": {"summary": "WebSocket: status, execution events, binary previews (see docs/compatibility.md §1.4)", "parameters": [_q("clientId")],
                     "responses": {"101": {"description": "Switching protocols"}}}},
 }
 
@@ -260,7 +282,10 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Loom", "version": "1", "description": (
         "ComfyUI-compatible workflow API. Every path is also served under /api. When the server has an auth token, "
-        "send it as 'Authorization: Bearer <token>'.")},
+        "send it as 'Authorization: Bearer <token>'. JSON request bodies are checked against the request schemas below "
+        f"before anything else; a body that is not UTF-8 JSON, nests more than {MAX_DEPTH} levels, holds NaN, Infinity or a number "
+        "too large for a float, or breaks its schema is refused with 400 (413 when over the size limit) and an Error whose "
+        "extra_info.issues lists every schema violation with its path.")},
     "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     "paths": PATHS,
 }

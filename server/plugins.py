@@ -6,7 +6,7 @@ itself is ``graph.plugins``: a broken pack is reported, never fatal, so the serv
 
 A pack's ``WEB_DIRECTORY`` is served at ``/extensions/<key>/<file>`` and its ``.js`` files are listed
 by ``/extensions``, which is how both Loom's editor and ComfyUI's frontend find extension scripts
-(COMPAT 3.10). These folders belong to code the server already runs with its own rights, so unlike
+(docs/compatibility.md §3.10). These folders belong to code the server already runs with its own rights, so unlike
 user uploads their scripts are sent with a JavaScript content type; the containment check still
 resolves symlinks first, so a link inside a pack cannot publish a file from elsewhere on disk.
 ``/extensions/<name>/...`` for a name that is not a loaded pack is served from the frontend root's

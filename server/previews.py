@@ -1,6 +1,6 @@
 """Turn the opaque preview a node reported into image bytes for a binary WebSocket frame.
 
-Nodes report ``(format, PIL image, max_size)`` the way ComfyUI samplers do (COMPAT 1.4), or a bare
+Nodes report ``(format, PIL image, max_size)`` the way ComfyUI samplers do (docs/compatibility.md §1.4), or a bare
 PIL image. The image is shrunk to ``max_size`` on its longer side (previews are for watching
 progress, and a smaller frame costs the slow client less) and encoded here, on the worker thread,
 so the event loop never spends time on it. JPEG quality 95 as in ComfyUI.

@@ -1,6 +1,6 @@
 """The prompt queue: priority order, one running item, backed by the SQLite store.
 
-Priority follows ComfyUI (COMPAT 1.3 step 2): an explicit ``number`` is used as given; otherwise the
+Priority follows ComfyUI (docs/compatibility.md §1.3 step 2): an explicit ``number`` is used as given; otherwise the
 server counter is used, negated when ``front`` is set, and the counter advances only in that case.
 Lower numbers run first, so several ``front`` submissions run newest-first. Ties keep submission
 order.

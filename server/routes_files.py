@@ -1,7 +1,7 @@
-"""``/view``, ``/view_metadata/{folder}``, ``/upload/image``, ``/upload/mask`` (COMPAT 1.6).
+"""``/view``, ``/view_metadata/{folder}``, ``/upload/image``, ``/upload/mask`` (docs/compatibility.md §1.6).
 
 Only the input, output and temp folders are reachable for files, and model folders for the headers
-of ``.safetensors`` files (found as the loaders find them: ``nodes.model_folders.find_model``, which
+of ``.safetensors`` files (found as the loaders find them: ``nodes.model_folders.ModelPaths.find``, which
 follows the owner's symlinks). Every input/output/temp path is resolved through symlinks by
 ``nodes.folders.resolve_inside`` before its containment check (ComfyUI #12285), file names must be
 plain names (directories go in ``subfolder``), and files are served so they can never run as a page
@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import struct
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,11 +23,12 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageOps
 
-from nodes.folders import FOLDER_KINDS, UnsafePathError, resolve_inside, split_annotation
-from nodes.model_folders import ModelNotFoundError, UnknownModelFolderError, find_model
+from nodes.folders import FOLDER_KINDS, NAME_MAX_BYTES, UnsafePathError, resolve_inside, split_annotation
+from nodes.model_folders import ModelNotFoundError, UnknownModelFolderError
 from server.downloads import bytes_response, file_response
-from server.keys import FOLDERS
-from server.responses import error_response
+from server.keys import RUNTIME
+from server.request_body import BadRequestBody, check_body, decode_json, read_form
+from server.responses import PATH_CONFLICTS, error_response
 
 __all__ = ["routes", "store_upload"]
 
@@ -77,7 +79,7 @@ async def view(request: web.Request) -> web.StreamResponse:
     name, kind = split_annotation(query.get("filename", ""), query.get("type", "output"))  # type: ignore[arg-type]
     if kind not in FOLDER_KINDS:
         return error_response(400, "bad_request", f"type {kind!r} is not one of {', '.join(FOLDER_KINDS)}")
-    folders = request.app[FOLDERS]
+    folders = request.app[RUNTIME].folders
     try:
         path = _target(folders.directory(kind), query.get("subfolder", ""), name)
     except UnsafePathError as error:
@@ -111,7 +113,7 @@ async def view_metadata(request: web.Request) -> web.Response:
     if not name.endswith(".safetensors"):
         return error_response(404, "not_found", "Only .safetensors files carry metadata")
     try:
-        path = await asyncio.to_thread(find_model, request.match_info["folder"], name)
+        path = await asyncio.to_thread(request.app[RUNTIME].model_paths.find, request.match_info["folder"], name)
     except UnsafePathError as error:
         return _refused(error)
     except (UnknownModelFolderError, ModelNotFoundError):
@@ -123,6 +125,15 @@ async def view_metadata(request: web.Request) -> web.Response:
     if metadata is None:
         return error_response(404, "not_found", f"{name!r} has no __metadata__")
     return web.json_response(metadata)
+
+
+def _numbered(stem: str, counter: int, suffix: str) -> str:
+    """``stem (N).suffix``, the stem shortened (whole characters) so the name still fits the file system."""
+    tail = f" ({counter}){suffix}"
+    room = NAME_MAX_BYTES - len(os.fsencode(tail))
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem + tail
 
 
 def store_upload(directory: Path, name: str, data: bytes, overwrite: bool) -> str:
@@ -138,17 +149,17 @@ def store_upload(directory: Path, name: str, data: bytes, overwrite: bool) -> st
         if hashlib.sha256((directory / candidate).read_bytes()).digest() == digest:
             return candidate
         counter += 1
-        candidate = f"{stem} ({counter}){suffix}"
+        candidate = _numbered(stem, counter, suffix)
     with (directory / candidate).open("xb") as handle:
         handle.write(data)
     return candidate
 
 
 async def _read_upload(request: web.Request) -> tuple[dict[str, str], str, bytes]:
-    form = await request.post()
+    form = await read_form(request)
     upload = form.get("image")
     if not isinstance(upload, web.FileField):
-        raise ValueError("multipart field 'image' with a file is required")
+        raise BadRequestBody("Bad upload", "multipart field 'image' with a file is required")
     fields = {key: str(value) for key, value in form.items() if isinstance(value, str)}
     return fields, upload.filename or "", upload.file.read()
 
@@ -156,36 +167,43 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], str, bytes
 async def _upload(request: web.Request, mask: bool) -> web.Response:
     try:
         fields, name, data = await _read_upload(request)
-    except ValueError as error:
-        return error_response(400, "bad_request", "Bad upload", str(error))
+        reference = _mask_reference(fields.get("original_ref", "")) if mask else None
+    except BadRequestBody as error:
+        return error.response()
     kind = fields.get("type", "input")
     if kind not in FOLDER_KINDS:
         return error_response(400, "bad_request", f"type {kind!r} is not one of {', '.join(FOLDER_KINDS)}")
     subfolder = fields.get("subfolder", "")
-    folders = request.app[FOLDERS]
+    folders = request.app[RUNTIME].folders
     try:
         base = folders.directory(kind)  # type: ignore[arg-type]
         target = _target(base, subfolder, name)
-        if mask:
-            data = await asyncio.to_thread(_apply_mask, folders, fields.get("original_ref", ""), data)
+        if reference is not None:
+            data = await asyncio.to_thread(_apply_mask, folders, reference, data)
     except UnsafePathError as error:
         return _refused(error)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         return error_response(400, "bad_request", "Bad mask upload", str(error))
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
-    stored = await asyncio.to_thread(store_upload, target.parent, target.name, data, overwrite)
+    try:
+        stored = await asyncio.to_thread(store_upload, target.parent, target.name, data, overwrite)
+    except PATH_CONFLICTS as error:
+        where = str(PurePosixPath(subfolder) / name)
+        return error_response(409, "conflict", "Cannot store the upload there", f"{where!r}: {error.strerror}")
     return web.json_response({"name": stored, "subfolder": subfolder, "type": kind})
 
 
-def _apply_mask(folders: Any, original_ref: str, mask_png: bytes) -> bytes:
+def _mask_reference(original_ref: str) -> dict[str, Any]:
+    """The ``original_ref`` form field: JSON naming the image the mask applies to."""
+    reference = decode_json(original_ref or "{}", "original_ref")
+    check_body(reference, "MaskReference", "original_ref")
+    return reference
+
+
+def _apply_mask(folders: Any, reference: dict[str, Any], mask_png: bytes) -> bytes:
     """The original image's RGB with the uploaded image's alpha as its alpha (the mask editor's save)."""
-    ref = json.loads(original_ref or "{}")
-    if not isinstance(ref, dict) or not ref.get("filename"):
-        raise ValueError("original_ref must be JSON {filename, subfolder, type}")
-    name, kind = split_annotation(str(ref["filename"]), ref.get("type", "input"))
-    if kind not in FOLDER_KINDS:
-        raise ValueError(f"original_ref type {kind!r} is not one of {', '.join(FOLDER_KINDS)}")
-    original_path = _target(folders.directory(kind), str(ref.get("subfolder") or ""), name)
+    name, kind = split_annotation(reference["filename"], reference.get("type", "input"))
+    original_path = _target(folders.directory(kind), reference.get("subfolder") or "", name)
     with Image.open(original_path) as original, Image.open(io.BytesIO(mask_png)) as mask:
         result = ImageOps.exif_transpose(original).convert("RGBA")
         alpha = mask.convert("RGBA").getchannel("A").resize(result.size)

@@ -1,4 +1,4 @@
-"""What the server knows: node definitions, models, system and feature flags (COMPAT 1.2, 1.5, C.2).
+"""What the server knows: node definitions, models, system and feature flags (docs/compatibility.md §1.2, §1.5, §C.2).
 
 ``/object_info`` is served from the registry's specs as they are *now* (combo lists of model files
 are recomputed per request); a node whose inputs cannot be computed is left out and logged, never
@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from nodes.folders import UnsafePathError, list_files
-from nodes.model_folders import UnknownModelFolderError, all_model_folders, folder_keys, list_models
-from server.keys import CONFIG, REGISTRY
+from nodes.model_folders import UnknownModelFolderError
+from server.keys import CONFIG, REGISTRY, RUNTIME
 from server.plugins import PLUGIN_REPORTS, plugin_scripts
 from server.responses import error_response
 
@@ -105,14 +105,14 @@ async def features(request: web.Request) -> web.Response:
 
 @routes.get("/models")
 async def model_folders(request: web.Request) -> web.Response:
-    return web.json_response(folder_keys())
+    return web.json_response(request.app[RUNTIME].model_paths.keys())
 
 
 @routes.get("/models/{folder}")
 async def model_files(request: web.Request) -> web.Response:
     folder = request.match_info["folder"]
     try:
-        return web.json_response(await asyncio.to_thread(list_models, folder))
+        return web.json_response(await asyncio.to_thread(request.app[RUNTIME].model_paths.names, folder))
     except UnknownModelFolderError as error:
         return error_response(404, "not_found", f"No model folder {folder!r}", str(error))
     except UnsafePathError as error:
@@ -121,13 +121,13 @@ async def model_files(request: web.Request) -> web.Response:
 
 @routes.get("/experiment/models")
 async def experiment_models(request: web.Request) -> web.Response:
-    folders = await asyncio.to_thread(all_model_folders)
+    folders = await asyncio.to_thread(request.app[RUNTIME].model_paths.all_folders)
     return web.json_response([{"name": key, "folders": [str(path) for path in paths]} for key, paths in folders.items()])
 
 
 @routes.get("/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
-    files = await asyncio.to_thread(list_models, "embeddings")
+    files = await asyncio.to_thread(request.app[RUNTIME].model_paths.names, "embeddings")
     return web.json_response([str(PurePosixPath(name).with_suffix("")) for name in files])
 
 

@@ -1,10 +1,13 @@
-"""``/prompt``: accept a prompt, validate it, queue it (COMPAT 1.3).
+"""``/prompt``: accept a prompt, validate it, queue it (docs/compatibility.md §1.3).
 
 The order of ComfyUI's handler is kept: parse, pick the priority, validate, move API keys out of
-``extra_data``, queue, answer ``{prompt_id, number, node_errors}``. A prompt whose outputs partly fail
-validation is still queued with the valid ones, and the reply lists the broken nodes. The editor's
-own format is accepted too (a ``workflow`` key instead of ``prompt``) and converted here, so clients
-need not keep two files in sync (COMPAT section 7 #16).
+``extra_data``, queue, answer ``{prompt_id, number, node_errors}``. Parsing includes the check
+against the ``PromptRequest`` schema (envelope, node shapes, link shapes), so a body of the wrong
+shape is refused with every violation named before any of it reaches validation. A prompt whose
+outputs partly fail validation is still queued with the valid ones, and the reply lists the broken
+nodes. The editor's own format is accepted too (a ``workflow`` key instead of ``prompt``), checked
+against its schema and converted here, so clients need not keep two files in sync (docs/compatibility.md
+§7.9).
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ from aiohttp import web
 
 from graph.errors import WorkflowError
 from graph.formats.editor import editor_to_api
+from graph.formats.schema import check_document
 from graph.validation import validate_prompt
 from server.keys import QUEUE, REGISTRY
-from server.responses import BadJson, error_response, read_json
+from server.request_body import BadRequestBody, read_json
+from server.responses import error_response
 from server.store import QueueItem, wire_number
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
-#: Keys clients put in ``extra_data`` that must never reach the history or a log (COMPAT 1.3 step 4).
+#: Keys clients put in ``extra_data`` that must never reach the history or a log (docs/compatibility.md §1.3 step 4).
 SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
@@ -43,21 +48,17 @@ async def queue_info(request: web.Request) -> web.Response:
 @routes.post("/prompt")
 async def submit_prompt(request: web.Request) -> web.Response:
     try:
-        body = await read_json(request, default={})
-    except BadJson as error:
-        return _prompt_error("invalid_prompt", "Request body is not JSON", error.reason)
-    if not isinstance(body, dict):
-        return _prompt_error("invalid_prompt", "Request body must be a JSON object", f"got {type(body).__name__}")
-    extra_data = body.get("extra_data") or {}
-    if not isinstance(extra_data, dict):
-        return _prompt_error("invalid_prompt", "extra_data must be an object")
-    extra_data = dict(extra_data)
+        body = await read_json(request, "PromptRequest", default={})
+    except BadRequestBody as error:
+        return error.response("invalid_prompt", node_errors={})
+    extra_data = dict(body.get("extra_data") or {})
 
     prompt = body.get("prompt")
     warnings: list[str] = []
-    if prompt is None and isinstance(body.get("workflow"), dict):
+    if prompt is None and "workflow" in body:
         workflow = body["workflow"]
         try:
+            check_document(workflow)
             conversion = editor_to_api(workflow, request.app[REGISTRY])
         except WorkflowError as error:
             return _prompt_error("invalid_workflow", "The editor workflow cannot be converted", str(error))
@@ -68,14 +69,10 @@ async def submit_prompt(request: web.Request) -> web.Response:
 
     prompt_id = body.get("prompt_id") or str(uuid.uuid4())
     queue = request.app[QUEUE]
-    if not isinstance(prompt_id, str) or queue.find(prompt_id) is not None:
-        return _prompt_error("invalid_prompt", "prompt_id must be a string not already queued", f"prompt_id {prompt_id!r}")
+    if queue.find(prompt_id) is not None:
+        return _prompt_error("invalid_prompt", "prompt_id is already queued", f"prompt_id {prompt_id!r}")
     number = body.get("number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
-        return _prompt_error("invalid_prompt", "number must be a number", f"got {number!r}")
     targets = body.get("partial_execution_targets")
-    if targets is not None and not isinstance(targets, list):
-        return _prompt_error("invalid_prompt", "partial_execution_targets must be a list of node ids")
 
     result = validate_prompt(prompt, request.app[REGISTRY], targets)
     if not result.ok:

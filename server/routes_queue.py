@@ -1,42 +1,39 @@
-"""Queue, history, jobs, interrupt and free (COMPAT 1.2, 1.7, C.4).
+"""Queue, history, jobs, interrupt and free (docs/compatibility.md §1.2, §1.7, §C.4).
 
 Deleting from the queue only removes *pending* prompts (ComfyUI semantics); the running one is
-stopped with ``/interrupt``, which with a ``prompt_id`` stops only that prompt (COMPAT section 7 #17).
+stopped with ``/interrupt``, which with a ``prompt_id`` stops only that prompt (docs/compatibility.md §7.11).
 Job cancel does whichever of the two applies.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
 from server.jobs import JobQuery, job_from_history, job_from_queue
 from server.keys import QUEUE, STORE, WORKER
-from server.responses import BadJson, error_response, read_json
+from server.request_body import BadRequestBody, read_json
+from server.responses import error_response
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    body = await read_json(request, default={})
-    if not isinstance(body, dict):
-        raise BadJson(f"expected a JSON object, got {type(body).__name__}")
-    return body
+#: SQLite integers are 64-bit; paging numbers are clamped to that range so a huge one means
+#: "everything" (or "nothing") instead of an overflow inside the database driver.
+_SQLITE_INT_MAX = 2**63 - 1
 
 
 def _bad_request(error: Exception) -> web.Response:
     return error_response(400, "bad_request", "Bad request", str(error))
 
 
-def _id_list(body: dict[str, Any], key: str) -> list[str]:
-    ids = body.get(key) or []
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise BadJson(f"{key!r} must be a list of prompt ids")
-    return ids
+def _query_int(request: web.Request, name: str) -> int | None:
+    """The integer query parameter ``name`` clamped to SQLite's range, ``None`` when absent; raises ValueError."""
+    if name not in request.query:
+        return None
+    return max(-_SQLITE_INT_MAX, min(int(request.query[name]), _SQLITE_INT_MAX))
 
 
 @routes.get("/queue")
@@ -52,22 +49,21 @@ async def get_queue(request: web.Request) -> web.Response:
 async def edit_queue(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
     try:
-        body = await _json_object(request)
-        delete = _id_list(body, "delete")
-    except BadJson as error:
-        return _bad_request(error)
+        body = await read_json(request, "DeleteOrClear", default={})
+    except BadRequestBody as error:
+        return error.response()
     if body.get("clear"):
         await asyncio.to_thread(queue.clear)
-    if delete:
-        await asyncio.to_thread(queue.delete, delete)
+    if body.get("delete"):
+        await asyncio.to_thread(queue.delete, body["delete"])
     return web.Response()
 
 
 @routes.get("/history")
 async def get_history(request: web.Request) -> web.Response:
     try:
-        max_items = int(request.query["max_items"]) if "max_items" in request.query else None
-        offset = int(request.query.get("offset", 0))
+        max_items = _query_int(request, "max_items")
+        offset = _query_int(request, "offset") or 0
     except ValueError as error:
         return _bad_request(error)
     records = await asyncio.to_thread(request.app[STORE].history, max_items, max(0, offset))
@@ -84,35 +80,33 @@ async def get_history_entry(request: web.Request) -> web.Response:
 async def edit_history(request: web.Request) -> web.Response:
     store = request.app[STORE]
     try:
-        body = await _json_object(request)
-        delete = _id_list(body, "delete")
-    except BadJson as error:
-        return _bad_request(error)
+        body = await read_json(request, "DeleteOrClear", default={})
+    except BadRequestBody as error:
+        return error.response()
     if body.get("clear"):
         await asyncio.to_thread(store.clear_history)
-    if delete:
-        await asyncio.to_thread(store.delete_history, delete)
+    if body.get("delete"):
+        await asyncio.to_thread(store.delete_history, body["delete"])
     return web.Response()
 
 
 @routes.post("/interrupt")
 async def interrupt(request: web.Request) -> web.Response:
     try:
-        body = await _json_object(request)
-    except BadJson as error:
-        return _bad_request(error)
-    prompt_id = body.get("prompt_id")
-    request.app[WORKER].interrupt(prompt_id if isinstance(prompt_id, str) else None)
+        body = await read_json(request, "InterruptRequest", default={})
+    except BadRequestBody as error:
+        return error.response()
+    request.app[WORKER].interrupt(body.get("prompt_id"))
     return web.Response()
 
 
 @routes.post("/free")
 async def free(request: web.Request) -> web.Response:
     try:
-        body = await _json_object(request)
-    except BadJson as error:
-        return _bad_request(error)
-    request.app[WORKER].request_free(bool(body.get("unload_models")), bool(body.get("free_memory")))
+        body = await read_json(request, "FreeRequest", default={})
+    except BadRequestBody as error:
+        return error.response()
+    request.app[WORKER].request_free(body.get("unload_models", False), body.get("free_memory", False))
     return web.Response()
 
 
@@ -165,7 +159,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.post("/jobs/cancel")
 async def cancel_jobs(request: web.Request) -> web.Response:
     try:
-        job_ids = _id_list(await _json_object(request), "job_ids")
-    except BadJson as error:
-        return _bad_request(error)
-    return web.json_response({"cancelled": await _cancel(request, job_ids)})
+        body = await read_json(request, "JobIds", default={})
+    except BadRequestBody as error:
+        return error.response()
+    return web.json_response({"cancelled": await _cancel(request, body.get("job_ids", []))})

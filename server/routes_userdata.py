@@ -1,8 +1,8 @@
-"""Per-user files the editor keeps on the server: settings, saved workflows, templates (COMPAT 1.2, C.2).
+"""Per-user files the editor keeps on the server: settings, saved workflows, templates (docs/compatibility.md §1.2, §C.2).
 
 Single-user: everything lives in ``<user dir>/default`` (the ``Comfy-User`` header is not an identity,
 so it selects nothing). The ``{file}`` segment arrives URL-decoded, ``workflows/a.json`` for
-``workflows%2Fa.json`` (COMPAT C.4); every such path goes through ``resolve_inside`` so ``..``,
+``workflows%2Fa.json`` (docs/compatibility.md §C.4); every such path goes through ``nodes.folders.resolve_inside`` so ``..``,
 absolute paths and symlinks cannot leave the user folder. Files are served as downloads, never as
 pages (``server.downloads``), except that ``user.css`` keeps its CSS type because the editor links it.
 """
@@ -19,8 +19,9 @@ from aiohttp import web
 
 from nodes.folders import UnsafePathError, resolve_inside
 from server.downloads import file_response
-from server.keys import FOLDERS
-from server.responses import BadJson, error_response, read_json
+from server.keys import RUNTIME
+from server.request_body import BadRequestBody, read_bytes, read_json
+from server.responses import PATH_CONFLICTS, error_response
 
 __all__ = ["routes", "user_root"]
 
@@ -31,7 +32,7 @@ _TRUE = ("true", "1", "yes")
 
 
 def user_root(request: web.Request) -> Path:
-    root = request.app[FOLDERS].user / "default"
+    root = request.app[RUNTIME].folders.user / "default"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -84,11 +85,9 @@ async def get_settings(request: web.Request) -> web.Response:
 @routes.post("/settings")
 async def post_settings(request: web.Request) -> web.Response:
     try:
-        update = await read_json(request, default={})
-    except BadJson as error:
-        return error_response(400, "bad_request", "Bad settings", error.reason)
-    if not isinstance(update, dict):
-        return error_response(400, "bad_request", "Settings must be a JSON object")
+        update = await read_json(request, "Settings", default={})
+    except BadRequestBody as error:
+        return error.response()
     root = user_root(request)
     _save_settings(root, {**_load_settings(root), **update})
     return web.Response()
@@ -103,8 +102,8 @@ async def get_setting(request: web.Request) -> web.Response:
 async def post_setting(request: web.Request) -> web.Response:
     try:
         value = await read_json(request)
-    except BadJson as error:
-        return error_response(400, "bad_request", "Bad setting value", error.reason)
+    except BadRequestBody as error:
+        return error.response()
     root = user_root(request)
     _save_settings(root, {**_load_settings(root), request.match_info["setting_id"]: value})
     return web.Response()
@@ -214,8 +213,14 @@ async def post_userdata(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", f"{request.match_info['file']!r} is a folder")
     if path.exists() and not _flag(request, "overwrite", True):
         return error_response(409, "conflict", f"{request.match_info['file']!r} exists and overwrite is false")
-    data = await request.read()
-    await asyncio.to_thread(_write_atomic, path, data)
+    try:
+        data = await read_bytes(request)
+    except BadRequestBody as error:
+        return error.response()
+    try:
+        await asyncio.to_thread(_write_atomic, path, data)
+    except PATH_CONFLICTS as error:
+        return error_response(409, "conflict", f"Cannot write {request.match_info['file']!r}", error.strerror or "")
     return _written(request, root, path)
 
 
@@ -242,6 +247,9 @@ async def move_userdata(request: web.Request) -> web.Response:
         return error_response(404, "not_found", f"No user file {request.match_info['file']!r}")
     if dest.exists() and not _flag(request, "overwrite", True):
         return error_response(409, "conflict", f"{request.match_info['dest']!r} exists and overwrite is false")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
+    except PATH_CONFLICTS as error:
+        return error_response(409, "conflict", f"Cannot move to {request.match_info['dest']!r}", error.strerror or "")
     return _written(request, root, dest)

@@ -1,6 +1,6 @@
 """Who may talk to the server: a cross-site guard, DNS-rebinding defence, optional token auth, CORS.
 
-A local engine is an easy target for any web page the user visits (COMPAT section 7, #4850): the
+A local engine is an easy target for any web page the user visits (docs/compatibility.md §7.1): the
 page cannot read our answers, but it can send requests. The guard therefore refuses, before any
 handler runs:
 

@@ -1,4 +1,4 @@
-"""``loom serve``: the flags (COMPAT Appendix B names where one exists) and running the app."""
+"""``loom serve``: the flags (docs/compatibility.md Appendix B names where one exists) and running the app."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from aiohttp import web
 
 from graph.registry import NodeRegistry
-from server.config import AUTH_TOKEN_ENV, DEVICES, DTYPE_MODES, PREVIEW_METHODS, REPO_ROOT, ServerConfig, parse_size
+from server.config import AUTH_TOKEN_ENV, REPO_ROOT, ServerConfig, parse_size
 from server.distributed.spec import DistributedUnavailableError, parse_workers, require_ray
+from server.runtime_args import add_runtime_arguments, runtime_options_from_args
 
 __all__ = ["add_serve_arguments", "config_from_args", "serve_from_args", "run_server"]
 
@@ -37,19 +38,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", "--listen", dest="host", default=defaults.host,
                         help="address(es) to bind, comma-separated (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default 8188)")
-    parser.add_argument("--base-dir", type=_path, default=Path.cwd(), help="folder holding models/, input/, output/, user/, temp/")
-    for name in ("models", "input", "output", "user", "temp"):
-        parser.add_argument(f"--{name}-dir", type=_path, default=None, help=f"the {name} folder (default <base-dir>/{name})")
-    parser.add_argument("--extra-model-paths", type=_path, default=None, help="a YAML file of extra model folders")
+    add_runtime_arguments(parser)
     parser.add_argument("--cache-budget", type=parse_size, default=defaults.cache_budget_bytes,
                         help="bytes of node outputs kept between prompts, e.g. 4G or 512M (default 4G)")
-    parser.add_argument("--device", default=defaults.device, help=f"compute device: {', '.join(DEVICES)} or cuda:N")
-    parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_MODES, help="weight dtype mode (default auto)")
     parser.add_argument("--auth-token", default=None,
                         help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)")
-    parser.add_argument("--preview-method", default=defaults.preview_method, choices=PREVIEW_METHODS,
-                        help="sampler previews: taesd (needs models/vae_approx/taesd_decoder.pth or taesdxl_decoder.pth), "
-                             "latent2rgb, none, or auto (taesd when its file is there, else latent2rgb)")
     parser.add_argument("--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)")
     parser.add_argument("--max-upload-size", type=float, default=defaults.max_upload_bytes / 2**20, help="request body limit in MB (default 100)")
     parser.add_argument("--enable-cors-header", dest="cors_origin", nargs="?", const="*", default=None,
@@ -68,13 +61,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    runtime = runtime_options_from_args(args)
     return ServerConfig(
-        host=args.host, port=args.port, base_dir=args.base_dir,
-        models_dir=args.models_dir, input_dir=args.input_dir, output_dir=args.output_dir,
-        user_dir=args.user_dir, temp_dir=args.temp_dir, extra_model_paths=args.extra_model_paths,
-        cache_budget_bytes=args.cache_budget, device=args.device, dtype=args.dtype,
+        host=args.host, port=args.port, base_dir=runtime.base_dir,
+        models_dir=runtime.models_dir, input_dir=runtime.input_dir, output_dir=runtime.output_dir,
+        user_dir=runtime.user_dir, temp_dir=runtime.temp_dir, extra_model_paths=runtime.extra_model_paths,
+        cache_budget_bytes=args.cache_budget, device=runtime.device, dtype=runtime.dtype,
         auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None,
-        preview_method=args.preview_method, frontend_root=args.frontend_root,
+        preview_method=runtime.preview_method, frontend_root=args.frontend_root,
         disable_custom_nodes=args.disable_custom_nodes, custom_node_whitelist=tuple(args.whitelist_custom_nodes),
         extra_custom_node_dirs=tuple(args.extra_custom_node_dirs),
         max_upload_bytes=int(args.max_upload_size * 2**20), cors_origin=args.cors_origin, workers=args.workers,
@@ -97,10 +91,15 @@ def run_server(config: ServerConfig, registry: NodeRegistry | None = None) -> No
 def serve_from_args(args: argparse.Namespace) -> int:
     """Exit status 2, with the reason on stderr, for settings the server cannot start with."""
     from nodes.compute import ComputeSettingsError
-    from nodes.model_folders import ExtraModelPathsError
+    from nodes.extra_model_paths import ExtraModelPathsError
 
     try:
-        run_server(config_from_args(args))
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"loom serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        run_server(config)
     except (ExtraModelPathsError, ComputeSettingsError) as error:
         print(f"loom serve: {error}", file=sys.stderr)
         return 2

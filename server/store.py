@@ -1,6 +1,6 @@
 """Queue and history on disk, in one SQLite file, so a crash or a restart loses neither.
 
-ComfyUI keeps both in memory (COMPAT 1.7, section 7 #13): a restart drops every pending prompt and
+ComfyUI keeps both in memory (docs/compatibility.md §1.7, §7.8): a restart drops every pending prompt and
 all history. Here a prompt is written to the ``pending`` table before ``POST /prompt`` answers and
 leaves it only in the same transaction that writes its history entry, so a prompt that was running
 when the process died is simply run again at the next start.
@@ -62,7 +62,7 @@ def wire_number(number: float) -> int | float:
 class QueueItem:
     """One accepted prompt: what ``/queue`` lists and what the worker runs.
 
-    ``sensitive`` holds the API keys ComfyUI clients put in ``extra_data`` (COMPAT 1.3 step 4); they
+    ``sensitive`` holds the API keys ComfyUI clients put in ``extra_data`` (docs/compatibility.md §1.3 step 4); they
     are handed to the executor but never written to disk or returned by any route.
     """
 

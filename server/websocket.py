@@ -1,11 +1,11 @@
 """The ``/ws`` hub: every socket gets its own bounded send queue and sender task.
 
 ComfyUI sends every event from one publisher coroutine that awaits each socket write in turn, so one
-stalled socket delays everybody (COMPAT section 7 #12). Here publishing only enqueues; each socket's
+stalled socket delays everybody (docs/compatibility.md §7.6). Here publishing only enqueues; each socket's
 own task writes, with a per-frame timeout, and a socket whose queue overflows or whose write times
 out is aborted. A slow client can lose its own connection, never delay another one.
 
-Previews are binary frames that naive API clients mistake for output images (COMPAT C.6), so a
+Previews are binary frames that naive API clients mistake for output images (docs/compatibility.md §C.6), so a
 socket receives them only when it asked: it must be the socket that submitted the prompt *and* have
 declared a preview capability in its ``feature_flags`` message — ``supports_preview_metadata``
 (the official frontend; type-4 frames with metadata) or ``loom_previews`` (legacy type-1 frames).
@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from graph.formats.strict_json import JsonDocumentError, parse_json
+
 __all__ = ["SocketHub", "ClientSocket", "ThreadSafePublisher", "PREVIEW_IMAGE", "PREVIEW_IMAGE_WITH_METADATA", "encode_preview_frame"]
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ Frame = str | bytes
 
 
 def encode_preview_frame(image: bytes, mime: str, metadata: Mapping[str, Any] | None) -> bytes:
-    """Binary preview framing (COMPAT 1.4): type 4 carries JSON metadata, type 1 a format code."""
+    """Binary preview framing (docs/compatibility.md §1.4): type 4 carries JSON metadata, type 1 a format code."""
     if metadata is None:
         return struct.pack(">II", PREVIEW_IMAGE, _IMAGE_FORMAT_CODES.get(mime, 1)) + image
     meta = json.dumps({**metadata, "image_type": mime}).encode()
@@ -100,7 +102,7 @@ class ClientSocket:
 
 
 class SocketHub:
-    """Routes events to sockets by session id (COMPAT 1.4 targets) and handles ``/ws``."""
+    """Routes events to sockets by session id (docs/compatibility.md §1.4 targets) and handles ``/ws``."""
 
     def __init__(
         self,
@@ -180,10 +182,10 @@ class SocketHub:
         return ws
 
     def _negotiate(self, client: ClientSocket, text: str) -> None:
-        """Only the first text frame may be ``feature_flags`` (COMPAT C.3); anything else is ignored."""
+        """Only the first text frame may be ``feature_flags`` (docs/compatibility.md §C.3); anything else is ignored."""
         try:
-            message = json.loads(text)
-        except ValueError:
+            message = parse_json(text)
+        except JsonDocumentError:
             return
         if isinstance(message, dict) and message.get("type") == "feature_flags" and isinstance(message.get("data"), dict):
             client.features = dict(message["data"])

@@ -1,12 +1,12 @@
 """The threads that run prompts, in queue order, through a backend.
 
-In process, one prompt at a time, as in ComfyUI (COMPAT 4.2): a diffusion run saturates the device,
+In process, one prompt at a time, as in ComfyUI (docs/compatibility.md §4.2): a diffusion run saturates the device,
 and models cached by one prompt are reused by the next. A distributed backend
 (``server.distributed``) has one *lane* per remote worker, and the worker runs one thread per lane,
 each taking the next prompt from the queue when its lane is free. Per prompt a lane clears its
 interrupt flag, runs the backend with a listener that forwards events to the WebSocket hub (routed
-per COMPAT 1.4), then writes the history entry *before* it sends ``executing {node: null}`` — clients
-fetch ``/history/{id}`` as soon as they see that frame (COMPAT C.6). ``/free`` requests are applied
+per docs/compatibility.md §1.4), then writes the history entry *before* it sends ``executing {node: null}`` — clients
+fetch ``/history/{id}`` as soon as they see that frame (docs/compatibility.md §C.6). ``/free`` requests are applied
 between prompts, never under a running one.
 """
 
@@ -177,7 +177,7 @@ class PromptWorker:
             self._publisher.event(events.EXECUTING, {"node": None, "prompt_id": item.prompt_id}, sid)
 
     def _forward(self, sid: str | None, name: str, data: dict[str, Any]) -> None:
-        """Route one executor event (COMPAT 1.4 targets); previews become binary frames."""
+        """Route one executor event (docs/compatibility.md §1.4 targets); previews become binary frames."""
         if name == events.PREVIEW:
             self._forward_preview(sid, data)
         elif name == events.EXECUTING and data.get("node") is None:

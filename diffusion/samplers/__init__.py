@@ -32,14 +32,17 @@ from diffusion.samplers.euler import (
 )
 from diffusion.samplers.multistep import sample_deis, sample_ipndm, sample_lms
 from diffusion.samplers.noise import BrownianTreeNoiseSampler, NoiseSampler, gaussian_noise_sampler
+from diffusion.samplers.ode import Denoiser, StepCallback
 from diffusion.samplers.stochastic import sample_ddpm, sample_lcm
 from diffusion.samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 
 __all__ = [
     "BrownianTreeNoiseSampler",
+    "Denoiser",
     "NoiseSampler",
     "SAMPLER_NAMES",
     "SamplerSpec",
+    "StepCallback",
     "UnknownSamplerError",
     "gaussian_noise_sampler",
     "get_sampler",
@@ -97,7 +100,8 @@ _SPECS = (
     SamplerSpec("lcm", sample_lcm),
     SamplerSpec("ipndm", sample_ipndm),
     SamplerSpec("deis", sample_deis),
-    # ComfyUI's ddim is Euler; only its inpainting noise differs, which the pipeline handles.
+    # ComfyUI's ddim is Euler that re-noises the kept cells of an inpainting with fresh noise each
+    # step; Loom holds them with the start noise, as for every other sampler (diffusion.guidance.Inpainting).
     SamplerSpec("ddim", sample_euler),
     SamplerSpec("uni_pc", sample_uni_pc, discard_penultimate_sigma=True),
     SamplerSpec("uni_pc_bh2", sample_uni_pc_bh2, discard_penultimate_sigma=True),

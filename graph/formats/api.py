@@ -1,6 +1,6 @@
 """The API ("prompt") format: link and value conventions, and loading whatever file a user has.
 
-A prompt is ``{node_id: {"class_type", "inputs", "_meta"?}}`` (COMPAT 2.1). Users hand Loom three
+A prompt is ``{node_id: {"class_type", "inputs", "_meta"?}}`` (docs/compatibility.md §2.1). Users hand Loom three
 kinds of file: an API prompt, an editor workflow, or a PNG the engine saved, which carries both as
 text chunks. ``load_document`` reads any of them; ``prompt_from_document`` gives the runnable prompt,
 preferring the API prompt a PNG carries because that is exactly what ran.
@@ -8,7 +8,6 @@ preferring the API prompt a PNG carries because that is exactly what ran.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,21 +16,48 @@ from typing import Any, Literal
 from graph.errors import WorkflowFormatError
 from graph.formats.editor import EditorConversion, editor_to_api
 from graph.formats.png import PNG_SIGNATURE, read_text_chunks
+from graph.formats.strict_json import JsonDocumentError, parse_json
 from graph.registry import NodeRegistry
 
 #: The wrapper the editor puts around list-valued widgets so they are not mistaken for links.
 VALUE_KEY = "__value__"
 
 
+class LinkShapeError(ValueError):
+    """A list input value that cannot be read as ``[source_id, output_slot]``; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def normalise_link(value: list[Any]) -> list[Any]:
+    """``value`` as a link in the one form the engine runs on: ``[str, int]``.
+
+    Clients write output slots as JSON numbers and some send ``0.0`` (JavaScript, scripts that do
+    arithmetic on slots); an integral float names the same slot, so it becomes an ``int`` here.
+    A fractional number or a boolean names no slot (``True`` would silently be slot 1), so it is an
+    error, as is any list that is not a pair of a node id and a number (docs/compatibility.md §2.1).
+    """
+    if len(value) != 2 or not isinstance(value[0], str):
+        raise LinkShapeError("a link must be [node_id, output_slot]")
+    slot = value[1]
+    if isinstance(slot, bool) or not isinstance(slot, (int, float)):
+        raise LinkShapeError(f"the output slot {slot!r} is not a number")
+    if isinstance(slot, float) and not slot.is_integer():
+        raise LinkShapeError(f"the output slot {slot!r} is not a whole number")
+    return [value[0], int(slot)]
+
+
 def is_link(value: Any) -> bool:
-    """Whether an input value is a link ``[source_id, output_slot]`` rather than a constant."""
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], (int, float))
-        and not isinstance(value[1], bool)
-    )
+    """Whether an input value of a *validated* prompt is a link ``[source_id, output_slot]``.
+
+    Validation rewrites every link with ``normalise_link``, so in the prompts the executor and the
+    cache keys see a link is exactly a two-item list of ``str`` and ``int``; anything else is a
+    constant. Exact types keep the test cheap (it runs for every input of every prompt) and keep
+    ``True`` from passing for ``1``.
+    """
+    return type(value) is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is int
 
 
 def unwrap_value(value: Any) -> Any:
@@ -83,9 +109,9 @@ def load_document(path: str | Path) -> WorkflowDocument:
             raise WorkflowFormatError(str(path), "the PNG carries no 'prompt' or 'workflow' text chunk")
         return WorkflowDocument(str(path), prompt=prompt, workflow=workflow)
     try:
-        payload = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WorkflowFormatError(str(path), f"not JSON and not a PNG: {error}") from error
+        payload = parse_json(data)
+    except JsonDocumentError as error:
+        raise WorkflowFormatError(str(path), f"not JSON and not a PNG: {error.reason}") from error
     return parse_document(payload, str(path))
 
 
@@ -93,9 +119,9 @@ def _json_chunk(chunks: dict[str, str], key: str, path: Path) -> dict[str, Any] 
     if key not in chunks:
         return None
     try:
-        value = json.loads(chunks[key])
-    except json.JSONDecodeError as error:
-        raise WorkflowFormatError(f"{path}:{key}", f"text chunk is not JSON: {error}") from error
+        value = parse_json(chunks[key])
+    except JsonDocumentError as error:
+        raise WorkflowFormatError(f"{path}:{key}", f"text chunk is not JSON: {error.reason}") from error
     if not isinstance(value, dict):
         raise WorkflowFormatError(f"{path}:{key}", f"text chunk holds a {type(value).__name__}, not an object")
     return value

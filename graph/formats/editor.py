@@ -1,6 +1,6 @@
 """Convert an editor workflow (saved graph, version 0.4 or 1) into the API prompt the engine runs.
 
-The official frontend does this in the browser (``graphToPrompt``, COMPAT C.5.1); a server that
+The official frontend does this in the browser (``graphToPrompt``, docs/compatibility.md §C.5.1); a server that
 runs saved workflows has to do it itself. The rules, with the format quirks they exist for:
 
 - Virtual nodes (``Reroute``, ``PrimitiveNode``, notes) never run. A link through reroutes is

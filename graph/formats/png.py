@@ -1,6 +1,6 @@
 """Read and write PNG text chunks without decoding the image.
 
-Saved images carry their workflow as text chunks (COMPAT 2.3): ``prompt`` (the API prompt) and
+Saved images carry their workflow as text chunks (docs/compatibility.md §2.3): ``prompt`` (the API prompt) and
 ``workflow`` (the editor graph), as ``tEXt`` because ``json.dumps`` escapes everything outside
 ASCII. Other writers use ``iTXt`` (UTF-8, optionally deflated) or ``zTXt`` (deflated Latin-1), so
 all three are read. Only the chunk framing is parsed (PNG spec section 5: length, type, data, CRC),

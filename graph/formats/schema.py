@@ -35,11 +35,16 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def _validator(name: SchemaName) -> Draft202012Validator:
-    registry: Registry = Registry().with_resources(
+def schema_registry() -> Registry:
+    """Every schema file under its ``$id``, so that other schemas (the server's request bodies) can ``$ref`` them."""
+    return Registry().with_resources(
         (load_schema(other)["$id"], Resource.from_contents(load_schema(other))) for other in (*SCHEMA_NAMES, *_SHARED)
     )
-    return Draft202012Validator(load_schema(name), registry=registry)
+
+
+@cache
+def _validator(name: SchemaName) -> Draft202012Validator:
+    return Draft202012Validator(load_schema(name), registry=schema_registry())
 
 
 def schema_for(document: Any) -> SchemaName:
@@ -51,7 +56,15 @@ def schema_for(document: Any) -> SchemaName:
 
 def schema_issues(document: Any, name: SchemaName | None = None) -> list[SchemaIssue]:
     """Every violation of the named schema (by default the one ``schema_for`` picks), in file order."""
-    errors = _validator(name or schema_for(document)).iter_errors(document)
+    return validator_issues(_validator(name or schema_for(document)), document)
+
+
+def validator_issues(validator: Draft202012Validator, document: Any) -> list[SchemaIssue]:
+    """Every violation ``validator`` finds, in file order, each with a path a person can follow.
+
+    Public so that other schemas (the server's request bodies) report problems in the same words.
+    """
+    errors = validator.iter_errors(document)
     return [_issue(error) for error in sorted(errors, key=lambda error: [_sort_key(part) for part in error.absolute_path])]
 
 

@@ -1,7 +1,7 @@
 """Which worker runs a prompt: cache affinity first, then the least busy.
 
 Loading a checkpoint costs far more than sampling a tiny preview (an SD1.5 file is 2–4 GB read and
-converted; FACTS.md), so a prompt should go to a worker whose model cache already holds the files it
+converted), so a prompt should go to a worker whose model cache already holds the files it
 names. The dispatcher cannot see inside a worker's ``OutputCache`` (its keys are content hashes), so
 it keeps its own book: after a prompt ran on a worker, the files named by the loader inputs of the
 nodes that worker executed or served from its cache are recorded as *held* there. The book is a hint,
@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["MODEL_FILE_INPUTS", "model_files", "WorkerBook", "Dispatcher"]
 
-#: Input names through which loader nodes (COMPAT Appendix A) name a model file.
+#: Input names through which loader nodes (docs/compatibility.md Appendix A) name a model file.
 MODEL_FILE_INPUTS = frozenset({
     "ckpt_name", "unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2", "clip_name3",
     "lora_name", "control_net_name", "style_model_name", "clip_vision_name", "model_name", "upscale_model",

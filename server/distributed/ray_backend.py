@@ -32,7 +32,6 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from graph import events
@@ -41,10 +40,7 @@ from graph.events import Listener
 from graph.executor import Executor
 from graph.progress import InterruptFlag
 from graph.registry import NodeRegistry
-from nodes.compute import configure_compute
-from nodes.folders import Folders, configure_folders
-from nodes.model_folders import add_extra_model_paths, clear_extra_model_paths
-from nodes.previews import configure_previews
+from nodes.runtime import RuntimeOptions, build_runtime
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, WorkerLostError
 from server.distributed.placement import Dispatcher, model_files
@@ -85,13 +81,9 @@ class WorkerSetup:
     config: the actor loads the built-ins and the same plugins itself) is set.
     """
 
-    folders: Folders
+    #: The server's own runtime options: workers find models, write outputs and compute as it does.
+    runtime: RuntimeOptions
     cache_budget_bytes: int
-    device: str = "auto"
-    dtype: str = "auto"
-    preview_method: str = "auto"
-    #: The server's ``--extra-model-paths`` file: workers must find models where the server lists them.
-    extra_model_paths: Path | None = None
     registry: NodeRegistry | None = None
     plugins: ServerConfig | None = None
 
@@ -112,18 +104,9 @@ class LoomWorkerActor:
     """The body of one Ray worker actor (wrapped with ``ray.remote`` by ``RayBackend``)."""
 
     def __init__(self, setup: WorkerSetup) -> None:
-        folders = setup.folders
-        configure_folders(
-            folders.base, input=folders.input, output=folders.output, temp=folders.temp,
-            user=folders.user, models=folders.models,
-        )
-        clear_extra_model_paths()
-        if setup.extra_model_paths is not None:
-            add_extra_model_paths(setup.extra_model_paths)
-        configure_compute(setup.device, setup.dtype)
-        configure_previews(setup.preview_method)
         cache = OutputCache(setup.cache_budget_bytes)
-        self._local = LocalBackend(Executor(setup.build_registry(), cache), cache)
+        self.runtime = build_runtime(setup.runtime)
+        self._local = LocalBackend(Executor(setup.build_registry(), cache, services=self.runtime), cache)
         self._lock = threading.Lock()
         self._executing = threading.Lock()
         self._interrupt = InterruptFlag()
@@ -377,7 +360,7 @@ def actor_resources(spec: WorkersSpec, count: int, available: dict[str, float]) 
 def _init_arguments(spec: WorkersSpec) -> dict[str, Any]:
     """``ray-local``: a new private instance (``address="local"``: never a cluster some ``ray start``
     left behind) whose node registers as 127.0.0.1, so its traffic stays on loopback (by default it
-    registers under the LAN address; FACTS.md), no dashboard. ``ray://auto``
+    registers under the LAN address; docs/scaling.md), no dashboard. ``ray://auto``
     joins as a driver on a cluster node; any other address goes through Ray Client."""
     if spec.kind == "ray-local":
         return {"address": "local", "include_dashboard": False, "_node_ip_address": "127.0.0.1"}

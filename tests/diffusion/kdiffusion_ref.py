@@ -1,7 +1,7 @@
 """k-diffusion's own sampling code, loaded as the reference our samplers are compared against.
 
 `import k_diffusion` fails here: its package `__init__` imports training-only modules, and its
-`utils.py` imports torchvision (which does not work beside this torch, see FACTS.md). Sampling
+`utils.py` imports torchvision (which does not work beside torch 2.13.0: torchvision::nms is missing). Sampling
 uses nothing from torchvision (only `utils.append_dims`), so the loader gives `utils.py` an empty
 stand-in for the one torchvision module it names, then loads `utils.py`, `sampling.py` and
 `external.py` as members of a synthetic package so their relative imports resolve.

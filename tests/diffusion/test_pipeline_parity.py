@@ -1,4 +1,4 @@
-"""End to end: Loom's UNet + ``sample_latent`` reproduce diffusers' ``StableDiffusionPipeline`` txt2img.
+"""End to end: Loom's UNet + a CFG guider + a sampler reproduce diffusers' ``StableDiffusionPipeline`` txt2img.
 
 One tiny random SD1 model (the same weights on both sides: diffusers' UNet2DConditionModel and
 Loom's UNet loaded from its LDM-layout conversion), the same text embeddings (passed to diffusers
@@ -37,9 +37,11 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from diffusion.guidance import CFGGuider
 from diffusion.prediction import EpsPrediction
 from diffusion.samplers import get_sampler
-from diffusion.sampling import prepare_noise, sample_latent, sampling_sigmas
+from diffusion.sampling import prepare_noise, sample
+from diffusion.schedules import denoise_sigmas
 from diffusion.unet import unet_from_state_dict
 from tests.diffusion.reference_clip import reference_tokenizer, tiny_reference_model
 from tests.diffusion.reference_models import CONTEXT_DIM, tiny_unet, tiny_vae
@@ -133,19 +135,24 @@ def reference_sigmas(scheduler: Any, steps: int) -> torch.Tensor:
     return torch.unique_consecutive(scheduler.sigmas.float())
 
 
+def loom_sigmas(case: Case) -> torch.Tensor:
+    """KSampler's sigmas for the case."""
+    discard = get_sampler(case.sampler).discard_penultimate_sigma
+    return denoise_sigmas(EpsPrediction(), case.scheduler, case.steps, discard_penultimate_sigma=discard)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_diffusers_scheduler_visits_the_loom_sigmas(case: Case) -> None:
-    loom = sampling_sigmas(EpsPrediction(), get_sampler(case.sampler), case.scheduler, case.steps)
+    loom = loom_sigmas(case)
     torch.testing.assert_close(reference_sigmas(reference_scheduler(case), case.steps), loom, rtol=1e-4, atol=1e-6)
 
 
 def loom_txt2img(models: Models, case: Case) -> torch.Tensor:
+    latent = torch.zeros(LATENT_SHAPE)
+    guider = CFGGuider(models.loom_unet, EpsPrediction(), latent, [(models.positive, {})], [(models.negative, {})], CFG)
     with torch.no_grad():
-        return sample_latent(
-            models.loom_unet, EpsPrediction(), torch.zeros(LATENT_SHAPE),
-            positive=[(models.positive, {})], negative=[(models.negative, {})],
-            sampler_name=case.sampler, scheduler=case.scheduler, steps=case.steps, cfg=CFG, seed=SEED,
-        )
+        noise = prepare_noise(latent, SEED)
+        return sample(guider, get_sampler(case.sampler), loom_sigmas(case), latent, noise, seed=SEED)
 
 
 def diffusers_txt2img(models: Models, case: Case, noise: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from diffusion.prediction import EpsPrediction
-from diffusion.schedules import SCHEDULER_NAMES, UnknownSchedulerError, beta_quantile, compute_sigmas
+from diffusion.schedules import (
+    SCHEDULER_NAMES,
+    UnknownSchedulerError,
+    beta_quantile,
+    compute_sigmas,
+    cut_sigmas,
+    denoise_sigmas,
+)
 from tests.diffusion.kdiffusion_ref import external
 from tests.diffusion.kdiffusion_ref import sampling as ksampling
 
@@ -103,3 +110,69 @@ def test_unknown_scheduler_and_bad_steps_are_precise_errors():
         compute_sigmas(MS, "cosine", 10)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         compute_sigmas(MS, "karras", 0)
+
+
+class TestDenoise:
+    """KSampler's and BasicScheduler's ``denoise``: the tail of a longer schedule."""
+
+    def test_a_full_denoise_is_the_whole_schedule(self):
+        assert torch.equal(denoise_sigmas(MS, "karras", 10), compute_sigmas(MS, "karras", 10))
+
+    def test_a_partial_denoise_takes_the_last_steps_of_int_steps_over_denoise(self):
+        assert torch.equal(denoise_sigmas(MS, "karras", 10, 0.5), compute_sigmas(MS, "karras", 20)[-11:])
+        assert torch.equal(denoise_sigmas(MS, "normal", 4, 0.3), compute_sigmas(MS, "normal", 13)[-5:])
+
+    @pytest.mark.parametrize("exact", [False, True])
+    def test_no_denoise_is_no_sigmas(self, exact):
+        assert denoise_sigmas(MS, "normal", 4, 0.0, exact_denoise=exact).numel() == 0
+
+    def test_samplers_that_discard_the_penultimate_sigma_get_one_more_step_scheduled(self):
+        full = compute_sigmas(MS, "normal", 11)
+        assert torch.equal(denoise_sigmas(MS, "normal", 10, discard_penultimate_sigma=True),
+                           torch.cat([full[:-2], full[-1:]]))
+        longer = compute_sigmas(MS, "normal", 21)
+        assert torch.equal(denoise_sigmas(MS, "normal", 10, 0.5, discard_penultimate_sigma=True),
+                           torch.cat([longer[:-2], longer[-1:]])[-11:])
+
+    def test_ksampler_rounds_a_denoise_just_below_one_to_full_and_basic_scheduler_does_not(self):
+        """ComfyUI's two rules differ (``KSampler.set_steps``: above 0.9999 is full; BasicScheduler:
+        only 1 is), visibly only where ``int(steps / denoise) > steps``: here 10001 scheduled steps."""
+        steps, denoise = 10000, 0.999900005
+        ksampler = denoise_sigmas(MS, "normal", steps, denoise)
+        basic = denoise_sigmas(MS, "normal", steps, denoise, exact_denoise=True)
+        assert torch.equal(ksampler, compute_sigmas(MS, "normal", steps))
+        assert torch.equal(basic, compute_sigmas(MS, "normal", steps + 1)[-(steps + 1):])
+        assert len(ksampler) == len(basic) and not torch.equal(ksampler, basic)
+        usual = denoise_sigmas(MS, "normal", 20, 0.99995)
+        assert torch.equal(usual, denoise_sigmas(MS, "normal", 20, 0.99995, exact_denoise=True))
+
+
+class TestStepWindow:
+    """KSamplerAdvanced's ``start_at_step`` / ``end_at_step`` / ``return_with_leftover_noise``."""
+
+    SIGMAS = torch.tensor([16.0, 8.0, 4.0, 2.0, 1.0, 0.0])
+
+    def test_no_window_is_the_whole_schedule(self):
+        assert torch.equal(cut_sigmas(self.SIGMAS), self.SIGMAS)
+        assert torch.equal(cut_sigmas(self.SIGMAS, 0, 10000), self.SIGMAS)
+
+    def test_ending_early_finishes_the_denoise_at_sigma_zero(self):
+        assert cut_sigmas(self.SIGMAS, end_step=2).tolist() == [16.0, 8.0, 0.0]
+
+    def test_ending_early_with_leftover_noise_stops_at_the_schedules_sigma(self):
+        assert cut_sigmas(self.SIGMAS, end_step=2, leftover_noise=True).tolist() == [16.0, 8.0, 4.0]
+
+    def test_starting_late_skips_the_first_steps(self):
+        assert cut_sigmas(self.SIGMAS, start_step=2).tolist() == [4.0, 2.0, 1.0, 0.0]
+        assert cut_sigmas(self.SIGMAS, 1, 3).tolist() == [8.0, 4.0, 0.0]
+
+    def test_a_window_starting_at_or_after_its_end_has_no_step(self):
+        assert cut_sigmas(self.SIGMAS, start_step=5).tolist() == [0.0]
+        assert cut_sigmas(self.SIGMAS, start_step=9).tolist() == [0.0]
+        assert cut_sigmas(self.SIGMAS, 3, 3).tolist() == [0.0]
+        assert cut_sigmas(torch.zeros(0), start_step=0).numel() == 0
+
+    def test_the_schedule_passed_in_is_not_modified(self):
+        sigmas = self.SIGMAS.clone()
+        cut_sigmas(sigmas, end_step=2)
+        assert torch.equal(sigmas, self.SIGMAS)

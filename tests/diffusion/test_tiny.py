@@ -157,7 +157,7 @@ def _transformers_clip(checkpoint: dict[str, torch.Tensor], prefix: str, opencli
         weights = convert_open_clip_checkpoint(model, checkpoint, prefix=prefix)
     else:
         weights = convert_ldm_clip_checkpoint({k: v for k, v in checkpoint.items() if k.startswith(prefix)}, prefix)
-    # transformers >= 5.6 keeps CLIPTextModel's layers at top level, without `text_model.` (FACTS.md)
+    # transformers >= 5.6 keeps CLIPTextModel's layers at top level, without `text_model.`
     expected = set(model.state_dict())
     weights = {k if k in expected else k.removeprefix("text_model."): v for k, v in weights.items()}
     weights.pop("embeddings.position_ids", None)

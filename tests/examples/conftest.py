@@ -1,3 +1,3 @@
-"""The examples run on the same per-test folders as the node tests."""
+"""The examples run inside the same per-test runtime as the node tests."""
 
-from tests.nodes.conftest import folders  # noqa: F401
+from tests.nodes.conftest import folders, runtime  # noqa: F401

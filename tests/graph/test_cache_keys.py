@@ -12,7 +12,6 @@ from graph.cache_keys import (
     PromptStructureError,
     SpecFactsCache,
     compute_keys,
-    is_link,
 )
 from graph.declare import Hidden, Int, Output, Socket, String, node, spec_of
 from graph.registry import NodeRegistry
@@ -234,11 +233,6 @@ def test_the_memo_gives_the_same_keys_and_stays_bounded(keys_of) -> None:
     memo = DigestMemo(max_entries=2)
     assert keys_of(prompt, memo=memo) == keys_of(prompt) == keys_of(prompt, memo=memo)
     assert len(memo._digests) <= 2
-
-
-def test_links_are_two_item_lists_of_id_and_slot() -> None:
-    assert is_link(["4", 0])
-    assert not is_link(("4", 0)) and not is_link(["4", "0"]) and not is_link([4, 0]) and not is_link(["4", 0, 1])
 
 
 def test_never_matching_keys_are_recognisable(keys_of) -> None:

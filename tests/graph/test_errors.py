@@ -1,4 +1,4 @@
-"""Typed validation errors render the COMPAT 1.3 wire dicts clients read."""
+"""Typed validation errors render the docs/compatibility.md §1.3 wire dicts clients read."""
 
 from graph.errors import (
     BadLinkedInput,

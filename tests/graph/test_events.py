@@ -1,4 +1,4 @@
-"""Event payloads carry exactly the fields of COMPAT 1.4, so ComfyUI clients read them unchanged."""
+"""Event payloads carry exactly the fields of docs/compatibility.md §1.4, so ComfyUI clients read them unchanged."""
 
 from __future__ import annotations
 

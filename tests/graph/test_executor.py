@@ -13,6 +13,7 @@ from graph.executor import Executor
 from graph.progress import InterruptFlag, report_progress
 from graph.registry import NodeRegistry
 from graph.spec import ExecutionBlocker
+from graph.validation import validate_prompt
 
 CALLS: list[tuple[str, object]] = []
 
@@ -167,7 +168,7 @@ class LazyPick:
 
 
 class Repeat:
-    """Expands into a chain of ``times`` Tick nodes after ``x`` (COMPAT 3.8), ids prefixed by its own."""
+    """Expands into a chain of ``times`` Tick nodes after ``x`` (docs/compatibility.md §3.8), ids prefixed by its own."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -542,6 +543,20 @@ def test_malformed_prompts_become_error_records(
     assert record.status == "error"
     assert record.error["node_id"] == node_id
     assert reason in record.error["exception_message"]
+
+
+def test_the_validated_prompt_runs_a_float_slot_as_a_link_and_caches_it_as_the_int_slot(executor: Executor) -> None:
+    """``["1", 0.0]`` and ``["1", 0]`` are the same link once validated: same value delivered, same cache key."""
+    written_as_float = {"1": const(2), "2": {"class_type": "Double", "inputs": {"x": ["1", 0.0]}}, "3": show("2")}
+    result = validate_prompt(written_as_float, executor.registry)
+    record = executor.execute(result.prompt, result.outputs, prompt_id="float")
+    assert ("Double", 2) in CALLS and record.outputs["3"] == {"text": ["4"]}
+
+    CALLS.clear()
+    written_as_int = {"1": const(2), "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}}, "3": show("2")}
+    result = validate_prompt(written_as_int, executor.registry)
+    record = executor.execute(result.prompt, result.outputs, prompt_id="int")
+    assert CALLS == [] and record.cached == ["1", "2", "3"]
 
 
 def test_a_prompt_that_is_not_an_object_is_an_error_record(executor: Executor) -> None:

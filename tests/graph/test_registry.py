@@ -77,3 +77,14 @@ def test_object_info_leaves_out_a_node_whose_inputs_raise() -> None:
     info = registry.object_info(on_error=lambda name, error: failures.append(name))
     assert list(info) == ["Add"]
     assert failures == ["Boom"]
+
+
+@pytest.mark.parametrize("class_type", [["Add"], {"name": "Add"}, 3, None])
+def test_a_class_type_that_is_not_a_string_names_no_node(class_type) -> None:
+    """Class types come from files and requests; an unhashable one must not raise ``TypeError``."""
+    registry = NodeRegistry()
+    registry.register_module(_module("nodes.math", NODE_CLASS_MAPPINGS={"Add": AddV1}), builtin=True)
+    assert registry.get(class_type) is None
+    assert class_type not in registry
+    assert not registry.is_builtin(class_type)
+    assert registry.get("Add") is not None and "Add" in registry and registry.is_builtin("Add")

@@ -1,4 +1,4 @@
-"""Connection rules between socket types (COMPAT 3.1)."""
+"""Connection rules between socket types (docs/compatibility.md §3.1)."""
 
 from graph.types import COMBO, type_name, types_compatible
 

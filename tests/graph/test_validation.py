@@ -1,4 +1,4 @@
-"""Prompt validation (COMPAT 4.1): every problem at once, in the COMPAT 1.3 shapes."""
+"""Prompt validation (docs/compatibility.md §4.1): every problem at once, in the docs/compatibility.md §1.3 shapes."""
 
 import copy
 
@@ -103,7 +103,7 @@ def registry() -> NodeRegistry:
 
 
 def txt2img() -> dict:
-    """The minimal SD1.5 prompt of COMPAT Appendix A."""
+    """The minimal SD1.5 prompt of docs/compatibility.md Appendix A."""
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
@@ -149,6 +149,64 @@ def test_an_unknown_class_rejects_the_whole_prompt_and_names_it(registry) -> Non
     assert result.error["type"] == "invalid_prompt"
     assert "VAEDecodeTiledX" in result.error["message"] and result.error["details"] == "Node ID '#8'"
     assert set(result.error) == {"type", "message", "details", "extra_info"}
+
+
+def test_every_unknown_class_and_every_error_of_the_known_nodes_come_in_one_answer(registry) -> None:
+    prompt = txt2img()
+    prompt["8"]["class_type"] = "VAEDecodeTiledX"  # between the sampler and the only output
+    prompt["10"] = {"class_type": "NoSuchNode", "inputs": {"image": ["8", 0]}}
+    prompt["3"]["inputs"]["steps"] = 0  # upstream of the unknown node 8
+    prompt["9"]["inputs"]["filename_prefix"] = ["nowhere", 0]
+    result = validate_prompt(prompt, registry)
+    assert not result.ok and result.outputs == []
+    assert result.error == {
+        "type": "invalid_prompt",
+        "message": "Cannot execute because node VAEDecodeTiledX does not exist; node NoSuchNode does not exist.",
+        "details": "Node IDs '#8', '#10'",
+        "extra_info": {},
+    }
+    assert {node_id: [error["type"] for error in entry["errors"]] for node_id, entry in result.node_errors.items()} == {
+        "8": ["unknown_node_type"],
+        "10": ["unknown_node_type"],
+        "3": ["value_smaller_than_min"],
+        "9": ["bad_linked_input"],
+    }
+    unknown = result.node_errors["8"]
+    assert unknown["class_type"] == "VAEDecodeTiledX" and unknown["dependent_outputs"] == ["9"]
+    assert unknown["errors"][0]["details"] == "no installed node or plugin provides 'VAEDecodeTiledX'"
+    assert result.node_errors["3"]["dependent_outputs"] == ["9"]
+    assert "not in the prompt" in only_error(result, "9")["details"], "a link to an unknown node is not itself an error"
+
+
+def test_the_nodes_an_unknown_output_node_needs_are_still_checked(registry) -> None:
+    prompt = txt2img()
+    prompt["9"]["class_type"] = "SaveImageExtended"  # the output, from a plugin that is not installed
+    prompt["5"]["inputs"]["width"] = "wide"
+    result = validate_prompt(prompt, registry)
+    assert result.error["type"] == "invalid_prompt" and "SaveImageExtended" in result.error["message"]
+    assert set(result.node_errors) == {"9", "5"}
+    assert only_error(result, "5")["type"] == "invalid_input_type"
+
+
+@pytest.mark.parametrize(
+    ("node", "reason"),
+    [
+        (["SaveImage"], "is a list, not an object"),
+        ({"inputs": {}}, "has no class_type"),
+        ({"class_type": ["SaveImage"], "inputs": {}}, "has a class_type that is a list, not a string"),
+        ({"class_type": {"name": "SaveImage"}, "inputs": {}}, "has a class_type that is a dict, not a string"),
+        ({"class_type": "SaveImage", "inputs": ["8", 0]}, "has inputs that are a list, not an object"),
+    ],
+)
+def test_a_malformed_node_is_a_named_error_not_an_exception(registry, node, reason) -> None:
+    prompt = txt2img()
+    prompt["10"] = node
+    result = validate_prompt(prompt, registry)
+    assert result.error == {
+        "type": "invalid_prompt", "message": f"Cannot execute because node 10 {reason}.", "details": "Node ID '#10'", "extra_info": {},
+    }
+    error = only_error(result, "10")
+    assert error["type"] == "malformed_node" and error["details"] == f"the node {reason}"
 
 
 def test_a_prompt_without_output_nodes_is_rejected(registry) -> None:
@@ -198,6 +256,27 @@ def test_bad_links(registry, value, reason) -> None:
     assert error["type"] == "bad_linked_input"
     assert reason in error["details"]
     assert error["extra_info"]["input_name"] == "vae" and error["extra_info"]["received_value"] == value
+
+
+def test_integral_float_slots_are_normalised_to_int(registry) -> None:
+    prompt = txt2img()
+    prompt["6"]["inputs"]["clip"] = ["4", 1.0]
+    result = validate_prompt(prompt, registry)
+    assert result.ok
+    link = result.prompt["6"]["inputs"]["clip"]
+    assert link == ["4", 1] and type(link[1]) is int
+    assert type(prompt["6"]["inputs"]["clip"][1]) is float, "the caller's prompt is not modified"
+
+
+@pytest.mark.parametrize(
+    ("slot", "reason"), [(0.5, "the output slot 0.5 is not a whole number"), (True, "the output slot True is not a number")]
+)
+def test_a_fractional_or_boolean_slot_is_an_error_naming_the_node_and_input(registry, slot, reason) -> None:
+    prompt = txt2img()
+    prompt["8"]["inputs"]["vae"] = ["4", slot]
+    error = only_error(validate_prompt(prompt, registry), "8")
+    assert error["type"] == "bad_linked_input" and error["details"] == f"vae: {reason}"
+    assert error["extra_info"]["input_name"] == "vae" and error["extra_info"]["received_value"] == ["4", slot]
 
 
 def test_type_mismatch_names_both_ends(registry) -> None:

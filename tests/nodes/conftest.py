@@ -1,8 +1,7 @@
-"""Every node test gets its own folders under a temporary base directory, and computes on the CPU.
+"""Every node test runs inside its own runtime: folders under a temporary base, computing on the CPU.
 
-Node tests compare against reference modules on the CPU in fp32, so they pin the process's compute
-settings to that; on a machine with a GPU, ``auto`` would otherwise move the shared modules to it
-and compute in bf16.
+Node tests compare against reference modules on the CPU in fp32, so the runtime pins that; on a
+machine with a GPU, ``auto`` would otherwise move the shared modules to it and compute in bf16.
 """
 
 from __future__ import annotations
@@ -12,20 +11,19 @@ from pathlib import Path
 
 import pytest
 
-import nodes.folders
-from nodes.compute import configure_compute
-from nodes.folders import Folders, configure_folders
+from graph.services import services_context
+from nodes.folders import Folders
+from nodes.runtime import Runtime, RuntimeOptions, build_runtime
 
 
 @pytest.fixture(autouse=True)
-def cpu_compute() -> Iterator[None]:
-    configure_compute("cpu", "fp32")
-    yield
-    configure_compute()
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    """The runtime lent to node code for the whole test, as the executor lends it to a prompt."""
+    built = build_runtime(RuntimeOptions(base_dir=tmp_path / "loom", device="cpu", dtype="fp32"))
+    with services_context(built):
+        yield built
 
 
 @pytest.fixture
-def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Folders:
-    """Configured folders under ``tmp_path/loom``; the previous configuration comes back afterwards."""
-    monkeypatch.setattr(nodes.folders, "_current", None)
-    return configure_folders(tmp_path / "loom")
+def folders(runtime: Runtime) -> Folders:
+    return runtime.folders

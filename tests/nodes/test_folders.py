@@ -7,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
-import nodes.folders
 from nodes.folders import (
     IMAGE_EXTENSIONS,
     Folders,
-    FoldersNotConfiguredError,
     UnsafePathError,
     annotated_path,
-    configure_folders,
-    current_folders,
     expand_prefix,
     list_files,
+    make_folders,
     resolve_inside,
     save_target,
     split_annotation,
@@ -26,20 +23,12 @@ from nodes.folders import (
 MOMENT = datetime(2024, 3, 7, 9, 5, 2)
 
 
-def test_folders_default_to_named_subdirectories_of_the_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nodes.folders, "_current", None)
-    folders = configure_folders(tmp_path / "base", output=tmp_path / "elsewhere")
+def test_folders_default_to_named_subdirectories_of_the_base(tmp_path: Path) -> None:
+    folders = make_folders(tmp_path / "base", output=tmp_path / "elsewhere")
     assert folders.input == (tmp_path / "base" / "input").resolve()
     assert folders.output == (tmp_path / "elsewhere").resolve()
     assert all(path.is_dir() for path in (folders.input, folders.output, folders.temp, folders.user, folders.models))
-    assert current_folders() is folders
     assert folders.directory("temp") == folders.temp
-
-
-def test_nodes_cannot_use_folders_before_they_are_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nodes.folders, "_current", None)
-    with pytest.raises(FoldersNotConfiguredError, match="configure_folders"):
-        current_folders()
 
 
 def test_only_input_output_and_temp_are_named_kinds(folders: Folders) -> None:
@@ -80,11 +69,11 @@ def test_annotations_pick_the_folder(folders: Folders) -> None:
     assert split_annotation("sub/cat.png [temp]") == ("sub/cat.png", "temp")
     assert split_annotation("cat.png") == ("cat.png", "input")
     assert split_annotation("cat.png[output]") == ("cat.png[output]", "input")
-    assert annotated_path("a b.png [output]") == folders.output / "a b.png"
-    assert annotated_path("a.png [temp]") == folders.temp / "a.png"
-    assert annotated_path("a.png") == folders.input / "a.png"
+    assert annotated_path(folders, "a b.png [output]") == folders.output / "a b.png"
+    assert annotated_path(folders, "a.png [temp]") == folders.temp / "a.png"
+    assert annotated_path(folders, "a.png") == folders.input / "a.png"
     with pytest.raises(UnsafePathError):
-        annotated_path("../../x.png [output]")
+        annotated_path(folders, "../../x.png [output]")
 
 
 def test_listing_is_sorted_recursive_images_only(folders: Folders, tmp_path: Path) -> None:

@@ -1,34 +1,24 @@
-"""Model folders: ComfyUI's layout, extra-model-paths files, cached listings and lookups."""
+"""Model folders: ComfyUI's layout, extra-model-paths files, cached listings and lookups, per runtime."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import nodes.model_folders as model_folders
+from nodes.extra_model_paths import ExtraModelPathsError, parse_extra_model_paths
 from nodes.folders import Folders, UnsafePathError
-from nodes.model_folders import (
-    ExtraModelPathsError,
-    ModelNotFoundError,
-    UnknownModelFolderError,
-    add_extra_model_paths,
-    find_model,
-    folder_keys,
-    folder_paths,
-    list_models,
-    parse_extra_model_paths,
-)
+from nodes.model_folders import ModelNotFoundError, ModelPaths, UnknownModelFolderError
+from nodes.runtime import Runtime, RuntimeOptions, build_runtime
 
 
-@pytest.fixture(autouse=True)
-def no_extra_paths() -> Iterator[None]:
-    model_folders.clear_extra_model_paths()
-    yield
-    model_folders.clear_extra_model_paths()
+@pytest.fixture
+def paths(runtime: Runtime) -> ModelPaths:
+    """The test runtime's model folders: ``models/`` only, no paths file."""
+    return runtime.model_paths
 
 
 def touch(path: Path) -> Path:
@@ -37,85 +27,85 @@ def touch(path: Path) -> Path:
     return path
 
 
-def test_keys_include_comfyui_names_and_legacy_aliases(folders: Folders) -> None:
-    keys = folder_keys()
+def test_keys_include_comfyui_names_and_legacy_aliases(paths: ModelPaths, folders: Folders) -> None:
+    keys = paths.keys()
     for key in ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "text_encoders", "clip",
                 "diffusion_models", "unet", "controlnet", "vae_approx", "configs"):
         assert key in keys
 
 
-def test_lists_model_files_recursively_with_model_extensions_only(folders: Folders) -> None:
+def test_lists_model_files_recursively_with_model_extensions_only(paths: ModelPaths, folders: Folders) -> None:
     root = folders.models / "checkpoints"
     for name in ("b.safetensors", "sub/a.ckpt", "c.SFT", "d.pt2", "notes.txt", ".hidden.safetensors"):
         touch(root / name)
-    assert list_models("checkpoints") == ["b.safetensors", "c.SFT", "d.pt2", "sub/a.ckpt"]
+    assert paths.names("checkpoints") == ["b.safetensors", "c.SFT", "d.pt2", "sub/a.ckpt"]
 
 
-def test_upscale_models_list_ncnn_param_files(folders: Folders) -> None:
+def test_upscale_models_list_ncnn_param_files(paths: ModelPaths, folders: Folders) -> None:
     touch(folders.models / "upscale_models" / "x4.param")
     touch(folders.models / "upscale_models" / "x4.bin")
-    assert list_models("upscale_models") == ["x4.bin", "x4.param"]
+    assert paths.names("upscale_models") == ["x4.bin", "x4.param"]
 
 
-def test_legacy_and_new_directory_names_are_one_key(folders: Folders) -> None:
+def test_legacy_and_new_directory_names_are_one_key(paths: ModelPaths, folders: Folders) -> None:
     touch(folders.models / "clip" / "old.safetensors")
     touch(folders.models / "text_encoders" / "new.safetensors")
     touch(folders.models / "unet" / "u.safetensors")
-    assert list_models("clip") == list_models("text_encoders") == ["new.safetensors", "old.safetensors"]
-    assert list_models("diffusion_models") == ["u.safetensors"]
+    assert paths.names("clip") == paths.names("text_encoders") == ["new.safetensors", "old.safetensors"]
+    assert paths.names("diffusion_models") == ["u.safetensors"]
 
 
-def test_listing_is_cached_until_a_directory_changes(folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_listing_is_cached_until_a_directory_changes(paths: ModelPaths, folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
     root = folders.models / "loras"
     touch(root / "deep" / "a.safetensors")
     walks = []
     real_walk = os.walk
     monkeypatch.setattr(model_folders.os, "walk", lambda *a, **k: walks.append(a) or real_walk(*a, **k))
-    assert list_models("loras") == ["deep/a.safetensors"]
-    assert list_models("loras") == ["deep/a.safetensors"]
+    assert paths.names("loras") == ["deep/a.safetensors"]
+    assert paths.names("loras") == ["deep/a.safetensors"]
     assert len(walks) == 1
     touch(root / "deep" / "b.safetensors")
     os.utime(root / "deep", ns=(1, 1))  # the mtime changes even on coarse-clock filesystems
-    assert list_models("loras") == ["deep/a.safetensors", "deep/b.safetensors"]
+    assert paths.names("loras") == ["deep/a.safetensors", "deep/b.safetensors"]
     assert len(walks) == 2
 
 
 def test_find_model_names_every_folder_searched(folders: Folders, tmp_path: Path) -> None:
     config = tmp_path / "extra.yaml"
     config.write_text(f"other:\n    base_path: {tmp_path / 'comfy'}\n    checkpoints: models/checkpoints\n")
-    add_extra_model_paths(config)
+    paths = ModelPaths.from_files(folders.models, (config,))
     with pytest.raises(ModelNotFoundError) as caught:
-        find_model("checkpoints", "missing.safetensors")
+        paths.find("checkpoints", "missing.safetensors")
     message = str(caught.value)
     assert "missing.safetensors" in message
     assert str(folders.models / "checkpoints") in message and str(tmp_path / "comfy" / "models" / "checkpoints") in message
-    assert caught.value.searched == folder_paths("checkpoints")
+    assert caught.value.searched == paths.folders("checkpoints")
 
 
 def test_find_model_searches_extra_folders_and_refuses_escapes(folders: Folders, tmp_path: Path) -> None:
     target = touch(tmp_path / "comfy" / "models" / "loras" / "style.safetensors")
     config = tmp_path / "extra.yaml"
     config.write_text(f"comfyui:\n    base_path: {tmp_path / 'comfy'}\n    loras: models/loras\n")
-    add_extra_model_paths(config)
-    assert find_model("loras", "style.safetensors") == target.resolve()
-    assert list_models("loras") == ["style.safetensors"]
+    paths = ModelPaths.from_files(folders.models, (config,))
+    assert paths.find("loras", "style.safetensors") == target.resolve()
+    assert paths.names("loras") == ["style.safetensors"]
     touch(folders.models / "secret.safetensors")
     (folders.models / "loras").mkdir()
     with pytest.raises(UnsafePathError):
-        find_model("loras", "../secret.safetensors")
+        paths.find("loras", "../secret.safetensors")
 
 
-def test_symlinked_files_and_folders_are_followed_wherever_they_lead(folders: Folders, tmp_path: Path) -> None:
+def test_symlinked_files_and_folders_are_followed_wherever_they_lead(paths: ModelPaths, folders: Folders, tmp_path: Path) -> None:
     outside = touch(tmp_path / "disk" / "big.safetensors")
     touch(tmp_path / "disk" / "nested" / "deep.safetensors")
     loras = folders.models / "loras"
     loras.mkdir()
     (loras / "big.safetensors").symlink_to(outside)
     (loras / "disk").symlink_to(tmp_path / "disk", target_is_directory=True)
-    assert list_models("loras") == ["big.safetensors", "disk/big.safetensors", "disk/nested/deep.safetensors"]
-    for name in list_models("loras"):
-        assert find_model("loras", name).is_file()
-    assert find_model("loras", "big.safetensors") == loras / "big.safetensors"
+    assert paths.names("loras") == ["big.safetensors", "disk/big.safetensors", "disk/nested/deep.safetensors"]
+    for name in paths.names("loras"):
+        assert paths.find("loras", name).is_file()
+    assert paths.find("loras", "big.safetensors") == loras / "big.safetensors"
 
 
 def test_symlinks_in_extra_model_paths_folders_are_followed_too(folders: Folders, tmp_path: Path) -> None:
@@ -125,32 +115,32 @@ def test_symlinks_in_extra_model_paths_folders_are_followed_too(folders: Folders
     (extra / "style.safetensors").symlink_to(target)
     config = tmp_path / "extra.yaml"
     config.write_text(f"comfyui:\n    base_path: {tmp_path / 'comfy'}\n    loras: models/loras\n")
-    add_extra_model_paths(config)
-    assert list_models("loras") == ["style.safetensors"]
-    assert find_model("loras", "style.safetensors").read_bytes() == b"x"
+    paths = ModelPaths.from_files(folders.models, (config,))
+    assert paths.names("loras") == ["style.safetensors"]
+    assert paths.find("loras", "style.safetensors").read_bytes() == b"x"
 
 
-def test_dangling_links_are_not_listed_and_link_loops_end(folders: Folders, tmp_path: Path) -> None:
+def test_dangling_links_are_not_listed_and_link_loops_end(paths: ModelPaths, folders: Folders, tmp_path: Path) -> None:
     root = folders.models / "checkpoints"
     touch(root / "real.safetensors")
     (root / "gone.safetensors").symlink_to(tmp_path / "deleted.safetensors")
     (root / "loop").symlink_to(root, target_is_directory=True)
-    assert list_models("checkpoints") == ["real.safetensors"]
+    assert paths.names("checkpoints") == ["real.safetensors"]
     with pytest.raises(ModelNotFoundError):
-        find_model("checkpoints", "gone.safetensors")
+        paths.find("checkpoints", "gone.safetensors")
 
 
 @pytest.mark.parametrize("name", ["../secret.safetensors", "sub/../../secret.safetensors", "/etc/passwd", "a\x00b"])
-def test_a_model_name_may_not_climb_out_of_its_folder(folders: Folders, name: str) -> None:
+def test_a_model_name_may_not_climb_out_of_its_folder(paths: ModelPaths, folders: Folders, name: str) -> None:
     touch(folders.models / "secret.safetensors")
     (folders.models / "checkpoints" / "sub").mkdir(parents=True)
     with pytest.raises(UnsafePathError):
-        find_model("checkpoints", name)
+        paths.find("checkpoints", name)
 
 
-def test_unknown_folder_key_is_an_error_listing_known_keys(folders: Folders) -> None:
+def test_unknown_folder_key_is_an_error_listing_known_keys(paths: ModelPaths, folders: Folders) -> None:
     with pytest.raises(UnknownModelFolderError, match="checkpoints"):
-        list_models("nonsense")
+        paths.names("nonsense")
 
 
 COMFYUI_EXAMPLE = """
@@ -180,7 +170,7 @@ comfyui:
 """
 
 
-def test_parses_the_comfyui_example_file_format(tmp_path: Path) -> None:
+def test_parses_the_comfyui_example_file_format(paths: ModelPaths, tmp_path: Path) -> None:
     parsed = parse_extra_model_paths(COMFYUI_EXAMPLE, tmp_path / "extra_model_paths.yaml")
     webui = (tmp_path / "webui").resolve()
     assert parsed["loras"] == [(webui / "models/Lora", False), (webui / "models/LyCORIS", False)]
@@ -188,20 +178,20 @@ def test_parses_the_comfyui_example_file_format(tmp_path: Path) -> None:
     assert parsed["checkpoints"] == [(webui / "models/Stable-diffusion", False)]
     assert parsed["configs"] == [(webui / "models/Stable-diffusion", False)]
     comfy = Path("/srv/comfy # not a comment")
-    assert parsed["text_encoders"] == [((comfy / "models/clip").resolve(), True)]
-    assert parsed["diffusion_models"] == [((comfy / "models/unet").resolve(), True)]
+    assert parsed["clip"] == [((comfy / "models/clip").resolve(), True)]
+    assert parsed["unet"] == [((comfy / "models/unet").resolve(), True)]
 
 
 def test_is_default_folders_are_searched_before_the_own_models_folder(folders: Folders, tmp_path: Path) -> None:
     config = tmp_path / "extra.yaml"
     config.write_text(COMFYUI_EXAMPLE)
-    add_extra_model_paths(config)
-    paths = folder_paths("text_encoders")
+    paths = ModelPaths.from_files(folders.models, (config,))
+    paths = paths.folders("text_encoders")
     assert paths[0] == Path("/srv/comfy # not a comment/models/clip").resolve()
     assert paths[1:3] == [folders.models / "text_encoders", folders.models / "clip"]
 
 
-def test_json_with_the_same_structure_is_accepted(tmp_path: Path) -> None:
+def test_json_with_the_same_structure_is_accepted(paths: ModelPaths, tmp_path: Path) -> None:
     text = json.dumps({"mine": {"base_path": "/data", "checkpoints": ["a", "b"], "vae": "v"}})
     parsed = parse_extra_model_paths(text, tmp_path / "paths.json")
     assert parsed["checkpoints"] == [(Path("/data/a"), False), (Path("/data/b"), False)]
@@ -226,16 +216,14 @@ def test_malformed_files_name_the_line_and_the_problem(tmp_path: Path, text: str
 
 def test_an_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ExtraModelPathsError, match="missing.yaml"):
-        add_extra_model_paths(tmp_path / "missing.yaml")
+        ModelPaths.from_files(tmp_path, (tmp_path / "missing.yaml",))
 
 
-def test_an_existing_comfyui_models_folder_works_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nodes.folders
-
+def test_an_existing_comfyui_models_folder_works_as_is(tmp_path: Path) -> None:
     comfy_models = tmp_path / "ComfyUI" / "models"
     touch(comfy_models / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
     touch(comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth")
-    monkeypatch.setattr(nodes.folders, "_current", None)
-    nodes.folders.configure_folders(tmp_path / "loom", models=comfy_models)
-    assert list_models("checkpoints") == ["v1-5-pruned-emaonly.safetensors"]
-    assert find_model("upscale_models", "RealESRGAN_x4plus.pth") == (comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth").resolve()
+    runtime = build_runtime(RuntimeOptions(base_dir=tmp_path / "loom", models_dir=comfy_models, device="cpu"))
+    paths = runtime.model_paths
+    assert paths.names("checkpoints") == ["v1-5-pruned-emaonly.safetensors"]
+    assert paths.find("upscale_models", "RealESRGAN_x4plus.pth") == (comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth").resolve()

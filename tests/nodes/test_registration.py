@@ -28,7 +28,7 @@ BUILTIN_NAMES = {
     "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
-#: Fields the editor's schema requires of every ``/object_info`` entry (COMPAT C.4).
+#: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
 REQUIRED_FIELDS = {"name", "display_name", "description", "category", "output_node", "python_module"}
 
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.sampling import sample_latent
+from diffusion import guidance
+from diffusion.samplers import get_sampler
+from diffusion.sampling import prepare_noise, sample
+from diffusion.schedules import denoise_sigmas
 from diffusion.unet import sdxl_adm_vector
 from graph.progress import Interrupted, InterruptFlag, node_context
 from nodes.conditioning import CLIPTextEncode
@@ -41,14 +44,17 @@ def conds(clip: Any) -> tuple[list, list]:
     return CLIPTextEncode("a red cube", clip), CLIPTextEncode("blurry", clip)
 
 
-def test_ksampler_is_sample_latent_on_the_scaled_latent(sd15) -> None:
+def test_ksampler_is_sigmas_noise_guider_and_sampler_on_the_scaled_latent(sd15) -> None:
     model, clip, _ = sd15
     positive, negative = conds(clip)
     start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     out = KSampler(model, 7, 2, 5.0, "euler_ancestral", "karras", positive, negative, {"samples": start}, 0.8)
+    latent = start * 0.18215
+    sigmas = denoise_sigmas(model.sampling, "karras", 2, 0.8)
     with model.unet_fn() as unet_fn:
-        expected = sample_latent(unet_fn, model.sampling, start * 0.18215, [tuple(c) for c in positive], [tuple(c) for c in negative],
-                                 "euler_ancestral", "karras", 2, 5.0, 7, denoise=0.8, preview_family="sd1")
+        guider = guidance.CFGGuider(unet_fn, model.sampling, latent, [tuple(c) for c in positive],
+                                    [tuple(c) for c in negative], 5.0)
+        expected = sample(guider, get_sampler("euler_ancestral"), sigmas, latent, prepare_noise(latent, 7), seed=7)
     torch.testing.assert_close(out["samples"], expected / 0.18215)
 
 
@@ -75,6 +81,21 @@ def test_advanced_with_full_range_and_noise_equals_ksampler(sd15) -> None:
     torch.testing.assert_close(advanced["samples"], plain["samples"])
     skipped = KSamplerAdvanced(model, "enable", 11, 2, 6.0, "euler", "normal", positive, negative, latent, 2, 10000, "disable")
     assert torch.equal(skipped["samples"], latent["samples"])
+
+
+def test_advanced_without_start_noise_still_seeds_the_samplers_own_noise(sd15) -> None:
+    """As ComfyUI's common_ksampler: add_noise only drops the start noise; an ancestral sampler's
+    per-step noise still comes from noise_seed."""
+    model, clip, _ = sd15
+    positive, negative = conds(clip)
+    noisy = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 3}
+
+    def second_pass(seed: int) -> torch.Tensor:
+        return KSamplerAdvanced(model, "disable", seed, 4, 6.0, "euler_ancestral", "normal", positive, negative, noisy,
+                                2, 10000, "disable")["samples"]
+
+    assert torch.equal(second_pass(1), second_pass(1))
+    assert not torch.allclose(second_pass(1), second_pass(2))
 
 
 def test_an_empty_latent_of_another_channel_count_is_remade_but_a_real_one_is_refused(sd15) -> None:
@@ -105,7 +126,9 @@ def test_every_step_reports_progress_with_a_jpeg_preview(sd15) -> None:
     assert kind == "JPEG" and isinstance(picture, Image.Image) and picture.size == (8, 8) and max_size == 512
 
 
-def test_an_interrupt_stops_sampling_before_the_next_model_call(sd15, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupt_stops_sampling_at_the_end_of_the_step_with_the_executors_exception(
+        sd15, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step callback's progress report raises ``Interrupted`` for the running node: no further model call."""
     model, clip, _ = sd15
     positive, negative = conds(clip)
     flag = InterruptFlag()
@@ -130,9 +153,9 @@ def test_an_interrupt_stops_sampling_before_the_next_model_call(sd15, monkeypatc
         return Wrapped()
 
     monkeypatch.setattr(ModelHandle, "unet_fn", counting)
-    with node_context("3", flag, None), pytest.raises(Interrupted):
+    with node_context("3", flag, None), pytest.raises(Interrupted) as stopped:
         KSampler(model, 1, 5, 7.0, "euler", "normal", positive, negative, EmptyLatentImage(64, 64, 1), 1.0)
-    assert len(calls) == 1
+    assert len(calls) == 1 and stopped.value.node_id == "3"
 
 
 def test_sdxl_size_conditioning_defaults_to_the_latent_size_and_keeps_explicit_values(folders: Folders) -> None:

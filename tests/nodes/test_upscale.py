@@ -4,7 +4,6 @@ says, and that an image comes out four times larger, tile by tile with progress.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,12 @@ import torch
 
 from diffusion.upscalers.bundled import bundled_models_directory
 from graph.progress import InterruptFlag, node_context
-from nodes import model_folders
 from nodes.folders import Folders
 from nodes.model_folders import ModelNotFoundError
 from nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader, upscale_model_names
 from tests.diffusion.upscalers.tiny_upscalers import tiny_rrdb
 
 ANIMEVIDEO_X4 = "REALESRGAN_ANIMAVIDEOV3_UP4X"
-
-
-@pytest.fixture(autouse=True)
-def no_extra_paths() -> Iterator[None]:
-    model_folders.clear_extra_model_paths()
-    yield
-    model_folders.clear_extra_model_paths()
 
 
 @pytest.fixture

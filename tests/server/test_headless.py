@@ -1,5 +1,6 @@
 """``loom run``: a workflow file runs headless, and an invalid one is refused with exit code 2."""
 
+import contextlib
 import io
 import json
 import subprocess
@@ -7,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from nodes.runtime_options import RuntimeOptions
 from server.cli import main
 from server.headless import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_workflow_file
 
@@ -49,7 +52,7 @@ def _write(tmp_path: Path, name: str, document: dict) -> Path:
 
 def _run(path: Path, tmp_path: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = run_workflow_file(str(path), base_dir=str(tmp_path), show_progress=False, out=out, err=err)
+    code = run_workflow_file(str(path), RuntimeOptions(tmp_path), show_progress=False, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -92,10 +95,19 @@ def test_an_invalid_file_is_refused_with_every_problem_named(tmp_path: Path) -> 
     assert not (tmp_path / "output" / "run").exists()
 
 
-def test_an_unknown_node_type_is_refused(tmp_path: Path) -> None:
-    document = dict(API_WORKFLOW, **{"9": {"class_type": "NoSuchNode", "inputs": {}}})
-    code, _, err = _run(_write(tmp_path, "unknown.json", document), tmp_path)
-    assert code == EXIT_INVALID and "NoSuchNode" in err
+def test_every_unknown_node_type_and_every_other_problem_is_printed(tmp_path: Path) -> None:
+    document = json.loads(json.dumps(API_WORKFLOW))
+    document["2"]["class_type"] = "ImageInvertPlus"
+    document["1"]["inputs"]["width"] = -5
+    document["9"] = {"class_type": "NoSuchNode", "inputs": {}}
+    document["10"] = {"class_type": ["SaveImage"], "inputs": {}}
+    code, out, err = _run(_write(tmp_path, "unknown.json", document), tmp_path)
+    assert code == EXIT_INVALID and out == ""
+    assert "Cannot execute because node ImageInvertPlus does not exist; node NoSuchNode does not exist; " in err
+    assert "node 2 (ImageInvertPlus): Node type does not exist: no installed node or plugin provides 'ImageInvertPlus'" in err
+    assert "node 9 (NoSuchNode): Node type does not exist" in err
+    assert "node 10 (?): Malformed node: the node has a class_type that is a list, not a string" in err
+    assert "node 1 (EmptyImage), input 'width': Value -5 smaller than min of 1" in err
 
 
 def test_a_file_that_is_not_a_workflow_is_refused(tmp_path: Path) -> None:
@@ -147,7 +159,7 @@ def test_a_workflow_using_a_plugin_node_runs_and_a_broken_plugin_is_reported(tmp
     }
     path = _write(tmp_path, "plugin.json", document)
     err = io.StringIO()
-    code = run_workflow_file(str(path), base_dir=str(tmp_path), show_progress=False, out=io.StringIO(), err=err,
+    code = run_workflow_file(str(path), RuntimeOptions(tmp_path), show_progress=False, out=io.StringIO(), err=err,
                              plugin_folders=[Path(__file__).resolve().parents[2] / "custom_nodes", plugins])
     assert code == EXIT_OK, err.getvalue()
     assert "plugin broken could not be imported" in err.getvalue()
@@ -160,8 +172,18 @@ def test_without_plugins_a_plugin_node_is_an_unknown_type(tmp_path: Path) -> Non
     assert main(["run", str(path), "--base-dir", str(tmp_path), "--disable-custom-nodes", "--quiet"]) == EXIT_INVALID
 
 
-def test_an_unusable_device_is_refused_before_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flags", "reason"), [
+    (["--device", "tpu:x"], "device 'tpu:x'"),
+    (["--device", "cuda:7"], "no CUDA device"),
+    (["--preview-method", "fast"], "invalid choice: 'fast'"),
+])  # fmt: skip
+def test_unusable_settings_are_refused_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], reason: str
+) -> None:
+    if "cuda" in flags[-1] and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     path = _write(tmp_path, "api.json", API_WORKFLOW)
-    out, err = io.StringIO(), io.StringIO()
-    code = run_workflow_file(str(path), base_dir=str(tmp_path), show_progress=False, out=out, err=err, device="tpu:x")
-    assert code == EXIT_INVALID and "device 'tpu:x'" in err.getvalue()
+    with contextlib.suppress(SystemExit):
+        assert main(["run", str(path), "--base-dir", str(tmp_path), "--quiet", *flags]) == EXIT_INVALID
+    assert reason in capsys.readouterr().err
+    assert not (tmp_path / "output" / "run").exists()

@@ -1,4 +1,4 @@
-"""Priority order (COMPAT 1.3 step 2) and what the store keeps across a reopen."""
+"""Priority order (docs/compatibility.md §1.3 step 2) and what the store keeps across a reopen."""
 
 from __future__ import annotations
 

@@ -56,6 +56,17 @@ async def test_upload_dedupes_by_content_and_renames_on_conflict(client, folders
     assert (folders / "temp" / "pets" / "cats" / "a.png").is_file()
 
 
+async def test_a_renamed_upload_of_a_longest_possible_name_still_fits(client, folders):
+    name = "é" * 125 + ".png"  # 254 bytes: " (1)" would take it past the file system's 255
+    for color in ((255, 0, 0, 255), (0, 255, 0, 255)):
+        body, headers = raw_form(png(color), name)  # as a browser sends it: UTF-8, not percent-encoded
+        reply = await client.post("/upload/image", data=body, headers=headers)
+    assert reply.status == 200
+    renamed = (await reply.json())["name"]
+    assert renamed.endswith(" (1).png") and len(renamed.encode()) <= 255
+    assert (folders / "input" / renamed).read_bytes() == png((0, 255, 0, 255))
+
+
 async def test_upload_size_limit(make_client, folders):
     client = await make_client(max_upload_bytes=2048)
     response = await client.post("/upload/image", data=form(b"x" * 4096))

@@ -1,4 +1,4 @@
-"""Node definitions, models and the small endpoints the frontend needs to start (COMPAT C.2)."""
+"""Node definitions, models and the small endpoints the frontend needs to start (docs/compatibility.md §C.2)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import json
 
 from PIL import Image
 
+from graph.formats.strict_json import MAX_DEPTH
 from tests.server.conftest import wait_for_history, wait_prompt
 
 SAVE_PROMPT = {
@@ -35,7 +36,7 @@ async def test_full_run_from_post_through_websocket_to_view(client):
             break
     assert {"execution_start", "executing", "executed", "execution_success"} <= set(seen)
 
-    # The end marker comes after the history entry is written (COMPAT C.6).
+    # The end marker comes after the history entry is written (docs/compatibility.md §C.6).
     history = await (await client.get(f"/history/{prompt_id}")).json()
     entry = history[prompt_id]
     assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
@@ -102,6 +103,58 @@ async def test_unknown_node_type_and_missing_prompt(client):
     }
     response = await client.post("/prompt", data=b"{not json", skip_auto_headers={"Content-Type"})
     assert response.status == 400 and (await response.json())["error"]["type"] == "invalid_prompt"
+
+
+async def test_every_unknown_node_and_every_error_of_the_known_nodes_come_in_one_reply(client):
+    prompt = {
+        "1": {"class_type": "NoSuchNode", "inputs": {}},
+        "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "Wait", "inputs": {"seconds": 99.0, "text": "x"}},
+        "4": {"class_type": "Record", "inputs": {"value": ["3", 0]}},
+        "5": {"class_type": "AlsoMissing", "inputs": {"value": ["9", 0]}},
+    }
+    response = await client.post("/prompt", json={"prompt": prompt})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["type"] == "invalid_prompt"
+    assert body["error"]["message"] == "Cannot execute because node NoSuchNode does not exist; node AlsoMissing does not exist."
+    assert body["error"]["details"] == "Node IDs '#1', '#5'"
+    assert {node_id: [error["type"] for error in entry["errors"]] for node_id, entry in body["node_errors"].items()} == {
+        "1": ["unknown_node_type"], "5": ["unknown_node_type"], "3": ["value_bigger_than_max"],
+    }
+    assert body["node_errors"]["1"]["dependent_outputs"] == ["2"] and body["node_errors"]["3"]["dependent_outputs"] == ["4"]
+    assert (await (await client.get("/queue")).json())["queue_pending"] == []
+
+
+async def test_a_float_slot_runs_as_the_link_it_names(client):
+    prompt = wait_prompt(0, "through the link")
+    prompt["2"]["inputs"]["value"] = ["1", 0.0]
+    response = await client.post("/prompt", json={"prompt": prompt})
+    assert response.status == 200, await response.text()
+    entry = await wait_for_history(client, (await response.json())["prompt_id"])
+    assert entry["outputs"]["2"] == {"text": ["through the link"]}, "the node got the upstream value, not the list"
+    assert entry["prompt"][2]["2"]["inputs"]["value"] == ["1", 0], "the normalised prompt is what was queued"
+
+
+async def test_a_body_of_the_wrong_shape_is_refused_with_every_violation_named(client):
+    prompt = {"1": {"class_type": ["Wait"], "inputs": {}}, "2": {"class_type": "Record", "inputs": {"value": ["1", 0.5]}}}
+    response = await client.post("/api/prompt", json={"prompt": prompt, "number": "first"})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["type"] == "invalid_prompt" and body["node_errors"] == {}
+    assert [issue["path"] for issue in body["error"]["extra_info"]["issues"]] == [
+        "number", "prompt.1.class_type", "prompt.2.inputs.value[1]",
+    ]
+    assert "prompt.1.class_type: ['Wait'] is not of type 'string'" in body["error"]["details"]
+
+
+async def test_a_body_nested_past_the_cap_is_refused_before_parsing(client):
+    response = await client.post("/prompt", data=b"[" * 5_000 + b"]" * 5_000, skip_auto_headers={"Content-Type"})
+    assert response.status == 400
+    assert (await response.json())["error"] == {
+        "type": "invalid_prompt", "message": "Request body is not acceptable JSON",
+        "details": f"nested more than {MAX_DEPTH} levels deep", "extra_info": {},
+    }
 
 
 async def test_editor_workflow_is_converted_on_the_server(client):

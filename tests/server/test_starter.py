@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.upscalers.bundled import BUNDLED_NAMES
-from nodes.folders import configure_folders
-from nodes.model_folders import clear_extra_model_paths
+from nodes.folders import make_folders
 from server.cli import main
 from server.starter import SAMPLE_IMAGE, SAMPLE_IMAGE_NAME, install_starter_files
 
 
 def test_the_bundled_upscalers_and_the_sample_photo_are_placed_once(tmp_path: Path) -> None:
-    folders = configure_folders(tmp_path)
+    folders = make_folders(tmp_path)
     install_starter_files(folders)
     upscalers = folders.models / "upscale_models"
     assert {path.name for path in upscalers.iterdir()} == {
@@ -41,11 +40,8 @@ async def test_an_extra_model_paths_file_adds_its_folders(make_client, tmp_path:
     (comfy / "checkpoints" / "theirs.safetensors").write_bytes(b"")
     paths = tmp_path / "extra_model_paths.yaml"
     paths.write_text(f"comfyui:\n  base_path: {comfy}\n  checkpoints: checkpoints\n")
-    try:
-        client = await make_client(extra_model_paths=paths, starter_files=False)
-        assert await (await client.get("/models/checkpoints")).json() == ["theirs.safetensors"]
-    finally:
-        clear_extra_model_paths()
+    client = await make_client(extra_model_paths=(paths,), starter_files=False)
+    assert await (await client.get("/models/checkpoints")).json() == ["theirs.safetensors"]
 
 
 def test_serve_stops_with_a_clear_message_for_a_broken_paths_file(tmp_path: Path, capsys) -> None:

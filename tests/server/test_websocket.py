@@ -45,6 +45,20 @@ async def test_status_on_connect_carries_the_real_queue_length_and_flags_are_exc
     await ws.close()
 
 
+async def test_a_first_frame_nested_past_the_cap_is_ignored_and_the_socket_keeps_working(client):
+    ws = await client.ws_connect("/ws?clientId=deep")
+    await ws.receive_json()
+    await ws.send_str("[" * 50_000 + "]" * 50_000)
+    reply = await (await client.post("/prompt", json={"prompt": PREVIEW_PROMPT, "client_id": "deep"})).json()
+    while True:
+        message = await ws.receive(timeout=10)
+        assert message.type is WSMsgType.TEXT, f"got {message.type!r}: no previews (no flags were taken), no close"
+        data = json.loads(message.data)
+        if data["type"] == "executing" and data["data"] == {"node": None, "prompt_id": reply["prompt_id"]}:
+            break
+    await ws.close()
+
+
 async def test_previews_go_only_to_the_submitting_socket_that_asked(client):
     metadata_ws = await client.ws_connect("/ws?clientId=editor")
     await metadata_ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})

@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from nodes.folders import Folders, FoldersNotConfiguredError, configure_folders, current_folders
-from nodes.previews import configure_previews, preview_method
 from tests.web.conftest import EditorPage, RunningServer, free_port, open_editor, serve_in_thread
 
 PLUGINS = {
@@ -42,13 +40,6 @@ def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     from server.config import ServerConfig
 
     base = tmp_path_factory.mktemp("loom-plugins-web")
-    # Nodes find files and draw previews through process-wide settings that create_app sets; the
-    # session's editor server must get its own back afterwards.
-    try:
-        previous: Folders | None = current_folders()
-    except FoldersNotConfiguredError:
-        previous = None
-    previous_previews = preview_method()
     for relative, text in PLUGINS.items():
         (base / "plugins" / relative).parent.mkdir(parents=True, exist_ok=True)
         (base / "plugins" / relative).write_text(textwrap.dedent(text))
@@ -56,10 +47,6 @@ def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
                           extra_custom_node_dirs=(base / "plugins",))
     with serve_in_thread(config) as server:
         yield server
-    configure_previews(previous_previews)
-    if previous is not None:
-        configure_folders(previous.base, input=previous.input, output=previous.output, temp=previous.temp,
-                          user=previous.user, models=previous.models)
 
 
 @pytest.fixture

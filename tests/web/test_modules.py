@@ -84,7 +84,7 @@ def test_fuzzy_search_prefers_names(editor: EditorPage) -> None:
 
 
 def test_binary_preview_frames_show_on_the_running_node(editor: EditorPage) -> None:
-    """Type 4 frames name their node in JSON metadata; type 1 frames belong to the node that runs (COMPAT C.3)."""
+    """Type 4 frames name their node in JSON metadata; type 1 frames belong to the node that runs (docs/compatibility.md §C.3)."""
     import io
 
     from PIL import Image

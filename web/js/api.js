@@ -1,5 +1,5 @@
 /**
- * The server, as the editor sees it: JSON calls under /api and one WebSocket at /ws (COMPAT C.1-C.3).
+ * The server, as the editor sees it: JSON calls under /api and one WebSocket at /ws (docs/compatibility.md §C.1–C.3).
  * The client id lives in sessionStorage so a reload keeps its socket identity, and the server's `sid`
  * on the first status message wins. Binary frames carry previews: type 1 (format id + bytes) and type 4
  * (JSON metadata + bytes), the latter only after we announce supports_preview_metadata.

@@ -1,6 +1,6 @@
 /**
  * The first-open graphs, written as v0.4 files so they go through the same loader as any other
- * workflow. With a checkpoint: SD1.5 text-to-image as in COMPAT Appendix A, on the first checkpoint
+ * workflow. With a checkpoint: SD1.5 text-to-image as in docs/compatibility.md Appendix A, on the first checkpoint
  * the server lists. Without one: upscaling the sample photograph with a bundled Real-ESRGAN model
  * (both placed by `loom serve`), so a new user gets a real picture before downloading anything.
  */

@@ -242,7 +242,7 @@ export class Editor extends EventTarget {
     this.commit();
   }
 
-  /** Turns a widget into an input socket on its row (COMPAT C.5.2: `inputs[].widget.name`). */
+  /** Turns a widget into an input socket on its row (docs/compatibility.md §C.5.2: `inputs[].widget.name`). */
   convertWidgetToInput(node, name) {
     const widget = this.widgetsFor(node).find((w) => w.name === name);
     if (!widget || node.inputs.some((i) => i.widget && i.widget.name === name)) return;

@@ -1,5 +1,5 @@
 /**
- * What the server is doing to the graph, from WebSocket events (COMPAT 1.4, C.3): which node runs, its
+ * What the server is doing to the graph, from WebSocket events (docs/compatibility.md §1.4, §C.3): which node runs, its
  * step progress, cached nodes, live previews, output images, and execution or validation errors. This
  * is display state, kept apart from the graph so it never ends up in a saved file or the undo stack.
  */
@@ -55,7 +55,7 @@ export class ExecutionState extends EventTarget {
     });
   }
 
-  /** `node_errors` of a POST /prompt reply, shown on the nodes and inputs they name (COMPAT 1.3). */
+  /** `node_errors` of a POST /prompt reply, shown on the nodes and inputs they name (docs/compatibility.md §1.3). */
   showValidation(nodeErrors) {
     this.errors.clear();
     for (const [id, entry] of Object.entries(nodeErrors || {})) {

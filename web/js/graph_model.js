@@ -1,5 +1,5 @@
 /**
- * The editor's graph as plain data, in the shape of ComfyUI's v0.4 workflow files (COMPAT 2.2, C.5.2):
+ * The editor's graph as plain data, in the shape of ComfyUI's v0.4 workflow files (docs/compatibility.md §2.2, §C.5.2):
  * nodes keep `inputs[].link`, `outputs[].links` and positional `widgets_values`; links are
  * `[id, origin_id, origin_slot, target_id, target_slot, type]` tuples on disk. No drawing, no DOM here,
  * so the same model serves the canvas, the API conversion and the tests.
@@ -97,7 +97,7 @@ export class Graph {
       groups: clone(this.groups), config: clone(this.config), extra: clone(this.extra), version: 0.4 };
   }
 
-  /** Accepts v0.4 files (tuple links) and version 1 files (object links, COMPAT C.5.3). */
+  /** Accepts v0.4 files (tuple links) and version 1 files (object links, docs/compatibility.md §C.5.3). */
   static fromJSON(json) {
     if (!json || typeof json !== 'object') throw new WorkflowFormatError('(root)', 'not a JSON object');
     if (!Array.isArray(json.nodes)) throw new WorkflowFormatError('nodes', 'missing or not a list');

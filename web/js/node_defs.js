@@ -4,7 +4,7 @@
  * ComfyUI's saved `widgets_values` is positional over the widgets in `input_order` (required, then
  * optional), and a widget declared with `control_after_generate` is followed by one extra, unsent value
  * ("fixed" | "increment" | "decrement" | "randomize"); LoadImage's upload button also holds a value
- * ("image"). widgetSpecs() reproduces that order exactly so files round-trip (COMPAT 2.2, C.5.2).
+ * ("image"). widgetSpecs() reproduces that order exactly so files round-trip (docs/compatibility.md §2.2, §C.5.2).
  */
 import { customWidgetType } from './widgets/custom_widgets.js';
 
@@ -81,7 +81,7 @@ export function defaultWidgetValue(widget) {
   }
 }
 
-/** Socket types connect when either is "*" or their comma-separated unions intersect (COMPAT 3.1). */
+/** Socket types connect when either is "*" or their comma-separated unions intersect (docs/compatibility.md §3.1). */
 export function typesCompatible(outType, inType) {
   if (outType === '*' || inType === '*' || outType === '' || inType === '') return true;
   const outs = String(outType).split(',');

@@ -1,6 +1,6 @@
 /**
  * Text chunks of a PNG (tEXt, and uncompressed iTXt): SaveImage stores `prompt` and `workflow` there as
- * JSON (COMPAT 2.3). Compressed iTXt and zTXt are skipped: our server and ComfyUI never write them.
+ * JSON (docs/compatibility.md §2.3). Compressed iTXt and zTXt are skipped: our server and ComfyUI never write them.
  */
 const SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
 

@@ -1,6 +1,6 @@
 /**
  * Queueing: POST /api/prompt with the API prompt, the whole editor graph as
- * `extra_data.extra_pnginfo.workflow` (so outputs carry it), and our client id (COMPAT 1.3, C.4).
+ * `extra_data.extra_pnginfo.workflow` (so outputs carry it), and our client id (docs/compatibility.md §1.3, §C.4).
  * Seed controls are applied only after the server accepted the prompt.
  */
 import { ApiError } from './api.js';

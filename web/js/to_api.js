@@ -1,5 +1,5 @@
 /**
- * Editor graph → API prompt, by the same rules as the frontend's graphToPrompt (COMPAT 2.2, C.5.1):
+ * Editor graph → API prompt, by the same rules as the frontend's graphToPrompt (docs/compatibility.md §2.2, §C.5.1):
  * muted (2) and bypassed (4) nodes and virtual nodes are left out; links are followed through reroutes,
  * through bypassed nodes (the first input of the same type that leads somewhere live) and into
  * primitive nodes (their value); widget values are taken in order, the control_after_generate

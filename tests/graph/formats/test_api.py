@@ -2,13 +2,23 @@
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from graph.errors import WorkflowFormatError
-from graph.formats.api import detect_format, is_link, load_document, parse_document, prompt_from_document, unwrap_value
+from graph.formats.api import (
+    LinkShapeError,
+    detect_format,
+    is_link,
+    load_document,
+    normalise_link,
+    parse_document,
+    prompt_from_document,
+    unwrap_value,
+)
 from graph.formats.png import add_text_chunks
 from tests.graph.formats.fixtures.sd15_nodes import sd15_registry
 
@@ -19,11 +29,28 @@ WORKFLOW = json.loads((FIXTURES / "default_v04.json").read_text())
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(["4", 0], True), (["4", 1.0], True), ([4, 0], False), (["4", "0"], False), (["4", 0, 1], False),
-     (["4", True], False), ("4", False), ({"__value__": ["4", 0]}, False)],
+    [(["4", 0], True), (["4", 1.0], False), (("4", 0), False), ([4, 0], False), (["4", "0"], False),
+     (["4", 0, 1], False), (["4", True], False), ("4", False), ({"__value__": ["4", 0]}, False)],
 )
-def test_is_link(value, expected) -> None:
+def test_a_link_of_a_validated_prompt_is_exactly_a_str_and_an_int(value, expected) -> None:
     assert is_link(value) is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(["4", 0], ["4", 0]), (["4", 2.0], ["4", 2]), (["4", -1], ["4", -1])])
+def test_normalise_link_makes_integral_slots_ints(value, expected) -> None:
+    link = normalise_link(value)
+    assert link == expected and type(link[1]) is int and is_link(link)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(["4", 0.5], "not a whole number"), (["4", True], "not a number"), (["4", "0"], "not a number"),
+     (["4", float("inf")], "not a whole number"), ([4, 0], "[node_id, output_slot]"), (["4"], "[node_id, output_slot]"),
+     (["4", 0, 1], "[node_id, output_slot]")],
+)
+def test_normalise_link_refuses_what_names_no_slot(value, reason) -> None:
+    with pytest.raises(LinkShapeError, match=re.escape(reason)):
+        normalise_link(value)
 
 
 def test_unwrap_value_only_touches_the_plain_wrapper() -> None:

@@ -80,6 +80,14 @@ def test_api_prompt_lists_must_be_links_or_wrapped() -> None:
     assert schema_issues(prompt) == []
 
 
+@pytest.mark.parametrize(("slot", "valid"), [(0, True), (2.0, True), (0.5, False), (True, False), (-1, False), ("0", False)])
+def test_api_prompt_link_slots_are_whole_numbers_as_validation_reads_them(slot, valid) -> None:
+    """The schema and ``normalise_link`` agree: ``2.0`` is slot 2; ``0.5``, ``true`` and ``"0"`` are no slot."""
+    prompt = copy.deepcopy(load("default.api.json"))
+    prompt["3"]["inputs"]["model"] = ["4", slot]
+    assert [issue.path for issue in schema_issues(prompt)] == ([] if valid else ["3.inputs.model[1]"])
+
+
 def test_json_path() -> None:
     assert json_path(["nodes", 3, "widgets_values"]) == "nodes[3].widgets_values"
     assert json_path([]) == ""

@@ -22,8 +22,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from diffusion.tiny import write_tiny_checkpoint
-from nodes.folders import configure_folders
-from nodes.model_folders import clear_extra_model_paths, list_models
+from nodes.runtime_options import RuntimeOptions
 from server.app import create_app
 from server.config import REPO_ROOT, ServerConfig
 from server.distributed import ray_backend
@@ -65,7 +64,7 @@ def txt2img(ckpt_name: str, seed: int) -> dict[str, Any]:
 
 
 def standin_setup(base: Path, cache_budget_bytes: int) -> ray_backend.WorkerSetup:
-    return ray_backend.WorkerSetup(configure_folders(base), cache_budget_bytes, registry=standin_registry())
+    return ray_backend.WorkerSetup(RuntimeOptions(base_dir=base), cache_budget_bytes, registry=standin_registry())
 
 
 def cached_nodes(entry: dict[str, Any]) -> list[str]:
@@ -294,12 +293,9 @@ def test_the_actor_body_sees_the_servers_extra_model_folders(tmp_path: Path):
     (theirs / "theirs.safetensors").write_bytes(b"")
     paths = tmp_path / "extra_model_paths.yaml"
     paths.write_text(f"comfy:\n  base_path: {tmp_path / 'comfy'}\n  checkpoints: checkpoints\n")
-    setup = dataclasses.replace(standin_setup(tmp_path, 2**20), extra_model_paths=paths)
-    try:
-        ray_backend.LoomWorkerActor(setup)
-        assert list_models("checkpoints") == ["theirs.safetensors"]
-    finally:
-        clear_extra_model_paths()
+    setup = dataclasses.replace(standin_setup(tmp_path, 2**20), runtime=RuntimeOptions(tmp_path, extra_model_paths=(paths,)))
+    actor = ray_backend.LoomWorkerActor(setup)
+    assert actor.runtime.model_paths.names("checkpoints") == ["theirs.safetensors"]
 
 
 def test_the_actor_body_frees_its_cache_between_prompts(tmp_path: Path):

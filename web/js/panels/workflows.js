@@ -1,5 +1,5 @@
 /**
- * Workflows stored on the server under the user's `workflows/` folder (userdata API, COMPAT 1.2):
+ * Workflows stored on the server under the user's `workflows/` folder (userdata API, docs/compatibility.md §1.2):
  * listed in the sidebar, opened with a click, saved by name, deleted. A missing folder is an empty list.
  */
 import { ApiError } from '../api.js';

@@ -1,5 +1,5 @@
 /**
- * Number widgets honour min/max/step/round from the input's options (COMPAT 1.5): INT values snap to
+ * Number widgets honour min/max/step/round from the input's options (docs/compatibility.md §1.5): INT values snap to
  * whole steps counted from min, FLOAT values snap to `round` (or the step) and are cleaned of binary
  * float noise so 0.1 + 0.2 shows as 0.3.
  */

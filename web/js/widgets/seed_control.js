@@ -1,6 +1,6 @@
 /**
  * control_after_generate, applied after a prompt was queued (so the queued run used the shown value,
- * and an unchanged "fixed" seed is a cached, instant rerun: COMPAT 2.2).
+ * and an unchanged "fixed" seed is a cached, instant rerun: docs/compatibility.md §2.2).
  */
 import { widgetSpecs } from '../node_defs.js';
 

@@ -1,0 +1,291 @@
+"""Guiders: the denoiser ``guider(x, sigma) -> x0`` that a sampler calls, built from a UNet, its
+conditioning and a guidance rule.
+
+A sampler only ever sees a function from a noisy latent and its noise level to an estimate of the
+clean latent (k-diffusion's contract). Everything between that function and the UNet lives here:
+evaluating each conditioning entry over its region, combining the entries, classifier-free guidance
+and inpainting. How a UNet's raw output becomes an x0 estimate (epsilon, v, ...) is the model
+sampling object's business (``diffusion.prediction``), so a guider works unchanged for any
+prediction type.
+
+A conditioning is ComfyUI's CONDITIONING value: a list of ``(context [1, T, D], options)``. The
+options read here are ``strength``, ``area`` ``(h, w, y, x)`` in latent cells (pixels/8), ``mask``
+with ``mask_strength`` and ``set_area_to_bounds``, ``timestep_start``/``timestep_end`` (fractions of
+the process, 0 = noisiest), ``y`` (SDXL's adm vector, already built by the caller),
+``concat_latent_image`` + ``concat_mask`` (9-channel inpainting models) and ``pooled_output`` (kept
+for the caller that builds ``y``; unused here).
+
+Several conditionings on one side are combined per latent cell as a weighted average of their x0
+predictions, each weighted by strength x mask over its area; a cell that no conditioning covers gets
+a zero prediction, as in ComfyUI. Classifier-free guidance is ``uncond + (cond - uncond) * cfg`` on
+those averages (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffusion.prediction import ModelSampling, UNetFn
+
+__all__ = ["CFGGuider", "Conditioning", "ConditioningError", "Guider", "Inpainting"]
+
+Conditioning = list[tuple[Tensor, dict[str, Any]]]
+
+
+class ConditioningError(ValueError):
+    """A conditioning entry whose options cannot be used; names the side, entry and option."""
+
+    def __init__(self, side: str, index: int, key: str, reason: str) -> None:
+        self.side, self.index, self.key, self.reason = side, index, key, reason
+        super().__init__(f"{side} conditioning #{index}: option {key!r} {reason}")
+
+
+def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """A ``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]`` mask resampled to the latent grid as ``[B, 1, h, w]``."""
+    mask = mask.float()
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if tuple(mask.shape[-2:]) != size:
+        mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+    return mask
+
+
+@dataclass(frozen=True)
+class Inpainting:
+    """Sampling restricted to a mask: cells where ``mask`` is 1 are resampled, the rest keep ``latent``.
+
+    The known-region blending of Blended Latent Diffusion (Avrahami et al. 2023) and RePaint
+    (Lugmayr et al. 2022): before every model call the kept cells are reset to ``latent`` noised to
+    the current sigma with the start ``noise``, so the masked cells are denoised in the context of
+    the real surroundings at a matching noise level; the x0 estimate and the final latent are
+    pinned to ``latent`` there.
+    """
+
+    mask: Tensor  # [B or 1, 1, h, w] on the latent grid, 1 = resample
+    latent: Tensor
+    noise: Tensor
+
+    @classmethod
+    def from_mask(cls, mask: Tensor, latent: Tensor, noise: Tensor) -> Inpainting:
+        """From a mask of any size (a LATENT's ``noise_mask``: ``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]``)."""
+        resized = _resize_mask(mask, (latent.shape[-2], latent.shape[-1])).to(latent)
+        if resized.shape[0] not in (1, latent.shape[0]):
+            raise ValueError(f"noise_mask has batch {resized.shape[0]}, the latent has {latent.shape[0]}")
+        return cls(resized, latent, noise)
+
+    def hold(self, model_sampling: ModelSampling, x: Tensor, sigma: Tensor) -> Tensor:
+        """``x`` with its kept cells reset to the original latent at noise level ``sigma``."""
+        noised = model_sampling.noise_scaling(sigma.reshape(-1, 1, 1, 1), self.noise, self.latent)
+        return x * self.mask + noised * (1 - self.mask)
+
+    def keep(self, x: Tensor) -> Tensor:
+        """``x`` with its kept cells replaced by the original latent."""
+        return x * self.mask + self.latent * (1 - self.mask)
+
+
+class Guider(Protocol):
+    """What ``diffusion.sampling.sample`` runs: a denoiser bound to the latent it samples.
+
+    ``guider(x, sigma)`` returns the x0 estimate for a ``[B, C, H, W]`` state at the ``[B]`` noise
+    levels ``sigma``. ``model_sampling`` turns the start noise into the sampler's first state and the
+    last state back into a latent; ``inpainting`` (or None) pins the final latent outside its mask.
+    """
+
+    model_sampling: ModelSampling
+    inpainting: Inpainting | None
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
+
+
+@dataclass
+class _Cond:
+    """One conditioning entry resolved against the latent: where it applies and with what weight."""
+
+    context: Tensor
+    region: tuple[slice, slice]
+    weight: Tensor  # [B or 1, 1, h, w]: strength x mask over the region
+    sigma_start: float
+    sigma_end: float
+    y: Tensor | None
+    concat: Tensor | None  # [B or 1, C, h, w]: extra input channels for inpainting models
+    negative: bool
+
+    def active(self, sigma: float) -> bool:
+        return self.sigma_end <= sigma <= self.sigma_start
+
+    def batch_key(self) -> tuple[Any, ...]:
+        rows, cols = self.region
+        return (rows.start, rows.stop, cols.start, cols.stop, self.context.shape[-1],
+                _trailing_shape(self.y), _trailing_shape(self.concat))
+
+
+def _trailing_shape(tensor: Tensor | None) -> tuple[int, ...] | None:
+    """Per-sample shape: conditionings batch together only when their extras stack."""
+    return None if tensor is None else tuple(tensor.shape[1:])
+
+
+def _region(side: str, index: int, options: dict[str, Any], mask: Tensor | None,
+            height: int, width: int) -> tuple[slice, slice]:
+    if mask is not None and options.get("set_area_to_bounds", False):
+        covered = (mask > 0).any(dim=0)[0]
+        if not bool(covered.any()):
+            raise ConditioningError(side, index, "mask", "is empty, so it has no bounds to set the area to")
+        rows, cols = torch.nonzero(covered.any(dim=1)), torch.nonzero(covered.any(dim=0))
+        return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    area = options.get("area")
+    if area is None:
+        return slice(0, height), slice(0, width)
+    if len(area) != 4 or not all(isinstance(v, (int, np.integer)) for v in area):
+        raise ConditioningError(side, index, "area", f"must be (height, width, y, x) in latent cells, got {area!r}")
+    h, w, y, x = (int(v) for v in area)
+    y, x = min(max(y, 0), height - 1), min(max(x, 0), width - 1)
+    return slice(y, min(y + max(h, 1), height)), slice(x, min(x + max(w, 1), width))
+
+
+def _batch_like(tensor: Tensor, batch: int, side: str, index: int, key: str) -> Tensor:
+    if tensor.shape[0] not in (1, batch):
+        raise ConditioningError(side, index, key, f"has batch {tensor.shape[0]}, expected 1 or {batch}")
+    return tensor
+
+
+def _inpaint_channels(options: dict[str, Any], batch: int, side: str, index: int,
+                      noise_mask: Tensor | None, size: tuple[int, int]) -> Tensor | None:
+    """The extra UNet input of inpainting models: mask then masked-image latent, ``[B or 1, 1 + C, h, w]``.
+
+    The mask channel is ``concat_mask``, else the sampling's own inpainting mask, else all ones.
+    """
+    if options.get("concat_latent_image") is None:
+        return None
+    image = _batch_like(options["concat_latent_image"], batch, side, index, "concat_latent_image")
+    if options.get("concat_mask") is not None:
+        inpaint_mask = _resize_mask(options["concat_mask"], size)
+    elif noise_mask is not None:
+        inpaint_mask = noise_mask
+    else:
+        inpaint_mask = torch.ones(1, 1, *size)
+    inpaint_mask = _batch_like(inpaint_mask, batch, side, index, "concat_mask")
+    if image.shape[0] != inpaint_mask.shape[0]:
+        image, inpaint_mask = torch.broadcast_tensors(image, inpaint_mask.expand(-1, image.shape[1], -1, -1))
+        inpaint_mask = inpaint_mask[:, :1]
+    return torch.cat([inpaint_mask.to(image), image], dim=1)
+
+
+def _resolve(conditioning: Conditioning, negative: bool, latent: Tensor, model_sampling: ModelSampling,
+             noise_mask: Tensor | None) -> list[_Cond]:
+    side = "negative" if negative else "positive"
+    batch, _, height, width = latent.shape
+    resolved = []
+    for index, (context, options) in enumerate(conditioning):
+        if context.ndim != 3:
+            shape = tuple(context.shape)
+            raise ConditioningError(side, index, "context", f"must be [1, tokens, dim], got shape {shape}")
+        mask = options.get("mask")
+        if mask is not None:
+            mask = _batch_like(_resize_mask(mask, (height, width)), batch, side, index, "mask")
+        rows, cols = _region(side, index, options, mask, height, width)
+        weight = torch.full((1, 1, rows.stop - rows.start, cols.stop - cols.start), float(options.get("strength", 1.0)))
+        if mask is not None:
+            weight = weight * mask[:, :, rows, cols] * float(options.get("mask_strength", 1.0))
+        concat = _inpaint_channels(options, batch, side, index, noise_mask, (height, width))
+        y = options.get("y")
+        if y is not None:
+            y = _batch_like(y, batch, side, index, "y")
+        resolved.append(_Cond(
+            context=context, region=(rows, cols), weight=weight.to(latent.device),
+            sigma_start=model_sampling.percent_to_sigma(float(options.get("timestep_start", 0.0))),
+            sigma_end=model_sampling.percent_to_sigma(float(options.get("timestep_end", 1.0))),
+            y=y, concat=None if concat is None else concat[:, :, rows, cols], negative=negative))
+    return resolved
+
+
+def _repeat_tokens(context: Tensor, length: int) -> Tensor:
+    """Repeat a context to ``length`` tokens. Exact for attention: duplicated key/value pairs split
+    the same softmax mass, so cross-attention output is unchanged (ComfyUI pads the same way)."""
+    return context.repeat(1, length // context.shape[1], 1)
+
+
+def _per_item(tensor: Tensor, batch: int) -> Tensor:
+    return tensor.expand(batch, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
+
+
+class CFGGuider:
+    """Classifier-free guidance over regional conditioning, as the denoiser ``guider(x, sigma) -> x0``.
+
+    Built for one latent (areas, masks and inpainting channels are resolved against its grid and
+    batch). ``negative=None`` is a model guided by its positive prompt alone (a guidance-distilled
+    model, or plain conditional sampling); it needs ``cfg`` 1. At ``cfg`` 1 the negative drops out of
+    the formula, so it is never evaluated: one UNet batch per model call either way. With a negative
+    and another ``cfg``, every conditioning entry that shares a region and input layout with another
+    goes through the same UNet call, so plain CFG costs one call of batch 2B.
+
+    ``unet_fn(x_in, timesteps, context, y=..., concat=...)`` returns the UNet's raw output; ``y`` and
+    ``concat`` are passed only when the conditioning provides them. ``inpainting`` restricts changes
+    to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting UNets.
+    """
+
+    def __init__(self, unet_fn: UNetFn, model_sampling: ModelSampling, latent: Tensor, positive: Conditioning,
+                 negative: Conditioning | None = None, cfg: float = 1.0, inpainting: Inpainting | None = None) -> None:
+        if negative is None and cfg != 1.0:
+            raise ValueError(f"cfg {cfg} guides away from a negative conditioning, and none was given; use cfg 1")
+        self.unet_fn, self.model_sampling, self.cfg, self.inpainting = unet_fn, model_sampling, cfg, inpainting
+        mask = None if inpainting is None else inpainting.mask
+        self.conds = _resolve(positive, False, latent, model_sampling, mask)
+        if negative is not None:
+            # Resolved even at cfg 1, where the formula drops it, so a malformed negative fails the same way.
+            negatives = _resolve(negative, True, latent, model_sampling, mask)
+            if cfg != 1.0:
+                self.conds += negatives
+
+    def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor) -> list[Tensor]:
+        """One UNet call for conds that share a region and input layout: batch = len(group) x B."""
+        batch = x.shape[0]
+        rows, cols = group[0].region
+        x_region = x[:, :, rows, cols]
+        x_all = x_region.repeat(len(group), 1, 1, 1)
+        sigma_all = sigma.repeat(len(group))
+        length = math.lcm(*(c.context.shape[1] for c in group))
+        context = torch.cat([_repeat_tokens(c.context, length).expand(batch, -1, -1) for c in group]).to(x)
+        extra: dict[str, Tensor] = {}
+        if group[0].y is not None:
+            extra["y"] = torch.cat([_per_item(c.y, batch) for c in group if c.y is not None]).to(x)
+        if group[0].concat is not None:
+            extra["concat"] = torch.cat([_per_item(c.concat, batch) for c in group if c.concat is not None]).to(x)
+        x_in = self.model_sampling.calculate_input(sigma_all, x_all)
+        output = self.unet_fn(x_in, self.model_sampling.timestep(sigma_all), context, **extra)
+        denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)
+        return list(denoised.split(batch))
+
+    def _predict(self, x: Tensor, sigma: Tensor) -> dict[bool, Tensor]:
+        """Per side (negative or not), the weighted average of its active conds' x0 predictions."""
+        groups: dict[tuple[Any, ...], list[_Cond]] = {}
+        for cond in self.conds:
+            if cond.active(float(sigma.max())):
+                groups.setdefault(cond.batch_key(), []).append(cond)
+        sums = {side: (torch.zeros_like(x), torch.zeros_like(x[:, :1])) for side in (False, True)}
+        for group in groups.values():
+            for cond, prediction in zip(group, self._evaluate(group, x, sigma)):
+                rows, cols = cond.region
+                total, weights = sums[cond.negative]
+                weight = cond.weight.to(x)
+                total[:, :, rows, cols] += prediction * weight
+                weights[:, :, rows, cols] += weight
+        return {side: total / weights.clamp_min(1e-37) * (weights > 0) for side, (total, weights) in sums.items()}
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.inpainting is not None:
+            x = self.inpainting.hold(self.model_sampling, x, sigma)
+        predictions = self._predict(x, sigma)
+        positive, negative = predictions[False], predictions[True]
+        denoised = positive if self.cfg == 1.0 else negative + (positive - negative) * self.cfg
+        if self.inpainting is not None:
+            denoised = self.inpainting.keep(denoised)
+        return denoised

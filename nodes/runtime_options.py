@@ -1,0 +1,49 @@
+"""What a runtime is built from, and the names its settings accept: plain data, no torch.
+
+Kept apart from ``nodes.runtime`` so that parsing ``loom`` flags, and building a ``ServerConfig``,
+import nothing heavy (``loom --help`` stays instant), and so a server can send the options to Ray
+workers, which build their own runtime from them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEVICES", "DTYPE_MODES", "PREVIEW_METHODS", "RuntimeOptions"]
+
+#: ``--device`` names besides ``cuda:N`` (and ``mps:N``, ``xpu:N``).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``--dtype`` names; ``auto`` is resolved per device (``nodes.compute``).
+DTYPE_MODES = ("auto", "fp32", "fp16", "bf16")
+#: ``--preview-method`` names (``nodes.previews``).
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+
+_INDEXED_DEVICE = re.compile(r"(cuda|mps|xpu):\d+")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """The options a runtime is built from. Directories left ``None`` live under ``base_dir``;
+    ``extra_model_paths`` are ComfyUI ``extra_model_paths.yaml`` files, read in order. Names are
+    checked here; whether the machine has the device is checked when the runtime is built."""
+
+    base_dir: Path = Path(".")
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+    temp_dir: Path | None = None
+    user_dir: Path | None = None
+    models_dir: Path | None = None
+    extra_model_paths: tuple[Path, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    preview_method: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.preview_method not in PREVIEW_METHODS:
+            raise ValueError(f"preview method {self.preview_method!r}: expected one of {', '.join(PREVIEW_METHODS)}")
+        if self.device not in DEVICES and not _INDEXED_DEVICE.fullmatch(self.device):
+            raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
+        if self.dtype not in DTYPE_MODES:
+            raise ValueError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPE_MODES)}")

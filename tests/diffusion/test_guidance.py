@@ -1,0 +1,142 @@
+"""The CFG guider: the denoiser a sampler calls, with regional conditioning, guidance and inpainting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion.guidance import CFGGuider, ConditioningError, Inpainting
+from diffusion.samplers import get_sampler
+from diffusion.sampling import prepare_noise, sample
+from diffusion.schedules import compute_sigmas
+from tests.diffusion.toy_unet import MS, ToyUNet, context, run, zero_latent
+
+SIGMA = torch.tensor([3.0])
+
+
+def batches(unet: ToyUNet) -> list[int]:
+    """The batch size of every UNet call made so far, in order."""
+    return [call["batch"] for call in unet.calls]
+
+
+class TestModelCalls:
+    """Guidance costs one UNet call per model evaluation (one per Euler step), however many sides it has."""
+
+    def test_cfg_batches_the_positive_and_the_negative_into_one_call(self):
+        unet = ToyUNet()
+        run(unet, cfg=5.0, steps=4)
+        assert batches(unet) == [2, 2, 2, 2]
+
+    def test_cfg_one_never_evaluates_the_negative(self):
+        unet = ToyUNet()
+        run(unet, cfg=1.0, steps=4)
+        assert batches(unet) == [1, 1, 1, 1]
+
+    def test_no_negative_samples_with_the_positive_prediction_alone(self):
+        """The guidance-distilled case: no negative prompt at all, one batch-1 call per step."""
+        unet, latent = ToyUNet(), zero_latent()
+        guider = CFGGuider(unet, MS, latent, [(context(1), {})])
+        sample(guider, get_sampler("euler"), compute_sigmas(MS, "normal", 3), latent, prepare_noise(latent, 1))
+        assert batches(unet) == [1, 1, 1]
+
+    def test_no_negative_equals_any_negative_at_cfg_one(self):
+        latent, x = zero_latent(), torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+        alone = CFGGuider(ToyUNet(), MS, latent, [(context(1), {})])
+        ignored = CFGGuider(ToyUNet(), MS, latent, [(context(1), {})], [(context(2), {})], cfg=1.0)
+        assert torch.equal(alone(x, SIGMA), ignored(x, SIGMA))
+
+    def test_guidance_without_a_negative_is_refused(self):
+        with pytest.raises(ValueError, match="cfg 4.0 guides away from a negative conditioning"):
+            CFGGuider(ToyUNet(), MS, zero_latent(), [(context(1), {})], cfg=4.0)
+
+    def test_a_malformed_negative_is_refused_even_at_cfg_one(self):
+        with pytest.raises(ConditioningError, match="negative conditioning #0: option 'area'"):
+            CFGGuider(ToyUNet(), MS, zero_latent(), [(context(1), {})], [(context(2), {"area": (1,)})], cfg=1.0)
+
+
+class TestGuidance:
+    def test_batched_cfg_equals_separate_cond_and_uncond_calls(self):
+        positive, negative = context(1, tokens=6), context(2, tokens=4)
+        unet = ToyUNet()
+        batched = run(unet, [(positive, {})], [(negative, {})], cfg=5.0)
+        assert all(call["context"].shape[1] == 12 for call in unet.calls)
+
+        reference_unet = ToyUNet()
+
+        def separate(x, sigma):
+            x_in, t = MS.calculate_input(sigma, x), MS.timestep(sigma)
+            cond = MS.calculate_denoised(sigma, reference_unet(x_in, t, positive), x)
+            uncond = MS.calculate_denoised(sigma, reference_unet(x_in, t, negative), x)
+            return uncond + (cond - uncond) * 5.0
+
+        sigmas = compute_sigmas(MS, "normal", 4)
+        start = MS.noise_scaling(sigmas[0], prepare_noise(zero_latent(), 42), zero_latent(), max_denoise=True)
+        expected = get_sampler("euler")(separate, start, sigmas, disable=True)
+        # cfg 5 amplifies fp32 rounding of values in the hundreds: tolerate rounding of the largest value.
+        torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+    def test_area_conditioning_changes_only_its_region(self):
+        area = {"area": (2, 3, 1, 2)}  # h, w, y, x in latent cells
+        base = run(positive=[(context(1), {})])
+        with_area = run(positive=[(context(1), {}), (context(3), area)])
+        changed = (base - with_area).abs().amax(dim=(0, 1)) > 1e-6
+        expected = torch.zeros(6, 6, dtype=torch.bool)
+        expected[1:3, 2:5] = True
+        assert torch.equal(changed, expected)
+
+    def test_mask_weights_the_average_and_set_area_to_bounds_crops(self):
+        mask = torch.zeros(48, 48)
+        mask[8:24, 16:40] = 1.0  # pixels -> latent cells rows 1:3, cols 2:5
+        unet = ToyUNet()
+        masked = run(unet, positive=[(context(1), {}), (context(3), {"mask": mask, "set_area_to_bounds": True})])
+        assert {tuple(call["context"].shape) for call in unet.calls} >= {(2, 3, 8)}
+        base = run(positive=[(context(1), {})])
+        changed = (base - masked).abs().amax(dim=(0, 1)) > 1e-6
+        assert changed[1:3, 2:5].all() and changed.sum() == 6
+
+    def test_timestep_range_excludes_a_cond_outside_it(self):
+        late = (context(3), {"timestep_start": 0.5, "timestep_end": 1.0})
+        unet = ToyUNet()
+        run(unet, positive=[(context(1), {}), late], cfg=1.0, steps=6)
+        seen = [(float(MS.sigma(call["t"][0])), call["batch"]) for call in unet.calls]
+        cutoff = MS.percent_to_sigma(0.5)
+        assert all((batch == 2) == (sigma <= cutoff * (1 + 1e-4)) for sigma, batch in seen)
+        assert {batch for _, batch in seen} == {1, 2}
+
+    def test_y_and_concat_reach_the_unet_batched(self):
+        unet = ToyUNet()
+        options = {"y": torch.ones(1, 5), "concat_latent_image": torch.randn(1, 4, 6, 6),
+                   "concat_mask": torch.ones(1, 48, 48)}
+        run(unet, positive=[(context(1), options)], negative=[(context(2), options)])
+        assert unet.calls[0]["y"].shape == (2, 5) and unet.calls[0]["concat"].shape == (2, 5, 6, 6)
+
+    def test_an_inpainting_models_mask_channel_defaults_to_the_inpainting_mask(self):
+        unet, latent = ToyUNet(), zero_latent()
+        mask = torch.zeros(1, 6, 6)
+        mask[:, 2:4, 1:5] = 1.0
+        inpainting = Inpainting.from_mask(mask, latent, torch.zeros_like(latent))
+        guider = CFGGuider(unet, MS, latent, [(context(1), {"concat_latent_image": torch.randn(1, 4, 6, 6)})],
+                           inpainting=inpainting)
+        guider(torch.randn(1, 4, 6, 6), SIGMA)
+        assert torch.equal(unet.calls[0]["concat"][:, :1], mask[:, None])
+
+    def test_bad_area_is_a_precise_error(self):
+        with pytest.raises(ConditioningError, match="positive conditioning #0: option 'area'"):
+            run(positive=[(context(1), {"area": (1, 2)})])
+
+
+class TestInpainting:
+    def test_the_x0_estimate_keeps_the_latent_outside_the_mask(self):
+        latent = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(9))
+        mask = torch.zeros(6, 6)
+        mask[2:4, 2:4] = 1.0
+        inpainting = Inpainting.from_mask(mask, latent, prepare_noise(latent, 1))
+        guider = CFGGuider(ToyUNet(), MS, latent, [(context(1), {})], [(context(2), {})], 6.0, inpainting)
+        estimate = guider(torch.randn(1, 4, 6, 6), SIGMA)
+        keep = mask == 0
+        assert torch.equal(estimate[0][:, keep], latent[0][:, keep])
+        assert not torch.allclose(estimate[0][:, ~keep], latent[0][:, ~keep])
+
+    def test_a_mask_of_another_batch_is_refused(self):
+        with pytest.raises(ValueError, match="noise_mask has batch 3, the latent has 2"):
+            Inpainting.from_mask(torch.ones(3, 6, 6), zero_latent(2), zero_latent(2))
