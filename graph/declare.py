@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graph.signature import accepted_names, call_with_accepted
+from graph.signature import accepted_names, call_with_accepted, custom_validation
 from graph.spec import InputSpec, NodeDefinitionError, NodeResult, NodeSpec, OutputSpec, Section
 from graph.types import BOOLEAN, COMBO, FLOAT, INT, STRING
 
@@ -221,17 +221,6 @@ def node(
                 return NodeResult(values=())
             return NodeResult(values=tuple(returned))
 
-        validate_takes = accepted_names(validate) if validate is not None else None
-        wants_types = validate_takes is not None and "input_types" in validate_takes
-        validate_hook = _hook(validate)
-
-        def validate_with_types(constants: dict[str, Any], input_types: dict[str, str] | None) -> Any:
-            assert validate_hook is not None
-            values = dict(constants)
-            if wants_types:
-                values["input_types"] = input_types or {}
-            return validate_hook(values)
-
         lazy_hook = _hook(lazy_status)
         spec = NodeSpec(
             class_type=name,
@@ -246,9 +235,7 @@ def node(
             input_is_list=input_is_list,
             not_idempotent=not_idempotent,
             fingerprint=_hook(fingerprint),
-            validate=validate_with_types if validate is not None else None,
-            validate_takes=validate_takes - {"input_types"} if validate_takes is not None else None,
-            validate_wants_types=wants_types,
+            **custom_validation(validate),
             lazy_status=(lambda _instance, inputs: list(lazy_hook(inputs) or [])) if lazy_hook else None,
         )
         setattr(function, SPEC_ATTRIBUTE, spec)

@@ -209,16 +209,15 @@ class CustomValidationFailed(NodeError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExceptionDuringInnerValidation(NodeError):
-    """The node's own validator raised instead of answering."""
+class NodeCodeRaised(NodeError):
+    """Validation ran the node type's own code and it raised; the exception is reported, not propagated.
 
-    type: ClassVar[str] = "exception_during_inner_validation"
+    ComfyUI names two such moments with two wire ``type`` strings, so each keeps its subclass while
+    the payload, which is the same for both, is written here once.
+    """
+
     exception_type: str
     exception_message: str
-
-    @property
-    def message(self) -> str:
-        return "Exception when validating inner node"
 
     @property
     def details(self) -> str:
@@ -229,23 +228,25 @@ class ExceptionDuringInnerValidation(NodeError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExceptionDuringValidation(NodeError):
+class ExceptionDuringInnerValidation(NodeCodeRaised):
+    """The node's own validator raised instead of answering."""
+
+    type: ClassVar[str] = "exception_during_inner_validation"
+
+    @property
+    def message(self) -> str:
+        return "Exception when validating inner node"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExceptionDuringValidation(NodeCodeRaised):
     """The node type could not even describe its inputs (its ``INPUT_TYPES`` raised)."""
 
     type: ClassVar[str] = "exception_during_validation"
-    exception_type: str
-    exception_message: str
 
     @property
     def message(self) -> str:
         return "Exception when reading the node's inputs"
-
-    @property
-    def details(self) -> str:
-        return f"{self.exception_type}: {self.exception_message}"
-
-    def extra_info(self) -> dict[str, Any]:
-        return {"exception_type": self.exception_type, "exception_message": self.exception_message}
 
 
 @dataclass(frozen=True, kw_only=True)

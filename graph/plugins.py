@@ -22,22 +22,18 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from graph.declare import SPEC_ATTRIBUTE
-from graph.registry import NodeRegistry, RegistrationError
-from graph.spec import NodeSpec
-from graph.v1 import spec_from_v1_class
+from graph.registry import ExportedNode, ModuleExportError, NodeRegistry, RegistrationError, exported_nodes
 
 __all__ = [
     "MODULE_PREFIX",
     "NodeRefusal",
-    "PluginExportError",
     "PluginEntry",
     "PluginReport",
     "PluginStatus",
@@ -51,14 +47,6 @@ log = logging.getLogger(__name__)
 #: Parent of every plugin's module name; ComfyUI's ``RELATIVE_PYTHON_MODULE`` has the same form.
 MODULE_PREFIX = "custom_nodes"
 DISABLED_SUFFIX = ".disabled"
-
-
-#: Builds a node's spec on demand, so an exception from plugin code is caught per node.
-_SpecMaker = Callable[[], NodeSpec]
-
-
-class PluginExportError(ValueError):
-    """A pack imported, but exports something Loom cannot read (``NODE_CLASS_MAPPINGS`` not a dict)."""
 
 
 class PluginStatus(str, Enum):
@@ -236,7 +224,8 @@ def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, or
     started = time.perf_counter()
     try:
         module = _import(entry, module_name)
-        candidates = _node_candidates(module)
+        # Read before anything is registered: reading runs plugin code, which may raise.
+        exports = exported_nodes(module)
     # SystemExit too: a pack that calls sys.exit() when a dependency is missing must not stop the server.
     except (Exception, SystemExit) as error:
         _forget_modules(module_name)
@@ -244,7 +233,7 @@ def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, or
         report.error = _import_error_text(error)
         report.traceback = traceback.format_exc()
     else:
-        _register_exports(registry, entry, module, candidates, report, origins)
+        _register_exports(registry, entry, module, exports, report, origins)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -274,26 +263,18 @@ def _forget_modules(module_name: str) -> None:
 
 
 def _import_error_text(error: BaseException) -> str:
-    if isinstance(error, PluginExportError):
+    if isinstance(error, ModuleExportError):
         return str(error)
     if isinstance(error, ModuleNotFoundError) and error.name:
         return f"missing Python module {error.name!r} (install the pack's requirements): {error}"
     return f"{type(error).__name__}: {error}"
 
 
-def _node_candidates(module: ModuleType) -> list[tuple[str, _SpecMaker]]:
-    """Every node the module exports, read before anything is registered (reading runs plugin code)."""
-    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
-    if mappings is not None and not isinstance(mappings, Mapping):
-        raise PluginExportError(f"NODE_CLASS_MAPPINGS is a {type(mappings).__name__}, not a dict of node classes")
-    return list(_v1_candidates(module, mappings or {})) + list(_declared_candidates(module))
-
-
 def _register_exports(
     registry: NodeRegistry,
     entry: PluginEntry,
     module: ModuleType,
-    candidates: list[tuple[str, _SpecMaker]],
+    exports: list[ExportedNode],
     report: PluginReport,
     origins: dict[str, str],
 ) -> None:
@@ -303,52 +284,26 @@ def _register_exports(
             report.web_directory = _resolve_web_directory(entry, web_directory)
         except ValueError as error:
             report.web_error = str(error)
-    if not candidates and web_directory is None:
+    if not exports and web_directory is None:
         report.status = PluginStatus.SKIPPED
         report.error = _nothing_exported(module)
         return
-    for class_type, make_spec in candidates:
-        refusal = _register_node(registry, class_type, make_spec, report, origins)
+    for exported in exports:
+        refusal = _register_node(registry, exported, report, origins)
         if refusal is None:
-            report.nodes.append(class_type)
+            report.nodes.append(exported.class_type)
         else:
             report.refused.append(refusal)
 
 
-def _v1_candidates(module: ModuleType, mappings: Mapping[str, Any]) -> Iterator[tuple[str, _SpecMaker]]:
-    display_names = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
-    for class_type, cls in mappings.items():
-        display_name = display_names.get(class_type) if isinstance(display_names, Mapping) else None
-        yield str(class_type), lambda c=class_type, k=cls, d=display_name: spec_from_v1_class(c, k, d, module.__name__)
-
-
-def _declared_candidates(module: ModuleType) -> Iterator[tuple[str, _SpecMaker]]:
-    """``@node`` functions the pack defines itself (or lists in ``LOOM_NODES``).
-
-    A pack's own functions live in its submodules (re-exported by ``__init__``), so the test is the
-    module-name prefix; a built-in ``@node`` function a pack imports to reuse is not re-registered.
-    """
-    listed = getattr(module, "LOOM_NODES", None)
-    if listed is not None:
-        values: Iterable[Any] = listed
-    else:
-        own = (module.__name__, module.__name__ + ".")
-        values = (v for v in vars(module).values() if str(getattr(v, "__module__", "")).startswith(own))
-    seen: set[int] = set()
-    for value in values:
-        spec = getattr(value, SPEC_ATTRIBUTE, None)
-        if isinstance(spec, NodeSpec) and id(spec) not in seen:
-            seen.add(id(spec))
-            yield spec.class_type, lambda s=spec: s
-
-
 def _register_node(
-    registry: NodeRegistry, class_type: str, make_spec: _SpecMaker, report: PluginReport, origins: dict[str, str]
+    registry: NodeRegistry, exported: ExportedNode, report: PluginReport, origins: dict[str, str]
 ) -> NodeRefusal | None:
+    class_type = exported.class_type
     if registry.is_builtin(class_type):
         return NodeRefusal(class_type, "a built-in node has this name, and plugins cannot replace built-in nodes")
     try:
-        spec = make_spec()
+        spec = exported.build()
         spec.python_module = report.module_name or spec.python_module
         # Computed once now so a broken INPUT_TYPES is refused here, not found by /object_info later.
         spec.inputs()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +23,10 @@ log = logging.getLogger(__name__)
 
 class RegistrationError(ValueError):
     """A node type could not be registered (a clash with a built-in, or a bad declaration)."""
+
+
+class ModuleExportError(RegistrationError):
+    """A module exports something no node can be read from (``NODE_CLASS_MAPPINGS`` that is not a dict)."""
 
 
 class NodeRegistry:
@@ -40,14 +46,16 @@ class NodeRegistry:
             self._builtin.add(spec.class_type)
 
     def register_module(self, module: ModuleType, *, python_module: str | None = None, builtin: bool = False) -> list[str]:
-        """Register every node a module exports; returns the class names it added.
+        """Register every node a module exports (read by ``exported_nodes``); returns the class names it added.
 
         A module exports V1 classes through ``NODE_CLASS_MAPPINGS`` (+ ``NODE_DISPLAY_NAME_MAPPINGS``)
         and declarative nodes as module-level functions decorated with ``@node`` (or listed in
-        ``LOOM_NODES`` when they are defined elsewhere).
+        ``LOOM_NODES`` when they are defined elsewhere). Nothing is registered unless every spec builds.
         """
-        module_name = python_module or module.__name__
-        specs = list(_declared_specs(module)) + list(_v1_specs(module, module_name))
+        try:
+            specs = [exported.build() for exported in exported_nodes(module)]
+        except NodeDefinitionError as error:
+            raise RegistrationError(str(error)) from error
         if not specs:
             raise RegistrationError(f"module {module.__name__} exports no nodes (no NODE_CLASS_MAPPINGS or @node functions)")
         for spec in specs:
@@ -90,23 +98,56 @@ class NodeRegistry:
         return info
 
 
-def _declared_specs(module: ModuleType) -> Iterable[NodeSpec]:
+@dataclass(frozen=True)
+class ExportedNode:
+    """A node a module exports, its spec not built yet.
+
+    Building a V1 class's spec runs the class's code, which may raise; the plugin loader builds
+    each one separately so that it can refuse a broken node and keep the pack's others.
+    """
+
+    class_type: str
+    build: Callable[[], NodeSpec]
+
+
+def exported_nodes(module: ModuleType) -> list[ExportedNode]:
+    """Every node ``module`` exports: its V1 classes, then its ``@node`` functions.
+
+    V1 classes come from ``NODE_CLASS_MAPPINGS``, their display names from
+    ``NODE_DISPLAY_NAME_MAPPINGS`` when that is a dict. The ``@node`` functions are those listed in
+    ``LOOM_NODES``, or else those defined in the module or its submodules (a package re-exports
+    them from ``__init__``), each once; one imported from elsewhere to be reused is not exported again.
+    Built-in modules and plugin packs are read by this one rule, so a node module means the same
+    whichever way it is loaded. Raises ``ModuleExportError`` when ``NODE_CLASS_MAPPINGS`` is not a dict.
+    """
+    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if mappings is not None and not isinstance(mappings, Mapping):
+        raise ModuleExportError(f"NODE_CLASS_MAPPINGS is a {type(mappings).__name__}, not a dict of node classes")
+    return list(_v1_nodes(module, mappings or {})) + list(_declared_nodes(module))
+
+
+def _v1_nodes(module: ModuleType, mappings: Mapping[Any, Any]) -> Iterator[ExportedNode]:
+    display_names = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+    for class_type, cls in mappings.items():
+        display_name = display_names.get(class_type) if isinstance(display_names, Mapping) else None
+        yield ExportedNode(str(class_type), partial(spec_from_v1_class, class_type, cls, display_name, module.__name__))
+
+
+def _declared_nodes(module: ModuleType) -> Iterator[ExportedNode]:
     listed = getattr(module, "LOOM_NODES", None)
     if listed is not None:
-        candidates: Iterable[Any] = listed
+        values: Iterable[Any] = listed
     else:
-        candidates = (value for value in vars(module).values() if getattr(value, "__module__", None) == module.__name__)
-    for candidate in candidates:
-        spec = getattr(candidate, SPEC_ATTRIBUTE, None)
-        if isinstance(spec, NodeSpec):
-            yield spec
+        own = (module.__name__, module.__name__ + ".")
+        values = (v for v in vars(module).values() if str(getattr(v, "__module__", "")).startswith(own))
+    seen: set[int] = set()
+    for value in values:
+        spec = getattr(value, SPEC_ATTRIBUTE, None)
+        if isinstance(spec, NodeSpec) and id(spec) not in seen:
+            seen.add(id(spec))
+            yield ExportedNode(spec.class_type, _already_built(spec))
 
 
-def _v1_specs(module: ModuleType, python_module: str) -> Iterable[NodeSpec]:
-    mappings: Mapping[str, type] = getattr(module, "NODE_CLASS_MAPPINGS", None) or {}
-    display_names: Mapping[str, str] = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
-    for class_type, cls in mappings.items():
-        try:
-            yield spec_from_v1_class(class_type, cls, display_names.get(class_type), python_module)
-        except NodeDefinitionError as error:
-            raise RegistrationError(str(error)) from error
+def _already_built(spec: NodeSpec) -> Callable[[], NodeSpec]:
+    """A ``@node`` spec exists from declaration on; a function, so each builder closes over its own spec."""
+    return lambda: spec

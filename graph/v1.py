@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from graph.signature import accepted_names, call_with_accepted
+from graph.signature import accepted_names, call_with_accepted, custom_validation
 from graph.spec import SECTIONS, InputSpec, NodeDefinitionError, NodeSpec, OutputSpec
 from graph.types import type_name
 
@@ -79,20 +79,6 @@ def spec_from_v1_class(
         def fingerprint(constants: dict[str, Any]) -> Any:
             return call_with_accepted(changed, changed_takes, constants)
 
-    validate = None
-    validate_takes = None
-    wants_types = False
-    if hasattr(cls, "VALIDATE_INPUTS"):
-        validator = cls.VALIDATE_INPUTS
-        validate_takes = accepted_names(validator)
-        wants_types = validate_takes is not None and "input_types" in validate_takes
-
-        def validate(constants: dict[str, Any], input_types: dict[str, str] | None) -> Any:
-            values = dict(constants)
-            if wants_types:
-                values["input_types"] = input_types or {}
-            return call_with_accepted(validator, validate_takes, values)
-
     lazy_status = None
     if hasattr(cls, "check_lazy_status"):
 
@@ -115,9 +101,7 @@ def spec_from_v1_class(
         deprecated=bool(getattr(cls, "DEPRECATED", False)),
         experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
         fingerprint=fingerprint,
-        validate=validate,
-        validate_takes=validate_takes - {"input_types"} if validate_takes is not None else None,
-        validate_wants_types=wants_types,
+        **custom_validation(getattr(cls, "VALIDATE_INPUTS", None)),
         lazy_status=lazy_status,
         output_tooltips=tooltips or None,
     )

@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from diffusion.samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from diffusion.samplers.dpm_solver import sample_dpm_adaptive_flat, sample_dpm_fast
 from diffusion.samplers.dpmpp import (
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
@@ -90,7 +90,7 @@ _SPECS = (
     SamplerSpec("dpm_2_ancestral", sample_dpm_2_ancestral, discard_penultimate_sigma=True),
     SamplerSpec("lms", sample_lms),
     SamplerSpec("dpm_fast", sample_dpm_fast),
-    SamplerSpec("dpm_adaptive", sample_dpm_adaptive),
+    SamplerSpec("dpm_adaptive", sample_dpm_adaptive_flat),
     SamplerSpec("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral),
     SamplerSpec("dpmpp_sde", sample_dpmpp_sde),
     SamplerSpec("dpmpp_2m", sample_dpmpp_2m),

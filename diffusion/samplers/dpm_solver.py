@@ -8,7 +8,9 @@ dpm_adaptive behave the same way); the budget of dpm_fast is one model call per 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 from diffusion.samplers.noise import NoiseSampler, gaussian_noise_sampler
 from diffusion.samplers.ode import Denoiser, StepCallback, ancestral_step, report_step
 
-__all__ = ["sample_dpm_adaptive", "sample_dpm_fast"]
+__all__ = ["StepSizeControl", "sample_dpm_adaptive", "sample_dpm_adaptive_flat", "sample_dpm_fast"]
 
 
 def _sigma(t: Tensor) -> Tensor:
@@ -113,16 +115,51 @@ def sample_dpm_fast(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict
     return x
 
 
-class _StepSizeController:
-    """PID step-size control for embedded error estimates (Söderlind 2003), with an atan limiter."""
+@dataclass(frozen=True)
+class StepSizeControl:
+    """How DPM-Solver-12 / -23 choose their steps: the solver order, the error tolerances and the
+    PID step-size controller's settings. The defaults are k-diffusion's, which ComfyUI uses.
 
-    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float,
-                 accept_safety: float, eps: float = 1e-8) -> None:
-        self.h = h
-        self.b1 = (pcoeff + icoeff + dcoeff) / order
-        self.b2 = -(pcoeff + 2 * dcoeff) / order
-        self.b3 = dcoeff / order
-        self.accept_safety, self.eps = accept_safety, eps
+    ``order`` 2 pairs first- with second-order steps, 3 second- with third-order. The pair's
+    difference, scaled by ``max(atol, rtol * |x|)``, is the error the controller steers towards 1,
+    starting from a step of ``h_init`` in ``t = -log(sigma)``, with the gains ``pcoeff``, ``icoeff``
+    and ``dcoeff`` (by default integral control alone). A step is kept unless the controller would
+    shrink the next one below ``accept_safety`` times its length.
+    """
+
+    order: int = 3
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.05
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    accept_safety: float = 0.81
+
+    def __post_init__(self) -> None:
+        if self.order not in (2, 3):
+            raise ValueError(f"dpm_adaptive order must be 2 or 3, got {self.order}")
+
+    @classmethod
+    def split(cls, options: Mapping[str, Any]) -> tuple[StepSizeControl, dict[str, Any]]:
+        """These settings taken out of flat sampler keywords, and the keywords that remain."""
+        names = {field.name for field in fields(cls)}
+        own = {name: value for name, value in options.items() if name in names}
+        return cls(**own), {name: value for name, value in options.items() if name not in names}
+
+
+class _StepSizeController:
+    """PID step-size control for embedded error estimates (Söderlind 2003), with an atan limiter.
+
+    ``order`` is the exponent the error scales with: the solver's order, or 1.5 for ancestral steps.
+    """
+
+    def __init__(self, control: StepSizeControl, order: float, eps: float = 1e-8) -> None:
+        self.h = abs(control.h_init)
+        self.b1 = (control.pcoeff + control.icoeff + control.dcoeff) / order
+        self.b2 = -(control.pcoeff + 2 * control.dcoeff) / order
+        self.b3 = control.dcoeff / order
+        self.accept_safety, self.eps = control.accept_safety, eps
         self.errs: list[float] = []
 
     def propose(self, error: Tensor) -> bool:
@@ -141,23 +178,20 @@ class _StepSizeController:
 
 @torch.no_grad()
 def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                        callback: StepCallback | None = None, disable: bool | None = None, order: int = 3,
-                        rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0,
-                        icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81, eta: float = 0.0,
-                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                        seed: int | None = None) -> Tensor:
+                        callback: StepCallback | None = None, disable: bool | None = None,
+                        control: StepSizeControl = StepSizeControl(), eta: float = 0.0, s_noise: float = 1.0,
+                        noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
     """DPM-Solver-12 / -23: embedded pairs of orders (1, 2) or (2, 3) choose the step size.
 
-    The number of model calls depends on the tolerances, not on the schedule's length.
+    The number of model calls depends on ``control``'s tolerances, not on the schedule's length.
     """
-    if order not in (2, 3):
-        raise ValueError(f"dpm_adaptive order must be 2 or 3, got {order}")
+    order = control.order
     sigma_min, sigma_max = _range(sigmas)
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
     t_start, t_end = _t(sigma_max), _t(sigma_min)
-    atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
+    atol_t, rtol_t = torch.tensor(control.atol), torch.tensor(control.rtol)
     s, x_prev, steps = t_start, x, 0
-    controller = _StepSizeController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    controller = _StepSizeController(control, 1.5 if eta else order)
     with tqdm(disable=disable) as bar:
         eps_model = _EpsModel(model, extra_args or {}, bar.update)
         while s < t_end - 1e-5:
@@ -181,3 +215,17 @@ def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
             report_step(callback, x, steps, _sigma(s), _sigma(s), denoised)
             steps += 1
     return x
+
+
+def sample_dpm_adaptive_flat(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                             callback: StepCallback | None = None, disable: bool | None = None,
+                             seed: int | None = None, **options: Any) -> Tensor:
+    """``sample_dpm_adaptive`` under the registry's contract, where every option is a flat keyword.
+
+    Callers that pick samplers by name pass k-diffusion's keywords (``order=2, rtol=0.01``) with the
+    rest; this gathers the step-size settings into a ``StepSizeControl``. ``seed`` stays a named
+    parameter because ``SamplerSpec.takes_seed`` looks for it in the signature.
+    """
+    control, rest = StepSizeControl.split(options)
+    return sample_dpm_adaptive(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                               control=control, seed=seed, **rest)

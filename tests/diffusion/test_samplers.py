@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import pytest
 import torch
 
 from diffusion.samplers import SAMPLER_NAMES, BrownianTreeNoiseSampler, UnknownSamplerError, get_sampler
+from diffusion.samplers.dpm_solver import StepSizeControl
 from diffusion.samplers.noise import gaussian_noise_sampler
 from diffusion.schedules import karras_sigmas
 from tests.diffusion.kdiffusion_ref import sampling as ksampling
@@ -128,6 +132,14 @@ def test_dpm_adaptive_matches_kdiffusion(order):
     reference = ksampling.sample_dpm_adaptive(reference_model, x, sigmas[-2], sigmas[0], disable=True, order=order)
     assert (ours - reference).abs().max() <= 1e-5
     assert ours_model.calls <= reference_model.calls
+
+
+def test_dpm_adaptive_step_size_defaults_are_kdiffusions():
+    reference = inspect.signature(ksampling.sample_dpm_adaptive).parameters
+    for field in dataclasses.fields(StepSizeControl):
+        assert field.default == reference[field.name].default, field.name
+    with pytest.raises(ValueError, match="order must be 2 or 3"):
+        get_sampler("dpm_adaptive")(ToyDenoiser(), _start(), _sigmas(), disable=True, order=4)
 
 
 def test_callback_reports_every_step_with_the_documented_keys():

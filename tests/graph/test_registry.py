@@ -53,6 +53,24 @@ def test_a_module_registers_the_declarative_nodes_it_defines() -> None:
     assert "Seven" in registry
 
 
+def test_a_package_registers_the_nodes_its_submodules_define_once_each() -> None:
+    """Built-in modules are read by the plugin loader's rule: a re-exported node counts, an alias does not."""
+    module = _module("mypack")
+
+    @node(outputs=[Output("INT")])
+    def Seven(x=Int(7)):
+        return x
+
+    Seven.__module__ = "mypack.numbers"
+    module.Seven = module.seven = Seven
+    assert NodeRegistry().register_module(module, builtin=True) == ["Seven"]
+
+
+def test_node_class_mappings_that_is_not_a_dict_is_a_registration_error() -> None:
+    with pytest.raises(RegistrationError, match="NODE_CLASS_MAPPINGS is a list"):
+        NodeRegistry().register_module(_module("p", NODE_CLASS_MAPPINGS=[AddV1]))
+
+
 def test_plugins_cannot_replace_a_builtin() -> None:
     registry = NodeRegistry()
     registry.register_module(_module("nodes.math", NODE_CLASS_MAPPINGS={"Add": AddV1}), builtin=True)
