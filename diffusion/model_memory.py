@@ -1,4 +1,4 @@
-"""Keep models on the compute device within a byte budget, offloading the least recently used.
+"""Where a runtime's models sit, and which are loaded: placement within a device budget, never lifetime.
 
 A workflow alternates between models (text encoder, UNet, VAE, maybe a refiner): moving all of them
 to the GPU up front fails on small cards, moving each one back after use wastes the PCIe bus on
@@ -9,13 +9,24 @@ it has been moved.
 
 Partial ("lowvram") placement is not implemented: a request that cannot fit even after offloading
 every other model raises `MemoryBudgetError` instead.
+
+`ModelMemory` owns no model. It knows models through weak references only, both the ones it places
+and the loads it shares (`load_shared`: one copy of a file per runtime while anything uses it), so a
+model lives exactly as long as its users hold it; in Loom those are the handles in the output cache,
+whose `--cache-budget` counts the weights (docs/architecture.md, "Memory"). Dropping the last handle
+therefore frees the weights wherever they sit, and no stale copy lingers here to be served or
+counted twice. The device budget here and the cache budget there bound different memories: this one
+what sits on the accelerator, that one everything kept between prompts.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections import OrderedDict
+import weakref
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +34,8 @@ from torch import nn
 from diffusion.devices import memory_info
 
 __all__ = ["DEFAULT_RESERVE_BYTES", "MemoryBudgetError", "ModelMemory", "module_bytes"]
+
+_T = TypeVar("_T")
 
 # Headroom for the CUDA context, other processes and fragmentation. ComfyUI keeps 400-600 MB plus at
 # least 0.8 GB per call (docs/compatibility.md §6.2); one GiB is a round default in that range. A call's own
@@ -51,10 +64,10 @@ class MemoryBudgetError(RuntimeError):
 
 @dataclass
 class _Entry:
-    model: nn.Module
     size: int
     resident: bool
     explicit_size: bool
+    last_used: int
 
 
 class ModelMemory:
@@ -75,8 +88,11 @@ class ModelMemory:
         self.dtype = dtype
         self.offload_device = torch.device(offload_device)
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
+        self._entries: weakref.WeakKeyDictionary[nn.Module, _Entry] = weakref.WeakKeyDictionary()
+        self._clock = itertools.count()  # orders `_Entry.last_used`
         self._lock = threading.Lock()
+        self._loads: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+        self._loads_lock = threading.Lock()
 
     @classmethod
     def for_device(
@@ -86,18 +102,32 @@ class ModelMemory:
         total = memory_info(device).total
         return cls(device, max(total - reserve_bytes, 0), dtype=dtype)
 
+    def load_shared(self, key: Hashable, load: Callable[[], _T]) -> _T:
+        """What `load()` gave for `key`, while anything still holds it; else `load()` now, remembered weakly.
+
+        `key` must change whenever the source does (a file's path, modification time and size), so a
+        changed file is loaded again instead of being served from the old load.
+        """
+        with self._loads_lock:
+            loaded = self._loads.get(key)
+            if loaded is None:
+                loaded = load()
+                self._loads[key] = loaded
+            return loaded
+
     def register(self, model: nn.Module, size_bytes: int | None = None) -> None:
         """Track a model (where it is now: resident if its weights are on `device`)."""
         with self._lock:
             self._register(model, size_bytes)
 
     def _register(self, model: nn.Module, size_bytes: int | None) -> _Entry:
-        entry = self._entries.get(id(model))
+        entry = self._entries.get(model)
         if entry is None:
             first = next(iter(model.parameters()), None)
             resident = first is not None and first.device == self.device and self.device != self.offload_device
-            entry = _Entry(model, module_bytes(model) if size_bytes is None else size_bytes, resident, size_bytes is not None)
-            self._entries[id(model)] = entry
+            size = module_bytes(model) if size_bytes is None else size_bytes
+            entry = _Entry(size, resident, size_bytes is not None, next(self._clock))
+            self._entries[model] = entry
         return entry
 
     def use(self, *models: nn.Module, extra_bytes: int = 0) -> None:
@@ -108,53 +138,53 @@ class ModelMemory:
         """
         with self._lock:
             entries = [self._register(m, None) for m in models]
-            wanted = {id(m) for m in models}
+            wanted = set(models)
             needed = sum(e.size for e in entries) + extra_bytes
             if needed > self.budget_bytes:
                 raise MemoryBudgetError(needed, self.budget_bytes, self.device)
-            for key, other in list(self._entries.items()):
+            for other, entry in sorted(self._entries.items(), key=lambda item: item[1].last_used):
                 if self._resident_bytes(excluding=wanted) + needed <= self.budget_bytes:
                     break
-                if key not in wanted and other.resident:
-                    self._offload(other)
-            for entry in entries:
+                if other not in wanted and entry.resident:
+                    self._offload(other, entry)
+            for model, entry in zip(models, entries, strict=True):
                 if not entry.resident:
-                    entry.model.to(self.device, dtype=self.dtype)
+                    model.to(self.device, dtype=self.dtype)
                     if self.dtype is not None and not entry.explicit_size:
-                        entry.size = module_bytes(entry.model)
+                        entry.size = module_bytes(model)
                     entry.resident = True
-                self._entries.move_to_end(id(entry.model))
+                entry.last_used = next(self._clock)
 
     def offload(self, model: nn.Module) -> None:
         """Move one model to the offload device now."""
         with self._lock:
-            entry = self._entries.get(id(model))
+            entry = self._entries.get(model)
             if entry is not None and entry.resident:
-                self._offload(entry)
+                self._offload(model, entry)
 
     def unload_all(self) -> None:
-        """Offload every resident model (the `/free` route, or recovery after running out of memory)."""
+        """Offload every resident model (recovery after running out of memory)."""
         with self._lock:
-            for entry in self._entries.values():
+            for model, entry in list(self._entries.items()):
                 if entry.resident:
-                    self._offload(entry)
+                    self._offload(model, entry)
 
     def forget(self, model: nn.Module) -> None:
-        """Stop tracking a model (its owner is discarding it); it is left where it is."""
+        """Stop tracking a model that stays alive elsewhere; it is left where it is."""
         with self._lock:
-            self._entries.pop(id(model), None)
+            self._entries.pop(model, None)
 
     def is_resident(self, model: nn.Module) -> bool:
-        entry = self._entries.get(id(model))
+        entry = self._entries.get(model)
         return entry is not None and entry.resident
 
     @property
     def resident_bytes(self) -> int:
         return self._resident_bytes(excluding=set())
 
-    def _resident_bytes(self, excluding: set[int]) -> int:
-        return sum(e.size for k, e in self._entries.items() if e.resident and k not in excluding)
+    def _resident_bytes(self, excluding: set[nn.Module]) -> int:
+        return sum(e.size for model, e in list(self._entries.items()) if e.resident and model not in excluding)
 
-    def _offload(self, entry: _Entry) -> None:
-        entry.model.to(self.offload_device)
+    def _offload(self, model: nn.Module, entry: _Entry) -> None:
+        model.to(self.offload_device)
         entry.resident = False

@@ -1,12 +1,21 @@
 """The output cache: node outputs by content-addressed key, within a byte budget, least recently used first out.
 
 Two budgets, because accelerator memory is the scarce one: ``device_budget_bytes`` bounds the bytes
-that stay on a non-CPU device and ``budget_bytes`` bounds everything the cache holds. Values stay
-where the node produced them (a GPU latent stays on the GPU, so the next prompt needs no copy).
-When the device budget is exceeded, the least recently used entries are first *offloaded*: their
-device tensors are copied to CPU, which frees device memory but keeps the result. Only when the
-total budget is exceeded are entries *dropped*, again least recently used first. ComfyUI's
-RAM-pressure mode (docs/compatibility.md §4.4) weighs age against size; plain LRU is predictable and testable.
+of output tensors that stay on a non-CPU device and ``budget_bytes`` (``--cache-budget``) bounds
+everything the cache holds. Values stay where the node produced them (a GPU latent stays on the GPU,
+so the next prompt needs no copy). When the device budget is exceeded, the least recently used
+entries are first *offloaded*: their device tensors are copied to CPU, which frees device memory but
+keeps the result. Only when the total budget is exceeded are entries *dropped*, again least recently
+used first. ComfyUI's RAM-pressure mode (docs/compatibility.md §4.4) weighs age against size; plain
+LRU is predictable and testable.
+
+The cache owns the memory of what it holds, models included: a loaded checkpoint lives exactly as
+long as some entry (or the running prompt) holds a handle over it, because nothing else keeps one
+alive (docs/architecture.md, "Memory"). So the budget counts what entries really hold, sized by
+``graph.sizeof``, and an object that several entries hold (the modules under a checkpoint loader's
+and a LoRA loader's outputs, a latent passed through) once: dropping an entry frees only what no
+other entry holds. Live objects (modules, ``loom_nbytes``) are measured again when each prompt ends,
+since first use casts or moves weights and computes LoRA weights after they were stored.
 
 Entries a running prompt has read or written are pinned until that prompt ends, so a prompt never
 loses an input it still needs; the budget therefore holds between prompts and may be overshot by
@@ -24,21 +33,39 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from graph.sizeof import is_device_tensor, sizes
+from graph.sizeof import Held, footprint, is_device_tensor, measure
 
 
 @dataclass(slots=True)
 class CacheEntry:
-    """One node's result: a list of items per output slot (list mapping), its UI dict, its sizes."""
+    """One node's result: a list of items per output slot (list mapping), its UI dict, its sizes.
+
+    ``nbytes`` and ``device_nbytes`` are what the entry holds when stored (or offloaded), shared
+    objects included; the cache's totals count an object held by several entries once.
+    """
 
     outputs: tuple[list[Any], ...]
     ui: dict[str, list[Any]] | None
     nbytes: int
     device_nbytes: int
+    #: Bytes of the numbers and strings, charged to this entry alone.
+    scalar_bytes: int = 0
+    #: ``id``s of the distinct objects the entry holds, each charged once in the cache's ``_charges``.
+    holds: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Charge:
+    """One object that entries hold, charged once however many hold it (and kept alive until none does)."""
+
+    held: Held
+    holders: int = 1
 
 
 @dataclass(frozen=True)
 class CacheStats:
+    """``bytes`` and ``device_bytes`` count each distinct object once, across all entries."""
+
     entries: int
     bytes: int
     device_bytes: int
@@ -63,6 +90,8 @@ class OutputCache:
         self.budget_bytes = budget_bytes
         self.device_budget_bytes = device_budget_bytes
         self._entries: OrderedDict[Hashable, CacheEntry] = OrderedDict()
+        self._charges: dict[int, _Charge] = {}
+        self._live: dict[int, _Charge] = {}  # the charges to measure again when a prompt ends
         self._pinned: set[Hashable] = set()
         self._running = False
         self._bytes = 0
@@ -101,13 +130,14 @@ class OutputCache:
 
     def put(self, key: Hashable, outputs: tuple[list[Any], ...], ui: dict[str, list[Any]] | None = None) -> CacheEntry:
         """Store a node's result, then evict unpinned entries until the budgets hold again."""
-        total, device = sizes(outputs)
-        entry = CacheEntry(outputs=outputs, ui=ui, nbytes=total, device_nbytes=device)
+        scalar_bytes, held = footprint(outputs)
+        entry = CacheEntry(outputs, ui, scalar_bytes, 0, scalar_bytes)
+        if held:
+            _hold(entry, held)
         with self._lock:
+            self._charge(entry, held)  # before the replaced entry lets go of what both hold
             self._remove(key)
             self._entries[key] = entry
-            self._bytes += entry.nbytes
-            self._device_bytes += entry.device_nbytes
             if self._running:
                 self._pinned.add(key)
             if self.budget_bytes is not None or self.device_budget_bytes is not None:
@@ -131,12 +161,15 @@ class OutputCache:
             with self._lock:
                 self._running = False
                 self._pinned.clear()
+                self._measure_live()
                 self._enforce_budgets()
 
     def clear(self) -> None:
         """Drop every entry (``/free``); hit and miss counters are kept, they describe the process."""
         with self._lock:
             self._entries.clear()
+            self._charges.clear()
+            self._live.clear()
             self._pinned.clear()
             self._bytes = self._device_bytes = 0
 
@@ -156,8 +189,38 @@ class OutputCache:
     def _remove(self, key: Hashable) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= old.nbytes
-            self._device_bytes -= old.device_nbytes
+            self._release(old.scalar_bytes, old.holds)
+
+    def _charge(self, entry: CacheEntry, held: dict[int, Held]) -> None:
+        self._bytes += entry.scalar_bytes
+        for ident, item in held.items():
+            charge = self._charges.get(ident)
+            if charge is not None:
+                charge.holders += 1
+                continue
+            self._charges[ident] = charge = _Charge(item)
+            if item.live:
+                self._live[ident] = charge
+            self._bytes += item.nbytes
+            self._device_bytes += item.device_nbytes
+
+    def _release(self, scalar_bytes: int, holds: tuple[int, ...]) -> None:
+        self._bytes -= scalar_bytes
+        for ident in holds:
+            charge = self._charges[ident]
+            charge.holders -= 1
+            if not charge.holders:
+                del self._charges[ident]
+                self._live.pop(ident, None)
+                self._bytes -= charge.held.nbytes
+                self._device_bytes -= charge.held.device_nbytes
+
+    def _measure_live(self) -> None:
+        for charge in self._live.values():
+            now = measure(charge.held.value)
+            self._bytes += now.nbytes - charge.held.nbytes
+            self._device_bytes += now.device_nbytes - charge.held.device_nbytes
+            charge.held = now
 
     def _enforce_budgets(self) -> None:
         if self.device_budget_bytes is not None and self._device_bytes > self.device_budget_bytes:
@@ -173,15 +236,21 @@ class OutputCache:
                     break
 
     def _offload(self, entry: CacheEntry) -> None:
+        released, device_before = (entry.scalar_bytes, entry.holds), entry.device_nbytes
         entry.outputs = tuple(_to_cpu(slot) for slot in entry.outputs)
-        new_total, new_device = sizes(entry.outputs)
-        freed = entry.device_nbytes - new_device
-        self._device_bytes -= freed
-        self._bytes += new_total - entry.nbytes
-        entry.device_nbytes -= freed
-        entry.nbytes = new_total
+        entry.scalar_bytes, held = footprint(entry.outputs)
+        _hold(entry, held)
+        self._charge(entry, held)  # before the device tensors' charges are released
+        self._release(*released)
         self._offloads += 1
-        self._offloaded_bytes += freed
+        self._offloaded_bytes += device_before - entry.device_nbytes
+
+
+def _hold(entry: CacheEntry, held: dict[int, Held]) -> None:
+    """Size the entry from its scalars and the distinct objects its outputs hold (``footprint``)."""
+    entry.holds = tuple(held)
+    entry.nbytes = entry.scalar_bytes + sum(item.nbytes for item in held.values())
+    entry.device_nbytes = sum(item.device_nbytes for item in held.values())
 
 
 def _to_cpu(value: Any) -> Any:

@@ -3,7 +3,9 @@
 Names, inputs and ranges are ComfyUI's (docs/compatibility.md §5). Files are found through ``nodes.model_folders``
 at run time, so a name missing on disk fails with the folders that were searched. The outputs are
 handles (``nodes.model_handles``): a LoRA or clip-skip node returns a new handle over the same
-loaded modules, so only the changed node re-runs and nothing is read from disk again.
+loaded modules, so only the changed node re-runs and nothing is read from disk again. Each handle
+keeps its whole loaded file alive, and the output cache charges the file's weights to
+``--cache-budget`` once however many handles share them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def CheckpointLoaderSimple(ckpt_name=Combo(_names("checkpoints"), tooltip="The c
     loaded = load_shared_checkpoint(path)
     if loaded.vae is None:
         raise CheckpointError(path, "holds no VAE; load one with VAELoader")
-    return ModelHandle(loaded), ClipHandle(loaded), VaeHandle(loaded.vae, path)
+    return ModelHandle(loaded), ClipHandle(loaded), VaeHandle(loaded.vae, path, loaded)
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])
@@ -46,7 +48,7 @@ def VAELoader(vae_name=Combo(_names("vae"))):
     loaded = load_shared_checkpoint(path)
     if loaded.vae is None:
         raise CheckpointError(path, "holds no VAE weights")
-    return VaeHandle(loaded.vae, path)
+    return VaeHandle(loaded.vae, path, loaded)
 
 
 def _read_lora(lora_name: str, model: ModelHandle, clip: ClipHandle | None) -> LoraPatches:

@@ -11,16 +11,21 @@ Latents between nodes are the VAE's own, unscaled, as in ComfyUI (so LATENT valu
 files mean the same thing in both engines); the MODEL handle's ``latent_format`` scales them into
 the diffusion model's space for sampling and back.
 
-Loaded checkpoints are shared through a weak cache keyed by file and modification time: two loader
-nodes naming one file get the same modules, and the modules go away with the last handle using them.
+Loaded checkpoints are shared through the runtime's ``ModelMemory.load_shared``, weakly, keyed by file,
+modification time and size: two loader nodes naming one unchanged file get the same modules, a
+changed file is loaded anew, and the modules go away with the last handle using them. Every handle
+keeps its whole loaded file alive (a VAE handle too, so that a later load of the file cannot make a
+second copy beside it) and tells ``graph.sizeof`` so through ``loom_parts``: the file's modules, each
+charged once however many handles share them, plus the handle's own LoRA tensors. The output cache,
+which holds the handles, is thus the one owner of model memory (docs/architecture.md, "Memory").
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -57,20 +62,22 @@ _LATENT_FORMATS = {
 #: Latents between nodes are unscaled (module docstring); the VAE handle maps with factor 1.
 _UNSCALED = LatentFormat("unscaled", 1.0)
 
-_loaded: weakref.WeakValueDictionary[tuple[str, int, int], LoadedCheckpoint] = weakref.WeakValueDictionary()
-_loaded_lock = threading.Lock()
-
 
 def load_shared_checkpoint(path: Path) -> LoadedCheckpoint:
-    """``load_checkpoint(path)``, shared with every live handle of the same unchanged file."""
+    """``load_checkpoint(path)``, shared with every live handle of the same unchanged file in this runtime.
+
+    Per runtime, not per process: each runtime's ``ModelMemory`` moves and casts the modules it places,
+    so two runtimes with different compute settings must not share them.
+    """
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    with _loaded_lock:
-        loaded = _loaded.get(key)
-        if loaded is None:
-            loaded = load_checkpoint(path)
-            _loaded[key] = loaded
-        return loaded
+    key = ("checkpoint", str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return current_runtime().memory.load_shared(key, lambda: load_checkpoint(path))
+
+
+def _modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:
+    """Every module of a loaded file: what a handle holding ``checkpoint`` keeps alive."""
+    encoders = checkpoint.text_encoders.encoders.values() if checkpoint.text_encoders is not None else ()
+    return [module for module in (checkpoint.unet, checkpoint.vae, *encoders) if module is not None]
 
 
 @contextmanager
@@ -103,6 +110,17 @@ class _Patched:
             if first.device not in self._weights:
                 self._weights = {first.device: apply_lora_patches(self.module, self.patches)}
             return self._weights[first.device]
+
+    def loom_nbytes(self) -> int:
+        """The patched weights computed so far (``graph.sizeof``): this handle's own, shared with no other."""
+        with self._lock:
+            return sum(t.element_size() * t.nelement() for weights in self._weights.values() for t in weights.values())
+
+    def loom_parts(self) -> list[torch.Tensor]:
+        """The LoRA tensors applied; a handle stacking another LoRA on this one shares them."""
+        deltas = [delta for patch_set, _ in self.patches for sequence in patch_set.values() for delta in sequence]
+        return [value for delta in deltas for value in (getattr(delta, field.name) for field in fields(delta))
+                if isinstance(value, torch.Tensor)]
 
     @contextmanager
     def active(self) -> Iterator[nn.Module]:
@@ -138,6 +156,10 @@ class ModelHandle:
     @property
     def patches(self) -> tuple[PatchSet, ...]:
         return self._patched.patches
+
+    def loom_parts(self) -> list[object]:
+        """What this handle keeps alive, for ``graph.sizeof``: its file's modules and its LoRA weights."""
+        return [*_modules_of(self.checkpoint), self._patched]
 
     @property
     def latent_channels(self) -> int:
@@ -207,6 +229,10 @@ class ClipHandle:
     def family(self) -> str:
         return self.stack.family
 
+    def loom_parts(self) -> list[object]:
+        """What this handle keeps alive, for ``graph.sizeof``: its file's modules and its LoRA weights."""
+        return [*_modules_of(self.checkpoint), *self._patched]
+
     @property
     def encoders(self) -> list[nn.Module]:
         """The text encoders in family order, as LoRA files number them (te1, te2)."""
@@ -243,12 +269,23 @@ def _all_active(patched: list[_Patched]) -> Iterator[None]:
 
 
 class VaeHandle:
-    """VAE: IMAGE ``[B, H, W, C]`` in 0..1 <-> unscaled LATENT ``[B, C, H/8, W/8]``."""
+    """VAE: IMAGE ``[B, H, W, C]`` in 0..1 <-> unscaled LATENT ``[B, C, H/8, W/8]``.
 
-    def __init__(self, model: AutoencoderKL, source: Path | None = None) -> None:
+    ``checkpoint`` is the loaded file ``model`` belongs to, if any: the handle keeps it alive, so the
+    file's shared load lives as long as its VAE does (module docstring).
+    """
+
+    def __init__(
+        self, model: AutoencoderKL, source: Path | None = None, checkpoint: LoadedCheckpoint | None = None
+    ) -> None:
         self.model = model
         self.source = source
+        self.checkpoint = checkpoint
         self._scaled = ScaledVAE(model, _UNSCALED)
+
+    def loom_parts(self) -> list[nn.Module]:
+        """What this handle keeps alive, for ``graph.sizeof``: its file's modules, or its own VAE."""
+        return _modules_of(self.checkpoint) if self.checkpoint is not None else [self.model]
 
     @property
     def latent_channels(self) -> int:

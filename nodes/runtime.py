@@ -32,6 +32,7 @@ class Runtime:
     model_paths: ModelPaths
     compute: Compute
     previews: Previews
+    #: Places the runtime's models on the device and shares their loads; owns none (docs/architecture.md, "Memory").
     memory: ModelMemory
 
 

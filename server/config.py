@@ -47,6 +47,13 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def default_cache_budget() -> int:
+    """Three quarters of this machine's RAM: the cache holds the loaded models too (an SDXL file is
+    about 6.9 GB in fp16), so a fixed small default would drop and rebuild them for every prompt,
+    while the rest is left for the running prompt's activations and the system."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 3 // 4
+
+
 def _env_token() -> str | None:
     return os.environ.get(AUTH_TOKEN_ENV) or None
 
@@ -65,7 +72,8 @@ class ServerConfig:
     temp_dir: Path | None = None
     #: ComfyUI ``extra_model_paths.yaml`` files, read in order.
     extra_model_paths: tuple[Path, ...] = ()
-    cache_budget_bytes: int = 4 * 2**30
+    #: Bytes of node outputs kept between prompts, loaded models included (``graph.cache``).
+    cache_budget_bytes: int = field(default_factory=default_cache_budget)
     device: str = "auto"
     dtype: str = "auto"
     auth_token: str | None = field(default_factory=_env_token)

@@ -40,7 +40,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default 8188)")
     add_runtime_arguments(parser)
     parser.add_argument("--cache-budget", type=parse_size, default=defaults.cache_budget_bytes,
-                        help="bytes of node outputs kept between prompts, e.g. 4G or 512M (default 4G)")
+                        help="bytes of node outputs kept between prompts, loaded models included, e.g. 12G "
+                             "(default: three quarters of this machine's RAM)")
     parser.add_argument("--auth-token", default=None,
                         help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)")
     parser.add_argument("--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)")

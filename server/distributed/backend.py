@@ -78,7 +78,9 @@ class LocalBackend:
         return 1
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
-        """Models are cached outputs of loader nodes, so dropping the cache unloads them too."""
+        """Drop the output cache: it is the only owner of loaded models (the runtime's ``ModelMemory``
+        knows them weakly), so their weights are freed with it, on the device too once ``gc`` has run
+        and ``empty_cache`` has handed the freed blocks back to the driver (docs/architecture.md, "Memory")."""
         if (unload_models or free_memory) and self._cache is not None:
             self._cache.clear()
         gc.collect()

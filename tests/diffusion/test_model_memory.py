@@ -1,6 +1,10 @@
-"""Placing models within a memory budget: LRU offloading, counted moves (CPU stands in for both sides)."""
+"""Placing models within a memory budget: LRU offloading, counted moves (CPU stands in for both sides).
+Sharing loads without owning them: neither placement nor sharing keeps a model alive."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import pytest
 import torch
@@ -139,3 +143,33 @@ def test_a_compute_dtype_casts_weights_when_placed_and_counts_the_cast_size() ->
     memory.use(half)
     assert half.weight.dtype == torch.float32
     assert memory.resident_bytes == MODEL_BYTES
+
+
+def test_placing_a_model_never_keeps_it_alive(journal) -> None:
+    a, b = _models(journal, "a", "b")
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES)
+    memory.use(a, b)
+    gone = weakref.ref(a)
+    del a
+    gc.collect()
+    assert gone() is None
+    assert memory.resident_bytes == MODEL_BYTES and memory.is_resident(b)
+
+
+def test_a_shared_load_is_reused_while_held_and_loaded_again_once_dropped() -> None:
+    memory = ModelMemory("cpu", budget_bytes=10 * MODEL_BYTES)
+    loads: list[str] = []
+
+    def load(name: str) -> nn.Module:
+        loads.append(name)
+        return nn.Linear(2, 2)
+
+    first = memory.load_shared(("file", 1), lambda: load("file"))
+    assert memory.load_shared(("file", 1), lambda: load("file")) is first
+    assert memory.load_shared(("file", 2), lambda: load("changed")) is not first  # a new key: a changed file
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None, "the shared-load index must not keep a model alive"
+    memory.load_shared(("file", 1), lambda: load("file"))
+    assert loads == ["file", "changed", "file"]

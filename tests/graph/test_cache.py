@@ -35,6 +35,29 @@ class Sized:
         return self.size
 
 
+class FakeModule:
+    """Duck-types a torch module: parameters and buffers."""
+
+    def __init__(self, *counts: int) -> None:
+        self.tensors = [FakeTensor(count, "cpu") for count in counts]
+
+    def parameters(self) -> list[FakeTensor]:
+        return self.tensors[:-1]
+
+    def buffers(self) -> list[FakeTensor]:
+        return self.tensors[-1:]
+
+
+class Handle:
+    """A model handle's shape: shared modules, plus what the handle holds alone."""
+
+    def __init__(self, *parts: object) -> None:
+        self.parts = parts
+
+    def loom_parts(self) -> tuple[object, ...]:
+        return self.parts
+
+
 # --- sizeof ----------------------------------------------------------------------------------------
 
 
@@ -69,6 +92,22 @@ def test_deeply_nested_values_do_not_recurse() -> None:
 
 def test_numpy_style_objects_report_nbytes() -> None:
     assert nbytes(SimpleNamespace(nbytes=123)) == 123
+
+
+def test_modules_hold_their_parameters_and_buffers() -> None:
+    assert nbytes(FakeModule(10, 20, 5)) == 35 * 4
+    torch = pytest.importorskip("torch")
+    assert nbytes(torch.nn.BatchNorm1d(8)) == 4 * 8 * 4 + 8  # weight, bias, running mean and var, a counter
+
+
+def test_handles_over_one_checkpoint_are_charged_its_modules_once() -> None:
+    unet, vae = FakeModule(100, 1), FakeModule(50, 1)
+    model, clip = Handle(unet, vae), Handle(unet, vae)
+    lora = Handle(unet, vae, Sized(30))
+    checkpoint = (100 + 1 + 50 + 1) * 4
+    assert nbytes(model) == nbytes(clip) == checkpoint
+    assert nbytes([model, clip, vae]) == checkpoint
+    assert nbytes((model, lora)) == checkpoint + 30
 
 
 # --- the cache -------------------------------------------------------------------------------------
@@ -163,6 +202,40 @@ def test_clear_frees_everything() -> None:
     cache.clear()
     stats = cache.stats()
     assert (stats.entries, stats.bytes, stats.device_bytes, stats.hits) == (0, 0, 0, 1)
+
+
+def test_an_object_several_entries_hold_is_charged_once_and_freed_with_the_last() -> None:
+    modules = FakeModule(100, 0)
+    cache = OutputCache(budget_bytes=600)
+    cache.put(b"loader", ([Handle(modules)],))
+    cache.put(b"lora", ([Handle(modules, Sized(40))],))
+    assert cache.stats().bytes == 400 + 40
+    cache.put(b"other", outputs(150))
+    assert cache.stats().bytes == 590 and len(cache) == 3
+    cache.put(b"more", outputs(50))  # evicting the loader frees nothing the LoRA entry still holds ...
+    assert b"loader" not in cache and b"lora" not in cache  # ... so the LoRA entry goes too
+    assert cache.stats().bytes == 200 and cache.stats().evictions == 2
+
+
+def test_replacing_an_entry_keeps_what_the_new_one_shares_with_it() -> None:
+    modules = FakeModule(100, 0)
+    cache = OutputCache()
+    cache.put(b"k", ([Handle(modules)],))
+    cache.put(b"k", ([Handle(modules, Sized(8))],))
+    assert cache.stats().bytes == 408
+    cache.clear()
+    assert cache.stats().bytes == 0
+
+
+def test_what_grows_after_it_was_stored_is_measured_again_when_the_prompt_ends() -> None:
+    """Weights are cast to the compute dtype and LoRA weights computed on first use, after the loader's put."""
+    growing = Sized(40)
+    cache = OutputCache(budget_bytes=100)
+    cache.put(b"old", outputs(30))
+    with cache.prompt_scope():
+        cache.put(b"model", ([growing],))
+        growing.size = 80
+    assert cache.stats().bytes == 80 and b"old" not in cache
 
 
 def test_get_many_looks_up_a_whole_prompt() -> None:

@@ -1,17 +1,25 @@
-"""Loader nodes: files from the model folders, handles that share modules, LoRA and clip skip."""
+"""Loader nodes: files from the model folders, handles that share modules, LoRA and clip skip, and
+loaded models that live only as long as the cache budget keeps their handles."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import pytest
 import torch
 
 from diffusion.checkpoint.errors import CheckpointError
+from graph.cache import OutputCache
+from graph.executor import Executor
 from graph.registry import NodeRegistry
+from graph.sizeof import nbytes
 from nodes import register_builtin_nodes
 from nodes.folders import Folders
 from nodes.loaders import CheckpointLoaderSimple, CLIPSetLastLayer, LoraLoader, LoraLoaderModelOnly, VAELoader
 from nodes.model_folders import ModelNotFoundError
-from tests.nodes.tiny_models import kohya_lora_tensors, tiny_checkpoint, write_lora
+from nodes.model_handles import load_shared_checkpoint
+from tests.nodes.tiny_models import decode_prompt, kohya_lora_tensors, run_prompt, tiny_checkpoint, write_lora
 
 
 @pytest.fixture
@@ -107,3 +115,26 @@ def test_lora_keys_that_match_nothing_are_logged_not_fatal(loaded, folders: Fold
     with caplog.at_level("WARNING"):
         LoraLoaderModelOnly(model, "style.safetensors", 1.0)
     assert caplog.text == ""
+
+
+def test_a_cache_budget_smaller_than_two_checkpoints_keeps_one(folders: Folders) -> None:
+    for name in ("first.safetensors", "second.safetensors"):
+        tiny_checkpoint(folders.models, name)
+    checkpoint = nbytes(CheckpointLoaderSimple("first.safetensors"))  # MODEL, CLIP and VAE: the file, once
+    gc.collect()
+    cache = OutputCache(budget_bytes=checkpoint * 3 // 2)
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    executor = Executor(registry, cache)
+
+    run_prompt(executor, decode_prompt("first.safetensors"), "first")
+    loaded = load_shared_checkpoint(folders.models / "checkpoints" / "first.safetensors")
+    first = [weakref.ref(module) for module in (loaded.unet, loaded.vae, *loaded.text_encoders.encoders.values())]
+    del loaded
+    run_prompt(executor, decode_prompt("second.safetensors"), "second")
+    gc.collect()
+    assert all(ref() is None for ref in first), "the first checkpoint's modules are gone, not merely uncached"
+    assert checkpoint < cache.stats().bytes <= checkpoint * 3 // 2
+
+    again = run_prompt(executor, decode_prompt("first.safetensors", size=72), "first again")
+    assert "1" in again.executed and again.outputs["4"]["images"]

@@ -1,17 +1,24 @@
-"""MODEL / CLIP / VAE handles: shared loads, LoRA patches that never touch the loaded tensors."""
+"""MODEL / CLIP / VAE handles: shared loads, LoRA patches that never touch the loaded tensors, and the
+bytes they hold as the output cache counts them."""
 
 from __future__ import annotations
 
 import gc
 import os
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
 import nodes.model_handles as model_handles
+from diffusion.checkpoint import LoadedCheckpoint
 from diffusion.lora import LowRankDelta
+from diffusion.model_memory import module_bytes
+from graph.services import services_context
+from graph.sizeof import nbytes
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, weights_swapped
+from nodes.runtime import RuntimeOptions, build_runtime
 from tests.nodes.tiny_models import tiny_checkpoint
 
 TO_Q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
@@ -41,12 +48,59 @@ def test_a_file_is_loaded_once_while_handles_use_it(sd15_path: Path, monkeypatch
 
 def test_the_shared_load_goes_away_with_its_last_user(sd15_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loads = count_loads(monkeypatch)
-    os.utime(sd15_path, ns=(2, 2))
     handle = ModelHandle(load_shared_checkpoint(sd15_path))
     del handle
     gc.collect()
     load_shared_checkpoint(sd15_path)
     assert len(loads) == 2
+
+
+def test_a_changed_file_is_loaded_anew_and_the_old_copy_dies_with_its_last_handle(
+    sd15_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = count_loads(monkeypatch)
+    old = ModelHandle(load_shared_checkpoint(sd15_path))
+    with old.unet_fn():
+        pass  # placed by the runtime's ModelMemory, which must not keep it alive either
+    os.utime(sd15_path, ns=(3, 3))
+    assert load_shared_checkpoint(sd15_path) is not old.checkpoint and len(loads) == 2
+    gone = weakref.ref(old.unet)
+    del old
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_vae_handle_keeps_its_files_load_so_no_second_copy_is_made(
+    sd15_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = count_loads(monkeypatch)
+    loaded = load_shared_checkpoint(sd15_path)
+    vae = VaeHandle(loaded.vae, sd15_path, loaded)
+    del loaded
+    gc.collect()
+    assert load_shared_checkpoint(sd15_path).vae is vae.model and len(loads) == 1
+
+
+def test_runtimes_do_not_share_loaded_modules(sd15_path: Path, tmp_path: Path) -> None:
+    """Each runtime's ModelMemory moves and casts what it places; another runtime's settings must not apply."""
+    first = load_shared_checkpoint(sd15_path)
+    other = build_runtime(RuntimeOptions(base_dir=tmp_path / "other", device="cpu", dtype="fp32"))
+    with services_context(other):
+        assert load_shared_checkpoint(sd15_path) is not first
+
+
+def checkpoint_bytes(loaded: LoadedCheckpoint) -> int:
+    modules = [loaded.unet, loaded.vae, *loaded.text_encoders.encoders.values()]
+    return sum(module_bytes(module) for module in modules)
+
+
+def test_handles_hold_their_whole_file_and_handles_of_one_file_share_it(sd15_path: Path) -> None:
+    loaded = load_shared_checkpoint(sd15_path)
+    model, clip, vae = ModelHandle(loaded), ClipHandle(loaded), VaeHandle(loaded.vae, sd15_path, loaded)
+    whole = checkpoint_bytes(loaded)
+    assert whole > 1_000_000
+    assert nbytes(model) == nbytes(clip) == nbytes(vae) == nbytes((model, clip, vae)) == whole
+    assert nbytes(VaeHandle(loaded.vae)) == module_bytes(loaded.vae)
 
 
 def test_weights_swapped_rebinds_and_restores_even_on_error() -> None:
@@ -82,6 +136,18 @@ def test_lora_patches_change_the_output_but_never_the_loaded_tensors(sd15_path: 
     assert not torch.equal(unet_output(patched), unet_output(base))
     assert base.unet.get_parameter(TO_Q).data_ptr() == storage and torch.equal(loaded_weight, snapshot)
     assert base.with_lora(lora_on(base), 0.0) is base
+
+
+def test_a_lora_handle_adds_its_own_tensors_to_the_base_it_shares(sd15_path: Path) -> None:
+    base = ModelHandle(load_shared_checkpoint(sd15_path))
+    patches = lora_on(base)
+    (delta,) = patches[TO_Q]
+    patched = base.with_lora(patches, 1.0)
+    lora_bytes = nbytes([delta.up, delta.down])
+    assert nbytes((base, patched)) == nbytes(base) + lora_bytes
+    unet_output(patched)  # computes the patched weight, which the handle keeps
+    weight = base.unet.get_parameter(TO_Q)
+    assert nbytes((base, patched)) == nbytes(base) + lora_bytes + weight.element_size() * weight.nelement()
 
 
 def test_patched_weights_are_computed_once_per_handle(sd15_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

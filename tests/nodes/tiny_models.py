@@ -67,6 +67,16 @@ def write_lora(path: Path, tensors: Mapping[str, torch.Tensor]) -> Path:
     return path
 
 
+def decode_prompt(ckpt_name: str, size: int = 64) -> dict[str, Any]:
+    """The cheapest prompt that needs a checkpoint: decode an empty latent with its VAE and save it."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "decoded"}},
+    }
+
+
 def make_executor() -> Executor:
     registry = NodeRegistry()
     register_builtin_nodes(registry)

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+from pathlib import Path
+
+from diffusion.tiny import write_tiny_checkpoint
+from graph.services import services_context
+from nodes.model_handles import load_shared_checkpoint
+from server.keys import RUNTIME
+from tests.nodes.tiny_models import decode_prompt
 from tests.server.conftest import wait_for_history, wait_prompt, wait_until
 
 
@@ -123,3 +132,26 @@ async def test_free_memory_drops_cached_outputs_before_the_next_prompt(client):
     assert (await client.post("/free", data=b"[1]")).status == 400
     after = await wait_for_history(client, await submit(client, prompt))
     assert cached_nodes(after) == []
+
+
+async def test_free_unloading_models_releases_the_loaded_weights(make_client, tmp_path: Path):
+    path = write_tiny_checkpoint(tmp_path / "models" / "checkpoints" / "tiny.safetensors", "sd15")
+    client = await make_client(plugins=True, starter_files=False)
+    entry = await wait_for_history(client, await submit(client, decode_prompt("tiny.safetensors")))
+    assert entry["status"]["status_str"] == "success"
+    runtime = client.app[RUNTIME]
+    with services_context(runtime):
+        loaded = load_shared_checkpoint(path)  # the copy the cached handles keep, not a new load
+    weights = [weakref.ref(module) for module in (loaded.unet, loaded.vae, *loaded.text_encoders.encoders.values())]
+    del loaded
+    gc.collect()
+    assert all(ref() is not None for ref in weights), "between prompts the cache keeps the loaded model"
+
+    assert (await client.post("/free", json={"unload_models": True})).status == 200
+
+    async def released() -> bool:
+        gc.collect()
+        return all(ref() is None for ref in weights)
+
+    await wait_until(released)
+    assert runtime.memory.resident_bytes == 0
