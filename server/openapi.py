@@ -66,6 +66,8 @@ _QUEUE_ITEM = {
 }
 
 _API_PROMPT = load_schema("api_prompt")
+_WIDGET_TYPES = {**_STR_LIST, "description": "socket types the client draws as widgets (editor extensions): "
+                 "their values are read from widgets_values when a workflow is converted"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -82,6 +84,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "prompt": {"$ref": _API_PROMPT["$id"]},
             "workflow": {"type": "object", "description": "an editor workflow, converted on the server when 'prompt' is absent"},
+            "widget_types": _WIDGET_TYPES,
             "client_id": {"type": ["string", "null"]}, "prompt_id": {"type": ["string", "null"]},
             # A priority is stored as a float: beyond 2^53 it would silently lose its order.
             "number": {"type": ["number", "null"], "minimum": -(2**53), "maximum": 2**53},
@@ -90,6 +93,15 @@ SCHEMAS: dict[str, Any] = {
             "extra_data": {"type": ["object", "null"], "properties": {"extra_pnginfo": {
                 "type": "object", "description": "PNG text chunks outputs carry, one per key (the editor sends 'workflow')"}}},
         },
+    },
+    "WorkflowConversionRequest": {
+        "type": "object", "required": ["workflow"],
+        "properties": {"workflow": {"type": "object", "description": "an editor workflow (version 0.4 or 1)"},
+                       "widget_types": _WIDGET_TYPES},
+    },
+    "WorkflowConversion": {
+        "type": "object", "required": ["prompt", "warnings"],
+        "properties": {"prompt": {"$ref": _API_PROMPT["$id"]}, "warnings": _STR_LIST},
     },
     "DeleteOrClear": {"type": "object", "properties": {"clear": {"type": "boolean"}, "delete": _STR_LIST}},
     "JobIds": {"type": "object", "properties": {"job_ids": _STR_LIST}},
@@ -241,6 +253,9 @@ PATHS: dict[str, Any] = {
         "A file of a plugin's WEB_DIRECTORY (or of the frontend root's extensions/<key>/); scripts as text/javascript",
         {"description": "File bytes", "content": {"text/javascript": {"schema": {"type": "string"}}, **_BINARY["content"]}},
         errors=(403, 404), params=[_p("key"), _p("path")])},
+    "/loom/api_prompt": {"post": _op(
+        "An editor workflow converted to the API prompt POST /prompt would queue (not validated, not queued)",
+        _json(_ref("WorkflowConversion")), errors=(400, 413), body=_ref("WorkflowConversionRequest"))},
     "/loom/plugins": {"get": _op("Every plugin found at start and what loading it did; tracebacks only for loopback clients",
                                  _json({"type": "array", "items": _ref("PluginReport")}))},
     "/models": {"get": _op("Model folder keys", _json(_STR_LIST))},

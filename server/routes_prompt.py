@@ -7,7 +7,8 @@ shape is refused with every violation named before any of it reaches validation.
 outputs partly fail validation is still queued with the valid ones, and the reply lists the broken
 nodes. The editor's own format is accepted too (a ``workflow`` key instead of ``prompt``), checked
 against its schema and converted here, so clients need not keep two files in sync (docs/compatibility.md
-§7.9).
+§7.9). ``POST /loom/api_prompt`` answers that conversion without queueing: it is the editor's
+"Export API", so the file a user exports is the prompt the server would run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from graph.errors import WorkflowError
-from graph.formats.editor import editor_to_api
+from graph.formats.editor import EditorConversion, editor_to_api
 from graph.formats.schema import check_document
 from graph.validation import validate_prompt
 from server.keys import QUEUE, REGISTRY
@@ -34,10 +35,18 @@ routes = web.RouteTableDef()
 
 #: Keys clients put in ``extra_data`` that must never reach the history or a log (docs/compatibility.md §1.3 step 4).
 SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+_CONVERSION_FAILED = "The editor workflow cannot be converted"
 
 
 def _prompt_error(type_: str, message: str, details: str = "") -> web.Response:
     return error_response(400, type_, message, details, node_errors={})
+
+
+def _convert_workflow(request: web.Request, body: dict[str, Any]) -> EditorConversion:
+    """The body's ``workflow``, checked against its schema and converted; raises ``WorkflowError``."""
+    workflow = body["workflow"]
+    check_document(workflow)
+    return editor_to_api(workflow, request.app[REGISTRY], body.get("widget_types") or ())
 
 
 @routes.get("/prompt")
@@ -56,14 +65,12 @@ async def submit_prompt(request: web.Request) -> web.Response:
     prompt = body.get("prompt")
     warnings: list[str] = []
     if prompt is None and "workflow" in body:
-        workflow = body["workflow"]
         try:
-            check_document(workflow)
-            conversion = editor_to_api(workflow, request.app[REGISTRY])
+            conversion = _convert_workflow(request, body)
         except WorkflowError as error:
-            return _prompt_error("invalid_workflow", "The editor workflow cannot be converted", str(error))
+            return _prompt_error("invalid_workflow", _CONVERSION_FAILED, str(error))
         prompt, warnings = conversion.prompt, list(conversion.warnings)
-        extra_data.setdefault("extra_pnginfo", {}).setdefault("workflow", workflow)
+        extra_data.setdefault("extra_pnginfo", {}).setdefault("workflow", body["workflow"])
     if prompt is None:
         return _prompt_error("no_prompt", "No prompt provided", "The body needs a 'prompt' (API format) or a 'workflow' (editor format).")
 
@@ -96,3 +103,17 @@ async def submit_prompt(request: web.Request) -> web.Response:
     if warnings:
         reply["warnings"] = warnings
     return web.json_response(reply)
+
+
+@routes.post("/loom/api_prompt")
+async def convert_workflow(request: web.Request) -> web.Response:
+    """``{workflow, widget_types?}`` → ``{prompt, warnings}``: what ``POST /prompt`` would queue, unvalidated."""
+    try:
+        body = await read_json(request, "WorkflowConversionRequest")
+    except BadRequestBody as error:
+        return error.response()
+    try:
+        conversion = _convert_workflow(request, body)
+    except WorkflowError as error:
+        return error_response(400, "invalid_workflow", _CONVERSION_FAILED, str(error))
+    return web.json_response({"prompt": conversion.prompt, "warnings": conversion.warnings})

@@ -9,7 +9,10 @@ runs saved workflows has to do it itself. The rules, with the format quirks they
   are left out too, but their consumers are rewired to the bypassed node's input of the same type.
 - ``widgets_values`` is positional over the node type's widget inputs (required, then optional), and
   a seed-like widget is followed by the editor-only "control after generate" value, which is skipped.
-  A widget turned into a socket still owns its slot. ``widgets_values_named`` (or a dict) is by name.
+  An ``image_upload`` widget adds the upload button's value ("image") after the required widgets,
+  also skipped. A widget turned into a socket still owns its slot. ``widgets_values_named`` (or a
+  dict) is by name. Which inputs are widgets is the node spec's business, plus any socket types the
+  client says it draws as widgets (editor extensions, docs/plugins.md), since only the client knows.
 - List values are wrapped as ``{"__value__": [...]}`` so the backend does not read them as links.
 - A node whose ``type`` is the id of a subgraph definition is flattened: its inner nodes get ids
   ``"<instance id>:<inner id>"`` (nested: ``"57:3:8"``), inner links from the subgraph's input node
@@ -22,7 +25,7 @@ runs saved workflows has to do it itself. The rules, with the format quirks they
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,8 @@ MODE_NEVER = 2
 MODE_BYPASS = 4
 #: What the editor stores after a widget with ``control_after_generate``; never sent to the backend.
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
+#: What the upload button of an ``image_upload`` widget stores; never sent to the backend.
+UPLOAD_VALUE = "image"
 SUBGRAPH_INPUT_NODE = -10
 SUBGRAPH_OUTPUT_NODE = -20
 
@@ -48,11 +53,16 @@ class EditorConversion:
     warnings: list[str] = field(default_factory=list)
 
 
-def editor_to_api(workflow: Mapping[str, Any], registry: NodeRegistry) -> EditorConversion:
-    """Convert a saved editor workflow; raises ``UnknownNodeTypeError`` naming every unknown real node."""
+def editor_to_api(
+    workflow: Mapping[str, Any], registry: NodeRegistry, widget_types: Collection[str] = ()
+) -> EditorConversion:
+    """Convert a saved editor workflow; raises ``UnknownNodeTypeError`` naming every unknown real node.
+
+    ``widget_types`` are socket types the client draws as widgets, whose values sit in ``widgets_values``.
+    """
     if not isinstance(workflow, Mapping) or not isinstance(workflow.get("nodes"), list):
         raise WorkflowFormatError("nodes", "an editor workflow needs a 'nodes' list")
-    return _Converter(workflow, registry).convert()
+    return _Converter(workflow, registry, frozenset(widget_types)).convert()
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,9 @@ class _Scope:
 
 
 class _Converter:
-    def __init__(self, workflow: Mapping[str, Any], registry: NodeRegistry) -> None:
+    def __init__(self, workflow: Mapping[str, Any], registry: NodeRegistry, widget_types: frozenset[str]) -> None:
         self.registry = registry
+        self.widget_types = widget_types
         self.prompt: dict[str, Any] = {}
         self.warnings: list[str] = []
         self.unknown: list[UnknownNode] = []
@@ -250,7 +261,7 @@ class _Converter:
             declared = [item for item in spec.inputs() if item.section != "hidden"]
         except Exception as error:  # a plugin's INPUT_TYPES may raise anything
             raise NodeInputsUnavailableError(api_id, spec.class_type, f"{type(error).__name__}: {error}") from error
-        widgets = self._widget_values(api_id, node, [item for item in declared if item.is_widget])
+        widgets = self._widget_values(api_id, node, [item for item in declared if self._is_widget(item)])
         sockets = _sockets_by_name(node)
         inputs: dict[str, Any] = {}
         for item in declared:
@@ -273,6 +284,9 @@ class _Converter:
                     inputs[name] = _as_input(resolved)
         return {"inputs": inputs, "class_type": spec.class_type, "_meta": {"title": node.get("title") or spec.display_name}}
 
+    def _is_widget(self, item: InputSpec) -> bool:
+        return item.is_widget or (item.type in self.widget_types and not item.options.get("forceInput", False))
+
     def _widget_values(self, api_id: str, node: Mapping[str, Any], widgets: Sequence[InputSpec]) -> dict[str, Any]:
         named = _named_values(node)
         if named is not None:
@@ -291,12 +305,15 @@ class _Converter:
 
 
 def _positional_widget_values(values: list[Any], widgets: Sequence[InputSpec]) -> dict[str, Any]:
-    """Match ``widgets_values`` to widget inputs in order, stepping over control-after-generate values.
+    """Match ``widgets_values`` to widget inputs in order, stepping over the editor-only values.
 
     The control value is expected where the spec declares ``control_after_generate``; it is also
     recognised after any INT or combo widget (the editor adds one to every ``seed``/``noise_seed``
-    widget, declared or not), unless the next widget is a combo that offers that very word.
+    widget, declared or not), unless the next widget is a combo that offers that very word. The
+    upload button of a required ``image_upload`` widget is appended to the required widgets (as
+    the frontend does), so its value is expected after the last of them.
     """
+    uploads = any(item.section == "required" and item.options.get("image_upload") for item in widgets)
     found: dict[str, Any] = {}
     position = 0
     for index, item in enumerate(widgets):
@@ -304,11 +321,14 @@ def _positional_widget_values(values: list[Any], widgets: Sequence[InputSpec]) -
             break
         found[item.name] = values[position]
         position += 1
+        following = widgets[index + 1] if index + 1 < len(widgets) else None
         if position < len(values) and _is_control_value(values[position]):
-            following = widgets[index + 1] if index + 1 < len(widgets) else None
             offered = following is not None and following.type == COMBO and values[position] in (following.choices or ())
             if item.control_after_generate or (item.type in (INT, COMBO) and not offered):
                 position += 1
+        last_required = item.section == "required" and (following is None or following.section != "required")
+        if uploads and last_required and position < len(values) and values[position] == UPLOAD_VALUE:
+            position += 1
     return found
 
 

@@ -8,13 +8,15 @@ import jsonschema
 from jsonschema.validators import Draft202012Validator
 from yarl import URL
 
+from graph.formats.schema import schema_registry
 from server.openapi import OPENAPI
 from tests.server.conftest import wait_for_history, wait_prompt
 
 
 def response_validator(path: str, method: str = "get", status: str = "200") -> Draft202012Validator:
     schema = OPENAPI["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
-    return Draft202012Validator({**schema, "components": OPENAPI["components"]})
+    # The registry resolves the workflow-format schemas that responses reference by their $id.
+    return Draft202012Validator({**schema, "components": OPENAPI["components"]}, registry=schema_registry())
 
 
 def check(body, path, method="get", status="200"):

@@ -1,14 +1,17 @@
-"""POST /prompt as clients use it: full runs, partial validation, bodies without Content-Type."""
+"""POST /prompt as clients use it: full runs, partial validation, bodies without Content-Type; and the
+conversion route the editor exports with."""
 
 from __future__ import annotations
 
 import io
 import json
 
+import pytest
 from PIL import Image
 
 from graph.formats.strict_json import MAX_DEPTH
 from tests.server.conftest import wait_for_history, wait_prompt
+from tests.server.test_openapi import check
 
 SAVE_PROMPT = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 1, "color": 0xFF0000}},
@@ -198,3 +201,63 @@ async def test_get_prompt_reports_queue_remaining(client):
     await client.post("/prompt", json={"prompt": wait_prompt(0, "next")})
     body = await (await client.get("/api/prompt")).json()
     assert body == {"exec_info": {"queue_remaining": 2}}
+
+
+#: A version 1 editor file: a subgraph whose inner Wait takes its text from the instance's widget,
+#: feeding a Record outside; a Note beside it never runs.
+SUBGRAPH_WORKFLOW = {
+    "version": 1, "state": {"lastNodeId": 3, "lastLinkId": 1},
+    "nodes": [
+        {"id": 1, "type": "wait-pair", "mode": 0,
+         "inputs": [{"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": None}],
+         "outputs": [{"name": "STRING", "type": "STRING", "links": [1]}], "widgets_values": ["from the instance"]},
+        {"id": 2, "type": "Record", "mode": 0, "inputs": [{"name": "value", "type": "*", "link": 1}], "outputs": []},
+        {"id": 3, "type": "Note", "mode": 0, "widgets_values": ["never runs"]},
+    ],
+    "links": [{"id": 1, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "STRING"}],
+    "definitions": {"subgraphs": [{
+        "id": "wait-pair", "name": "Wait pair",
+        "inputs": [{"name": "text", "type": "STRING"}], "outputs": [{"name": "STRING", "type": "STRING"}],
+        "nodes": [{"id": 5, "type": "Wait", "mode": 0,
+                   "inputs": [{"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 1}],
+                   "outputs": [{"name": "STRING", "type": "STRING", "links": [2]}], "widgets_values": [0, "inner"]}],
+        "links": [{"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 5, "target_slot": 0, "type": "STRING"},
+                  {"id": 2, "origin_id": 5, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "STRING"}],
+    }]},
+}
+
+
+async def test_the_conversion_route_answers_the_prompt_that_post_prompt_runs(client):
+    response = await client.post("/loom/api_prompt", json={"workflow": SUBGRAPH_WORKFLOW})
+    assert response.status == 200, await response.text()
+    converted = await response.json()
+    check(converted, "/loom/api_prompt", "post")
+    assert converted == {"warnings": [], "prompt": {
+        "1:5": {"class_type": "Wait", "inputs": {"seconds": 0, "text": "from the instance"},
+                "_meta": {"title": "Wait"}},
+        "2": {"class_type": "Record", "inputs": {"value": ["1:5", 0]}, "_meta": {"title": "Record"}},
+    }}
+    reply = await (await client.post("/prompt", json={"workflow": SUBGRAPH_WORKFLOW})).json()
+    entry = await wait_for_history(client, reply["prompt_id"])
+    assert entry["prompt"][2] == converted["prompt"]
+    assert entry["outputs"]["2"] == {"text": ["from the instance"]}
+
+
+BAD_BODY = "Request body does not match the WorkflowConversionRequest schema"
+UNCONVERTIBLE = "The editor workflow cannot be converted"
+
+
+@pytest.mark.parametrize(("body", "message", "details"), [
+    (None, BAD_BODY, "None is not of type 'object'"),
+    ({}, BAD_BODY, "'workflow' is a required property"),
+    ({"workflow": []}, BAD_BODY, "is not of type 'object'"),
+    ({"workflow": {"nodes": []}, "widget_types": "MY_COLOR"}, BAD_BODY, "is not of type 'array'"),
+    ({"workflow": {"nodes": [{"id": 1}]}}, UNCONVERTIBLE, "nodes[0]"),
+    ({"workflow": {"nodes": [{"id": 4, "type": "Nope"}], "links": []}}, UNCONVERTIBLE, "node 4 (Nope)"),
+])
+async def test_the_conversion_route_refuses_what_it_cannot_convert(client, body, message, details):
+    response = await client.post("/loom/api_prompt", data=b"" if body is None else json.dumps(body).encode())
+    assert response.status == 400
+    refusal = await response.json()
+    check(refusal, "/loom/api_prompt", "post", "400")
+    assert refusal["error"]["message"] == message and details in refusal["error"]["details"]

@@ -116,9 +116,18 @@ def test_load_image_upload_previews_the_file_and_selects_it(editor: EditorPage) 
     chooser.value.set_files(files=[{"name": "green.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
     editor.page.wait_for_function("(n) => loom.graph.nodes.get(n).widgets_values[0] === 'green.png'", arg=loader)
     assert (editor.server.base_dir / "input" / "green.png").is_file()
-    assert editor.js("(n) => loom.prompt()[String(n)].inputs", loader) == {"image": "green.png"}
+    assert editor.js("async (n) => (await loom.prompt())[String(n)].inputs", loader) == {"image": "green.png"}
     editor.page.wait_for_function("() => [...loom.editor.imageCache.values()].some(i => i.complete && i.naturalWidth === 40)")
     editor.shot("uploaded")
+
+
+def test_an_upload_button_is_saved_after_the_required_widgets_as_comfyui_does(editor: EditorPage) -> None:
+    editor.clear_graph()
+    mask = editor.add_node("load image mask", (400, 250), pick="LoadImageMask")
+    assert editor.widget_value(mask, 1) == "alpha" and editor.widget_value(mask, 2) == "image"
+    inputs = editor.js("async (n) => (await loom.prompt())[String(n)].inputs", mask)
+    assert set(inputs) == {"image", "channel"} and inputs["channel"] == "alpha", "the server reads the same slots"
+    editor.shot("mask-loader")
 
 
 def test_node_library_item_dragged_onto_the_canvas(editor: EditorPage) -> None:

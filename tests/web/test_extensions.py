@@ -3,7 +3,8 @@
 The server here loads the repository's ``custom_nodes/`` plus a folder of plugins that go wrong in
 the editor's two ways: a Python pack that cannot be imported (a notice above the canvas) and browser
 scripts that throw or export no valid extension (a toast each; the editor keeps working). A third
-script is a well-behaved extension whose hooks and menu entry record what they saw.
+script is a well-behaved extension whose hooks and menu entry record what they saw, and a fourth
+draws a socket type of its pack's node as a widget.
 """
 
 from __future__ import annotations
@@ -19,7 +20,37 @@ from tests.web.conftest import EditorPage, RunningServer, free_port, open_editor
 
 PLUGINS = {
     "broken_python/__init__.py": "import loom_missing_dependency_for_the_editor_test\n",
-    "browser_bits/__init__.py": 'WEB_DIRECTORY = "./web"\n',
+    "browser_bits/__init__.py": """
+        WEB_DIRECTORY = "./web"
+
+
+        class BitsLabel:
+            \"\"\"Its label's type is one only the browser extension label_widget.js draws, as a widget.\"\"\"
+
+            @classmethod
+            def INPUT_TYPES(cls):
+                return {"required": {"label": ("BITS_LABEL", {"default": "hello"}), "times": ("INT", {"default": 2})}}
+
+            RETURN_TYPES = ("STRING",)
+            FUNCTION = "repeat"
+            CATEGORY = "test"
+
+            def repeat(self, label, times):
+                return (label * times,)
+
+
+        NODE_CLASS_MAPPINGS = {"BitsLabel": BitsLabel}
+    """,
+    "browser_bits/web/label_widget.js": """
+        export default {
+          name: 'browser_bits.label_widget',
+          widgets: { BITS_LABEL: { height: 24, create({ value, setValue }) {
+            const element = Object.assign(document.createElement('input'), { className: 'bits-label', value });
+            element.addEventListener('input', () => setValue(element.value));
+            return { element, update: (v) => { element.value = v; } };
+          } } },
+        };
+    """,
     "browser_bits/web/throws.js": "throw new Error('this extension cannot start');\n",
     "browser_bits/web/nameless.js": "export default { widgets: {} };\n",
     "browser_bits/web/recorder.js": """
@@ -84,7 +115,7 @@ def test_the_example_packs_colour_widget_picks_the_tint_that_the_saved_image_get
     picker.fill("#3366cc")
     assert editor.widget_value(tint, 0) == "#3366cc"
     assert widget.locator("code").text_content() == "#3366cc"
-    assert editor.js("(id) => loom.prompt()[id].inputs.color", str(tint)) == "#3366cc"
+    assert editor.js("async (id) => (await loom.prompt())[id].inputs.color", str(tint)) == "#3366cc"
     editor.shot("picked")
 
     # The element sits on the widget's row and follows the view when the canvas is zoomed and panned.
@@ -116,6 +147,18 @@ def test_the_example_packs_colour_widget_picks_the_tint_that_the_saved_image_get
     editor.page.keyboard.press("Control+z")
     editor.page.wait_for_selector(f'.dom-widget[data-node="{tint}"]')
     assert color_widget(editor, tint).locator("input[type=color]").input_value() == "#3366cc", "undo brings it back with its value"
+
+
+def test_a_socket_type_an_extension_draws_is_queued_with_its_widget_value(plugin_editor: EditorPage) -> None:
+    """Only the browser knows BITS_LABEL is a widget; the server's conversion learns it from the editor."""
+    editor = plugin_editor
+    editor.clear_graph()
+    node = editor.add_node("bitslabel", (400, 300), pick="BitsLabel")
+    field = editor.page.locator(f'.dom-widget[data-node="{node}"] input.bits-label')
+    field.fill("hey ")
+    assert editor.widget_value(node, 0) == "hey "
+    assert editor.js("async (id) => (await loom.prompt())[id].inputs", str(node)) == {"label": "hey ", "times": 2}
+    editor.shot("label-widget")
 
 
 def test_broken_plugins_are_reported_and_a_good_extension_gets_its_hooks(plugin_editor: EditorPage) -> None:

@@ -1,54 +1,46 @@
-"""The editor's pure modules, run in the page against the live /object_info: the graph → API prompt
-rules, the workflow loader, widget number rules and seed controls. These are the edge cases that are
-slow to reach by mouse; the other browser tests cover the same code through the UI."""
+"""The editor's pure modules, run in the page against the live server: the workflow model against the
+server's conversion, the workflow loader, widget number rules and seed controls. These are the edge
+cases that are slow to reach by mouse; the other browser tests cover the same code through the UI."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
 
 import pytest
 
+from tests.web.conftest import FIXTURES as WEB_FIXTURES
 from tests.web.conftest import EditorPage
+
+FORMAT_FIXTURES = Path(__file__).resolve().parents[1] / "graph" / "formats" / "fixtures"
 
 pytestmark = pytest.mark.browser
 
-CONVERT = """async (workflow) => {
+#: Workflow files of every shape the editor opens: v0.4 and v1, subgraphs, bypassed and muted nodes,
+#: PrimitiveNode, Reroute and notes.
+WORKFLOW_FILES = [
+    WEB_FIXTURES / "comfy_v04_workflow.json",
+    WEB_FIXTURES / "comfy_v1_subgraph_workflow.json",
+    *(FORMAT_FIXTURES / name for name in ("default_v04.json", "groups_v1.json", "muted_bypassed_v04.json",
+                                          "reroute_primitive_v04.json", "subgraph_v04.json")),
+]
+
+#: The server's conversion of a file as it is, and of the same file after the editor opened it.
+CONVERT_BOTH = """async (workflow) => {
   const { Graph } = await import('/js/graph_model.js');
-  const { graphToPrompt } = await import('/js/to_api.js');
-  return graphToPrompt(Graph.fromJSON(workflow), loom.defs);
+  const { serverPrompt } = await import('/js/api_prompt.js');
+  const asFiled = await loom.api.post('/loom/api_prompt', { workflow });
+  const asOpened = await serverPrompt(loom.api, Graph.fromJSON(workflow));
+  return [asFiled.prompt, asOpened.prompt];
 }"""
 
 
-def node(node_id: int, kind: str, inputs: list[Any] = (), outputs: list[Any] = (), values: list[Any] = (), mode: int = 0) -> dict:
-    return {"id": node_id, "type": kind, "pos": [0, 0], "size": [200, 80], "flags": {}, "mode": mode,
-            "inputs": [{"name": n, "type": t, "link": link} for n, t, link in inputs],
-            "outputs": [{"name": t, "type": t, "links": links} for t, links in outputs], "properties": {},
-            "widgets_values": list(values)}
-
-
-def test_muted_upstream_links_are_dropped_and_bypass_passes_the_same_type(editor: EditorPage) -> None:
-    workflow = {"nodes": [
-        node(1, "EmptyImage", outputs=[("IMAGE", [1])], values=[8, 8, 1, 0], mode=2),
-        node(2, "EmptyImage", outputs=[("IMAGE", [2])], values=[16, 16, 1, 0]),
-        node(3, "ImageBatch", inputs=[("image1", "IMAGE", 1), ("image2", "IMAGE", 2)], outputs=[("IMAGE", [3])], mode=4),
-        node(4, "ImageInvert", inputs=[("image", "IMAGE", 3)], outputs=[("IMAGE", [])]),
-        node(5, "SaveImage", inputs=[("images", "IMAGE", 1)], values=["x"]),
-    ], "links": [[1, 1, 0, 3, 0, "IMAGE"], [2, 2, 0, 3, 1, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"], [4, 1, 0, 5, 0, "IMAGE"]]}
-    workflow["nodes"][0]["outputs"][0]["links"] = [1, 4]
-    prompt = editor.js(CONVERT, workflow)
-    assert sorted(prompt) == ["2", "4", "5"]
-    assert prompt["4"]["inputs"] == {"image": ["2", 0]}, "the bypassed batch passes its first live IMAGE input"
-    assert prompt["5"]["inputs"] == {"filename_prefix": "x"}, "a link from a muted node is dropped"
-
-
-def test_version_1_links_and_list_values(editor: EditorPage) -> None:
-    workflow = {"version": 1, "state": {"lastNodeId": 2, "lastLinkId": 1}, "nodes": [
-        node(1, "PrimitiveString", outputs=[("STRING", [1])], values=["hi"]),
-        node(2, "StringConcatenate", inputs=[("string_a", "STRING", 1)], outputs=[("STRING", [])], values=["a", ["b", "c"], "-"]),
-    ], "links": [{"id": 1, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "STRING"}]}
-    workflow["nodes"][1]["inputs"][0]["widget"] = {"name": "string_a"}
-    prompt = editor.js(CONVERT, workflow)
-    assert prompt["2"]["inputs"] == {"string_a": ["1", 0], "string_b": {"__value__": ["b", "c"]}, "delimiter": "-"}
+def test_the_editor_keeps_everything_the_servers_conversion_reads(editor: EditorPage) -> None:
+    """The editor has no converter of its own, so its one duty is to lose nothing on the way."""
+    for path in WORKFLOW_FILES:
+        as_filed, as_opened = editor.js(CONVERT_BOTH, json.loads(path.read_text()))
+        assert as_filed, path.name
+        assert as_opened == as_filed, path.name
 
 
 def test_malformed_workflows_name_the_offending_path(editor: EditorPage) -> None:

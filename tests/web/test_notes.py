@@ -5,6 +5,7 @@ otherwise, never sent to the server, and added from the node search like any nod
 from __future__ import annotations
 
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -110,13 +111,15 @@ def test_notes_from_a_comfy_file_render_edit_save_and_stay_out_of_the_prompt(edi
     assert editor.page.locator(markdown_view(MARKDOWN)).locator("h2").inner_text() == "Added here"
     editor.page.click(".tab[data-panel=workflows]")
 
-    with editor.page.expect_request(lambda r: r.url.endswith("/api/prompt") and r.method == "POST") as request:
+    with editor.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as queued:
         editor.page.click("#btn-queue")
-    body = request.value.post_data_json
-    assert {key: entry["class_type"] for key, entry in body["prompt"].items()} == {"1": "EmptyImage", "2": "SaveImage"}
-    assert {n["type"] for n in body["extra_data"]["extra_pnginfo"]["workflow"]["nodes"]} >= {"Note", "MarkdownNote"}, \
-        "the notes travel in the workflow the image embeds"
+    prompt_id = queued.value.json()["prompt_id"]
     editor.page.wait_for_function("() => loom.execution.outputs.has('2')", timeout=20000)
+    with urllib.request.urlopen(f"{editor.server.url}/history/{prompt_id}") as reply:
+        _, _, ran, extra_data, _ = json.loads(reply.read())[prompt_id]["prompt"]
+    assert {key: entry["class_type"] for key, entry in ran.items()} == {"1": "EmptyImage", "2": "SaveImage"}
+    assert {n["type"] for n in extra_data["extra_pnginfo"]["workflow"]["nodes"]} >= {"Note", "MarkdownNote"}, \
+        "the notes travel in the workflow the image embeds"
     editor.shot("ran")
 
 

@@ -14,6 +14,13 @@ export class ApiError extends Error {
   }
 }
 
+/** What a refusal says, for a person: the server's error message and details, else the HTTP summary. */
+export function refusalText(error) {
+  const top = error instanceof ApiError && error.body ? error.body.error : null;
+  if (!top || typeof top !== 'object') return error.message;
+  return top.details ? `${top.message}: ${top.details}` : top.message || error.message;
+}
+
 const CLIENT_KEY = 'loom.clientId';
 
 export class Api extends EventTarget {

@@ -58,11 +58,15 @@ export class Editor extends EventTarget {
     return filename ? { url: this.execution.api.viewUrl({ filename, subfolder: '', type: 'input' }), count: 1 } : null;
   }
 
-  /** The title bar's text; a type the server does not list says so. */
+  /** Whether nothing defines the node's type: not the server, not the editor, not the file's subgraphs. */
+  isMissing(node) {
+    return !this.defs[node.type] && node.type !== 'Reroute' && !this.graph.subgraphOf(node.type);
+  }
+
+  /** The title bar's text: a subgraph instance is named by its definition; a missing type says so. */
   titleOf(node) {
-    const def = this.defs[node.type];
-    const title = node.title || (def && def.display_name) || node.type;
-    return def || node.type === 'Reroute' ? title : `${title} (missing)`;
+    const title = node.title || this.defs[node.type]?.display_name || this.graph.subgraphOf(node.type)?.name || node.type;
+    return this.isMissing(node) ? `${title} (missing)` : title;
   }
 
   /** Layout also writes the settled size back (never less than the content needs), so saved files hold a box that fits. */

@@ -2,10 +2,11 @@
  * Node types that exist only in the editor, as in ComfyUI files: `Note` (plain text) and
  * `MarkdownNote` (markdown), each holding its text in `widgets_values[0]` and having no slots.
  * They are written as `/object_info` definitions so that search, the node library, menus and layout
- * treat them like any node; to_api.js leaves them out of the prompt (VIRTUAL_TYPES), so the server
- * never sees them. Two fields are the editor's own: `color`/`bgcolor`, drawn when a node has no
- * colours of its own, and `size`, a new note's room to write (far more than the least a note may
- * shrink to, which stays small so that notes in files keep their size).
+ * treat them like any node; the server's conversion leaves them out of the prompt (they are virtual
+ * there too, graph/formats/editor.py), so they never run. Two fields are the editor's own:
+ * `color`/`bgcolor`, drawn when a node has no colours of its own, and `size`, a new note's room to
+ * write (far more than the least a note may shrink to, which stays small so that notes in files keep
+ * their size).
  */
 import { MARKDOWN_TEXT, NOTE_TEXT } from './widgets/note_widgets.js';
 
@@ -21,7 +22,7 @@ export const FRONTEND_NODE_DEFS = {
   MarkdownNote: note('MarkdownNote', 'Markdown Note', MARKDOWN_TEXT, 'A note written in markdown, shown formatted; it does not run.'),
 };
 
-/** The server's definitions plus the editor's own, which win: a type of that name never reaches the server. */
+/** The server's definitions plus the editor's own, which win: a type of that name never runs. */
 export function withFrontendNodes(serverDefs) {
   return { ...serverDefs, ...FRONTEND_NODE_DEFS };
 }

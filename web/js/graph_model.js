@@ -81,6 +81,11 @@ export class Graph {
     this.links.delete(id);
   }
 
+  /** The subgraph definition that nodes of `type` are instances of, when the file defines one. */
+  subgraphOf(type) {
+    return (this.passthrough.definitions?.subgraphs || []).find((definition) => definition.id === type) || null;
+  }
+
   toJSON() {
     const nodes = [...this.nodes.values()].sort((a, b) => a.id - b.id).map((n, order) => {
       const out = { ...clone(n.passthrough), id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
@@ -103,7 +108,7 @@ export class Graph {
     if (!Array.isArray(json.nodes)) throw new WorkflowFormatError('nodes', 'missing or not a list');
     const graph = new Graph();
     if (json.id) graph.id = json.id;
-    graph.passthrough = json.version === 1 ? {} : unknownFields(json, TOP_FIELDS);
+    graph.passthrough = json.version === 1 ? version1Fields(json) : unknownFields(json, TOP_FIELDS);
     json.nodes.forEach((raw, i) => {
       if (typeof raw.type !== 'string') throw new WorkflowFormatError(`nodes[${i}].type`, 'missing node type');
       if (typeof raw.id !== 'number') throw new WorkflowFormatError(`nodes[${i}].id`, 'node id must be a number');
@@ -138,6 +143,14 @@ const TOP_FIELDS = new Set(['id', 'revision', 'last_node_id', 'last_link_id', 'n
 /** Fields this editor does not use (widgets_values_named, shape, models, definitions...) ride along unchanged. */
 function unknownFields(raw, known) {
   return Object.fromEntries(Object.entries(raw).filter(([key]) => !known.has(key)).map(([key, value]) => [key, clone(value)]));
+}
+
+/**
+ * Of a version 1 file's own fields only the subgraph `definitions` are kept: v0.4 files carry them in
+ * the same shape, while its reroutes and link extensions describe v1 links that the editor rewrites.
+ */
+function version1Fields(raw) {
+  return raw.definitions === undefined ? {} : { definitions: clone(raw.definitions) };
 }
 
 export function makeNode(raw) {

@@ -3,8 +3,10 @@
  *
  * ComfyUI's saved `widgets_values` is positional over the widgets in `input_order` (required, then
  * optional), and a widget declared with `control_after_generate` is followed by one extra, unsent value
- * ("fixed" | "increment" | "decrement" | "randomize"); LoadImage's upload button also holds a value
- * ("image"). widgetSpecs() reproduces that order exactly so files round-trip (docs/compatibility.md §2.2, §C.5.2).
+ * ("fixed" | "increment" | "decrement" | "randomize"); an `image_upload` widget's button also holds a
+ * value ("image"), which the frontend appends after the required widgets. widgetSpecs() reproduces
+ * that order exactly so files round-trip, and the server's conversion reads the same slots
+ * (graph/formats/editor.py, docs/compatibility.md §2.2, §C.5.2).
  */
 import { customWidgetType } from './widgets/custom_widgets.js';
 
@@ -44,21 +46,20 @@ export function inputSpecs(def) {
   return specs;
 }
 
+const controlOf = (input) => ({ name: 'control_after_generate', kind: 'combo', type: 'COMBO', control: input.name,
+  options: { values: CONTROL_VALUES, default: 'randomize' } });
+const uploadOf = (input) => ({ name: 'upload', kind: 'upload', type: 'IMAGEUPLOAD', target: input.name, options: { default: 'image' } });
+
 /** Widgets in `widgets_values` order, including the control and upload companions. */
 export function widgetSpecs(def) {
-  const widgets = [];
-  for (const input of inputSpecs(def)) {
-    if (input.kind === 'socket') continue;
-    widgets.push(input);
-    if (input.options.control_after_generate) {
-      widgets.push({ name: 'control_after_generate', kind: 'combo', type: 'COMBO', control: input.name,
-        options: { values: CONTROL_VALUES, default: 'randomize' } });
-    }
-    if (input.options.image_upload) {
-      widgets.push({ name: 'upload', kind: 'upload', type: 'IMAGEUPLOAD', target: input.name, options: { default: 'image' } });
-    }
-  }
-  return widgets;
+  const inputs = inputSpecs(def);
+  return ['required', 'optional'].flatMap((section) => {
+    const widgets = inputs.filter((input) => input.section === section && input.kind !== 'socket');
+    return [
+      ...widgets.flatMap((input) => (input.options.control_after_generate ? [input, controlOf(input)] : [input])),
+      ...widgets.filter((input) => input.options.image_upload).map(uploadOf),
+    ];
+  });
 }
 
 export function outputSpecs(def) {

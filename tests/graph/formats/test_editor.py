@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from graph.declare import Combo, Int, Output, spec_of
+from graph.declare import Combo, Int, Output, Socket, spec_of
 from graph.declare import node as declare_node
 from graph.errors import NodeInputsUnavailableError, UnknownNodeTypeError, WorkflowFormatError
 from graph.formats.editor import editor_to_api
@@ -83,6 +83,31 @@ def test_a_control_word_that_the_next_combo_offers_is_kept(registry) -> None:
     registry.register(spec_of(Stepper))
     workflow = {"nodes": [{"id": 1, "type": "Stepper", "mode": 0, "widgets_values": [3, "increment"]}], "links": []}
     assert editor_to_api(workflow, registry).prompt["1"]["inputs"] == {"count": 3, "direction": "increment"}
+
+
+def test_the_upload_buttons_value_after_the_required_widgets_is_skipped() -> None:
+    @declare_node(outputs=[Output("IMAGE")])
+    def LoadPicture(image=Combo(["x.png"], image_upload=True), channel=Combo(["alpha"]), scale=Int(optional=True)):
+        """Saved by the frontend as [image, channel, "image", scale]: the button follows the required widgets."""
+
+    registry = NodeRegistry()
+    registry.register(spec_of(LoadPicture))
+    values = ["x.png", "alpha", "image", 3]
+    workflow = {"nodes": [{"id": 1, "type": "LoadPicture", "mode": 0, "widgets_values": values}], "links": []}
+    assert editor_to_api(workflow, registry).prompt["1"]["inputs"] == {"image": "x.png", "channel": "alpha", "scale": 3}
+
+
+def test_socket_types_the_client_draws_as_widgets_take_their_widget_value() -> None:
+    @declare_node(outputs=[Output("IMAGE")])
+    def Tint(image=Socket("IMAGE"), color=Socket("MY_COLOR"), strength=Int(1)):
+        """An editor extension draws MY_COLOR as a widget, so its value sits in widgets_values."""
+
+    registry = NodeRegistry()
+    registry.register(spec_of(Tint))
+    tint = {"id": 1, "type": "Tint", "mode": 0, "inputs": [{"name": "image", "type": "IMAGE", "link": None}]}
+    workflow = {"nodes": [{**tint, "widgets_values": ["#336699", 2]}], "links": []}
+    inputs = editor_to_api(workflow, registry, widget_types={"MY_COLOR"}).prompt["1"]["inputs"]
+    assert inputs == {"color": "#336699", "strength": 2}
 
 
 def test_widgets_values_named_is_preferred_over_positions(registry) -> None:

@@ -1,7 +1,7 @@
 /**
  * The canvas element: one requestAnimationFrame loop that redraws only when something changed, and
  * the pointer gestures (pan, zoom, select, move, resize, connect, widget editing). Commands that are
- * not gestures (queue, save, menus) are reached through `actions`, which main.js supplies.
+ * not gestures (queue, save, menus) are reached through `actions`, which canvas_actions.js supplies.
  */
 import { typesCompatible } from '../node_defs.js';
 import { openSearch } from '../search.js';

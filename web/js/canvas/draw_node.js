@@ -81,7 +81,7 @@ export function drawNode(editor, ctx, node, box, s) {
   let outline = null;
   if (s.error) outline = [THEME.error, 3];
   else if (s.running) outline = [THEME.running, 3];
-  else if (!def) outline = [THEME.error, 2];
+  else if (editor.isMissing(node)) outline = [THEME.error, 2];
   else if (s.selected) outline = [THEME.selected, 2];
   if (outline) {
     ctx.strokeStyle = outline[0];

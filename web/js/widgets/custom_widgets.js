@@ -27,3 +27,8 @@ export function registerWidgetType(type, factory, owner) {
 export function customWidgetType(type) {
   return (type != null && registered.get(type)) || null;
 }
+
+/** Every registered type: the server needs them to read these widgets' values from a workflow. */
+export function widgetTypeNames() {
+  return [...registered.keys()];
+}
