@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from diffusion.diffusers_layout import unet_to_ldm
+from diffusion.unet import UNetModel
 from diffusion.unet_config import CheckpointLayoutError
 
 __all__ = [
@@ -152,8 +153,8 @@ def _diffusers_dotted(stem: str) -> str:
     return dotted
 
 
-def _unet_config_for_diffusers(unet: nn.Module) -> dict[str, Any]:
-    config = unet.config  # type: ignore[attr-defined]
+def _unet_config_for_diffusers(unet: UNetModel) -> dict[str, Any]:
+    config = unet.config
     return {
         "block_out_channels": [config.model_channels * m for m in config.channel_mult],
         "layers_per_block": list(config.num_res_blocks),
@@ -163,7 +164,7 @@ def _unet_config_for_diffusers(unet: nn.Module) -> dict[str, Any]:
 class _UNetResolver:
     """Stems to UNet module names; diffusers names are converted in one batch (the numbering needs all)."""
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: UNetModel) -> None:
         self.unet = unet
         self.index = _underscore_index(unet)
         self.modules = set(self.index.values())
@@ -234,7 +235,7 @@ def _target(stem: str) -> tuple[str, int | None, str]:
 
 def parse_lora(
     state_dict: Mapping[str, torch.Tensor],
-    unet: nn.Module | None,
+    unet: UNetModel | None,
     text_encoders: Sequence[nn.Module] = (),
     path: Path | str | None = None,
 ) -> LoraPatches:

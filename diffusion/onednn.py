@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -71,7 +71,7 @@ def runs_on_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         and weight.device.type == "cpu"
         and x.dtype == weight.dtype
         and (bias is None or bias.dtype == weight.dtype)
-        and torch.backends.mkldnn.enabled
+        and cast(bool, torch.backends.mkldnn.enabled)  # torch annotates its descriptor; the value read is a bool
         and onednn_computes(weight.dtype)
     )
 

@@ -211,7 +211,9 @@ class UNetModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.time_embed[0].weight.dtype
+        first = self.time_embed[0]
+        assert isinstance(first, nn.Linear)  # __init__ builds time_embed as Linear, SiLU, Linear
+        return first.weight.dtype
 
     def forward(
         self,

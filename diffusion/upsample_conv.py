@@ -102,7 +102,7 @@ class NearestUpsampleConv2d(PackedConv2d):
         # Only the packed copy depends on the input's layout; the plain kernel serves every input.
         return self._transposed.get(self.weight, input_layout(x) if packed else None, derive)
 
-    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         if not self._uses_transposed_path(x, size):
             if size is None:
                 return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -113,6 +113,34 @@ class MidBlock(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
+class DownLevel(nn.Module):
+    """``encoder.down.N``: the ResNet blocks of one resolution, then a 2x downsample (all but the last level)."""
+
+    def __init__(self, blocks: list[ResnetBlock], downsample: Downsample | None) -> None:
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            h = block(h)
+        return h if self.downsample is None else self.downsample(h)
+
+
+class UpLevel(nn.Module):
+    """``decoder.up.N``: the ResNet blocks of one resolution, then a 2x upsample (all but level 0)."""
+
+    def __init__(self, blocks: list[ResnetBlock], upsample: Upsample | None) -> None:
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.upsample = upsample
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            h = block(h)
+        return h if self.upsample is None else self.upsample(h)
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     base_channels: int
@@ -138,25 +166,19 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         channels = config.base_channels
         for level, width in enumerate(widths):
-            stage = nn.Module()
-            stage.block = nn.ModuleList()
+            blocks = []
             for _ in range(config.num_res_blocks):
-                stage.block.append(ResnetBlock(channels, width))
+                blocks.append(ResnetBlock(channels, width))
                 channels = width
-            if level != len(widths) - 1:
-                stage.downsample = Downsample(channels)
-            self.down.append(stage)
+            self.down.append(DownLevel(blocks, Downsample(channels) if level != len(widths) - 1 else None))
         self.mid = MidBlock(channels)
         self.norm_out = _norm(channels)
         self.conv_out = PackedConv2d(channels, 2 * config.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for stage in self.down:
-            for block in stage.block:
-                h = block(h)
-            if hasattr(stage, "downsample"):
-                h = stage.downsample(h)
+        for level in self.down:
+            h = level(h)
         return self.conv_out(F.silu(self.norm_out(self.mid(h)), inplace=True))
 
 
@@ -167,27 +189,21 @@ class Decoder(nn.Module):
         channels = widths[-1]
         self.conv_in = PackedConv2d(config.z_channels, channels, 3, padding=1)
         self.mid = MidBlock(channels)
-        stages: list[nn.Module] = []
+        levels: list[UpLevel] = []
         for level in reversed(range(len(widths))):
-            stage = nn.Module()
-            stage.block = nn.ModuleList()
+            blocks = []
             for _ in range(config.num_res_blocks + 1):
-                stage.block.append(ResnetBlock(channels, widths[level]))
+                blocks.append(ResnetBlock(channels, widths[level]))
                 channels = widths[level]
-            if level != 0:
-                stage.upsample = Upsample(channels)
-            stages.insert(0, stage)
-        self.up = nn.ModuleList(stages)
+            levels.insert(0, UpLevel(blocks, Upsample(channels) if level != 0 else None))
+        self.up = nn.ModuleList(levels)
         self.norm_out = _norm(channels)
         self.conv_out = PackedConv2d(channels, config.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for stage in reversed(self.up):
-            for block in stage.block:
-                h = block(h)
-            if hasattr(stage, "upsample"):
-                h = stage.upsample(h)
+        for level in reversed(self.up):
+            h = level(h)
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 

@@ -181,7 +181,7 @@ class DigestMemo:
 def _signature(
     node_id: str, inputs: Mapping[str, Any], facts: SpecFacts, keys: Mapping[str, CacheKey], memo: DigestMemo
 ) -> CacheKey:
-    items = []
+    items: list[tuple[Any, ...]] = []
     try:
         for name in sorted(inputs):
             value = inputs[name]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import reprlib
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 EXECUTION_START = "execution_start"
 EXECUTION_CACHED = "execution_cached"
@@ -38,6 +38,15 @@ MAX_VALUE_CHARS = 200
 # reprlib bounds the work as well as the text: a huge list is cut before it is formatted.
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 8, 8, 80, 80
+
+
+class NodeMeta(TypedDict):
+    """The history ``meta`` entry of one node (``node_meta`` says what each id is)."""
+
+    node_id: str
+    display_node: str
+    parent_node: str | None
+    real_node_id: str
 
 
 def now_ms() -> int:
@@ -62,7 +71,7 @@ def progress(prompt_id: str, node_id: str, value: float, total: float) -> dict[s
 
 
 def node_progress(
-    prompt_id: str, node_id: str, value: float, total: float, state: str, meta: Mapping[str, Any]
+    prompt_id: str, node_id: str, value: float, total: float, state: str, meta: NodeMeta
 ) -> dict[str, Any]:
     """One entry of ``progress_state.nodes``; ``state`` is ``running``, ``finished`` or ``error``."""
     return {
@@ -131,7 +140,7 @@ def execution_interrupted(
     }
 
 
-def preview(prompt_id: str, node_id: str, meta: Mapping[str, Any], image: Any) -> dict[str, Any]:
+def preview(prompt_id: str, node_id: str, meta: NodeMeta, image: Any) -> dict[str, Any]:
     """Loom's ``preview`` event: the ids of binary frame type 4 plus the unencoded preview."""
     return {
         "prompt_id": prompt_id,
@@ -145,7 +154,7 @@ def preview(prompt_id: str, node_id: str, meta: Mapping[str, Any], image: Any) -
 
 def node_meta(
     node_id: str, display_node: str | None = None, parent_node: str | None = None, real_node_id: str | None = None
-) -> dict[str, Any]:
+) -> NodeMeta:
     """The history ``meta`` entry of a node.
 
     A node of the prompt is its own display and real node. A node created by an expansion is shown

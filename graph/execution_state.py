@@ -50,7 +50,7 @@ class ExecutionRecord:
     executed: list[str]
     cached: list[str]
     error: dict[str, Any] | None
-    meta: dict[str, dict[str, Any]]
+    meta: dict[str, events.NodeMeta]
     node_states: dict[str, NodeState] = field(default_factory=dict)
 
     def nodes_in(self, state: NodeState) -> list[str]:
@@ -77,9 +77,9 @@ class ExecutionState:
         #: ``progress_state`` bookkeeping: only nodes that have started appear (pending ones do not).
         self._progress: dict[str, dict[str, Any]] = {}
         #: ``meta`` of the nodes created by expansions; prompt nodes use the default.
-        self._expanded_meta: dict[str, dict[str, Any]] = {}
+        self._expanded_meta: dict[str, events.NodeMeta] = {}
 
-    def meta(self, node_id: str) -> dict[str, Any]:
+    def meta(self, node_id: str) -> events.NodeMeta:
         return self._expanded_meta.get(node_id) or events.node_meta(node_id)
 
     def display_node(self, node_id: str) -> str:

@@ -36,8 +36,8 @@ import contextlib
 import inspect
 import threading
 import traceback
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, cast
 
 from graph.cache import OutputCache
 from graph.cache_keys import (
@@ -230,7 +230,9 @@ class _PromptRun:
         return node.get("class_type") if isinstance(node, Mapping) else None
 
     def _use_cached_results(self) -> None:
-        entries = self.cache.get_many(self.keys)
+        # get_many only reads the mapping, but asks for a dict[str, Hashable], which (dict being
+        # invariant) a dict of bytes keys is not; OutputCache.get_many should take a Mapping.
+        entries = self.cache.get_many(cast("dict[str, Hashable]", self.keys))
         for node_id, entry in entries.items():
             self.values[node_id] = entry.outputs
         self.state.found_cached([node_id for node_id in self.prompt if node_id in entries])

@@ -85,6 +85,7 @@ def validate_prompt(prompt: dict[str, Any], registry: NodeRegistry, targets: lis
     upstream = {output: nx.ancestors(checker.links, output) | {output} for output in outputs}
     dependents = {node_id: [o for o in outputs if node_id in upstream[o]] for node_id in broken}
     node_errors = node_errors_to_wire(problems, dependents)
+    error: dict[str, Any] | None
     if unresolved:
         passed: list[str] = []
         error = PromptError.unresolved(unresolved).to_wire()
@@ -236,7 +237,8 @@ class _PromptChecker:
         self, spec: NodeSpec, item: InputSpec, link: list[Any], where: dict[str, Any], received_types: dict[str, str]
     ) -> str | None:
         """Check a normalised link; returns the source node's id when that node exists."""
-        source, slot = link
+        source: str = link[0]  # ``normalise_link`` made it ``[str, int]``
+        slot: int = link[1]
         if source not in self.prompt:
             self.problems.append(BadLinkedInput(**where, received_value=link, reason=f"node {source!r} is not in the prompt"))
             return None

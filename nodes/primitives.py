@@ -178,6 +178,7 @@ def evaluate_expression(expression: str, variables: Mapping[str, Number]) -> Num
     def value(part: ast.expr) -> Number:
         column = part.col_offset + 1
         if isinstance(part, ast.Constant):
+            assert isinstance(part.value, (int, float))  # parse_expression admits number constants only
             return part.value
         if isinstance(part, ast.Name):
             if part.id in _CONSTANTS:

@@ -50,8 +50,10 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 Latent = dict[str, Any]
 
 
-def _adm_vector(model: ModelHandle, options: dict[str, Any], latent: torch.Tensor, negative: bool) -> torch.Tensor:
-    adm = model.unet.config.adm_in_channels
+def _adm_vector(
+    model: ModelHandle, adm: int, options: dict[str, Any], latent: torch.Tensor, negative: bool
+) -> torch.Tensor:
+    """SDXL's ``y`` for a model whose UNet takes ``adm`` (its ``adm_in_channels``) numbers."""
     refiner = model.family.value == "sdxl_refiner"
     pooled = options.get("pooled_output")
     if pooled is None:
@@ -72,10 +74,11 @@ def model_conditioning(model: ModelHandle, conditioning: list[Any], latent: torc
     ``latent`` is the latent being sampled, already in the model's space.
     """
     prepared = []
+    adm = model.unet.config.adm_in_channels
     for cond, options in conditioning:
         options = dict(options)
-        if model.unet.config.adm_in_channels is not None and options.get("y") is None:
-            options["y"] = _adm_vector(model, options, latent, negative)
+        if adm is not None and options.get("y") is None:
+            options["y"] = _adm_vector(model, adm, options, latent, negative)
         if options.get("concat_latent_image") is not None:
             options["concat_latent_image"] = options["concat_latent_image"] * model.latent_format.scale_factor
         elif model.in_channels > model.latent_channels:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from graph.cache import OutputCache
 from graph.executor import Executor
@@ -63,11 +63,11 @@ def _backend(config: ServerConfig, registry: NodeRegistry, given_registry: bool,
     return LocalBackend(Executor(registry, cache, services=runtime), cache)
 
 
-def _lend_runtime(runtime: Runtime) -> Any:
+def _lend_runtime(runtime: Runtime) -> Middleware:
     """Run every request handler with this app's runtime lent to node code (``graph.services``)."""
 
     @web.middleware
-    async def lend(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def lend(request: web.Request, handler: Handler) -> web.StreamResponse:
         with services_context(runtime):
             return await handler(request)
 

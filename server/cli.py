@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 
-def _add_run(subparsers: argparse._SubParsersAction) -> None:
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from server.runtime_args import add_runtime_arguments
 
     run = subparsers.add_parser("run", help="run a workflow file headless (API format, editor format, or a PNG that carries one)")
@@ -23,7 +23,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=_run_workflow)
 
 
-def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction) -> None:
+def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tiny = subparsers.add_parser(
         "tiny-checkpoint", help="write a tiny random checkpoint in the real key layout (it makes noise, not pictures)"
     )
@@ -33,7 +33,7 @@ def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction) -> None:
     tiny.set_defaults(handler=_write_tiny_checkpoint)
 
 
-def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from server.serve import add_serve_arguments, serve_from_args
 
     serve = subparsers.add_parser("serve", help="run the server with the editor (binds 127.0.0.1 by default)")

@@ -161,10 +161,10 @@ def _run(
     finally:
         printer.close()
     if record.error is not None:
-        error = record.error
+        failure = record.error
         print(
-            f"loom run: node {error.get('node_id')} ({error.get('node_type')}) failed: "
-            f"{error.get('exception_type')}: {error.get('exception_message')}",
+            f"loom run: node {failure.get('node_id')} ({failure.get('node_type')}) failed: "
+            f"{failure.get('exception_type')}: {failure.get('exception_message')}",
             file=err,
         )
         return EXIT_FAILED

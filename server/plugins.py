@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from graph.plugins import PluginReport, PluginStatus, load_plugins
 from graph.registry import NodeRegistry
@@ -107,7 +108,8 @@ def reports_for_client(reports: Sequence[PluginReport], *, local: bool) -> list[
 
 
 async def _list_plugins(request: web.Request) -> web.Response:
-    return web.json_response(reports_for_client(request.app[PLUGIN_REPORTS], local=_is_local(request)))
+    reports = request.app[PLUGIN_REPORTS]  # not inline: mypy would infer the key's type from the parameter's
+    return web.json_response(reports_for_client(reports, local=_is_local(request)))
 
 
 def _content_type(path: Path) -> str:
@@ -117,7 +119,7 @@ def _content_type(path: Path) -> str:
     return guessed or "application/octet-stream"
 
 
-def _web_file_handler(folders: dict[str, Path], frontend_extensions: Path):
+def _web_file_handler(folders: dict[str, Path], frontend_extensions: Path) -> Handler:
     async def web_file(request: web.Request) -> web.StreamResponse:
         key, name = request.match_info["key"], request.match_info["path"]
         folder = folders.get(key)

@@ -92,7 +92,7 @@ async def read_json(request: web.Request, schema: str | None = None, *, default:
     return body
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
     """The body as a multipart or URL-encoded form.
 
     aiohttp's form parser reports a malformed body with whatever the failing step raises: a

@@ -51,6 +51,7 @@ def _refused(error: UnsafePathError) -> web.Response:
 
 def _encode_variant(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
     """Apply ``channel`` (rgb | a | rgba) and ``preview=webp;90`` re-encoding with Pillow."""
+    image: Image.Image
     with Image.open(path) as image:
         image.load()
     if channel == "rgb":
@@ -176,7 +177,7 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
     subfolder = fields.get("subfolder", "")
     folders = request.app[RUNTIME].folders
     try:
-        base = folders.directory(kind)  # type: ignore[arg-type]
+        base = folders.directory(kind)
         target = _target(base, subfolder, name)
         if reference is not None:
             data = await asyncio.to_thread(_apply_mask, folders, reference, data)
@@ -195,8 +196,8 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
 
 def _mask_reference(original_ref: str) -> dict[str, Any]:
     """The ``original_ref`` form field: JSON naming the image the mask applies to."""
-    reference = decode_json(original_ref or "{}", "original_ref")
-    check_body(reference, "MaskReference", "original_ref")
+    reference: dict[str, Any] = decode_json(original_ref or "{}", "original_ref")
+    check_body(reference, "MaskReference", "original_ref")  # the schema makes it an object
     return reference
 
 

@@ -142,8 +142,8 @@ class SocketHub:
         if sid is None:
             for client in list(self._clients.values()):
                 client.offer(frame)
-        elif (client := self._clients.get(sid)) is not None:
-            client.offer(frame)
+        elif (recipient := self._clients.get(sid)) is not None:
+            recipient.offer(frame)
 
     def send_status(self) -> None:
         self.send("status", self.status_data())

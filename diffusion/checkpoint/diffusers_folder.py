@@ -111,6 +111,7 @@ def detect_diffusers_folder(folder: Path) -> CheckpointInfo:
     if in_channels not in (out_channels, 2 * out_channels + 1):
         raise UnsupportedModelError(folder, f"{in_channels}-channel-input UNet")
     for source in components.values():
+        assert source.file is not None  # unet/ was checked to exist; the others are added only with a file
         open_state_dict(source.file)  # fail here, naming the file, rather than halfway through loading
     return CheckpointInfo(
         family=family,

@@ -94,7 +94,8 @@ def _unet_config(info: CheckpointInfo, source: ComponentSource, weights: LazySta
     if source.layout != "diffusers":
         return detected
     config = _component_config(source)
-    heads = config.get("num_attention_heads") or config.get("attention_head_dim")
+    # As diffusers reads it: num_attention_heads when set, else attention_head_dim, which defaults to 8.
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
     if isinstance(heads, int):
         return replace(detected, num_heads=heads, num_head_channels=None)
     widths = {

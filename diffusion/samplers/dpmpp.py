@@ -126,7 +126,9 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
-    old_denoised, h_last, h = None, None, None
+    old_denoised: Tensor | None = None
+    h_last: Tensor | None = None
+    h: Tensor | None = None
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
@@ -137,7 +139,7 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
             eta_h = eta * h
             decay = (-h - eta_h).expm1().neg()
             x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + decay * denoised
-            if old_denoised is not None:
+            if old_denoised is not None and h_last is not None:
                 slope = (denoised - old_denoised) * (h / h_last)
                 if solver_type == "heun":
                     x = x + (decay / (-h - eta_h) + 1) * slope
@@ -157,8 +159,11 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
     """DPM-Solver++(3M) SDE: third order from the two previous denoised estimates."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
-    denoised_1 = denoised_2 = None
-    h, h_1, h_2 = None, None, None
+    denoised_1: Tensor | None = None
+    denoised_2: Tensor | None = None
+    h: Tensor | None = None
+    h_1: Tensor | None = None
+    h_2: Tensor | None = None
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
@@ -170,6 +175,8 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
             x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
+                # h is never unset, so h_2 (set two steps back) implies h_1 and both older estimates
+                assert h_1 is not None and denoised_1 is not None and denoised_2 is not None
                 r0, r1 = h_1 / h, h_2 / h
                 d1_0 = (denoised - denoised_1) / r0
                 d1_1 = (denoised_1 - denoised_2) / r1
@@ -178,6 +185,7 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
                 phi_3 = phi_2 / h_eta - 0.5
                 x = x + phi_2 * d1 - phi_3 * d2
             elif h_1 is not None:
+                assert denoised_1 is not None  # set with h_1, one step back
                 x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
             if eta:
                 x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise

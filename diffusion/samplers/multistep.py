@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(8)
 _ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-def _lagrange_weights(nodes: Sequence[float], start: float, end: float,
+def _lagrange_weights(nodes: np.ndarray, start: float, end: float,
                       variable: Callable[[np.ndarray], np.ndarray] = lambda s: s) -> list[float]:
     """``integral_start^end L_j(variable(s)) ds`` for each Lagrange basis polynomial over ``nodes``.
 

@@ -43,7 +43,8 @@ def _coefficients(ratios: list[float], h: float, order: int, variant: str) -> tu
     return torch.stack(rows), torch.tensor(b, dtype=torch.float64), b_h
 
 
-def _weighted(weights: Tensor, values: list[Tensor]) -> Tensor:
+def _weighted(weights: Tensor, values: list[Tensor]) -> Tensor | float:
+    """``sum_k w_k v_k``; 0 when there are no values (a first-order step has no differences)."""
     return sum(float(w) * v for w, v in zip(weights, values))
 
 

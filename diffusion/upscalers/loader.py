@@ -67,14 +67,16 @@ class UpscaleModel:
             return self.module(pixels)
 
 
-def build_upscale_network(state_dict: Mapping[str, torch.Tensor], path: Path) -> tuple[nn.Module, str]:
+def build_upscale_network(
+    state_dict: Mapping[str, torch.Tensor], path: Path
+) -> tuple[RRDBNet | SRVGGNetCompact, str]:
     """The network the keys describe, with the weights loaded; ``path`` names the file in errors."""
     if is_old_esrgan_state_dict(state_dict):
         try:
             state_dict = rename_old_esrgan_keys(state_dict)
         except ValueError as error:
             raise UpscaleModelError(path, str(error)) from None
-    network: nn.Module
+    network: RRDBNet | SRVGGNetCompact
     try:
         if is_rrdb_state_dict(state_dict):
             network, name = RRDBNet(rrdb_config_from_state_dict(state_dict)), "RRDBNet"
@@ -130,10 +132,13 @@ def load_upscale_model(path: str | os.PathLike[str]) -> UpscaleModel:
     else:
         state_dict = open_state_dict(path)
     network, architecture = build_upscale_network(state_dict, path)
-    in_channels: int = network.config.in_channels  # type: ignore[union-attr]
-    scale: float = network.scale  # type: ignore[assignment]
+    in_channels = network.config.in_channels
+    scale: float = network.scale
+    module: nn.Module = network
     if resize is not None:
-        network, scale = ResizedOutput(network, resize), scale * resize.factor
+        module, scale = ResizedOutput(network, resize), scale * resize.factor
         if scale != round(scale):
             raise UpscaleModelError(path, f"its final resize by {resize.factor} gives a non-integer scale {scale}")
-    return UpscaleModel(module=network, architecture=architecture, scale=round(scale), in_channels=in_channels, source=path)
+    return UpscaleModel(
+        module=module, architecture=architecture, scale=round(scale), in_channels=in_channels, source=path
+    )

@@ -234,12 +234,13 @@ def _rrdb_names(conv_count: int, upsample_count: int, path: Path) -> list[str]:
 
 def _output_resize(layer: NcnnLayer, path: Path) -> OutputResize:
     resize_type, height_scale, width_scale = layer.param(0, 0), layer.param(1, 1.0), layer.param(2, 1.0)
-    if resize_type not in INTERP_MODES or height_scale != width_scale or not isinstance(height_scale, float):
+    mode = INTERP_MODES.get(resize_type) if isinstance(resize_type, int) else None
+    if mode is None or height_scale != width_scale or not isinstance(height_scale, float):
         raise NcnnFormatError(
             path, f"final layer {layer.name!r}: only a uniform nearest/bilinear/bicubic resize is supported, "
             f"found type {resize_type} with scales {height_scale}x{width_scale}"
         )
-    return OutputResize(mode=INTERP_MODES[resize_type], factor=height_scale)
+    return OutputResize(mode=mode, factor=height_scale)
 
 
 def map_ncnn(network: NcnnNetwork, path: Path) -> NcnnMapping:

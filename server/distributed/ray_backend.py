@@ -30,7 +30,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,7 +201,9 @@ class RayBackend:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             ray.init(**_init_arguments(spec))
-        available = ray.cluster_resources()
+        # Ray leaves cluster_resources unannotated; it returns {resource name: total amount}.
+        cluster_resources: Callable[[], dict[str, float]] = ray.cluster_resources
+        available = cluster_resources()
         count = spec.count if spec.kind == "ray-local" else max(1, int(available.get("GPU", 0)))
         resources = actor_resources(spec, count, available)
         self._actor_class = ray.remote(LoomWorkerActor).options(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from diffusion.checkpoint import CheckpointError, ModelFamily, detect_checkpoint
 from diffusion.checkpoint.load import load_checkpoint, split_checkpoint
 from diffusion.tiny import tiny_checkpoint_tensors, write_tiny_checkpoint
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
+from tests.diffusion.test_checkpoint_diffusers import write_diffusers_folder
 from tests.diffusion.weight_files import (
     BAD_WEIGHT_FILES,
     PICKLE_NAMED_SAFETENSORS,
@@ -134,3 +136,21 @@ def test_a_diffusers_layout_vae_file_decodes_like_diffusers(tmp_path: Path) -> N
     latent = torch.randn(1, 4, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(loaded.vae.decode(latent), reference.decode(latent).sample, atol=1e-4, rtol=1e-4)
+
+
+def test_a_diffusers_unet_config_that_states_no_heads_gets_the_diffusers_default(tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    folder = write_diffusers_folder(tmp_path, "sd15")
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["attention_head_dim"]
+    config.pop("num_attention_heads", None)
+    config_path.write_text(json.dumps(config))
+    reference = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+    assert reference.config.attention_head_dim == 8
+    loaded = load_checkpoint(folder)
+    g = torch.Generator().manual_seed(0)
+    x, context, t = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g), torch.tensor([321.0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.unet(x, t, context), reference(x, t, context).sample, atol=1e-4, rtol=1e-4)

@@ -71,6 +71,17 @@ def test_animevideov3_x2_x3_are_the_x4_network_with_a_bicubic_downscale(real_mod
     assert mapping.state_dict["body.34.weight"].shape == (48, 64, 3, 3)
 
 
+def test_a_final_resize_type_written_as_a_float_is_refused(real_models, tmp_path):
+    # ncnn reads Interp's resize type as an int, so "0=3.0" is not bicubic there: a broken file.
+    stem = ANIMEVIDEO[2]
+    text = (real_models / f"{stem}.param").read_text()
+    assert " output 0=3 " in text
+    param = tmp_path / f"{stem}.param"
+    param.write_text(text.replace(" output 0=3 ", " output 0=3.0 "))
+    with pytest.raises(NcnnFormatError, match=r"only a uniform nearest/bilinear/bicubic resize.*found type 3\.0"):
+        map_ncnn(read_ncnn(param, real_models / f"{stem}.bin"), param)
+
+
 @pytest.mark.parametrize("fp16", [True, False])
 def test_a_written_pair_reads_back_under_the_module_names(tmp_path, fp16):
     model = tiny_srvgg(upscale=2)
