@@ -8,7 +8,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8188
 PYTEST_ARGS ?=
 
-.PHONY: serve test browser-deps clean
+.PHONY: serve test lint browser-deps clean
 
 $(VENV)/.torch:
 	$(PY) -m venv $(VENV)
@@ -33,8 +33,14 @@ browser-deps:
 serve: $(VENV)/.base
 	$(BIN)/loom serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.test browser-deps
+test: $(VENV)/.test browser-deps lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Lint, format and type checks (settings in pyproject.toml); part of make test.
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV)

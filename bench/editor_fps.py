@@ -26,12 +26,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-CHAIN = [("EmptyImage", [512, 512, 1, 0], [], ["IMAGE"]),
-         ("ImageScale", ["bilinear", 512, 512, "disabled"], [("image", "IMAGE")], ["IMAGE"]),
-         ("ImageInvert", [], [("image", "IMAGE")], ["IMAGE"]),
-         ("SaveImage", ["bench"], [("images", "IMAGE")], [])]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+CHAIN = [
+    ("EmptyImage", [512, 512, 1, 0], [], ["IMAGE"]),
+    ("ImageScale", ["bilinear", 512, 512, "disabled"], [("image", "IMAGE")], ["IMAGE"]),
+    ("ImageInvert", [], [("image", "IMAGE")], ["IMAGE"]),
+    ("SaveImage", ["bench"], [("images", "IMAGE")], []),
+]
 
 
 def big_workflow(count: int) -> dict[str, Any]:
@@ -41,19 +50,35 @@ def big_workflow(count: int) -> dict[str, Any]:
     for i in range(count):
         kind, values, inputs, outputs = CHAIN[i % len(CHAIN)]
         node_id = i + 1
-        node = {"id": node_id, "type": kind, "pos": [(i % 20) * 320, (i // 20) * 300], "size": [260, 120],
-                "flags": {}, "order": i, "mode": 0,
-                "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
-                "outputs": [{"name": t, "type": t, "links": []} for t in outputs],
-                "properties": {}, "widgets_values": values}
+        node = {
+            "id": node_id,
+            "type": kind,
+            "pos": [(i % 20) * 320, (i // 20) * 300],
+            "size": [260, 120],
+            "flags": {},
+            "order": i,
+            "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
+            "outputs": [{"name": t, "type": t, "links": []} for t in outputs],
+            "properties": {},
+            "widgets_values": values,
+        }
         if inputs and i % len(CHAIN):
             link_id = len(links) + 1
             links.append([link_id, node_id - 1, 0, node_id, 0, "IMAGE"])
             node["inputs"][0]["link"] = link_id
             nodes[-1]["outputs"][0]["links"].append(link_id)
         nodes.append(node)
-    return {"last_node_id": count, "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
-            "config": {}, "extra": {"ds": {"scale": 1, "offset": [-2400, -1800]}}, "version": 0.4}
+    return {
+        "last_node_id": count,
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 1, "offset": [-2400, -1800]}},
+        "version": 0.4,
+    }
 
 
 def start_server(base: Path) -> str:
@@ -127,7 +152,9 @@ def main() -> None:
             page.goto(url + "/")
             page.wait_for_function("window.loom && window.loom.ready")
             assert page.evaluate("() => loom.graph.nodes.size") == args.nodes
-            print(f"{args.nodes} nodes, {page.evaluate('() => loom.graph.links.size')} links, 1280x800, software canvas")
+            print(
+                f"{args.nodes} nodes, {page.evaluate('() => loom.graph.links.size')} links, 1280x800, software canvas"
+            )
             print(f"{'scenario':<26}{'fps':>8}{'draw ms (median)':>20}{'scale':>8}")
             for label, mode in (("pan at 100%", "pan"), ("zoom in/out", "zoom"), ("whole graph, panning", "fit")):
                 result = page.evaluate(ANIMATE, [mode, args.seconds])

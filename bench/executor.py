@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graph.declare import Int, Output, Socket, node, spec_of  # noqa: E402
-from graph.executor import Executor  # noqa: E402
-from graph.formats.api import is_link  # noqa: E402
-from graph.registry import NodeRegistry  # noqa: E402
+from graph.declare import Int, Output, Socket, node, spec_of
+from graph.executor import Executor
+from graph.formats.api import is_link
+from graph.registry import NodeRegistry
 
 
 @node(outputs=[Output("INT")])

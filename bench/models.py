@@ -44,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.devices import cpu_computes_bf16_fast  # noqa: E402
-from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm  # noqa: E402
+from diffusion.devices import cpu_computes_bf16_fast
+from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm
 
 CASES = ("unet64", "unet32", "vae", "clip", "load")
 LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
@@ -56,19 +56,35 @@ BF16_PEAK_GFLOPS = (400.0, 470.0)  # the bf16 limit measured earlier on the proj
 
 # The published runwayml/stable-diffusion-v1-5 component configs (unet/, vae/, text_encoder/config.json).
 SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    cross_attention_dim=768,
+    attention_head_dim=8,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 )
 SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
     block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
 )
 CLIP_L = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=768,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    vocab_size=49408,
+    hidden_act="quick_gelu",
+    projection_dim=768,
 )
 
 
@@ -267,9 +283,11 @@ def bf16_skip_reason() -> str | None:
     """Why the bf16 modes cannot be measured meaningfully here, or None when they can."""
     if cpu_computes_bf16_fast():
         return None
-    return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 kernels: "
-            f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}) has no native bf16, so bf16 would be computed "
-            "in software on both sides; fp32 is the fast mode here")
+    return (
+        f"this CPU ({torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 kernels: "
+        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}) has no native bf16, so bf16 would be computed "
+        "in software on both sides; fp32 is the fast mode here"
+    )
 
 
 def run_speed_case(case: str, contenders: list[Contender], repeats: int) -> list[Row]:
@@ -287,7 +305,7 @@ def matmul_peak_gflops(dtype: torch.dtype, repeats: int) -> float:
     another CPU model's; these machines are not all alike)."""
     a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
     seconds, _ = time_interleaved([Contender("matmul", str(dtype), lambda: a @ b)], repeats)
-    return 2 * 4096 ** 3 / seconds[0] / 1e9
+    return 2 * 4096**3 / seconds[0] / 1e9
 
 
 def report_speed(rows: list[Row], peak: float, peak_dtype: str) -> None:
@@ -296,21 +314,29 @@ def report_speed(rows: list[Row], peak: float, peak_dtype: str) -> None:
     for row in rows:
         c = row.contender
         print(f"| {row.case} | {c.side} | {c.mode} | {row.seconds:.3f} | {row.gflops:.0f} |")
-    print(f"\nbf16 peak: measured earlier {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
-          f"this machine's 4096^3 {peak_dtype} matmul {peak:.0f} GFLOP/s")
-    print("\n| case | fp32 loom/diffusers | fastest: loom (mode) / diffusers (mode) | ratio "
-          f"| loom fastest % of the measured bf16 peak | % of this machine's {peak_dtype} matmul |")
+    print(
+        f"\nbf16 peak: measured earlier {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
+        f"this machine's 4096^3 {peak_dtype} matmul {peak:.0f} GFLOP/s"
+    )
+    print(
+        "\n| case | fp32 loom/diffusers | fastest: loom (mode) / diffusers (mode) | ratio "
+        f"| loom fastest % of the measured bf16 peak | % of this machine's {peak_dtype} matmul |"
+    )
     print("|---|---|---|---|---|---|")
     for case in dict.fromkeys(r.case for r in rows):
         mine = [r for r in rows if r.case == case]
         fp32 = {r.contender.side: r for r in mine if r.contender.mode == "fp32"}
-        fastest = {side: min((r for r in mine if r.contender.side == side), key=lambda r: r.seconds)
-                   for side in ("loom", "diffusers")}
+        fastest = {
+            side: min((r for r in mine if r.contender.side == side), key=lambda r: r.seconds)
+            for side in ("loom", "diffusers")
+        }
         lo, di = fastest["loom"], fastest["diffusers"]
         share = "/".join(f"{100 * lo.gflops / p:.0f}" for p in BF16_PEAK_GFLOPS)
-        print(f"| {case} | {fp32['loom'].seconds / fp32['diffusers'].seconds:.2f} | "
-              f"{lo.seconds:.3f} ({lo.contender.mode}) / {di.seconds:.3f} ({di.contender.mode}) | "
-              f"{lo.seconds / di.seconds:.2f} | {share} % | {100 * lo.gflops / peak:.0f} % |")
+        print(
+            f"| {case} | {fp32['loom'].seconds / fp32['diffusers'].seconds:.2f} | "
+            f"{lo.seconds:.3f} ({lo.contender.mode}) / {di.seconds:.3f} ({di.contender.mode}) | "
+            f"{lo.seconds / di.seconds:.2f} | {share} % | {100 * lo.gflops / peak:.0f} % |"
+        )
 
 
 def write_checkpoint(models: Models) -> None:
@@ -324,8 +350,11 @@ def write_checkpoint(models: Models) -> None:
     reference_vae, _, vae_weights = models.vae()
     reference_clip, _, clip_weights = models.clip()
     tensors = {}
-    for prefix, weights in (("model.diffusion_model.", unet_weights), ("first_stage_model.", vae_weights),
-                            ("cond_stage_model.transformer.", clip_weights)):
+    for prefix, weights in (
+        ("model.diffusion_model.", unet_weights),
+        ("first_stage_model.", vae_weights),
+        ("cond_stage_model.transformer.", clip_weights),
+    ):
         tensors.update({prefix + k: v.to(torch.float16).contiguous() for k, v in weights.items()})
     save_file(tensors, str(CHECKPOINT))
     del tensors
@@ -338,14 +367,25 @@ def write_checkpoint(models: Models) -> None:
     (CONFIG_DIR / "tokenizer" / "vocab.json").write_text(json.dumps(load_clip_tokenizer().token_ids), encoding="utf-8")
     merges = gzip.open(VOCAB_FILE, "rt", encoding="utf-8").read().split("\n")[1:48895]
     (CONFIG_DIR / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                  skip_prk_steps=True, steps_offset=1).save_config(CONFIG_DIR / "scheduler")
-    (CONFIG_DIR / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
-        "requires_safety_checker": False, "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    }), encoding="utf-8")
+    PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    ).save_config(CONFIG_DIR / "scheduler")
+    (CONFIG_DIR / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "feature_extractor": [None, None],
+                "safety_checker": [None, None],
+                "requires_safety_checker": False,
+                "scheduler": ["diffusers", "PNDMScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            }
+        ),
+        encoding="utf-8",
+    )
 
 
 def _memory_kb(field: str) -> int:
@@ -368,12 +408,26 @@ def probe_load(loader: str) -> None:
         loaded = load_checkpoint(CHECKPOINT, dtype=dtype)
     else:
         loaded = StableDiffusionPipeline.from_single_file(
-            str(CHECKPOINT), config=str(CONFIG_DIR), local_files_only=True, torch_dtype=dtype,
-            safety_checker=None, requires_safety_checker=False)
+            str(CHECKPOINT),
+            config=str(CONFIG_DIR),
+            local_files_only=True,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     seconds = time.perf_counter() - started
     assert loaded is not None
-    print(json.dumps({"loader": loader, "seconds": seconds, "rss_before_mb": before / 1024,
-                      "peak_mb": _memory_kb("VmHWM") / 1024, "rss_after_mb": _memory_kb("VmRSS") / 1024}))
+    print(
+        json.dumps(
+            {
+                "loader": loader,
+                "seconds": seconds,
+                "rss_before_mb": before / 1024,
+                "peak_mb": _memory_kb("VmHWM") / 1024,
+                "rss_after_mb": _memory_kb("VmRSS") / 1024,
+            }
+        )
+    )
 
 
 def run_load_case(models: Models) -> None:
@@ -387,8 +441,11 @@ def run_load_case(models: Models) -> None:
         if result.returncode != 0:
             raise RuntimeError(f"load probe {loader} failed:\n{result.stderr[-3000:]}")
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {loader} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | {r['peak_mb']:.0f} | "
-              f"{r['peak_mb'] - r['rss_before_mb']:.0f} | {r['rss_after_mb']:.0f} |", flush=True)
+        print(
+            f"| {loader} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | {r['peak_mb']:.0f} | "
+            f"{r['peak_mb'] - r['rss_before_mb']:.0f} | {r['rss_after_mb']:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -41,9 +41,21 @@ def _prompt(seed: int, size: int, steps: int) -> dict:
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": clip}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "model": ["4", 0], "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"scale{seed:05d}"}},
     }
@@ -91,15 +103,24 @@ def main() -> None:
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
+    )
     try:
         results = {}
         for workers, lanes in (("local", 1), ("ray-local:1", 1), ("ray-local:2", 2)):
             times = asyncio.run(_throughput(workers, lanes, args.size, args.steps, args.runs))
             results[workers] = min(times)
-            print(f"{workers:12s} {PROMPTS} prompts: min {min(times):.2f} s, runs {', '.join(f'{t:.2f}' for t in times)}"
-                  f" -> {PROMPTS / min(times):.2f} prompts/s", flush=True)
+            print(
+                f"{workers:12s} {PROMPTS} prompts: min {min(times):.2f} s, runs {', '.join(f'{t:.2f}' for t in times)}"
+                f" -> {PROMPTS / min(times):.2f} prompts/s",
+                flush=True,
+            )
         print(f"ray-local:2 / ray-local:1 throughput: {results['ray-local:1'] / results['ray-local:2']:.2f}x")
     finally:
         ray.shutdown()

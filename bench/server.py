@@ -32,8 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _prompt(text: str) -> dict:
-    return {"1": {"class_type": "PrimitiveString", "inputs": {"value": text}},
-            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    return {
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": text}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -83,7 +85,9 @@ async def submit_latency(session: aiohttp.ClientSession, base: str, prompts: int
     return latencies
 
 
-async def delivery_lag(session: aiohttp.ClientSession, base: str, sockets: int, rounds: int) -> tuple[list[float], list[float]]:
+async def delivery_lag(
+    session: aiohttp.ClientSession, base: str, sockets: int, rounds: int
+) -> tuple[list[float], list[float]]:
     arrivals: list[asyncio.Queue[float]] = [asyncio.Queue() for _ in range(sockets)]
     connections = [await session.ws_connect(f"{base}/ws?clientId=bench{i}") for i in range(sockets)]
 
@@ -122,7 +126,9 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         server = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(port), "--base-dir", folder, "--frontend-root", folder],
-            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             connector = aiohttp.TCPConnector(limit=0)
@@ -137,12 +143,17 @@ async def main(args: argparse.Namespace) -> None:
             server.terminate()
             server.wait(10)
     ms = 1000.0
-    print(f"submit: {len(latencies)} prompts from {args.clients} clients: p50 {_percentile(latencies, 0.5) * ms:.1f} ms, "
-          f"p99 {_percentile(latencies, 0.99) * ms:.1f} ms, max {max(latencies) * ms:.1f} ms; "
-          f"all {args.prompts} submitted and run in {drained:.2f} s")
-    print(f"status fan-out to {args.sockets} sockets over {args.rounds} submissions: lag p50 {_percentile(lags, 0.5) * ms:.1f} ms, "
-          f"p99 {_percentile(lags, 0.99) * ms:.1f} ms, max {max(lags) * ms:.1f} ms; "
-          f"first-to-last spread median {statistics.median(spreads) * ms:.1f} ms")
+    print(
+        f"submit: {len(latencies)} prompts from {args.clients} clients: p50 {_percentile(latencies, 0.5) * ms:.1f} ms, "
+        f"p99 {_percentile(latencies, 0.99) * ms:.1f} ms, max {max(latencies) * ms:.1f} ms; "
+        f"all {args.prompts} submitted and run in {drained:.2f} s"
+    )
+    print(
+        f"status fan-out to {args.sockets} sockets over {args.rounds} submissions: "
+        f"lag p50 {_percentile(lags, 0.5) * ms:.1f} ms, "
+        f"p99 {_percentile(lags, 0.99) * ms:.1f} ms, max {max(lags) * ms:.1f} ms; "
+        f"first-to-last spread median {statistics.median(spreads) * ms:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -145,9 +145,7 @@ def vae_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     diffusers numbers the decoder's up blocks in execution order; the LDM numbers them by
     resolution level, so `up_blocks.i` becomes `up.{levels - 1 - i}`.
     """
-    up_levels = 1 + max(
-        (int(k.split(".")[2]) for k in state_dict if k.startswith("decoder.up_blocks.")), default=-1
-    )
+    up_levels = 1 + max((int(k.split(".")[2]) for k in state_dict if k.startswith("decoder.up_blocks.")), default=-1)
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
         if key.split(".")[0] in ("quant_conv", "post_quant_conv"):

@@ -124,8 +124,15 @@ class _Cond:
 
     def batch_key(self) -> tuple[Any, ...]:
         rows, cols = self.region
-        return (rows.start, rows.stop, cols.start, cols.stop, self.context.shape[-1],
-                _trailing_shape(self.y), _trailing_shape(self.concat))
+        return (
+            rows.start,
+            rows.stop,
+            cols.start,
+            cols.stop,
+            self.context.shape[-1],
+            _trailing_shape(self.y),
+            _trailing_shape(self.concat),
+        )
 
 
 def _trailing_shape(tensor: Tensor | None) -> tuple[int, ...] | None:
@@ -133,8 +140,9 @@ def _trailing_shape(tensor: Tensor | None) -> tuple[int, ...] | None:
     return None if tensor is None else tuple(tensor.shape[1:])
 
 
-def _region(side: str, index: int, options: dict[str, Any], mask: Tensor | None,
-            height: int, width: int) -> tuple[slice, slice]:
+def _region(
+    side: str, index: int, options: dict[str, Any], mask: Tensor | None, height: int, width: int
+) -> tuple[slice, slice]:
     if mask is not None and options.get("set_area_to_bounds", False):
         covered = (mask > 0).any(dim=0)[0]
         if not bool(covered.any()):
@@ -157,8 +165,9 @@ def _batch_like(tensor: Tensor, batch: int, side: str, index: int, key: str) -> 
     return tensor
 
 
-def _inpaint_channels(options: dict[str, Any], batch: int, side: str, index: int,
-                      noise_mask: Tensor | None, size: tuple[int, int]) -> Tensor | None:
+def _inpaint_channels(
+    options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
+) -> Tensor | None:
     """The extra UNet input of inpainting models: mask then masked-image latent, ``[B or 1, 1 + C, h, w]``.
 
     The mask channel is ``concat_mask``, else the sampling's own inpainting mask, else all ones.
@@ -179,8 +188,9 @@ def _inpaint_channels(options: dict[str, Any], batch: int, side: str, index: int
     return torch.cat([inpaint_mask.to(image), image], dim=1)
 
 
-def _resolve(conditioning: Conditioning, negative: bool, latent: Tensor, model_sampling: ModelSampling,
-             noise_mask: Tensor | None) -> list[_Cond]:
+def _resolve(
+    conditioning: Conditioning, negative: bool, latent: Tensor, model_sampling: ModelSampling, noise_mask: Tensor | None
+) -> list[_Cond]:
     side = "negative" if negative else "positive"
     batch, _, height, width = latent.shape
     resolved = []
@@ -199,11 +209,18 @@ def _resolve(conditioning: Conditioning, negative: bool, latent: Tensor, model_s
         y = options.get("y")
         if y is not None:
             y = _batch_like(y, batch, side, index, "y")
-        resolved.append(_Cond(
-            context=context, region=(rows, cols), weight=weight.to(latent.device),
-            sigma_start=model_sampling.percent_to_sigma(float(options.get("timestep_start", 0.0))),
-            sigma_end=model_sampling.percent_to_sigma(float(options.get("timestep_end", 1.0))),
-            y=y, concat=None if concat is None else concat[:, :, rows, cols], negative=negative))
+        resolved.append(
+            _Cond(
+                context=context,
+                region=(rows, cols),
+                weight=weight.to(latent.device),
+                sigma_start=model_sampling.percent_to_sigma(float(options.get("timestep_start", 0.0))),
+                sigma_end=model_sampling.percent_to_sigma(float(options.get("timestep_end", 1.0))),
+                y=y,
+                concat=None if concat is None else concat[:, :, rows, cols],
+                negative=negative,
+            )
+        )
     return resolved
 
 
@@ -232,8 +249,16 @@ class CFGGuider:
     to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting UNets.
     """
 
-    def __init__(self, unet_fn: UNetFn, model_sampling: ModelSampling, latent: Tensor, positive: Conditioning,
-                 negative: Conditioning | None = None, cfg: float = 1.0, inpainting: Inpainting | None = None) -> None:
+    def __init__(
+        self,
+        unet_fn: UNetFn,
+        model_sampling: ModelSampling,
+        latent: Tensor,
+        positive: Conditioning,
+        negative: Conditioning | None = None,
+        cfg: float = 1.0,
+        inpainting: Inpainting | None = None,
+    ) -> None:
         if negative is None and cfg != 1.0:
             raise ValueError(f"cfg {cfg} guides away from a negative conditioning, and none was given; use cfg 1")
         self.unet_fn, self.model_sampling, self.cfg, self.inpainting = unet_fn, model_sampling, cfg, inpainting

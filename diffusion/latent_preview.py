@@ -27,19 +27,24 @@ class LatentRGBFactors:
     bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-_SD1 = LatentRGBFactors(factors=(
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-))
+_SD1 = LatentRGBFactors(
+    factors=(
+        (0.3512, 0.2297, 0.3227),
+        (0.3250, 0.4974, 0.2350),
+        (-0.2829, 0.1762, 0.2721),
+        (-0.2120, -0.2616, -0.7177),
+    )
+)
 
-_SDXL = LatentRGBFactors(factors=(
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-), bias=(0.1084, -0.0175, -0.0011))
+_SDXL = LatentRGBFactors(
+    factors=(
+        (0.3651, 0.4232, 0.4341),
+        (-0.2533, -0.0042, 0.1068),
+        (0.1076, 0.1111, -0.0362),
+        (-0.3165, -0.2492, -0.2188),
+    ),
+    bias=(0.1084, -0.0175, -0.0011),
+)
 
 LATENT_RGB_FACTORS: dict[str, LatentRGBFactors] = {"sd1": _SD1, "sd2": _SD1, "sdxl": _SDXL}
 """Per model family; SD2 shares SD1's VAE and so its latent space."""

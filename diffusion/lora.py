@@ -9,7 +9,8 @@ Files in the wild name the same thing several ways; each tensor is keyed ``<stem
 | kohya SDXL                | ``lora_unet_input_blocks_4_1_...`` (LDM      | same                                   |
 |                           | names); ``lora_te1_``/``lora_te2_`` encoders |                                        |
 | diffusers (old)           | ``unet.down_blocks.0....to_q``               | ``lora.up.weight``, ``lora.down.weight`` |
-| diffusers / PEFT          | ``unet.``, ``text_encoder.``, ``text_encoder_2.`` | ``lora_A.weight`` (down), ``lora_B.weight`` (up), ``alpha`` |
+| diffusers / PEFT          | ``unet.``, ``text_encoder.``,                | ``lora_A.weight`` (down),               |
+|                           | ``text_encoder_2.``                          | ``lora_B.weight`` (up), ``alpha``       |
 | full deltas (kohya)       | any of the above                             | ``diff`` (weight), ``diff_b`` (bias)     |
 
 ``alpha`` scales the product by ``alpha / rank`` (kohya's convention; no alpha means 1). LoCon stores a
@@ -223,13 +224,13 @@ def _target(stem: str) -> tuple[str, int | None, str]:
     """(kind, encoder index, stem without its prefix); kind is ``unet``, ``text`` or ``other``."""
     for prefix, index in _TEXT_PREFIXES:
         if stem.startswith(prefix):
-            rest = stem[len(prefix):]
+            rest = stem[len(prefix) :]
             for inner in ("text_model_", "text_model."):
                 rest = rest.removeprefix(inner)
             return "text", index, rest
     for prefix in _UNET_PREFIXES:
         if stem.startswith(prefix):
-            return "unet", None, stem[len(prefix):]
+            return "unet", None, stem[len(prefix) :]
     return "other", None, stem
 
 
@@ -247,7 +248,9 @@ def parse_lora(
     groups, other = _group(state_dict)
     if not any("up" in parts or "diff" in parts or "diff_b" in parts for parts in groups.values()):
         sample = ", ".join(sorted(state_dict)[:3]) or "none"
-        raise LoraFormatError(path, f"no LoRA tensors (lora_up/lora_down, lora_A/lora_B, lora.up/lora.down, diff); keys: {sample}")
+        raise LoraFormatError(
+            path, f"no LoRA tensors (lora_up/lora_down, lora_A/lora_B, lora.up/lora.down, diff); keys: {sample}"
+        )
     patches = LoraPatches(unmatched=list(other))
     text_indexes = [_underscore_index(encoder) for encoder in text_encoders]
     unet_stems: dict[str, str] = {}

@@ -52,7 +52,9 @@ def _trial_calls(dtype: torch.dtype) -> None:
     torch.ops.mkldnn._convolution_transpose_pointwise(
         x, transposed, None, [1, 1], [0, 0], [2, 2], [1, 1], 1, "none", [], ""
     )
-    torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3, dtype=dtype), torch.ones(4, 3, dtype=dtype), None, "gelu", [], "none")
+    torch.ops.mkldnn._linear_pointwise(
+        torch.ones(2, 3, dtype=dtype), torch.ones(4, 3, dtype=dtype), None, "gelu", [], "none"
+    )
 
 
 def records_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

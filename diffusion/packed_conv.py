@@ -57,6 +57,14 @@ class PackedConv2d(nn.Conv2d):
         if not self._uses_packed_path(x):
             return super().forward(x)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self._packed_weight(x), self.bias, list(self.padding), list(self.stride), list(self.dilation),
-            self.groups, "none", [], "",
+            x,
+            self._packed_weight(x),
+            self.bias,
+            list(self.padding),
+            list(self.stride),
+            list(self.dilation),
+            self.groups,
+            "none",
+            [],
+            "",
         )

@@ -13,7 +13,8 @@ parametrisation (epsilon or v, Salimans & Ho 2022).
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -52,7 +53,9 @@ class DiscreteSchedule:
     def __init__(self, sigmas: Tensor) -> None:
         sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
         if sigmas.ndim != 1 or sigmas.numel() < 2:
-            raise ValueError(f"a discrete schedule needs a 1-D table of at least 2 sigmas, got shape {tuple(sigmas.shape)}")
+            raise ValueError(
+                f"a discrete schedule needs a 1-D table of at least 2 sigmas, got shape {tuple(sigmas.shape)}"
+            )
         if not bool((sigmas[1:] > sigmas[:-1]).all()):
             raise ValueError("the sigma table must increase strictly with the timestep")
         self.sigmas = sigmas
@@ -102,14 +105,15 @@ class DiscreteSchedule:
         return float(self.sigma(torch.tensor((1.0 - percent) * (self.num_timesteps - 1))))
 
 
-def scaled_linear_schedule(beta_start: float = 0.00085, beta_end: float = 0.012,
-                           num_timesteps: int = 1000) -> DiscreteSchedule:
+def scaled_linear_schedule(
+    beta_start: float = 0.00085, beta_end: float = 0.012, num_timesteps: int = 1000
+) -> DiscreteSchedule:
     """The Latent Diffusion training schedule (SD1.x, SD2.x, SDXL): betas linear in sqrt(beta).
 
     Computed in float64 and rounded once; diffusers accumulates the product in float32, so its
     table differs from this one by up to ~1.3e-5 relative (measured), far below sampling error.
     """
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     return DiscreteSchedule((((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float())
 
@@ -148,7 +152,7 @@ class EpsPrediction:
         return self.schedule.percent_to_sigma(percent)
 
     def calculate_input(self, sigma: Tensor, x: Tensor) -> Tensor:
-        return x / _expand((sigma ** 2 + self.sigma_data ** 2) ** 0.5, x)
+        return x / _expand((sigma**2 + self.sigma_data**2) ** 0.5, x)
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
         return x - model_output * _expand(sigma, x)
@@ -161,7 +165,7 @@ class EpsPrediction:
         ``sigma^2``. diffusers' ``init_noise_sigma`` uses the same ``sqrt(sigma_max^2 + 1)``.
         """
         sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
-        scale = (sigma ** 2 + 1.0) ** 0.5 if max_denoise else sigma
+        scale = (sigma**2 + 1.0) ** 0.5 if max_denoise else sigma
         return latent + noise * _expand(scale, noise)
 
     def inverse_noise_scaling(self, sigma: Tensor | float, latent: Tensor) -> Tensor:
@@ -188,16 +192,22 @@ class VPrediction(EpsPrediction):
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
         sigma = _expand(sigma, x)
-        total = sigma ** 2 + self.sigma_data ** 2
-        return x * (self.sigma_data ** 2 / total) - model_output * (sigma * self.sigma_data / total ** 0.5)
+        total = sigma**2 + self.sigma_data**2
+        return x * (self.sigma_data**2 / total) - model_output * (sigma * self.sigma_data / total**0.5)
 
 
 class ModelSampling(Protocol):
-    """What schedules and the sampling pipeline need from a model wrapper."""
+    """What schedules and the sampling pipeline need from a model wrapper (read-only: a schedule is
+    fixed once the model is loaded)."""
 
-    sigma_min: float
-    sigma_max: float
-    sigmas: Tensor
+    @property
+    def sigma_min(self) -> float: ...
+
+    @property
+    def sigma_max(self) -> float: ...
+
+    @property
+    def sigmas(self) -> Tensor: ...
 
     def timestep(self, sigma: Tensor) -> Tensor: ...
 
@@ -209,6 +219,8 @@ class ModelSampling(Protocol):
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor: ...
 
-    def noise_scaling(self, sigma: Tensor | float, noise: Tensor, latent: Tensor, max_denoise: bool = False) -> Tensor: ...
+    def noise_scaling(
+        self, sigma: Tensor | float, noise: Tensor, latent: Tensor, max_denoise: bool = False
+    ) -> Tensor: ...
 
     def inverse_noise_scaling(self, sigma: Tensor | float, latent: Tensor) -> Tensor: ...

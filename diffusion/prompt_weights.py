@@ -267,4 +267,3 @@ def tokenize_prompt(
 def empty_window(tokenizer: ClipBpeTokenizer, spec: WindowSpec) -> TokenWindow:
     """The empty prompt's window, the reference point that weights scale away from."""
     return _close([(tokenizer.bos_id, 1.0, None)], tokenizer, spec)
-

@@ -11,7 +11,7 @@ the sampler's one ``callback(step)`` hook; to stop sampling, raise from it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,8 +42,9 @@ def prepare_noise(latent: Tensor, seed: int, batch_index: list[int] | None = Non
     if batch_index is None:
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     else:
-        draws = [torch.randn((1,) + shape[1:], generator=generator, dtype=torch.float32)
-                 for _ in range(max(batch_index) + 1)]
+        draws = [
+            torch.randn((1,) + shape[1:], generator=generator, dtype=torch.float32) for _ in range(max(batch_index) + 1)
+        ]
         noise = torch.cat([draws[i] for i in batch_index])
     return noise.to(latent.device, latent.dtype)
 
@@ -52,8 +53,16 @@ def _is_full_denoise(model_sampling: ModelSampling, sigma: float) -> bool:
     return math.isclose(sigma, model_sampling.sigma_max, rel_tol=1e-5) or sigma > model_sampling.sigma_max
 
 
-def sample(guider: Guider, sampler: SamplerSpec, sigmas: Tensor, latent: Tensor, noise: Tensor, *,
-           seed: int = 0, callback: StepCallback | None = None) -> Tensor:
+def sample(
+    guider: Guider,
+    sampler: SamplerSpec,
+    sigmas: Tensor,
+    latent: Tensor,
+    noise: Tensor,
+    *,
+    seed: int = 0,
+    callback: StepCallback | None = None,
+) -> Tensor:
     """Denoise ``latent`` ``[B, C, H, W]`` from ``sigmas[0]`` down to ``sigmas[-1]``; returns the new latent.
 
     ``noise`` (zeros to continue a latent that is already noisy) is scaled to the first sigma and

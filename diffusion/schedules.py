@@ -10,7 +10,7 @@ KSamplerAdvanced's step window ask for.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -183,8 +183,9 @@ def beta_sigmas(model_sampling: ModelSampling, steps: int, alpha: float = 0.6, b
     return _append_zero(table[torch.tensor(kept)])
 
 
-def linear_quadratic_sigmas(model_sampling: ModelSampling, steps: int, threshold_noise: float = 0.025,
-                            linear_steps: int | None = None) -> Tensor:
+def linear_quadratic_sigmas(
+    model_sampling: ModelSampling, steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
+) -> Tensor:
     """Genmo's Mochi schedule: noise fraction linear in the step index, then quadratic.
 
     The first ``linear_steps`` (default ``steps // 2``) lower the noise fraction from 1 to
@@ -197,9 +198,11 @@ def linear_quadratic_sigmas(model_sampling: ModelSampling, steps: int, threshold
         linear = steps // 2 if linear_steps is None else linear_steps
         quadratic = steps - linear
         slope = threshold_noise / linear
-        curvature = (1.0 - threshold_noise - slope * quadratic) / quadratic ** 2
+        curvature = (1.0 - threshold_noise - slope * quadratic) / quadratic**2
         progress = [i * slope for i in range(linear)]
-        progress += [threshold_noise + slope * (i - linear) + curvature * (i - linear) ** 2 for i in range(linear, steps)]
+        progress += [
+            threshold_noise + slope * (i - linear) + curvature * (i - linear) ** 2 for i in range(linear, steps)
+        ]
         fractions = [1.0 - p for p in progress] + [0.0]
     return torch.tensor(fractions, dtype=torch.float32) * model_sampling.sigma_max
 
@@ -239,8 +242,15 @@ def compute_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int) ->
 KSAMPLER_FULL_DENOISE = 0.9999
 
 
-def denoise_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, denoise: float = 1.0, *,
-                   discard_penultimate_sigma: bool = False, exact_denoise: bool = False) -> Tensor:
+def denoise_sigmas(
+    model_sampling: ModelSampling,
+    scheduler: str,
+    steps: int,
+    denoise: float = 1.0,
+    *,
+    discard_penultimate_sigma: bool = False,
+    exact_denoise: bool = False,
+) -> Tensor:
     """The sigmas of ``steps`` steps over the last ``denoise`` fraction of the named schedule.
 
     img2img and hires fix start from a picture, so they skip the noisiest part of the process:
@@ -265,11 +275,12 @@ def denoise_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, de
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     else:
         sigmas = compute_sigmas(model_sampling, scheduler, total)
-    return sigmas[-(steps + 1):]
+    return sigmas[-(steps + 1) :]
 
 
-def cut_sigmas(sigmas: Tensor, start_step: int | None = None, end_step: int | None = None,
-               leftover_noise: bool = False) -> Tensor:
+def cut_sigmas(
+    sigmas: Tensor, start_step: int | None = None, end_step: int | None = None, leftover_noise: bool = False
+) -> Tensor:
     """KSamplerAdvanced's window: the part of a schedule from step ``start_step`` to ``end_step``.
 
     Multi-stage sampling (a base model then a refiner) splits one schedule between samplers. A
@@ -280,7 +291,7 @@ def cut_sigmas(sigmas: Tensor, start_step: int | None = None, end_step: int | No
     given.
     """
     if end_step is not None and end_step < len(sigmas) - 1:
-        sigmas = sigmas[:end_step + 1].clone()
+        sigmas = sigmas[: end_step + 1].clone()
         if not leftover_noise:
             sigmas[-1] = 0.0
     if start_step is not None:

@@ -47,7 +47,11 @@ class _Block(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            _conv(channels, channels), nn.ReLU(), _conv(channels, channels), nn.ReLU(), _conv(channels, channels),
+            _conv(channels, channels),
+            nn.ReLU(),
+            _conv(channels, channels),
+            nn.ReLU(),
+            _conv(channels, channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,10 +96,15 @@ def _check_layout(path: Path, expected: dict[str, tuple[int, ...]], found: dict[
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
     if missing or unexpected:
-        raise TAESDWeightsError(path, "is not a TAESD decoder: " + "; ".join(
-            f"{label} {len(keys)} keys (e.g. {', '.join(keys[:3])})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys
-        ))
+        raise TAESDWeightsError(
+            path,
+            "is not a TAESD decoder: "
+            + "; ".join(
+                f"{label} {len(keys)} keys (e.g. {', '.join(keys[:3])})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            ),
+        )
     for key, shape in expected.items():
         if found[key] != shape:
             raise TAESDWeightsError(path, f"is not a TAESD decoder: {key} has shape {found[key]}, expected {shape}")

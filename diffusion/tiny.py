@@ -42,27 +42,56 @@ def _unet_config(family: ModelFamily, inpaint: bool) -> UNetConfig:
     common = dict(in_channels=in_channels, out_channels=4)
     if family is ModelFamily.SD15:
         return UNetConfig(
-            **common, model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 0),
-            transformer_depth_middle=1, transformer_depth_output=(0, 0, 1, 1), context_dim=TINY_TEXT_WIDTH,
-            use_linear_in_transformer=False, num_heads=8,
+            **common,
+            model_channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=(1, 1),
+            transformer_depth=(1, 0),
+            transformer_depth_middle=1,
+            transformer_depth_output=(0, 0, 1, 1),
+            context_dim=TINY_TEXT_WIDTH,
+            use_linear_in_transformer=False,
+            num_heads=8,
         )
     if family is ModelFamily.SD2:
         # Level 0 keeps its transformer (as in SD2) because the v-prediction check reads it.
         return UNetConfig(
-            **common, model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 0),
-            transformer_depth_middle=1, transformer_depth_output=(0, 0, 1, 1), context_dim=TINY_TEXT_WIDTH,
-            use_linear_in_transformer=True, num_head_channels=64,
+            **common,
+            model_channels=64,
+            channel_mult=(1, 2),
+            num_res_blocks=(1, 1),
+            transformer_depth=(1, 0),
+            transformer_depth_middle=1,
+            transformer_depth_output=(0, 0, 1, 1),
+            context_dim=TINY_TEXT_WIDTH,
+            use_linear_in_transformer=True,
+            num_head_channels=64,
         )
     if family is ModelFamily.SDXL:
         return UNetConfig(
-            **common, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 1, 1), transformer_depth=(0, 1, 1),
-            transformer_depth_middle=1, transformer_depth_output=(1, 1, 1, 1, 0, 0), context_dim=2 * TINY_TEXT_WIDTH,
-            use_linear_in_transformer=True, adm_in_channels=TINY_TEXT_WIDTH + 6 * _SIZE_EMBED, num_head_channels=64,
+            **common,
+            model_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=(1, 1, 1),
+            transformer_depth=(0, 1, 1),
+            transformer_depth_middle=1,
+            transformer_depth_output=(1, 1, 1, 1, 0, 0),
+            context_dim=2 * TINY_TEXT_WIDTH,
+            use_linear_in_transformer=True,
+            adm_in_channels=TINY_TEXT_WIDTH + 6 * _SIZE_EMBED,
+            num_head_channels=64,
         )
     return UNetConfig(
-        **common, model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=(1, 1, 1, 1),
-        transformer_depth=(0, 1, 1, 0), transformer_depth_middle=1, transformer_depth_output=(0, 0, 1, 1, 1, 1, 0, 0),
-        context_dim=TINY_TEXT_WIDTH, use_linear_in_transformer=True, adm_in_channels=TINY_TEXT_WIDTH + 5 * _SIZE_EMBED,
+        **common,
+        model_channels=32,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=(1, 1, 1, 1),
+        transformer_depth=(0, 1, 1, 0),
+        transformer_depth_middle=1,
+        transformer_depth_output=(0, 0, 1, 1, 1, 1, 0, 0),
+        context_dim=TINY_TEXT_WIDTH,
+        use_linear_in_transformer=True,
+        adm_in_channels=TINY_TEXT_WIDTH + 5 * _SIZE_EMBED,
         num_head_channels=64,
     )
 
@@ -75,8 +104,14 @@ _VAE_CONFIG = VAEConfig(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blo
 def _clip(activation: Activation, projection: bool) -> ClipTextModel:
     return ClipTextModel(
         ClipTextConfig(
-            width=TINY_TEXT_WIDTH, layers=2, heads=1, intermediate=2 * TINY_TEXT_WIDTH, vocab_size=VOCAB_SIZE,
-            positions=77, activation=activation, projection_dim=TINY_TEXT_WIDTH if projection else None,
+            width=TINY_TEXT_WIDTH,
+            layers=2,
+            heads=1,
+            intermediate=2 * TINY_TEXT_WIDTH,
+            vocab_size=VOCAB_SIZE,
+            positions=77,
+            activation=activation,
+            projection_dim=TINY_TEXT_WIDTH if projection else None,
         )
     )
 
@@ -98,8 +133,13 @@ def _openclip_keys(model: ClipTextModel) -> dict[str, torch.Tensor]:
         "ln_final.bias": sd["final_layer_norm.bias"],
         "text_projection": sd["text_projection.weight"].t().contiguous(),
     }
-    parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
-             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    parts = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "self_attn.out_proj": "attn.out_proj",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
     for i in range(model.config.layers):
         src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
         for kind in ("weight", "bias"):

@@ -20,8 +20,8 @@ from torch import nn
 
 from diffusion.attention import SpatialTransformer
 from diffusion.packed_conv import PackedConv2d
-from diffusion.upsample_conv import NearestUpsampleConv2d
 from diffusion.unet_config import UNetConfig, detect_unet_config, load_exact
+from diffusion.upsample_conv import NearestUpsampleConv2d
 
 __all__ = [
     "UNetModel",
@@ -40,9 +40,7 @@ def timestep_embedding(values: torch.Tensor, dim: int, max_period: float = 10000
     dtype: timesteps up to 1000 lose their fractional part in bf16.
     """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
     args = values.to(torch.float32).reshape(-1, 1) * freqs
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(embedding, (0, dim % 2))
@@ -198,7 +196,9 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(inplace=True), PackedConv2d(ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(32, ch), nn.SiLU(inplace=True), PackedConv2d(ch, config.out_channels, 3, padding=1)
+        )
 
     def _add_transformer(self, layers: list[nn.Module], channels: int, depth: int) -> None:
         if depth:

@@ -109,7 +109,16 @@ class NearestUpsampleConv2d(PackedConv2d):
             return super().forward(F.interpolate(x, size=tuple(size), mode="nearest"))
         if self._uses_packed_path(x):
             return torch.ops.mkldnn._convolution_transpose_pointwise(
-                x, self._transposed_weight(x, packed=True), self.bias,
-                _PADDING, _OUTPUT_PADDING, _STRIDE, _DILATION, 1, "none", [], "",
+                x,
+                self._transposed_weight(x, packed=True),
+                self.bias,
+                _PADDING,
+                _OUTPUT_PADDING,
+                _STRIDE,
+                _DILATION,
+                1,
+                "none",
+                [],
+                "",
             )
         return F.conv_transpose2d(x, self._transposed_weight(x, packed=False), self.bias, stride=2, padding=1)

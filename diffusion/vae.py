@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.packed_conv import PackedConv2d
-from diffusion.upsample_conv import NearestUpsampleConv2d
 from diffusion.unet_config import CheckpointLayoutError, load_exact
+from diffusion.upsample_conv import NearestUpsampleConv2d
 from diffusion.vae_tiling import TileSpec, map_or_tile_on_oom, tiled_map
 
 __all__ = [

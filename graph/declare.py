@@ -50,7 +50,9 @@ class Input:
 
     type: str = ""
 
-    def __init__(self, *, default: Any = _NO_DEFAULT, optional: bool = False, tooltip: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, *, default: Any = _NO_DEFAULT, optional: bool = False, tooltip: str | None = None, **options: Any
+    ) -> None:
         self.optional = optional
         self.options: dict[str, Any] = {} if default is _NO_DEFAULT else {"default": default}
         if tooltip is not None:
@@ -63,13 +65,17 @@ class Input:
         return "optional" if self.optional else "required"
 
     def to_spec(self, name: str) -> InputSpec:
-        return InputSpec(name=name, type=self.type, section=self.section(), options=dict(self.options), declared=self.type)
+        return InputSpec(
+            name=name, type=self.type, section=self.section(), options=dict(self.options), declared=self.type
+        )
 
 
 class Socket(Input):
     """A wired input of any type (``"MODEL"``, ``"IMAGE"``, ``"*"``, ``"IMAGE,MASK"``...)."""
 
-    def __init__(self, type_: str, *, optional: bool = False, lazy: bool = False, tooltip: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, type_: str, *, optional: bool = False, lazy: bool = False, tooltip: str | None = None, **options: Any
+    ) -> None:
         super().__init__(optional=optional, tooltip=tooltip, lazy=lazy, **options)
         self.type = type_
 
@@ -87,7 +93,9 @@ class Int(Input):
         control_after_generate: bool = False,
         **options: Any,
     ) -> None:
-        super().__init__(default=default, min=min, max=max, step=step, control_after_generate=control_after_generate, **options)
+        super().__init__(
+            default=default, min=min, max=max, step=step, control_after_generate=control_after_generate, **options
+        )
 
 
 class Float(Input):
@@ -125,13 +133,22 @@ class Combo(Input):
 
     type = COMBO
 
-    def __init__(self, choices: Sequence[Any] | Callable[[], Sequence[Any]], *, default: Any = None, **options: Any) -> None:
+    def __init__(
+        self, choices: Sequence[Any] | Callable[[], Sequence[Any]], *, default: Any = None, **options: Any
+    ) -> None:
         super().__init__(default=_NO_DEFAULT if default is None else default, **options)
         self.choices = choices
 
     def to_spec(self, name: str) -> InputSpec:
         choices = tuple(self.choices() if callable(self.choices) else self.choices)
-        return InputSpec(name=name, type=COMBO, section=self.section(), options=dict(self.options), choices=choices, declared=list(choices))
+        return InputSpec(
+            name=name,
+            type=COMBO,
+            section=self.section(),
+            options=dict(self.options),
+            choices=choices,
+            declared=list(choices),
+        )
 
 
 class Hidden(Input):
@@ -153,13 +170,17 @@ class Output:
     tooltip: str | None = None
 
     def to_spec(self) -> OutputSpec:
-        return OutputSpec(type=self.type, name=self.name or self.type, is_list=self.is_list, tooltip=self.tooltip, declared=self.type)
+        return OutputSpec(
+            type=self.type, name=self.name or self.type, is_list=self.is_list, tooltip=self.tooltip, declared=self.type
+        )
 
 
 class NodeOutput:
     """Several output values plus optional UI data (``{"images": [...]}``, ``{"text": [...]}``)."""
 
-    def __init__(self, *values: Any, ui: dict[str, list[Any]] | None = None, expand: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, *values: Any, ui: dict[str, list[Any]] | None = None, expand: dict[str, Any] | None = None
+    ) -> None:
         self.values = values
         self.ui = ui
         self.expand = expand
@@ -169,7 +190,9 @@ def _declared_inputs(function: Callable[..., Any], class_type: str) -> list[tupl
     declared = []
     for parameter in inspect.signature(function).parameters.values():
         if not isinstance(parameter.default, Input):
-            raise NodeDefinitionError(class_type, f"parameter {parameter.name!r} needs an input declaration as its default")
+            raise NodeDefinitionError(
+                class_type, f"parameter {parameter.name!r} needs an input declaration as its default"
+            )
         declared.append((parameter.name, parameter.default))
     return declared
 

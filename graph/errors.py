@@ -322,7 +322,11 @@ def node_errors_to_wire(errors: Iterable[NodeError], dependent_outputs: Mapping[
     for error in errors:
         entry = grouped.setdefault(
             error.node_id,
-            {"errors": [], "dependent_outputs": list(dependent_outputs.get(error.node_id, ())), "class_type": error.class_type},
+            {
+                "errors": [],
+                "dependent_outputs": list(dependent_outputs.get(error.node_id, ())),
+                "class_type": error.class_type,
+            },
         )
         entry["errors"].append(error.to_wire())
     return grouped
@@ -346,7 +350,9 @@ class PromptError:
         """
         clauses = "; ".join(dict.fromkeys(problem.clause for problem in problems))
         ids = ", ".join(f"'#{problem.node_id}'" for problem in problems)
-        return cls("invalid_prompt", f"Cannot execute because {clauses}.", f"Node ID{'s' if len(problems) > 1 else ''} {ids}")
+        return cls(
+            "invalid_prompt", f"Cannot execute because {clauses}.", f"Node ID{'s' if len(problems) > 1 else ''} {ids}"
+        )
 
     @classmethod
     def not_a_prompt(cls, received: Any) -> PromptError:
@@ -354,7 +360,11 @@ class PromptError:
 
     @classmethod
     def no_outputs(cls) -> PromptError:
-        return cls("prompt_no_outputs", "Prompt has no outputs", "No output node to run (or none of the requested targets is one).")
+        return cls(
+            "prompt_no_outputs",
+            "Prompt has no outputs",
+            "No output node to run (or none of the requested targets is one).",
+        )
 
     @classmethod
     def outputs_failed(cls, errors: Iterable[NodeError]) -> PromptError:
@@ -362,7 +372,12 @@ class PromptError:
         return cls("prompt_outputs_failed_validation", "Prompt outputs failed validation", "\n".join(lines))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message, "details": self.details, "extra_info": dict(self.extra_info or {})}
+        return {
+            "type": self.type,
+            "message": self.message,
+            "details": self.details,
+            "extra_info": dict(self.extra_info or {}),
+        }
 
 
 class WorkflowError(ValueError):

@@ -53,8 +53,8 @@ from graph.events import Listener
 from graph.execution_state import ExecutionRecord, ExecutionState
 from graph.formats.api import is_link
 from graph.progress import Interrupted, InterruptFlag, node_context
-from graph.services import services_context
 from graph.registry import NodeRegistry
+from graph.services import services_context
 from graph.spec import ExecutionBlocker, NodeResult, NodeReturnError
 
 __all__ = ["DuplicateNodeError", "ExecutionBlocked", "Executor"]

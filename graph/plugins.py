@@ -308,7 +308,9 @@ def _register_node(
         # Computed once now so a broken INPUT_TYPES is refused here, not found by /object_info later.
         spec.inputs()
     except Exception as error:  # plugin code: INPUT_TYPES and class attributes may raise anything
-        return NodeRefusal(class_type, f"cannot be read as a node: {type(error).__name__}: {error}", traceback.format_exc())
+        return NodeRefusal(
+            class_type, f"cannot be read as a node: {type(error).__name__}: {error}", traceback.format_exc()
+        )
     try:
         registry.register(spec)
     except RegistrationError as error:
@@ -341,7 +343,9 @@ def _nothing_exported(module: ModuleType) -> str:
 
 def _log_report(report: PluginReport) -> None:
     if report.status is PluginStatus.FAILED:
-        log.error("cannot import plugin %s from %s: %s\n%s", report.name, report.path, report.error, report.traceback or "")
+        log.error(
+            "cannot import plugin %s from %s: %s\n%s", report.name, report.path, report.error, report.traceback or ""
+        )
     elif report.status is not PluginStatus.LOADED:
         log.warning("plugin %s %s: %s", report.name, report.status.value, report.error)
     for refusal in report.refused:

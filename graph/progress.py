@@ -65,7 +65,7 @@ class NodeContext(NamedTuple):
 _current: ContextVar[NodeContext | None] = ContextVar("loom_node_context", default=None)
 
 
-class node_context:  # noqa: N801 - used like a function: ``with node_context(...):``
+class node_context:
     """Route ``report_progress``/``check_interrupted`` calls made inside the block to this node.
 
     A class rather than ``@contextmanager``: it wraps every node call, and the generator

@@ -45,7 +45,9 @@ class NodeRegistry:
         if builtin:
             self._builtin.add(spec.class_type)
 
-    def register_module(self, module: ModuleType, *, python_module: str | None = None, builtin: bool = False) -> list[str]:
+    def register_module(
+        self, module: ModuleType, *, python_module: str | None = None, builtin: bool = False
+    ) -> list[str]:
         """Register every node a module exports (read by ``exported_nodes``); returns the class names it added.
 
         A module exports V1 classes through ``NODE_CLASS_MAPPINGS`` (+ ``NODE_DISPLAY_NAME_MAPPINGS``)
@@ -57,7 +59,9 @@ class NodeRegistry:
         except NodeDefinitionError as error:
             raise RegistrationError(str(error)) from error
         if not specs:
-            raise RegistrationError(f"module {module.__name__} exports no nodes (no NODE_CLASS_MAPPINGS or @node functions)")
+            raise RegistrationError(
+                f"module {module.__name__} exports no nodes (no NODE_CLASS_MAPPINGS or @node functions)"
+            )
         for spec in specs:
             if python_module is not None:
                 spec.python_module = python_module

@@ -18,7 +18,7 @@ __all__ = ["current_services", "services_context"]
 _current: ContextVar[Any] = ContextVar("loom_services", default=None)
 
 
-class services_context:  # noqa: N801 - used like a function: ``with services_context(...):``
+class services_context:
     """Make ``services`` what ``current_services()`` returns inside the block (this thread or task)."""
 
     __slots__ = ("_services", "_token")

@@ -44,7 +44,7 @@ def _input_spec(class_type: str, section: Any, name: str, entry: Any) -> InputSp
 
 
 def spec_from_v1_class(
-    class_type: str, cls: type, display_name: str | None = None, python_module: str = "nodes"
+    class_type: str, cls: type[Any], display_name: str | None = None, python_module: str = "nodes"
 ) -> NodeSpec:
     """Build the spec of a V1 class; raises ``NodeDefinitionError`` for a class that cannot run."""
     for attribute in ("INPUT_TYPES", "RETURN_TYPES", "FUNCTION"):

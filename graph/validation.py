@@ -66,7 +66,9 @@ class ValidationResult:
     problems: list[NodeError] = field(default_factory=list)
 
 
-def validate_prompt(prompt: dict[str, Any], registry: NodeRegistry, targets: list[str] | None = None) -> ValidationResult:
+def validate_prompt(
+    prompt: dict[str, Any], registry: NodeRegistry, targets: list[str] | None = None
+) -> ValidationResult:
     """Validate ``prompt``; ``targets`` (``partial_execution_targets``) narrows the output nodes that run."""
     if not isinstance(prompt, dict):
         return _rejected(PromptError.not_a_prompt(prompt), {})
@@ -107,7 +109,9 @@ def _resolve_specs(prompt: dict[str, Any], registry: NodeRegistry) -> tuple[dict
     unresolved: list[UnresolvedNode] = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict):
-            unresolved.append(MalformedNode(node_id=node_id, class_type="", reason=f"is a {type(node).__name__}, not an object"))
+            unresolved.append(
+                MalformedNode(node_id=node_id, class_type="", reason=f"is a {type(node).__name__}, not an object")
+            )
             continue
         class_type = node.get("class_type")
         inputs = node.setdefault("inputs", {})
@@ -132,7 +136,9 @@ def _resolve_specs(prompt: dict[str, Any], registry: NodeRegistry) -> tuple[dict
 class _PromptChecker:
     """Walks upstream from the outputs, checking each node once and recording the links it follows."""
 
-    def __init__(self, prompt: dict[str, Any], specs: dict[str, NodeSpec], unresolved: dict[str, UnresolvedNode]) -> None:
+    def __init__(
+        self, prompt: dict[str, Any], specs: dict[str, NodeSpec], unresolved: dict[str, UnresolvedNode]
+    ) -> None:
         self.prompt = prompt
         self.specs = specs
         #: Nodes without a spec (already reported): walked through, never checked.
@@ -161,7 +167,9 @@ class _PromptChecker:
                 continue
             cycle = _cycle_order(self.links.subgraph(component), component)
             for node_id in cycle:
-                self.problems.append(DependencyCycle(node_id=node_id, class_type=self._class_type(node_id), cycle=cycle))
+                self.problems.append(
+                    DependencyCycle(node_id=node_id, class_type=self._class_type(node_id), cycle=cycle)
+                )
 
     def _class_type(self, node_id: str) -> str:
         spec = self.specs.get(node_id)
@@ -223,7 +231,9 @@ class _PromptChecker:
             try:
                 value = _coerce(item.type, value)
             except (TypeError, ValueError, OverflowError) as error:
-                self.problems.append(InvalidInputType(**where, received_value=value, input_type=item.type, reason=str(error)))
+                self.problems.append(
+                    InvalidInputType(**where, received_value=value, input_type=item.type, reason=str(error))
+                )
                 continue
             if item.name not in exempt:
                 value = self._check_constant(item, value, where)
@@ -240,13 +250,17 @@ class _PromptChecker:
         source: str = link[0]  # ``normalise_link`` made it ``[str, int]``
         slot: int = link[1]
         if source not in self.prompt:
-            self.problems.append(BadLinkedInput(**where, received_value=link, reason=f"node {source!r} is not in the prompt"))
+            self.problems.append(
+                BadLinkedInput(**where, received_value=link, reason=f"node {source!r} is not in the prompt")
+            )
             return None
         source_spec = self.specs.get(source)
         if source_spec is None:
             return source  # unresolved, and reported as such: its outputs have no known types
         if not 0 <= slot < len(source_spec.outputs):
-            reason = f"node {source} ({source_spec.class_type}) has {len(source_spec.outputs)} outputs, no output {slot}"
+            reason = (
+                f"node {source} ({source_spec.class_type}) has {len(source_spec.outputs)} outputs, no output {slot}"
+            )
             self.problems.append(BadLinkedInput(**where, received_value=link, reason=reason))
             return source
         output_type = source_spec.outputs[slot].type
@@ -288,7 +302,9 @@ class _PromptChecker:
             verdict = spec.validate(constants, received_types if spec.validate_wants_types else None)
         except Exception as error:  # the validator is plugin code
             self.problems.append(
-                ExceptionDuringInnerValidation(**base, exception_type=type(error).__name__, exception_message=str(error))
+                ExceptionDuringInnerValidation(
+                    **base, exception_type=type(error).__name__, exception_message=str(error)
+                )
             )
             return
         if verdict is not True:

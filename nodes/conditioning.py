@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from diffusion.embeddings import EmbeddingFolder
 from graph.declare import Combo, Float, Int, Output, Socket, String, node
 from nodes.image import MAX_RESOLUTION
-from nodes.runtime import current_runtime
 from nodes.model_handles import ClipHandle, VaeHandle
+from nodes.runtime import current_runtime
 
 __all__ = [
     "CLIPTextEncode",
@@ -54,7 +54,11 @@ def _edited(conditioning: Conditioning, **options: Any) -> Conditioning:
 
 @node(category="conditioning", display_name="CLIP Text Encode (Prompt)", outputs=[Output("CONDITIONING")])
 def CLIPTextEncode(
-    text=String(multiline=True, dynamic_prompts=True, tooltip="The prompt; (word:1.2) weights, embedding:name inserts an embedding."),
+    text=String(
+        multiline=True,
+        dynamic_prompts=True,
+        tooltip="The prompt; (word:1.2) weights, embedding:name inserts an embedding.",
+    ),
     clip=Socket("CLIP"),
 ):
     """Encode a prompt with the model's text encoder(s) into conditioning for the sampler."""
@@ -164,9 +168,15 @@ def pixel_mask(mask: torch.Tensor, image: torch.Tensor, node_name: str) -> torch
     """A MASK as ``[B, 1, H, W]`` matching IMAGE ``[B, H, W, C]``; a size mismatch is an error that says so."""
     mask = mask.reshape(-1, 1, *mask.shape[-2:]).float()
     if tuple(mask.shape[-2:]) != tuple(image.shape[1:3]):
-        hint = " (a picture without alpha gives LoadImage's 64x64 empty mask)" if tuple(mask.shape[-2:]) == (64, 64) else ""
-        raise ValueError(f"{node_name}: the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
-                         f"{image.shape[2]}x{image.shape[1]}; they must be the same size{hint}")
+        hint = (
+            " (a picture without alpha gives LoadImage's 64x64 empty mask)"
+            if tuple(mask.shape[-2:]) == (64, 64)
+            else ""
+        )
+        raise ValueError(
+            f"{node_name}: the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
+            f"{image.shape[2]}x{image.shape[1]}; they must be the same size{hint}"
+        )
     return mask
 
 
@@ -176,7 +186,10 @@ def masked_for_inpaint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (image[..., :3] - 0.5) * keep + 0.5
 
 
-@node(category="conditioning/inpaint", outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"), Output("LATENT", "latent")])
+@node(
+    category="conditioning/inpaint",
+    outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"), Output("LATENT", "latent")],
+)
 def InpaintModelConditioning(
     positive=Socket("CONDITIONING"),
     negative=Socket("CONDITIONING"),

@@ -29,8 +29,29 @@ FOLDER_KINDS: tuple[FolderKind, ...] = ("input", "output", "temp")
 
 #: Extensions offered in image combos; a fixed list because Pillow registers stubs (.mpeg, .h5) that open nothing.
 IMAGE_EXTENSIONS = frozenset(
-    {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-     ".tga", ".avif", ".qoi", ".ppm", ".pgm", ".pbm", ".pnm", ".psd", ".ico"}
+    {
+        ".png",
+        ".apng",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".tga",
+        ".avif",
+        ".qoi",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".psd",
+        ".ico",
+    }
 )
 
 

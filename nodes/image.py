@@ -133,7 +133,9 @@ def ImageCrop(
     return image[:, y : y + height, x : x + width, :]
 
 
-def outpaint_feather(height: int, width: int, left: int, top: int, right: int, bottom: int, feathering: int) -> torch.Tensor:
+def outpaint_feather(
+    height: int, width: int, left: int, top: int, right: int, bottom: int, feathering: int
+) -> torch.Tensor:
     """The mask over the original pixels: near a padded edge it fades from 1 to 0 quadratically.
 
     The distance to the bottom and right edges counts from one past the last pixel (so the last row is
@@ -169,5 +171,7 @@ def ImagePadForOutpaint(
     padded = torch.full(size, 0.5, dtype=image.dtype, device=image.device)
     padded[:, top : top + height, left : left + width, :] = image
     mask = torch.ones((top + height + bottom, left + width + right), dtype=torch.float32)
-    mask[top : top + height, left : left + width] = outpaint_feather(height, width, left, top, right, bottom, feathering)
+    mask[top : top + height, left : left + width] = outpaint_feather(
+        height, width, left, top, right, bottom, feathering
+    )
     return padded, mask[None]

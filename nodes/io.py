@@ -108,7 +108,8 @@ def LoadImageMask(image=Combo(input_image_names, image_upload=True), channel=Com
 
 
 def _png_metadata(prompt: Any, extra_pnginfo: Any) -> PngInfo:
-    """``prompt`` plus one text chunk per ``extra_pnginfo`` key, JSON-encoded (ASCII, so plain tEXt; docs/compatibility.md §2.3)."""
+    """``prompt`` plus one text chunk per ``extra_pnginfo`` key, JSON-encoded (ASCII, so plain tEXt;
+    docs/compatibility.md §2.3)."""
     metadata = PngInfo()
     if prompt is not None:
         metadata.add_text("prompt", json.dumps(prompt))
@@ -147,7 +148,9 @@ def SaveImage(
     extra_pnginfo=Hidden("EXTRA_PNGINFO"),
 ):
     """Write the pictures into the output folder as PNGs that carry the workflow that made them."""
-    return NodeOutput(ui={"images": write_pngs(images, filename_prefix, "output", prompt, extra_pnginfo, SAVE_COMPRESS_LEVEL)})
+    return NodeOutput(
+        ui={"images": write_pngs(images, filename_prefix, "output", prompt, extra_pnginfo, SAVE_COMPRESS_LEVEL)}
+    )
 
 
 @node(category="image", display_name="Preview Image", output_node=True)

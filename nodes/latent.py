@@ -209,7 +209,11 @@ def LatentFromBatch(
     out: Latent = {**samples, "samples": latent[start : start + count].clone()}
     if "noise_mask" in samples:
         mask = samples["noise_mask"]
-        out["noise_mask"] = mask.clone() if mask.shape[0] == 1 else _mask_for_batch(mask, latent.shape[0])[start : start + count].clone()
+        out["noise_mask"] = (
+            mask.clone()
+            if mask.shape[0] == 1
+            else _mask_for_batch(mask, latent.shape[0])[start : start + count].clone()
+        )
     indexes = samples.get("batch_index", list(range(latent.shape[0])))
     out["batch_index"] = list(indexes[start : start + count])
     return out
@@ -240,7 +244,9 @@ def LatentComposite(
     """Paste ``samples_from`` into ``samples_to`` at (x, y) pixels, optionally feathering the pasted edges."""
     target, source = samples_to["samples"], samples_from["samples"]
     if target.shape[1] != source.shape[1]:
-        raise ValueError(f"LatentComposite: {source.shape[1]}-channel latents cannot go into {target.shape[1]}-channel ones")
+        raise ValueError(
+            f"LatentComposite: {source.shape[1]}-channel latents cannot go into {target.shape[1]}-channel ones"
+        )
     x, y, feather = x // 8, y // 8, feather // 8
     result = target.clone()
     height = min(source.shape[2], target.shape[2] - y)

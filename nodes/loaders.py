@@ -16,8 +16,8 @@ from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.lora import LoraPatches, parse_lora
 from graph.declare import Combo, Float, Int, Output, Socket, node
-from nodes.runtime import find_model, list_models
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint
+from nodes.runtime import find_model, list_models
 
 __all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "VAELoader"]
 
@@ -27,7 +27,7 @@ _STRENGTH = dict(min=-100.0, max=100.0, step=0.01)
 _TEXT_ENCODER_STEMS = ("lora_te", "text_encoder")
 
 
-def _names(key: str):  # noqa: ANN202 - a Combo choices callable
+def _names(key: str):
     return lambda: list_models(key)
 
 
@@ -57,8 +57,13 @@ def _read_lora(lora_name: str, model: ModelHandle, clip: ClipHandle | None) -> L
     # Without a CLIP the text-encoder part is skipped on purpose; only the rest is worth a warning.
     ignored = [key for key in patches.unmatched if clip is not None or not key.startswith(_TEXT_ENCODER_STEMS)]
     if ignored:
-        _log.warning("LoRA %s: %d keys match nothing in this %s model and are ignored: %s",
-                     lora_name, len(ignored), model.family.value, ", ".join(ignored[:8]))
+        _log.warning(
+            "LoRA %s: %d keys match nothing in this %s model and are ignored: %s",
+            lora_name,
+            len(ignored),
+            model.family.value,
+            ", ".join(ignored[:8]),
+        )
     return patches
 
 
@@ -78,7 +83,9 @@ def LoraLoader(
 
 
 @node(category="loaders", outputs=[Output("MODEL")])
-def LoraLoaderModelOnly(model=Socket("MODEL"), lora_name=Combo(_names("loras")), strength_model=Float(1.0, **_STRENGTH)):
+def LoraLoaderModelOnly(
+    model=Socket("MODEL"), lora_name=Combo(_names("loras")), strength_model=Float(1.0, **_STRENGTH)
+):
     """Apply only the diffusion-model part of a LoRA."""
     if strength_model == 0.0:
         return model

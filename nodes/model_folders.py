@@ -180,8 +180,11 @@ class ModelPaths:
         """The directories searched for ``key``, in order: ``is_default`` extras, ``models/<dir>``, other extras."""
         canonical = canonical_key(key)
         spec = self.spec(canonical)
-        paths = [*self._first.get(canonical, []), *(self.models / name for name in spec.directories),
-                 *self._last.get(canonical, [])]
+        paths = [
+            *self._first.get(canonical, []),
+            *(self.models / name for name in spec.directories),
+            *self._last.get(canonical, []),
+        ]
         return list(dict.fromkeys(paths))
 
     def all_folders(self) -> dict[str, list[Path]]:

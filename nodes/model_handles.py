@@ -119,8 +119,12 @@ class _Patched:
     def loom_parts(self) -> list[torch.Tensor]:
         """The LoRA tensors applied; a handle stacking another LoRA on this one shares them."""
         deltas = [delta for patch_set, _ in self.patches for sequence in patch_set.values() for delta in sequence]
-        return [value for delta in deltas for value in (getattr(delta, field.name) for field in fields(delta))
-                if isinstance(value, torch.Tensor)]
+        return [
+            value
+            for delta in deltas
+            for value in (getattr(delta, field.name) for field in fields(delta))
+            if isinstance(value, torch.Tensor)
+        ]
 
     @contextmanager
     def active(self) -> Iterator[nn.Module]:
@@ -133,7 +137,9 @@ class _Patched:
             yield self.module
 
 
-def _active_patches(patches: tuple[PatchSet, ...], added: Mapping[str, Sequence[WeightDelta]], strength: float) -> tuple[PatchSet, ...]:
+def _active_patches(
+    patches: tuple[PatchSet, ...], added: Mapping[str, Sequence[WeightDelta]], strength: float
+) -> tuple[PatchSet, ...]:
     return patches if strength == 0.0 or not added else (*patches, (added, strength))
 
 
@@ -145,7 +151,9 @@ class ModelHandle:
         if checkpoint.unet is None or info.family is None:
             raise CheckpointError(info.path, "holds no diffusion model (UNet), so it cannot be used as a MODEL")
         if info.prediction == "edm":
-            raise UnsupportedModelError(info.path, info.family.value, "EDM-prediction models (Playground 2.5) are not supported yet")
+            raise UnsupportedModelError(
+                info.path, info.family.value, "EDM-prediction models (Playground 2.5) are not supported yet"
+            )
         self.checkpoint = checkpoint
         self.family: ModelFamily = info.family
         self.unet: UNetModel = checkpoint.unet
@@ -194,17 +202,26 @@ class ModelHandle:
         with self._patched.active() as unet:
             extra_channels = self.in_channels - self.latent_channels
 
-            def call(x_in: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
-                     concat: torch.Tensor | None = None) -> torch.Tensor:
+            def call(
+                x_in: torch.Tensor,
+                timesteps: torch.Tensor,
+                context: torch.Tensor,
+                y: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None,
+            ) -> torch.Tensor:
                 if extra_channels:
                     if concat is None or concat.shape[1] != extra_channels:
                         got = "none" if concat is None else concat.shape[1]
-                        raise ValueError(f"this inpainting model needs {extra_channels} extra input channels "
-                                         f"(mask + masked image latent), got {got}; use InpaintModelConditioning")
+                        raise ValueError(
+                            f"this inpainting model needs {extra_channels} extra input channels "
+                            f"(mask + masked image latent), got {got}; use InpaintModelConditioning"
+                        )
                     x_in = torch.cat([x_in, concat.to(x_in)], dim=1)
                 device = next(unet.parameters()).device
                 with torch.no_grad():
-                    output = unet(x_in.to(device), timesteps.to(device), context.to(device), y=None if y is None else y.to(device))
+                    output = unet(
+                        x_in.to(device), timesteps.to(device), context.to(device), y=None if y is None else y.to(device)
+                    )
                 return output.to(x_in.device)
 
             yield call
@@ -213,8 +230,12 @@ class ModelHandle:
 class ClipHandle:
     """CLIP: a family's tokenizer and text encoders, the clip skip and the LoRAs applied to them."""
 
-    def __init__(self, checkpoint: LoadedCheckpoint, clip_skip: int | None = None,
-                 patches: Mapping[int, tuple[PatchSet, ...]] | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: LoadedCheckpoint,
+        clip_skip: int | None = None,
+        patches: Mapping[int, tuple[PatchSet, ...]] | None = None,
+    ) -> None:
         if checkpoint.text_encoders is None:
             raise CheckpointError(checkpoint.info.path, "holds no text encoder, so it cannot be used as a CLIP")
         self.checkpoint = checkpoint
@@ -222,7 +243,8 @@ class ClipHandle:
         self.clip_skip = clip_skip
         self.patches = dict(patches or {})
         self._patched = [
-            _Patched(self.stack.encoders[role.name], self.patches.get(index, ())) for index, role in enumerate(self.stack.roles)
+            _Patched(self.stack.encoders[role.name], self.patches.get(index, ()))
+            for index, role in enumerate(self.stack.roles)
         ]
 
     @property
@@ -240,18 +262,24 @@ class ClipHandle:
 
     def with_clip_skip(self, clip_skip: int) -> ClipHandle:
         if not -self.stack.layer_count <= clip_skip <= -1:
-            raise ValueError(f"stop_at_clip_layer {clip_skip} is out of range for this {self.family} text encoder: "
-                             f"-1 .. -{self.stack.layer_count}")
+            raise ValueError(
+                f"stop_at_clip_layer {clip_skip} is out of range for this {self.family} text encoder: "
+                f"-1 .. -{self.stack.layer_count}"
+            )
         return ClipHandle(self.checkpoint, clip_skip, self.patches)
 
     def with_lora(self, patches: Mapping[int, Mapping[str, Sequence[WeightDelta]]], strength: float) -> ClipHandle:
-        combined = {index: _active_patches(self.patches.get(index, ()), patches.get(index, {}), strength)
-                    for index in range(len(self.stack.roles))}
+        combined = {
+            index: _active_patches(self.patches.get(index, ()), patches.get(index, {}), strength)
+            for index in range(len(self.stack.roles))
+        }
         if all(combined[index] is self.patches.get(index, ()) for index in combined):
             return self
         return ClipHandle(self.checkpoint, self.clip_skip, combined)
 
-    def encode(self, text: str, resolve_embedding: EmbeddingResolver | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, text: str, resolve_embedding: EmbeddingResolver | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond [1, tokens, width], pooled [1, dim]) on the CPU in float32."""
         current_runtime().memory.use(*self.encoders)
         with torch.no_grad(), _all_active(self._patched):
@@ -298,15 +326,17 @@ class VaeHandle:
 
     def check_latent(self, latent: torch.Tensor) -> None:
         if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
-            raise ValueError(f"the latent has shape {tuple(latent.shape)} but this VAE ({self.source or 'checkpoint'}) "
-                             f"works on {self.latent_channels}-channel latents: the latent comes from another model family")
+            raise ValueError(
+                f"the latent has shape {tuple(latent.shape)} but this VAE ({self.source or 'checkpoint'}) "
+                f"works on {self.latent_channels}-channel latents: the latent comes from another model family"
+            )
 
     def crop_pixels(self, image: torch.Tensor) -> torch.Tensor:
         """Trim ``[B, H, W, C]`` to multiples of the VAE's factor, centred, as ComfyUI does before encoding."""
         factor = self.downscale
         height, width = image.shape[1] // factor * factor, image.shape[2] // factor * factor
         top, left = (image.shape[1] % factor) // 2, (image.shape[2] % factor) // 2
-        return image[:, top:top + height, left:left + width]
+        return image[:, top : top + height, left : left + width]
 
     def _to_pixels(self, image: torch.Tensor) -> torch.Tensor:
         pixels = self.crop_pixels(image)[..., :3].movedim(-1, 1) * 2.0 - 1.0

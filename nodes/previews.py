@@ -34,6 +34,7 @@ _SUFFIXES = (".safetensors", ".pth")
 
 logger = logging.getLogger(__name__)
 
+
 class Previews:
     """One runtime's preview method, and the families it has already warned about."""
 

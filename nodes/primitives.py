@@ -52,15 +52,15 @@ def PrimitiveBoolean(value=Boolean(False)):
 
 
 @node(category="utils/string", display_name="Concatenate", outputs=[Output("STRING")])
-def StringConcatenate(
-    string_a=String("", multiline=True), string_b=String("", multiline=True), delimiter=String("")
-):
+def StringConcatenate(string_a=String("", multiline=True), string_b=String("", multiline=True), delimiter=String("")):
     """Join two texts with a delimiter between them."""
     return f"{string_a}{delimiter}{string_b}"
 
 
 @node(category="utils/string", display_name="Replace", outputs=[Output("STRING")])
-def StringReplace(string=String("", multiline=True), find=String("", multiline=True), replace=String("", multiline=True)):
+def StringReplace(
+    string=String("", multiline=True), find=String("", multiline=True), replace=String("", multiline=True)
+):
     """Replace every occurrence of a text."""
     return string.replace(find, replace)
 
@@ -107,9 +107,22 @@ MAX_POWER_BITS = 4096
 EXPRESSION_VARIABLES = ("a", "b", "c")
 _CONSTANTS: Mapping[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau}
 _FUNCTIONS: Mapping[str, Callable[..., Number]] = {
-    "abs": abs, "min": min, "max": max, "round": round, "floor": math.floor, "ceil": math.ceil,
-    "trunc": math.trunc, "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "log2": math.log2,
-    "log10": math.log10, "sin": math.sin, "cos": math.cos, "tan": math.tan, "atan2": math.atan2,
+    "abs": abs,
+    "min": min,
+    "max": max,
+    "round": round,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "trunc": math.trunc,
+    "sqrt": math.sqrt,
+    "exp": math.exp,
+    "log": math.log,
+    "log2": math.log2,
+    "log10": math.log10,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "atan2": math.atan2,
 }
 
 
@@ -121,8 +134,13 @@ def _power(base: Number, exponent: Number) -> Number:
 
 
 _BINARY: Mapping[type[ast.operator], Callable[[Number, Number], Number]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _power,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: _power,
 }
 _UNARY: Mapping[type[ast.unaryop], Callable[[Number], Number]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
@@ -228,7 +246,9 @@ def MathExpression(
     abs min max round floor ceil trunc sqrt exp log log2 log10 sin cos tan atan2.
     The INT output drops the fraction (towards zero)."""
     # Unconnected optional sockets may arrive as None or not at all; only numbers are bound.
-    variables = {name: operand for name, operand in zip(EXPRESSION_VARIABLES, (a, b, c)) if isinstance(operand, (int, float))}
+    variables = {
+        name: operand for name, operand in zip(EXPRESSION_VARIABLES, (a, b, c)) if isinstance(operand, (int, float))
+    }
     result = evaluate_expression(expression, variables)
     try:
         as_float = float(result)

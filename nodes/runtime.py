@@ -21,7 +21,15 @@ from nodes.model_folders import ModelPaths
 from nodes.previews import Previews
 from nodes.runtime_options import RuntimeOptions
 
-__all__ = ["Runtime", "RuntimeNotConfiguredError", "RuntimeOptions", "build_runtime", "current_runtime", "find_model", "list_models"]
+__all__ = [
+    "Runtime",
+    "RuntimeNotConfiguredError",
+    "RuntimeOptions",
+    "build_runtime",
+    "current_runtime",
+    "find_model",
+    "list_models",
+]
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,12 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
     compute = Compute.from_settings(options.device, options.dtype)
     previews = Previews(options.preview_method)
     folders = make_folders(
-        options.base_dir, input=options.input_dir, output=options.output_dir, temp=options.temp_dir,
-        user=options.user_dir, models=options.models_dir,
+        options.base_dir,
+        input=options.input_dir,
+        output=options.output_dir,
+        temp=options.temp_dir,
+        user=options.user_dir,
+        models=options.models_dir,
     )
     model_paths = ModelPaths.from_files(folders.models, options.extra_model_paths)
     memory = ModelMemory.for_device(compute.device, dtype=compute.dtype)

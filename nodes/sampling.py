@@ -68,7 +68,9 @@ def _adm_vector(
     return sdxl_adm_vector(pooled, (height, width), crop, target)
 
 
-def model_conditioning(model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+def model_conditioning(
+    model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool
+) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """Conditioning entries as this model needs them: ``y`` built, inpainting latents scaled or supplied.
 
     ``latent`` is the latent being sampled, already in the model's space.
@@ -95,8 +97,10 @@ def _model_latent(model: ModelHandle, samples: torch.Tensor) -> torch.Tensor:
         if bool((samples == 0).all()):
             samples = torch.zeros(samples.shape[0], model.latent_channels, *samples.shape[2:])
         else:
-            raise ValueError(f"the latent has {samples.shape[1]} channels but this {model.family.value} model works on "
-                             f"{model.latent_channels}: it was made by another model family's VAE")
+            raise ValueError(
+                f"the latent has {samples.shape[1]} channels but this {model.family.value} model works on "
+                f"{model.latent_channels}: it was made by another model family's VAE"
+            )
     return samples.float() * model.latent_format.scale_factor
 
 
@@ -142,10 +146,13 @@ class Guider:
     def bind(self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None) -> guidance.CFGGuider:
         """The denoiser for ``latent`` (in model space), with the conditioning this model needs."""
         return guidance.CFGGuider(
-            unet_fn, self.model.sampling, latent,
+            unet_fn,
+            self.model.sampling,
+            latent,
             model_conditioning(self.model, self.positive, latent, negative=False),
             model_conditioning(self.model, self.negative, latent, negative=True),
-            self.cfg, inpainting,
+            self.cfg,
+            inpainting,
         )
 
 
@@ -163,13 +170,21 @@ def _sample(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Te
         start_noise = noise.generate(latent, latent_image.get("batch_index"))
         mask = latent_image.get("noise_mask")
         inpainting = None if mask is None else guidance.Inpainting.from_mask(mask, latent, start_noise)
-        result = sample(guider.bind(unet_fn, latent, inpainting), sampler, sigmas, latent, start_noise,
-                        seed=noise.seed, callback=_step_reporter(previewer, len(sigmas) - 1))
+        result = sample(
+            guider.bind(unet_fn, latent, inpainting),
+            sampler,
+            sigmas,
+            latent,
+            start_noise,
+            seed=noise.seed,
+            callback=_step_reporter(previewer, len(sigmas) - 1),
+        )
     return {**latent_image, "samples": (result / model.latent_format.scale_factor).cpu()}
 
 
-def _ksampler_sigmas(model: ModelHandle, sampler: SamplerSpec, scheduler: str, steps: int,
-                     denoise: float) -> torch.Tensor:
+def _ksampler_sigmas(
+    model: ModelHandle, sampler: SamplerSpec, scheduler: str, steps: int, denoise: float
+) -> torch.Tensor:
     discard = sampler.discard_penultimate_sigma
     return denoise_sigmas(model.sampling, scheduler, steps, denoise, discard_penultimate_sigma=discard)
 
@@ -211,14 +226,19 @@ def KSamplerAdvanced(
 ):
     """Run part of a schedule (steps start_at_step..end_at_step), for multi-stage sampling such as a refiner pass."""
     sampler = get_sampler(sampler_name)
-    sigmas = cut_sigmas(_ksampler_sigmas(model, sampler, scheduler, steps, 1.0), start_at_step, end_at_step,
-                        leftover_noise=return_with_leftover_noise == "enable")
+    sigmas = cut_sigmas(
+        _ksampler_sigmas(model, sampler, scheduler, steps, 1.0),
+        start_at_step,
+        end_at_step,
+        leftover_noise=return_with_leftover_noise == "enable",
+    )
     noise = Noise(noise_seed, add=add_noise == "enable")
     return _sample(noise, Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
 
 
-def _sample_custom(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor,
-                   latent_image: Latent) -> tuple[Latent, Latent]:
+def _sample_custom(
+    noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent
+) -> tuple[Latent, Latent]:
     """(output, denoised_output) of running ``sampler`` over exactly ``sigmas``.
 
     When the sigmas end at 0 the output is the final x0 estimate itself. When they end above 0

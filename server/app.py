@@ -42,7 +42,11 @@ from server.worker import PromptWorker
 __all__ = ["create_app", "API_ROUTE_TABLES"]
 
 API_ROUTE_TABLES = (
-    routes_prompt.routes, routes_queue.routes, routes_files.routes, routes_info.routes, routes_userdata.routes,
+    routes_prompt.routes,
+    routes_queue.routes,
+    routes_files.routes,
+    routes_info.routes,
+    routes_userdata.routes,
 )
 
 
@@ -56,8 +60,12 @@ def _backend(config: ServerConfig, registry: NodeRegistry, given_registry: bool,
     if config.workers_spec.uses_ray:
         from server.distributed.ray_backend import RayBackend, WorkerSetup  # imports Ray: only when asked for
 
-        setup = WorkerSetup(config.runtime_options(), config.cache_budget_bytes,
-                            registry=registry if given_registry else None, plugins=None if given_registry else config)
+        setup = WorkerSetup(
+            config.runtime_options(),
+            config.cache_budget_bytes,
+            registry=registry if given_registry else None,
+            plugins=None if given_registry else config,
+        )
         return RayBackend(config.workers_spec, setup)
     cache = OutputCache(config.cache_budget_bytes)
     return LocalBackend(Executor(registry, cache, services=runtime), cache)

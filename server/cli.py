@@ -13,13 +13,21 @@ from collections.abc import Sequence
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from server.runtime_args import add_runtime_arguments
 
-    run = subparsers.add_parser("run", help="run a workflow file headless (API format, editor format, or a PNG that carries one)")
+    run = subparsers.add_parser(
+        "run", help="run a workflow file headless (API format, editor format, or a PNG that carries one)"
+    )
     run.add_argument("workflow", help="path to the workflow .json or .png")
     add_runtime_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--disable-custom-nodes", action="store_true", help="load no plugins from custom_nodes/")
-    run.add_argument("--extra-custom-nodes-dir", dest="extra_custom_node_dirs", action="append", default=[],
-                     metavar="DIR", help="another plugin folder, searched after custom_nodes/ (repeatable)")
+    run.add_argument(
+        "--extra-custom-nodes-dir",
+        dest="extra_custom_node_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another plugin folder, searched after custom_nodes/ (repeatable)",
+    )
     run.set_defaults(handler=_run_workflow)
 
 
@@ -66,7 +74,9 @@ def _write_tiny_checkpoint(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loom", description="Loom, a node-based workflow engine for diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="loom", description="Loom, a node-based workflow engine for diffusion models."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_serve(subparsers)
     _add_run(subparsers)

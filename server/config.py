@@ -17,7 +17,11 @@ from nodes.runtime_options import RuntimeOptions
 from server.distributed.spec import WorkersSpec, parse_workers
 
 __all__ = [
-    "ServerConfig", "AUTH_TOKEN_ENV", "REPO_ROOT", "parse_size", "is_loopback_host",
+    "ServerConfig",
+    "AUTH_TOKEN_ENV",
+    "REPO_ROOT",
+    "parse_size",
+    "is_loopback_host",
 ]
 
 AUTH_TOKEN_ENV = "LOOM_AUTH_TOKEN"
@@ -105,7 +109,9 @@ class ServerConfig:
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "extra_model_paths", tuple(Path(file) for file in self.extra_model_paths))
         object.__setattr__(self, "custom_node_whitelist", tuple(self.custom_node_whitelist))
-        object.__setattr__(self, "extra_custom_node_dirs", tuple(Path(folder) for folder in self.extra_custom_node_dirs))
+        object.__setattr__(
+            self, "extra_custom_node_dirs", tuple(Path(folder) for folder in self.extra_custom_node_dirs)
+        )
         self.runtime_options()  # checks the device, dtype and preview names
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range 1..65535")
@@ -120,10 +126,16 @@ class ServerConfig:
     def runtime_options(self) -> RuntimeOptions:
         """What the nodes' runtime is built from: the server's own and each Ray worker's."""
         return RuntimeOptions(
-            base_dir=self.base_dir, input_dir=self.input_dir, output_dir=self.output_dir, temp_dir=self.temp_dir,
-            user_dir=self.user_dir, models_dir=self.models_dir,
+            base_dir=self.base_dir,
+            input_dir=self.input_dir,
+            output_dir=self.output_dir,
+            temp_dir=self.temp_dir,
+            user_dir=self.user_dir,
+            models_dir=self.models_dir,
             extra_model_paths=self.extra_model_paths,
-            device=self.device, dtype=self.dtype, preview_method=self.preview_method,
+            device=self.device,
+            dtype=self.dtype,
+            preview_method=self.preview_method,
         )
 
     def _dir(self, explicit: Path | None, name: str) -> Path:

@@ -16,10 +16,20 @@ from aiohttp import web
 __all__ = ["file_response", "bytes_response", "guess_type", "ACTIVE_CONTENT_TYPES"]
 
 #: Types a browser would execute or render with script access to our origin.
-ACTIVE_CONTENT_TYPES = frozenset({
-    "text/html", "application/xhtml+xml", "application/javascript", "text/javascript", "text/css",
-    "image/svg+xml", "text/xml", "application/xml", "application/ecmascript", "text/ecmascript",
-})
+ACTIVE_CONTENT_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "application/javascript",
+        "text/javascript",
+        "text/css",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "application/ecmascript",
+        "text/ecmascript",
+    }
+)
 
 
 def _headers(name: str, content_type: str) -> dict[str, str]:

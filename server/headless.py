@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 import uuid
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -21,9 +21,9 @@ from graph.executor import Executor
 from graph.formats.api import load_document, prompt_from_document
 from graph.plugins import PluginStatus, load_plugins
 from graph.registry import NodeRegistry
+from graph.services import services_context
 from graph.validation import ValidationResult, validate_prompt
 from nodes import register_builtin_nodes
-from graph.services import services_context
 from nodes.compute import ComputeSettingsError
 from nodes.extra_model_paths import ExtraModelPathsError
 from nodes.runtime import RuntimeOptions, build_runtime
@@ -73,7 +73,14 @@ class _ProgressPrinter:
             self.nodes.set_postfix_str(f"{self.running} {self.prompt.get(self.running, {}).get('class_type', '')}")
         elif event == events.PROGRESS:
             if self.steps is None:
-                self.steps = tqdm(total=data["max"], desc=f"  node {data['node']}", unit="step", file=self.stream, leave=False, disable=not self.enabled)
+                self.steps = tqdm(
+                    total=data["max"],
+                    desc=f"  node {data['node']}",
+                    unit="step",
+                    file=self.stream,
+                    leave=False,
+                    disable=not self.enabled,
+                )
             self.steps.n = data["value"]
             self.steps.refresh()
         elif event == events.EXECUTION_SUCCESS:

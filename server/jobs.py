@@ -54,7 +54,12 @@ def job_from_queue(item: QueueItem, running: bool, detail: bool = False) -> dict
         "workflow_id": _workflow_id(item.extra_data),
     }
     if detail:
-        job.update(outputs={}, execution_status=None, workflow={"prompt": item.prompt, "extra_data": item.extra_data}, update_time=job["create_time"])
+        job.update(
+            outputs={},
+            execution_status=None,
+            workflow={"prompt": item.prompt, "extra_data": item.extra_data},
+            update_time=job["create_time"],
+        )
     return job
 
 
@@ -70,7 +75,9 @@ def job_from_history(record: HistoryRecord, detail: bool = False) -> dict[str, A
         "create_time": _ms(record.create_time),
         "execution_start_time": _ms(record.start_time),
         "execution_end_time": _ms(record.end_time),
-        "outputs_count": sum(len(v) for ui in outputs.values() if isinstance(ui, dict) for v in ui.values() if isinstance(v, list)),
+        "outputs_count": sum(
+            len(v) for ui in outputs.values() if isinstance(ui, dict) for v in ui.values() if isinstance(v, list)
+        ),
         "previewable_outputs_count": len(previews),
         "workflow_id": _workflow_id(extra_data),
     }
@@ -80,7 +87,12 @@ def job_from_history(record: HistoryRecord, detail: bool = False) -> dict[str, A
     if error is not None:
         job["execution_error"] = error
     if detail:
-        job.update(outputs=outputs, execution_status=entry["status"], workflow={"prompt": prompt, "extra_data": extra_data}, update_time=job["execution_end_time"])
+        job.update(
+            outputs=outputs,
+            execution_status=entry["status"],
+            workflow={"prompt": prompt, "extra_data": extra_data},
+            update_time=job["execution_end_time"],
+        )
     return job
 
 
@@ -104,7 +116,8 @@ class JobQuery:
 
     def apply(self, jobs: Iterable[dict[str, Any]]) -> dict[str, Any]:
         selected = [
-            job for job in jobs
+            job
+            for job in jobs
             if job["status"] in self.statuses
             and (self.workflow_id is None or job.get("workflow_id") == self.workflow_id)
             and (self.ids is None or job["id"] in self.ids)
@@ -118,7 +131,7 @@ class JobQuery:
 
         selected.sort(key=key, reverse=self.descending)
         end = None if self.limit is None else self.offset + self.limit
-        page = selected[self.offset:end]
+        page = selected[self.offset : end]
         return {
             "jobs": page,
             "pagination": {

@@ -68,7 +68,10 @@ def plugin_folders(config: ServerConfig) -> list[Path]:
 def load_configured_plugins(registry: NodeRegistry, config: ServerConfig) -> list[PluginReport]:
     """Load the configured folders into ``registry``, which must already hold the built-ins."""
     return load_plugins(
-        registry, plugin_folders(config), disable_all=config.disable_custom_nodes, whitelist=config.custom_node_whitelist
+        registry,
+        plugin_folders(config),
+        disable_all=config.disable_custom_nodes,
+        whitelist=config.custom_node_whitelist,
     )
 
 

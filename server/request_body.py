@@ -35,7 +35,9 @@ _LISTED_ISSUES = 10
 class BadRequestBody(Exception):
     """A body no handler may see: ``status`` 400, or 413 when it is over the size limit."""
 
-    def __init__(self, message: str, details: str = "", *, status: int = 400, issues: Sequence[SchemaIssue] = ()) -> None:
+    def __init__(
+        self, message: str, details: str = "", *, status: int = 400, issues: Sequence[SchemaIssue] = ()
+    ) -> None:
         super().__init__(f"{message}: {details}" if details else message)
         self.status = status
         self.message = message
@@ -44,7 +46,9 @@ class BadRequestBody(Exception):
 
     def response(self, type_: str = "bad_request", **extra: Any) -> web.Response:
         """The error reply; ``extra`` adds top-level keys (``node_errors`` for ``/prompt``)."""
-        extra_info = {"issues": [{"path": issue.path, "message": issue.message} for issue in self.issues]} if self.issues else {}
+        extra_info = (
+            {"issues": [{"path": issue.path, "message": issue.message} for issue in self.issues]} if self.issues else {}
+        )
         return error_response(self.status, type_, self.message, self.details, extra_info=extra_info, **extra)
 
 

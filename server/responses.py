@@ -19,7 +19,13 @@ PATH_CONFLICTS = (FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def error_response(
-    status: int, type_: str, message: str, details: str = "", *, extra_info: Mapping[str, Any] | None = None, **extra: Any
+    status: int,
+    type_: str,
+    message: str,
+    details: str = "",
+    *,
+    extra_info: Mapping[str, Any] | None = None,
+    **extra: Any,
 ) -> web.Response:
     """The error reply; ``extra`` adds top-level keys beside ``error`` (``node_errors`` for ``/prompt``)."""
     body: dict[str, Any] = {

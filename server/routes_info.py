@@ -27,6 +27,7 @@ __all__ = ["routes", "server_features"]
 
 routes = web.RouteTableDef()
 
+
 def server_features(max_upload_bytes: int) -> dict[str, Any]:
     """Capabilities sent in ``feature_flags`` and ``/features``; ``loom_previews`` is Loom's own."""
     return {"supports_preview_metadata": True, "loom_previews": True, "max_upload_size": max_upload_bytes}
@@ -54,14 +55,31 @@ def _devices(config_device: str) -> list[dict[str, Any]]:
         devices = []
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
-            devices.append({
-                "name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda", "index": index,
-                "vram_total": total, "vram_free": free, "torch_vram_total": total, "torch_vram_free": free,
-            })
+            devices.append(
+                {
+                    "name": f"cuda:{index} {torch.cuda.get_device_name(index)}",
+                    "type": "cuda",
+                    "index": index,
+                    "vram_total": total,
+                    "vram_free": free,
+                    "torch_vram_total": total,
+                    "torch_vram_free": free,
+                }
+            )
         return devices
     total, free = _memory()
-    return [{"name": "cpu", "type": "cpu", "index": 0, "vram_total": total, "vram_free": free,
-             "torch_vram_total": 0, "torch_vram_free": 0, "loom_device_setting": config_device}]
+    return [
+        {
+            "name": "cpu",
+            "type": "cpu",
+            "index": 0,
+            "vram_total": total,
+            "vram_free": free,
+            "torch_vram_total": 0,
+            "torch_vram_free": 0,
+            "loom_device_setting": config_device,
+        }
+    ]
 
 
 @routes.get("/object_info")
@@ -81,21 +99,23 @@ async def object_info_one(request: web.Request) -> web.Response:
 async def system_stats(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     total, free = _memory()
-    return web.json_response({
-        "system": {
-            "os": os.name,
-            "ram_total": total,
-            "ram_free": free,
-            "comfyui_version": _version("loom"),
-            "loom_version": _version("loom"),
-            "python_version": sys.version,
-            "pytorch_version": _version("torch"),
-            "embedded_python": False,
-            "platform": platform.platform(),
-            "argv": list(sys.argv),
-        },
-        "devices": _devices(config.device),
-    })
+    return web.json_response(
+        {
+            "system": {
+                "os": os.name,
+                "ram_total": total,
+                "ram_free": free,
+                "comfyui_version": _version("loom"),
+                "loom_version": _version("loom"),
+                "python_version": sys.version,
+                "pytorch_version": _version("torch"),
+                "embedded_python": False,
+                "platform": platform.platform(),
+                "argv": list(sys.argv),
+            },
+            "devices": _devices(config.device),
+        }
+    )
 
 
 @routes.get("/features")
@@ -122,7 +142,9 @@ async def model_files(request: web.Request) -> web.Response:
 @routes.get("/experiment/models")
 async def experiment_models(request: web.Request) -> web.Response:
     folders = await asyncio.to_thread(request.app[RUNTIME].model_paths.all_folders)
-    return web.json_response([{"name": key, "folders": [str(path) for path in paths]} for key, paths in folders.items()])
+    return web.json_response(
+        [{"name": key, "folders": [str(path) for path in paths]} for key, paths in folders.items()]
+    )
 
 
 @routes.get("/embeddings")

@@ -72,7 +72,9 @@ async def submit_prompt(request: web.Request) -> web.Response:
         prompt, warnings = conversion.prompt, list(conversion.warnings)
         extra_data.setdefault("extra_pnginfo", {}).setdefault("workflow", body["workflow"])
     if prompt is None:
-        return _prompt_error("no_prompt", "No prompt provided", "The body needs a 'prompt' (API format) or a 'workflow' (editor format).")
+        return _prompt_error(
+            "no_prompt", "No prompt provided", "The body needs a 'prompt' (API format) or a 'workflow' (editor format)."
+        )
 
     prompt_id = body.get("prompt_id") or str(uuid.uuid4())
     queue = request.app[QUEUE]
@@ -99,7 +101,11 @@ async def submit_prompt(request: web.Request) -> web.Response:
     )
     # The insert waits for an fsync; doing it off the loop keeps other clients' requests moving.
     await asyncio.to_thread(queue.put, item)
-    reply: dict[str, Any] = {"prompt_id": prompt_id, "number": wire_number(item.number), "node_errors": result.node_errors}
+    reply: dict[str, Any] = {
+        "prompt_id": prompt_id,
+        "number": wire_number(item.number),
+        "node_errors": result.node_errors,
+    }
     if warnings:
         reply["warnings"] = warnings
     return web.json_response(reply)

@@ -39,10 +39,12 @@ def _query_int(request: web.Request, name: str) -> int | None:
 @routes.get("/queue")
 async def get_queue(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
-    return web.json_response({
-        "queue_running": [item.wire() for item in queue.running()],
-        "queue_pending": [item.wire() for item in queue.pending()],
-    })
+    return web.json_response(
+        {
+            "queue_running": [item.wire() for item in queue.running()],
+            "queue_pending": [item.wire() for item in queue.pending()],
+        }
+    )
 
 
 @routes.post("/queue")

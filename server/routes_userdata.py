@@ -1,8 +1,10 @@
-"""Per-user files the editor keeps on the server: settings, saved workflows, templates (docs/compatibility.md §1.2, §C.2).
+"""Per-user files the editor keeps on the server: settings, saved workflows, templates
+(docs/compatibility.md §1.2, §C.2).
 
 Single-user: everything lives in ``<user dir>/default`` (the ``Comfy-User`` header is not an identity,
 so it selects nothing). The ``{file}`` segment arrives URL-decoded, ``workflows/a.json`` for
-``workflows%2Fa.json`` (docs/compatibility.md §C.4); every such path goes through ``nodes.folders.resolve_inside`` so ``..``,
+``workflows%2Fa.json`` (docs/compatibility.md §C.4); every such path goes through
+``nodes.folders.resolve_inside`` so ``..``,
 absolute paths and symlinks cannot leave the user folder. Files are served as downloads, never as
 pages (``server.downloads``), except that ``user.css`` keeps its CSS type because the editor links it.
 """
@@ -56,7 +58,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _info(path: Path, root: Path) -> dict[str, Any]:
     stat = path.stat()
-    return {"path": path.relative_to(root).as_posix(), "size": stat.st_size, "modified": stat.st_mtime, "created": stat.st_ctime}
+    return {
+        "path": path.relative_to(root).as_posix(),
+        "size": stat.st_size,
+        "modified": stat.st_mtime,
+        "created": stat.st_ctime,
+    }
 
 
 # settings and users ------------------------------------------------------------------------
@@ -151,7 +158,12 @@ async def list_userdata(request: web.Request) -> web.Response:
     if not directory.is_dir():
         return error_response(404, "not_found", f"No folder {requested!r}")
     entries = await asyncio.to_thread(
-        _listing, directory, root, _flag(request, "recurse", False), _flag(request, "full_info", False), _flag(request, "split", False)
+        _listing,
+        directory,
+        root,
+        _flag(request, "recurse", False),
+        _flag(request, "full_info", False),
+        _flag(request, "split", False),
     )
     return web.json_response(entries)
 

@@ -23,22 +23,44 @@ def _path(text: str) -> Path:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RuntimeOptions()
-    parser.add_argument("--base-dir", type=_path, default=Path.cwd(), help="folder holding models/, input/, output/, user/, temp/")
+    parser.add_argument(
+        "--base-dir", type=_path, default=Path.cwd(), help="folder holding models/, input/, output/, user/, temp/"
+    )
     for name in FOLDER_NAMES:
-        parser.add_argument(f"--{name}-dir", type=_path, default=None, help=f"the {name} folder (default <base-dir>/{name})")
-    parser.add_argument("--extra-model-paths", "--extra-model-paths-config", dest="extra_model_paths", type=_path,
-                        action="append", default=[], metavar="FILE",
-                        help="a YAML file of extra model folders, in ComfyUI's extra_model_paths.yaml format (repeatable)")
+        parser.add_argument(
+            f"--{name}-dir", type=_path, default=None, help=f"the {name} folder (default <base-dir>/{name})"
+        )
+    parser.add_argument(
+        "--extra-model-paths",
+        "--extra-model-paths-config",
+        dest="extra_model_paths",
+        type=_path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of extra model folders, in ComfyUI's extra_model_paths.yaml format (repeatable)",
+    )
     parser.add_argument("--device", default=defaults.device, help=f"compute device: {', '.join(DEVICES)} or cuda:N")
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_MODES, help="weight dtype mode (default auto)")
-    parser.add_argument("--preview-method", default=defaults.preview_method, choices=PREVIEW_METHODS,
-                        help="sampler previews: taesd (needs models/vae_approx/taesd_decoder.pth or taesdxl_decoder.pth), "
-                             "latent2rgb, none, or auto (taesd when its file is there, else latent2rgb)")
+    parser.add_argument(
+        "--preview-method",
+        default=defaults.preview_method,
+        choices=PREVIEW_METHODS,
+        help="sampler previews: taesd (needs models/vae_approx/taesd_decoder.pth or taesdxl_decoder.pth), "
+        "latent2rgb, none, or auto (taesd when its file is there, else latent2rgb)",
+    )
 
 
 def runtime_options_from_args(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(
-        base_dir=args.base_dir, models_dir=args.models_dir, input_dir=args.input_dir, output_dir=args.output_dir,
-        user_dir=args.user_dir, temp_dir=args.temp_dir, extra_model_paths=tuple(args.extra_model_paths),
-        device=args.device, dtype=args.dtype, preview_method=args.preview_method,
+        base_dir=args.base_dir,
+        models_dir=args.models_dir,
+        input_dir=args.input_dir,
+        output_dir=args.output_dir,
+        user_dir=args.user_dir,
+        temp_dir=args.temp_dir,
+        extra_model_paths=tuple(args.extra_model_paths),
+        device=args.device,
+        dtype=args.dtype,
+        preview_method=args.preview_method,
     )

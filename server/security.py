@@ -165,7 +165,9 @@ def add_login_routes(app: web.Application, config: ServerConfig) -> None:
         form = await request.post()
         given = str(form.get("token", ""))
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return web.Response(text=_LOGIN_PAGE.format(error="<p><b>Wrong token.</b></p>"), content_type="text/html", status=401)
+            return web.Response(
+                text=_LOGIN_PAGE.format(error="<p><b>Wrong token.</b></p>"), content_type="text/html", status=401
+            )
         response = web.HTTPFound("/")
         response.set_cookie(AUTH_COOKIE, session_cookie_value(token), httponly=True, samesite="Strict", path="/")
         raise response

@@ -35,44 +35,106 @@ def _workers(text: str) -> str:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServerConfig(auth_token=None)
-    parser.add_argument("--host", "--listen", dest="host", default=defaults.host,
-                        help="address(es) to bind, comma-separated (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host",
+        "--listen",
+        dest="host",
+        default=defaults.host,
+        help="address(es) to bind, comma-separated (default 127.0.0.1: this machine only)",
+    )
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default 8188)")
     add_runtime_arguments(parser)
-    parser.add_argument("--cache-budget", type=parse_size, default=defaults.cache_budget_bytes,
-                        help="bytes of node outputs kept between prompts, loaded models included, e.g. 12G "
-                             "(default: three quarters of this machine's RAM)")
-    parser.add_argument("--auth-token", default=None,
-                        help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)")
-    parser.add_argument("--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)")
-    parser.add_argument("--max-upload-size", type=float, default=defaults.max_upload_bytes / 2**20, help="request body limit in MB (default 100)")
-    parser.add_argument("--enable-cors-header", dest="cors_origin", nargs="?", const="*", default=None,
-                        help="send CORS headers for this origin (no value: '*'); off by default")
-    parser.add_argument("--disable-custom-nodes", "--disable-all-custom-nodes", dest="disable_custom_nodes", action="store_true",
-                        help="load no plugins from custom_nodes/ (except those given to --whitelist-custom-nodes)")
-    parser.add_argument("--whitelist-custom-nodes", nargs="+", default=[], metavar="NAME",
-                        help="plugins to load despite --disable-custom-nodes: folder names, or file names with or without .py")
-    parser.add_argument("--extra-custom-nodes-dir", dest="extra_custom_node_dirs", type=_path, action="append", default=[],
-                        metavar="DIR", help="another plugin folder, searched after custom_nodes/ (repeatable)")
-    parser.add_argument("--no-starter-files", dest="starter_files", action="store_false",
-                        help="do not place the bundled Real-ESRGAN models and the sample image at start")
-    parser.add_argument("--workers", type=_workers, default=defaults.workers,
-                        help="where prompts run: local (default, in this process), ray-local:N (N Ray worker actors "
-                             "on this machine) or ray://ADDRESS (a Ray cluster; needs the 'distributed' extra)")
+    parser.add_argument(
+        "--cache-budget",
+        type=parse_size,
+        default=defaults.cache_budget_bytes,
+        help="bytes of node outputs kept between prompts, loaded models included, e.g. 12G "
+        "(default: three quarters of this machine's RAM)",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=None,
+        help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)",
+    )
+    parser.add_argument(
+        "--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)"
+    )
+    parser.add_argument(
+        "--max-upload-size",
+        type=float,
+        default=defaults.max_upload_bytes / 2**20,
+        help="request body limit in MB (default 100)",
+    )
+    parser.add_argument(
+        "--enable-cors-header",
+        dest="cors_origin",
+        nargs="?",
+        const="*",
+        default=None,
+        help="send CORS headers for this origin (no value: '*'); off by default",
+    )
+    parser.add_argument(
+        "--disable-custom-nodes",
+        "--disable-all-custom-nodes",
+        dest="disable_custom_nodes",
+        action="store_true",
+        help="load no plugins from custom_nodes/ (except those given to --whitelist-custom-nodes)",
+    )
+    parser.add_argument(
+        "--whitelist-custom-nodes",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="plugins to load despite --disable-custom-nodes: folder names, or file names with or without .py",
+    )
+    parser.add_argument(
+        "--extra-custom-nodes-dir",
+        dest="extra_custom_node_dirs",
+        type=_path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another plugin folder, searched after custom_nodes/ (repeatable)",
+    )
+    parser.add_argument(
+        "--no-starter-files",
+        dest="starter_files",
+        action="store_false",
+        help="do not place the bundled Real-ESRGAN models and the sample image at start",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=defaults.workers,
+        help="where prompts run: local (default, in this process), ray-local:N (N Ray worker actors "
+        "on this machine) or ray://ADDRESS (a Ray cluster; needs the 'distributed' extra)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     runtime = runtime_options_from_args(args)
     return ServerConfig(
-        host=args.host, port=args.port, base_dir=runtime.base_dir,
-        models_dir=runtime.models_dir, input_dir=runtime.input_dir, output_dir=runtime.output_dir,
-        user_dir=runtime.user_dir, temp_dir=runtime.temp_dir, extra_model_paths=runtime.extra_model_paths,
-        cache_budget_bytes=args.cache_budget, device=runtime.device, dtype=runtime.dtype,
+        host=args.host,
+        port=args.port,
+        base_dir=runtime.base_dir,
+        models_dir=runtime.models_dir,
+        input_dir=runtime.input_dir,
+        output_dir=runtime.output_dir,
+        user_dir=runtime.user_dir,
+        temp_dir=runtime.temp_dir,
+        extra_model_paths=runtime.extra_model_paths,
+        cache_budget_bytes=args.cache_budget,
+        device=runtime.device,
+        dtype=runtime.dtype,
         auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None,
-        preview_method=runtime.preview_method, frontend_root=args.frontend_root,
-        disable_custom_nodes=args.disable_custom_nodes, custom_node_whitelist=tuple(args.whitelist_custom_nodes),
+        preview_method=runtime.preview_method,
+        frontend_root=args.frontend_root,
+        disable_custom_nodes=args.disable_custom_nodes,
+        custom_node_whitelist=tuple(args.whitelist_custom_nodes),
         extra_custom_node_dirs=tuple(args.extra_custom_node_dirs),
-        max_upload_bytes=int(args.max_upload_size * 2**20), cors_origin=args.cors_origin, workers=args.workers,
+        max_upload_bytes=int(args.max_upload_size * 2**20),
+        cors_origin=args.cors_origin,
+        workers=args.workers,
         starter_files=args.starter_files,
     )
 
@@ -84,7 +146,8 @@ def run_server(config: ServerConfig, registry: NodeRegistry | None = None) -> No
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not config.loopback_only and not config.auth_token:
         logging.getLogger(__name__).warning(
-            "listening on %s without --auth-token: anyone who can reach this port can run workflows", config.host)
+            "listening on %s without --auth-token: anyone who can reach this port can run workflows", config.host
+        )
     hosts = [part.strip() for part in config.host.split(",") if part.strip()]
     web.run_app(create_app(config, registry), host=hosts, port=config.port, print=None, shutdown_timeout=5.0)
 

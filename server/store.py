@@ -127,15 +127,33 @@ class PromptStore:
     # pending prompts -------------------------------------------------------------------------
 
     def add_pending(self, item: QueueItem) -> None:
-        self._write([(
-            "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)",
-            (item.prompt_id, item.number, _dumps(item.prompt), _dumps(item.extra_data), _dumps(item.outputs), item.create_time),
-        )])
+        self._write(
+            [
+                (
+                    "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        item.prompt_id,
+                        item.number,
+                        _dumps(item.prompt),
+                        _dumps(item.extra_data),
+                        _dumps(item.outputs),
+                        item.create_time,
+                    ),
+                )
+            ]
+        )
 
     def load_pending(self) -> list[QueueItem]:
         rows = self._read("SELECT number, prompt_id, prompt, extra_data, outputs, create_time FROM pending")
         return [
-            QueueItem(number=n, prompt_id=pid, prompt=json.loads(p), extra_data=json.loads(e), outputs=json.loads(o), create_time=t)
+            QueueItem(
+                number=n,
+                prompt_id=pid,
+                prompt=json.loads(p),
+                extra_data=json.loads(e),
+                outputs=json.loads(o),
+                create_time=t,
+            )
             for n, pid, p, e, o, t in rows
         ]
 
@@ -151,18 +169,29 @@ class PromptStore:
 
     def finish(self, record: HistoryRecord) -> None:
         """Write the history entry and drop the prompt from ``pending`` atomically, then trim."""
-        self._write([
-            (
-                "INSERT OR REPLACE INTO history (prompt_id, number, status, create_time, start_time, end_time, entry) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.prompt_id, record.number, record.status, record.create_time, record.start_time, record.end_time, _dumps(record.entry)),
-            ),
-            ("DELETE FROM pending WHERE prompt_id = ?", (record.prompt_id,)),
-            (
-                "DELETE FROM history WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (self.max_history,),
-            ),
-        ])
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO history "
+                    "(prompt_id, number, status, create_time, start_time, end_time, entry) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.prompt_id,
+                        record.number,
+                        record.status,
+                        record.create_time,
+                        record.start_time,
+                        record.end_time,
+                        _dumps(record.entry),
+                    ),
+                ),
+                ("DELETE FROM pending WHERE prompt_id = ?", (record.prompt_id,)),
+                (
+                    "DELETE FROM history WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (self.max_history,),
+                ),
+            ]
+        )
 
     def history(self, max_items: int | None = None, offset: int = 0) -> list[HistoryRecord]:
         """Entries oldest → newest; ``max_items`` counts back from the newest, as ComfyUI does."""

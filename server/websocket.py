@@ -25,7 +25,14 @@ from aiohttp import WSMsgType, web
 
 from graph.formats.strict_json import JsonDocumentError, parse_json
 
-__all__ = ["SocketHub", "ClientSocket", "ThreadSafePublisher", "PREVIEW_IMAGE", "PREVIEW_IMAGE_WITH_METADATA", "encode_preview_frame"]
+__all__ = [
+    "SocketHub",
+    "ClientSocket",
+    "ThreadSafePublisher",
+    "PREVIEW_IMAGE",
+    "PREVIEW_IMAGE_WITH_METADATA",
+    "encode_preview_frame",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,12 @@ class ClientSocket:
     """One connected client: its declared features and the frames waiting to reach it."""
 
     def __init__(
-        self, sid: str, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, queue_size: int, send_timeout: float
+        self,
+        sid: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        queue_size: int,
+        send_timeout: float,
     ) -> None:
         self.sid = sid
         self.ws = ws
@@ -187,7 +199,11 @@ class SocketHub:
             message = parse_json(text)
         except JsonDocumentError:
             return
-        if isinstance(message, dict) and message.get("type") == "feature_flags" and isinstance(message.get("data"), dict):
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "feature_flags"
+            and isinstance(message.get("data"), dict)
+        ):
             client.features = dict(message["data"])
             client.offer(json.dumps({"type": "feature_flags", "data": self._server_features()}))
 

@@ -31,10 +31,16 @@ __all__ = ["PromptWorker", "EventPublisher", "PromptEngine"]
 log = logging.getLogger(__name__)
 
 #: Events only the submitting socket receives; with no ``client_id`` they are not sent at all.
-_CLIENT_ONLY = frozenset({
-    events.EXECUTION_START, events.EXECUTION_CACHED, events.EXECUTING, events.EXECUTED,
-    events.EXECUTION_SUCCESS, events.EXECUTION_ERROR,
-})
+_CLIENT_ONLY = frozenset(
+    {
+        events.EXECUTION_START,
+        events.EXECUTION_CACHED,
+        events.EXECUTING,
+        events.EXECUTED,
+        events.EXECUTION_SUCCESS,
+        events.EXECUTION_ERROR,
+    }
+)
 #: Events for the submitting socket, or everybody when the prompt has no ``client_id``.
 _CLIENT_OR_EVERYONE = frozenset({events.PROGRESS, events.EXECUTION_INTERRUPTED})
 
@@ -156,10 +162,20 @@ class PromptWorker:
             log.exception("prompt %s could not be run", item.prompt_id)
             status, outputs, meta = "error", {}, {}
             failure = events.execution_error(
-                item.prompt_id, None, None, [], str(error), type(error).__name__,
-                traceback.format_exception(error), {}, [],
+                item.prompt_id,
+                None,
+                None,
+                [],
+                str(error),
+                type(error).__name__,
+                traceback.format_exception(error),
+                {},
+                [],
             )
-            messages = [[events.EXECUTION_START, events.execution_start(item.prompt_id)], [events.EXECUTION_ERROR, failure]]
+            messages = [
+                [events.EXECUTION_START, events.execution_start(item.prompt_id)],
+                [events.EXECUTION_ERROR, failure],
+            ]
             history_status = {"status_str": "error", "completed": False, "messages": messages}
             self._forward(sid, events.EXECUTION_ERROR, failure)
         if status == "interrupted" and self._stopping.is_set():
@@ -169,7 +185,9 @@ class PromptWorker:
             self._queue.done(item.prompt_id)
             return
         entry = {"prompt": item.wire(), "outputs": outputs, "status": history_status, "meta": meta}
-        self._store.finish(HistoryRecord(item.prompt_id, item.number, status, item.create_time, start, time.time(), entry))
+        self._store.finish(
+            HistoryRecord(item.prompt_id, item.number, status, item.create_time, start, time.time(), entry)
+        )
         with self._lock:
             lane.running = None
         self._queue.done(item.prompt_id)

@@ -25,7 +25,7 @@ class ExamplePromptTemplate:
     OUTPUT_NODE = True
 
     @classmethod
-    def INPUT_TYPES(cls):  # noqa: N802 - the name is the V1 contract
+    def INPUT_TYPES(cls):
         return {
             "required": {
                 "template": ("STRING", {"multiline": True, "default": "a photo of {subject}, {style}"}),
@@ -35,7 +35,7 @@ class ExamplePromptTemplate:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, template=None):  # noqa: N802
+    def VALIDATE_INPUTS(cls, template=None):
         """Reject a typo such as ``{subjet}`` before the prompt runs, naming the placeholders allowed."""
         if template is None:  # wired from another node: checked when it runs
             return True

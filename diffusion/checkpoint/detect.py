@@ -176,7 +176,9 @@ def _unet_family(sd: LazyStateDict, config: UNetConfig) -> ModelFamily:
             return ModelFamily.SDXL
         if levels == 4:
             return ModelFamily.SDXL_REFINER
-        raise UnknownModelError(sd.path, f"SDXL-style UNet (label_emb) with {levels} resolution levels (3 or 4 expected)")
+        raise UnknownModelError(
+            sd.path, f"SDXL-style UNet (label_emb) with {levels} resolution levels (3 or 4 expected)"
+        )
     return ModelFamily.SD2 if config.use_linear_in_transformer else ModelFamily.SD15
 
 
@@ -245,8 +247,11 @@ def _find_text_encoders(sd: LazyStateDict, family: ModelFamily) -> dict[str, Com
 
 
 def _text_encoder_layout(sd: LazyStateDict, prefix: str) -> str | None:
-    """"hf" for transformers CLIP (with or without its `text_model.` level), "openclip", or None."""
-    if f"{prefix}text_model.embeddings.token_embedding.weight" in sd or f"{prefix}embeddings.token_embedding.weight" in sd:
+    """ "hf" for transformers CLIP (with or without its `text_model.` level), "openclip", or None."""
+    if (
+        f"{prefix}text_model.embeddings.token_embedding.weight" in sd
+        or f"{prefix}embeddings.token_embedding.weight" in sd
+    ):
         return "hf"
     if f"{prefix}token_embedding.weight" in sd and sd.has_prefix(f"{prefix}transformer.resblocks."):
         return "openclip"

@@ -22,8 +22,16 @@ __all__ = ["detect_diffusers_folder", "is_diffusers_folder"]
 
 # Preferred weight file names per subfolder, best first (diffusers' own preference order).
 _WEIGHT_NAMES = {
-    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin"),
-    "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin"),
+    "unet": (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+    ),
+    "vae": (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+    ),
     "text_encoder": ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin"),
     "text_encoder_2": ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin"),
 }
@@ -55,7 +63,9 @@ def _weights_file(folder: Path, sub: str) -> Path | None:
             return directory / name
     sharded = sorted(p.name for p in directory.glob("*.index.json"))
     if sharded:
-        raise CheckpointFormatError(directory / sharded[0], "sharded weights are not supported; merge them into one file")
+        raise CheckpointFormatError(
+            directory / sharded[0], "sharded weights are not supported; merge them into one file"
+        )
     raise CheckpointFormatError(directory, f"holds no weights file (looked for {', '.join(_WEIGHT_NAMES[sub])})")
 
 

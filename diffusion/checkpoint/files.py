@@ -132,7 +132,7 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
     def view(self, prefix: str) -> LazyStateDict:
         """The tensors whose keys start with `prefix`, with the prefix removed."""
-        entries = {k[len(prefix):]: e for k, e in self._entries.items() if k.startswith(prefix)}
+        entries = {k[len(prefix) :]: e for k, e in self._entries.items() if k.startswith(prefix)}
         load = self._load
         return LazyStateDict(entries, lambda key: load(prefix + key), self.path, self.metadata)
 
@@ -241,7 +241,7 @@ class _MappedTensors:
         if offset % entry.dtype.itemsize:
             # Misaligned data (legal in the format, rare in practice): copy rather than hand
             # vectorised kernels a pointer they may not expect.
-            raw = bytearray(self._map[offset: offset + entry.nbytes])
+            raw = bytearray(self._map[offset : offset + entry.nbytes])
             return torch.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape)
         return torch.frombuffer(self._map, dtype=entry.dtype, count=numel, offset=offset).reshape(entry.shape)
 

@@ -50,7 +50,9 @@ def split_checkpoint(info: CheckpointInfo, state_dict: LazyStateDict | None = No
         if source.file is None:
             if state_dict is None:
                 if info.path is None:
-                    raise ValueError(f"component {name!r} lives in the checkpoint, but neither a path nor a state dict is known")
+                    raise ValueError(
+                        f"component {name!r} lives in the checkpoint, but neither a path nor a state dict is known"
+                    )
                 state_dict = open_state_dict(info.path)
             whole = state_dict
         else:

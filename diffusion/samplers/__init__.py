@@ -9,8 +9,8 @@ sampler is one function and one ``SamplerSpec`` below.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor
 

@@ -58,12 +58,23 @@ def _second_order(x: Tensor, t: Tensor, t_next: Tensor, eps: Tensor, eps_r1: Ten
     return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
 
 
-def _third_order(eps_model: _EpsModel, x: Tensor, t: Tensor, t_next: Tensor, eps: Tensor, eps_r1: Tensor,
-                 r1: float = 1 / 3, r2: float = 2 / 3) -> Tensor:
+def _third_order(
+    eps_model: _EpsModel,
+    x: Tensor,
+    t: Tensor,
+    t_next: Tensor,
+    eps: Tensor,
+    eps_r1: Tensor,
+    r1: float = 1 / 3,
+    r2: float = 2 / 3,
+) -> Tensor:
     h = t_next - t
     s2 = t + r2 * h
-    u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
-          - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
+    u2 = (
+        x
+        - _sigma(s2) * (r2 * h).expm1() * eps
+        - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps)
+    )
     eps_r2 = eps_model(u2, s2)
     return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
 
@@ -85,10 +96,18 @@ def _noisy_target(t: Tensor, t_next: Tensor, t_end: Tensor, eta: float) -> tuple
 
 
 @torch.no_grad()
-def sample_dpm_fast(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                    callback: StepCallback | None = None, disable: bool | None = None, eta: float = 0.0,
-                    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                    seed: int | None = None) -> Tensor:
+def sample_dpm_fast(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver-fast: the paper's order plan (mostly third order) for ``len(sigmas) - 1`` model calls."""
     sigma_min, sigma_max = _range(sigmas)
     nfe = len(sigmas) - 1
@@ -177,10 +196,19 @@ class _StepSizeController:
 
 
 @torch.no_grad()
-def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                        callback: StepCallback | None = None, disable: bool | None = None,
-                        control: StepSizeControl = StepSizeControl(), eta: float = 0.0, s_noise: float = 1.0,
-                        noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_dpm_adaptive(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    control: StepSizeControl = StepSizeControl(),
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver-12 / -23: embedded pairs of orders (1, 2) or (2, 3) choose the step size.
 
     The number of model calls depends on ``control``'s tolerances, not on the schedule's length.
@@ -217,9 +245,16 @@ def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
     return x
 
 
-def sample_dpm_adaptive_flat(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                             callback: StepCallback | None = None, disable: bool | None = None,
-                             seed: int | None = None, **options: Any) -> Tensor:
+def sample_dpm_adaptive_flat(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    seed: int | None = None,
+    **options: Any,
+) -> Tensor:
     """``sample_dpm_adaptive`` under the registry's contract, where every option is a flat keyword.
 
     Callers that pick samplers by name pass k-diffusion's keywords (``order=2, rtol=0.01``) with the
@@ -227,5 +262,6 @@ def sample_dpm_adaptive_flat(model: Denoiser, x: Tensor, sigmas: Tensor, extra_a
     parameter because ``SamplerSpec.takes_seed`` looks for it in the signature.
     """
     control, rest = StepSizeControl.split(options)
-    return sample_dpm_adaptive(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                               control=control, seed=seed, **rest)
+    return sample_dpm_adaptive(
+        model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, control=control, seed=seed, **rest
+    )

@@ -46,10 +46,18 @@ def _exp_step(x: Tensor, sigma: Tensor, sigma_to: Tensor, denoised: Tensor) -> T
 
 
 @torch.no_grad()
-def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                              callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
-                              s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                              seed: int | None = None) -> Tensor:
+def sample_dpmpp_2s_ancestral(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver++(2S) single-step second order, down to sigma_down, then ancestral noise."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
@@ -70,10 +78,19 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_
 
 
 @torch.no_grad()
-def sample_dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                     callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
-                     s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, r: float = 0.5,
-                     seed: int | None = None) -> Tensor:
+def sample_dpmpp_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    r: float = 0.5,
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver++ stochastic second order: an intermediate point at fraction ``r`` of the log step."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
@@ -97,8 +114,14 @@ def sample_dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dic
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                    callback: StepCallback | None = None, disable: bool | None = None) -> Tensor:
+def sample_dpmpp_2m(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+) -> Tensor:
     """DPM-Solver++(2M): second order from the previous step's denoised estimate, one call per step."""
     extra_args = extra_args or {}
     old_denoised = None
@@ -117,10 +140,19 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                        callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                        solver_type: str = "midpoint", seed: int | None = None) -> Tensor:
+def sample_dpmpp_2m_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    solver_type: str = "midpoint",
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver++(2M) SDE with the midpoint or Heun form of the second-order correction."""
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
@@ -146,16 +178,30 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
                 else:
                     x = x + 0.5 * decay * slope
             if eta:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
+                x = (
+                    x
+                    + noise_sampler(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * (-2 * eta_h).expm1().neg().sqrt()
+                    * s_noise
+                )
         old_denoised, h_last = denoised, h
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                        callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                        seed: int | None = None) -> Tensor:
+def sample_dpmpp_3m_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver++(3M) SDE: third order from the two previous denoised estimates."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
@@ -188,7 +234,13 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: 
                 assert denoised_1 is not None  # set with h_1, one step back
                 x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
             if eta:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = (
+                    x
+                    + noise_sampler(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * (-2 * h * eta).expm1().neg().sqrt()
+                    * s_noise
+                )
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x

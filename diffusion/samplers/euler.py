@@ -21,22 +21,40 @@ __all__ = [
 ]
 
 
-def _churn(x: Tensor, sigmas: Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
-           noise_sampler: NoiseSampler) -> tuple[Tensor, Tensor]:
+def _churn(
+    x: Tensor,
+    sigmas: Tensor,
+    i: int,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler,
+) -> tuple[Tensor, Tensor]:
     """Karras et al. 2022, Algorithm 2 lines 5-7: raise the noise level to ``sigma_hat`` before the step."""
     in_range = s_tmin <= float(sigmas[i]) <= s_tmax
-    gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if in_range else 0.0
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if in_range else 0.0
     sigma_hat = sigmas[i] * (gamma + 1)
     if gamma > 0:
-        x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+        x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
     return x, sigma_hat
 
 
 @torch.no_grad()
-def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                 callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_euler(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Karras et al. 2022, Algorithm 2 with Euler steps (first order, one model call per step)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
@@ -49,10 +67,18 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[st
 
 
 @torch.no_grad()
-def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                           callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                           seed: int | None = None) -> Tensor:
+def sample_euler_ancestral(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Euler step down to ``sigma_down``, then fresh noise up to ``sigma_next`` (ancestral sampling)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
@@ -67,10 +93,20 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_arg
 
 
 @torch.no_grad()
-def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_heun(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Karras et al. 2022, Algorithm 2: Heun's second-order correction, Euler on the last step to 0."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
@@ -90,10 +126,20 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str
 
 
 @torch.no_grad()
-def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                   callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                   s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                   noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_heunpp2(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Heun with look-ahead slopes weighted by noise level (the "Heun++" variant ComfyUI calls heunpp2).
 
     Each step takes Euler predictions one and two schedule points ahead and averages the slopes
@@ -127,8 +173,9 @@ def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[
     return x
 
 
-def _dpm_2_step(model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_to: Tensor,
-                extra_args: dict[str, Any]) -> Tensor:
+def _dpm_2_step(
+    model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_to: Tensor, extra_args: dict[str, Any]
+) -> Tensor:
     """DPM-Solver-2 (Lu et al. 2022) in sigma: the slope at the log-space midpoint carries the whole step."""
     sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
     x_2 = x + d * (sigma_mid - sigma)
@@ -137,10 +184,20 @@ def _dpm_2_step(model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_to: 
 
 
 @torch.no_grad()
-def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                 callback: StepCallback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_dpm_2(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Karras et al. 2022 Algorithm 2 with DPM-Solver-2 midpoint steps (k-diffusion's "DPM2")."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
@@ -157,10 +214,18 @@ def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[st
 
 
 @torch.no_grad()
-def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                           callback: StepCallback | None = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                           seed: int | None = None) -> Tensor:
+def sample_dpm_2_ancestral(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """DPM-Solver-2 step down to ``sigma_down``, then fresh noise up to ``sigma_next``."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)

@@ -7,7 +7,7 @@ device and dtype, so a seed gives the same image on any device.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -72,8 +72,15 @@ class BrownianTreeNoiseSampler:
     down the range in order and share most of their paths.
     """
 
-    def __init__(self, x: Tensor, sigma_min: float | Tensor, sigma_max: float | Tensor, seed: int = 0,
-                 tolerance: float = 2.0 ** -20, cache_size: int = 256) -> None:
+    def __init__(
+        self,
+        x: Tensor,
+        sigma_min: float | Tensor,
+        sigma_max: float | Tensor,
+        seed: int = 0,
+        tolerance: float = 2.0**-20,
+        cache_size: int = 256,
+    ) -> None:
         low, high = float(sigma_min), float(sigma_max)
         if not 0.0 <= low < high:
             raise ValueError(f"Brownian tree needs 0 <= sigma_min < sigma_max, got {low} and {high}")

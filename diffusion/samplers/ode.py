@@ -7,7 +7,8 @@ deterministic move to a lower sigma plus fresh noise.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -36,8 +37,8 @@ def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tu
     """
     if not eta:
         return sigma_to, torch.zeros_like(sigma_to)
-    sigma_up = torch.minimum(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
-    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+    sigma_up = torch.minimum(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 
 
@@ -46,8 +47,9 @@ def sigma_batch(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma * x.new_ones([x.shape[0]])
 
 
-def report_step(callback: StepCallback | None, x: Tensor, i: int, sigma: Tensor, sigma_hat: Tensor,
-                denoised: Tensor) -> None:
+def report_step(
+    callback: StepCallback | None, x: Tensor, i: int, sigma: Tensor, sigma_hat: Tensor, denoised: Tensor
+) -> None:
     """Send one step's state to the progress hook (progress bars, previews, interruption)."""
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})

@@ -20,7 +20,7 @@ def _ddpm_posterior_step(x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next:
     The posterior is defined on the variance-preserving state ``sqrt(a) * x`` with
     ``a = 1 / (1 + sigma^2)``; the schedule's two sigmas define the step's ``alpha = a / a_next``.
     """
-    a, a_next = 1 / (1 + sigma ** 2), 1 / (1 + sigma_next ** 2)
+    a, a_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
     alpha = a / a_next
     beta = 1 - alpha
     state = x * a.sqrt()
@@ -30,9 +30,17 @@ def _ddpm_posterior_step(x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next:
 
 
 @torch.no_grad()
-def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                callback: StepCallback | None = None, disable: bool | None = None, s_noise: float = 1.0,
-                noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_ddpm(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Ancestral DDPM sampling over an arbitrary sigma schedule; the last step to 0 returns x0."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
@@ -48,9 +56,16 @@ def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str
 
 
 @torch.no_grad()
-def sample_lcm(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-               callback: StepCallback | None = None, disable: bool | None = None,
-               noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> Tensor:
+def sample_lcm(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023; Luo et al. 2023 for latent consistency
     models): jump to the model's x0, then re-noise it to the next sigma with fresh noise."""
     extra_args = extra_args or {}

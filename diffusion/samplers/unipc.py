@@ -49,8 +49,16 @@ def _weighted(weights: Tensor, values: list[Tensor]) -> Tensor | float:
 
 
 @torch.no_grad()
-def _sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None,
-                  callback: StepCallback | None, disable: bool | None, order: int, variant: str) -> Tensor:
+def _sample_unipc(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: StepCallback | None,
+    disable: bool | None,
+    order: int,
+    variant: str,
+) -> Tensor:
     extra_args = extra_args or {}
     steps = len(sigmas) - 1
     lambdas = [-math.log(float(s)) if s > 0 else math.inf for s in sigmas]
@@ -81,13 +89,27 @@ def _sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[s
     return x
 
 
-def sample_uni_pc(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                  callback: StepCallback | None = None, disable: bool | None = None, order: int = 3) -> Tensor:
+def sample_uni_pc(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    order: int = 3,
+) -> Tensor:
     """UniPC with ``B(h) = h`` (bh1)."""
     return _sample_unipc(model, x, sigmas, extra_args, callback, disable, order, "bh1")
 
 
-def sample_uni_pc_bh2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                      callback: StepCallback | None = None, disable: bool | None = None, order: int = 3) -> Tensor:
+def sample_uni_pc_bh2(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    order: int = 3,
+) -> Tensor:
     """UniPC with ``B(h) = e^h - 1`` (bh2)."""
     return _sample_unipc(model, x, sigmas, extra_args, callback, disable, order, "bh2")

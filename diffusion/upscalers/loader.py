@@ -67,9 +67,7 @@ class UpscaleModel:
             return self.module(pixels)
 
 
-def build_upscale_network(
-    state_dict: Mapping[str, torch.Tensor], path: Path
-) -> tuple[RRDBNet | SRVGGNetCompact, str]:
+def build_upscale_network(state_dict: Mapping[str, torch.Tensor], path: Path) -> tuple[RRDBNet | SRVGGNetCompact, str]:
     """The network the keys describe, with the weights loaded; ``path`` names the file in errors."""
     if is_old_esrgan_state_dict(state_dict):
         try:
@@ -85,7 +83,8 @@ def build_upscale_network(
         else:
             sample = ", ".join(list(state_dict)[:6])
             raise UpscaleModelError(
-                path, f"no known upscaler architecture (ESRGAN/RRDBNet, SRVGGNetCompact) matches its keys: {sample}, ..."
+                path,
+                f"no known upscaler architecture (ESRGAN/RRDBNet, SRVGGNetCompact) matches its keys: {sample}, ...",
             )
         network.load_state_dict({key: value.float() for key, value in state_dict.items()}, strict=True)
     except (ValueError, RuntimeError) as error:
@@ -126,7 +125,9 @@ def load_upscale_model(path: str | os.PathLike[str]) -> UpscaleModel:
     if param is not None:
         weights = param.with_suffix(".bin")
         if not weights.is_file():
-            raise UpscaleModelError(path, f"an ncnn model needs both files of its pair, and {weights.name} is not beside it")
+            raise UpscaleModelError(
+                path, f"an ncnn model needs both files of its pair, and {weights.name} is not beside it"
+            )
         mapping = map_ncnn(read_ncnn(param, weights), param)
         state_dict, resize = mapping.state_dict, mapping.output_resize
     else:

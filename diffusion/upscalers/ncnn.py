@@ -29,7 +29,16 @@ import torch
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.checkpoint.sniff import NCNN_PARAM_MAGIC
 
-__all__ = ["NcnnFormatError", "NcnnLayer", "NcnnNetwork", "NcnnMapping", "OutputResize", "read_ncnn", "parse_param", "map_ncnn"]
+__all__ = [
+    "NcnnFormatError",
+    "NcnnLayer",
+    "NcnnNetwork",
+    "NcnnMapping",
+    "OutputResize",
+    "read_ncnn",
+    "parse_param",
+    "map_ncnn",
+]
 
 FP16_TAG = 0x01306B47
 FP32_TAG = 0
@@ -95,9 +104,7 @@ def parse_param(path: Path) -> tuple[NcnnLayer, ...]:
         text = ""
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] != [NCNN_PARAM_MAGIC]:
-        raise NcnnFormatError(
-            path, f"not an ncnn text .param file: the first line is not the magic {NCNN_PARAM_MAGIC}"
-        )
+        raise NcnnFormatError(path, f"not an ncnn text .param file: the first line is not the magic {NCNN_PARAM_MAGIC}")
     if len(lines) < 2 or len(lines[1]) != 2:
         raise NcnnFormatError(path, "the second line must be 'layer_count blob_count'")
     layer_count = int(lines[1][0])
@@ -106,7 +113,9 @@ def parse_param(path: Path) -> tuple[NcnnLayer, ...]:
     layers = []
     for number, tokens in enumerate(lines[2:], start=3):
         if len(tokens) < 4 or not (tokens[2].isdigit() and tokens[3].isdigit()):
-            raise NcnnFormatError(path, f"line {number} is not 'Type name n_inputs n_outputs ...': {' '.join(tokens)!r}")
+            raise NcnnFormatError(
+                path, f"line {number} is not 'Type name n_inputs n_outputs ...': {' '.join(tokens)!r}"
+            )
         layer_type, name, n_in, n_out, *rest = tokens
         n_inputs, n_outputs = int(n_in), int(n_out)
         blobs, params = rest[: n_inputs + n_outputs], rest[n_inputs + n_outputs :]
@@ -133,7 +142,8 @@ class _BinReader:
     def _take(self, size: int, layer: str) -> bytes:
         if self.offset + size > len(self.data):
             raise NcnnFormatError(
-                self.path, f"layer {layer!r} needs {size} bytes at offset {self.offset} but the file has {len(self.data)}"
+                self.path,
+                f"layer {layer!r} needs {size} bytes at offset {self.offset} but the file has {len(self.data)}",
             )
         chunk = self.data[self.offset : self.offset + size]
         self.offset += size
@@ -151,8 +161,9 @@ class _BinReader:
         if tag == FP32_TAG:
             return self.raw_float32(count, layer)
         raise NcnnFormatError(
-            self.path, f"layer {layer!r}: weight tag 0x{tag:08X} at offset {self.offset - 4} is not fp16 or fp32 "
-            "(quantized ncnn weights are not supported)"
+            self.path,
+            f"layer {layer!r}: weight tag 0x{tag:08X} at offset {self.offset - 4} is not fp16 or fp32 "
+            "(quantized ncnn weights are not supported)",
         )
 
 
@@ -168,9 +179,15 @@ def _read_convolution(reader: _BinReader, path: Path, layer: NcnnLayer) -> dict[
     kernel_w = _int_param(path, layer, 1, 0)
     kernel_h = _int_param(path, layer, 11, kernel_w)
     size = _int_param(path, layer, 6, 0)
-    geometry = {"dilation": _int_param(path, layer, 2, 1), "stride": _int_param(path, layer, 3, 1), "pad": _int_param(path, layer, 4, 0)}
+    geometry = {
+        "dilation": _int_param(path, layer, 2, 1),
+        "stride": _int_param(path, layer, 3, 1),
+        "pad": _int_param(path, layer, 4, 0),
+    }
     if geometry != {"dilation": 1, "stride": 1, "pad": kernel_w // 2} or kernel_w != kernel_h or kernel_w % 2 == 0:
-        raise NcnnFormatError(path, f"layer {layer.name!r}: only odd square 'same' convolutions are supported, found {geometry}")
+        raise NcnnFormatError(
+            path, f"layer {layer.name!r}: only odd square 'same' convolutions are supported, found {geometry}"
+        )
     if num_output <= 0 or size % (num_output * kernel_w * kernel_h):
         raise NcnnFormatError(path, f"layer {layer.name!r}: weight_data_size {size} does not fit {num_output} outputs")
     in_channels = size // (num_output * kernel_w * kernel_h)
@@ -192,11 +209,14 @@ def read_ncnn(param_path: Path, bin_path: Path) -> NcnnNetwork:
             weights[layer.name] = {"weight": reader.raw_float32(_int_param(param_path, layer, 0, 1), layer.name)}
         elif layer.type not in WEIGHTLESS_TYPES:
             supported = ", ".join(sorted(WEIGHTLESS_TYPES | {"Convolution", "PReLU"}))
-            raise NcnnFormatError(param_path, f"layer {layer.name!r} has type {layer.type!r}; supported types: {supported}")
+            raise NcnnFormatError(
+                param_path, f"layer {layer.name!r} has type {layer.type!r}; supported types: {supported}"
+            )
     if reader.offset != len(reader.data):
         raise NcnnFormatError(
-            bin_path, f"{len(reader.data) - reader.offset} bytes are left after the last layer's weights "
-            f"(read {reader.offset} of {len(reader.data)}): the .bin does not belong to {param_path.name}"
+            bin_path,
+            f"{len(reader.data) - reader.offset} bytes are left after the last layer's weights "
+            f"(read {reader.offset} of {len(reader.data)}): the .bin does not belong to {param_path.name}",
         )
     return NcnnNetwork(layers=layers, weights=weights)
 
@@ -226,7 +246,9 @@ def _rrdb_names(conv_count: int, upsample_count: int, path: Path) -> list[str]:
     """RRDBNet's convs in forward order: first, 15 per RRDB, trunk, one per upsampling stage, hr, last."""
     blocks, remainder = divmod(conv_count - 4 - upsample_count, 15)
     if remainder or blocks < 1:
-        raise NcnnFormatError(path, f"{conv_count} convolutions and {upsample_count} upsampling stages do not form an RRDBNet")
+        raise NcnnFormatError(
+            path, f"{conv_count} convolutions and {upsample_count} upsampling stages do not form an RRDBNet"
+        )
     trunk = [f"body.{b}.rdb{r}.conv{c}" for b in range(blocks) for r in (1, 2, 3) for c in range(1, 6)]
     ups = [f"conv_up{n}" for n in range(1, upsample_count + 1)]
     return ["conv_first", *trunk, "conv_body", *ups, "conv_hr", "conv_last"]
@@ -237,8 +259,9 @@ def _output_resize(layer: NcnnLayer, path: Path) -> OutputResize:
     mode = INTERP_MODES.get(resize_type) if isinstance(resize_type, int) else None
     if mode is None or height_scale != width_scale or not isinstance(height_scale, float):
         raise NcnnFormatError(
-            path, f"final layer {layer.name!r}: only a uniform nearest/bilinear/bicubic resize is supported, "
-            f"found type {resize_type} with scales {height_scale}x{width_scale}"
+            path,
+            f"final layer {layer.name!r}: only a uniform nearest/bilinear/bicubic resize is supported, "
+            f"found type {resize_type} with scales {height_scale}x{width_scale}",
         )
     return OutputResize(mode=mode, factor=height_scale)
 

@@ -38,7 +38,10 @@ class SRVGGNetCompact(nn.Module):
     def __init__(self, config: SRVGGConfig) -> None:
         super().__init__()
         self.config = config
-        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, config.num_feat, 3, padding=1), nn.PReLU(config.num_feat)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.in_channels, config.num_feat, 3, padding=1),
+            nn.PReLU(config.num_feat),
+        ]
         for _ in range(config.num_conv):
             layers += [nn.Conv2d(config.num_feat, config.num_feat, 3, padding=1), nn.PReLU(config.num_feat)]
         layers.append(nn.Conv2d(config.num_feat, config.out_channels * config.upscale**2, 3, padding=1))
@@ -56,7 +59,9 @@ class SRVGGNetCompact(nn.Module):
 def is_srvgg_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Every key is ``body.N.weight``/``body.N.bias`` and ``body.1`` is a PReLU (a 1-D slope vector)."""
     slopes = state_dict.get("body.1.weight")
-    return bool(state_dict) and all(_BODY_KEY.match(key) for key in state_dict) and slopes is not None and slopes.ndim == 1
+    return (
+        bool(state_dict) and all(_BODY_KEY.match(key) for key in state_dict) and slopes is not None and slopes.ndim == 1
+    )
 
 
 def srvgg_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> SRVGGConfig:
@@ -76,5 +81,9 @@ def srvgg_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> SRVG
             f"not {in_channels} x a square upscale factor"
         )
     return SRVGGConfig(
-        in_channels=in_channels, out_channels=in_channels, num_feat=num_feat, num_conv=len(conv_indices) - 2, upscale=upscale
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_feat=num_feat,
+        num_conv=len(conv_indices) - 2,
+        upscale=upscale,
     )

@@ -65,7 +65,9 @@ def upscale_tiled(
     retry the count starts again with the new, larger total.
     """
     if not 0 <= overlap < min_tile <= tile:
-        raise ValueError(f"tiling needs 0 <= overlap < min_tile <= tile, got overlap={overlap} min_tile={min_tile} tile={tile}")
+        raise ValueError(
+            f"tiling needs 0 <= overlap < min_tile <= tile, got overlap={overlap} min_tile={min_tile} tile={tile}"
+        )
     while True:
         try:
             return _upscale_at_tile(model, pixels, scale, tile, overlap, on_progress)

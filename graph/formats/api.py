@@ -74,7 +74,9 @@ def detect_format(document: Any) -> Literal["api", "editor"]:
             return "editor"
         if document and all(isinstance(node, Mapping) and "class_type" in node for node in document.values()):
             return "api"
-    raise WorkflowFormatError("", "neither an editor workflow (no 'nodes' list) nor an API prompt (nodes need 'class_type')")
+    raise WorkflowFormatError(
+        "", "neither an editor workflow (no 'nodes' list) nor an API prompt (nodes need 'class_type')"
+    )
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,9 @@ class _Converter:
         definition_id = str(instance.get("type"))
         index, definition = self.definitions[definition_id]
         if definition_id in scope.lineage:
-            raise WorkflowFormatError(f"definitions.subgraphs[{index}]", f"subgraph {definition_id} contains itself (via node {key})")
+            raise WorkflowFormatError(
+                f"definitions.subgraphs[{index}]", f"subgraph {definition_id} contains itself (via node {key})"
+            )
         path = f"definitions.subgraphs[{index}]"
         child = _Scope(
             path=path,
@@ -184,9 +186,10 @@ class _Converter:
         bearing = [entry for index, entry in enumerate(declared) if self._feeds_widget(child, index)]
         if values and len(values) != len(bearing):
             self.warnings.append(
-                f"node {key}: {len(values)} widget values for {len(bearing)} widget inputs of its subgraph; matched in order"
+                f"node {key}: {len(values)} widget values for {len(bearing)} widget inputs of its subgraph; "
+                "matched in order"
             )
-        return {entry.get("name"): value for entry, value in zip(bearing, values)}
+        return {str(entry.get("name")): value for entry, value in zip(bearing, values)}
 
     @staticmethod
     def _feeds_widget(child: _Scope, index: int) -> bool:
@@ -204,20 +207,28 @@ class _Converter:
     def _resolve_link(self, scope: _Scope, link_id: Any, trail: frozenset[tuple[str, str]] = frozenset()) -> Any:
         link = scope.links.get(str(link_id))
         if link is None:
-            self.warnings.append(f"link {link_id} in {scope.path or 'the workflow'} does not exist; its input is left out")
+            self.warnings.append(
+                f"link {link_id} in {scope.path or 'the workflow'} does not exist; its input is left out"
+            )
             return _DROPPED
         return self._resolve_output(scope, link.origin_id, link.origin_slot, link.type, trail)
 
-    def _resolve_output(self, scope: _Scope, origin_id: str, slot: int, link_type: str, trail: frozenset[tuple[str, str]]) -> Any:
+    def _resolve_output(
+        self, scope: _Scope, origin_id: str, slot: int, link_type: str, trail: frozenset[tuple[str, str]]
+    ) -> Any:
         here = (scope.prefix, origin_id)
         if here in trail:
-            raise WorkflowFormatError(scope.path, f"links loop through reroutes or bypassed nodes at node {scope.api_id(origin_id)}")
+            raise WorkflowFormatError(
+                scope.path, f"links loop through reroutes or bypassed nodes at node {scope.api_id(origin_id)}"
+            )
         trail = trail | {here}
         if scope.instance is not None and origin_id == scope.input_node_id:
             return self._resolve_subgraph_input(scope, slot, trail)
         node = scope.nodes.get(origin_id)
         if node is None:
-            self.warnings.append(f"a link comes from node {scope.api_id(origin_id)}, which does not exist; its input is left out")
+            self.warnings.append(
+                f"a link comes from node {scope.api_id(origin_id)}, which does not exist; its input is left out"
+            )
             return _DROPPED
         node_type = str(node.get("type"))
         if node_type == "Reroute":
@@ -282,7 +293,11 @@ class _Converter:
                 resolved = self._resolve_link(scope, entry["link"])
                 if resolved is not _DROPPED and resolved is not _UNSET:
                     inputs[name] = _as_input(resolved)
-        return {"inputs": inputs, "class_type": spec.class_type, "_meta": {"title": node.get("title") or spec.display_name}}
+        return {
+            "inputs": inputs,
+            "class_type": spec.class_type,
+            "_meta": {"title": node.get("title") or spec.display_name},
+        }
 
     def _is_widget(self, item: InputSpec) -> bool:
         return item.is_widget or (item.type in self.widget_types and not item.options.get("forceInput", False))
@@ -299,7 +314,9 @@ class _Converter:
                 if default is None:
                     self.warnings.append(f"node {api_id}: no value stored for widget {item.name!r} and no default")
                     continue
-                self.warnings.append(f"node {api_id}: no value stored for widget {item.name!r}; using its default {default!r}")
+                self.warnings.append(
+                    f"node {api_id}: no value stored for widget {item.name!r}; using its default {default!r}"
+                )
                 found[item.name] = default
         return found
 
@@ -323,7 +340,9 @@ def _positional_widget_values(values: list[Any], widgets: Sequence[InputSpec]) -
         position += 1
         following = widgets[index + 1] if index + 1 < len(widgets) else None
         if position < len(values) and _is_control_value(values[position]):
-            offered = following is not None and following.type == COMBO and values[position] in (following.choices or ())
+            offered = (
+                following is not None and following.type == COMBO and values[position] in (following.choices or ())
+            )
             if item.control_after_generate or (item.type in (INT, COMBO) and not offered):
                 position += 1
         last_required = item.section == "required" and (following is None or following.section != "required")
@@ -358,8 +377,9 @@ def _bypass_input(node: Mapping[str, Any], slot: int, link_type: str) -> Mapping
     """The linked input a bypassed node passes through for output ``slot``: same type, same index first."""
     outputs = node.get("outputs") or []
     wanted = str(outputs[slot].get("type", link_type)) if slot < len(outputs) else str(link_type)
-    entries = [entry for entry in node.get("inputs") or [] if entry.get("link") is not None]
-    same_index = [entry for entry in (node.get("inputs") or [])[slot : slot + 1] if entry.get("link") is not None]
+    inputs: list[Mapping[str, Any]] = node.get("inputs") or []
+    entries = [entry for entry in inputs if entry.get("link") is not None]
+    same_index = [entry for entry in inputs[slot : slot + 1] if entry.get("link") is not None]
     for candidate in same_index + entries:
         if str(candidate.get("type")) == wanted:
             return candidate
@@ -395,12 +415,20 @@ def _index_links(graph: Mapping[str, Any], path: str) -> dict[str, _Link]:
         try:
             if isinstance(raw, Mapping):
                 link_id = raw["id"]
-                link = _Link(str(raw["origin_id"]), int(raw["origin_slot"]), str(raw["target_id"]), int(raw["target_slot"]), str(raw.get("type", "*")))
+                link = _Link(
+                    str(raw["origin_id"]),
+                    int(raw["origin_slot"]),
+                    str(raw["target_id"]),
+                    int(raw["target_slot"]),
+                    str(raw.get("type", "*")),
+                )
             else:
                 link_id, origin, origin_slot, target, target_slot = raw[:5]
                 link_type = raw[5] if len(raw) > 5 else "*"
                 link = _Link(str(origin), int(origin_slot), str(target), int(target_slot), str(link_type))
         except (KeyError, TypeError, ValueError) as error:
-            raise WorkflowFormatError(where, f"not a link ([id, origin, slot, target, slot, type] or an object): {error}") from error
+            raise WorkflowFormatError(
+                where, f"not a link ([id, origin, slot, target, slot, type] or an object): {error}"
+            ) from error
         links[str(link_id)] = link
     return links

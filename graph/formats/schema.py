@@ -65,7 +65,9 @@ def validator_issues(validator: Draft202012Validator, document: Any) -> list[Sch
     Public so that other schemas (the server's request bodies) report problems in the same words.
     """
     errors = validator.iter_errors(document)
-    return [_issue(error) for error in sorted(errors, key=lambda error: [_sort_key(part) for part in error.absolute_path])]
+    return [
+        _issue(error) for error in sorted(errors, key=lambda error: [_sort_key(part) for part in error.absolute_path])
+    ]
 
 
 def check_document(document: Any, name: SchemaName | None = None) -> None:

@@ -71,7 +71,8 @@ class LocalBackend:
         interrupt: InterruptFlag | None = None,
     ) -> Any:
         return self._engine.execute(
-            prompt, outputs, prompt_id=prompt_id, extra_data=extra_data, listener=listener, interrupt=interrupt)
+            prompt, outputs, prompt_id=prompt_id, extra_data=extra_data, listener=listener, interrupt=interrupt
+        )
 
     @property
     def lanes(self) -> int:

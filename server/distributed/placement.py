@@ -21,10 +21,23 @@ from typing import Any
 __all__ = ["MODEL_FILE_INPUTS", "model_files", "WorkerBook", "Dispatcher"]
 
 #: Input names through which loader nodes (docs/compatibility.md Appendix A) name a model file.
-MODEL_FILE_INPUTS = frozenset({
-    "ckpt_name", "unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2", "clip_name3",
-    "lora_name", "control_net_name", "style_model_name", "clip_vision_name", "model_name", "upscale_model",
-})
+MODEL_FILE_INPUTS = frozenset(
+    {
+        "ckpt_name",
+        "unet_name",
+        "vae_name",
+        "clip_name",
+        "clip_name1",
+        "clip_name2",
+        "clip_name3",
+        "lora_name",
+        "control_net_name",
+        "style_model_name",
+        "clip_vision_name",
+        "model_name",
+        "upscale_model",
+    }
+)
 
 
 def model_files(prompt: Mapping[str, Any], node_ids: Iterable[str] | None = None) -> frozenset[str]:

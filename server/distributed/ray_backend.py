@@ -46,7 +46,15 @@ from server.distributed.backend import LocalBackend, WorkerLostError
 from server.distributed.placement import Dispatcher, model_files
 from server.distributed.spec import WorkersSpec, require_ray
 
-__all__ = ["LoomWorkerActor", "RayBackend", "WorkerSetup", "WorkersDidNotStartError", "actor_resources", "POLL_SECONDS", "ATTEMPTS"]
+__all__ = [
+    "LoomWorkerActor",
+    "RayBackend",
+    "WorkerSetup",
+    "WorkersDidNotStartError",
+    "actor_resources",
+    "POLL_SECONDS",
+    "ATTEMPTS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +149,11 @@ class LoomWorkerActor:
                     self._apply_free_request()  # one that arrived just as the previous prompt ended
                     self._interrupt.clear()
                     record = self._local.execute(
-                        prompt, outputs, prompt_id=prompt_id, extra_data=extra_data, listener=listener,
+                        prompt,
+                        outputs,
+                        prompt_id=prompt_id,
+                        extra_data=extra_data,
+                        listener=listener,
                         interrupt=self._interrupt,
                     )
                     with self._lock:
@@ -207,7 +219,8 @@ class RayBackend:
         count = spec.count if spec.kind == "ray-local" else max(1, int(available.get("GPU", 0)))
         resources = actor_resources(spec, count, available)
         self._actor_class = ray.remote(LoomWorkerActor).options(
-            max_concurrency=ACTOR_CONCURRENCY, scheduling_strategy="SPREAD", **resources)
+            max_concurrency=ACTOR_CONCURRENCY, scheduling_strategy="SPREAD", **resources
+        )
         self._setup = setup
         self._names = (f"worker-{index}" for index in itertools.count(1))
         self._lock = threading.Lock()
@@ -279,7 +292,8 @@ class RayBackend:
                 self._placed[prompt_id] = name
             try:
                 record = self._run_on(
-                    name, prompt, outputs, prompt_id, extra_data or {}, listener, interrupt or InterruptFlag())
+                    name, prompt, outputs, prompt_id, extra_data or {}, listener, interrupt or InterruptFlag()
+                )
                 held = model_files(prompt, [*record.executed, *record.cached])
                 return record
             except self._ray.exceptions.RayActorError as error:
@@ -294,8 +308,14 @@ class RayBackend:
         raise WorkerLostError(prompt_id, tried, reason)
 
     def _run_on(
-        self, name: str, prompt: dict[str, Any], outputs: list[str], prompt_id: str, extra_data: dict[str, Any],
-        listener: Listener | None, interrupt: InterruptFlag,
+        self,
+        name: str,
+        prompt: dict[str, Any],
+        outputs: list[str],
+        prompt_id: str,
+        extra_data: dict[str, Any],
+        listener: Listener | None,
+        interrupt: InterruptFlag,
     ) -> Any:
         ray = self._ray
         actor = self.actors()[name]

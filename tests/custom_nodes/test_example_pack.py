@@ -41,7 +41,10 @@ def test_the_pack_loads_beside_the_builtins_with_its_web_folder(loaded) -> None:
     assert (report.web_directory / "color_widget.js").is_file()
     assert all(registry.get(name).python_module == "custom_nodes.example_pack" for name in PACK_NODES)
     color = registry.get("ExampleColorTint").object_info()["input"]["required"]["color"]
-    assert color == ["STRING", {"default": "#c08040", "tooltip": "The tint colour, #rrggbb.", "widgetType": "EXAMPLE_COLOR"}]
+    assert color == [
+        "STRING",
+        {"default": "#c08040", "tooltip": "The tint colour, #rrggbb.", "widgetType": "EXAMPLE_COLOR"},
+    ]
 
 
 @pytest.mark.parametrize(("shape", "sigma"), [((2, 17, 23, 3), 1.5), ((1, 32, 32, 4), 3.0), ((1, 9, 7, 3), 4.0)])
@@ -138,7 +141,10 @@ def test_the_image_nodes_wire_to_builtins_and_a_bad_colour_fails_validation(load
 def test_prompt_template_runs_through_the_executor_and_shows_its_text(loaded) -> None:
     registry, _ = loaded
     prompt = {
-        "1": {"class_type": "ExamplePromptTemplate", "inputs": {"template": "{subject} at {style}", "subject": "a fox", "style": "dawn"}},
+        "1": {
+            "class_type": "ExamplePromptTemplate",
+            "inputs": {"template": "{subject} at {style}", "subject": "a fox", "style": "dawn"},
+        },
         "2": {"class_type": "StringConcatenate", "inputs": {"string_a": ["1", 0], "string_b": "!", "delimiter": ""}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
     }  # fmt: skip
@@ -152,7 +158,12 @@ def test_prompt_template_runs_through_the_executor_and_shows_its_text(loaded) ->
 
 def test_prompt_template_rejects_unknown_placeholders_before_running(loaded) -> None:
     registry, _ = loaded
-    prompt = {"1": {"class_type": "ExamplePromptTemplate", "inputs": {"template": "{subjet} {mood}", "subject": "x", "style": "y"}}}
+    prompt = {
+        "1": {
+            "class_type": "ExamplePromptTemplate",
+            "inputs": {"template": "{subjet} {mood}", "subject": "x", "style": "y"},
+        }
+    }
     [error] = validate_prompt(prompt, registry).node_errors["1"]["errors"]
     assert error["type"] == "custom_validation_failed"
     assert "unknown placeholder(s) {mood}, {subjet}" in error["details"]

@@ -42,8 +42,7 @@ def _torchvision_stand_in() -> dict[str, types.ModuleType]:
     functional = types.ModuleType("torchvision.transforms.functional")
     root.transforms = transforms
     transforms.functional = functional
-    return {"torchvision": root, "torchvision.transforms": transforms,
-            "torchvision.transforms.functional": functional}
+    return {"torchvision": root, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
 
 
 def _load_all() -> tuple[types.ModuleType, types.ModuleType]:

@@ -104,7 +104,8 @@ def openclip_layout(model: ReferenceModel) -> dict[str, torch.Tensor]:
 
 
 def reference_tokenizer(folder: Path) -> CLIPTokenizer:
-    """transformers' CLIPTokenizer over files derived from the shipped vocabulary (derived as diffusion/tokenizer.py does)."""
+    """transformers' CLIPTokenizer over files derived from the shipped vocabulary, as diffusion/tokenizer.py
+    derives its own."""
     lines = gzip.open(VOCAB_FILE, "rt", encoding="utf-8").read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]

@@ -38,8 +38,15 @@ def _norm(s: Shapes, name: str, c: int) -> None:
 
 
 def ldm_unet_shapes(
-    mc: int, mult: tuple[int, ...], depth: tuple[int, ...], mid_depth: int, ctx: int, linear: bool,
-    adm: int | None = None, in_ch: int = 4, nres: int = 2,
+    mc: int,
+    mult: tuple[int, ...],
+    depth: tuple[int, ...],
+    mid_depth: int,
+    ctx: int,
+    linear: bool,
+    adm: int | None = None,
+    in_ch: int = 4,
+    nres: int = 2,
 ) -> Shapes:
     """`openaimodel.UNetModel` keys; `depth` is the transformer depth per level (0: no attention)."""
     s: Shapes = {}
@@ -156,8 +163,10 @@ def ldm_vae_shapes(ch: int = 128, mult: tuple[int, ...] = (1, 2, 4, 4), nres: in
 
 def hf_clip_shapes(width: int, layers: int) -> Shapes:
     """transformers `CLIPTextModel` keys as SD single files store them (with `text_model.`)."""
-    s: Shapes = {"text_model.embeddings.token_embedding.weight": (49408, width),
-                 "text_model.embeddings.position_embedding.weight": (77, width)}
+    s: Shapes = {
+        "text_model.embeddings.token_embedding.weight": (49408, width),
+        "text_model.embeddings.position_embedding.weight": (77, width),
+    }
     for i in range(layers):
         p = f"text_model.encoder.layers.{i}"
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -172,8 +181,12 @@ def hf_clip_shapes(width: int, layers: int) -> Shapes:
 
 def openclip_text_shapes(width: int, layers: int) -> Shapes:
     """open_clip `CLIP` text tower keys (`model.` level stripped)."""
-    s: Shapes = {"token_embedding.weight": (49408, width), "positional_embedding": (77, width),
-                 "text_projection": (width, width), "logit_scale": ()}
+    s: Shapes = {
+        "token_embedding.weight": (49408, width),
+        "positional_embedding": (77, width),
+        "text_projection": (width, width),
+        "logit_scale": (),
+    }
     for i in range(layers):
         p = f"transformer.resblocks.{i}"
         s[f"{p}.attn.in_proj_weight"] = (3 * width, width)
@@ -221,7 +234,6 @@ def meta_dict(shapes: Shapes, **real: torch.Tensor) -> dict[str, torch.Tensor]:
     return tensors
 
 
-
 V_PRED_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 
 
@@ -239,16 +251,24 @@ DIFFUSERS_UNET_CONFIGS = {
         block_out_channels=(320, 640, 1280),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2816,
     ),
     "sdxl_refiner": dict(
         block_out_channels=(384, 768, 1536, 1536),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=4, cross_attention_dim=1280, attention_head_dim=(6, 12, 24, 24),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        transformer_layers_per_block=4,
+        cross_attention_dim=1280,
+        attention_head_dim=(6, 12, 24, 24),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2560,
     ),
 }
@@ -275,12 +295,17 @@ def test_vae_signature_converts_to_the_diffusers_model() -> None:
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     blocks = dict(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
     )
     with torch.device("meta"):
         model = AutoencoderKL(**blocks)
-    converted = convert_ldm_vae_checkpoint(meta_dict(_prefixed("first_stage_model.", ldm_vae_shapes())), dict(model.config))
+    converted = convert_ldm_vae_checkpoint(
+        meta_dict(_prefixed("first_stage_model.", ldm_vae_shapes())), dict(model.config)
+    )
     assert _shapes_of(converted) == _shapes_of(model.state_dict())
 
 
@@ -290,7 +315,9 @@ def test_clip_signature_is_the_transformers_model() -> None:
     config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
     with torch.device("meta"):
         model = CLIPTextModel(config)
-    shapes = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in _shapes_of(model.state_dict()).items()}
+    shapes = {
+        k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in _shapes_of(model.state_dict()).items()
+    }
     shapes.pop("text_model.embeddings.position_ids", None)
     assert shapes == hf_clip_shapes(768, 12)
 
@@ -299,9 +326,12 @@ def test_clip_signature_is_the_transformers_model() -> None:
 
 # diffusers' single-file model types for the same files, as an independent classifier.
 DIFFUSERS_TYPES = {
-    ("sd15", False): "v1", ("sd15", True): "inpainting",
-    ("sd2", False): "v2", ("sd2", True): "inpainting_v2",
-    ("sdxl", False): "xl_base", ("sdxl", True): "xl_inpaint",
+    ("sd15", False): "v1",
+    ("sd15", True): "inpainting",
+    ("sd2", False): "v2",
+    ("sd2", True): "inpainting_v2",
+    ("sdxl", False): "xl_base",
+    ("sdxl", True): "xl_inpaint",
     ("sdxl_refiner", False): "xl_refiner",
 }
 
@@ -336,7 +366,6 @@ def test_components_are_found_at_their_prefixes() -> None:
     assert components("sdxl_refiner") == {**unet_vae, "clip_g": ("conditioner.embedders.0.model.", "openclip")}
 
 
-
 @pytest.mark.parametrize(("spread", "expected"), [(0.2, "v"), (0.05, "eps")])
 def test_sd2_v_prediction_is_read_from_one_layer_norm_bias(spread: float, expected: str) -> None:
     bias = torch.randn(320, generator=torch.Generator().manual_seed(0))
@@ -350,9 +379,7 @@ def test_sd2_inpainting_models_are_eps_whatever_the_statistic() -> None:
     assert detect_state_dict(LazyStateDict.from_tensors(tensors)).prediction == "eps"
 
 
-@pytest.mark.parametrize(
-    ("markers", "expected"), [((), "eps"), (("v_pred",), "v"), (("edm_mean", "edm_std"), "edm")]
-)
+@pytest.mark.parametrize(("markers", "expected"), [((), "eps"), (("v_pred",), "v"), (("edm_mean", "edm_std"), "edm")])
 def test_sdxl_prediction_comes_from_marker_keys(markers: tuple[str, ...], expected: str) -> None:
     tensors = real_checkpoint("sdxl", **{m: torch.zeros(1) for m in markers})
     assert detect_state_dict(LazyStateDict.from_tensors(tensors)).prediction == expected
@@ -378,8 +405,12 @@ def test_diffusers_layout_vae_file_is_recognised() -> None:
     from diffusers import AutoencoderKL
 
     with torch.device("meta"):
-        model = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                              up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4)
+        model = AutoencoderKL(
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+        )
     info = detect_state_dict(LazyStateDict.from_tensors(model.state_dict()))
     assert {n: (s.prefix, s.layout) for n, s in info.components.items()} == {"vae": ("", "diffusers")}
 

@@ -15,22 +15,31 @@ TINY_UNETS = {
     "sd15": dict(cross_attention_dim=32),
     "sd2": dict(cross_attention_dim=32, use_linear_projection=True),
     "sdxl": dict(
-        cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64, 64),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
     ),
     "sdxl_refiner": dict(
-        cross_attention_dim=32, use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=72,
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=72,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64, 64, 64),
     ),
 }
 PIPELINES = {
-    "sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline", "sdxl_refiner": "StableDiffusionXLImg2ImgPipeline",
+    "sd15": "StableDiffusionPipeline",
+    "sd2": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sdxl_refiner": "StableDiffusionXLImg2ImgPipeline",
 }
 
 
@@ -40,19 +49,32 @@ def write_diffusers_folder(root: Path, family: str, in_channels: int = 4, predic
 
     torch.manual_seed(0)
     unet_args = dict(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=2,
     )
     unet_args.update(TINY_UNETS[family])
     UNet2DConditionModel(**unet_args).save_pretrained(root / "unet")
     AutoencoderKL(
-        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, scaling_factor=0.13025
-        if family.startswith("sdxl") else 0.18215,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        scaling_factor=0.13025 if family.startswith("sdxl") else 0.18215,
     ).save_pretrained(root / "vae")
-    clip = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                          vocab_size=1000, projection_dim=32)
+    clip = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=1000,
+        projection_dim=32,
+    )
     components = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     if family != "sdxl_refiner":
         CLIPTextModel(clip).save_pretrained(root / "text_encoder")
@@ -128,13 +150,17 @@ def test_a_folder_loads_into_modules_that_compute_what_diffusers_computes(tmp_pa
         from diffusion.unet import sdxl_adm_vector
 
         pooled = torch.randn(1, 32, generator=g)
-        extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": torch.tensor([[8.0, 8.0, 0.0, 0.0, 8.0, 8.0]])}}
+        extra = {
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": torch.tensor([[8.0, 8.0, 0.0, 0.0, 8.0, 8.0]])}
+        }
         y = sdxl_adm_vector(pooled, (8, 8), (0, 0), (8, 8), embed_dim=8)
     vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
     clip = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
     ids = torch.tensor([[0, 5, 17, 999, 2] + [2] * 72])
     with torch.no_grad():
-        torch.testing.assert_close(loaded.unet(x, t, context, y), unet(x, t, context, **extra).sample, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            loaded.unet(x, t, context, y), unet(x, t, context, **extra).sample, atol=1e-4, rtol=1e-4
+        )
         torch.testing.assert_close(loaded.vae.decode(x), vae.decode(x).sample, atol=1e-4, rtol=1e-4)
         hidden, _ = loaded.text_encoders.encoders["clip_l"](ids, torch.tensor([4]), layer=-1, normalize_hidden=True)
         torch.testing.assert_close(hidden, clip(ids).last_hidden_state, atol=1e-5, rtol=1e-5)

@@ -80,8 +80,11 @@ def test_weights_keep_their_stored_dtype_until_a_dtype_is_asked_for(tmp_path: Pa
 
 
 def test_a_vae_file_loads_only_a_vae(tmp_path: Path) -> None:
-    vae = {k.removeprefix("first_stage_model."): v for k, v in tiny_checkpoint_tensors("sd15").items()
-           if k.startswith("first_stage_model.")}
+    vae = {
+        k.removeprefix("first_stage_model."): v
+        for k, v in tiny_checkpoint_tensors("sd15").items()
+        if k.startswith("first_stage_model.")
+    }
     save_file(vae, tmp_path / "vae.safetensors")
     loaded = load_checkpoint(tmp_path / "vae.safetensors")
     assert (loaded.unet, loaded.text_encoders) == (None, None)
@@ -127,8 +130,11 @@ def test_a_diffusers_layout_vae_file_decodes_like_diffusers(tmp_path: Path) -> N
 
     torch.manual_seed(0)
     reference = AutoencoderKL(
-        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
     ).eval()
     save_file(reference.state_dict(), tmp_path / "vae.safetensors")
     loaded = load_checkpoint(tmp_path / "vae.safetensors")

@@ -31,7 +31,9 @@ def test_fast_mode_on_cpu_follows_the_instruction_set(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
-def test_fast_mode_on_cuda_prefers_bf16_then_fp16(monkeypatch: pytest.MonkeyPatch, bf16: bool, expected: torch.dtype) -> None:
+def test_fast_mode_on_cuda_prefers_bf16_then_fp16(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, expected: torch.dtype
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert select_dtype(torch.device("cuda"), fast=True) is expected
 

@@ -29,11 +29,11 @@ def test_a1111_pt_file(tmp_path) -> None:
 
 
 def test_sdxl_file_gives_each_encoder_its_own_vectors(tmp_path) -> None:
-    l, g = torch.randn(3, 768), torch.randn(3, 1280)
-    save_file({"clip_l": l, "clip_g": g}, tmp_path / "x.safetensors")
+    clip_l, clip_g = torch.randn(3, 768), torch.randn(3, 1280)
+    save_file({"clip_l": clip_l, "clip_g": clip_g}, tmp_path / "x.safetensors")
     embedding = load_textual_inversion(tmp_path / "x.safetensors")
-    assert torch.equal(embedding.vectors_for("clip_l", 768), l)
-    assert torch.equal(embedding.vectors_for("clip_g", 1280), g)
+    assert torch.equal(embedding.vectors_for("clip_l", 768), clip_l)
+    assert torch.equal(embedding.vectors_for("clip_g", 1280), clip_g)
     assert embedding.vectors_for("clip_h", 1024) is None
 
 

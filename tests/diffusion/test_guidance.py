@@ -105,8 +105,11 @@ class TestGuidance:
 
     def test_y_and_concat_reach_the_unet_batched(self):
         unet = ToyUNet()
-        options = {"y": torch.ones(1, 5), "concat_latent_image": torch.randn(1, 4, 6, 6),
-                   "concat_mask": torch.ones(1, 48, 48)}
+        options = {
+            "y": torch.ones(1, 5),
+            "concat_latent_image": torch.randn(1, 4, 6, 6),
+            "concat_mask": torch.ones(1, 48, 48),
+        }
         run(unet, positive=[(context(1), options)], negative=[(context(2), options)])
         assert unet.calls[0]["y"].shape == (2, 5) and unet.calls[0]["concat"].shape == (2, 5, 6, 6)
 
@@ -115,8 +118,9 @@ class TestGuidance:
         mask = torch.zeros(1, 6, 6)
         mask[:, 2:4, 1:5] = 1.0
         inpainting = Inpainting.from_mask(mask, latent, torch.zeros_like(latent))
-        guider = CFGGuider(unet, MS, latent, [(context(1), {"concat_latent_image": torch.randn(1, 4, 6, 6)})],
-                           inpainting=inpainting)
+        guider = CFGGuider(
+            unet, MS, latent, [(context(1), {"concat_latent_image": torch.randn(1, 4, 6, 6)})], inpainting=inpainting
+        )
         guider(torch.randn(1, 4, 6, 6), SIGMA)
         assert torch.equal(unet.calls[0]["concat"][:, :1], mask[:, None])
 

@@ -18,7 +18,9 @@ def test_each_latent_channel_maps_to_its_published_colour_row():
 
 def test_sdxl_adds_its_bias_and_sd2_shares_sd1():
     zeros = torch.zeros(1, 4, 1, 1)
-    assert tuple(latent_to_rgb(zeros, "sdxl")[0, 0]) == tuple(round((b + 1) * 127.5) for b in (0.1084, -0.0175, -0.0011))
+    assert tuple(latent_to_rgb(zeros, "sdxl")[0, 0]) == tuple(
+        round((b + 1) * 127.5) for b in (0.1084, -0.0175, -0.0011)
+    )
     assert LATENT_RGB_FACTORS["sd2"] == LATENT_RGB_FACTORS["sd1"]
 
 

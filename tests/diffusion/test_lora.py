@@ -24,14 +24,16 @@ from tests.diffusion.weight_files import (
 
 
 def _view(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 @pytest.fixture(scope="module")
 def sd15() -> tuple[UNetModel, list[torch.nn.Module]]:
     tensors = tiny_checkpoint_tensors(ModelFamily.SD15)
     unet = unet_from_state_dict(_view(tensors, "model.diffusion_model."))
-    clip = load_clip_text_model(_view(tensors, "cond_stage_model.transformer."), FAMILY_ENCODERS["sd15"][0].activation, 64)
+    clip = load_clip_text_model(
+        _view(tensors, "cond_stage_model.transformer."), FAMILY_ENCODERS["sd15"][0].activation, 64
+    )
     return unet, [clip]
 
 
@@ -59,9 +61,11 @@ def test_kohya_ldm_names_patch_w_plus_strength_alpha_over_rank_up_down(sd15) -> 
     unet, _ = sd15
     weight = unet.get_parameter(f"{TO_Q}.weight")
     up, down = low_rank(*weight.shape, rank=4)
-    state = {f"lora_unet_{TO_Q.replace('.', '_')}.lora_up.weight": up,
-             f"lora_unet_{TO_Q.replace('.', '_')}.lora_down.weight": down,
-             f"lora_unet_{TO_Q.replace('.', '_')}.alpha": torch.tensor(2.0)}
+    state = {
+        f"lora_unet_{TO_Q.replace('.', '_')}.lora_up.weight": up,
+        f"lora_unet_{TO_Q.replace('.', '_')}.lora_down.weight": down,
+        f"lora_unet_{TO_Q.replace('.', '_')}.alpha": torch.tensor(2.0),
+    }
     patches = parse_lora(state, unet)
     assert patches.unmatched == [] and list(patches.unet) == [f"{TO_Q}.weight"]
     patched = apply_lora_patches(unet, [(patches.unet, 0.7)])
@@ -101,14 +105,23 @@ def test_every_naming_convention_resolves_to_the_same_parameter(sd15) -> None:
     out = unet.get_parameter("output_blocks.2.1.proj_out.weight")
     out_up, out_down = low_rank(out.shape[0], out.shape[1])
     conventions = {
-        "kohya_ldm": {f"lora_unet_{TO_Q.replace('.', '_')}.lora_up.weight": up, f"lora_unet_{TO_Q.replace('.', '_')}.lora_down.weight": down},
-        "kohya_diffusers": {f"lora_unet_{diffusers.replace('.', '_')}.lora_up.weight": up,
-                            f"lora_unet_{diffusers.replace('.', '_')}.lora_down.weight": down,
-                            f"lora_unet_{up_level.replace('.', '_')}.lora_up.weight": out_up,
-                            f"lora_unet_{up_level.replace('.', '_')}.lora_down.weight": out_down},
+        "kohya_ldm": {
+            f"lora_unet_{TO_Q.replace('.', '_')}.lora_up.weight": up,
+            f"lora_unet_{TO_Q.replace('.', '_')}.lora_down.weight": down,
+        },
+        "kohya_diffusers": {
+            f"lora_unet_{diffusers.replace('.', '_')}.lora_up.weight": up,
+            f"lora_unet_{diffusers.replace('.', '_')}.lora_down.weight": down,
+            f"lora_unet_{up_level.replace('.', '_')}.lora_up.weight": out_up,
+            f"lora_unet_{up_level.replace('.', '_')}.lora_down.weight": out_down,
+        },
         "diffusers_old": {f"unet.{diffusers}.lora.up.weight": up, f"unet.{diffusers}.lora.down.weight": down},
-        "peft": {f"unet.{diffusers}.lora_B.weight": up, f"unet.{diffusers}.lora_A.weight": down,
-                 f"unet.{up_level}.lora_B.weight": out_up, f"unet.{up_level}.lora_A.weight": out_down},
+        "peft": {
+            f"unet.{diffusers}.lora_B.weight": up,
+            f"unet.{diffusers}.lora_A.weight": down,
+            f"unet.{up_level}.lora_B.weight": out_up,
+            f"unet.{up_level}.lora_A.weight": out_down,
+        },
     }
     for name, state in conventions.items():
         patches = parse_lora(state, unet)
@@ -116,8 +129,10 @@ def test_every_naming_convention_resolves_to_the_same_parameter(sd15) -> None:
         assert f"{TO_Q}.weight" in patches.unet, name
         if len(state) == 4:
             assert "output_blocks.2.1.proj_out.weight" in patches.unet, name
-        torch.testing.assert_close(apply_lora_patches(unet, [(patches.unet, 1.0)])[f"{TO_Q}.weight"],
-                                   unet.get_parameter(f"{TO_Q}.weight") + up @ down)
+        torch.testing.assert_close(
+            apply_lora_patches(unet, [(patches.unet, 1.0)])[f"{TO_Q}.weight"],
+            unet.get_parameter(f"{TO_Q}.weight") + up @ down,
+        )
 
 
 def test_locon_conv_patch_equals_running_the_lora_convolutions(sd15) -> None:
@@ -127,8 +142,11 @@ def test_locon_conv_patch_equals_running_the_lora_convolutions(sd15) -> None:
     generator = torch.Generator().manual_seed(1)
     down = torch.randn(3, conv.in_channels, 3, 3, generator=generator)
     up = torch.randn(conv.out_channels, 3, 1, 1, generator=generator)
-    state = {"lora_unet_input_blocks_0_0.lora_down.weight": down, "lora_unet_input_blocks_0_0.lora_up.weight": up,
-             "lora_unet_input_blocks_0_0.alpha": torch.tensor(1.5)}
+    state = {
+        "lora_unet_input_blocks_0_0.lora_down.weight": down,
+        "lora_unet_input_blocks_0_0.lora_up.weight": up,
+        "lora_unet_input_blocks_0_0.alpha": torch.tensor(1.5),
+    }
     patched = apply_lora_patches(unet, [(parse_lora(state, unet).unet, 0.8)])["input_blocks.0.0.weight"]
     x = torch.randn(1, conv.in_channels, 8, 8, generator=generator)
     expected = conv(x) + 0.8 * (1.5 / 3) * F.conv2d(F.conv2d(x, down, padding=1), up)
@@ -142,8 +160,11 @@ def test_tucker_mid_conv_patch_equals_the_three_lora_convolutions(sd15) -> None:
     down = torch.randn(3, conv.in_channels, 1, 1, generator=generator)
     mid = torch.randn(3, 3, 3, 3, generator=generator)
     up = torch.randn(conv.out_channels, 3, 1, 1, generator=generator)
-    state = {"lora_unet_input_blocks_0_0.lora_down.weight": down, "lora_unet_input_blocks_0_0.lora_mid.weight": mid,
-             "lora_unet_input_blocks_0_0.lora_up.weight": up}
+    state = {
+        "lora_unet_input_blocks_0_0.lora_down.weight": down,
+        "lora_unet_input_blocks_0_0.lora_mid.weight": mid,
+        "lora_unet_input_blocks_0_0.lora_up.weight": up,
+    }
     patched = apply_lora_patches(unet, [(parse_lora(state, unet).unet, 1.0)])["input_blocks.0.0.weight"]
     x = torch.randn(1, conv.in_channels, 8, 8, generator=generator)
     expected = conv(x) + F.conv2d(F.conv2d(F.conv2d(x, down), mid, padding=1), up)
@@ -162,8 +183,14 @@ def test_text_encoder_keys_reach_the_right_encoder(sdxl) -> None:
     }
     patches = parse_lora(state, unet, [clip_l, clip_g])
     assert patches.unmatched == [] and patches.unet == {}
-    torch.testing.assert_close(apply_lora_patches(clip_l, [(patches.text[0], 1.0)])[f"{q}.weight"], clip_l.get_parameter(f"{q}.weight") + up @ down)
-    torch.testing.assert_close(apply_lora_patches(clip_g, [(patches.text[1], 1.0)])[f"{q}.weight"], clip_g.get_parameter(f"{q}.weight") + 2 * up @ down)
+    torch.testing.assert_close(
+        apply_lora_patches(clip_l, [(patches.text[0], 1.0)])[f"{q}.weight"],
+        clip_l.get_parameter(f"{q}.weight") + up @ down,
+    )
+    torch.testing.assert_close(
+        apply_lora_patches(clip_g, [(patches.text[1], 1.0)])[f"{q}.weight"],
+        clip_g.get_parameter(f"{q}.weight") + 2 * up @ down,
+    )
 
 
 def test_full_deltas_patch_weight_and_bias(sd15) -> None:
@@ -180,12 +207,19 @@ def test_full_deltas_patch_weight_and_bias(sd15) -> None:
 def test_keys_for_absent_modules_are_reported_not_applied(sd15) -> None:
     unet, encoders = sd15
     up, down = low_rank(8, 8)
-    state = {"lora_unet_no_such_block.lora_up.weight": up, "lora_unet_no_such_block.lora_down.weight": down,
-             "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": up,
-             "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": down,
-             "lora_unet_x.hada_w1_a": up}
+    state = {
+        "lora_unet_no_such_block.lora_up.weight": up,
+        "lora_unet_no_such_block.lora_down.weight": down,
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": up,
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": down,
+        "lora_unet_x.hada_w1_a": up,
+    }
     patches = parse_lora(state, unet, encoders)
-    assert patches.unmatched == ["lora_te2_text_model_encoder_layers_0_mlp_fc1", "lora_unet_no_such_block", "lora_unet_x.hada_w1_a"]
+    assert patches.unmatched == [
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+        "lora_unet_no_such_block",
+        "lora_unet_x.hada_w1_a",
+    ]
     assert patches.unet == {} and patches.text == {}
 
 

@@ -12,7 +12,9 @@ from diffusion import onednn
 from diffusion.onednn import onednn_computes, runs_on_onednn
 from diffusion.packed_conv import PackedConv2d
 
-AVX2_ERROR = "mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"
+AVX2_ERROR = (
+    "mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"
+)
 
 
 @pytest.fixture
@@ -33,9 +35,13 @@ def test_dtypes_onednn_has_no_fused_ops_for_never_take_the_fast_path(dtype: torc
     assert not onednn_computes(dtype)
 
 
-def test_a_cpu_that_pytorch_says_lacks_bf16_kernels_is_not_tried(monkeypatch: pytest.MonkeyPatch, fresh_probe: None) -> None:
+def test_a_cpu_that_pytorch_says_lacks_bf16_kernels_is_not_tried(
+    monkeypatch: pytest.MonkeyPatch, fresh_probe: None
+) -> None:
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    monkeypatch.setattr(onednn, "_trial_calls", lambda dtype: pytest.fail("a bf16 trial call on a CPU without bf16 kernels"))
+    monkeypatch.setattr(
+        onednn, "_trial_calls", lambda dtype: pytest.fail("a bf16 trial call on a CPU without bf16 kernels")
+    )
     assert not onednn_computes(torch.bfloat16)
 
 

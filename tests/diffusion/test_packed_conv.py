@@ -23,7 +23,9 @@ def reference(module: PackedConv2d, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_bf16_output_is_bit_identical_to_conv2d(memory_format: torch.memory_format, dtype: torch.dtype, cpu_path: str) -> None:
+def test_bf16_output_is_bit_identical_to_conv2d(
+    memory_format: torch.memory_format, dtype: torch.dtype, cpu_path: str
+) -> None:
     module = conv(padding=1).to(dtype).to(memory_format=memory_format)
     x = torch.randn(2, 16, 9, 7, dtype=dtype).contiguous(memory_format=memory_format)
     with torch.no_grad():
@@ -32,7 +34,8 @@ def test_bf16_output_is_bit_identical_to_conv2d(memory_format: torch.memory_form
 
 
 @pytest.mark.parametrize(
-    "options", [dict(kernel=3, padding=1), dict(kernel=3, stride=2), dict(kernel=1), dict(kernel=3, padding=2, dilation=2)],
+    "options",
+    [dict(kernel=3, padding=1), dict(kernel=3, stride=2), dict(kernel=1), dict(kernel=3, padding=2, dilation=2)],
     ids=["3x3", "stride2-unpadded", "1x1", "dilated"],
 )
 def test_fp32_output_matches_conv2d(options: dict, cpu_path: str) -> None:

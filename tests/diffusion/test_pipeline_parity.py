@@ -75,12 +75,18 @@ CASES = [
     Case("heun", "normal", 4, HeunDiscreteScheduler, dict(timestep_spacing="linspace")),
     Case("lms", "normal", 4, LMSDiscreteScheduler, dict(timestep_spacing="linspace")),
     Case(
-        "dpmpp_2m", "simple", 5, DPMSolverMultistepScheduler,
+        "dpmpp_2m",
+        "simple",
+        5,
+        DPMSolverMultistepScheduler,
         dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero"),
         vp_frame=True,
     ),
     Case(
-        "ddim", "simple", 5, DDIMScheduler,
+        "ddim",
+        "simple",
+        5,
+        DDIMScheduler,
         dict(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True),
         vp_frame=True,
     ),
@@ -103,9 +109,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     assert text_encoder.config.hidden_size == CONTEXT_DIM
     tokenizer = reference_tokenizer(tmp_path_factory.mktemp("clip_vocab"))
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=diffusers_unet,
-        scheduler=EulerDiscreteScheduler(**SD_TRAINING_SCHEDULE), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=diffusers_unet,
+        scheduler=EulerDiscreteScheduler(**SD_TRAINING_SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
 
@@ -162,13 +173,19 @@ def diffusers_txt2img(models: Models, case: Case, noise: torch.Tensor) -> torch.
     else:
         scheduler.set_timesteps(case.steps)
         sigma_max = EpsPrediction().sigma_max
-        latents = noise * math.sqrt(sigma_max ** 2 + 1) / float(scheduler.init_noise_sigma)
+        latents = noise * math.sqrt(sigma_max**2 + 1) / float(scheduler.init_noise_sigma)
     models.pipeline.scheduler = scheduler
     # The ancestral sampler draws one N(0, 1) tensor per step; Loom from a CPU generator seeded with
     # the seed, diffusers from the generator it is given: the same stream.
     return models.pipeline(
-        prompt_embeds=models.positive, negative_prompt_embeds=models.negative, latents=latents,
-        num_inference_steps=case.steps, guidance_scale=CFG, height=64, width=64, output_type="latent",
+        prompt_embeds=models.positive,
+        negative_prompt_embeds=models.negative,
+        latents=latents,
+        num_inference_steps=case.steps,
+        guidance_scale=CFG,
+        height=64,
+        width=64,
+        output_type="latent",
         generator=torch.Generator().manual_seed(SEED),
     ).images
 

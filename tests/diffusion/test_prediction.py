@@ -39,8 +39,9 @@ def test_sigma_timestep_round_trip_matches_kdiffusion_interpolation():
     assert torch.allclose(ours.sigma(ours.timestep(inside)), inside, rtol=1e-4)
 
 
-@pytest.mark.parametrize("wrapper, reference_class", [(EpsPrediction, "DiscreteEpsDDPMDenoiser"),
-                                                      (VPrediction, "DiscreteVDDPMDenoiser")])
+@pytest.mark.parametrize(
+    "wrapper, reference_class", [(EpsPrediction, "DiscreteEpsDDPMDenoiser"), (VPrediction, "DiscreteVDDPMDenoiser")]
+)
 def test_denoiser_matches_kdiffusion_wrappers(wrapper, reference_class):
     reference = getattr(external, reference_class)(_inner, _alphas_cumprod(), quantize=False)
     x = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 5
@@ -53,7 +54,7 @@ def test_noise_scaling_uses_the_ddpm_prior_variance_for_a_full_denoise():
     model = EpsPrediction()
     noise, latent = torch.ones(1, 4, 2, 2), torch.full((1, 4, 2, 2), 0.5)
     assert torch.allclose(model.noise_scaling(3.0, noise, latent), latent + 3.0)
-    assert torch.allclose(model.noise_scaling(3.0, noise, latent, max_denoise=True), latent + 10 ** 0.5)
+    assert torch.allclose(model.noise_scaling(3.0, noise, latent, max_denoise=True), latent + 10**0.5)
     assert torch.equal(model.inverse_noise_scaling(0.0, latent), latent)
 
 

@@ -25,13 +25,13 @@ class ToyDenoiser:
         g = torch.Generator().manual_seed(seed)
         self.mu = torch.randn(dim, generator=g, dtype=torch.float64)
         self.s = 0.5
-        self.w = torch.randn(dim, dim, generator=g, dtype=torch.float64) / dim ** 0.5
+        self.w = torch.randn(dim, dim, generator=g, dtype=torch.float64) / dim**0.5
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         sigma = sigma.reshape(-1, 1)
-        ideal = (self.s ** 2 * x + sigma ** 2 * self.mu) / (self.s ** 2 + sigma ** 2)
+        ideal = (self.s**2 * x + sigma**2 * self.mu) / (self.s**2 + sigma**2)
         return ideal + 0.1 * torch.tanh(x @ self.w) / (1 + sigma)
 
 
@@ -43,7 +43,7 @@ class GaussianDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return (self.s ** 2 * x + sigma ** 2 * self.mu) / (self.s ** 2 + sigma ** 2)
+        return (self.s**2 * x + sigma**2 * self.mu) / (self.s**2 + sigma**2)
 
 
 def _start(batch: int = 2, dim: int = 64) -> torch.Tensor:
@@ -81,18 +81,21 @@ def test_noisy_samplers_match_kdiffusion_given_the_same_noise(name):
     x, sigmas = _start(), _sigmas()
     noise = SharedNoise(x)
     ours = get_sampler(name)(ToyDenoiser(), x, sigmas, disable=True, noise_sampler=noise.fresh())
-    reference = getattr(ksampling, f"sample_{name}")(ToyDenoiser(), x, sigmas, disable=True,
-                                                     noise_sampler=noise.fresh())
+    reference = getattr(ksampling, f"sample_{name}")(
+        ToyDenoiser(), x, sigmas, disable=True, noise_sampler=noise.fresh()
+    )
     assert (ours - reference).abs().max() <= 1e-5
 
 
 def test_dpmpp_2m_sde_heun_variant_matches_kdiffusion():
     x, sigmas = _start(), _sigmas()
     noise = SharedNoise(x)
-    ours = get_sampler("dpmpp_2m_sde")(ToyDenoiser(), x, sigmas, disable=True, solver_type="heun",
-                                       noise_sampler=noise.fresh())
-    reference = ksampling.sample_dpmpp_2m_sde(ToyDenoiser(), x, sigmas, disable=True, solver_type="heun",
-                                              noise_sampler=noise.fresh())
+    ours = get_sampler("dpmpp_2m_sde")(
+        ToyDenoiser(), x, sigmas, disable=True, solver_type="heun", noise_sampler=noise.fresh()
+    )
+    reference = ksampling.sample_dpmpp_2m_sde(
+        ToyDenoiser(), x, sigmas, disable=True, solver_type="heun", noise_sampler=noise.fresh()
+    )
     assert (ours - reference).abs().max() <= 1e-5
 
 
@@ -103,8 +106,9 @@ def test_churn_matches_kdiffusion_given_the_same_noise(name):
     torch.manual_seed(3)
     reference = getattr(ksampling, f"sample_{name}")(ToyDenoiser(), x, sigmas, disable=True, s_churn=2.0)
     torch.manual_seed(3)
-    ours = get_sampler(name)(ToyDenoiser(), x, sigmas, disable=True, s_churn=2.0,
-                             noise_sampler=lambda sigma, sigma_next: torch.randn_like(x))
+    ours = get_sampler(name)(
+        ToyDenoiser(), x, sigmas, disable=True, s_churn=2.0, noise_sampler=lambda sigma, sigma_next: torch.randn_like(x)
+    )
     assert (ours - reference).abs().max() <= 1e-5
 
 
@@ -113,8 +117,9 @@ def test_dpm_fast_matches_kdiffusion(eta):
     x, sigmas = _start(), _sigmas(10)
     noise = SharedNoise(x)
     ours = get_sampler("dpm_fast")(ToyDenoiser(), x, sigmas, disable=True, eta=eta, noise_sampler=noise.fresh())
-    reference = ksampling.sample_dpm_fast(ToyDenoiser(), x, sigmas[-2], sigmas[0], len(sigmas) - 1, disable=True,
-                                          eta=eta, noise_sampler=noise.fresh())
+    reference = ksampling.sample_dpm_fast(
+        ToyDenoiser(), x, sigmas[-2], sigmas[0], len(sigmas) - 1, disable=True, eta=eta, noise_sampler=noise.fresh()
+    )
     assert (ours - reference).abs().max() <= 1e-5
 
 
@@ -153,7 +158,11 @@ def test_registry_lists_comfyui_names_and_rejects_unknown_ones():
     assert SAMPLER_NAMES[:3] == ("euler", "euler_ancestral", "heun")
     assert SAMPLER_NAMES[-3:] == ("ddim", "uni_pc", "uni_pc_bh2")
     assert {n for n in SAMPLER_NAMES if get_sampler(n).discard_penultimate_sigma} == {
-        "dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
+        "dpm_2",
+        "dpm_2_ancestral",
+        "uni_pc",
+        "uni_pc_bh2",
+    }
     with pytest.raises(UnknownSamplerError, match="no_such_sampler"):
         get_sampler("no_such_sampler")
 
@@ -163,11 +172,29 @@ def test_registry_lists_comfyui_names_and_rejects_unknown_ones():
 # must reproduce that map sample by sample; stochastic ones must reach N(mu, s^2) in distribution.
 MU, S, SIGMA_T = 0.7, 0.5, 80.0
 # (sampler, steps, max abs error): first-order methods need many more steps for the same accuracy.
-ODE_CASES = [("euler", 300, 0.02), ("ddim", 300, 0.02), ("heunpp2", 300, 0.02), ("heun", 40, 0.02),
-             ("dpm_2", 40, 0.015), ("lms", 40, 0.01), ("dpm_fast", 40, 0.003), ("dpmpp_2m", 40, 0.025),
-             ("ipndm", 40, 0.01), ("deis", 40, 0.01), ("uni_pc", 40, 0.003), ("uni_pc_bh2", 40, 0.003)]
-SDE_SAMPLERS = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-                "dpmpp_3m_sde", "ddpm"]
+ODE_CASES = [
+    ("euler", 300, 0.02),
+    ("ddim", 300, 0.02),
+    ("heunpp2", 300, 0.02),
+    ("heun", 40, 0.02),
+    ("dpm_2", 40, 0.015),
+    ("lms", 40, 0.01),
+    ("dpm_fast", 40, 0.003),
+    ("dpmpp_2m", 40, 0.025),
+    ("ipndm", 40, 0.01),
+    ("deis", 40, 0.01),
+    ("uni_pc", 40, 0.003),
+    ("uni_pc_bh2", 40, 0.003),
+]
+SDE_SAMPLERS = [
+    "euler_ancestral",
+    "dpm_2_ancestral",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "ddpm",
+]
 
 
 def _prior_noise(dim: int = 4000) -> torch.Tensor:
@@ -184,13 +211,13 @@ def _run(name: str, model, steps: int, **options) -> torch.Tensor:
 @pytest.mark.parametrize("name, steps, tolerance", ODE_CASES)
 def test_ode_samplers_follow_the_exact_flow_of_a_gaussian(name, steps, tolerance):
     x_t = _prior_noise()
-    exact = MU + (x_t - MU) * S / (S ** 2 + SIGMA_T ** 2) ** 0.5
+    exact = MU + (x_t - MU) * S / (S**2 + SIGMA_T**2) ** 0.5
     assert (_run(name, GaussianDenoiser(MU, S), steps) - exact).abs().max() < tolerance
 
 
 def test_dpm_adaptive_follows_the_exact_flow_to_its_tolerance():
     x_t = _prior_noise()
-    exact = MU + (x_t - MU) * S / (S ** 2 + SIGMA_T ** 2) ** 0.5
+    exact = MU + (x_t - MU) * S / (S**2 + SIGMA_T**2) ** 0.5
     assert (_run("dpm_adaptive", GaussianDenoiser(MU, S), 10, rtol=0.001) - exact).abs().max() < 0.02
 
 
@@ -206,7 +233,7 @@ def test_lcm_samples_exactly_with_a_consistency_function():
     # A consistency model maps any noisy point straight to the end of its ODE trajectory.
     def consistency(x, sigma):
         sigma = sigma.reshape(-1, 1)
-        return MU + (x - MU) * S / (S ** 2 + sigma ** 2) ** 0.5
+        return MU + (x - MU) * S / (S**2 + sigma**2) ** 0.5
 
     out = _run("lcm", consistency, steps=8)
     assert abs(out.mean().item() - MU) < 0.04
@@ -226,9 +253,16 @@ def test_uni_pc_matches_diffusers(name, variant, final, steps):
     def eps_model(x_vp):
         return torch.tanh(x_vp @ weight.to(x_vp.dtype)) * 0.5 + 0.3 * x_vp
 
-    scheduler = UniPCMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                        solver_order=3, solver_type=variant, predict_x0=True,
-                                        lower_order_final=True, final_sigmas_type=final)
+    scheduler = UniPCMultistepScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        solver_order=3,
+        solver_type=variant,
+        predict_x0=True,
+        lower_order_final=True,
+        final_sigmas_type=final,
+    )
     scheduler.set_timesteps(steps)
     sigmas = scheduler.sigmas.double()
     start = torch.randn(2, 16, generator=g)
@@ -238,7 +272,7 @@ def test_uni_pc_matches_diffusers(name, variant, final, steps):
 
     def denoiser(x, sigma):
         sigma = sigma.reshape(-1, 1)
-        return x - sigma * eps_model(x / (sigma ** 2 + 1) ** 0.5)
+        return x - sigma * eps_model(x / (sigma**2 + 1) ** 0.5)
 
     ours = get_sampler(name)(denoiser, start.double() * (1 + sigmas[0] ** 2) ** 0.5, sigmas, disable=True)
     assert (ours / (1 + sigmas[-1] ** 2) ** 0.5 - reference.double()).abs().max() < 3e-5
@@ -248,8 +282,11 @@ class TestBrownianTree:
     def test_increments_are_consistent_across_step_refinement(self):
         like = torch.zeros(3, 50, dtype=torch.float64)
         tree = BrownianTreeNoiseSampler(like, 0.1, 10.0, seed=4)
-        whole = tree(torch.tensor(8.0), torch.tensor(1.0)) * 7.0 ** 0.5
-        parts = tree(torch.tensor(8.0), torch.tensor(3.5)) * 4.5 ** 0.5 + tree(torch.tensor(3.5), torch.tensor(1.0)) * 2.5 ** 0.5
+        whole = tree(torch.tensor(8.0), torch.tensor(1.0)) * 7.0**0.5
+        parts = (
+            tree(torch.tensor(8.0), torch.tensor(3.5)) * 4.5**0.5
+            + tree(torch.tensor(3.5), torch.tensor(1.0)) * 2.5**0.5
+        )
         assert torch.allclose(whole, parts, atol=1e-10)
 
     def test_same_seed_gives_the_same_path_and_other_seeds_do_not(self):

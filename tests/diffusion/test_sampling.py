@@ -41,7 +41,7 @@ class TestSample:
         sqrt(sigma_max^2 + 1); from lower down (img2img) the noise is scaled by the sigma itself."""
         latent = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(2))
         noise = prepare_noise(latent, 42)
-        for denoise, scale in ((1.0, (MS.sigma_max ** 2 + 1) ** 0.5), (0.5, None)):
+        for denoise, scale in ((1.0, (MS.sigma_max**2 + 1) ** 0.5), (0.5, None)):
             sigmas = denoise_sigmas(MS, "normal", 4, denoise)
             steps: list[dict] = []
             run(latent=latent, sigmas=sigmas, callback=steps.append)
@@ -64,8 +64,9 @@ class TestSample:
         latent = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(9))
         mask = torch.zeros(1, 6, 6)
         mask[:, 2:4, 2:4] = 1.0
-        out = run(latent=latent, noise_mask=mask, sigmas=denoise_sigmas(MS, "normal", 4, 0.6),
-                  sampler="euler_ancestral")
+        out = run(
+            latent=latent, noise_mask=mask, sigmas=denoise_sigmas(MS, "normal", 4, 0.6), sampler="euler_ancestral"
+        )
         keep = mask[0] == 0
         assert torch.equal(out[0][:, keep], latent[0][:, keep])
         assert not torch.allclose(out[0][:, ~keep], latent[0][:, ~keep])
@@ -93,8 +94,14 @@ class TestStepCallback:
         unet, latent = ToyUNet(), zero_latent()
         guider = CFGGuider(unet, MS, latent, [(context(1), {})])
         sigmas = denoise_sigmas(MS, "normal", 2)
-        sample(guider, get_sampler("euler"), sigmas, latent, prepare_noise(latent, 5),
-               callback=lambda step: estimates.append(step["denoised"]))
+        sample(
+            guider,
+            get_sampler("euler"),
+            sigmas,
+            latent,
+            prepare_noise(latent, 5),
+            callback=lambda step: estimates.append(step["denoised"]),
+        )
         start = MS.noise_scaling(sigmas[0], prepare_noise(latent, 5), latent, max_denoise=True)
         torch.testing.assert_close(estimates[0], guider(start, sigmas[:1]))
 

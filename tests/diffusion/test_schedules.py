@@ -24,8 +24,17 @@ MS = EpsPrediction()
 
 
 def test_scheduler_names_follow_comfyui_recent_order():
-    assert SCHEDULER_NAMES == ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
-                               "linear_quadratic", "kl_optimal")
+    assert SCHEDULER_NAMES == (
+        "simple",
+        "sgm_uniform",
+        "karras",
+        "exponential",
+        "ddim_uniform",
+        "beta",
+        "normal",
+        "linear_quadratic",
+        "kl_optimal",
+    )
 
 
 @pytest.mark.parametrize("name", SCHEDULER_NAMES)
@@ -41,10 +50,14 @@ def test_every_schedule_decreases_to_exactly_zero(name, steps):
 
 @pytest.mark.parametrize("steps", [5, 30])
 def test_karras_and_exponential_match_kdiffusion(steps):
-    assert torch.allclose(compute_sigmas(MS, "karras", steps),
-                          ksampling.get_sigmas_karras(steps, MS.sigma_min, MS.sigma_max), rtol=1e-6)
-    assert torch.allclose(compute_sigmas(MS, "exponential", steps),
-                          ksampling.get_sigmas_exponential(steps, MS.sigma_min, MS.sigma_max), rtol=1e-5)
+    assert torch.allclose(
+        compute_sigmas(MS, "karras", steps), ksampling.get_sigmas_karras(steps, MS.sigma_min, MS.sigma_max), rtol=1e-6
+    )
+    assert torch.allclose(
+        compute_sigmas(MS, "exponential", steps),
+        ksampling.get_sigmas_exponential(steps, MS.sigma_min, MS.sigma_max),
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("steps", [5, 30])
@@ -97,9 +110,9 @@ def test_linear_quadratic_matches_the_mochi_coefficients(steps):
     tau, linear = 0.025, steps // 2
     quadratic = steps - linear
     step_diff = linear - tau * steps
-    a = step_diff / (linear * quadratic ** 2)
-    b = tau / linear - 2 * step_diff / quadratic ** 2
-    c = a * linear ** 2
+    a = step_diff / (linear * quadratic**2)
+    b = tau / linear - 2 * step_diff / quadratic**2
+    c = a * linear**2
     progress = [i * tau / linear for i in range(linear)] + [a * i * i + b * i + c for i in range(linear, steps)]
     expected = torch.tensor([1 - p for p in progress] + [0.0]) * MS.sigma_max
     assert torch.allclose(compute_sigmas(MS, "linear_quadratic", steps), expected, rtol=1e-5, atol=1e-6)
@@ -128,11 +141,14 @@ class TestDenoise:
 
     def test_samplers_that_discard_the_penultimate_sigma_get_one_more_step_scheduled(self):
         full = compute_sigmas(MS, "normal", 11)
-        assert torch.equal(denoise_sigmas(MS, "normal", 10, discard_penultimate_sigma=True),
-                           torch.cat([full[:-2], full[-1:]]))
+        assert torch.equal(
+            denoise_sigmas(MS, "normal", 10, discard_penultimate_sigma=True), torch.cat([full[:-2], full[-1:]])
+        )
         longer = compute_sigmas(MS, "normal", 21)
-        assert torch.equal(denoise_sigmas(MS, "normal", 10, 0.5, discard_penultimate_sigma=True),
-                           torch.cat([longer[:-2], longer[-1:]])[-11:])
+        assert torch.equal(
+            denoise_sigmas(MS, "normal", 10, 0.5, discard_penultimate_sigma=True),
+            torch.cat([longer[:-2], longer[-1:]])[-11:],
+        )
 
     def test_ksampler_rounds_a_denoise_just_below_one_to_full_and_basic_scheduler_does_not(self):
         """ComfyUI's two rules differ (``KSampler.set_steps``: above 0.9999 is full; BasicScheduler:
@@ -141,7 +157,7 @@ class TestDenoise:
         ksampler = denoise_sigmas(MS, "normal", steps, denoise)
         basic = denoise_sigmas(MS, "normal", steps, denoise, exact_denoise=True)
         assert torch.equal(ksampler, compute_sigmas(MS, "normal", steps))
-        assert torch.equal(basic, compute_sigmas(MS, "normal", steps + 1)[-(steps + 1):])
+        assert torch.equal(basic, compute_sigmas(MS, "normal", steps + 1)[-(steps + 1) :])
         assert len(ksampler) == len(basic) and not torch.equal(ksampler, basic)
         usual = denoise_sigmas(MS, "normal", 20, 0.99995)
         assert torch.equal(usual, denoise_sigmas(MS, "normal", 20, 0.99995, exact_denoise=True))

@@ -47,8 +47,9 @@ def latent() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_a_published_layout_file_decodes_like_diffusers(reference: AutoencoderTiny, latent: torch.Tensor,
-                                                        tmp_path: Path, suffix: str) -> None:
+def test_a_published_layout_file_decodes_like_diffusers(
+    reference: AutoencoderTiny, latent: torch.Tensor, tmp_path: Path, suffix: str
+) -> None:
     weights = published_layout(reference.decoder)
     path = tmp_path / f"taesd_decoder{suffix}"
     torch.save(weights, path) if suffix == ".pth" else save_file(weights, path)
@@ -75,7 +76,9 @@ def test_a_file_with_other_keys_is_rejected_naming_the_file(tmp_path: Path) -> N
     encoder_like = {"0.weight": torch.zeros(64, 3, 3, 3), "1.conv.0.weight": torch.zeros(64, 64, 3, 3)}
     path = tmp_path / "taesd_encoder.safetensors"
     save_file(encoder_like, path)
-    with pytest.raises(TAESDWeightsError, match=r"taesd_encoder\.safetensors: is not a TAESD decoder: missing .*1\.weight"):
+    with pytest.raises(
+        TAESDWeightsError, match=r"taesd_encoder\.safetensors: is not a TAESD decoder: missing .*1\.weight"
+    ):
         load_taesd_decoder(path)
 
 

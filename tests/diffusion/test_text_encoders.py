@@ -71,7 +71,13 @@ def test_config_comes_from_the_state_dict(clip_big) -> None:
     model = load_clip_text_model(openclip_layout(clip_big), "gelu", head_width=HEAD_WIDTH)
     c = model.config
     assert (c.width, c.layers, c.heads, c.intermediate, c.vocab_size, c.positions, c.projection_dim) == (
-        32, 4, 4, 37, 49408, 77, 24,
+        32,
+        4,
+        4,
+        37,
+        49408,
+        77,
+        24,
     )
 
 

@@ -68,26 +68,40 @@ def test_families_without_such_a_marker_refuse_it(family: str, prediction: str) 
 
 _DIFFUSERS_UNETS = {
     "sd15": dict(
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TINY_TEXT_WIDTH, attention_head_dim=8,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TINY_TEXT_WIDTH,
+        attention_head_dim=8,
     ),
     "sd2": dict(
-        block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TINY_TEXT_WIDTH,
-        attention_head_dim=(1, 2), use_linear_projection=True,
+        block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TINY_TEXT_WIDTH,
+        attention_head_dim=(1, 2),
+        use_linear_projection=True,
     ),
     "sdxl": dict(
-        block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TINY_TEXT_WIDTH,
-        attention_head_dim=1, use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=256, projection_class_embeddings_input_dim=TINY_TEXT_WIDTH + 6 * 256,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TINY_TEXT_WIDTH,
+        attention_head_dim=1,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=TINY_TEXT_WIDTH + 6 * 256,
     ),
     "sdxl_refiner": dict(
         block_out_channels=(32, 64, 64, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TINY_TEXT_WIDTH, attention_head_dim=1, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=256,
+        cross_attention_dim=TINY_TEXT_WIDTH,
+        attention_head_dim=1,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=TINY_TEXT_WIDTH + 5 * 256,
     ),
 }
@@ -119,7 +133,9 @@ def test_unet_weights_read_by_diffusers_compute_what_loom_computes(tiny_files: d
         numbers, y = [64.0, 64.0, 0.0, 0.0, 6.0], sdxl_refiner_adm_vector(pooled, (64, 64), (0, 0), 6.0)
     else:
         numbers, y = None, None
-    extra = {} if numbers is None else {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": torch.tensor([numbers])}}
+    extra = (
+        {} if numbers is None else {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": torch.tensor([numbers])}}
+    )
     with torch.no_grad():
         expected = reference(x, t, encoder_hidden_states=context, **extra).sample
         actual = unet(x, t, context, y)
@@ -132,10 +148,15 @@ def test_vae_weights_read_by_diffusers_decode_like_loom(tiny_files: dict[str, Pa
     from safetensors.torch import load_file
 
     reference = AutoencoderKL(
-        block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
+        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=4,
     ).eval()
-    reference.load_state_dict(convert_ldm_vae_checkpoint(load_file(tiny_files["sd15"]), dict(reference.config)), strict=True)
+    reference.load_state_dict(
+        convert_ldm_vae_checkpoint(load_file(tiny_files["sd15"]), dict(reference.config)), strict=True
+    )
     vae = load_checkpoint(tiny_files["sd15"]).vae
     latent = torch.randn(1, 4, 8, 6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -149,8 +170,12 @@ def _transformers_clip(checkpoint: dict[str, torch.Tensor], prefix: str, opencli
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        hidden_size=TINY_TEXT_WIDTH, intermediate_size=2 * TINY_TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=1,
-        projection_dim=TINY_TEXT_WIDTH, hidden_act="gelu" if openclip else "quick_gelu",
+        hidden_size=TINY_TEXT_WIDTH,
+        intermediate_size=2 * TINY_TEXT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        projection_dim=TINY_TEXT_WIDTH,
+        hidden_act="gelu" if openclip else "quick_gelu",
     )
     model = (CLIPTextModelWithProjection if projected else CLIPTextModel)(config).eval()
     if openclip:

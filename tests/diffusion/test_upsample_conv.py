@@ -12,7 +12,11 @@ from diffusion.upsample_conv import NearestUpsampleConv2d, transposed_kernel
 
 
 def reference(conv: NearestUpsampleConv2d, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    upsampled = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else F.interpolate(x, size=size, mode="nearest")
+    upsampled = (
+        F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if size is None
+        else F.interpolate(x, size=size, mode="nearest")
+    )
     return F.conv2d(upsampled.float(), conv.weight.float(), conv.bias.float(), padding=1)
 
 
@@ -39,7 +43,9 @@ def test_fp32_output_equals_upsample_then_convolve(height: int, width: int, chan
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_cpu_without_onednn_kernels_for_the_dtype_upsamples_and_convolves_as_written(dtype: torch.dtype, cpu_path: str) -> None:
+def test_a_cpu_without_onednn_kernels_for_the_dtype_upsamples_and_convolves_as_written(
+    dtype: torch.dtype, cpu_path: str
+) -> None:
     """PyTorch's native CPU transposed convolution is the slow one (and rounds more in bf16), so the
     transposed kernel is built only where oneDNN runs it."""
     conv = layer(4, 4).to(dtype)
@@ -48,7 +54,9 @@ def test_a_cpu_without_onednn_kernels_for_the_dtype_upsamples_and_convolves_as_w
         got = conv(x)
     assert (conv._transposed.value is not None) == (cpu_path == "onednn")
     if cpu_path == "plain":
-        assert torch.equal(got, F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1))
+        assert torch.equal(
+            got, F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1)
+        )
 
 
 def test_the_transposed_kernel_computes_the_block_through_plain_conv_transpose2d() -> None:

@@ -68,8 +68,10 @@ def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
     for node in prompt.values():
         if node["class_type"] == "LoraLoader":
             loaded = load_shared_checkpoint(next(iter(checkpoints.values())))
-            write_lora(folders.models / "loras" / node["inputs"]["lora_name"],
-                       kohya_lora_tensors(loaded.unet, list(loaded.text_encoders.encoders.values())))
+            write_lora(
+                folders.models / "loras" / node["inputs"]["lora_name"],
+                kohya_lora_tensors(loaded.unet, list(loaded.text_encoders.encoders.values())),
+            )
 
 
 def shrink(prompt: dict[str, Any]) -> None:

@@ -36,7 +36,9 @@ class ImageScaleByV1:
 
 def test_declarative_and_v1_forms_serve_the_same_object_info() -> None:
     declarative = spec_of(ImageScaleBy).object_info()
-    v1 = spec_from_v1_class("ImageScaleBy", ImageScaleByV1, display_name="Upscale Image By", python_module=declarative["python_module"]).object_info()
+    v1 = spec_from_v1_class(
+        "ImageScaleBy", ImageScaleByV1, display_name="Upscale Image By", python_module=declarative["python_module"]
+    ).object_info()
     assert declarative == v1
 
 
@@ -61,7 +63,10 @@ def test_widget_declarations_carry_their_options() -> None:
         return NodeOutput(seed, text, ui={"text": [text]})
 
     info = spec_of(Widgets).object_info()
-    assert info["input"]["required"]["seed"] == ["INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True}]
+    assert info["input"]["required"]["seed"] == [
+        "INT",
+        {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True},
+    ]
     assert info["input"]["required"]["text"] == ["STRING", {"default": "", "multiline": True, "dynamicPrompts": True}]
     assert info["input"]["required"]["flag"] == ["BOOLEAN", {"default": False, "label_on": "yes", "label_off": "no"}]
     assert info["input"]["optional"]["mask"] == ["MASK"]

@@ -35,19 +35,30 @@ def test_every_error_has_the_four_wire_keys() -> None:
 
 
 def test_value_not_in_list_matches_the_documented_example() -> None:
-    error = ValueNotInList(**WHERE, input_config=[["a.safetensors"]], received_value="x.safetensors", choices=("a.safetensors",))
+    error = ValueNotInList(
+        **WHERE, input_config=[["a.safetensors"]], received_value="x.safetensors", choices=("a.safetensors",)
+    )
     assert error.to_wire() == {
         "type": "value_not_in_list",
         "message": "Value not in list",
         "details": "ckpt_name: 'x.safetensors' not in ['a.safetensors']",
-        "extra_info": {"input_name": "ckpt_name", "input_config": [["a.safetensors"]], "received_value": "x.safetensors"},
+        "extra_info": {
+            "input_name": "ckpt_name",
+            "input_config": [["a.safetensors"]],
+            "received_value": "x.safetensors",
+        },
     }
 
 
 def test_return_type_mismatch_carries_the_linked_node() -> None:
     error = ReturnTypeMismatch(
-        node_id="8", class_type="VAEDecode", input_name="vae", received_type="CLIP", input_type="VAE",
-        linked_node=("4", 1), linked_class_type="CheckpointLoaderSimple",
+        node_id="8",
+        class_type="VAEDecode",
+        input_name="vae",
+        received_type="CLIP",
+        input_type="VAE",
+        linked_node=("4", 1),
+        linked_class_type="CheckpointLoaderSimple",
     )
     extra = error.to_wire()["extra_info"]
     assert (extra["received_type"], extra["linked_node"], extra["input_name"]) == ("CLIP", ["4", 1], "vae")
@@ -57,7 +68,9 @@ def test_node_errors_group_per_node_with_dependent_outputs() -> None:
     first = RequiredInputMissing(node_id="3", class_type="KSampler", input_name="steps")
     second = RequiredInputMissing(node_id="3", class_type="KSampler", input_name="cfg")
     wire = node_errors_to_wire([first, second], {"3": ["9"]})
-    assert wire == {"3": {"errors": [first.to_wire(), second.to_wire()], "dependent_outputs": ["9"], "class_type": "KSampler"}}
+    assert wire == {
+        "3": {"errors": [first.to_wire(), second.to_wire()], "dependent_outputs": ["9"], "class_type": "KSampler"}
+    }
 
 
 def test_outputs_failed_lists_each_problem_once_per_line() -> None:

@@ -168,7 +168,8 @@ class LazyPick:
 
 
 class Repeat:
-    """Expands into a chain of ``times`` Tick nodes after ``x`` (docs/compatibility.md §3.8), ids prefixed by its own."""
+    """Expands into a chain of ``times`` Tick nodes after ``x`` (docs/compatibility.md §3.8), ids prefixed
+    by its own."""
 
     @classmethod
     def INPUT_TYPES(cls):

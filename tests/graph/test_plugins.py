@@ -235,7 +235,9 @@ def test_comfyui_plugin_runs_through_validation_and_the_executor(comfy_pack) -> 
     assert record.outputs["6"] == {"text": ["HELLO!-PLUGIN!-WORLD!"], "node": ["6"], "class": ["JoinWords"]}
     # The lazy branch nobody asked for never ran; the list output fed Shout one word at a time.
     assert ("SplitWords", "never needed") not in plugin_calls()
-    assert [call for call in plugin_calls() if call[0] == "Shout"] == [("Shout", w) for w in ("hello", "plugin", "world")]
+    assert [call for call in plugin_calls() if call[0] == "Shout"] == [
+        ("Shout", w) for w in ("hello", "plugin", "world")
+    ]
 
 
 def test_is_changed_keeps_the_cache_until_the_file_changes(comfy_pack) -> None:
@@ -480,8 +482,12 @@ PACK_WITH_HELPER = """
 
 
 def test_two_folders_with_a_pack_of_the_same_name_do_not_share_a_module(tmp_path: Path) -> None:
-    first = write_tree(tmp_path / "a", {"pack/__init__.py": PACK_WITH_HELPER.format(n=1), "pack/helper.py": "SUFFIX = '-a'\n"})
-    second = write_tree(tmp_path / "b", {"pack/__init__.py": PACK_WITH_HELPER.format(n=2), "pack/helper.py": "SUFFIX = '-b'\n"})
+    first = write_tree(
+        tmp_path / "a", {"pack/__init__.py": PACK_WITH_HELPER.format(n=1), "pack/helper.py": "SUFFIX = '-a'\n"}
+    )
+    second = write_tree(
+        tmp_path / "b", {"pack/__init__.py": PACK_WITH_HELPER.format(n=2), "pack/helper.py": "SUFFIX = '-b'\n"}
+    )
     registry = NodeRegistry()
     reports = load_plugins(registry, [first, second])
     assert [r.module_name for r in reports] == ["custom_nodes.pack", "custom_nodes.pack__2"]
@@ -502,8 +508,12 @@ def test_declared_nodes_a_pack_imports_from_elsewhere_are_not_registered_again(t
 
 
 def test_among_plugins_the_later_one_wins_a_shared_node_name(tmp_path: Path, caplog) -> None:
-    template = "from graph.declare import Output, node\n\n@node(outputs=[Output('INT')])\ndef Shared():\n    return {v}\n"
-    folder = write_tree(tmp_path / "custom_nodes", {"a_pack.py": template.format(v=1), "b_pack.py": template.format(v=2)})
+    template = (
+        "from graph.declare import Output, node\n\n@node(outputs=[Output('INT')])\ndef Shared():\n    return {v}\n"
+    )
+    folder = write_tree(
+        tmp_path / "custom_nodes", {"a_pack.py": template.format(v=1), "b_pack.py": template.format(v=2)}
+    )
     registry = NodeRegistry()
     with caplog.at_level(logging.WARNING, logger="graph.plugins"):
         load_plugins(registry, [folder])
@@ -512,7 +522,9 @@ def test_among_plugins_the_later_one_wins_a_shared_node_name(tmp_path: Path, cap
 
 
 def test_disable_all_loads_only_the_whitelist(tmp_path: Path) -> None:
-    folder = write_tree(tmp_path / "custom_nodes", {**COMFY_STYLE_PACK, "raises_at_import.py": "raise RuntimeError('x')\n"})
+    folder = write_tree(
+        tmp_path / "custom_nodes", {**COMFY_STYLE_PACK, "raises_at_import.py": "raise RuntimeError('x')\n"}
+    )
     registry = NodeRegistry()
     reports = by_name(load_plugins(registry, [folder], disable_all=True, whitelist=["comfy_style_pack"]))
     assert reports["comfy_style_pack"].status is PluginStatus.LOADED
@@ -525,7 +537,9 @@ def test_disable_all_loads_only_the_whitelist(tmp_path: Path) -> None:
 
 
 def test_whitelist_accepts_a_single_files_name_with_its_suffix(tmp_path: Path) -> None:
-    folder = write_tree(tmp_path / "custom_nodes", {"one.py": "from graph.declare import node\n\n@node()\ndef One():\n    pass\n"})
+    folder = write_tree(
+        tmp_path / "custom_nodes", {"one.py": "from graph.declare import node\n\n@node()\ndef One():\n    pass\n"}
+    )
     [report] = load_plugins(NodeRegistry(), [folder], disable_all=True, whitelist=["one.py"])
     assert report.status is PluginStatus.LOADED and report.nodes == ["One"]
 

@@ -64,7 +64,9 @@ def test_inputs_expose_combo_choices_and_flags() -> None:
 
 def test_running_calls_the_named_method_on_an_instance() -> None:
     spec = spec_from_v1_class("KSampler", KSamplerLike)
-    result = spec.normalize_result(spec.run(spec.create_instance(), {"model": "m", "seed": 3, "sampler_name": "euler", "scheduler": "normal"}))
+    result = spec.normalize_result(
+        spec.run(spec.create_instance(), {"model": "m", "seed": 3, "sampler_name": "euler", "scheduler": "normal"})
+    )
     assert result.values == (("m", 3, "euler", "normal", 1.0, None),)
 
 

@@ -11,7 +11,14 @@ from graph.validation import validate_prompt
 from tests.graph.formats.fixtures.sd15_nodes import sd15_registry
 
 
-@node(outputs=[Output("INT"), Output("COMBO", name="choice"), Output("*", name="anything"), Output("IMAGE,MASK", name="either")])
+@node(
+    outputs=[
+        Output("INT"),
+        Output("COMBO", name="choice"),
+        Output("*", name="anything"),
+        Output("IMAGE,MASK", name="either"),
+    ]
+)
 def Source(value=Int(1)):
     """Outputs of the types the link rules treat specially."""
 
@@ -109,9 +116,21 @@ def txt2img() -> dict:
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": 42, "steps": 20, "cfg": 8.0,
-              "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
-              "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": 42,
+                "steps": 20,
+                "cfg": 8.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ComfyUI"}},
     }
@@ -203,7 +222,10 @@ def test_a_malformed_node_is_a_named_error_not_an_exception(registry, node, reas
     prompt["10"] = node
     result = validate_prompt(prompt, registry)
     assert result.error == {
-        "type": "invalid_prompt", "message": f"Cannot execute because node 10 {reason}.", "details": "Node ID '#10'", "extra_info": {},
+        "type": "invalid_prompt",
+        "message": f"Cannot execute because node 10 {reason}.",
+        "details": "Node ID '#10'",
+        "extra_info": {},
     }
     error = only_error(result, "10")
     assert error["type"] == "malformed_node" and error["details"] == f"the node {reason}"
@@ -247,7 +269,12 @@ def test_undeclared_inputs_are_ignored(registry) -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(["99", 0], "not in the prompt"), (["4", 7], "no output 7"), (["4", 0, 1], "[node_id, output_slot]"), ([4, 0], "[node_id, output_slot]")],
+    [
+        (["99", 0], "not in the prompt"),
+        (["4", 7], "no output 7"),
+        (["4", 0, 1], "[node_id, output_slot]"),
+        ([4, 0], "[node_id, output_slot]"),
+    ],
 )
 def test_bad_links(registry, value, reason) -> None:
     prompt = txt2img()
@@ -269,7 +296,8 @@ def test_integral_float_slots_are_normalised_to_int(registry) -> None:
 
 
 @pytest.mark.parametrize(
-    ("slot", "reason"), [(0.5, "the output slot 0.5 is not a whole number"), (True, "the output slot True is not a number")]
+    ("slot", "reason"),
+    [(0.5, "the output slot 0.5 is not a whole number"), (True, "the output slot True is not a number")],
 )
 def test_a_fractional_or_boolean_slot_is_an_error_naming_the_node_and_input(registry, slot, reason) -> None:
     prompt = txt2img()
@@ -291,12 +319,21 @@ def test_type_mismatch_names_both_ends(registry) -> None:
 
 @pytest.mark.parametrize(
     ("slot", "input_name", "ok"),
-    [(0, "count", True), (1, "mode", True), (2, "count", True), (3, "mask", True), (0, "mask", False), (1, "count", False)],
+    [
+        (0, "count", True),
+        (1, "mode", True),
+        (2, "count", True),
+        (3, "mask", True),
+        (0, "mask", False),
+        (1, "count", False),
+    ],
 )
 def test_link_type_rules(registry, slot, input_name, ok) -> None:
     """INT feeds an INT widget, COMBO a combo, ``*`` anything, and ``IMAGE,MASK`` a MASK; not otherwise."""
-    prompt = {"1": {"class_type": "Source", "inputs": {"value": 1}},
-              "2": {"class_type": "Sink", "inputs": {"count": 1, "mode": "a", input_name: ["1", slot]}}}
+    prompt = {
+        "1": {"class_type": "Source", "inputs": {"value": 1}},
+        "2": {"class_type": "Sink", "inputs": {"count": 1, "mode": "a", input_name: ["1", slot]}},
+    }
     result = validate_prompt(prompt, registry)
     assert result.ok is ok
     if not ok:
@@ -322,7 +359,9 @@ def test_boolean_words_and_wrapped_values(registry) -> None:
 
     local = NodeRegistry()
     local.register(spec_of(Toggle))
-    result = validate_prompt({"1": {"class_type": "Toggle", "inputs": {"on": "false", "numbers": {"__value__": [1.0, 2.0]}}}}, local)
+    result = validate_prompt(
+        {"1": {"class_type": "Toggle", "inputs": {"on": "false", "numbers": {"__value__": [1.0, 2.0]}}}}, local
+    )
     assert result.ok and result.prompt["1"]["inputs"] == {"on": False, "numbers": [1.0, 2.0]}
     bad = validate_prompt({"1": {"class_type": "Toggle", "inputs": {"on": "maybe"}}}, local)
     assert only_error(bad, "1")["type"] == "invalid_input_type"
@@ -350,7 +389,10 @@ def test_value_not_in_list(registry) -> None:
     error = only_error(validate_prompt(prompt, registry), "4")
     assert error["type"] == "value_not_in_list"
     assert "'x.safetensors' not in ['v1-5-pruned-emaonly-fp16.safetensors'" in error["details"]
-    assert error["extra_info"]["input_config"][0] == ["v1-5-pruned-emaonly-fp16.safetensors", "sub/dreamshaper.safetensors"]
+    assert error["extra_info"]["input_config"][0] == [
+        "v1-5-pruned-emaonly-fp16.safetensors",
+        "sub/dreamshaper.safetensors",
+    ]
 
 
 def test_long_combo_lists_are_summarised(registry) -> None:
@@ -371,7 +413,9 @@ def test_path_separators_do_not_matter_for_combo_choices(registry) -> None:
 
 
 def test_custom_validation_message_is_reported(registry) -> None:
-    error = only_error(validate_prompt({"1": {"class_type": "EvenOnly", "inputs": {"count": 3, "label": "x"}}}, registry), "1")
+    error = only_error(
+        validate_prompt({"1": {"class_type": "EvenOnly", "inputs": {"count": 3, "label": "x"}}}, registry), "1"
+    )
     assert error["type"] == "custom_validation_failed" and "count 3 is odd" in error["details"]
 
 
@@ -391,7 +435,10 @@ def test_an_exception_in_the_validator_is_reported(registry) -> None:
 
 def test_a_validator_that_wants_types_replaces_the_link_type_check(registry) -> None:
     seen_types.clear()
-    prompt = {"1": {"class_type": "Source", "inputs": {"value": 1}}, "2": {"class_type": "TypeChecker", "inputs": {"value": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "Source", "inputs": {"value": 1}},
+        "2": {"class_type": "TypeChecker", "inputs": {"value": ["1", 0]}},
+    }
     assert validate_prompt(prompt, registry).ok
     assert seen_types == [{"value": "INT"}]
 
@@ -469,7 +516,10 @@ def test_a_cycle_names_every_node_in_it(registry) -> None:
 
 
 def test_a_node_linked_to_itself_is_a_cycle(registry) -> None:
-    prompt = {"1": {"class_type": "Loop", "inputs": {"previous": ["1", 0]}}, "2": {"class_type": "LatentSink", "inputs": {"samples": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "Loop", "inputs": {"previous": ["1", 0]}},
+        "2": {"class_type": "LatentSink", "inputs": {"samples": ["1", 0]}},
+    }
     error = only_error(validate_prompt(prompt, registry), "1")
     assert error["type"] == "dependency_cycle" and error["extra_info"]["nodes"] == ["1"]
 

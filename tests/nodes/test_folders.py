@@ -112,7 +112,13 @@ def test_first_save_starts_at_one_in_a_new_subfolder(folders: Folders) -> None:
 
 
 def test_counter_is_one_past_the_highest_existing_number(folders: Folders) -> None:
-    for name in ("ComfyUI_00001_.png", "ComfyUI_00007_.png", "ComfyUI_00009.png", "Other_00050_.png", "ComfyUIx_00060_.png"):
+    for name in (
+        "ComfyUI_00001_.png",
+        "ComfyUI_00007_.png",
+        "ComfyUI_00009.png",
+        "Other_00050_.png",
+        "ComfyUIx_00060_.png",
+    ):
         (folders.output / name).write_bytes(b"")
     assert save_target("ComfyUI", folders.output, 8, 8).counter == 8
 

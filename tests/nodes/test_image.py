@@ -29,6 +29,9 @@ from nodes.image import (
 
 METHODS = [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]]
 
+#: The cubic convolution kernel's free parameter, -0.75 as in PyTorch and PIL (Keys 1981 uses -0.5).
+A = -0.75
+
 
 def _weights(size_in: int, size_out: int, method: str) -> np.ndarray:
     """The ``[out, in]`` matrix of one axis of a resize."""
@@ -49,9 +52,8 @@ def _weights(size_in: int, size_out: int, method: str) -> np.ndarray:
             matrix[out, high] += t
         elif method == "bicubic":
             low, t = math.floor(centre), centre - math.floor(centre)
-            a = -0.75
-            near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731
-            far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731
+            near = lambda x: ((A + 2) * x - (A + 3)) * x * x + 1  # noqa: E731
+            far = lambda x: ((A * x - 5 * A) * x + 8 * A) * x - 4 * A  # noqa: E731
             for tap, weight in zip(range(low - 1, low + 3), (far(t + 1), near(t), near(1 - t), far(2 - t))):
                 matrix[out, min(max(tap, 0), size_in - 1)] += weight
     return matrix
@@ -99,7 +101,10 @@ def test_interfaces_match_comfyui() -> None:
         },
         ImagePadForOutpaint: {
             "image": ["IMAGE"],
-            **{side: ["INT", {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8}] for side in ("left", "top", "right", "bottom")},
+            **{
+                side: ["INT", {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8}]
+                for side in ("left", "top", "right", "bottom")
+            },
             "feathering": ["INT", {"default": 40, "min": 0, "max": MAX_RESOLUTION, "step": 1}],
         },
     }
@@ -172,7 +177,9 @@ def test_center_crop_trims_the_long_side_before_resizing() -> None:
     result = ImageScale(image=image, upscale_method="nearest-exact", width=2, height=2, crop="center")
     assert torch.equal(result, image[:, :, 2:4])
     tall = pictures(1, 8, 2)
-    assert torch.equal(ImageScale(image=tall, upscale_method="nearest-exact", width=2, height=2, crop="center"), tall[:, 3:5])
+    assert torch.equal(
+        ImageScale(image=tall, upscale_method="nearest-exact", width=2, height=2, crop="center"), tall[:, 3:5]
+    )
 
 
 def test_scale_by_rounds_the_new_size() -> None:

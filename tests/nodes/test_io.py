@@ -30,7 +30,12 @@ PROMPT = {
     "3": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 2}},
     "9": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "ComfyUI"}},
 }
-WORKFLOW = {"last_node_id": 9, "nodes": [{"id": 9, "type": "SaveImage", "title": "Sàve ✓"}], "links": [], "version": 0.4}
+WORKFLOW = {
+    "last_node_id": 9,
+    "nodes": [{"id": 9, "type": "SaveImage", "title": "Sàve ✓"}],
+    "links": [],
+    "version": 0.4,
+}
 
 
 def random_pixels(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -65,10 +70,16 @@ def test_interfaces_match_comfyui(folders: Folders) -> None:
     assert save["input"]["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     assert (save["output"], save["output_node"]) == ([], True)
     preview = spec_of(PreviewImage).object_info()
-    assert preview["input"] == {"required": {"images": ["IMAGE"]}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+    assert preview["input"] == {
+        "required": {"images": ["IMAGE"]},
+        "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+    }
     assert preview["output_node"] is True
     assert [spec_of(f).display_name for f in (LoadImage, LoadImageMask, SaveImage, PreviewImage)] == [
-        "Load Image", "Load Image (as Mask)", "Save Image", "Preview Image"
+        "Load Image",
+        "Load Image (as Mask)",
+        "Save Image",
+        "Preview Image",
     ]
 
 
@@ -128,10 +139,16 @@ COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     ("name", "options"),
     [
         ("anim.gif", {"duration": 50, "loop": 0}),
-        pytest.param("anim.webp", {"duration": 50, "lossless": True}, marks=pytest.mark.skipif(not features.check("webp"), reason="no WebP")),
+        pytest.param(
+            "anim.webp",
+            {"duration": 50, "lossless": True},
+            marks=pytest.mark.skipif(not features.check("webp"), reason="no WebP"),
+        ),
     ],
 )
-def test_every_frame_of_an_animation_becomes_a_batch_item(folders: Folders, name: str, options: dict[str, object]) -> None:
+def test_every_frame_of_an_animation_becomes_a_batch_item(
+    folders: Folders, name: str, options: dict[str, object]
+) -> None:
     frames = [Image.new("RGB", (4, 3), colour) for colour in COLOURS]
     write(folders.input, name, frames[0], save_all=True, append_images=frames[1:], **options)
     image, mask = LoadImage(image=name)
@@ -191,13 +208,17 @@ def test_a_traversing_name_is_refused_at_run_time_too(folders: Folders) -> None:
 def test_a_colour_channel_is_the_mask_as_is(folders: Folders, channel: str, index: int) -> None:
     pixels = random_pixels(3, 4, 4, seed=2)
     write(folders.input, "m.png", Image.fromarray(pixels))
-    torch.testing.assert_close(LoadImageMask(image="m.png", channel=channel), torch.from_numpy(pixels[None, ..., index]).float() / 255)
+    torch.testing.assert_close(
+        LoadImageMask(image="m.png", channel=channel), torch.from_numpy(pixels[None, ..., index]).float() / 255
+    )
 
 
 def test_the_alpha_channel_mask_is_inverted(folders: Folders) -> None:
     pixels = random_pixels(3, 4, 4, seed=3)
     write(folders.input, "m.png", Image.fromarray(pixels))
-    torch.testing.assert_close(LoadImageMask(image="m.png", channel="alpha"), 1 - torch.from_numpy(pixels[None, ..., 3]).float() / 255)
+    torch.testing.assert_close(
+        LoadImageMask(image="m.png", channel="alpha"), 1 - torch.from_numpy(pixels[None, ..., 3]).float() / 255
+    )
     write(folders.input, "opaque.png", Image.fromarray(pixels[..., :3]))
     assert torch.equal(LoadImageMask(image="opaque.png", channel="alpha"), torch.zeros(1, 3, 4))
 
@@ -220,10 +241,12 @@ def test_saved_pngs_carry_the_prompt_and_workflow(folders: Folders) -> None:
     inputs = {"images": images, "filename_prefix": "ComfyUI", "prompt": PROMPT, "extra_pnginfo": {"workflow": WORKFLOW}}
     result = spec_of(SaveImage).run(None, inputs)
     assert result.values == ()
-    assert result.ui == {"images": [
-        {"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"},
-        {"filename": "ComfyUI_00002_.png", "subfolder": "", "type": "output"},
-    ]}
+    assert result.ui == {
+        "images": [
+            {"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"},
+            {"filename": "ComfyUI_00002_.png", "subfolder": "", "type": "output"},
+        ]
+    }
     for index, entry in enumerate(result.ui["images"]):
         with Image.open(folders.output / entry["filename"]) as saved:
             assert saved.text == {"prompt": json.dumps(PROMPT), "workflow": json.dumps(WORKFLOW)}

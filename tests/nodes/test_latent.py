@@ -28,7 +28,7 @@ from tests.nodes.tiny_models import tiny_checkpoint
 
 
 @pytest.fixture
-def vae(folders: Folders):  # noqa: ANN201
+def vae(folders: Folders):
     tiny_checkpoint(folders.models, "sd15.safetensors")
     return CheckpointLoaderSimple("sd15.safetensors")[2]
 
@@ -87,8 +87,10 @@ def test_latent_upscale_sizes_and_keep_aspect_with_zero() -> None:
     assert LatentUpscale(latent, "bilinear", 256, 128, "disabled")["samples"].shape == (1, 4, 16, 32)
     assert LatentUpscale(latent, "nearest-exact", 0, 128, "disabled")["samples"].shape == (1, 4, 16, 32)
     assert LatentUpscaleBy(latent, "bicubic", 1.5)["samples"].shape == (1, 4, 12, 24)
-    torch.testing.assert_close(LatentUpscaleBy(latent, "bilinear", 2.0)["samples"],
-                               F.interpolate(latent["samples"], size=(16, 32), mode="bilinear"))
+    torch.testing.assert_close(
+        LatentUpscaleBy(latent, "bilinear", 2.0)["samples"],
+        F.interpolate(latent["samples"], size=(16, 32), mode="bilinear"),
+    )
 
 
 def test_bislerp_follows_the_sphere_between_channel_vectors() -> None:

@@ -23,7 +23,7 @@ from tests.nodes.tiny_models import decode_prompt, kohya_lora_tensors, run_promp
 
 
 @pytest.fixture
-def loaded(folders: Folders):  # noqa: ANN201
+def loaded(folders: Folders):
     tiny_checkpoint(folders.models, "sd15.safetensors")
     model, clip, vae = CheckpointLoaderSimple("sd15.safetensors")
     write_lora(folders.models / "loras" / "style.safetensors", kohya_lora_tensors(model.unet, clip.encoders))
@@ -39,7 +39,12 @@ def test_the_checkpoint_combo_lists_the_folder_and_inputs_match_comfyui(loaded, 
     lora = info["LoraLoader"]["input"]["required"]
     assert lora["lora_name"][0] == ["style.safetensors"]
     assert lora["strength_model"][1] == {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
-    assert info["CLIPSetLastLayer"]["input"]["required"]["stop_at_clip_layer"][1] == {"default": -1, "min": -24, "max": -1, "step": 1}
+    assert info["CLIPSetLastLayer"]["input"]["required"]["stop_at_clip_layer"][1] == {
+        "default": -1,
+        "min": -24,
+        "max": -1,
+        "step": 1,
+    }
 
 
 def test_loader_outputs_share_one_load(loaded, folders: Folders) -> None:
@@ -83,7 +88,7 @@ def test_lora_loader_patches_each_side_with_its_strength(loaded) -> None:
     model, clip, _ = loaded
     patched_model, patched_clip = LoraLoader(model, clip, "style.safetensors", 0.5, 0.0)
     assert patched_clip is clip and patched_model is not model
-    (patches, strength), = patched_model.patches
+    ((patches, strength),) = patched_model.patches
     assert strength == 0.5 and all(name.endswith(("to_q.weight", "to_k.weight", "to_v.weight")) for name in patches)
     assert LoraLoader(model, clip, "style.safetensors", 0.0, 0.0) == (model, clip)
     _, clip_only = LoraLoader(model, clip, "style.safetensors", 0.0, 1.0)
@@ -102,7 +107,9 @@ def test_clip_set_last_layer_picks_an_earlier_layer(loaded) -> None:
     assert not torch.equal(cond, clip.encode("a cat")[0])
 
 
-def test_lora_keys_that_match_nothing_are_logged_not_fatal(loaded, folders: Folders, caplog: pytest.LogCaptureFixture) -> None:
+def test_lora_keys_that_match_nothing_are_logged_not_fatal(
+    loaded, folders: Folders, caplog: pytest.LogCaptureFixture
+) -> None:
     model, clip, _ = loaded
     tensors = kohya_lora_tensors(model.unet, clip.encoders)
     tensors["lora_unet_no_such_block.lora_up.weight"] = torch.zeros(4, 2)

@@ -29,8 +29,20 @@ def touch(path: Path) -> Path:
 
 def test_keys_include_comfyui_names_and_legacy_aliases(paths: ModelPaths, folders: Folders) -> None:
     keys = paths.keys()
-    for key in ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "text_encoders", "clip",
-                "diffusion_models", "unet", "controlnet", "vae_approx", "configs"):
+    for key in (
+        "checkpoints",
+        "loras",
+        "vae",
+        "embeddings",
+        "upscale_models",
+        "text_encoders",
+        "clip",
+        "diffusion_models",
+        "unet",
+        "controlnet",
+        "vae_approx",
+        "configs",
+    ):
         assert key in keys
 
 
@@ -55,7 +67,9 @@ def test_legacy_and_new_directory_names_are_one_key(paths: ModelPaths, folders: 
     assert paths.names("diffusion_models") == ["u.safetensors"]
 
 
-def test_listing_is_cached_until_a_directory_changes(paths: ModelPaths, folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_listing_is_cached_until_a_directory_changes(
+    paths: ModelPaths, folders: Folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = folders.models / "loras"
     touch(root / "deep" / "a.safetensors")
     walks = []
@@ -78,7 +92,9 @@ def test_find_model_names_every_folder_searched(folders: Folders, tmp_path: Path
         paths.find("checkpoints", "missing.safetensors")
     message = str(caught.value)
     assert "missing.safetensors" in message
-    assert str(folders.models / "checkpoints") in message and str(tmp_path / "comfy" / "models" / "checkpoints") in message
+    assert (
+        str(folders.models / "checkpoints") in message and str(tmp_path / "comfy" / "models" / "checkpoints") in message
+    )
     assert caught.value.searched == paths.folders("checkpoints")
 
 
@@ -95,7 +111,9 @@ def test_find_model_searches_extra_folders_and_refuses_escapes(folders: Folders,
         paths.find("loras", "../secret.safetensors")
 
 
-def test_symlinked_files_and_folders_are_followed_wherever_they_lead(paths: ModelPaths, folders: Folders, tmp_path: Path) -> None:
+def test_symlinked_files_and_folders_are_followed_wherever_they_lead(
+    paths: ModelPaths, folders: Folders, tmp_path: Path
+) -> None:
     outside = touch(tmp_path / "disk" / "big.safetensors")
     touch(tmp_path / "disk" / "nested" / "deep.safetensors")
     loras = folders.models / "loras"
@@ -226,4 +244,7 @@ def test_an_existing_comfyui_models_folder_works_as_is(tmp_path: Path) -> None:
     runtime = build_runtime(RuntimeOptions(base_dir=tmp_path / "loom", models_dir=comfy_models, device="cpu"))
     paths = runtime.model_paths
     assert paths.names("checkpoints") == ["v1-5-pruned-emaonly.safetensors"]
-    assert paths.find("upscale_models", "RealESRGAN_x4plus.pth") == (comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth").resolve()
+    assert (
+        paths.find("upscale_models", "RealESRGAN_x4plus.pth")
+        == (comfy_models / "upscale_models" / "RealESRGAN_x4plus.pth").resolve()
+    )

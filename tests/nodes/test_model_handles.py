@@ -116,7 +116,15 @@ def test_weights_swapped_rebinds_and_restores_even_on_error() -> None:
 def lora_on(handle: ModelHandle) -> dict[str, list[LowRankDelta]]:
     weight = handle.unet.get_parameter(TO_Q)
     generator = torch.Generator().manual_seed(0)
-    return {TO_Q: [LowRankDelta(torch.randn(weight.shape[0], 2, generator=generator), torch.randn(2, weight.shape[1], generator=generator), 1.0)]}
+    return {
+        TO_Q: [
+            LowRankDelta(
+                torch.randn(weight.shape[0], 2, generator=generator),
+                torch.randn(2, weight.shape[1], generator=generator),
+                1.0,
+            )
+        ]
+    }
 
 
 def unet_output(handle: ModelHandle) -> torch.Tensor:
@@ -167,7 +175,9 @@ def test_an_inpainting_model_needs_its_extra_channels(tmp_path: Path) -> None:
     with handle.unet_fn() as call, pytest.raises(ValueError, match="5 extra input channels"):
         call(torch.zeros(1, 4, 8, 8), torch.tensor([1.0]), torch.zeros(1, 77, 64))
     with handle.unet_fn() as call:
-        assert call(torch.zeros(1, 4, 8, 8), torch.tensor([1.0]), torch.zeros(1, 77, 64), concat=torch.zeros(1, 5, 8, 8)).shape == (1, 4, 8, 8)
+        assert call(
+            torch.zeros(1, 4, 8, 8), torch.tensor([1.0]), torch.zeros(1, 77, 64), concat=torch.zeros(1, 5, 8, 8)
+        ).shape == (1, 4, 8, 8)
 
 
 def test_vae_handle_matches_the_autoencoder_and_names_channel_mismatches(sd15_path: Path) -> None:

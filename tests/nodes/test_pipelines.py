@@ -27,32 +27,59 @@ INPAINT = "512-inpainting-ema.safetensors"
 def models(folders: Folders) -> Path:
     tiny_checkpoint(folders.models, SD15)
     lora_target = load_shared_checkpoint(folders.models / "checkpoints" / SD15)
-    write_lora(folders.models / "loras" / "style.safetensors",
-               kohya_lora_tensors(lora_target.unet, [lora_target.text_encoders.encoders["clip_l"]], scale=0.5))
+    write_lora(
+        folders.models / "loras" / "style.safetensors",
+        kohya_lora_tensors(lora_target.unet, [lora_target.text_encoders.encoders["clip_l"]], scale=0.5),
+    )
     embedding = torch.randn(2, 64, generator=torch.Generator().manual_seed(5))
     (folders.models / "embeddings").mkdir()
     save_file({"emb_params": embedding}, folders.models / "embeddings" / "cat_style.safetensors")
     return folders.models
 
 
-def txt2img(seed: int = 42, text: str = "a photo of a cat", ckpt: str = SD15, lora: tuple[str, float, float] | None = None,
-            size: int = 64) -> dict[str, Any]:
+def txt2img(
+    seed: int = 42,
+    text: str = "a photo of a cat",
+    ckpt: str = SD15,
+    lora: tuple[str, float, float] | None = None,
+    size: int = 64,
+) -> dict[str, Any]:
     model, clip = ["4", 0], ["4", 1]
     prompt: dict[str, Any] = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
-        "3": {"class_type": "KSampler", "inputs": {"model": model, "seed": seed, "steps": 3, "cfg": 7.0,
-              "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
-              "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": model,
+                "seed": seed,
+                "steps": 3,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ComfyUI"}},
     }
     if lora is not None:
         name, strength_model, strength_clip = lora
-        prompt["10"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": name,
-                        "strength_model": strength_model, "strength_clip": strength_clip}}
+        prompt["10"] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["4", 0],
+                "clip": ["4", 1],
+                "lora_name": name,
+                "strength_model": strength_model,
+                "strength_clip": strength_clip,
+            },
+        }
         prompt["3"]["inputs"]["model"] = ["10", 0]
         for node_id in ("6", "7"):
             prompt[node_id]["inputs"]["clip"] = ["10", 1]
@@ -87,7 +114,11 @@ def test_a_new_seed_reruns_only_the_sampler_decoder_and_save(folders: Folders, m
 
 
 def test_the_saved_png_carries_the_prompt_and_workflow_sent(folders: Folders, models: Path) -> None:
-    workflow = {"version": 0.4, "nodes": [{"id": 3, "type": "KSampler", "widgets_values": [42, "fixed", 3]}], "links": []}
+    workflow = {
+        "version": 0.4,
+        "nodes": [{"id": 3, "type": "KSampler", "widgets_values": [42, "fixed", 3]}],
+        "links": [],
+    }
     prompt = txt2img()
     record = run_prompt(make_executor(), prompt, "a", extra_data={"extra_pnginfo": {"workflow": workflow}})
     with Image.open(saved(folders, record)) as picture:
@@ -121,7 +152,9 @@ def test_an_embedding_in_the_prompt_changes_the_image(folders: Folders, models: 
     assert not np.array_equal(plain, embedded)
 
 
-def write_input(folders: Folders, name: str, alpha_box: tuple[int, int, int, int] | None = None, size: int = 32) -> None:
+def write_input(
+    folders: Folders, name: str, alpha_box: tuple[int, int, int, int] | None = None, size: int = 32
+) -> None:
     generator = np.random.default_rng(0)
     ys, xs = np.mgrid[0:size, 0:size] * 256 // size
     rgb = np.stack([xs, ys, (xs + ys) // 2], axis=-1) + generator.integers(0, 16, (size, size, 3))
@@ -178,7 +211,10 @@ def test_inpainting_keeps_the_pixels_outside_the_mask(folders: Folders, models: 
     prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
     prompt["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}}
     prompt["3"]["inputs"].update(latent_image=["12", 0], steps=2)
-    prompt["8"] = {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["3", 0], "vae": ["4", 2], "tile_size": 64, "overlap": 16}}
+    prompt["8"] = {
+        "class_type": "VAEDecodeTiled",
+        "inputs": {"samples": ["3", 0], "vae": ["4", 2], "tile_size": 64, "overlap": 16},
+    }
     del prompt["5"]
     inpainted = pixels(saved(folders, run_prompt(executor, prompt, "inpaint")))
     prompt["8"]["inputs"]["samples"] = ["11", 0]  # the same picture through the VAE only
@@ -198,8 +234,10 @@ def test_an_inpainting_model_runs_with_inpaint_model_conditioning(folders: Folde
     write_input(folders, "masked.png", BOX)
     prompt = txt2img(ckpt=INPAINT)
     prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": "masked.png"}}
-    prompt["11"] = {"class_type": "InpaintModelConditioning", "inputs": {"positive": ["6", 0], "negative": ["7", 0],
-                    "vae": ["4", 2], "pixels": ["10", 0], "mask": ["10", 1]}}
+    prompt["11"] = {
+        "class_type": "InpaintModelConditioning",
+        "inputs": {"positive": ["6", 0], "negative": ["7", 0], "vae": ["4", 2], "pixels": ["10", 0], "mask": ["10", 1]},
+    }
     prompt["3"]["inputs"].update(positive=["11", 0], negative=["11", 1], latent_image=["11", 2])
     del prompt["5"]
     executor = make_executor()
@@ -209,8 +247,14 @@ def test_an_inpainting_model_runs_with_inpaint_model_conditioning(folders: Folde
 
 def test_hires_fix_upscales_the_latent_and_samples_again(folders: Folders, models: Path) -> None:
     prompt = txt2img()
-    prompt["20"] = {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": 1.5}}
-    prompt["21"] = {"class_type": "KSampler", "inputs": {**prompt["3"]["inputs"], "latent_image": ["20", 0], "denoise": 0.5}}
+    prompt["20"] = {
+        "class_type": "LatentUpscaleBy",
+        "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": 1.5},
+    }
+    prompt["21"] = {
+        "class_type": "KSampler",
+        "inputs": {**prompt["3"]["inputs"], "latent_image": ["20", 0], "denoise": 0.5},
+    }
     prompt["8"]["inputs"]["samples"] = ["21", 0]
     record = run_prompt(make_executor(), prompt)
     assert pixels(saved(folders, record)).shape == (96, 96, 3)

@@ -61,7 +61,9 @@ def test_sd2_shares_sd1s_decoder_and_sdxl_needs_its_own(runtime: Runtime) -> Non
     assert np.array_equal(previews.previewer_for("sdxl", runtime.model_paths)(LATENT), latent_to_rgb(LATENT, "sdxl"))
 
 
-def test_auto_without_the_file_uses_latent2rgb_without_a_warning(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_without_the_file_uses_latent2rgb_without_a_warning(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="nodes.previews"):
         image = Previews("auto").previewer_for("sd1", runtime.model_paths)(LATENT)
     assert np.array_equal(image, latent_to_rgb(LATENT, "sd1"))
@@ -121,8 +123,21 @@ def test_ksampler_reports_the_runtimes_preview(runtime: Runtime, method: str, si
     tiny_checkpoint(runtime.folders.models, "sd15.safetensors")
     model, clip, _ = CheckpointLoaderSimple("sd15.safetensors")
     sink = Sink()
-    with services_context(dataclasses.replace(runtime, previews=Previews(method))), node_context("3", InterruptFlag(), sink):
-        KSampler(model, 1, 2, 7.0, "euler", "normal", CLIPTextEncode("a red cube", clip), CLIPTextEncode("", clip),
-                 EmptyLatentImage(64, 64, 1), 1.0)
+    with (
+        services_context(dataclasses.replace(runtime, previews=Previews(method))),
+        node_context("3", InterruptFlag(), sink),
+    ):
+        KSampler(
+            model,
+            1,
+            2,
+            7.0,
+            "euler",
+            "normal",
+            CLIPTextEncode("a red cube", clip),
+            CLIPTextEncode("", clip),
+            EmptyLatentImage(64, 64, 1),
+            1.0,
+        )
     assert len(sink.previews) == 2
     assert [None if p is None else p[1].size for p in sink.previews] == [size, size]

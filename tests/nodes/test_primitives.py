@@ -29,7 +29,11 @@ from nodes.primitives import (
 
 def test_primitive_interfaces_match_comfyui() -> None:
     expected = {
-        PrimitiveInt: ("Int", ["INT", {"default": 0, "min": -sys.maxsize, "max": sys.maxsize, "control_after_generate": True}], "INT"),
+        PrimitiveInt: (
+            "Int",
+            ["INT", {"default": 0, "min": -sys.maxsize, "max": sys.maxsize, "control_after_generate": True}],
+            "INT",
+        ),
         PrimitiveFloat: ("Float", ["FLOAT", {"default": 0.0, "min": -sys.maxsize, "max": sys.maxsize}], "FLOAT"),
         PrimitiveString: ("String", ["STRING", {"default": ""}], "STRING"),
         PrimitiveStringMultiline: ("String (Multiline)", ["STRING", {"default": "", "multiline": True}], "STRING"),
@@ -50,7 +54,9 @@ def test_primitives_pass_their_value_through() -> None:
 
 
 def test_string_nodes() -> None:
-    assert spec_of(StringConcatenate).object_info()["input_order"] == {"required": ["string_a", "string_b", "delimiter"]}
+    assert spec_of(StringConcatenate).object_info()["input_order"] == {
+        "required": ["string_a", "string_b", "delimiter"]
+    }
     assert spec_of(StringReplace).object_info()["input_order"] == {"required": ["string", "find", "replace"]}
     assert StringConcatenate(string_a="a cat", string_b="a hat", delimiter=", ") == "a cat, a hat"
     assert StringConcatenate(string_a="x", string_b="y", delimiter="") == "xy"
@@ -105,7 +111,9 @@ def test_math_expression_interface() -> None:
         ("a *\n  (b + 1)\n", 2, 3, None, (8, 8.0)),
     ],
 )
-def test_math_expression_evaluates(expression: str, a: object, b: object, c: object, expected: tuple[int, float]) -> None:
+def test_math_expression_evaluates(
+    expression: str, a: object, b: object, c: object, expected: tuple[int, float]
+) -> None:
     assert MathExpression(expression=expression, a=a, b=b, c=c) == expected
 
 
@@ -177,5 +185,5 @@ _EXPRESSIONS = st.recursive(
 @given(_EXPRESSIONS, st.integers(-9, 9), st.integers(-9, 9), st.integers(-9, 9))
 def test_integer_arithmetic_agrees_with_python(expression: str, a: int, b: int, c: int) -> None:
     # The test's own generated strings are safe to hand to Python, which defines the expected value.
-    expected = eval(expression, {"__builtins__": {}}, {"a": a, "b": b, "c": c})  # noqa: S307
+    expected = eval(expression, {"__builtins__": {}}, {"a": a, "b": b, "c": c})
     assert evaluate_expression(expression, {"a": a, "b": b, "c": c}) == expected

@@ -52,8 +52,9 @@ def test_ksampler_is_sigmas_noise_guider_and_sampler_on_the_scaled_latent(sd15) 
     latent = start * 0.18215
     sigmas = denoise_sigmas(model.sampling, "karras", 2, 0.8)
     with model.unet_fn() as unet_fn:
-        guider = guidance.CFGGuider(unet_fn, model.sampling, latent, [tuple(c) for c in positive],
-                                    [tuple(c) for c in negative], 5.0)
+        guider = guidance.CFGGuider(
+            unet_fn, model.sampling, latent, [tuple(c) for c in positive], [tuple(c) for c in negative], 5.0
+        )
         expected = sample(guider, get_sampler("euler_ancestral"), sigmas, latent, prepare_noise(latent, 7), seed=7)
     torch.testing.assert_close(out["samples"], expected / 0.18215)
 
@@ -65,7 +66,9 @@ def test_inpainting_leaves_latent_cells_outside_the_mask_as_given(sd15) -> None:
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:48, 16:48] = 1.0
-    out = KSampler(model, 3, 2, 7.0, "euler", "normal", positive, negative, SetLatentNoiseMask({"samples": latent}, mask), 1.0)
+    out = KSampler(
+        model, 3, 2, 7.0, "euler", "normal", positive, negative, SetLatentNoiseMask({"samples": latent}, mask), 1.0
+    )
     for region in ((..., slice(0, 2), slice(None)), (..., slice(None), slice(6, 8))):
         torch.testing.assert_close(out["samples"][region], latent[region], rtol=1e-6, atol=1e-6)
     assert not torch.allclose(out["samples"][..., 2:6, 2:6], latent[..., 2:6, 2:6])
@@ -77,9 +80,13 @@ def test_advanced_with_full_range_and_noise_equals_ksampler(sd15) -> None:
     positive, negative = conds(clip)
     latent = EmptyLatentImage(64, 64, 1)
     plain = KSampler(model, 11, 2, 6.0, "euler", "normal", positive, negative, latent, 1.0)
-    advanced = KSamplerAdvanced(model, "enable", 11, 2, 6.0, "euler", "normal", positive, negative, latent, 0, 10000, "disable")
+    advanced = KSamplerAdvanced(
+        model, "enable", 11, 2, 6.0, "euler", "normal", positive, negative, latent, 0, 10000, "disable"
+    )
     torch.testing.assert_close(advanced["samples"], plain["samples"])
-    skipped = KSamplerAdvanced(model, "enable", 11, 2, 6.0, "euler", "normal", positive, negative, latent, 2, 10000, "disable")
+    skipped = KSamplerAdvanced(
+        model, "enable", 11, 2, 6.0, "euler", "normal", positive, negative, latent, 2, 10000, "disable"
+    )
     assert torch.equal(skipped["samples"], latent["samples"])
 
 
@@ -91,8 +98,9 @@ def test_advanced_without_start_noise_still_seeds_the_samplers_own_noise(sd15) -
     noisy = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 3}
 
     def second_pass(seed: int) -> torch.Tensor:
-        return KSamplerAdvanced(model, "disable", seed, 4, 6.0, "euler_ancestral", "normal", positive, negative, noisy,
-                                2, 10000, "disable")["samples"]
+        return KSamplerAdvanced(
+            model, "disable", seed, 4, 6.0, "euler_ancestral", "normal", positive, negative, noisy, 2, 10000, "disable"
+        )["samples"]
 
     assert torch.equal(second_pass(1), second_pass(1))
     assert not torch.allclose(second_pass(1), second_pass(2))
@@ -127,7 +135,8 @@ def test_every_step_reports_progress_with_a_jpeg_preview(sd15) -> None:
 
 
 def test_an_interrupt_stops_sampling_at_the_end_of_the_step_with_the_executors_exception(
-        sd15, monkeypatch: pytest.MonkeyPatch) -> None:
+    sd15, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The step callback's progress report raises ``Interrupted`` for the running node: no further model call."""
     model, clip, _ = sd15
     positive, negative = conds(clip)
@@ -135,19 +144,20 @@ def test_an_interrupt_stops_sampling_at_the_end_of_the_step_with_the_executors_e
     calls = []
     real = ModelHandle.unet_fn
 
-    def counting(self):  # noqa: ANN001, ANN202
+    def counting(self):
         context = real(self)
         inner = context.__enter__()
 
         class Wrapped:
-            def __enter__(self_inner):  # noqa: ANN001, ANN202
-                def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            def __enter__(self_inner):
+                def call(*args, **kwargs):
                     calls.append(1)
                     flag.set()
                     return inner(*args, **kwargs)
+
                 return call
 
-            def __exit__(self_inner, *exc):  # noqa: ANN001, ANN002, ANN202
+            def __exit__(self_inner, *exc):
                 return context.__exit__(*exc)
 
         return Wrapped()
@@ -163,11 +173,16 @@ def test_sdxl_size_conditioning_defaults_to_the_latent_size_and_keeps_explicit_v
     model, clip, _ = CheckpointLoaderSimple("xl.safetensors")
     positive = CLIPTextEncode("a cat", clip)
     latent = torch.zeros(1, 4, 12, 10)
-    (_, options), = model_conditioning(model, positive, latent, negative=False)
+    ((_, options),) = model_conditioning(model, positive, latent, negative=False)
     pooled = positive[0][1]["pooled_output"]
     torch.testing.assert_close(options["y"], sdxl_adm_vector(pooled, (96, 80), (0, 0), (96, 80)))
-    explicit = [[positive[0][0], {**positive[0][1], "width": 1024, "height": 768, "crop_w": 8, "target_width": 512, "target_height": 512}]]
-    (_, options), = model_conditioning(model, explicit, latent, negative=False)
+    explicit = [
+        [
+            positive[0][0],
+            {**positive[0][1], "width": 1024, "height": 768, "crop_w": 8, "target_width": 512, "target_height": 512},
+        ]
+    ]
+    ((_, options),) = model_conditioning(model, explicit, latent, negative=False)
     torch.testing.assert_close(options["y"], sdxl_adm_vector(pooled, (768, 1024), (0, 8), (512, 512)))
 
 
@@ -175,7 +190,7 @@ def test_inpainting_latents_in_the_conditioning_are_scaled_like_the_sampled_late
     model, clip, _ = sd15
     raw = torch.randn(1, 4, 8, 8)
     positive = [[clip.encode("x")[0], {"concat_latent_image": raw}]]
-    (_, options), = model_conditioning(model, positive, raw, negative=False)
+    ((_, options),) = model_conditioning(model, positive, raw, negative=False)
     torch.testing.assert_close(options["concat_latent_image"], raw * 0.18215)
     assert positive[0][1]["concat_latent_image"] is raw
 
@@ -185,8 +200,8 @@ def test_the_sdxl_refiner_uses_the_aesthetic_score(folders: Folders) -> None:
     model, clip, _ = CheckpointLoaderSimple("refiner.safetensors")
     assert model.unet.config.adm_in_channels == 64 + 5 * 256
     positive = CLIPTextEncode("a cat", clip)
-    (_, pos), = model_conditioning(model, positive, torch.zeros(1, 4, 8, 8), negative=False)
-    (_, neg), = model_conditioning(model, positive, torch.zeros(1, 4, 8, 8), negative=True)
+    ((_, pos),) = model_conditioning(model, positive, torch.zeros(1, 4, 8, 8), negative=False)
+    ((_, neg),) = model_conditioning(model, positive, torch.zeros(1, 4, 8, 8), negative=True)
     assert pos["y"].shape == (1, model.unet.config.adm_in_channels)
     assert not torch.equal(pos["y"], neg["y"])
 
@@ -198,10 +213,14 @@ def test_custom_sampling_parts_compose_to_exactly_ksampler(sd15) -> None:
     plain = KSampler(model, 5, 3, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0)
     sigmas = BasicScheduler(model, "karras", 3, 1.0)
     assert sigmas.shape == (4,) and sigmas[-1] == 0
-    output, denoised = SamplerCustom(model, True, 5, 6.0, positive, negative, KSamplerSelect("dpmpp_2m"), sigmas, latent)
+    output, denoised = SamplerCustom(
+        model, True, 5, 6.0, positive, negative, KSamplerSelect("dpmpp_2m"), sigmas, latent
+    )
     torch.testing.assert_close(output["samples"], plain["samples"])
     assert denoised is output
-    advanced, _ = SamplerCustomAdvanced(RandomNoise(5), CFGGuider(model, positive, negative, 6.0), KSamplerSelect("dpmpp_2m"), sigmas, latent)
+    advanced, _ = SamplerCustomAdvanced(
+        RandomNoise(5), CFGGuider(model, positive, negative, 6.0), KSamplerSelect("dpmpp_2m"), sigmas, latent
+    )
     torch.testing.assert_close(advanced["samples"], plain["samples"])
 
 
@@ -232,11 +251,13 @@ def test_an_inpainting_model_without_inpaint_conditioning_samples_its_own_latent
     tiny_checkpoint(folders.models, "inpaint.safetensors", inpaint=True)
     model, clip, _ = CheckpointLoaderSimple("inpaint.safetensors")
     latent = torch.randn(1, 4, 8, 8)
-    (_, options), = model_conditioning(model, CLIPTextEncode("a cat", clip), latent, negative=False)
+    ((_, options),) = model_conditioning(model, CLIPTextEncode("a cat", clip), latent, negative=False)
     assert options["concat_latent_image"] is latent
 
 
-@pytest.mark.parametrize(("family", "prediction", "expected"), [("sd15", "eps", "EpsPrediction"), ("sd2", "v", "VPrediction")])
+@pytest.mark.parametrize(
+    ("family", "prediction", "expected"), [("sd15", "eps", "EpsPrediction"), ("sd2", "v", "VPrediction")]
+)
 def test_the_model_predicts_as_its_file_says(folders: Folders, family: str, prediction: str, expected: str) -> None:
     from diffusion.tiny import write_tiny_checkpoint
 

@@ -27,19 +27,29 @@ _TEMPLATES: dict[tuple[str, bool], Path] = {}
 _TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="loom-tiny-"))
 
 
-def tiny_checkpoint(models: Path, name: str, family: str = "sd15", inpaint: bool = False, folder: str = "checkpoints") -> Path:
+def tiny_checkpoint(
+    models: Path, name: str, family: str = "sd15", inpaint: bool = False, folder: str = "checkpoints"
+) -> Path:
     """``models/<folder>/<name>``: a tiny checkpoint of ``family`` (seed 0)."""
     key = (family, inpaint)
     if key not in _TEMPLATES:
-        _TEMPLATES[key] = write_tiny_checkpoint(_TEMPLATE_DIR / f"{family}-{inpaint}.safetensors", family, inpaint=inpaint)
+        _TEMPLATES[key] = write_tiny_checkpoint(
+            _TEMPLATE_DIR / f"{family}-{inpaint}.safetensors", family, inpaint=inpaint
+        )
     target = models / folder / name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_TEMPLATES[key], target)
     return target
 
 
-def kohya_lora_tensors(unet: nn.Module, text_encoders: list[nn.Module], rank: int = 4, alpha: float = 2.0,
-                       seed: int = 0, scale: float = 0.3) -> dict[str, torch.Tensor]:
+def kohya_lora_tensors(
+    unet: nn.Module,
+    text_encoders: list[nn.Module],
+    rank: int = 4,
+    alpha: float = 2.0,
+    seed: int = 0,
+    scale: float = 0.3,
+) -> dict[str, torch.Tensor]:
     """A kohya-layout LoRA on every attention projection (LDM names, as kohya's SDXL trainer writes them)."""
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -83,7 +93,9 @@ def make_executor() -> Executor:
     return Executor(registry)
 
 
-def run_prompt(executor: Executor, prompt: dict[str, Any], prompt_id: str = "p", extra_data: dict[str, Any] | None = None) -> ExecutionRecord:
+def run_prompt(
+    executor: Executor, prompt: dict[str, Any], prompt_id: str = "p", extra_data: dict[str, Any] | None = None
+) -> ExecutionRecord:
     """Validate then execute; fails the test with the validation errors if the prompt is refused."""
     checked = validate_prompt(prompt, executor.registry)
     assert checked.ok, (checked.error, checked.node_errors)

@@ -24,9 +24,21 @@ def txt2img(seed: int) -> dict:
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": clip}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "model": ["4", 0], "seed": seed, "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": seed,
+                "steps": 3,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "e2e"}},
     }
@@ -42,8 +54,10 @@ async def test_txt2img_from_post_to_view_with_events_previews_and_metadata(make_
         pass
 
     prompt = txt2img(seed=7)
-    reply = await client.post("/prompt", json={"prompt": prompt, "client_id": "me",
-                                               "extra_data": {"extra_pnginfo": {"workflow": EDITOR_GRAPH}}})
+    reply = await client.post(
+        "/prompt",
+        json={"prompt": prompt, "client_id": "me", "extra_data": {"extra_pnginfo": {"workflow": EDITOR_GRAPH}}},
+    )
     assert reply.status == 200, await reply.text()
     prompt_id = (await reply.json())["prompt_id"]
     frames = await frames_until_done(ws, prompt_id)

@@ -25,16 +25,43 @@ EDITOR_WORKFLOW = {
     "last_node_id": 3,
     "last_link_id": 2,
     "nodes": [
-        {"id": 1, "type": "EmptyImage", "pos": [0, 0], "size": [300, 130], "flags": {}, "order": 0, "mode": 0,
-         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1], "slot_index": 0}],
-         "properties": {}, "widgets_values": [24, 8, 1, 0x00FF00]},
-        {"id": 2, "type": "ImageInvert", "pos": [350, 0], "size": [200, 30], "flags": {}, "order": 1, "mode": 0,
-         "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
-         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2], "slot_index": 0}],
-         "properties": {}, "widgets_values": []},
-        {"id": 3, "type": "SaveImage", "pos": [600, 0], "size": [300, 300], "flags": {}, "order": 2, "mode": 0,
-         "inputs": [{"name": "images", "type": "IMAGE", "link": 2}],
-         "properties": {}, "widgets_values": ["run/editor"]},
+        {
+            "id": 1,
+            "type": "EmptyImage",
+            "pos": [0, 0],
+            "size": [300, 130],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1], "slot_index": 0}],
+            "properties": {},
+            "widgets_values": [24, 8, 1, 0x00FF00],
+        },
+        {
+            "id": 2,
+            "type": "ImageInvert",
+            "pos": [350, 0],
+            "size": [200, 30],
+            "flags": {},
+            "order": 1,
+            "mode": 0,
+            "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2], "slot_index": 0}],
+            "properties": {},
+            "widgets_values": [],
+        },
+        {
+            "id": 3,
+            "type": "SaveImage",
+            "pos": [600, 0],
+            "size": [300, 300],
+            "flags": {},
+            "order": 2,
+            "mode": 0,
+            "inputs": [{"name": "images", "type": "IMAGE", "link": 2}],
+            "properties": {},
+            "widgets_values": ["run/editor"],
+        },
     ],
     "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
     "groups": [],
@@ -104,7 +131,10 @@ def test_every_unknown_node_type_and_every_other_problem_is_printed(tmp_path: Pa
     code, out, err = _run(_write(tmp_path, "unknown.json", document), tmp_path)
     assert code == EXIT_INVALID and out == ""
     assert "Cannot execute because node ImageInvertPlus does not exist; node NoSuchNode does not exist; " in err
-    assert "node 2 (ImageInvertPlus): Node type does not exist: no installed node or plugin provides 'ImageInvertPlus'" in err
+    assert (
+        "node 2 (ImageInvertPlus): Node type does not exist: no installed node or plugin provides 'ImageInvertPlus'"
+        in err
+    )
     assert "node 9 (NoSuchNode): Node type does not exist" in err
     assert "node 10 (?): Malformed node: the node has a class_type that is a list, not a string" in err
     assert "node 1 (EmptyImage), input 'width': Value -5 smaller than min of 1" in err
@@ -136,14 +166,19 @@ def test_a_node_that_fails_at_run_time_exits_1_naming_it(tmp_path: Path) -> None
 @pytest.mark.parametrize("argv_tail", [[], ["--quiet"]])
 def test_the_console_entry_point_runs_a_file(tmp_path: Path, argv_tail: list[str]) -> None:
     path = _write(tmp_path, "api.json", API_WORKFLOW)
-    assert main(["run", str(path), "--base-dir", str(tmp_path), "--output-dir", str(tmp_path / "elsewhere"), *argv_tail]) == EXIT_OK
+    assert (
+        main(["run", str(path), "--base-dir", str(tmp_path), "--output-dir", str(tmp_path / "elsewhere"), *argv_tail])
+        == EXIT_OK
+    )
     assert (tmp_path / "elsewhere" / "run" / "api_00001_.png").is_file()
 
 
 def test_the_installed_loom_script_exits_2_on_an_invalid_file(tmp_path: Path) -> None:
     path = _write(tmp_path, "bad.json", {"1": {"class_type": "SaveImage", "inputs": {}}})
     loom = Path(sys.executable).with_name("loom")
-    completed = subprocess.run([str(loom), "run", str(path), "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [str(loom), "run", str(path), "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == EXIT_INVALID
     assert "node 1 (SaveImage), input 'images'" in completed.stderr
 
@@ -159,8 +194,14 @@ def test_a_workflow_using_a_plugin_node_runs_and_a_broken_plugin_is_reported(tmp
     }
     path = _write(tmp_path, "plugin.json", document)
     err = io.StringIO()
-    code = run_workflow_file(str(path), RuntimeOptions(tmp_path), show_progress=False, out=io.StringIO(), err=err,
-                             plugin_folders=[Path(__file__).resolve().parents[2] / "custom_nodes", plugins])
+    code = run_workflow_file(
+        str(path),
+        RuntimeOptions(tmp_path),
+        show_progress=False,
+        out=io.StringIO(),
+        err=err,
+        plugin_folders=[Path(__file__).resolve().parents[2] / "custom_nodes", plugins],
+    )
     assert code == EXIT_OK, err.getvalue()
     assert "plugin broken could not be imported" in err.getvalue()
     assert (tmp_path / "output" / "sepia_00001_.png").is_file()

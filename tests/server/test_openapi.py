@@ -26,7 +26,7 @@ def check(body, path, method="get", status="200"):
 
 def test_the_document_is_well_formed_openapi_3_1():
     assert OPENAPI["openapi"].startswith("3.1")
-    for name, schema in OPENAPI["components"]["schemas"].items():
+    for schema in OPENAPI["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     for path, operations in OPENAPI["paths"].items():
         for method, operation in operations.items():
@@ -41,7 +41,12 @@ async def test_every_registered_api_route_is_documented(client):
     for route in client.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("formatter") or info.get("path")
-        if not path or route.method == "HEAD" or path in ("/", "/login", "/openapi.json", "/api/openapi.json") or "prefix" in info:
+        if (
+            not path
+            or route.method == "HEAD"
+            or path in ("/", "/login", "/openapi.json", "/api/openapi.json")
+            or "prefix" in info
+        ):
             continue
         bare = path[4:] if path.startswith("/api/") else path
         assert (bare, route.method) in documented, f"{route.method} {path} is not in the OpenAPI document"
@@ -52,13 +57,30 @@ async def test_real_responses_match_the_schemas(client):
     reply = await (await client.post("/prompt", json={"prompt": wait_prompt(0, "doc")})).json()
     check(reply, "/prompt", "post")
     await wait_for_history(client, reply["prompt_id"])
-    for path in ("/prompt", "/queue", "/history", f"/history/{reply['prompt_id']}", "/object_info", "/object_info/Wait",
-                 "/system_stats", "/features", "/embeddings", "/extensions", "/models", "/users", "/api/jobs",
-                 f"/api/jobs/{reply['prompt_id']}"):
+    for path in (
+        "/prompt",
+        "/queue",
+        "/history",
+        f"/history/{reply['prompt_id']}",
+        "/object_info",
+        "/object_info/Wait",
+        "/system_stats",
+        "/features",
+        "/embeddings",
+        "/extensions",
+        "/models",
+        "/users",
+        "/api/jobs",
+        f"/api/jobs/{reply['prompt_id']}",
+    ):
         response = await client.get(path)
         assert response.status == 200, path
         template = path.replace("/api/", "/").replace(reply["prompt_id"], "{id}")
-        template = {"/history/{id}": "/history/{prompt_id}", "/jobs/{id}": "/jobs/{job_id}", "/object_info/Wait": "/object_info/{class_type}"}.get(template, template)
+        template = {
+            "/history/{id}": "/history/{prompt_id}",
+            "/jobs/{id}": "/jobs/{job_id}",
+            "/object_info/Wait": "/object_info/{class_type}",
+        }.get(template, template)
         check(await response.json(), template)
     bad = await client.post("/prompt", json={"prompt": {"1": {"class_type": "Nope", "inputs": {}}}})
     check(await bad.json(), "/prompt", "post", "400")

@@ -81,9 +81,12 @@ async def test_the_server_starts_beside_broken_plugins_and_reports_each(plugin_c
     assert reports["example_pack"]["status"] == "loaded" and "ExampleColorTint" in reports["example_pack"]["nodes"]
     assert reports["comfy_style_pack"]["status"] == "loaded"
     assert reports["comfy_style_pack"]["nodes"] == ["ReadNote", "SplitWords", "Shout", "PickOne", "JoinWords"]
-    for name, message in [("missing_dependency", "missing Python module 'loom_test_no_such_dependency'"),
-                          ("exits_at_import", "SystemExit: 1"), ("syntax_error", "SyntaxError"),
-                          ("raises_at_import", "RuntimeError: no GPU driver found")]:
+    for name, message in [
+        ("missing_dependency", "missing Python module 'loom_test_no_such_dependency'"),
+        ("exits_at_import", "SystemExit: 1"),
+        ("syntax_error", "SyntaxError"),
+        ("raises_at_import", "RuntimeError: no GPU driver found"),
+    ]:
         assert reports[name]["status"] == "failed" and message in reports[name]["error"], name
         assert "Traceback" in reports[name]["traceback"], "this machine's own client gets the traceback"
     assert reports["old_pack"]["status"] == "disabled" and reports["not_a_package"]["status"] == "skipped"
@@ -119,7 +122,9 @@ async def test_extensions_lists_the_scripts_of_loaded_plugins_only(plugin_client
     ], "no stylesheet, nothing behind a symlink out of the pack, nothing of a pack whose web folder was refused"
 
 
-async def test_plugin_web_files_are_served_as_scripts_and_confined_to_their_folder(plugin_client, plugin_folder, tmp_path) -> None:
+async def test_plugin_web_files_are_served_as_scripts_and_confined_to_their_folder(
+    plugin_client, plugin_folder, tmp_path
+) -> None:
     (tmp_path / "web" / "extensions" / "mine").mkdir(parents=True)
     (tmp_path / "web" / "extensions" / "mine" / "a.js").write_text("export default { name: 'mine' };\n")
     client = await plugin_client()
@@ -135,8 +140,12 @@ async def test_plugin_web_files_are_served_as_scripts_and_confined_to_their_fold
     assert frontend_own.status == 200 and "mine" in await frontend_own.text()
 
     assert (await client.get("/extensions/comfy_style_pack/leak.js")).status == 403, "a symlink out of the folder"
-    for raw in ("/extensions/comfy_style_pack/..%2Fnodes.py", "/extensions/comfy_style_pack/%2e%2e/%2e%2e/secret.js",
-                "/extensions/comfy_style_pack/%2Fetc%2Fpasswd", "/extensions/mine/..%2F..%2F..%2Fplugins%2Fcomfy_style_pack%2Fnodes.py"):
+    for raw in (
+        "/extensions/comfy_style_pack/..%2Fnodes.py",
+        "/extensions/comfy_style_pack/%2e%2e/%2e%2e/secret.js",
+        "/extensions/comfy_style_pack/%2Fetc%2Fpasswd",
+        "/extensions/mine/..%2F..%2F..%2Fplugins%2Fcomfy_style_pack%2Fnodes.py",
+    ):
         response = await client.get(URL(raw, encoded=True))
         assert response.status in (403, 404), raw
         assert "server-side file" not in await response.text() and "class ReadNote" not in await response.text(), raw
@@ -156,7 +165,9 @@ async def test_disable_flag_loads_no_plugin_and_the_whitelist_brings_one_back(pl
     reports = await plugin_reports(whitelisted)
     assert [name for name, r in reports.items() if r["status"] != "disabled"] == ["comfy_style_pack"]
     assert await (await whitelisted.get("/extensions")).json() == [
-        "/extensions/comfy_style_pack/lib/util.js", "/extensions/comfy_style_pack/words.js"]
+        "/extensions/comfy_style_pack/lib/util.js",
+        "/extensions/comfy_style_pack/words.js",
+    ]
 
 
 def test_the_plugin_flags_build_the_config(tmp_path: Path) -> None:
@@ -164,9 +175,20 @@ def test_the_plugin_flags_build_the_config(tmp_path: Path) -> None:
     add_serve_arguments(parser)
     plain = config_from_args(parser.parse_args([]))
     assert (plain.disable_custom_nodes, plain.custom_node_whitelist, plain.extra_custom_node_dirs) == (False, (), ())
-    config = config_from_args(parser.parse_args([
-        "--disable-all-custom-nodes", "--whitelist-custom-nodes", "example_pack", "tools.py",
-        "--extra-custom-nodes-dir", str(tmp_path / "a"), "--extra-custom-nodes-dir", str(tmp_path / "b")]))
+    config = config_from_args(
+        parser.parse_args(
+            [
+                "--disable-all-custom-nodes",
+                "--whitelist-custom-nodes",
+                "example_pack",
+                "tools.py",
+                "--extra-custom-nodes-dir",
+                str(tmp_path / "a"),
+                "--extra-custom-nodes-dir",
+                str(tmp_path / "b"),
+            ]
+        )
+    )
     assert config.disable_custom_nodes is True and config.custom_node_whitelist == ("example_pack", "tools.py")
     assert config.extra_custom_node_dirs == (tmp_path / "a", tmp_path / "b")
     assert config_from_args(parser.parse_args(["--disable-custom-nodes"])).disable_custom_nodes is True
@@ -201,12 +223,25 @@ async def test_a_comfyui_style_plugin_runs_through_post_prompt(plugin_client, tm
 
 async def test_a_plugin_node_that_raises_fails_its_prompt_and_the_server_runs_the_next(plugin_client) -> None:
     client = await plugin_client()
-    failed = await (await client.post("/prompt", json={"prompt": {"1": {"class_type": "Explode", "inputs": {"text": "kaboom"}}}})).json()
+    failed = await (
+        await client.post("/prompt", json={"prompt": {"1": {"class_type": "Explode", "inputs": {"text": "kaboom"}}}})
+    ).json()
     entry = await wait_for_history(client, failed["prompt_id"])
     assert entry["status"]["status_str"] == "error"
     [(_, error)] = [message for message in entry["status"]["messages"] if message[0] == "execution_error"]
     assert error["node_type"] == "Explode" and "kaboom" in error["exception_message"]
 
-    fine = await (await client.post("/prompt", json={"prompt": {
-        "1": {"class_type": "ExamplePromptTemplate", "inputs": {"template": "{subject}", "subject": "ok", "style": ""}}}})).json()
+    fine = await (
+        await client.post(
+            "/prompt",
+            json={
+                "prompt": {
+                    "1": {
+                        "class_type": "ExamplePromptTemplate",
+                        "inputs": {"template": "{subject}", "subject": "ok", "style": ""},
+                    }
+                }
+            },
+        )
+    ).json()
     assert (await wait_for_history(client, fine["prompt_id"]))["outputs"]["1"] == {"text": ["ok"]}

@@ -7,13 +7,20 @@ from server.store import HistoryRecord, PromptStore, QueueItem
 
 
 def item(queue: PromptQueue, prompt_id: str, number: float | None = None, front: bool = False) -> QueueItem:
-    return QueueItem(number=queue.assign_number(number, front), prompt_id=prompt_id, prompt={}, extra_data={}, outputs=["1"])
+    return QueueItem(
+        number=queue.assign_number(number, front), prompt_id=prompt_id, prompt={}, extra_data={}, outputs=["1"]
+    )
 
 
 def test_counter_front_and_explicit_numbers_order_the_queue(tmp_path):
     queue = PromptQueue(PromptStore(tmp_path / "db.sqlite3"))
-    for entry in (item(queue, "a"), item(queue, "b"), item(queue, "front1", front=True), item(queue, "front2", front=True),
-                  item(queue, "explicit", number=1.5)):
+    for entry in (
+        item(queue, "a"),
+        item(queue, "b"),
+        item(queue, "front1", front=True),
+        item(queue, "front2", front=True),
+        item(queue, "explicit", number=1.5),
+    ):
         queue.put(entry)
     assert [i.prompt_id for i in queue.pending()] == ["front2", "front1", "a", "explicit", "b"]
     assert queue.take(0).prompt_id == "front2"

@@ -85,15 +85,21 @@ def json_level_cases(rng: random.Random, path: str, valid: Any, count: int) -> I
             yield Case.json_text(f"truncated at {cut}", path, text[:cut])
         elif kind == 1:
             spot = rng.randint(0, len(text))
-            yield Case.json_text(f"invalid UTF-8 at {spot}", path, text[:spot].encode() + b"\xff\xfe" + text[spot:].encode())
+            yield Case.json_text(
+                f"invalid UTF-8 at {spot}", path, text[:spot].encode() + b"\xff\xfe" + text[spot:].encode()
+            )
         elif kind == 2:
             number = rng.choice(["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "1" + "0" * 5_000])
-            yield Case.json_text(f"number {number[:12]}", path, json.dumps({"x": "__N__", "y": valid}).replace('"__N__"', number))
+            yield Case.json_text(
+                f"number {number[:12]}", path, json.dumps({"x": "__N__", "y": valid}).replace('"__N__"', number)
+            )
         elif kind == 3:
             yield Case.json_text("deep nesting at the root", path, deep_text(rng))
         else:
             deep = deep_text(rng)
-            yield Case.json_text("deep nesting inside", path, json.dumps({"x": "__D__", "y": valid}).replace('"__D__"', deep))
+            yield Case.json_text(
+                "deep nesting inside", path, json.dumps({"x": "__D__", "y": valid}).replace('"__D__"', deep)
+            )
 
 
 # -- /prompt --------------------------------------------------------------------------------
@@ -111,13 +117,31 @@ def prompt_body() -> dict[str, Any]:
 
 
 BAD_LINKS: list[Any] = [
-    [], ["1"], ["1", 0, 0], [1, 0], [None, 0], ["1", "0"], ["1", 0.5], ["1", True], ["1", -1], ["1", None],
-    ["1", {}], ["1", []], ["99", 0], ["1", 1], ["1", 10**30], ["", 0],
+    [],
+    ["1"],
+    ["1", 0, 0],
+    [1, 0],
+    [None, 0],
+    ["1", "0"],
+    ["1", 0.5],
+    ["1", True],
+    ["1", -1],
+    ["1", None],
+    ["1", {}],
+    ["1", []],
+    ["99", 0],
+    ["1", 1],
+    ["1", 10**30],
+    ["", 0],
 ]
 BAD_SECONDS: list[Any] = ["abc", {}, None, -1, 61, 1e300, 10**30, {"__value__": "x"}, {"__value__": []}, ["1"]]
 ENVELOPE_KINDS = {
-    "prompt": ("object",), "client_id": ("string", "null"), "prompt_id": ("string", "null"),
-    "number": ("number", "null"), "front": ("boolean", "null"), "partial_execution_targets": ("array", "null"),
+    "prompt": ("object",),
+    "client_id": ("string", "null"),
+    "prompt_id": ("string", "null"),
+    "number": ("number", "null"),
+    "front": ("boolean", "null"),
+    "partial_execution_targets": ("array", "null"),
     "extra_data": ("object", "null"),
 }
 
@@ -167,7 +191,9 @@ def broken_prompt(rng: random.Random) -> tuple[str, dict[str, Any]]:
         body["extra_data"] = {"extra_pnginfo": wrong(rng, "object")}
         return f"extra_pnginfo = {body['extra_data']['extra_pnginfo']!r}", body
     del body["prompt"]
-    body["workflow"] = rng.choice([wrong(rng, "object"), {"nodes": "x"}, {"nodes": [{"id": "a"}]}, {"nodes": [], "links": "x"}])
+    body["workflow"] = rng.choice(
+        [wrong(rng, "object"), {"nodes": "x"}, {"nodes": [{"id": "a"}]}, {"nodes": [], "links": "x"}]
+    )
     return f"workflow = {body['workflow']!r}", body
 
 
@@ -191,10 +217,19 @@ def id_list(rng: random.Random) -> Any:
 
 #: route -> (a valid body, a function making a body wrong in one field)
 OBJECT_ROUTES: dict[str, tuple[dict[str, Any], Callable[[random.Random], Any]]] = {
-    "/queue": ({"clear": False, "delete": ["x"]}, lambda rng: rng.choice([{"clear": wrong(rng, "boolean")}, {"delete": id_list(rng)}])),
-    "/history": ({"delete": ["x"]}, lambda rng: rng.choice([{"clear": wrong(rng, "boolean")}, {"delete": id_list(rng)}])),
+    "/queue": (
+        {"clear": False, "delete": ["x"]},
+        lambda rng: rng.choice([{"clear": wrong(rng, "boolean")}, {"delete": id_list(rng)}]),
+    ),
+    "/history": (
+        {"delete": ["x"]},
+        lambda rng: rng.choice([{"clear": wrong(rng, "boolean")}, {"delete": id_list(rng)}]),
+    ),
     "/interrupt": ({"prompt_id": "x"}, lambda rng: {"prompt_id": wrong(rng, "string", "null")}),
-    "/free": ({"free_memory": False}, lambda rng: {rng.choice(["unload_models", "free_memory"]): wrong(rng, "boolean")}),
+    "/free": (
+        {"free_memory": False},
+        lambda rng: {rng.choice(["unload_models", "free_memory"]): wrong(rng, "boolean")},
+    ),
     "/jobs/cancel": ({"job_ids": ["x"]}, lambda rng: {"job_ids": id_list(rng)}),
     "/settings": ({"Comfy.Fuzz": 1}, lambda rng: wrong(rng, "object")),
 }
@@ -215,11 +250,15 @@ def other_route_cases(rng: random.Random) -> Iterator[Case]:
 
 
 def multipart(*parts: bytes, boundary: str = "B") -> tuple[bytes, dict[str, str]]:
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"
+    }
 
 
 def part(name: str, value: bytes, *headers: str, filename: str | None = None) -> bytes:
-    disposition = f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    disposition = f'Content-Disposition: form-data; name="{name}"' + (
+        f'; filename="{filename}"' if filename is not None else ""
+    )
     head = "\r\n".join(["--B", disposition, *headers])
     return head.encode() + b"\r\n\r\n" + value + b"\r\n"
 
@@ -228,13 +267,20 @@ IMAGE = part("image", b"\x89PNG\r\n\x1a\nnot really", "Content-Type: image/png",
 BROKEN_FORMS: list[tuple[str, bytes, dict[str, str]]] = [
     ("no boundary", b"--B\r\n", {"Content-Type": "multipart/form-data"}),
     ("garbage", b"garbage", {"Content-Type": "multipart/form-data; boundary=B"}),
-    ("unterminated part", b'--B\r\nContent-Disposition: form-data; name="a"\r\n\r\nv\r\n', {"Content-Type": "multipart/form-data; boundary=B"}),
+    (
+        "unterminated part",
+        b'--B\r\nContent-Disposition: form-data; name="a"\r\n\r\nv\r\n',
+        {"Content-Type": "multipart/form-data; boundary=B"},
+    ),
     ("part without name", *multipart(b"--B\r\nContent-Disposition: form-data\r\n\r\nv\r\n")),
     ("part without headers", *multipart(b"--B\r\n\r\nv\r\n")),
     ("unknown charset", *multipart(part("type", b"input", "Content-Type: text/plain; charset=nope"), IMAGE)),
     ("unknown transfer encoding", *multipart(part("type", b"input", "Content-Transfer-Encoding: weird"), IMAGE)),
     ("field not UTF-8", *multipart(part("subfolder", b"\xff\xfe", "Content-Type: text/plain; charset=utf-8"), IMAGE)),
-    ("nested multipart", *multipart(part("x", b"--C\r\n\r\nx\r\n--C--", "Content-Type: multipart/mixed; boundary=C"), IMAGE)),
+    (
+        "nested multipart",
+        *multipart(part("x", b"--C\r\n\r\nx\r\n--C--", "Content-Type: multipart/mixed; boundary=C"), IMAGE),
+    ),
     ("broken part header", *multipart(b"--B\r\nno colon here\r\n\r\nv\r\n", IMAGE)),
     ("no image field", *multipart(part("type", b"input"))),
     ("image is not a file", *multipart(part("image", b"plain text"))),
@@ -244,15 +290,33 @@ BROKEN_FORMS: list[tuple[str, bytes, dict[str, str]]] = [
     ("no body", b"", {}),
 ]
 BAD_FIELDS: list[dict[str, str]] = [
-    {"type": "models"}, {"type": ""}, {"type": "../input"}, {"subfolder": "../outside"}, {"subfolder": "/etc"},
-    {"subfolder": "a\x00b"}, {"subfolder": "x" * 300}, {"subfolder": "a/" * 2_100}, {"subfolder": "/".join(["y" * 250] * 20)},
-    {"subfolder": "taken.png"}, {"subfolder": "taken.png/deeper"},
+    {"type": "models"},
+    {"type": ""},
+    {"type": "../input"},
+    {"subfolder": "../outside"},
+    {"subfolder": "/etc"},
+    {"subfolder": "a\x00b"},
+    {"subfolder": "x" * 300},
+    {"subfolder": "a/" * 2_100},
+    {"subfolder": "/".join(["y" * 250] * 20)},
+    {"subfolder": "taken.png"},
+    {"subfolder": "taken.png/deeper"},
 ]
 BAD_FILENAMES = ["", ".", "..", "a/b.png", "x" * 300 + ".png", "taken-dir"]
 BAD_REFERENCES = [
-    "", "{", "[]", "null", '{"filename": 5}', '{"filename": ""}', '{"filename": "missing.png"}',
-    '{"filename": "taken.png", "type": "models"}', '{"filename": "taken.png", "subfolder": ["x"]}',
-    '{"filename": "../../x.png"}', '{"filename": "\\ud800.png"}', '{"filename": NaN}', "[" * 5_000,
+    "",
+    "{",
+    "[]",
+    "null",
+    '{"filename": 5}',
+    '{"filename": ""}',
+    '{"filename": "missing.png"}',
+    '{"filename": "taken.png", "type": "models"}',
+    '{"filename": "taken.png", "subfolder": ["x"]}',
+    '{"filename": "../../x.png"}',
+    '{"filename": "\\ud800.png"}',
+    '{"filename": NaN}',
+    "[" * 5_000,
     '{"filename": "taken.png"}',
 ]
 
@@ -278,21 +342,43 @@ def upload_cases() -> Iterator[Case]:
                 yield Case(f"file name {filename!r:.40}", "POST", path, *multipart(*reference, image))
         for original_ref in BAD_REFERENCES:
             # IMAGE is no PNG, so even the one good reference (the last) ends in an unreadable mask.
-            yield Case(f"original_ref {original_ref!r:.40}", "POST", f"{prefix}/upload/mask",
-                       *multipart(part("original_ref", original_ref.encode()), IMAGE))
+            yield Case(
+                f"original_ref {original_ref!r:.40}",
+                "POST",
+                f"{prefix}/upload/mask",
+                *multipart(part("original_ref", original_ref.encode()), IMAGE),
+            )
 
 
 # -- user paths and query strings -----------------------------------------------------------
 
 BAD_USER_FILES = [
-    "..%2F..%2Fsecret.json", "%2Fetc%2Fpasswd", "a%00b.json", "x" * 300, "a%2F" * 1_100 + "b", "%2F".join(["y" * 250] * 20),
-    "taken.json%2Finside.json", "sub%2F..%2F..%2Fx",
+    "..%2F..%2Fsecret.json",
+    "%2Fetc%2Fpasswd",
+    "a%00b.json",
+    "x" * 300,
+    "a%2F" * 1_100 + "b",
+    "%2F".join(["y" * 250] * 20),
+    "taken.json%2Finside.json",
+    "sub%2F..%2F..%2Fx",
 ]
 BAD_QUERIES = [
-    "/history?max_items=abc", "/history?offset=1.5", "/history?max_items=", "/history?max_items=" + "9" * 5_000,
-    "/jobs?limit=abc", "/jobs?offset=x", "/jobs?status=bogus", "/jobs?sort_by=bogus",
-    "/userdata", "/userdata?dir=", "/userdata?dir=..%2F..", "/userdata?dir=" + "x" * 300, "/userdata?dir=a%00b",
-    "/v2/userdata?path=..%2F..", "/v2/userdata?path=" + "x" * 300, "/v2/userdata?path=nowhere",
+    "/history?max_items=abc",
+    "/history?offset=1.5",
+    "/history?max_items=",
+    "/history?max_items=" + "9" * 5_000,
+    "/jobs?limit=abc",
+    "/jobs?offset=x",
+    "/jobs?status=bogus",
+    "/jobs?sort_by=bogus",
+    "/userdata",
+    "/userdata?dir=",
+    "/userdata?dir=..%2F..",
+    "/userdata?dir=" + "x" * 300,
+    "/userdata?dir=a%00b",
+    "/v2/userdata?path=..%2F..",
+    "/v2/userdata?path=" + "x" * 300,
+    "/v2/userdata?path=nowhere",
 ]
 
 
@@ -374,8 +460,11 @@ async def test_bad_user_paths_and_query_strings_are_refused(client, tmp_path) ->
 async def test_bodies_over_the_size_limit_get_413_as_json(make_client) -> None:
     client = await make_client(max_upload_bytes=64 * 1024)
     too_big = json.dumps({"prompt": {"1": {"class_type": "Wait", "inputs": {"text": "x" * 100_000}}}}).encode()
-    routes = [*(prefix + route for prefix in PREFIXES for route in (*OBJECT_ROUTES, "/prompt", "/settings/Comfy.Fuzz")),
-              "/userdata/big.json", "/api/userdata/big.json"]
+    routes = [
+        *(prefix + route for prefix in PREFIXES for route in (*OBJECT_ROUTES, "/prompt", "/settings/Comfy.Fuzz")),
+        "/userdata/big.json",
+        "/api/userdata/big.json",
+    ]
     for path in routes:
         body = await refused(client, Case.json_text("100 kB body", path, too_big))
         assert body["error"]["message"] == "Request body is too large", path

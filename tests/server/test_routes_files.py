@@ -28,8 +28,15 @@ def form(data: bytes, name: str = "a.png", **fields: str) -> aiohttp.FormData:
 
 def raw_form(data: bytes, name: str, **fields: str) -> tuple[bytes, dict[str, str]]:
     """Multipart written by hand: aiohttp's client would percent-encode a ``/`` in the file name."""
-    parts = [f'--B\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode() for key, value in fields.items()]
-    parts.append(f'--B\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n\r\n'.encode() + data + b"\r\n--B--\r\n")
+    parts = [
+        f'--B\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields.items()
+    ]
+    parts.append(
+        f'--B\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n\r\n'.encode()
+        + data
+        + b"\r\n--B--\r\n"
+    )
     return b"".join(parts), {"Content-Type": "multipart/form-data; boundary=B"}
 
 
@@ -73,14 +80,17 @@ async def test_upload_size_limit(make_client, folders):
     assert response.status == 413
 
 
-@pytest.mark.parametrize("fields, name", [
-    ({"subfolder": "../.."}, "a.png"),
-    ({"subfolder": "/etc"}, "a.png"),
-    ({}, "../../escape.png"),
-    ({}, "/tmp/escape.png"),
-    ({"subfolder": "ok/../../.."}, "a.png"),
-    ({"type": "user"}, "a.png"),
-])
+@pytest.mark.parametrize(
+    "fields, name",
+    [
+        ({"subfolder": "../.."}, "a.png"),
+        ({"subfolder": "/etc"}, "a.png"),
+        ({}, "../../escape.png"),
+        ({}, "/tmp/escape.png"),
+        ({"subfolder": "ok/../../.."}, "a.png"),
+        ({"type": "user"}, "a.png"),
+    ],
+)
 async def test_upload_traversal_is_refused(client, folders, fields, name):
     body, headers = raw_form(png(), name, **fields)
     response = await client.post("/upload/image", data=body, headers=headers)
@@ -108,22 +118,29 @@ async def test_view_variants(client, folders):
     assert Image.open(io.BytesIO(await annotated.read())).size == (2, 2)
     webp = await client.get("/view", params={"filename": "pic.png", "preview": "webp;50"})
     assert webp.headers["Content-Type"] == "image/webp"
-    rgb = Image.open(io.BytesIO(await (await client.get("/view", params={"filename": "pic.png", "channel": "rgb"})).read()))
+    rgb = Image.open(
+        io.BytesIO(await (await client.get("/view", params={"filename": "pic.png", "channel": "rgb"})).read())
+    )
     assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (200, 100, 50)
-    alpha = Image.open(io.BytesIO(await (await client.get("/view", params={"filename": "pic.png", "channel": "a"})).read()))
+    alpha = Image.open(
+        io.BytesIO(await (await client.get("/view", params={"filename": "pic.png", "channel": "a"})).read())
+    )
     assert alpha.getpixel((0, 0))[:3] == (128, 128, 128)
     assert (await client.get("/view", params={"filename": "missing.png"})).status == 404
 
 
-@pytest.mark.parametrize("query", [
-    "filename=..%2F..%2Fsecret.txt",
-    "filename=secret.txt&subfolder=..%2F..",
-    "filename=secret.txt&subfolder=%2F",
-    "filename=%2Fetc%2Fpasswd",
-    "filename=secret.txt&subfolder=..",
-    "filename=passwd&subfolder=%2Fetc",
-    "filename=secret.txt&type=user",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "filename=..%2F..%2Fsecret.txt",
+        "filename=secret.txt&subfolder=..%2F..",
+        "filename=secret.txt&subfolder=%2F",
+        "filename=%2Fetc%2Fpasswd",
+        "filename=secret.txt&subfolder=..",
+        "filename=passwd&subfolder=%2Fetc",
+        "filename=secret.txt&type=user",
+    ],
+)
 async def test_view_traversal_is_refused(client, folders, query):
     (folders.parent / "secret.txt").write_text("TOPSECRET")
     response = await client.get(f"/view?{query}")
@@ -140,7 +157,9 @@ async def test_view_refuses_a_symlink_that_leaves_the_folder(client, folders, tm
     (folders / kind / "link.png").symlink_to(outside / "secret.png")
     (folders / kind / "linkdir").symlink_to(outside, target_is_directory=True)
     assert (await client.get("/view", params={"filename": "link.png", "type": kind})).status == 403
-    assert (await client.get("/view", params={"filename": "secret.png", "subfolder": "linkdir", "type": kind})).status == 403
+    assert (
+        await client.get("/view", params={"filename": "secret.png", "subfolder": "linkdir", "type": kind})
+    ).status == 403
     upload = await client.post("/upload/image", data=form(png(), name="new.png", subfolder="linkdir", type=kind))
     assert upload.status == 403 and not (outside / "new.png").exists()
 
@@ -168,7 +187,9 @@ async def test_active_content_is_never_served_as_a_page(client, folders):
 async def test_view_metadata_reads_the_safetensors_header(client, folders):
     checkpoints = folders / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    header = json.dumps({"__metadata__": {"modelspec.title": "tiny"}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    header = json.dumps(
+        {"__metadata__": {"modelspec.title": "tiny"}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    ).encode()
     (checkpoints / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0\0\0")
     response = await client.get("/view_metadata/checkpoints", params={"filename": "m.safetensors"})
     assert await response.json() == {"modelspec.title": "tiny"}

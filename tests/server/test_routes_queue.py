@@ -96,7 +96,10 @@ async def test_jobs_list_detail_and_cancel(client):
     assert (await client.post("/api/jobs/cancel", json={"job_ids": [slow]})).status == 200
     await wait_for_history(client, slow)
     detail = await (await client.get(f"/api/jobs/{slow}")).json()
-    assert detail["status"] == "cancelled" and detail["workflow"]["extra_data"]["extra_pnginfo"]["workflow"]["id"] == "wf-1"
+    assert (
+        detail["status"] == "cancelled"
+        and detail["workflow"]["extra_data"]["extra_pnginfo"]["workflow"]["id"] == "wf-1"
+    )
     assert detail["execution_start_time"] <= detail["execution_end_time"]
     assert (await client.get(f"/api/jobs/{pending}")).status == 404
 
@@ -108,11 +111,18 @@ async def test_jobs_list_detail_and_cancel(client):
 
 
 async def test_failed_node_is_reported_and_the_server_keeps_working(client):
-    failing = await submit(client, {"1": {"class_type": "Fail", "inputs": {"message": "kaput"}},
-                                    "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}}})
+    failing = await submit(
+        client,
+        {
+            "1": {"class_type": "Fail", "inputs": {"message": "kaput"}},
+            "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}},
+        },
+    )
     entry = await wait_for_history(client, failing)
     errors = [data for name, data in entry["status"]["messages"] if name == "execution_error"]
-    assert errors[0]["node_id"] == "1" and errors[0]["node_type"] == "Fail" and errors[0]["exception_message"] == "kaput"
+    assert (
+        errors[0]["node_id"] == "1" and errors[0]["node_type"] == "Fail" and errors[0]["exception_message"] == "kaput"
+    )
     job = await (await client.get(f"/api/jobs/{failing}")).json()
     assert job["status"] == "failed" and job["execution_error"]["node_id"] == "1"
     ok = await submit(client, wait_prompt(0, "ok"))

@@ -10,7 +10,10 @@ async def test_settings_roundtrip(client):
     assert await (await client.get("/api/settings")).json() == {}
     assert (await client.post("/api/settings/Comfy.InstalledVersion", json="1.58.1")).status == 200
     assert (await client.post("/api/settings", json={"Comfy.TutorialCompleted": True})).status == 200
-    assert await (await client.get("/api/settings")).json() == {"Comfy.InstalledVersion": "1.58.1", "Comfy.TutorialCompleted": True}
+    assert await (await client.get("/api/settings")).json() == {
+        "Comfy.InstalledVersion": "1.58.1",
+        "Comfy.TutorialCompleted": True,
+    }
     assert await (await client.get("/api/settings/Comfy.TutorialCompleted")).json() is True
     assert await (await client.get("/api/settings/unknown")).json() is None
     assert (await client.post("/api/settings", json=[1])).status == 400
@@ -28,7 +31,9 @@ async def test_userdata_write_list_read_move_delete(client, tmp_path):
     refused = await client.post(URL("/api/userdata/workflows%2Fa.json?overwrite=false", encoded=True), data=b"{}")
     assert refused.status == 409
 
-    listing = await (await client.get("/api/userdata", params={"dir": "workflows", "recurse": "true", "full_info": "true"})).json()
+    listing = await (
+        await client.get("/api/userdata", params={"dir": "workflows", "recurse": "true", "full_info": "true"})
+    ).json()
     assert [entry["path"] for entry in listing] == ["a.json"] and listing[0]["size"] == 13
     assert await (await client.get("/api/userdata", params={"dir": "workflows"})).json() == ["a.json"]
     assert (await client.get("/api/userdata", params={"dir": "nothing"})).status == 404
@@ -51,12 +56,15 @@ async def test_user_html_is_a_download(client, tmp_path):
     assert response.headers["Content-Disposition"].startswith("attachment")
 
 
-@pytest.mark.parametrize("path", [
-    "/api/userdata/..%2F..%2Fsecret.txt",
-    "/api/userdata/%2E%2E%2F%2E%2E%2Fsecret.txt",
-    "/api/userdata/%2Fetc%2Fpasswd",
-    "/api/userdata/link%2Fsecret.txt",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/userdata/..%2F..%2Fsecret.txt",
+        "/api/userdata/%2E%2E%2F%2E%2E%2Fsecret.txt",
+        "/api/userdata/%2Fetc%2Fpasswd",
+        "/api/userdata/link%2Fsecret.txt",
+    ],
+)
 async def test_userdata_traversal_is_refused(client, tmp_path, tmp_path_factory, path):
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.txt").write_text("TOPSECRET")

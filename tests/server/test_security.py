@@ -14,18 +14,25 @@ def own_origin(client):
 
 async def test_non_browser_clients_and_same_origin_pages_are_allowed(client, own_origin):
     assert (await client.get("/system_stats")).status == 200
-    response = await client.post("/queue", json={"clear": True}, headers={"Origin": own_origin, "Sec-Fetch-Site": "same-origin"})
+    response = await client.post(
+        "/queue", json={"clear": True}, headers={"Origin": own_origin, "Sec-Fetch-Site": "same-origin"}
+    )
     assert response.status == 200
-    localhost = await client.get("/queue", headers={"Host": f"localhost:{client.port}", "Origin": f"http://localhost:{client.port}"})
+    localhost = await client.get(
+        "/queue", headers={"Host": f"localhost:{client.port}", "Origin": f"http://localhost:{client.port}"}
+    )
     assert localhost.status == 200
 
 
-@pytest.mark.parametrize("headers", [
-    {"Origin": "https://evil.example"},
-    {"Origin": "http://127.0.0.1:1"},  # same host, another port: another origin
-    {"Origin": "null"},
-    {"Sec-Fetch-Site": "cross-site"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://127.0.0.1:1"},  # same host, another port: another origin
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
 async def test_cross_site_requests_are_refused_before_any_handler_runs(client, headers):
     response = await client.post("/prompt", json={"prompt": {}}, headers=headers)
     assert response.status == 403
@@ -44,13 +51,23 @@ async def test_rebinding_host_is_refused_on_loopback(client):
     assert response.status == 403
     assert "rebinding" in (await response.json())["error"]["message"]
     # Same-origin by the browser's rules, since the rebinding page's Origin matches its Host:
-    response = await client.post("/prompt", json={}, headers={"Host": "attacker.example", "Origin": "http://attacker.example"})
+    response = await client.post(
+        "/prompt", json={}, headers={"Host": "attacker.example", "Origin": "http://attacker.example"}
+    )
     assert response.status == 403
 
 
 async def test_websocket_upgrade_from_another_site_is_refused(client):
-    response = await client.get("/ws", headers={"Origin": "https://evil.example", "Connection": "Upgrade", "Upgrade": "websocket",
-                                                "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    response = await client.get(
+        "/ws",
+        headers={
+            "Origin": "https://evil.example",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     assert response.status == 403
 
 
@@ -88,10 +105,14 @@ async def test_token_from_environment(make_client, monkeypatch):
 
 
 async def test_cors_only_when_asked_for(client, make_client):
-    plain = await client.options("/prompt", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    plain = await client.options(
+        "/prompt", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
     assert plain.status == 403
     cors_client = await make_client(cors_origin="https://app.example")
-    preflight = await cors_client.options("/prompt", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    preflight = await cors_client.options(
+        "/prompt", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
     response = await cors_client.get("/queue", headers={"Origin": "https://app.example"})
     assert response.status == 200 and response.headers["Access-Control-Allow-Origin"] == "https://app.example"

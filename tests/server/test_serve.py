@@ -21,10 +21,30 @@ def test_serve_flags_build_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOM_AUTH_TOKEN", "env-token")
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    args = parser.parse_args(["--port", "9000", "--base-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"),
-                              "--cache-budget", "512M", "--max-upload-size", "2", "--enable-cors-header", "--preview-method", "none"])
+    args = parser.parse_args(
+        [
+            "--port",
+            "9000",
+            "--base-dir",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--cache-budget",
+            "512M",
+            "--max-upload-size",
+            "2",
+            "--enable-cors-header",
+            "--preview-method",
+            "none",
+        ]
+    )
     config = config_from_args(args)
-    assert (config.host, config.port, config.cache_budget_bytes, config.max_upload_bytes) == ("127.0.0.1", 9000, 512 * 2**20, 2 * 2**20)
+    assert (config.host, config.port, config.cache_budget_bytes, config.max_upload_bytes) == (
+        "127.0.0.1",
+        9000,
+        512 * 2**20,
+        2 * 2**20,
+    )
     assert config.output_path == tmp_path / "out" and config.input_path == tmp_path / "input"
     assert config.auth_token == "env-token" and config.cors_origin == "*" and config.preview_method == "none"
     assert config.frontend_root == REPO_ROOT / "web"
@@ -39,15 +59,29 @@ def free_port() -> int:
 def start(base: Path, port: int) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if key != "LOOM_AUTH_TOKEN"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.server.standin_server", "--port", str(port), "--base-dir", str(base),
-         "--frontend-root", str(base / "web")],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tests.server.standin_server",
+            "--port",
+            str(port),
+            "--base-dir",
+            str(base),
+            "--frontend-root",
+            str(base / "web"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 def call(port: int, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data), timeout=5) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data), timeout=5
+    ) as response:
         return json.loads(response.read() or b"null")
 
 
@@ -65,8 +99,12 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def prompt(seconds: float, text: str) -> dict:
-    return {"prompt": {"1": {"class_type": "Wait", "inputs": {"seconds": seconds, "text": text}},
-                       "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}}}}
+    return {
+        "prompt": {
+            "1": {"class_type": "Wait", "inputs": {"seconds": seconds, "text": text}},
+            "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}},
+        }
+    }
 
 
 def test_a_hard_kill_loses_nothing_and_pending_prompts_resume(tmp_path):
@@ -78,7 +116,9 @@ def test_a_hard_kill_loses_nothing_and_pending_prompts_resume(tmp_path):
         wait_for(lambda: call(port, f"/history/{early}"), 10, "the first prompt")
         slow = call(port, "/prompt", prompt(1.0, "slow"))["prompt_id"]
         queued = [call(port, "/prompt", prompt(0, f"q{n}"))["prompt_id"] for n in range(3)]
-        wait_for(lambda: [item[1] for item in call(port, "/queue")["queue_running"]] == [slow], 10, "the slow prompt to run")
+        wait_for(
+            lambda: [item[1] for item in call(port, "/queue")["queue_running"]] == [slow], 10, "the slow prompt to run"
+        )
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
@@ -87,7 +127,7 @@ def test_a_hard_kill_loses_nothing_and_pending_prompts_resume(tmp_path):
     try:
         wait_for(lambda: call(port, "/prompt"), 30, "the restarted server")
         for prompt_id in [slow, *queued]:
-            entry = wait_for(lambda: call(port, f"/history/{prompt_id}").get(prompt_id), 15, f"prompt {prompt_id}")
+            entry = wait_for(lambda p=prompt_id: call(port, f"/history/{p}").get(p), 15, f"prompt {prompt_id}")
             assert entry["status"]["status_str"] == "success"
         history = call(port, "/history")
         assert list(history) == [early, slow, *queued]

@@ -15,7 +15,8 @@ def test_the_bundled_upscalers_and_the_sample_photo_are_placed_once(tmp_path: Pa
     install_starter_files(folders)
     upscalers = folders.models / "upscale_models"
     assert {path.name for path in upscalers.iterdir()} == {
-        f"{name}{suffix}" for name in BUNDLED_NAMES.values() for suffix in (".param", ".bin")}
+        f"{name}{suffix}" for name in BUNDLED_NAMES.values() for suffix in (".param", ".bin")
+    }
     assert (folders.input / SAMPLE_IMAGE_NAME).read_bytes() == SAMPLE_IMAGE.read_bytes()
 
     (folders.input / SAMPLE_IMAGE_NAME).write_bytes(b"the user's own picture")

@@ -33,8 +33,15 @@ async def frames_until_done(ws, prompt_id):
 
 
 async def test_status_on_connect_carries_the_real_queue_length_and_flags_are_exchanged(client):
-    await client.post("/prompt", json={"prompt": {"1": {"class_type": "Wait", "inputs": {"seconds": 0.5, "text": "a"}},
-                                                  "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}}}})
+    await client.post(
+        "/prompt",
+        json={
+            "prompt": {
+                "1": {"class_type": "Wait", "inputs": {"seconds": 0.5, "text": "a"}},
+                "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}},
+            }
+        },
+    )
     ws = await client.ws_connect("/ws")
     hello = await ws.receive_json()
     assert hello["data"]["status"]["exec_info"]["queue_remaining"] == 1 and len(hello["data"]["sid"]) == 32
@@ -72,9 +79,14 @@ async def test_previews_go_only_to_the_submitting_socket_that_asked(client):
     previews = [f.data for f in frames if f.type is WSMsgType.BINARY]
     assert len(previews) == 2
     kind, length = struct.unpack(">II", previews[0][:8])
-    meta = json.loads(previews[0][8:8 + length])
-    assert kind == 4 and meta["node_id"] == "1" and meta["prompt_id"] == reply["prompt_id"] and meta["image_type"] == "image/jpeg"
-    assert previews[0][8 + length:][:2] == b"\xff\xd8"  # a JPEG follows the metadata
+    meta = json.loads(previews[0][8 : 8 + length])
+    assert (
+        kind == 4
+        and meta["node_id"] == "1"
+        and meta["prompt_id"] == reply["prompt_id"]
+        and meta["image_type"] == "image/jpeg"
+    )
+    assert previews[0][8 + length :][:2] == b"\xff\xd8"  # a JPEG follows the metadata
 
     # A plain API client (no feature_flags) submitting the same work gets no binary frame at all.
     api_ws = await client.ws_connect("/ws?clientId=api")
@@ -114,8 +126,12 @@ def stalled_socket(port: int) -> socket.socket:
     raw = socket.create_connection(("127.0.0.1", port))
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
-    raw.sendall((f"GET /ws?clientId=stalled HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    raw.sendall(
+        (
+            f"GET /ws?clientId=stalled HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     assert b"101" in raw.recv(1024)
     return raw
 
@@ -158,9 +174,18 @@ async def _gone(hub, sid):
 
 
 async def test_reconnecting_client_sees_the_node_that_is_running(client):
-    reply = await (await client.post("/prompt", json={"client_id": "re", "prompt": {
-        "1": {"class_type": "Wait", "inputs": {"seconds": 1.0, "text": "r"}},
-        "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}}}})).json()
+    reply = await (
+        await client.post(
+            "/prompt",
+            json={
+                "client_id": "re",
+                "prompt": {
+                    "1": {"class_type": "Wait", "inputs": {"seconds": 1.0, "text": "r"}},
+                    "2": {"class_type": "Record", "inputs": {"value": ["1", 0]}},
+                },
+            },
+        )
+    ).json()
     await wait_until(lambda: _executing(client, "re"))
     ws = await client.ws_connect("/ws?clientId=re")
     assert (await ws.receive_json())["type"] == "status"
@@ -171,4 +196,4 @@ async def test_reconnecting_client_sees_the_node_that_is_running(client):
 
 
 async def _executing(client, sid):
-    return sid in client.app[HUB]._executing  # noqa: SLF001 - the replay table is the thing under test
+    return sid in client.app[HUB]._executing

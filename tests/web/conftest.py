@@ -22,8 +22,15 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -76,8 +83,9 @@ def loom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     from server.config import ServerConfig
 
     base = tmp_path_factory.mktemp("loom-web")
-    with serve_in_thread(ServerConfig(base_dir=base, auth_token=None, preview_method="latent2rgb",
-                                      port=free_port())) as server:
+    with serve_in_thread(
+        ServerConfig(base_dir=base, auth_token=None, preview_method="latent2rgb", port=free_port())
+    ) as server:
         yield server
 
 
@@ -183,7 +191,8 @@ class EditorPage:
         transfer = self.page.evaluate_handle(
             """([name, bytes, mime]) => { const dt = new DataTransfer();
                  dt.items.add(new File([new Uint8Array(bytes)], name, { type: mime })); return dt; }""",
-            [name, list(data), mime])
+            [name, list(data), mime],
+        )
         self.page.dispatch_event("#canvas", "dragover", {"dataTransfer": transfer})
         self.page.dispatch_event("#canvas", "drop", {"dataTransfer": transfer})
 

@@ -44,7 +44,9 @@ def test_rubber_band_selects_and_group_moves_with_its_nodes(editor: EditorPage) 
     editor.page.keyboard.press("Control+G")
     group = editor.js("() => loom.graph.groups[0]")
     assert group["title"] == "Group"
-    gx, gy = editor.js("() => loom.editor.view.toScreen(loom.graph.groups[0].bounding[0] + 30, loom.graph.groups[0].bounding[1] + 12)")
+    gx, gy = editor.js(
+        "() => loom.editor.view.toScreen(loom.graph.groups[0].bounding[0] + 30, loom.graph.groups[0].bounding[1] + 12)"
+    )
     rect = editor.js("() => loom.controller.canvas.getBoundingClientRect().top")
     positions = {n["id"]: n["pos"] for n in editor.workflow()["nodes"]}
     editor.drag((gx, gy + rect), (gx + 50, gy + rect + 40))
@@ -168,7 +170,9 @@ def test_dragging_the_corner_resizes_the_node_in_one_undoable_saved_edit(editor:
     grown = node_size(editor, save)
     assert grown[0] == pytest.approx(fitted[0] + 200 / scale, abs=2)
     assert grown[1] == pytest.approx(fitted[1] + 150 / scale, abs=2)
-    assert resize_handle(editor, save) == pytest.approx((corner[0] + 200, corner[1] + 150), abs=2), "the corner follows the pointer"
+    assert resize_handle(editor, save) == pytest.approx((corner[0] + 200, corner[1] + 150), abs=2), (
+        "the corner follows the pointer"
+    )
 
     left, top = editor.js("(n) => loom.controller.pageOf(...loom.graph.nodes.get(n).pos)", save)
     editor.drag(resize_handle(editor, save), (left + 20, top + 10))
@@ -176,8 +180,13 @@ def test_dragging_the_corner_resizes_the_node_in_one_undoable_saved_edit(editor:
     assert smallest == [160, fitted[1]], "no narrower than the minimum width, no shorter than its slots and widget"
     assert editor.widget(save, "filename_prefix")[1] < resize_handle(editor, save)[1], "the widget still fits"
 
-    for keys, expected in (("Control+Z", grown), ("Control+Z", fitted), ("Control+Shift+Z", grown),
-                           ("Control+Y", smallest), ("Control+Z", grown)):
+    for keys, expected in (
+        ("Control+Z", grown),
+        ("Control+Z", fitted),
+        ("Control+Shift+Z", grown),
+        ("Control+Y", smallest),
+        ("Control+Z", grown),
+    ):
         editor.page.keyboard.press(keys)
         assert node_size(editor, save) == expected, keys
 

@@ -14,7 +14,11 @@ def test_add_connect_and_edit_like_a_person(editor: EditorPage) -> None:
     source = editor.add_node("emptyimg", (200, 250))
     invert = editor.add_node("invert", (560, 250))
     save = editor.add_node("save image", (900, 250), pick="SaveImage")
-    assert [editor.js("(n) => loom.graph.nodes.get(n).type", i) for i in (source, invert, save)] == ["EmptyImage", "ImageInvert", "SaveImage"]
+    assert [editor.js("(n) => loom.graph.nodes.get(n).type", i) for i in (source, invert, save)] == [
+        "EmptyImage",
+        "ImageInvert",
+        "SaveImage",
+    ]
 
     editor.connect(source, 0, invert, 0)
     editor.connect(invert, 0, save, 0)
@@ -117,7 +121,9 @@ def test_load_image_upload_previews_the_file_and_selects_it(editor: EditorPage) 
     editor.page.wait_for_function("(n) => loom.graph.nodes.get(n).widgets_values[0] === 'green.png'", arg=loader)
     assert (editor.server.base_dir / "input" / "green.png").is_file()
     assert editor.js("async (n) => (await loom.prompt())[String(n)].inputs", loader) == {"image": "green.png"}
-    editor.page.wait_for_function("() => [...loom.editor.imageCache.values()].some(i => i.complete && i.naturalWidth === 40)")
+    editor.page.wait_for_function(
+        "() => [...loom.editor.imageCache.values()].some(i => i.complete && i.naturalWidth === 40)"
+    )
     editor.shot("uploaded")
 
 

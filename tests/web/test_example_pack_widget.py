@@ -36,7 +36,9 @@ def test_color_widget_shows_the_value_and_reports_the_users_pick(browser) -> Non
         if path == "/":
             route.fulfill(body=WIDGET_PAGE, content_type="text/html")
         else:
-            route.fulfill(path=str(web / path.removeprefix("/extensions/example_pack/")), content_type="text/javascript")
+            route.fulfill(
+                path=str(web / path.removeprefix("/extensions/example_pack/")), content_type="text/javascript"
+            )
 
     page = browser.new_page()
     try:

@@ -74,8 +74,13 @@ def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     for relative, text in PLUGINS.items():
         (base / "plugins" / relative).parent.mkdir(parents=True, exist_ok=True)
         (base / "plugins" / relative).write_text(textwrap.dedent(text))
-    config = ServerConfig(base_dir=base, auth_token=None, preview_method="none", port=free_port(),
-                          extra_custom_node_dirs=(base / "plugins",))
+    config = ServerConfig(
+        base_dir=base,
+        auth_token=None,
+        preview_method="none",
+        port=free_port(),
+        extra_custom_node_dirs=(base / "plugins",),
+    )
     with serve_in_thread(config) as server:
         yield server
 
@@ -133,7 +138,9 @@ def test_the_example_packs_colour_widget_picks_the_tint_that_the_saved_image_get
     editor.shot("zoomed")
 
     editor.page.click("#btn-queue")
-    editor.page.wait_for_function("(id) => (loom.execution.outputs.get(id) || []).length > 0", arg=str(save), timeout=30000)
+    editor.page.wait_for_function(
+        "(id) => (loom.execution.outputs.get(id) || []).length > 0", arg=str(save), timeout=30000
+    )
     image = editor.js("(id) => loom.execution.outputs.get(id)[0]", str(save))
     saved = Image.open(editor.server.base_dir / "output" / image["subfolder"] / image["filename"]).convert("RGB")
     assert saved.size == (64, 48)
@@ -146,7 +153,9 @@ def test_the_example_packs_colour_widget_picks_the_tint_that_the_saved_image_get
     editor.page.wait_for_selector(".dom-widget", state="detached", timeout=2000)  # the element leaves with its node
     editor.page.keyboard.press("Control+z")
     editor.page.wait_for_selector(f'.dom-widget[data-node="{tint}"]')
-    assert color_widget(editor, tint).locator("input[type=color]").input_value() == "#3366cc", "undo brings it back with its value"
+    assert color_widget(editor, tint).locator("input[type=color]").input_value() == "#3366cc", (
+        "undo brings it back with its value"
+    )
 
 
 def test_a_socket_type_an_extension_draws_is_queued_with_its_widget_value(plugin_editor: EditorPage) -> None:

@@ -37,16 +37,24 @@ def test_comfy_v04_file_loads_converts_and_runs(editor: EditorPage) -> None:
     # value after the seed is not sent.
     assert editor.js("() => loom.prompt()") == {
         "1": {"inputs": {"value": 64}, "class_type": "PrimitiveInt", "_meta": {"title": "Int"}},
-        "2": {"inputs": {"width": ["1", 0], "height": 48, "batch_size": 1, "color": 16711680},
-              "class_type": "EmptyImage", "_meta": {"title": "EmptyImage"}},
-        "5": {"inputs": {"images": ["2", 0], "filename_prefix": "loom_v04"}, "class_type": "SaveImage",
-              "_meta": {"title": "Save the red frame"}},
+        "2": {
+            "inputs": {"width": ["1", 0], "height": 48, "batch_size": 1, "color": 16711680},
+            "class_type": "EmptyImage",
+            "_meta": {"title": "EmptyImage"},
+        },
+        "5": {
+            "inputs": {"images": ["2", 0], "filename_prefix": "loom_v04"},
+            "class_type": "SaveImage",
+            "_meta": {"title": "Save the red frame"},
+        },
     }
     saved = editor.workflow()
     assert [n["widgets_values"] for n in saved["nodes"]] == [n.get("widgets_values", []) for n in original["nodes"]]
     assert saved["links"] == original["links"]
     assert saved["nodes"][4]["shape"] == 1 and saved["models"] == [], "fields the editor does not use are kept"
-    assert [(n["id"], n["mode"], n["inputs"]) for n in saved["nodes"]] == [(n["id"], n["mode"], n["inputs"]) for n in original["nodes"]]
+    assert [(n["id"], n["mode"], n["inputs"]) for n in saved["nodes"]] == [
+        (n["id"], n["mode"], n["inputs"]) for n in original["nodes"]
+    ]
     editor.shot("loaded")
 
     editor.page.click("#btn-queue")
@@ -60,13 +68,22 @@ def test_comfy_v04_file_loads_converts_and_runs(editor: EditorPage) -> None:
 #: the subgraph (flattened to "10:<inner id>", its crop width from the instance's widget), past the
 #: bypassed invert; the note and the muted save are left out.
 SUBGRAPH_PROMPT = {
-    "1": {"inputs": {"width": 32, "height": 48, "batch_size": 1, "color": 16711680}, "class_type": "EmptyImage",
-          "_meta": {"title": "EmptyImage"}},
-    "10:1": {"inputs": {"image": ["1", 0], "width": 24, "height": 16, "x": 0, "y": 0}, "class_type": "ImageCrop",
-             "_meta": {"title": "Image Crop"}},
+    "1": {
+        "inputs": {"width": 32, "height": 48, "batch_size": 1, "color": 16711680},
+        "class_type": "EmptyImage",
+        "_meta": {"title": "EmptyImage"},
+    },
+    "10:1": {
+        "inputs": {"image": ["1", 0], "width": 24, "height": 16, "x": 0, "y": 0},
+        "class_type": "ImageCrop",
+        "_meta": {"title": "Image Crop"},
+    },
     "10:2": {"inputs": {"image": ["10:1", 0]}, "class_type": "ImageInvert", "_meta": {"title": "Invert Image"}},
-    "5": {"inputs": {"images": ["10:2", 0], "filename_prefix": "loom_subgraph"}, "class_type": "SaveImage",
-          "_meta": {"title": "Save Image"}},
+    "5": {
+        "inputs": {"images": ["10:2", 0], "filename_prefix": "loom_subgraph"},
+        "class_type": "SaveImage",
+        "_meta": {"title": "Save Image"},
+    },
 }
 
 
@@ -187,7 +204,7 @@ def test_png_without_metadata_is_refused_with_a_message(editor: EditorPage) -> N
     before = editor.workflow()
     editor.drop_file("plain.png", png_with_text(), "image/png")
     toast = editor.page.wait_for_selector(".toast.error")
-    assert "plain.png" in toast.text_content() and "no \"workflow\" or \"prompt\"" in toast.text_content()
+    assert "plain.png" in toast.text_content() and 'no "workflow" or "prompt"' in toast.text_content()
     assert editor.workflow() == before, "the open graph is left as it was"
 
 

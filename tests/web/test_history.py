@@ -57,7 +57,10 @@ def test_copy_paste_keeps_internal_links_and_works_across_tabs(editor: EditorPag
     editor.page.keyboard.press("Control+V")
     nodes = editor.workflow()["nodes"]
     assert [n["type"] for n in nodes] == ["EmptyImage", "ImageInvert", "EmptyImage", "ImageInvert"]
-    assert [link[1:5] for link in editor.workflow()["links"]] == [[source, 0, invert, 0], [nodes[2]["id"], 0, nodes[3]["id"], 0]]
+    assert [link[1:5] for link in editor.workflow()["links"]] == [
+        [source, 0, invert, 0],
+        [nodes[2]["id"], 0, nodes[3]["id"], 0],
+    ]
     editor.shot("pasted")
 
     other = editor.page.context.new_page()

@@ -21,8 +21,16 @@ pytestmark = pytest.mark.browser
 WORKFLOW_FILES = [
     WEB_FIXTURES / "comfy_v04_workflow.json",
     WEB_FIXTURES / "comfy_v1_subgraph_workflow.json",
-    *(FORMAT_FIXTURES / name for name in ("default_v04.json", "groups_v1.json", "muted_bypassed_v04.json",
-                                          "reroute_primitive_v04.json", "subgraph_v04.json")),
+    *(
+        FORMAT_FIXTURES / name
+        for name in (
+            "default_v04.json",
+            "groups_v1.json",
+            "muted_bypassed_v04.json",
+            "reroute_primitive_v04.json",
+            "subgraph_v04.json",
+        )
+    ),
 ]
 
 #: The server's conversion of a file as it is, and of the same file after the editor opened it.
@@ -76,7 +84,8 @@ def test_fuzzy_search_prefers_names(editor: EditorPage) -> None:
 
 
 def test_binary_preview_frames_show_on_the_running_node(editor: EditorPage) -> None:
-    """Type 4 frames name their node in JSON metadata; type 1 frames belong to the node that runs (docs/compatibility.md §C.3)."""
+    """Type 4 frames name their node in JSON metadata; type 1 frames belong to the node that runs
+    (docs/compatibility.md §C.3)."""
     import io
 
     from PIL import Image
@@ -85,7 +94,8 @@ def test_binary_preview_frames_show_on_the_running_node(editor: EditorPage) -> N
     target = editor.add_node("invert", (400, 300))
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 40, 40)).save(buffer, format="PNG")
-    shown = editor.js("""async ([id, png]) => {
+    shown = editor.js(
+        """async ([id, png]) => {
       const bytes = new Uint8Array(png);
       const meta = new TextEncoder().encode(JSON.stringify({ node_id: String(id), display_node_id: String(id), image_type: 'image/png' }));
       const frame = new Uint8Array(8 + meta.length + bytes.length);
@@ -101,16 +111,22 @@ def test_binary_preview_frames_show_on_the_running_node(editor: EditorPage) -> N
       legacy.set(bytes, 8);
       loom.api.onBinary(legacy.buffer);
       return [first, loom.execution.previews.has(String(id))];
-    }""", [target, list(buffer.getvalue())])
+    }""",
+        [target, list(buffer.getvalue())],
+    )
     assert shown == [True, True]
-    editor.page.wait_for_function("() => [...loom.editor.imageCache.values()].some(i => i.complete && i.naturalWidth === 16)")
+    editor.page.wait_for_function(
+        "() => [...loom.editor.imageCache.values()].some(i => i.complete && i.naturalWidth === 16)"
+    )
     editor.shot("preview")
 
 
 def test_the_socket_reconnects_with_the_same_client_id(editor: EditorPage) -> None:
     editor.page.wait_for_function("() => loom.api.socket.readyState === WebSocket.OPEN && loom.api.clientId")
     first = editor.js("() => loom.api.clientId")
-    editor.js("() => { window.reopened = false; loom.api.addEventListener('open', () => { window.reopened = true; }); loom.api.socket.close(); }")
+    editor.js(
+        "() => { window.reopened = false; loom.api.addEventListener('open', () => { window.reopened = true; }); loom.api.socket.close(); }"
+    )
     editor.page.wait_for_function("() => window.reopened", timeout=10000)
     assert editor.js("() => loom.api.clientId") == first
     assert "offline" not in editor.page.get_attribute("#connection", "class")

@@ -46,7 +46,9 @@ def node_record(workflow: dict[str, Any], node_id: int) -> dict[str, Any]:
 
 def click_empty_canvas(editor: EditorPage) -> None:
     """A click on bare canvas, as a person ends typing in a note (the fitted graph leaves this corner free)."""
-    left, bottom = editor.js("() => { const r = loom.controller.canvas.getBoundingClientRect(); return [r.left, r.bottom]; }")
+    left, bottom = editor.js(
+        "() => { const r = loom.controller.canvas.getBoundingClientRect(); return [r.left, r.bottom]; }"
+    )
     editor.page.mouse.click(left + 15, bottom - 15)
 
 
@@ -56,8 +58,13 @@ def test_notes_from_a_comfy_file_render_edit_save_and_stay_out_of_the_prompt(edi
     editor.open_file(NOTES_FILE, json.dumps(original).encode())
     editor.page.wait_for_function("() => loom.graph.nodes.size === 4")
 
-    assert editor.js("(ids) => ids.map((n) => loom.editor.titleOf(loom.graph.nodes.get(n)))", [NOTE, MARKDOWN]) == ["Note", "Markdown Note"]
-    assert editor.page.input_value(note_field(NOTE)) == original["nodes"][2]["widgets_values"][0], "a Note is plain text"
+    assert editor.js("(ids) => ids.map((n) => loom.editor.titleOf(loom.graph.nodes.get(n)))", [NOTE, MARKDOWN]) == [
+        "Note",
+        "Markdown Note",
+    ]
+    assert editor.page.input_value(note_field(NOTE)) == original["nodes"][2]["widgets_values"][0], (
+        "a Note is plain text"
+    )
     view = editor.page.locator(markdown_view(MARKDOWN))
     assert view.locator("h1").inner_text() == "Read me first"
     assert view.locator("strong").inner_text() == "red frame"
@@ -68,10 +75,11 @@ def test_notes_from_a_comfy_file_render_edit_save_and_stay_out_of_the_prompt(edi
     assert link.get_attribute("href") == "https://example.com/docs?a=1&b=2"
     assert link.get_attribute("rel") == "noopener noreferrer"
     assert "<script>window.pwned = 1</script>" in view.inner_text(), "raw HTML shows as the text it is"
-    assert editor.js("(html) => (%s)(html)" % SAFE_MARKUP, view.inner_html()) == []
+    assert editor.js(f"(html) => ({SAFE_MARKUP})(html)", view.inner_html()) == []
     assert editor.js("() => window.pwned") is None
-    assert [node_record(editor.workflow(), n) for n in (NOTE, MARKDOWN)] == [node_record(original, n) for n in (NOTE, MARKDOWN)], \
-        "opened and saved unchanged: type, position, size, text, colours, properties"
+    assert [node_record(editor.workflow(), n) for n in (NOTE, MARKDOWN)] == [
+        node_record(original, n) for n in (NOTE, MARKDOWN)
+    ], "opened and saved unchanged: type, position, size, text, colours, properties"
     editor.shot("opened")
 
     editor.page.click(note_field(NOTE))
@@ -90,7 +98,9 @@ def test_notes_from_a_comfy_file_render_edit_save_and_stay_out_of_the_prompt(edi
     assert editor.widget_value(MARKDOWN, 0) == markdown
     assert view.locator("h2 em").inner_text() == "here", "the edited markdown is rendered again"
     editor.page.keyboard.press("Control+Z")
-    assert editor.widget_value(MARKDOWN, 0) == original["nodes"][3]["widgets_values"][0], "the whole edit is one undo step"
+    assert editor.widget_value(MARKDOWN, 0) == original["nodes"][3]["widgets_values"][0], (
+        "the whole edit is one undo step"
+    )
     editor.page.wait_for_selector(f"{markdown_view(MARKDOWN)} h2", state="detached")
     editor.page.keyboard.press("Control+Shift+Z")
     editor.page.wait_for_selector(f"{markdown_view(MARKDOWN)} h2 em:text('here')")
@@ -118,8 +128,9 @@ def test_notes_from_a_comfy_file_render_edit_save_and_stay_out_of_the_prompt(edi
     with urllib.request.urlopen(f"{editor.server.url}/history/{prompt_id}") as reply:
         _, _, ran, extra_data, _ = json.loads(reply.read())[prompt_id]["prompt"]
     assert {key: entry["class_type"] for key, entry in ran.items()} == {"1": "EmptyImage", "2": "SaveImage"}
-    assert {n["type"] for n in extra_data["extra_pnginfo"]["workflow"]["nodes"]} >= {"Note", "MarkdownNote"}, \
+    assert {n["type"] for n in extra_data["extra_pnginfo"]["workflow"]["nodes"]} >= {"Note", "MarkdownNote"}, (
         "the notes travel in the workflow the image embeds"
+    )
     editor.shot("ran")
 
 
@@ -138,20 +149,32 @@ def test_notes_are_added_from_the_node_search_and_typed_into(editor: EditorPage)
     assert editor.js("() => loom.prompt()") == {}, "notes alone queue nothing"
     saved = editor.workflow()
     assert [(n["type"], n["widgets_values"], n["inputs"], n["outputs"]) for n in saved["nodes"]] == [
-        ("Note", ["remember:\nlow steps first"], [], []), ("MarkdownNote", ["# Plan\n- **bold** step"], [], [])]
+        ("Note", ["remember:\nlow steps first"], [], []),
+        ("MarkdownNote", ["# Plan\n- **bold** step"], [], []),
+    ]
     editor.shot("added")
 
 
 def test_markdown_rendering_lets_no_markup_through(editor: EditorPage) -> None:
     nasty = [
-        '<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '[x](javascript:alert(1))',
-        '[x](https://a.example/"onmouseover="alert(1))', "[x](https://a.example/'><img src=x onerror=alert(1)>)",
-        '**<b onclick=alert(1)>bold</b>**', '`<svg onload=alert(1)>`', '```\n<iframe src=javascript:alert(1)>\n```',
-        '# <a href="javascript:alert(1)">head</a>', '- [*x*](data:text/html,<script>alert(1)</script>)',
-        '\u0000 0 \u0000 [a](https://ok.example) `c`', '[x](HTTPS://ok.example/a_b_c_d)',
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        "[x](javascript:alert(1))",
+        '[x](https://a.example/"onmouseover="alert(1))',
+        "[x](https://a.example/'><img src=x onerror=alert(1)>)",
+        "**<b onclick=alert(1)>bold</b>**",
+        "`<svg onload=alert(1)>`",
+        "```\n<iframe src=javascript:alert(1)>\n```",
+        '# <a href="javascript:alert(1)">head</a>',
+        "- [*x*](data:text/html,<script>alert(1)</script>)",
+        "\u0000 0 \u0000 [a](https://ok.example) `c`",
+        "[x](HTTPS://ok.example/a_b_c_d)",
     ]
-    rendered = editor.js("""async (sources) => { const { renderMarkdown } = await import('/js/markdown.js');
-        return sources.map(renderMarkdown); }""", nasty)
+    rendered = editor.js(
+        """async (sources) => { const { renderMarkdown } = await import('/js/markdown.js');
+        return sources.map(renderMarkdown); }""",
+        nasty,
+    )
     for source, html in zip(nasty, rendered):
-        assert editor.js("(html) => (%s)(html)" % SAFE_MARKUP, html) == [], f"{source!r} rendered as {html!r}"
+        assert editor.js(f"(html) => ({SAFE_MARKUP})(html)", html) == [], f"{source!r} rendered as {html!r}"
     assert 'href="HTTPS://ok.example/a_b_c_d"' in rendered[-1], "emphasis rules leave a link's address alone"

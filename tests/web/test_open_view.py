@@ -22,11 +22,16 @@ def open_workflow(editor: EditorPage, workflow: dict[str, Any]) -> None:
 
 
 def canvas_rect(editor: EditorPage) -> list[float]:
-    return editor.js("() => { const r = loom.controller.canvas.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }")
+    return editor.js(
+        "() => { const r = loom.controller.canvas.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"
+    )
 
 
 def node_bounds(editor: EditorPage) -> dict[int, list[float]]:
-    return {node_id: editor.js("(n) => loom.bounds(n)", node_id) for node_id in editor.js("() => [...loom.graph.nodes.keys()]")}
+    return {
+        node_id: editor.js("(n) => loom.bounds(n)", node_id)
+        for node_id in editor.js("() => [...loom.graph.nodes.keys()]")
+    }
 
 
 def assert_fitted(editor: EditorPage) -> None:
@@ -51,7 +56,9 @@ def test_a_view_saved_on_a_large_screen_is_fitted_to_the_window(editor: EditorPa
     assert right - left == 1280, "the window is 1280 wide"
     assert_fitted(editor)
     assert editor.js("() => loom.editor.view.scale") == 1, "a graph that fits at natural size is not magnified"
-    assert editor.workflow()["extra"]["ds"] == editor.js("() => loom.editor.view.toDs()"), "a save keeps the fitted view"
+    assert editor.workflow()["extra"]["ds"] == editor.js("() => loom.editor.view.toDs()"), (
+        "a save keeps the fitted view"
+    )
     editor.shot("fitted")
 
     workflow["nodes"][3]["pos"] = [6000, 2500]

@@ -33,8 +33,10 @@ def build_invert_chain(editor: EditorPage) -> tuple[int, int, int]:
 
 def test_queue_shows_progress_and_the_final_image(editor: EditorPage) -> None:
     source, invert, save = build_invert_chain(editor)
-    editor.js("() => { window.seen = []; for (const t of ['execution_start', 'executing', 'executed', 'execution_success'])"
-              " loom.api.addEventListener(t, (e) => seen.push([t, e.detail.node ?? null])); }")
+    editor.js(
+        "() => { window.seen = []; for (const t of ['execution_start', 'executing', 'executed', 'execution_success'])"
+        " loom.api.addEventListener(t, (e) => seen.push([t, e.detail.node ?? null])); }"
+    )
     editor.page.mouse.click(640, 600)
     editor.page.keyboard.press("Control+Enter")
     editor.page.wait_for_function("(id) => loom.execution.outputs.has(String(id))", arg=save, timeout=20000)
@@ -75,7 +77,10 @@ def test_validation_errors_are_shown_on_the_node(editor: EditorPage) -> None:
     save = editor.add_node("save image", (500, 300), pick="SaveImage")
     editor.page.click("#btn-queue")
     editor.page.wait_for_selector(".toast.error")
-    error = editor.js("(id) => { const e = loom.execution.errors.get(String(id)); return e && [e.message, [...e.inputs.keys()]]; }", save)
+    error = editor.js(
+        "(id) => { const e = loom.execution.errors.get(String(id)); return e && [e.message, [...e.inputs.keys()]]; }",
+        save,
+    )
     assert error is not None, "the node that failed validation is marked"
     message, inputs = error
     assert "images" in inputs and message
@@ -86,7 +91,12 @@ def test_first_open_without_a_checkpoint_upscales_the_sample_photo_for_real(edit
     banner = editor.page.text_content("#banner")
     assert "models/checkpoints" in banner and "loom tiny-checkpoint" in banner
     nodes = {n["id"]: n for n in editor.workflow()["nodes"]}
-    assert [nodes[i]["type"] for i in sorted(nodes)] == ["LoadImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "SaveImage"]
+    assert [nodes[i]["type"] for i in sorted(nodes)] == [
+        "LoadImage",
+        "UpscaleModelLoader",
+        "ImageUpscaleWithModel",
+        "SaveImage",
+    ]
     assert nodes[2]["widgets_values"] == ["RealESRGAN_x4plus.param"], "the bundled photo model, placed by the server"
     editor.page.click("#btn-queue")
     editor.page.wait_for_function("() => loom.execution.outputs.has('4')", timeout=180000)
@@ -95,7 +105,9 @@ def test_first_open_without_a_checkpoint_upscales_the_sample_photo_for_real(edit
         upscaled = Image.open(io.BytesIO(reply.read())).convert("RGB")
     assert upscaled.size == (512, 512), "the 128 px sample, four times larger"
     sample = Image.open(editor.server.base_dir / "input" / "loom_sample_coffee.png").convert("RGB")
-    error = np.abs(np.asarray(upscaled.resize(sample.size, Image.Resampling.BOX), dtype=float) - np.asarray(sample, dtype=float))
+    error = np.abs(
+        np.asarray(upscaled.resize(sample.size, Image.Resampling.BOX), dtype=float) - np.asarray(sample, dtype=float)
+    )
     assert error.mean() < 12, "a real upscale: shrunk back, it matches the photo it came from"
     editor.page.wait_for_timeout(300)
     editor.shot("first-open-upscale")

@@ -114,7 +114,10 @@ def test_other_file_types_are_named_by_content_and_missing_files_are_refused(tmp
 
 
 def test_animevideov3_x2_is_x4_then_bicubic_half(real_models):
-    x2, x4 = load_upscale_model(real_models / f"{ANIMEVIDEO[2]}.param"), load_upscale_model(real_models / f"{ANIMEVIDEO[4]}.param")
+    x2, x4 = (
+        load_upscale_model(real_models / f"{ANIMEVIDEO[2]}.param"),
+        load_upscale_model(real_models / f"{ANIMEVIDEO[4]}.param"),
+    )
     assert x2.scale == 2
     torch.testing.assert_close(x2(X), F.interpolate(x4(X), size=(12, 10), mode="bicubic"), rtol=0, atol=1e-6)
 

@@ -49,14 +49,18 @@ def test_param_lines_parse_into_layers_with_typed_params(real_models):
     assert conv.params == {0: 32, 1: 3, 4: 1, 5: 1, 6: 18432, 9: 2, 10: (0.2,)}
 
 
-@pytest.mark.parametrize(("stem", "convs", "prelus"), [(X4PLUS, 351, 0), (X4PLUS_ANIME, 96, 0), (ANIMEVIDEO[4], 18, 17)])
+@pytest.mark.parametrize(
+    ("stem", "convs", "prelus"), [(X4PLUS, 351, 0), (X4PLUS_ANIME, 96, 0), (ANIMEVIDEO[4], 18, 17)]
+)
 def test_the_real_files_are_read_to_the_last_byte(real_models, stem, convs, prelus):
     network = read_ncnn(real_models / f"{stem}.param", real_models / f"{stem}.bin")
     kinds = [layer.type for layer in network.layers if layer.name in network.weights]
     assert (kinds.count("Convolution"), kinds.count("PReLU")) == (convs, prelus)
     # Per conv: tag + fp16 weights + fp32 bias; per PReLU: fp32 slopes.
     expected = sum(
-        4 + 2 * params["weight"].numel() + 4 * params["bias"].numel() if "bias" in params else 4 * params["weight"].numel()
+        4 + 2 * params["weight"].numel() + 4 * params["bias"].numel()
+        if "bias" in params
+        else 4 * params["weight"].numel()
         for params in network.weights.values()
     )
     assert expected == (real_models / f"{stem}.bin").stat().st_size
@@ -65,7 +69,9 @@ def test_the_real_files_are_read_to_the_last_byte(real_models, stem, convs, prel
 @pytest.mark.parametrize("scale", [2, 3])
 def test_animevideov3_x2_x3_are_the_x4_network_with_a_bicubic_downscale(real_models, scale):
     stem = ANIMEVIDEO[scale]
-    mapping = map_ncnn(read_ncnn(real_models / f"{stem}.param", real_models / f"{stem}.bin"), real_models / f"{stem}.param")
+    mapping = map_ncnn(
+        read_ncnn(real_models / f"{stem}.param", real_models / f"{stem}.bin"), real_models / f"{stem}.param"
+    )
     assert mapping.output_resize is not None
     assert (mapping.output_resize.mode, mapping.output_resize.factor * 4) == ("bicubic", scale)
     assert mapping.state_dict["body.34.weight"].shape == (48, 64, 3, 3)

@@ -38,7 +38,15 @@ def test_tiles_agree_with_one_piece():
 
 def test_progress_counts_the_tiles():
     calls = []
-    upscale_tiled(pointwise_x2, IMAGE, 2, tile=32, overlap=8, min_tile=16, on_progress=lambda done, total: calls.append((done, total)))
+    upscale_tiled(
+        pointwise_x2,
+        IMAGE,
+        2,
+        tile=32,
+        overlap=8,
+        min_tile=16,
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
     # Starts per side: 70 → 0, 24, 38; 90 → 0, 24, 48, 58.
     assert calls == [(n, 12) for n in range(1, 13)]
 

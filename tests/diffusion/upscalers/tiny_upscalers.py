@@ -38,6 +38,13 @@ def old_esrgan_layout(new: dict[str, torch.Tensor], num_block: int) -> dict[str,
             _, block, rdb, conv = name.split(".")
             old[f"model.1.sub.{block}.RDB{rdb[-1]}.{conv}.0.{kind}"] = value
         else:
-            index = {"conv_first": "0", "conv_body": f"1.sub.{num_block}", "conv_up1": "3", "conv_up2": "6", "conv_hr": "8", "conv_last": "10"}[name]
+            index = {
+                "conv_first": "0",
+                "conv_body": f"1.sub.{num_block}",
+                "conv_up1": "3",
+                "conv_up2": "6",
+                "conv_hr": "8",
+                "conv_last": "10",
+            }[name]
             old[f"model.{index}.{kind}"] = value
     return old

@@ -29,8 +29,17 @@ WORKFLOW = json.loads((FIXTURES / "default_v04.json").read_text())
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(["4", 0], True), (["4", 1.0], False), (("4", 0), False), ([4, 0], False), (["4", "0"], False),
-     (["4", 0, 1], False), (["4", True], False), ("4", False), ({"__value__": ["4", 0]}, False)],
+    [
+        (["4", 0], True),
+        (["4", 1.0], False),
+        (("4", 0), False),
+        ([4, 0], False),
+        (["4", "0"], False),
+        (["4", 0, 1], False),
+        (["4", True], False),
+        ("4", False),
+        ({"__value__": ["4", 0]}, False),
+    ],
 )
 def test_a_link_of_a_validated_prompt_is_exactly_a_str_and_an_int(value, expected) -> None:
     assert is_link(value) is expected
@@ -44,9 +53,15 @@ def test_normalise_link_makes_integral_slots_ints(value, expected) -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(["4", 0.5], "not a whole number"), (["4", True], "not a number"), (["4", "0"], "not a number"),
-     (["4", float("inf")], "not a whole number"), ([4, 0], "[node_id, output_slot]"), (["4"], "[node_id, output_slot]"),
-     (["4", 0, 1], "[node_id, output_slot]")],
+    [
+        (["4", 0.5], "not a whole number"),
+        (["4", True], "not a number"),
+        (["4", "0"], "not a number"),
+        (["4", float("inf")], "not a whole number"),
+        ([4, 0], "[node_id, output_slot]"),
+        (["4"], "[node_id, output_slot]"),
+        (["4", 0, 1], "[node_id, output_slot]"),
+    ],
 )
 def test_normalise_link_refuses_what_names_no_slot(value, reason) -> None:
     with pytest.raises(LinkShapeError, match=re.escape(reason)):
@@ -93,7 +108,9 @@ def png_with(texts: dict[str, str]) -> bytes:
 
 
 def test_a_png_prefers_the_prompt_that_actually_ran(tmp_path) -> None:
-    ran = dict(EXPECTED, **{"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}})
+    ran = dict(
+        EXPECTED, **{"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
+    )
     path = tmp_path / "image.png"
     path.write_bytes(png_with({"prompt": json.dumps(ran), "workflow": json.dumps(WORKFLOW)}))
     document = load_document(path)

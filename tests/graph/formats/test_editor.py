@@ -51,9 +51,14 @@ def test_control_after_generate_value_is_skipped_only_where_the_spec_declares_it
     # Only the seed's control value is stepped over; every other value lands on its own widget.
     node(workflow, 3)["widgets_values"] = [7, "increment", 30, 6.5, "dpmpp_2m", "karras", 0.5]
     inputs = editor_to_api(workflow, registry).prompt["3"]["inputs"]
-    assert (inputs["seed"], inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"], inputs["denoise"]) == (
-        7, 30, 6.5, "dpmpp_2m", "karras", 0.5
-    )
+    assert (
+        inputs["seed"],
+        inputs["steps"],
+        inputs["cfg"],
+        inputs["sampler_name"],
+        inputs["scheduler"],
+        inputs["denoise"],
+    ) == (7, 30, 6.5, "dpmpp_2m", "karras", 0.5)
 
 
 def test_a_file_without_the_control_value_still_lines_up(registry) -> None:
@@ -113,8 +118,15 @@ def test_socket_types_the_client_draws_as_widgets_take_their_widget_value() -> N
 def test_widgets_values_named_is_preferred_over_positions(registry) -> None:
     workflow = load("default_v04.json")
     sampler = node(workflow, 3)
-    sampler["widgets_values_named"] = {"seed": 5, "control_after_generate": "fixed", "steps": 9, "cfg": 2,
-                                       "sampler_name": "euler", "scheduler": "simple", "denoise": 0.3}
+    sampler["widgets_values_named"] = {
+        "seed": 5,
+        "control_after_generate": "fixed",
+        "steps": 9,
+        "cfg": 2,
+        "sampler_name": "euler",
+        "scheduler": "simple",
+        "denoise": 0.3,
+    }
     inputs = editor_to_api(workflow, registry).prompt["3"]["inputs"]
     assert (inputs["seed"], inputs["steps"], inputs["scheduler"], inputs["denoise"]) == (5, 9, "simple", 0.3)
 
@@ -128,8 +140,15 @@ def test_a_wired_widget_keeps_its_slot_in_widgets_values(registry) -> None:
 
 def test_socket_only_widget_types_own_no_widget_slot(registry) -> None:
     workflow = {
-        "nodes": [{"id": 1, "type": "JoinStrings", "mode": 0, "inputs": [{"name": "parts", "type": "STRING", "link": None}],
-                   "widgets_values": [" | "]}],
+        "nodes": [
+            {
+                "id": 1,
+                "type": "JoinStrings",
+                "mode": 0,
+                "inputs": [{"name": "parts", "type": "STRING", "link": None}],
+                "widgets_values": [" | "],
+            }
+        ],
         "links": [],
     }
     assert editor_to_api(workflow, registry).prompt["1"]["inputs"] == {"separator": " | "}
@@ -153,11 +172,21 @@ def test_bypass_chains_pass_through_by_type(registry) -> None:
     workflow = load("muted_bypassed_v04.json")
     # A second bypassed LoRA after the first: consumers must reach the checkpoint through both.
     second = copy.deepcopy(node(workflow, 10))
-    second.update(id=20, inputs=[{"name": "model", "type": "MODEL", "link": 30}, {"name": "clip", "type": "CLIP", "link": 31}])
-    second["outputs"] = [{"name": "MODEL", "type": "MODEL", "links": [1]}, {"name": "CLIP", "type": "CLIP", "links": [3]}]
+    second.update(
+        id=20, inputs=[{"name": "model", "type": "MODEL", "link": 30}, {"name": "clip", "type": "CLIP", "link": 31}]
+    )
+    second["outputs"] = [
+        {"name": "MODEL", "type": "MODEL", "links": [1]},
+        {"name": "CLIP", "type": "CLIP", "links": [3]},
+    ]
     workflow["nodes"].append(second)
     links = [link for link in workflow["links"] if link[0] not in (1, 3)]
-    links += [[30, 10, 0, 20, 0, "MODEL"], [31, 10, 1, 20, 1, "CLIP"], [1, 20, 0, 3, 0, "MODEL"], [3, 20, 1, 6, 0, "CLIP"]]
+    links += [
+        [30, 10, 0, 20, 0, "MODEL"],
+        [31, 10, 1, 20, 1, "CLIP"],
+        [1, 20, 0, 3, 0, "MODEL"],
+        [3, 20, 1, 6, 0, "CLIP"],
+    ]
     workflow["links"] = links
     prompt = editor_to_api(workflow, registry).prompt
     assert prompt["3"]["inputs"]["model"] == ["4", 0]
@@ -177,8 +206,15 @@ def test_subgraph_with_proxy_widgets_uses_the_inner_widget_values(registry) -> N
 
 def test_a_linked_subgraph_input_follows_the_outer_link(registry) -> None:
     workflow = load("subgraph_v04.json")
-    workflow["nodes"].append({"id": 11, "type": "PrimitiveNode", "mode": 0, "outputs": [{"name": "STRING", "type": "STRING", "links": [20]}],
-                              "widgets_values": ["from outside"]})
+    workflow["nodes"].append(
+        {
+            "id": 11,
+            "type": "PrimitiveNode",
+            "mode": 0,
+            "outputs": [{"name": "STRING", "type": "STRING", "links": [20]}],
+            "widgets_values": ["from outside"],
+        }
+    )
     node(workflow, 10)["inputs"][1]["link"] = 20
     workflow["links"].append([20, 11, 0, 10, 1, "STRING"])
     assert editor_to_api(workflow, registry).prompt["10:1"]["inputs"]["text"] == "from outside"
@@ -190,15 +226,23 @@ def test_nested_subgraphs_get_colon_path_ids(registry) -> None:
     outer = copy.deepcopy(inner)
     outer.update(id="0c0c0c0c-0000-4000-8000-00000000000f", name="Wrapper")
     # The wrapper holds one instance (id 7) of the prompt pair and exposes its inputs and outputs.
-    outer["nodes"] = [{
-        "id": 7, "type": inner["id"], "mode": 0,
-        "inputs": [{"name": "clip", "type": "CLIP", "link": 1},
-                   {"name": "positive", "type": "STRING", "widget": {"name": "positive"}, "link": 3},
-                   {"name": "negative", "type": "STRING", "widget": {"name": "negative"}, "link": 4}],
-        "outputs": [{"name": "positive", "type": "CONDITIONING", "links": [5]},
-                    {"name": "negative", "type": "CONDITIONING", "links": [6]}],
-        "widgets_values": ["unused", "unused"],
-    }]
+    outer["nodes"] = [
+        {
+            "id": 7,
+            "type": inner["id"],
+            "mode": 0,
+            "inputs": [
+                {"name": "clip", "type": "CLIP", "link": 1},
+                {"name": "positive", "type": "STRING", "widget": {"name": "positive"}, "link": 3},
+                {"name": "negative", "type": "STRING", "widget": {"name": "negative"}, "link": 4},
+            ],
+            "outputs": [
+                {"name": "positive", "type": "CONDITIONING", "links": [5]},
+                {"name": "negative", "type": "CONDITIONING", "links": [6]},
+            ],
+            "widgets_values": ["unused", "unused"],
+        }
+    ]
     outer["links"] = [
         {"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 7, "target_slot": 0, "type": "CLIP"},
         {"id": 3, "origin_id": -10, "origin_slot": 1, "target_id": 7, "target_slot": 1, "type": "STRING"},

@@ -20,7 +20,7 @@ def plain_png() -> bytes:
 
 def test_written_chunks_are_read_by_pil_and_the_pixels_survive() -> None:
     prompt = json.dumps({"3": {"class_type": "KSampler", "inputs": {}}})
-    data = add_text_chunks(plain_png(), {"prompt": prompt, "workflow": "{\"nodes\": []}", "caption": "café ☕"})
+    data = add_text_chunks(plain_png(), {"prompt": prompt, "workflow": '{"nodes": []}', "caption": "café ☕"})
     image = Image.open(io.BytesIO(data))
     assert image.info["prompt"] == prompt
     assert image.info["caption"] == "café ☕"
@@ -34,12 +34,12 @@ def test_round_trip_through_our_own_reader() -> None:
 
 def test_reads_text_written_by_pil_in_all_three_chunk_kinds() -> None:
     info = PngInfo()
-    info.add_text("prompt", "{\"a\": 1}")
+    info.add_text("prompt", '{"a": 1}')
     info.add_text("workflow", "zipped " * 50, zip=True)
     info.add_itxt("title", "naïve ☃", zip=True)
     buffer = io.BytesIO()
     Image.new("L", (2, 2)).save(buffer, format="PNG", pnginfo=info)
-    assert read_text_chunks(buffer.getvalue()) == {"prompt": "{\"a\": 1}", "workflow": "zipped " * 50, "title": "naïve ☃"}
+    assert read_text_chunks(buffer.getvalue()) == {"prompt": '{"a": 1}', "workflow": "zipped " * 50, "title": "naïve ☃"}
 
 
 def test_text_goes_before_the_image_data() -> None:

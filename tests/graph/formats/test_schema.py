@@ -18,9 +18,15 @@ def load(name: str) -> dict:
 
 @pytest.mark.parametrize(
     ("name", "schema"),
-    [("default_v04.json", "workflow_v04"), ("reroute_primitive_v04.json", "workflow_v04"), ("muted_bypassed_v04.json", "workflow_v04"),
-     ("subgraph_v04.json", "workflow_v04"), ("groups_v1.json", "workflow_v1"), ("default.api.json", "api_prompt"),
-     ("subgraph.api.json", "api_prompt")],
+    [
+        ("default_v04.json", "workflow_v04"),
+        ("reroute_primitive_v04.json", "workflow_v04"),
+        ("muted_bypassed_v04.json", "workflow_v04"),
+        ("subgraph_v04.json", "workflow_v04"),
+        ("groups_v1.json", "workflow_v1"),
+        ("default.api.json", "api_prompt"),
+        ("subgraph.api.json", "api_prompt"),
+    ],
 )
 def test_fixtures_pass_their_schema(name, schema) -> None:
     document = load(name)
@@ -80,7 +86,9 @@ def test_api_prompt_lists_must_be_links_or_wrapped() -> None:
     assert schema_issues(prompt) == []
 
 
-@pytest.mark.parametrize(("slot", "valid"), [(0, True), (2.0, True), (0.5, False), (True, False), (-1, False), ("0", False)])
+@pytest.mark.parametrize(
+    ("slot", "valid"), [(0, True), (2.0, True), (0.5, False), (True, False), (-1, False), ("0", False)]
+)
 def test_api_prompt_link_slots_are_whole_numbers_as_validation_reads_them(slot, valid) -> None:
     """The schema and ``normalise_link`` agree: ``2.0`` is slot 2; ``0.5``, ``true`` and ``"0"`` are no slot."""
     prompt = copy.deepcopy(load("default.api.json"))

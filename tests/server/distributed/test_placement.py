@@ -18,7 +18,10 @@ def dispatcher(*names: str) -> Dispatcher:
 def test_model_files_are_the_loader_inputs_naming_files_and_can_be_limited_to_nodes():
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
-        "2": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["1", 0], "strength_model": 1.0}},
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {"lora_name": "detail.safetensors", "model": ["1", 0], "strength_model": 1.0},
+        },
         "3": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 5}},
         "4": {"class_type": "Odd", "inputs": {"ckpt_name": ["1", 0]}},
     }

@@ -55,9 +55,21 @@ def txt2img(ckpt_name: str, seed: int) -> dict[str, Any]:
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": clip}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "model": model, "seed": seed, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": model,
+                "seed": seed,
+                "steps": 2,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"{ckpt_name}-{seed}"}},
     }
@@ -74,7 +86,11 @@ def cached_nodes(entry: dict[str, Any]) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
     ray.init(
-        address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
     )
     yield
@@ -156,7 +172,9 @@ async def frames_of_one_prompt(client, prompt: dict[str, Any]) -> list[Any]:
 
 async def test_events_reach_websocket_clients_exactly_as_in_process(make_client, tmp_path: Path):
     in_process = await frames_of_one_prompt(await make_client(), PREVIEW_PROMPT)
-    on_ray = await frames_of_one_prompt(await make_client(workers="ray-local:2", base_dir=tmp_path / "ray"), PREVIEW_PROMPT)
+    on_ray = await frames_of_one_prompt(
+        await make_client(workers="ray-local:2", base_dir=tmp_path / "ray"), PREVIEW_PROMPT
+    )
     assert sum(isinstance(frame, bytes) for frame in on_ray) == 3
     assert on_ray == in_process
 
@@ -210,8 +228,9 @@ async def test_a_prompt_that_loses_its_worker_twice_is_reported_failed_and_the_p
 async def test_tiny_checkpoint_prompts_run_concurrently_and_each_model_stays_warm_on_its_worker(tmp_path: Path):
     for name in ("a.safetensors", "b.safetensors"):
         write_tiny_checkpoint(tmp_path / "models" / "checkpoints" / name, "sd15")
-    client = await start_client(ServerConfig(base_dir=tmp_path, frontend_root=tmp_path / "web", auth_token=None,
-                                             workers="ray-local:2"))
+    client = await start_client(
+        ServerConfig(base_dir=tmp_path, frontend_root=tmp_path / "web", auth_token=None, workers="ray-local:2")
+    )
     books = backend_of(client).dispatcher
     try:
         first_round = [await submit(client, txt2img(ckpt, seed=1)) for ckpt in ("a.safetensors", "b.safetensors")]
@@ -252,12 +271,20 @@ async def test_workers_load_the_servers_plugins_themselves(tmp_path: Path):
     """A plugin imported by file path: a pickled registry could not bring it to the actor."""
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "shout.py").write_text(PLUGIN)
-    client = await start_client(ServerConfig(base_dir=tmp_path, frontend_root=tmp_path / "web", auth_token=None,
-                                             workers="ray-local:1", extra_custom_node_dirs=(tmp_path / "plugins",),
-                                             starter_files=False))
+    client = await start_client(
+        ServerConfig(
+            base_dir=tmp_path,
+            frontend_root=tmp_path / "web",
+            auth_token=None,
+            workers="ray-local:1",
+            extra_custom_node_dirs=(tmp_path / "plugins",),
+            starter_files=False,
+        )
+    )
     try:
-        entry = await wait_for_history(client, await submit(client, {"1": {"class_type": "ShoutText",
-                                                                            "inputs": {"text": "loud"}}}), timeout=60)
+        entry = await wait_for_history(
+            client, await submit(client, {"1": {"class_type": "ShoutText", "inputs": {"text": "loud"}}}), timeout=60
+        )
         assert entry["status"]["status_str"] == "success", entry["status"]
         assert entry["outputs"]["1"]["text"] == ["LOUD"]
     finally:
@@ -276,7 +303,7 @@ def test_the_actor_body_streams_events_in_order_then_its_record_and_stops_only_i
     messages = [message for batch in actor.run(PREVIEW_PROMPT, ["2"], "p1", {}) for message in batch]
     names = [name for kind, name, _ in messages[:-1]]
     assert names[0] == "execution_start" and names[-1] == "execution_success" and names.count("preview") == 3
-    (kind, record, _), = messages[-1:]
+    ((kind, record, _),) = messages[-1:]
     assert kind == "record" and record.status == "success" and record.outputs["2"]["text"] == ["p"]
 
     assert actor.interrupt("p2") is False  # not started yet: the caller asks again
@@ -293,7 +320,9 @@ def test_the_actor_body_sees_the_servers_extra_model_folders(tmp_path: Path):
     (theirs / "theirs.safetensors").write_bytes(b"")
     paths = tmp_path / "extra_model_paths.yaml"
     paths.write_text(f"comfy:\n  base_path: {tmp_path / 'comfy'}\n  checkpoints: checkpoints\n")
-    setup = dataclasses.replace(standin_setup(tmp_path, 2**20), runtime=RuntimeOptions(tmp_path, extra_model_paths=(paths,)))
+    setup = dataclasses.replace(
+        standin_setup(tmp_path, 2**20), runtime=RuntimeOptions(tmp_path, extra_model_paths=(paths,))
+    )
     actor = ray_backend.LoomWorkerActor(setup)
     assert actor.runtime.model_paths.names("checkpoints") == ["theirs.safetensors"]
 
@@ -310,10 +339,13 @@ def test_the_actor_body_frees_its_cache_between_prompts(tmp_path: Path):
     assert cached("after free") == []
 
 
-@pytest.mark.parametrize("workers, available, count, asked", [
-    ("ray://auto", {"CPU": 64, "GPU": 4}, 4, {"num_gpus": 1.0}),  # a cluster: one GPU each, Ray's CPU default
-    ("ray-local:2", {"CPU": 8, "GPU": 1}, 2, {"num_gpus": 0.5, "num_cpus": 4}),  # one machine's GPU shared
-    ("ray-local:3", {"CPU": 2}, 3, {"num_cpus": 1}),  # never less than a core each
-])
+@pytest.mark.parametrize(
+    "workers, available, count, asked",
+    [
+        ("ray://auto", {"CPU": 64, "GPU": 4}, 4, {"num_gpus": 1.0}),  # a cluster: one GPU each, Ray's CPU default
+        ("ray-local:2", {"CPU": 8, "GPU": 1}, 2, {"num_gpus": 0.5, "num_cpus": 4}),  # one machine's GPU shared
+        ("ray-local:3", {"CPU": 2}, 3, {"num_cpus": 1}),  # never less than a core each
+    ],
+)
 def test_each_actor_asks_for_its_share_of_the_devices(workers, available, count, asked):
     assert ray_backend.actor_resources(parse_workers(workers), count, available) == asked

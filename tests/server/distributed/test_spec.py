@@ -12,12 +12,15 @@ from server.distributed.spec import DistributedUnavailableError, WorkersSpec, pa
 from server.serve import add_serve_arguments, config_from_args
 
 
-@pytest.mark.parametrize("text, spec", [
-    ("local", WorkersSpec("local")),
-    ("ray-local:3", WorkersSpec("ray-local", count=3)),
-    ("ray://auto", WorkersSpec("ray", address="auto")),
-    ("ray://head.example:10001", WorkersSpec("ray", address="head.example:10001")),
-])
+@pytest.mark.parametrize(
+    "text, spec",
+    [
+        ("local", WorkersSpec("local")),
+        ("ray-local:3", WorkersSpec("ray-local", count=3)),
+        ("ray://auto", WorkersSpec("ray", address="auto")),
+        ("ray://head.example:10001", WorkersSpec("ray", address="head.example:10001")),
+    ],
+)
 def test_the_three_forms_parse_and_print_back(text, spec):
     assert parse_workers(text) == spec and str(spec) == text
     assert spec.uses_ray is (text != "local")
@@ -52,4 +55,6 @@ def test_ray_workers_without_ray_name_the_distributed_extra(monkeypatch, capsys)
 def test_the_flag_reaches_the_config():
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    assert config_from_args(parser.parse_args(["--workers", "ray-local:2"])).workers_spec == WorkersSpec("ray-local", count=2)
+    assert config_from_args(parser.parse_args(["--workers", "ray-local:2"])).workers_spec == WorkersSpec(
+        "ray-local", count=2
+    )
