@@ -51,7 +51,7 @@ from graph.cache_keys import (
 )
 from graph.events import Listener
 from graph.execution_state import ExecutionRecord, ExecutionState
-from graph.formats.api import is_link
+from graph.formats.api import is_link, unwrap_value
 from graph.progress import Interrupted, InterruptFlag, node_context
 from graph.registry import NodeRegistry
 from graph.services import services_context
@@ -408,7 +408,7 @@ class _PromptRun:
         unevaluated: list[str] = []
         for name, value in node.get("inputs", {}).items():
             if not is_link(value):
-                args[name] = [value]
+                args[name] = [unwrap_value(value)]
                 continue
             source, slot = value
             if source in self.values:

@@ -42,7 +42,7 @@ from graph.errors import (
     ValueSmallerThanMin,
     node_errors_to_wire,
 )
-from graph.formats.api import LinkShapeError, normalise_link, unwrap_value
+from graph.formats.api import LinkShapeError, normalise_link, unwrap_value, wrap_value
 from graph.registry import NodeRegistry
 from graph.spec import InputSpec, NodeSpec
 from graph.types import BOOLEAN, COMBO, FLOAT, INT, STRING, types_compatible
@@ -237,7 +237,7 @@ class _PromptChecker:
                 continue
             if item.name not in exempt:
                 value = self._check_constant(item, value, where)
-            inputs[item.name] = value
+            inputs[item.name] = wrap_value(value)
             constants[item.name] = value
         if spec.validate is not None:
             self._run_custom_validation(spec, base, constants, received_types)

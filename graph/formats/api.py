@@ -67,6 +67,12 @@ def unwrap_value(value: Any) -> Any:
     return value
 
 
+def wrap_value(value: Any) -> Any:
+    """A list constant as ``{"__value__": [...]}``, so that no later reader (the executor, the cache key,
+    a PNG's ``prompt`` chunk read back) can take ``["a", 1]`` for a link; anything else unchanged."""
+    return {VALUE_KEY: value} if isinstance(value, list) else value
+
+
 def detect_format(document: Any) -> Literal["api", "editor"]:
     """Tell an editor workflow (``nodes`` list) from an API prompt (objects with ``class_type``)."""
     if isinstance(document, Mapping):

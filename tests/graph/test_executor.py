@@ -560,6 +560,16 @@ def test_the_validated_prompt_runs_a_float_slot_as_a_link_and_caches_it_as_the_i
     assert CALLS == [] and record.cached == ["1", "2", "3"]
 
 
+def test_a_list_constant_shaped_like_a_link_stays_a_constant_after_validation(executor: Executor) -> None:
+    """The validated prompt (what runs, and what SaveImage writes into a PNG) keeps list constants
+    wrapped: unwrapped, ``["1", 0]`` would be read back as a link to node 1."""
+    written = {"1": const(7), "2": {"class_type": "Show", "inputs": {"value": {"__value__": ["1", 0]}}}}
+    result = validate_prompt(written, executor.registry)
+    assert result.prompt["2"]["inputs"]["value"] == {"__value__": ["1", 0]}
+    record = executor.execute(result.prompt, result.outputs, prompt_id="wrapped")
+    assert ("Show", ["1", 0]) in CALLS and record.outputs["2"] == {"text": ["['1', 0]"]}
+
+
 def test_a_prompt_that_is_not_an_object_is_an_error_record(executor: Executor) -> None:
     record = executor.execute(["not", "a", "prompt"], ["1"], prompt_id="bad")  # type: ignore[arg-type]
     assert record.status == "error" and "not an object" in record.error["exception_message"]

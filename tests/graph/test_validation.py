@@ -362,7 +362,7 @@ def test_boolean_words_and_wrapped_values(registry) -> None:
     result = validate_prompt(
         {"1": {"class_type": "Toggle", "inputs": {"on": "false", "numbers": {"__value__": [1.0, 2.0]}}}}, local
     )
-    assert result.ok and result.prompt["1"]["inputs"] == {"on": False, "numbers": [1.0, 2.0]}
+    assert result.ok and result.prompt["1"]["inputs"] == {"on": False, "numbers": {"__value__": [1.0, 2.0]}}
     bad = validate_prompt({"1": {"class_type": "Toggle", "inputs": {"on": "maybe"}}}, local)
     assert only_error(bad, "1")["type"] == "invalid_input_type"
 
