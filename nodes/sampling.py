@@ -305,7 +305,8 @@ def SamplerCustom(
     latent_image=Socket("LATENT"),
 ):
     """Sample with a chosen sampler over given noise levels."""
-    noise = Noise(noise_seed) if add_noise else NO_NOISE
+    # Without added noise the seed still drives the sampler's own per-step noise, as in ComfyUI.
+    noise = Noise(noise_seed, add=add_noise)
     return _sample_custom(noise, Guider(model, positive, negative, cfg), sampler, sigmas, latent_image)
 
 

@@ -224,6 +224,23 @@ def test_custom_sampling_parts_compose_to_exactly_ksampler(sd15) -> None:
     torch.testing.assert_close(advanced["samples"], plain["samples"])
 
 
+def test_sampler_custom_without_added_noise_still_seeds_the_samplers_own_noise(sd15) -> None:
+    """ComfyUI passes noise_seed to the sampler whether or not noise is added first: an ancestral
+    sampler's per-step noise, and so its result, follows the seed."""
+    model, clip, _ = sd15
+    positive, negative = conds(clip)
+    sigmas = BasicScheduler(model, "normal", 3, 1.0)
+    start = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))}
+    ancestral = KSamplerSelect("euler_ancestral")
+    first, second = (
+        SamplerCustom(model, False, seed, 5.0, positive, negative, ancestral, sigmas, start)[0]["samples"]
+        for seed in (1, 2)
+    )
+    assert not torch.equal(first, second)
+    again = SamplerCustom(model, False, 1, 5.0, positive, negative, ancestral, sigmas, start)[0]["samples"]
+    assert torch.equal(first, again)
+
+
 def test_basic_scheduler_denoise_keeps_the_tail_of_a_longer_schedule(sd15) -> None:
     model, _, _ = sd15
     full = BasicScheduler(model, "normal", 8, 1.0)
