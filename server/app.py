@@ -32,6 +32,7 @@ from server.keys import CONFIG, HUB, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
 from server.openapi import add_openapi_route
 from server.plugins import add_plugin_routes, configured_registry
 from server.queue import PromptQueue
+from server.responses import api_not_found, json_routing_errors
 from server.security import add_login_routes, security_middlewares
 from server.starter import install_starter_files
 from server.static import add_frontend_routes
@@ -97,7 +98,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
         registry, plugin_reports = configured_registry(config)
     backend = _backend(config, registry, given_registry, runtime)
 
-    middlewares = [*security_middlewares(config), _lend_runtime(runtime)]
+    middlewares = [json_routing_errors, *security_middlewares(config), _lend_runtime(runtime)]
     app = web.Application(client_max_size=config.max_upload_bytes, middlewares=middlewares)
     store = PromptStore(config.database_path, config.max_history)
     publisher = ThreadSafePublisher()
@@ -122,6 +123,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     add_openapi_route(app)
     add_plugin_routes(app, plugin_reports, config.frontend_root)
     add_login_routes(app, config)
+    app.router.add_get("/api/{tail:.*}", api_not_found)
     add_frontend_routes(app, config.frontend_root)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

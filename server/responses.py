@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-__all__ = ["PATH_CONFLICTS", "error_response"]
+__all__ = ["PATH_CONFLICTS", "api_not_found", "error_response", "json_routing_errors"]
 
 #: What writing to a requested path raises when a file stands where the path needs a folder, or a
 #: folder where it needs a file: the request conflicts with what is there (409), nothing broke.
@@ -33,3 +34,26 @@ def error_response(
     }
     body.update(extra)
     return web.json_response(body, status=status)
+
+
+async def api_not_found(request: web.Request) -> web.Response:
+    """Registered last under ``/api/``: an API path nothing serves is an API error, not a missing file
+    of the editor (the frontend's static route would answer an empty 404)."""
+    return error_response(404, "not_found", f"No API route {request.path}")
+
+
+@web.middleware
+async def json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own answers for a path nothing serves (404) or a method a route lacks (405), in the
+    same error shape as every other refusal, so clients can always parse what went wrong."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as error:
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.path}", f"allowed: {allowed}"
+        )
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPNotFound:
+        return error_response(404, "not_found", f"Nothing is served at {request.path}")

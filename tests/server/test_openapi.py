@@ -44,7 +44,7 @@ async def test_every_registered_api_route_is_documented(client):
         if (
             not path
             or route.method == "HEAD"
-            or path in ("/", "/login", "/openapi.json", "/api/openapi.json")
+            or path in ("/", "/login", "/openapi.json", "/api/openapi.json", "/api/{tail}")  # {tail}: the JSON 404
             or "prefix" in info
         ):
             continue
