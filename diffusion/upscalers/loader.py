@@ -61,6 +61,10 @@ class UpscaleModel:
     in_channels: int
     source: Path
 
+    def loom_parts(self) -> list[nn.Module]:
+        """What a cache holding this value keeps alive (the ``graph.sizeof`` protocol): the network."""
+        return [self.module]
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` pixels in [0, 1] → ``[B, C, H·scale, W·scale]`` (not clamped)."""
         with torch.inference_mode():

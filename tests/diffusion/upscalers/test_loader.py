@@ -51,6 +51,15 @@ def test_srvgg_safetensors_load(tmp_path):
         assert torch.equal(loaded(X), model(X))
 
 
+def test_a_loaded_model_reports_its_weights_to_a_cache(tmp_path):
+    from graph.sizeof import nbytes
+
+    model = tiny_rrdb()
+    save_file(model.state_dict(), tmp_path / "x4.safetensors")
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert nbytes(load_upscale_model(tmp_path / "x4.safetensors")) >= weights
+
+
 def test_unknown_keys_are_an_error_naming_the_file_and_keys(tmp_path):
     save_file({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "vae.safetensors")
     with pytest.raises(UpscaleModelError, match=r"vae\.safetensors: no known upscaler .*encoder\.weight"):
