@@ -19,31 +19,35 @@ object that this parent collects:
   another seed is the warm run.
 
 Per side: peak RSS (``VmHWM``), steady RSS (``VmRSS`` after the warm runs and a ``gc.collect()``,
-models still loaded), the cold time (load + first run) and the warm time (min of ``--warm-runs``).
+models still loaded), the working set of a warm run (its highest RSS less the RSS before it), the
+cold time (load + first run) and the warm time (min of ``--warm-runs``).
 
-Loom's memory by owner, measured, not inferred:
-- model weights: parameters and buffers of the modules the output cache holds (found through the
-  cache's own ``graph.sizeof.footprint``), distinct storages, by dtype; those still viewing the
-  checkpoint's mapping are counted as mapped pages, not twice;
+Memory by owner, measured, not inferred (for both sides; packed copies and the cache are Loom's):
+- model weights: parameters and buffers of the loaded modules, distinct storages, by dtype; Loom's
+  are the modules its output cache holds, found through the cache's own ``graph.sizeof.footprint``.
+  Storages inside the checkpoint's mapping (``/proc/self/maps``) are views of the file: their pages
+  count as the file's, not twice;
 - oneDNN packed copies: every ``diffusion.onednn.DerivedWeight`` value found by walking the modules
-  (``PackedConv2d``, ``NearestUpsampleConv2d``); their logical size (numel x itemsize; blocked
-  layouts may pad a little, and oneDNN tensors expose no storage to ask);
-- mapped checkpoint pages: the ``Rss`` of the file's mappings in ``/proc/self/smaps``;
-- the output cache: ``OutputCache.stats().bytes``, split into the models it charges and the rest;
-- the rest (activations, allocator free lists, Python objects): anonymous memory less what it held
-  after imports, the anonymous weights and the packed copies.
+  (``PackedConv2d``, ``NearestUpsampleConv2d``), by logical size (numel x itemsize; packing a
+  [1280, 2560, 3, 3] fp32 weight four times grew RssAnon by exactly that, 450 MB);
+- checkpoint pages: file-backed ``Rss`` of the file's mappings in ``/proc/self/smaps``;
+- Loom's output cache: ``OutputCache.stats().bytes``, split into the models it charges and the rest;
+- the rest (activations, allocator free lists, Python objects): ``RssAnon`` less what it was after
+  imports, the anonymous weights and the packed copies.
 
-Resident, anonymous and file-backed bytes come from one pass over ``/proc/self/smaps``, so the rows
-of a split sum to the RSS of that moment. The peak is split by a thread that polls
-``/proc/self/status`` every 20 ms and, at each new maximum, takes the owners above at that moment
-(only during the cold run, so warm timings are unperturbed); ``VmHWM`` minus the highest sample is
-what fell between polls. At the steady point the bench also
-reads glibc's ``mallinfo2`` and the RSS after ``malloc_trim(0)``: what the allocator kept but could
-give back.
+The peak is split by a thread that polls ``/proc/self/status`` every 10 ms and, at each new maximum
+of the cold run, walks the modules (the warm runs are polled only for their working set, which costs
+them nothing measurable). Reading smaps takes ~70 ms
+with a loaded model (the kernel walks the page tables), too slow for a peak that lasts ~100 ms, so
+at a polled sample the checkpoint's pages are the file-backed pages added since imports less the
+other files' pages measured exactly at the steady point (~30 MB of library code). ``VmHWM`` minus
+the highest sample is what fell between polls. At the steady point the bench also reads glibc's
+``mallinfo2`` and the RSS after ``malloc_trim(0)``: what the allocator kept but could give back.
 
 Run from the repository root: ``.venv/bin/python bench/memory.py`` (512², 4 steps, 2 warm runs: about
-8 minutes on the 2-core project machine, up to ~9 GB of RAM in one child at a time), or ``--quick``
-(256², 2 steps, 1 warm run). Linux with glibc only (``/proc``, ``mallinfo2``). Nothing is downloaded.
+4 minutes on the 2-core project machine, up to ~9 GB of RAM in one child at a time), or ``--quick``
+(256², 2 steps, 1 warm run: under a minute). Linux with glibc only (``/proc``, ``mallinfo2``).
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ EXAMPLE_WORKFLOW = REPO_ROOT / "examples" / "sd15_txt2img.api.json"
 CHECKPOINT_NAME = "sd15-random-fp16.safetensors"
 COLD_SEED = 42
 GOALS = {"peak": 0.9, "steady": 0.8, "warm": 0.85}  # issue 22: Loom / diffusers
-POLL_SECONDS = 0.02
+STATUS_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+POLL_SECONDS = 0.01
 MB = 1 << 20
 
 
@@ -90,41 +95,42 @@ class Job:
 
 
 def read_status() -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (peak) from ``/proc/self/status``, in bytes: cheap enough to poll."""
+    """``STATUS_FIELDS`` of ``/proc/self/status`` in bytes: kernel counters, cheap enough to poll."""
     found = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
+        if name in STATUS_FIELDS:
             found[name] = int(value.split()[0]) * 1024
     return found
 
 
-def read_smaps(checkpoint: Path) -> tuple[dict[str, int], list[tuple[int, int]]]:
-    """One pass over ``/proc/self/smaps``: resident bytes in all (``rss``), anonymous (``anon``),
-    file-backed (``file``) and file-backed in mappings of ``checkpoint`` (``checkpoint``); and the
-    address ranges of those mappings."""
-    target = str(checkpoint.resolve())
-    totals = {"rss": 0, "anon": 0, "file": 0, "checkpoint": 0}
-    ranges: list[tuple[int, int]] = []
-    inside, rss = False, 0
+def mapping_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``path`` (``/proc/self/maps``)."""
+    target = str(path.resolve())
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, end = fields[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+def checkpoint_pages(path: Path) -> int:
+    """File-backed resident bytes in this process's mappings of ``path``, from ``/proc/self/smaps``.
+    Slow (~70 ms with a loaded SD1.5: the kernel walks every page table), so not for polling."""
+    target = str(path.resolve())
+    pages, inside, rss = 0, False, 0
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             head = line.split(maxsplit=5)
             if "-" in head[0] and not head[0].endswith(":"):  # a mapping's header: "start-end perms ... path"
                 inside = len(head) == 6 and head[5].rstrip("\n") == target
-                if inside:
-                    start, end = head[0].split("-")
-                    ranges.append((int(start, 16), int(end, 16)))
-            elif head[0] == "Rss:":
+            elif inside and head[0] == "Rss:":
                 rss = int(head[1]) * 1024
-                totals["rss"] += rss
-            elif head[0] == "Anonymous:":  # comes after Rss: in every mapping's block
-                anon = int(head[1]) * 1024
-                totals["anon"] += anon
-                totals["file"] += rss - anon
-                if inside:
-                    totals["checkpoint"] += rss - anon
-    return totals, ranges
+            elif inside and head[0] == "Anonymous:":  # pages copied on write are not the file's
+                pages += rss - int(head[1]) * 1024
+    return pages
 
 
 class _MallInfo2(ctypes.Structure):
@@ -159,11 +165,13 @@ class Owners:
     """
 
     checkpoint: Path
-    derived: type | None = None
+    derived: type[Any] | None = None
     modules: list[Any] = field(default_factory=list)
 
-    def snapshot(self) -> dict[str, Any]:
-        memory, ranges = read_smaps(self.checkpoint)
+    def snapshot(self, exact_pages: bool = True) -> dict[str, Any]:
+        """Weights by module and dtype, packed copies by module and the status counters now; with
+        ``exact_pages``, the checkpoint's resident pages too (``checkpoint_pages``, too slow to poll)."""
+        status, ranges = read_status(), mapping_ranges(self.checkpoint)
         weights: dict[str, dict[str, int]] = {}
         packed: dict[str, int] = {}
         seen: set[int] = set()
@@ -184,19 +192,23 @@ class Owners:
                     for value in vars(sub).values()
                     if isinstance(value, self.derived) and value.value is not None
                 )
-        return {"memory": memory, "weights": weights, "packed": packed}
+        snapshot = {"status": status, "weights": weights, "packed": packed}
+        if exact_pages:
+            snapshot["checkpoint_pages"] = checkpoint_pages(self.checkpoint)
+        return snapshot
 
 
 class PeakWatcher:
     """Polls ``/proc/self/status`` from a thread: the highest VmRSS seen per phase (what ``phase()``
     says is running) and, with ``owners``, at each new maximum (16 MB above the last one taken, to
-    bound the cost of reading smaps) ``Owners.snapshot()`` and the phase then."""
+    bound the cost of walking the modules, ~7 ms) ``Owners.snapshot(exact_pages=False)`` and the
+    phase then."""
 
     def __init__(self, phase: Callable[[], str], owners: Owners | None = None) -> None:
         self.phase = phase
         self.owners = owners
         self.highest: dict[str, int] = {}
-        self.peak: dict[str, Any] = {"memory": {"rss": 0}}
+        self.peak: dict[str, Any] = {"status": {"VmRSS": 0}}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -212,8 +224,8 @@ class PeakWatcher:
         while not self._stop.wait(POLL_SECONDS):
             rss, phase = read_status()["VmRSS"], self.phase()
             self.highest[phase] = max(rss, self.highest.get(phase, 0))
-            if self.owners is not None and rss > self.peak["memory"]["rss"] + 16 * MB:
-                self.peak = {**self.owners.snapshot(), "phase": phase}
+            if self.owners is not None and rss > self.peak["status"]["VmRSS"] + 16 * MB:
+                self.peak = {**self.owners.snapshot(exact_pages=False), "phase": phase}
 
 
 # ---- Loom ----------------------------------------------------------------------------------------------
@@ -236,6 +248,17 @@ def _example_prompts() -> tuple[str, str, float]:
     return texts["positive"], texts["negative"], float(sampler["cfg"])
 
 
+def held_by_cache(executor: Any, prompt: dict[str, Any], outputs: list[str]) -> dict[int, Any]:
+    """The distinct objects (``graph.sizeof.Held``) the cache's entries for ``prompt`` hold, by the
+    cache's own walk: the models behind the handles, tensors, numbers."""
+    from graph.sizeof import footprint
+
+    held = {}
+    for entry in executor.cache.get_many(dict(executor.keys_for(prompt, outputs))).values():
+        held.update(footprint(entry.outputs)[1])
+    return held
+
+
 def measure_loom(job: Job) -> dict[str, Any]:
     import torch
 
@@ -244,7 +267,7 @@ def measure_loom(job: Job) -> dict[str, Any]:
     from graph.cache import OutputCache
     from graph.executor import Executor
     from graph.registry import NodeRegistry
-    from graph.sizeof import footprint, measure
+    from graph.sizeof import measure
     from nodes import register_builtin_nodes
     from nodes.runtime import RuntimeOptions
     from server import headless
@@ -252,19 +275,12 @@ def measure_loom(job: Job) -> dict[str, Any]:
     from server.plugins import REPO_CUSTOM_NODES
 
     register_builtin_nodes(NodeRegistry())  # imports every node module, as the first run would
-    imports = read_smaps(job.checkpoint)[0]
+    imports = read_status()
     cache = OutputCache(default_cache_budget())
     owners = Owners(job.checkpoint, diffusion.onednn.DerivedWeight)
     timelines: list[list[dict[str, Any]]] = []  # per run: when each node started, RSS and VmHWM then
     phase = ["start"]
     prompts_run: list[tuple[Executor, dict[str, Any], list[str]]] = []
-
-    def held_modules(executor: Executor, prompt: dict[str, Any], outputs: list[str]) -> list[Any]:
-        entries = executor.cache.get_many(dict(executor.keys_for(prompt, outputs)))
-        held = {}
-        for entry in entries.values():
-            held.update(footprint(entry.outputs)[1])
-        return [item.value for item in held.values() if isinstance(item.value, torch.nn.Module)]
 
     class ServerCacheExecutor(Executor):
         """``loom run``'s executor with a server's long-lived cache, noting when each node starts."""
@@ -281,12 +297,16 @@ def measure_loom(job: Job) -> dict[str, Any]:
                     phase[0] = label = f"{node} {prompt[node]['class_type']}" if node is not None else "end"
                     timeline.append({"node": label, "t": time.perf_counter(), **read_status()})
                     if not owners.modules:
-                        owners.modules = held_modules(self, prompt, outputs)
+                        held = held_by_cache(self, prompt, outputs).values()
+                        owners.modules = [h.value for h in held if isinstance(h.value, torch.nn.Module)]
                 forward(event, data)
 
             return super().execute(prompt, outputs, listener=listener, **kwargs)
 
-    headless.Executor = lambda registry: ServerCacheExecutor(registry, cache)
+    def server_executor(registry: NodeRegistry) -> Executor:
+        return ServerCacheExecutor(registry, cache)
+
+    headless.Executor = server_executor  # type: ignore[attr-defined,assignment]  # the one substitution
 
     with tempfile.TemporaryDirectory() as base:
         checkpoints = Path(base) / "models" / "checkpoints"
@@ -319,8 +339,7 @@ def measure_loom(job: Job) -> dict[str, Any]:
     stats = cache.stats()
     cached_values = {}
     for executor, prompt, outputs in prompts_run:
-        for entry in executor.cache.get_many(dict(executor.keys_for(prompt, outputs))).values():
-            cached_values.update(footprint(entry.outputs)[1])
+        cached_values.update(held_by_cache(executor, prompt, outputs))
     others = [
         (f"{type(h.value).__name__} {list(getattr(h.value, 'shape', []))}", h.nbytes)
         for h in cached_values.values()
@@ -357,7 +376,7 @@ def measure_diffusers(job: Job) -> dict[str, Any]:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    imports = read_smaps(job.checkpoint)[0]
+    imports = read_status()
     owners = Owners(job.checkpoint)
     phase = ["from_single_file"]
     with tempfile.TemporaryDirectory() as out:
@@ -391,7 +410,9 @@ def measure_diffusers(job: Job) -> dict[str, Any]:
             pipe.tokenizer.model_max_length = pipe.text_encoder.config.max_position_embeddings
             pipe.set_progress_bar_config(disable=True)
             owners.modules = [pipe.unet, pipe.vae, pipe.text_encoder]
-            after_load = read_status()
+            # The state dict's mapping lives until the pipeline is built: the peak may be this instant,
+            # too short for the watcher to catch.
+            loaded = {**owners.snapshot(), "phase": "the return of from_single_file"}
             phase[0] = "the first call"
             cold = time.perf_counter() - started + run(pipe, COLD_SEED)
         before_warm = read_status()["VmRSS"]
@@ -406,10 +427,10 @@ def measure_diffusers(job: Job) -> dict[str, Any]:
     return {
         "side": "diffusers",
         "imports": imports,
-        "after_load": after_load,
         "cold_s": cold,
         "warm_s": warm,
-        "peak": watcher.peak,
+        "peak": max(watcher.peak, loaded, key=lambda snapshot: snapshot["status"]["VmRSS"]),
+        "vmhwm_after_load": loaded["status"]["VmHWM"],
         "steady": steady,
         "warm_working_set": max(warm_watcher.highest.values()) - before_warm,
         "final": read_status(),
@@ -427,17 +448,30 @@ def _anonymous_weights(snapshot: dict[str, Any]) -> int:
     return sum(n for by_dtype in snapshot["weights"].values() for d, n in by_dtype.items() if d != "mapped")
 
 
+def _other_file_pages(result: dict[str, Any]) -> int:
+    """File-backed pages added since imports that are not the checkpoint's (library code paged in
+    later), measured at the steady point, where the split is exact."""
+    steady = result["steady"]
+    return steady["status"]["RssFile"] - result["imports"]["RssFile"] - steady["checkpoint_pages"]
+
+
 def owner_rows(result: dict[str, Any], snapshot: dict[str, Any]) -> list[tuple[str, int]]:
-    """RSS at ``snapshot`` split by owner; the rows sum to its resident bytes."""
-    memory, imports = snapshot["memory"], result["imports"]
+    """RSS at ``snapshot`` split by owner; the rows sum to its RssAnon + RssFile (VmRSS less shared memory).
+
+    Without exact checkpoint pages (a polled sample), the checkpoint is credited with the file-backed
+    pages added since imports less the other files' pages measured at the steady point.
+    """
+    status, imports = snapshot["status"], result["imports"]
     weights, packed = _anonymous_weights(snapshot), sum(snapshot["packed"].values())
+    added_file = status["RssFile"] - imports["RssFile"]
+    pages = snapshot.get("checkpoint_pages", added_file - _other_file_pages(result))
     return [
-        ("after imports (interpreter, torch, libraries)", imports["rss"]),
+        ("after imports (interpreter, torch, libraries)", imports["RssAnon"] + imports["RssFile"]),
         ("model weights in anonymous memory", weights),
         ("oneDNN packed copies (DerivedWeight)", packed),
-        ("checkpoint file pages, mapped and resident", memory["checkpoint"]),
-        ("other file pages", memory["file"] - imports["file"] - memory["checkpoint"]),
-        ("rest: activations, allocator free lists, Python", memory["anon"] - imports["anon"] - weights - packed),
+        ("checkpoint file pages, mapped and resident", pages),
+        ("other file pages", added_file - pages),
+        ("rest: activations, allocator free lists, Python", status["RssAnon"] - imports["RssAnon"] - weights - packed),
     ]
 
 
@@ -445,7 +479,7 @@ def print_owner_table(title: str, result: dict[str, Any], snapshot: dict[str, An
     print(f"\n{title}\n\n| owner | MB |\n|---|---|")
     for name, n in owner_rows(result, snapshot):
         print(f"| {name} | {_mb(n)} |")
-    print(f"| **RSS** | **{_mb(snapshot['memory']['rss'])}** |\n")
+    print(f"| **VmRSS** | **{_mb(snapshot['status']['VmRSS'])}** |\n")
     if snapshot["weights"]:
         print(
             "- weights by module and dtype (MB; mapped: views of the file): "
@@ -458,6 +492,11 @@ def print_owner_table(title: str, result: dict[str, Any], snapshot: dict[str, An
         print("- weights: the modules were not reachable yet (inside the loader), so they fall in the rest")
     if any(snapshot["packed"].values()):
         print("- packed copies by module (MB): " + ", ".join(f"{m} {_mb(n)}" for m, n in snapshot["packed"].items()))
+    if "checkpoint_pages" not in snapshot:
+        print(
+            "- checkpoint pages at this sample: file pages added since imports less the "
+            f"{_mb(_other_file_pages(result))} MB of other files measured at the steady point"
+        )
     for line in notes:
         print(f"- {line}")
 
@@ -467,7 +506,7 @@ def _allocator_note(steady: dict[str, Any]) -> str:
     return (
         f"glibc: heap in use {_mb(malloc['heap_in_use'])} MB, heap free {_mb(malloc['heap_free'])} MB, mmapped chunks "
         f"{_mb(malloc['mmapped_chunks'])} MB; malloc_trim(0) then returned "
-        f"{_mb(steady['memory']['rss'] - steady['rss_after_trim'])} MB"
+        f"{_mb(steady['status']['VmRSS'] - steady['rss_after_trim'])} MB"
     )
 
 
@@ -475,8 +514,9 @@ def print_node_table(result: dict[str, Any]) -> None:
     """Per node: seconds in the cold run and the last warm run; RSS and VmHWM when it ended in the cold
     run; its working set in the warm runs (highest RSS while it ran less the RSS when it started)."""
     cold, last = result["timelines"][0], result["timelines"][-1]
+    highest = result["warm_highest"]
     warm = {
-        a["node"]: (b["t"] - a["t"], result["warm_highest"][a["node"]] - a["VmRSS"]) for a, b in zip(last, last[1:])
+        a["node"]: (b["t"] - a["t"], highest.get(a["node"], a["VmRSS"]) - a["VmRSS"]) for a, b in zip(last, last[1:])
     }
     print("\nLoom node by node (warm runs serve the loader and the text encodes from the cache):\n")
     print("| node | cold s | RSS after MB | VmHWM after MB | warm s | warm working set MB |\n|---|---|---|---|---|---|")
@@ -496,15 +536,15 @@ def report(results: dict[str, dict[str, Any]], job: Job) -> None:
     for side, r in results.items():
         steady = r["steady"]
         print(
-            f"| {side} | {_mb(r['imports']['rss'])} | {_mb(r['final']['VmHWM'])} | {_mb(steady['memory']['rss'])} | "
-            f"{_mb(steady['rss_after_trim'])} | {_mb(r['warm_working_set'])} | {r['cold_s']:.1f} | "
-            f"{min(r['warm_s']):.1f} |"
+            f"| {side} | {_mb(r['imports']['VmRSS'])} | {_mb(r['final']['VmHWM'])} | "
+            f"{_mb(steady['status']['VmRSS'])} | {_mb(steady['rss_after_trim'])} | {_mb(r['warm_working_set'])} | "
+            f"{r['cold_s']:.1f} | {min(r['warm_s']):.1f} |"
         )
     if len(results) == 2:
         loom, diffusers = results["loom"], results["diffusers"]
         ratios = {
             "peak": loom["final"]["VmHWM"] / diffusers["final"]["VmHWM"],
-            "steady": loom["steady"]["memory"]["rss"] / diffusers["steady"]["memory"]["rss"],
+            "steady": loom["steady"]["status"]["VmRSS"] / diffusers["steady"]["status"]["VmRSS"],
             "warm": min(loom["warm_s"]) / min(diffusers["warm_s"]),
         }
         print("\n| Loom / diffusers | ratio | goal | met |\n|---|---|---|---|")
@@ -513,11 +553,13 @@ def report(results: dict[str, dict[str, Any]], job: Job) -> None:
     for side, r in results.items():
         peak, hwm = r["peak"], r["final"]["VmHWM"]
         print_owner_table(
-            f"{side} at its peak: the highest sample, taken during {peak['phase']} "
-            f"(VmHWM {_mb(hwm)} MB, {_mb(hwm - peak['memory']['rss'])} MB above the sample)",
+            f"{side} at its peak, split at its highest sample, during {peak['phase']} "
+            f"(VmHWM {_mb(hwm)} MB, {_mb(hwm - peak['status']['VmRSS'])} MB above the sample)",
             r,
             peak,
-            [f"VmHWM when from_single_file returned: {_mb(r['after_load']['VmHWM'])} MB"] if "after_load" in r else [],
+            [f"VmHWM when from_single_file returned: {_mb(r['vmhwm_after_load'])} MB"]
+            if "vmhwm_after_load" in r
+            else [],
         )
         notes = [_allocator_note(r["steady"])]
         if "cache" in r["steady"]:
