@@ -69,8 +69,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# A script's own folder comes first on sys.path, and bench/server.py would shadow the server package.
-sys.path[0] = str(REPO_ROOT)
+sys.path.insert(0, str(REPO_ROOT))
 EXAMPLE_WORKFLOW = REPO_ROOT / "examples" / "sd15_txt2img.api.json"
 CHECKPOINT_NAME = "sd15-random-fp16.safetensors"
 COLD_SEED = 42

@@ -10,7 +10,7 @@
    + fsync + fan-out). All clients share this process's clock and event loop, so the numbers also
    include this process reading 100 sockets: an upper bound on what the server adds.
 
-Run: ``.venv/bin/python bench/server.py`` (about 30 s on a 2-core machine).
+Run: ``.venv/bin/python bench/server_load.py`` (about 30 s on a 2-core machine).
 """
 
 from __future__ import annotations
