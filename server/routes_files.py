@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from nodes.folders import FOLDER_KINDS, NAME_MAX_BYTES, UnsafePathError, resolve_inside, split_annotation
 from nodes.model_folders import ModelNotFoundError, UnknownModelFolderError
@@ -202,15 +203,22 @@ def _mask_reference(original_ref: str) -> dict[str, Any]:
 
 
 def _apply_mask(folders: Any, reference: dict[str, Any], mask_png: bytes) -> bytes:
-    """The original image's RGB with the uploaded image's alpha as its alpha (the mask editor's save)."""
+    """The original image's RGB with the uploaded image's alpha as its alpha (the mask editor's save).
+
+    The original's PNG text chunks are kept, as ComfyUI keeps them: a masked picture that came out of a
+    workflow still carries the workflow that made it.
+    """
     name, kind = split_annotation(reference["filename"], reference.get("type", "input"))
     original_path = _target(folders.directory(kind), reference.get("subfolder") or "", name)
+    chunks = PngInfo()
     with Image.open(original_path) as original, Image.open(io.BytesIO(mask_png)) as mask:
+        for key, text in getattr(original, "text", {}).items():
+            chunks.add_text(key, text)
         result = ImageOps.exif_transpose(original).convert("RGBA")
         alpha = mask.convert("RGBA").getchannel("A").resize(result.size)
     result.putalpha(alpha)
     buffer = io.BytesIO()
-    result.save(buffer, format="PNG")
+    result.save(buffer, format="PNG", pnginfo=chunks)
     return buffer.getvalue()
 
 

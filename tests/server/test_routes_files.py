@@ -109,6 +109,21 @@ async def test_mask_upload_combines_original_rgb_with_uploaded_alpha(client, fol
     assert (await client.post("/upload/mask", data=form(mask, original_ref=escape))).status == 403
 
 
+async def test_a_masked_picture_keeps_the_workflow_its_original_carried(client, folders):
+    from PIL.PngImagePlugin import PngInfo
+
+    chunks = PngInfo()
+    chunks.add_text("workflow", '{"nodes": []}')
+    chunks.add_text("prompt", '{"1": {}}')
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(folders / "output" / "made.png", pnginfo=chunks)
+    ref = json.dumps({"filename": "made.png", "subfolder": "", "type": "output"})
+    reply = await (
+        await client.post("/upload/mask", data=form(png((0, 0, 0, 9)), name="m.png", original_ref=ref))
+    ).json()
+    with Image.open(folders / "input" / reply["name"]) as result:
+        assert result.text == {"workflow": '{"nodes": []}', "prompt": '{"1": {}}'}
+
+
 async def test_view_variants(client, folders):
     Image.new("RGBA", (4, 4), (200, 100, 50, 128)).save(folders / "output" / "pic.png")
     Image.new("RGBA", (2, 2), (1, 2, 3, 4)).save(folders / "input" / "in.png")
