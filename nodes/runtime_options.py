@@ -8,10 +8,11 @@ workers, which build their own runtime from them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DEVICES", "DTYPE_MODES", "PREVIEW_METHODS", "RuntimeOptions"]
+__all__ = ["DEVICES", "DTYPE_MODES", "PREVIEW_METHODS", "RuntimeOptions", "option_values"]
 
 #: ``--device`` names besides ``cuda:N`` (and ``mps:N``, ``xpu:N``).
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -40,10 +41,21 @@ class RuntimeOptions:
     dtype: str = "auto"
     preview_method: str = "auto"
 
+    @classmethod
+    def of(cls, source: object) -> RuntimeOptions:
+        """The options ``source`` holds under the same names: a ``ServerConfig``, or parsed flags."""
+        return cls(**option_values(source))
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_model_paths", tuple(self.extra_model_paths))
         if self.preview_method not in PREVIEW_METHODS:
             raise ValueError(f"preview method {self.preview_method!r}: expected one of {', '.join(PREVIEW_METHODS)}")
         if self.device not in DEVICES and not _INDEXED_DEVICE.fullmatch(self.device):
             raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPE_MODES:
             raise ValueError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPE_MODES)}")
+
+
+def option_values(source: object) -> dict[str, Any]:
+    """``source``'s values of the fields a ``RuntimeOptions`` has, by name."""
+    return {field.name: getattr(source, field.name) for field in fields(RuntimeOptions)}

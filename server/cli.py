@@ -52,12 +52,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _run_workflow(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from nodes.runtime_options import RuntimeOptions
     from server.headless import EXIT_INVALID, run_workflow_file
     from server.plugins import REPO_CUSTOM_NODES
-    from server.runtime_args import runtime_options_from_args
 
     try:
-        options = runtime_options_from_args(args)
+        options = RuntimeOptions.of(args)
     except ValueError as error:
         print(f"loom run: {error}", file=sys.stderr)
         return EXIT_INVALID

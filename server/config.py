@@ -125,18 +125,7 @@ class ServerConfig:
 
     def runtime_options(self) -> RuntimeOptions:
         """What the nodes' runtime is built from: the server's own and each Ray worker's."""
-        return RuntimeOptions(
-            base_dir=self.base_dir,
-            input_dir=self.input_dir,
-            output_dir=self.output_dir,
-            temp_dir=self.temp_dir,
-            user_dir=self.user_dir,
-            models_dir=self.models_dir,
-            extra_model_paths=self.extra_model_paths,
-            device=self.device,
-            dtype=self.dtype,
-            preview_method=self.preview_method,
-        )
+        return RuntimeOptions.of(self)
 
     def _dir(self, explicit: Path | None, name: str) -> Path:
         return explicit if explicit is not None else self.base_dir / name

@@ -1,8 +1,8 @@
 """The flags that shape the nodes' runtime, shared by ``loom serve`` and ``loom run``.
 
 Both commands take the same folders, extra model paths, device, dtype and preview method, parsed by
-the same code into the same ``nodes.runtime.RuntimeOptions``, so a workflow that runs in the server
-runs from the command line with the same flags.
+the same code and read by name into the same ``RuntimeOptions`` (``RuntimeOptions.of``), so a
+workflow that runs in the server runs from the command line with the same flags.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nodes.runtime_options import DEVICES, DTYPE_MODES, PREVIEW_METHODS, RuntimeOptions
 
-__all__ = ["add_runtime_arguments", "runtime_options_from_args"]
+__all__ = ["add_runtime_arguments"]
 
 FOLDER_NAMES = ("models", "input", "output", "user", "temp")
 
@@ -48,19 +48,4 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PREVIEW_METHODS,
         help="sampler previews: taesd (needs models/vae_approx/taesd_decoder.pth or taesdxl_decoder.pth), "
         "latent2rgb, none, or auto (taesd when its file is there, else latent2rgb)",
-    )
-
-
-def runtime_options_from_args(args: argparse.Namespace) -> RuntimeOptions:
-    return RuntimeOptions(
-        base_dir=args.base_dir,
-        models_dir=args.models_dir,
-        input_dir=args.input_dir,
-        output_dir=args.output_dir,
-        user_dir=args.user_dir,
-        temp_dir=args.temp_dir,
-        extra_model_paths=tuple(args.extra_model_paths),
-        device=args.device,
-        dtype=args.dtype,
-        preview_method=args.preview_method,
     )

@@ -11,9 +11,10 @@ from pathlib import Path
 from aiohttp import web
 
 from graph.registry import NodeRegistry
+from nodes.runtime_options import option_values
 from server.config import AUTH_TOKEN_ENV, REPO_ROOT, ServerConfig, parse_size
 from server.distributed.spec import DistributedUnavailableError, parse_workers, require_ray
-from server.runtime_args import add_runtime_arguments, runtime_options_from_args
+from server.runtime_args import add_runtime_arguments
 
 __all__ = ["add_serve_arguments", "config_from_args", "serve_from_args", "run_server"]
 
@@ -112,22 +113,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    runtime = runtime_options_from_args(args)
     return ServerConfig(
         host=args.host,
         port=args.port,
-        base_dir=runtime.base_dir,
-        models_dir=runtime.models_dir,
-        input_dir=runtime.input_dir,
-        output_dir=runtime.output_dir,
-        user_dir=runtime.user_dir,
-        temp_dir=runtime.temp_dir,
-        extra_model_paths=runtime.extra_model_paths,
+        **option_values(args),
         cache_budget_bytes=args.cache_budget,
-        device=runtime.device,
-        dtype=runtime.dtype,
         auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None,
-        preview_method=runtime.preview_method,
         frontend_root=args.frontend_root,
         disable_custom_nodes=args.disable_custom_nodes,
         custom_node_whitelist=tuple(args.whitelist_custom_nodes),

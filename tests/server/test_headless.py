@@ -228,3 +228,28 @@ def test_unusable_settings_are_refused_before_running(
         assert main(["run", str(path), "--base-dir", str(tmp_path), "--quiet", *flags]) == EXIT_INVALID
     assert reason in capsys.readouterr().err
     assert not (tmp_path / "output" / "run").exists()
+
+
+def test_loom_run_finds_models_through_the_same_extra_model_paths_flag_as_serve(tmp_path: Path) -> None:
+    """A model that lives only in another install's folder, named by an extra_model_paths file."""
+    from safetensors.torch import save_file
+
+    from tests.diffusion.upscalers.tiny_upscalers import tiny_srvgg
+
+    other = tmp_path / "ComfyUI" / "models" / "upscale_models"
+    other.mkdir(parents=True)
+    save_file(tiny_srvgg(upscale=2).state_dict(), other / "x2.safetensors")
+    paths = tmp_path / "extra_model_paths.yaml"
+    paths.write_text(f"comfyui:\n  base_path: {tmp_path / 'ComfyUI'}\n  upscale_models: models/upscale_models\n")
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 1, "color": 0x336699}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x2.safetensors"}},
+        "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "up"}},
+    }
+    path = _write(tmp_path, "up.json", workflow)
+    base = ["run", str(path), "--base-dir", str(tmp_path / "loom"), "--quiet", "--disable-custom-nodes"]
+    assert main(base) == EXIT_INVALID, "without the paths file the model is not there"
+    assert main([*base, "--extra-model-paths", str(paths)]) == EXIT_OK
+    with Image.open(tmp_path / "loom" / "output" / "up_00001_.png") as picture:
+        assert picture.size == (16, 12)
