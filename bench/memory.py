@@ -566,7 +566,8 @@ def report(results: dict[str, dict[str, Any]], job: Job) -> None:
             notes.insert(
                 0,
                 f"output cache: {_mb(cache['bytes'])} MB in {cache['entries']} entries, of which models "
-                f"{_mb(cache['module_bytes'])} MB (parameters and buffers; packed copies are not charged); "
+                f"{_mb(cache['module_bytes'])} MB (each layer's parameters and buffers, or its packed copies "
+                "in place of a stored weight); "
                 "largest other values (MB): " + ", ".join(f"{name} {n / MB:.1f}" for name, n in cache["largest_other"]),
             )
         print_owner_table(f"{side} steady: after the warm runs, models loaded", r, r["steady"], notes)

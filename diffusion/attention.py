@@ -75,10 +75,10 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = FusedLinear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value_weight, gate_weight = self.proj.weight.chunk(2)
+        value_weight, gate_weight = self.proj.compute_weight().chunk(2)
         value_bias, gate_bias = self.proj.bias.chunk(2)
         return linear_times(x, value_weight, value_bias, linear_gelu(x, gate_weight, gate_bias))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.onednn import runs_on_onednn
+from diffusion.stored_weights import ComputesFromStored
 
 __all__ = ["FusedLinear", "linear_gelu", "linear_times"]
 
@@ -42,10 +43,12 @@ def linear_times(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return F.linear(x, weight, bias).mul_(other)
 
 
-class FusedLinear(nn.Linear):
-    """An ``nn.Linear`` (same parameters, same state-dict keys) that runs CPU inference on oneDNN."""
+class FusedLinear(ComputesFromStored, nn.Linear):
+    """An ``nn.Linear`` (same parameters, same state-dict keys) that runs CPU inference on oneDNN, and
+    may compute from a narrower stored weight (``diffusion.stored_weights``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if runs_on_onednn(x, self.weight, self.bias):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        weight = self.compute_weight()
+        if runs_on_onednn(x, weight, self.bias):
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+        return F.linear(x, weight, self.bias)

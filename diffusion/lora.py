@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from diffusion.diffusers_layout import unet_to_ldm
+from diffusion.stored_weights import compute_dtypes
 from diffusion.unet import UNetModel
 from diffusion.unet_config import CheckpointLayoutError
 
@@ -285,10 +286,12 @@ def apply_lora_patches(
     """New tensors for every parameter the patch sets touch: ``W + sum(strength * delta)``.
 
     Never writes into the module: its tensors are typically copy-on-write views of a memory-mapped
-    file shared by every user of the checkpoint. The sum is formed in float32 and cast back once, so
-    several LoRAs on a half-precision model round once rather than per LoRA.
+    file shared by every user of the checkpoint. The sum is formed in float32 and cast once to the
+    dtype the parameter computes in, so several LoRAs on a half-precision model round once rather
+    than per LoRA, and a layer computing in fp32 from its stored fp16 weight gets an fp32 sum.
     """
     parameters = dict(module.named_parameters())
+    dtypes = compute_dtypes(module)
     patched: dict[str, torch.Tensor] = {}
     for patches, strength in patch_sets:
         if strength == 0.0:
@@ -301,4 +304,4 @@ def apply_lora_patches(
                 patched[name] = base.detach().to(torch.float32, copy=True)
             for delta in deltas:
                 patched[name] += strength * delta.compute(base.shape).to(patched[name].device)
-    return {name: tensor.to(parameters[name].dtype) for name, tensor in patched.items()}
+    return {name: tensor.to(dtypes[name]) for name, tensor in patched.items()}

@@ -31,9 +31,11 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from diffusion.checkpoint.files import release_file_pages
 from diffusion.devices import memory_info
+from diffusion.stored_weights import ComputesFromStored
 
-__all__ = ["DEFAULT_RESERVE_BYTES", "MemoryBudgetError", "ModelMemory", "module_bytes"]
+__all__ = ["DEFAULT_RESERVE_BYTES", "MemoryBudgetError", "ModelMemory", "module_bytes", "place"]
 
 _T = TypeVar("_T")
 
@@ -44,9 +46,47 @@ DEFAULT_RESERVE_BYTES = 1 << 30
 
 
 def module_bytes(model: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers in their current dtypes."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes a module holds: each layer's parameters and buffers in their current dtypes, or what a
+    layer reports through ``loom_nbytes()`` (``PackedConv2d``: its packed copies in place of a stored
+    weight). ``graph.sizeof`` walks modules the same way for the output cache."""
+    total = 0
+    for layer in model.modules():
+        own = getattr(layer, "loom_nbytes", None)
+        if callable(own):
+            total += int(own())
+        else:
+            tensors = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def place(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """``model.to(device, dtype)``, except for layers that compute in ``dtype`` from their stored weight.
+
+    Those (``diffusion.stored_weights``: oneDNN convolutions, which hold only their packed copy, and
+    layers whose stored weight is narrower than ``dtype``) keep their weight as loaded, moved but not
+    cast: on the CPU a view of the mapped file. Every other tensor is moved and cast as ``.to``
+    would, and a tensor replaced by its cast copy drops its file pages at once
+    (``release_file_pages``), so the file does not stay resident beside the cast model until its
+    last view dies (bench/RESULTS.md, "Memory").
+    """
+    stored: dict[int, tuple[ComputesFromStored, torch.dtype]] = {}
+    for layer in model.modules():
+        if isinstance(layer, ComputesFromStored):
+            compute = layer.weight.dtype if dtype is None else dtype
+            if layer.keeps_stored_weight(torch.device(device), compute):
+                stored[id(layer.weight)] = (layer, compute)
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        cast = dtype is not None and tensor.is_floating_point() and id(tensor) not in stored
+        moved = tensor.to(device, dtype) if cast else tensor.to(device)
+        if moved.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+            release_file_pages(tensor)
+        return moved
+
+    model._apply(convert)
+    for layer, compute in stored.values():
+        layer.compute_from_stored(compute)
 
 
 class MemoryBudgetError(RuntimeError):
@@ -149,7 +189,7 @@ class ModelMemory:
                     self._offload(other, entry)
             for model, entry in zip(models, entries, strict=True):
                 if not entry.resident:
-                    model.to(self.device, dtype=self.dtype)
+                    place(model, self.device, self.dtype)
                     if self.dtype is not None and not entry.explicit_size:
                         entry.size = module_bytes(model)
                     entry.resident = True

@@ -64,17 +64,21 @@ def records_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     )
 
 
-def runs_on_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def runs_on_onednn(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compute_dtype: torch.dtype | None = None
+) -> bool:
     """True for inference (autograd records nothing) on CPU tensors of one dtype this CPU's oneDNN
-    computes in (fp32 everywhere, bf16 where the CPU has the instructions)."""
+    computes in (fp32 everywhere, bf16 where the CPU has the instructions). With `compute_dtype`, the
+    weight may be stored in another dtype: the caller computes from a copy of it in `compute_dtype`."""
+    dtype = weight.dtype if compute_dtype is None else compute_dtype
     return (
         not records_autograd(x, weight, bias)
         and x.device.type == "cpu"
         and weight.device.type == "cpu"
-        and x.dtype == weight.dtype
-        and (bias is None or bias.dtype == weight.dtype)
+        and x.dtype == dtype
+        and (bias is None or bias.dtype == dtype)
         and cast(bool, torch.backends.mkldnn.enabled)  # torch annotates its descriptor; the value read is a bool
-        and onednn_computes(weight.dtype)
+        and onednn_computes(dtype)
     )
 
 
@@ -105,11 +109,17 @@ class DerivedWeight:
     def get(self, weight: torch.Tensor, context: Any, derive: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, context)
         if self.value is None or self._key != key:
+            self.value = None  # the old copy goes before the new one is made, not after
             self.value, self._key = derive(weight), key
             # Holding the source storage keeps its address from being reused by a later weight
             # (say, another LoRA's patched copy swapped in), which would make a stale entry match.
             self._source = weight.untyped_storage()
         return self.value
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the derived copy held now (0 before the first call)."""
+        return 0 if self.value is None else self.value.numel() * self.value.element_size()
 
     def __getstate__(self) -> dict[str, Any]:
         return {}

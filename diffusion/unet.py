@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import SpatialTransformer
+from diffusion.fused_linear import FusedLinear
 from diffusion.packed_conv import PackedConv2d
 from diffusion.unet_config import UNetConfig, detect_unet_config, load_exact
 from diffusion.upsample_conv import NearestUpsampleConv2d
@@ -87,7 +88,7 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(
             nn.GroupNorm(32, channels), nn.SiLU(inplace=True), PackedConv2d(channels, out_channels, 3, padding=1)
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), FusedLinear(emb_channels, out_channels))
         # Index 2 held a Dropout in the original; the checkpoint's conv therefore sits at index 3.
         self.out_layers = nn.Sequential(
             nn.GroupNorm(32, out_channels),
@@ -157,10 +158,10 @@ class UNetModel(nn.Module):
         self.config = config
         ch = config.model_channels
         emb_dim = config.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(FusedLinear(ch, emb_dim), nn.SiLU(), FusedLinear(emb_dim, emb_dim))
         if config.adm_in_channels is not None:
             self.label_emb = nn.Sequential(
-                nn.Sequential(nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                nn.Sequential(FusedLinear(config.adm_in_channels, emb_dim), nn.SiLU(), FusedLinear(emb_dim, emb_dim))
             )
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(PackedConv2d(config.in_channels, ch, 3, padding=1))])
@@ -212,8 +213,8 @@ class UNetModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         first = self.time_embed[0]
-        assert isinstance(first, nn.Linear)  # __init__ builds time_embed as Linear, SiLU, Linear
-        return first.weight.dtype
+        assert isinstance(first, FusedLinear)  # __init__ builds time_embed as Linear, SiLU, Linear
+        return first.computes_in
 
     def forward(
         self,

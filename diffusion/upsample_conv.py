@@ -46,12 +46,13 @@ _TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 _PADDING, _OUTPUT_PADDING, _STRIDE, _DILATION = [1, 1], [0, 0], [2, 2], [1, 1]
 
 
-def transposed_kernel(weight: torch.Tensor) -> torch.Tensor:
+def transposed_kernel(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """[C_out, C_in, 3, 3] conv weight -> the [C_in, C_out, 4, 4] ``conv_transpose2d`` weight that,
-    with stride 2 and padding 1, computes nearest 2x upsampling followed by the 3x3 conv."""
+    with stride 2 and padding 1, computes nearest 2x upsampling followed by the 3x3 conv; in ``dtype``
+    (default the weight's), rounded once from the fp32 sums."""
     taps = torch.tensor(_TAPS, dtype=torch.float32, device=weight.device)
     kernel = torch.einsum("us,oist,vt->iouv", taps, weight.float(), taps)
-    return kernel.to(weight.dtype)
+    return kernel.to(weight.dtype if dtype is None else dtype)
 
 
 class NearestUpsampleConv2d(PackedConv2d):
@@ -67,8 +68,9 @@ class NearestUpsampleConv2d(PackedConv2d):
     (with oneDNN off, [1, 128, 64, 64] bf16 channels-last took 1.98 s transposed against 0.14 s for
     interpolate + conv, and was 0.7 % off the fp32 result against 0.3 %). The transposed kernel is a
     ``diffusion.onednn.DerivedWeight``; on the CPU it is packed for oneDNN and also rebuilt for a new
-    input shape or memory format. While cached, the weight is held about three times (the parameter
-    and the 16/9-sized packed kernel). Outputs on the CPU are channels-last.
+    input shape or memory format. It is 16/9 the weight's size, held beside the weight unless the
+    layer computes from the stored weight (``PackedConv2d.compute_from_stored``). Outputs on the CPU
+    are channels-last.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -80,7 +82,7 @@ class NearestUpsampleConv2d(PackedConv2d):
             x.dim() == 4
             and (size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]))
             and not records_autograd(x, self.weight, self.bias)
-            and x.dtype == self.weight.dtype
+            and x.dtype == self.computes_in
             and self.kernel_size == (3, 3)
             and self.padding == (1, 1)
             and self.stride == (1, 1)
@@ -92,7 +94,7 @@ class NearestUpsampleConv2d(PackedConv2d):
 
     def _transposed_weight(self, x: torch.Tensor, packed: bool) -> torch.Tensor:
         def derive(weight: torch.Tensor) -> torch.Tensor:
-            kernel = transposed_kernel(weight)
+            kernel = transposed_kernel(weight, self.computes_in)
             if not packed:
                 return kernel
             return torch.ops.mkldnn._reorder_convolution_transpose_weight(
@@ -100,7 +102,11 @@ class NearestUpsampleConv2d(PackedConv2d):
             )
 
         # Only the packed copy depends on the input's layout; the plain kernel serves every input.
-        return self._transposed.get(self.weight, input_layout(x) if packed else None, derive)
+        context = (self.computes_in, input_layout(x) if packed else None)
+        return self._transposed.get(self.weight, context, self._derived_from_stored(derive))
+
+    def _derived_nbytes(self) -> int:
+        return super()._derived_nbytes() + self._transposed.nbytes
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         if not self._uses_transposed_path(x, size):

@@ -233,7 +233,7 @@ class AutoencoderKL(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
+        return self.encoder.conv_in.computes_in
 
     def encode_distribution(self, pixels: torch.Tensor) -> LatentDistribution:
         moments = self.encoder(pixels.to(self.dtype))

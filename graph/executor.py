@@ -52,6 +52,7 @@ from graph.cache_keys import (
 from graph.events import Listener
 from graph.execution_state import ExecutionRecord, ExecutionState
 from graph.formats.api import is_link, unwrap_value
+from graph.heap import return_free_heap
 from graph.progress import Interrupted, InterruptFlag, node_context
 from graph.registry import NodeRegistry
 from graph.services import services_context
@@ -124,8 +125,12 @@ class Executor:
         """
         lent = services_context(self.services) if self.services is not None else contextlib.nullcontext()
         with self._running, self.cache.prompt_scope(), lent:
-            run = _PromptRun(self, prompt, outputs, prompt_id, extra_data or {}, listener, interrupt or InterruptFlag())
-            return run.execute()
+            record = _PromptRun(
+                self, prompt, outputs, prompt_id, extra_data or {}, listener, interrupt or InterruptFlag()
+            ).execute()
+        # The run and every value it did not cache are gone now; what they freed leaves the process.
+        return_free_heap()
+        return record
 
     def facts_of(self, class_type: str) -> SpecFacts | None:
         return self._facts.get(class_type)

@@ -6,7 +6,8 @@ values, and the models that loader nodes return. Everything is duck-typed so ``g
 importable without torch (docs/architecture.md):
 
 - a tensor-like object with ``element_size()`` and ``nelement()`` holds their product (torch);
-- a module-like object with ``parameters()`` and ``buffers()`` holds those tensors (a torch module);
+- a module-like object with ``modules()`` and ``parameters()`` holds its layers' parameters and
+  buffers, or what a layer reports through ``loom_nbytes()`` (derived copies: oneDNN-packed weights);
 - an object with ``loom_nbytes()`` holds that many bytes of its own;
 - an object with ``loom_parts()`` holds those values too, walked like a container's items. A model
   handle lists the modules it keeps alive there, so a MODEL and a CLIP handle over one checkpoint, or
@@ -110,9 +111,8 @@ def measure(item: Any) -> Held:
     own = getattr(item, "loom_nbytes", None)
     if callable(own):
         return Held(item, int(own()), live=True)
-    if callable(getattr(item, "parameters", None)) and callable(getattr(item, "buffers", None)):
-        tensors = [*item.parameters(), *item.buffers()]
-        return Held(item, sum(int(t.element_size()) * int(t.nelement()) for t in tensors), live=True)
+    if callable(getattr(item, "modules", None)) and callable(getattr(item, "parameters", None)):
+        return Held(item, _module_nbytes(item), live=True)
     if callable(getattr(item, "loom_parts", None)):
         return Held(item, 0)
     if isinstance(item, (bytes, bytearray)):
@@ -120,6 +120,20 @@ def measure(item: Any) -> Held:
     if isinstance(getattr(item, "nbytes", None), int):
         return Held(item, item.nbytes)
     return Held(item, SMALL_OBJECT_BYTES)
+
+
+def _module_nbytes(module: Any) -> int:
+    """A torch module's tensors, layer by layer; a layer with ``loom_nbytes()`` reports its own (a
+    oneDNN-packed convolution: its packed copies, held in place of or beside its weight)."""
+    total = 0
+    for layer in module.modules():
+        own = getattr(layer, "loom_nbytes", None)
+        if callable(own):
+            total += int(own())
+        else:
+            tensors = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+            total += sum(int(t.element_size()) * int(t.nelement()) for t in tensors)
+    return total
 
 
 def _scalar_size(item: Any) -> int:

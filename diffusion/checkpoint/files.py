@@ -25,6 +25,8 @@ import json
 import mmap
 import re
 import struct
+import threading
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ import torch
 from .errors import CheckpointFormatError
 from .sniff import WeightFormat, sniff_weight_format
 
-__all__ = ["LazyStateDict", "TensorEntry", "open_state_dict"]
+__all__ = ["LazyStateDict", "TensorEntry", "open_state_dict", "release_file_pages"]
 
 # dtype names from the safetensors specification (https://github.com/huggingface/safetensors).
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -215,12 +217,62 @@ def _parse_header_entry(path: Path, key: str, info: object) -> tuple[TensorEntry
     return entry, begin, end
 
 
+@dataclass(frozen=True)
+class _Mapping:
+    start: int
+    length: int
+    map: weakref.ref[mmap.mmap]
+
+
+# Every live mapping this module made, by start address: what `release_file_pages` may advise on.
+_MAPPINGS: dict[int, _Mapping] = {}
+_MAPPINGS_LOCK = threading.Lock()
+
+
+def _register_mapping(mapped: mmap.mmap) -> None:
+    start = torch.frombuffer(mapped, dtype=torch.uint8, count=1).data_ptr()
+
+    def forget(_: object) -> None:
+        with _MAPPINGS_LOCK:
+            _MAPPINGS.pop(start, None)
+
+    with _MAPPINGS_LOCK:
+        _MAPPINGS[start] = _Mapping(start, len(mapped), weakref.ref(mapped, forget))
+
+
+def release_file_pages(tensor: torch.Tensor) -> bool:
+    """Drop the resident pages of a tensor that views a mapped safetensors file; True if it did.
+
+    A model computes from copies (weights cast to the compute dtype, oneDNN-packed convolution
+    weights), and while anything still views the file, every page once read stays resident beside
+    those copies: 2 GB for an fp16 SD1.5 checkpoint (bench/RESULTS.md). Dropping the pages fully inside
+    the tensor's bytes costs nothing to correctness: the mapping is private and the views are never
+    written (docs/architecture.md, "Memory"), so a later read faults the same bytes back in from the
+    page cache or the file. Tensors that are not such views are left alone.
+    """
+    if tensor.device.type != "cpu" or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    storage = tensor.untyped_storage()
+    begin, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    with _MAPPINGS_LOCK:
+        found = next((m for m in _MAPPINGS.values() if m.start <= begin and end <= m.start + m.length), None)
+    mapped = found.map() if found is not None else None
+    if found is None or mapped is None:
+        return False
+    first = -(-(begin - found.start) // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (end - found.start) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+    return True
+
+
 class _MappedTensors:
     """Tensor loader over one copy-on-write mapping of a safetensors file.
 
     ACCESS_COPY maps pages privately: they are shared with the page cache until written, so the
     views are zero-copy yet writable (torch warns about read-only buffers), and an in-place edit of
-    a loaded tensor can never reach the file.
+    a loaded tensor can never reach the file. Loom never writes into them, which is what lets
+    `release_file_pages` drop their pages once a model has made its compute copies.
     """
 
     def __init__(self, path: Path, entries: Mapping[str, TensorEntry], offsets: Mapping[str, int]) -> None:
@@ -238,6 +290,7 @@ class _MappedTensors:
         if self._map is None:
             with self._path.open("rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            _register_mapping(self._map)
         if offset % entry.dtype.itemsize:
             # Misaligned data (legal in the format, rare in practice): copy rather than hand
             # vectorised kernels a pointer they may not expect.

@@ -22,6 +22,7 @@ from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
 from diffusion.fused_linear import FusedLinear, linear_gelu
+from diffusion.stored_weights import StoredEmbedding
 
 __all__ = ["Activation", "ClipTextConfig", "ClipTextModel", "ClipTextOutput", "TokenOverride"]
 
@@ -77,8 +78,9 @@ class ClipMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN fuses the exact GELU into fc1; quick GELU (x * sigmoid(1.702 x)) has no fused form.
-        hidden = _quick_gelu(self.fc1(x)) if self.quick_gelu else linear_gelu(x, self.fc1.weight, self.fc1.bias)
-        return self.fc2(hidden)
+        if self.quick_gelu:
+            return self.fc2(_quick_gelu(self.fc1(x)))
+        return self.fc2(linear_gelu(x, self.fc1.compute_weight(), self.fc1.bias))
 
 
 class ClipEncoderLayer(nn.Module):
@@ -97,14 +99,14 @@ class ClipEncoderLayer(nn.Module):
 class ClipEmbeddings(nn.Module):
     def __init__(self, config: ClipTextConfig) -> None:
         super().__init__()
-        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
-        self.position_embedding = nn.Embedding(config.positions, config.width)
+        self.token_embedding = StoredEmbedding(config.vocab_size, config.width)
+        self.position_embedding = StoredEmbedding(config.positions, config.width)
 
     def forward(self, token_ids: torch.Tensor, overrides: Sequence[TokenOverride] = ()) -> torch.Tensor:
         tokens = self.token_embedding(token_ids)
         for batch, position, vector in overrides:
             tokens[batch, position] = vector.to(tokens)
-        return tokens + self.position_embedding.weight[: token_ids.shape[-1]]
+        return tokens + self.position_embedding.compute_weight()[: token_ids.shape[-1]]
 
 
 class ClipEncoder(nn.Module):
@@ -121,7 +123,7 @@ class ClipTextModel(nn.Module):
         self.encoder = ClipEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.text_projection = (
-            nn.Linear(config.width, config.projection_dim, bias=False) if config.projection_dim is not None else None
+            FusedLinear(config.width, config.projection_dim, bias=False) if config.projection_dim is not None else None
         )
 
     def forward(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion.checkpoint.files import LazyStateDict, open_state_dict
+from diffusion.checkpoint.files import LazyStateDict, open_state_dict, release_file_pages
 from tests.diffusion.weight_files import (
     BAD_WEIGHT_FILES,
     PICKLE_SUFFIXES,
@@ -33,11 +33,11 @@ def _tensors() -> dict[str, torch.Tensor]:
     }
 
 
-def _rss_bytes() -> int:
+def _rss_bytes(field: str = "VmRSS") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 def test_safetensors_round_trip_keeps_stored_dtypes(tmp_path: Path) -> None:
@@ -215,3 +215,21 @@ def test_a_zip_that_is_not_a_torch_checkpoint_lists_its_contents(tmp_path: Path)
 
 def test_a_directory_is_not_a_model_file(tmp_path: Path) -> None:
     expect_refusal(open_state_dict, tmp_path, "is a directory")
+
+
+def test_releasing_a_mapped_tensor_drops_its_resident_pages_and_keeps_its_values(tmp_path: Path) -> None:
+    values = torch.arange(16 << 20, dtype=torch.float32)  # 64 MiB
+    save_file({"a": values, "b": torch.ones(3)}, str(tmp_path / "w.safetensors"))
+    view = open_state_dict(tmp_path / "w.safetensors")["a"]
+    assert torch.equal(view, values)  # every page read, so resident
+    resident = _rss_bytes("RssFile")
+    assert release_file_pages(view)
+    assert resident - _rss_bytes("RssFile") > 56 << 20
+    assert torch.equal(view, values)  # faulted back in from the file
+
+
+def test_a_tensor_that_views_no_mapped_file_is_left_alone() -> None:
+    tensor = torch.arange(1 << 20, dtype=torch.float32)
+    assert not release_file_pages(tensor)
+    assert not release_file_pages(tensor[1000:])
+    assert torch.equal(tensor, torch.arange(1 << 20, dtype=torch.float32))

@@ -3,14 +3,22 @@ Sharing loads without owning them: neither placement nor sharing keeps a model a
 
 from __future__ import annotations
 
+import copy
 import gc
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from diffusion.model_memory import MemoryBudgetError, ModelMemory, module_bytes
+from diffusion.checkpoint import open_state_dict
+from diffusion.fused_linear import FusedLinear
+from diffusion.lora import FullDelta, apply_lora_patches
+from diffusion.model_memory import MemoryBudgetError, ModelMemory, module_bytes, place
+from diffusion.onednn import onednn_computes
+from diffusion.packed_conv import PackedConv2d
 
 MODEL_BYTES = 16 * 16 * 4 + 16 * 4  # one fp32 Linear(16, 16)
 
@@ -23,9 +31,10 @@ class Recorded(nn.Linear):
         self.name = name
         self.journal = journal
 
-    def to(self, *args, **kwargs):  # type: ignore[override]
-        self.journal.append((self.name, str(args[0] if args else kwargs["device"])))
-        return super().to(*args, **kwargs)
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # Every move (``.to``, ``place``) goes through here; where fn sends a tensor is where it moves.
+        self.journal.append((self.name, str(fn(torch.empty(0)).device)))
+        return super()._apply(fn, recurse)
 
 
 @pytest.fixture
@@ -173,3 +182,53 @@ def test_a_shared_load_is_reused_while_held_and_loaded_again_once_dropped() -> N
     assert gone() is None, "the shared-load index must not keep a model alive"
     memory.load_shared(("file", 1), lambda: load("file"))
     assert loads == ["file", "changed", "file"]
+
+
+class ConvThenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = PackedConv2d(4, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.linear = FusedLinear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _loaded_from_half_file(tmp_path: Path) -> tuple[ConvThenLinear, ConvThenLinear]:
+    """(a model whose tensors view an fp16 safetensors file, the same weights cast to fp32 by ``.to``)."""
+    torch.manual_seed(0)
+    save_file({k: v.half() for k, v in ConvThenLinear().state_dict().items()}, str(tmp_path / "m.safetensors"))
+    loaded = ConvThenLinear().requires_grad_(False)
+    loaded.load_state_dict(dict(open_state_dict(tmp_path / "m.safetensors")), assign=True)
+    return loaded, copy.deepcopy(loaded).float()
+
+
+def test_placing_casts_like_to_except_weights_that_compute_from_their_stored_copy(tmp_path: Path) -> None:
+    model, reference = _loaded_from_half_file(tmp_path)
+    place(model, torch.device("cpu"), torch.float32)
+    packs = onednn_computes(torch.float32)
+    assert model.norm.weight.dtype == model.conv.bias.dtype == model.linear.bias.dtype == torch.float32
+    assert (model.linear.weight.dtype, model.linear.computes_in) == (torch.float16, torch.float32)
+    assert (model.conv.weight.dtype, model.conv.computes_in) == (
+        (torch.float16, torch.float32) if packs else (torch.float32, torch.float32)
+    )
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_a_placed_model_is_counted_at_what_it_holds_computing(tmp_path: Path) -> None:
+    model, reference = _loaded_from_half_file(tmp_path)
+    place(model, torch.device("cpu"), torch.float32)
+    # everything in fp32 but the linear weight, which stays fp16 (the conv's packed copy is fp32)
+    assert module_bytes(model) == module_bytes(reference) - model.linear.weight.numel() * 2
+
+
+def test_a_lora_on_a_weight_computing_from_its_stored_copy_is_summed_in_the_compute_dtype(tmp_path: Path) -> None:
+    model, _ = _loaded_from_half_file(tmp_path)
+    place(model, torch.device("cpu"), torch.float32)
+    delta = torch.full((6, 8), 1e-4)
+    patched = apply_lora_patches(model, [({"linear.weight": [FullDelta(delta)]}, 1.0)])
+    assert patched["linear.weight"].dtype == torch.float32
+    assert torch.equal(patched["linear.weight"], model.linear.weight.float() + delta)

@@ -119,3 +119,48 @@ def test_copies_drop_the_cache_and_keep_the_state_dict_keys() -> None:
     clone = copy.deepcopy(module)
     assert clone._packed.value is None
     assert set(clone.state_dict()) == set(torch.nn.Conv2d(16, 24, 3).state_dict()) == {"weight", "bias"}
+
+
+def test_computing_from_a_stored_half_weight_gives_the_fp32_layer_s_output(cpu_path: str) -> None:
+    stored = conv(padding=1).half()
+    fp32 = copy.deepcopy(stored).float()
+    stored.bias.data = stored.bias.data.float()
+    stored.compute_from_stored(torch.float32)
+    x = torch.randn(2, 16, 9, 7)
+    with torch.no_grad():
+        assert torch.equal(stored(x), fp32(x))
+    assert stored.weight.dtype == torch.float16
+    assert stored.computes_in == torch.float32
+
+
+def test_a_cast_of_the_module_casts_its_compute_dtype_and_a_move_keeps_it() -> None:
+    module = conv().half()
+    module.compute_from_stored(torch.float32)
+    module.to("cpu")
+    assert (module.weight.dtype, module.computes_in) == (torch.float16, torch.float32)
+    module.to(torch.bfloat16)
+    assert (module.weight.dtype, module.computes_in) == (torch.bfloat16, torch.bfloat16)
+
+
+@requires_onednn(torch.float32)
+def test_a_layer_computing_from_its_stored_weight_reports_what_its_packed_copy_will_hold() -> None:
+    module = conv(padding=1).half()
+    module.bias.data = module.bias.data.float()
+    module.compute_from_stored(torch.float32)
+    weight_fp32 = module.weight.numel() * 4
+    before = module.loom_nbytes()
+    with torch.no_grad():
+        module(torch.randn(1, 16, 8, 8))
+    assert before == weight_fp32 + module.bias.numel() * 4
+    # not a view of a mapped file, so the stored weight stays resident beside its packed copy
+    assert module.loom_nbytes() == module._packed.nbytes + (module.weight.numel() * 2) + module.bias.numel() * 4
+    assert module._packed.nbytes >= weight_fp32
+
+
+@requires_onednn(torch.float32)
+def test_a_layer_computing_in_its_weight_s_dtype_holds_both_copies() -> None:
+    module = conv(padding=1)
+    with torch.no_grad():
+        module(torch.randn(1, 16, 8, 8))
+    own = (module.weight.numel() + module.bias.numel()) * 4
+    assert module.loom_nbytes() == own + module._packed.nbytes > 2 * module.weight.numel() * 4

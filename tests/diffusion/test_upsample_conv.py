@@ -137,3 +137,15 @@ def test_a_copy_after_use_drops_the_cached_kernel_and_computes_the_same(cpu_path
     with torch.no_grad():
         first = conv(x)
         assert torch.equal(copy.deepcopy(conv)(x), first)
+
+
+def test_computing_in_fp32_from_a_stored_half_weight_equals_the_fp32_layer(cpu_path: str) -> None:
+    stored = layer(6, 5).half()
+    fp32 = copy.deepcopy(stored).float()
+    stored.bias.data = stored.bias.data.float()
+    stored.compute_from_stored(torch.float32)
+    x = torch.randn(2, 6, 7, 5)
+    with torch.no_grad():
+        assert torch.equal(stored(x), fp32(x))
+        assert torch.equal(stored(x, size=(15, 10)), fp32(x, size=(15, 10)))
+    assert stored.weight.dtype == torch.float16

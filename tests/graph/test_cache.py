@@ -36,15 +36,18 @@ class Sized:
 
 
 class FakeModule:
-    """Duck-types a torch module: parameters and buffers."""
+    """Duck-types a torch module of one layer: parameters and buffers."""
 
     def __init__(self, *counts: int) -> None:
         self.tensors = [FakeTensor(count, "cpu") for count in counts]
 
-    def parameters(self) -> list[FakeTensor]:
+    def modules(self) -> list[FakeModule]:
+        return [self]
+
+    def parameters(self, recurse: bool = True) -> list[FakeTensor]:
         return self.tensors[:-1]
 
-    def buffers(self) -> list[FakeTensor]:
+    def buffers(self, recurse: bool = True) -> list[FakeTensor]:
         return self.tensors[-1:]
 
 
