@@ -1,8 +1,7 @@
 """Memory of a whole text-to-image run: `loom run` against diffusers, and Loom's memory by owner.
 
 Issue 22 measured Loom's server peaking at 1.36x the RSS of a diffusers process doing the same work.
-This bench measures that from inside each process, so the gap can be attributed before anything is
-changed. Each side runs in a fresh subprocess on the same random full-size SD1.5 fp16 single-file
+This bench measures that from inside each process, and attributes it by owner. Each side runs in a fresh subprocess on the same random full-size SD1.5 fp16 single-file
 checkpoint that ``bench/models.py`` writes (``write_checkpoint``, under /tmp, once), text-to-image at
 512² (``--size``), 4 Euler steps (``--steps``), CFG 7, fp32 compute on the CPU, and prints one JSON
 object that this parent collects:
@@ -20,7 +19,10 @@ object that this parent collects:
 
 Per side: peak RSS (``VmHWM``), steady RSS (``VmRSS`` after the warm runs and a ``gc.collect()``,
 models still loaded), the working set of a warm run (its highest RSS less the RSS before it), the
-cold time (load + first run) and the warm time (min of ``--warm-runs``).
+cold time (load + first run) and the warm time (min of ``--warm-runs``). Loom then switches to a
+second checkpoint with the cache budget lowered to 1.5 loaded checkpoints (``measure_switch``): the
+issue's promise that such a budget never holds both checkpoints at once, measured as that run's
+peak above the RSS before it.
 
 Memory by owner, measured, not inferred (for both sides; packed copies and the cache are Loom's):
 - model weights: parameters and buffers of the loaded modules, distinct storages, by dtype; Loom's
@@ -58,11 +60,14 @@ import gc
 import importlib.util
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,10 +235,10 @@ class PeakWatcher:
 # ---- Loom ----------------------------------------------------------------------------------------------
 
 
-def _workflow(job: Job, seed: int) -> dict[str, Any]:
+def _workflow(job: Job, seed: int, checkpoint_name: str = CHECKPOINT_NAME) -> dict[str, Any]:
     prompt = json.loads(EXAMPLE_WORKFLOW.read_text(encoding="utf-8"))
     nodes = {node["class_type"]: node["inputs"] for node in prompt.values() if node["class_type"] != "CLIPTextEncode"}
-    nodes["CheckpointLoaderSimple"]["ckpt_name"] = CHECKPOINT_NAME
+    nodes["CheckpointLoaderSimple"]["ckpt_name"] = checkpoint_name
     nodes["EmptyLatentImage"].update(width=job.size, height=job.size)
     nodes["KSampler"].update(seed=seed, steps=job.steps, cfg=job.cfg, sampler_name="euler")
     return prompt
@@ -313,9 +318,9 @@ def measure_loom(job: Job) -> dict[str, Any]:
         (checkpoints / CHECKPOINT_NAME).symlink_to(job.checkpoint)
         options = RuntimeOptions(base_dir=Path(base), device="cpu", dtype="fp32", preview_method="none")
 
-        def run(seed: int) -> float:
+        def run(seed: int, checkpoint_name: str = CHECKPOINT_NAME) -> float:
             path = Path(base) / f"txt2img_{seed}.api.json"
-            path.write_text(json.dumps(_workflow(job, seed)), encoding="utf-8")
+            path.write_text(json.dumps(_workflow(job, seed, checkpoint_name)), encoding="utf-8")
             out, err = io.StringIO(), io.StringIO()
             started = time.perf_counter()
             code = headless.run_workflow_file(
@@ -332,28 +337,31 @@ def measure_loom(job: Job) -> dict[str, Any]:
         with PeakWatcher(lambda: phase[0]) as warm_watcher:
             warm = [run(COLD_SEED + 1 + index) for index in range(job.warm_runs)]
 
-    gc.collect()
-    steady = owners.snapshot()
-    module_bytes = sum(measure(module).nbytes for module in owners.modules)
-    stats = cache.stats()
-    cached_values = {}
-    for executor, prompt, outputs in prompts_run:
-        cached_values.update(held_by_cache(executor, prompt, outputs))
-    others = [
-        (f"{type(h.value).__name__} {list(getattr(h.value, 'shape', []))}", h.nbytes)
-        for h in cached_values.values()
-        if not isinstance(h.value, torch.nn.Module)
-    ]
-    largest = sorted(others, key=lambda item: -item[1])[:4]
-    steady["cache"] = {
-        "bytes": stats.bytes,
-        "entries": stats.entries,
-        "module_bytes": module_bytes,
-        "largest_other": largest,
-    }
-    steady["malloc"] = malloc_info()
-    malloc_trim()
-    steady["rss_after_trim"] = read_status()["VmRSS"]
+        gc.collect()
+        steady = owners.snapshot()
+        module_bytes = sum(measure(module).nbytes for module in owners.modules)
+        stats = cache.stats()
+        cached_values = {}
+        for executor, prompt, outputs in prompts_run:
+            cached_values.update(held_by_cache(executor, prompt, outputs))
+        others = [
+            (f"{type(h.value).__name__} {list(getattr(h.value, 'shape', []))}", h.nbytes)
+            for h in cached_values.values()
+            if not isinstance(h.value, torch.nn.Module)
+        ]
+        largest = sorted(others, key=lambda item: -item[1])[:4]
+        steady["cache"] = {
+            "bytes": stats.bytes,
+            "entries": stats.entries,
+            "module_bytes": module_bytes,
+            "largest_other": largest,
+        }
+        steady["malloc"] = malloc_info()
+        malloc_trim()
+        steady["rss_after_trim"] = read_status()["VmRSS"]
+        del cached_values, others
+        final = read_status()  # before the switch, which resets VmHWM
+        switch = measure_switch(job, cache, owners, module_bytes, checkpoints, run)
     return {
         "side": "loom",
         "imports": imports,
@@ -364,7 +372,43 @@ def measure_loom(job: Job) -> dict[str, Any]:
         "timelines": timelines,
         "warm_working_set": max(warm_watcher.highest.values()) - before_warm,
         "warm_highest": warm_watcher.highest,
-        "final": read_status(),
+        "switch": switch,
+        "final": final,
+    }
+
+
+def measure_switch(
+    job: Job, cache: Any, owners: Owners, module_bytes: int, checkpoints: Path, run: Callable[..., float]
+) -> dict[str, Any]:
+    """Switch to a second checkpoint under a cache budget of 1.5 loaded checkpoints: the peak of that run
+    above the RSS before it, and whether the first checkpoint's modules were freed.
+
+    The second file is a hard link of the first (a copy where links fail): another path, so another load
+    and another mapping, with the same bytes. Holding both checkpoints would put the peak a whole
+    checkpoint (``module_bytes``) above the steady RSS; freeing the first when the second's loader
+    output enters the cache keeps it at about a warm run's working set.
+    """
+    second = checkpoints / f"second-{CHECKPOINT_NAME}"
+    try:
+        os.link(job.checkpoint, second)
+    except OSError:
+        shutil.copyfile(job.checkpoint, second)
+    first = [weakref.ref(module) for module in owners.modules]
+    owners.modules = []
+    cache.budget_bytes = module_bytes * 3 // 2
+    gc.collect()
+    before = read_status()["VmRSS"]
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    seconds = run(COLD_SEED, second.name)
+    gc.collect()
+    return {
+        "budget": cache.budget_bytes,
+        "module_bytes": module_bytes,
+        "before": before,
+        "peak": read_status()["VmHWM"],
+        "after": read_status()["VmRSS"],
+        "first_freed": all(ref() is None for ref in first),
+        "seconds": seconds,
     }
 
 
@@ -526,6 +570,19 @@ def print_node_table(result: dict[str, Any]) -> None:
         print(f"| {node} | {cold_s:.1f} | {_mb(end['VmRSS'])} | {_mb(end['VmHWM'])} | {seconds} | {working} |")
 
 
+def print_switch(switch: dict[str, Any]) -> None:
+    above = switch["peak"] - switch["before"]
+    holds_both = above >= switch["module_bytes"] // 2
+    print(
+        f"\nLoom switching to a second checkpoint (a hard link of the first) with the cache budget at 1.5 "
+        f"loaded checkpoints ({_mb(switch['budget'])} MB; one loaded checkpoint measures "
+        f"{_mb(switch['module_bytes'])} MB): RSS {_mb(switch['before'])} MB before, peak {_mb(switch['peak'])} MB "
+        f"(+{_mb(above)}), {_mb(switch['after'])} MB after, in {switch['seconds']:.1f} s; first checkpoint's "
+        f"modules freed: {'yes' if switch['first_freed'] else 'NO'}; held both at once: "
+        f"{'YES' if holds_both else 'no'} (that would be +{_mb(switch['module_bytes'])})"
+    )
+
+
 def report(results: dict[str, dict[str, Any]], job: Job) -> None:
     print(f"\n{job.size}², {job.steps} Euler steps, CFG {job.cfg}, fp32 on the CPU, warm = min of {job.warm_runs} runs")
     print(
@@ -549,6 +606,8 @@ def report(results: dict[str, dict[str, Any]], job: Job) -> None:
         print("\n| Loom / diffusers | ratio | goal | met |\n|---|---|---|---|")
         for name, ratio in ratios.items():
             print(f"| {name} | {ratio:.2f} | <= {GOALS[name]} | {'yes' if ratio <= GOALS[name] else 'no'} |")
+    if "loom" in results:
+        print_switch(results["loom"]["switch"])
     for side, r in results.items():
         peak, hwm = r["peak"], r["final"]["VmHWM"]
         print_owner_table(
