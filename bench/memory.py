@@ -1,10 +1,11 @@
 """Memory of a whole text-to-image run: `loom run` against diffusers, and Loom's memory by owner.
 
 Issue 22 measured Loom's server peaking at 1.36x the RSS of a diffusers process doing the same work.
-This bench measures that from inside each process, and attributes it by owner. Each side runs in a fresh subprocess on the same random full-size SD1.5 fp16 single-file
-checkpoint that ``bench/models.py`` writes (``write_checkpoint``, under /tmp, once), text-to-image at
-512² (``--size``), 4 Euler steps (``--steps``), CFG 7, fp32 compute on the CPU, and prints one JSON
-object that this parent collects:
+This bench measures that from inside each process, and attributes it by owner. Each side runs in a
+fresh subprocess on the same random full-size SD1.5 fp16 single-file checkpoint that
+``bench/models.py`` writes (``write_checkpoint``, under /tmp, once), text-to-image at 512²
+(``--size``), 4 Euler steps (``--steps``), CFG 7, fp32 compute on the CPU, and prints one JSON object
+that this parent collects:
 
 - **Loom**: ``server.headless.run_workflow_file``, the code behind ``loom run``, on the shipped
   ``examples/sd15_txt2img.api.json`` (checkpoint, size, steps and seed replaced; previews off, as
