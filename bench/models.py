@@ -7,7 +7,8 @@ tokens, and the peak RSS of loading a full-size single-file checkpoint.
 
 Both sides get the same weights: the diffusers modules are built with their default random
 initialisation and Loom's are loaded from the same tensors renamed to the LDM layout. Each case is
-timed in fp32 and in every "fast" mode each side offers (Loom: bf16 weights + channels_last, the
+timed in fp32 (the UNet also as Loom runs an fp16 file in fp32: "fp32 from fp16") and in every "fast"
+mode each side offers (Loom: bf16 weights + channels_last, the
 path its modules are written for; diffusers: bf16 weights + channels_last, bf16 autocast), and
 each side is credited with its fastest. On a CPU without native bf16 kernels (an AVX2-only one, see
 ``diffusion.devices.cpu_computes_bf16_fast``) the bf16 modes are skipped, with the reason printed:
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.devices import cpu_computes_bf16_fast
 from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm
+from diffusion.model_memory import place
 
 CASES = ("unet64", "unet32", "vae", "clip", "load")
 LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
@@ -99,8 +101,11 @@ class Contender:
 
 @dataclass
 class Row:
+    """One contender's result: its side and mode, not its call, whose closure holds a model copy."""
+
     case: str
-    contender: Contender
+    side: str
+    mode: str
     seconds: float
     gflop: float
 
@@ -232,6 +237,10 @@ def unet_contenders(models: Models, latent: int) -> list[Contender]:
     loom_fast = _bf16_channels_last(loom)
     reference_fast = _bf16_channels_last(reference)
     xb, cb = _as_bf16_input(x), _as_bf16_input(context)
+    # How Loom runs an fp16 file in fp32 (diffusion.stored_weights): linear weights kept in fp16 and
+    # cast per call, convolutions packed from their fp16 weights. The price of the memory it saves.
+    loom_stored = copy.deepcopy(loom).half()
+    place(loom_stored, torch.device("cpu"), torch.float32)
 
     def reference_autocast() -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -240,6 +249,7 @@ def unet_contenders(models: Models, latent: int) -> list[Contender]:
     return [
         Contender("loom", "fp32", lambda: loom(x, t, context)),
         Contender("diffusers", "fp32", lambda: reference(x, t, context).sample),
+        Contender("loom", "fp32 from fp16", lambda: loom_stored(x, t, context)),
         Contender("loom", "bf16+CL", lambda: loom_fast(x, t, context)),
         Contender("diffusers", "bf16+CL", lambda: reference_fast(xb, t, cb).sample),
         Contender("diffusers", "autocast", reference_autocast),
@@ -297,7 +307,7 @@ def run_speed_case(case: str, contenders: list[Contender], repeats: int) -> list
     seconds, outputs = time_interleaved(contenders, repeats)
     parity = (outputs["loom/fp32"] - outputs["diffusers/fp32"]).abs().max().item()
     print(f"  {case}: {gflop:,.0f} GFLOP per call; fp32 max |loom - diffusers| = {parity:.2e}")
-    return [Row(case, c, s, gflop) for c, s in zip(contenders, seconds)]
+    return [Row(case, c.side, c.mode, s, gflop) for c, s in zip(contenders, seconds)]
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int) -> float:
@@ -312,8 +322,7 @@ def report_speed(rows: list[Row], peak: float, peak_dtype: str) -> None:
     print("\n| case | side | mode | min s | GFLOP/s |")
     print("|---|---|---|---|---|")
     for row in rows:
-        c = row.contender
-        print(f"| {row.case} | {c.side} | {c.mode} | {row.seconds:.3f} | {row.gflops:.0f} |")
+        print(f"| {row.case} | {row.side} | {row.mode} | {row.seconds:.3f} | {row.gflops:.0f} |")
     print(
         f"\nbf16 peak: measured earlier {BF16_PEAK_GFLOPS[0]:.0f}-{BF16_PEAK_GFLOPS[1]:.0f} GFLOP/s; "
         f"this machine's 4096^3 {peak_dtype} matmul {peak:.0f} GFLOP/s"
@@ -325,16 +334,15 @@ def report_speed(rows: list[Row], peak: float, peak_dtype: str) -> None:
     print("|---|---|---|---|---|---|")
     for case in dict.fromkeys(r.case for r in rows):
         mine = [r for r in rows if r.case == case]
-        fp32 = {r.contender.side: r for r in mine if r.contender.mode == "fp32"}
+        fp32 = {r.side: r for r in mine if r.mode == "fp32"}
         fastest = {
-            side: min((r for r in mine if r.contender.side == side), key=lambda r: r.seconds)
-            for side in ("loom", "diffusers")
+            side: min((r for r in mine if r.side == side), key=lambda r: r.seconds) for side in ("loom", "diffusers")
         }
         lo, di = fastest["loom"], fastest["diffusers"]
         share = "/".join(f"{100 * lo.gflops / p:.0f}" for p in BF16_PEAK_GFLOPS)
         print(
             f"| {case} | {fp32['loom'].seconds / fp32['diffusers'].seconds:.2f} | "
-            f"{lo.seconds:.3f} ({lo.contender.mode}) / {di.seconds:.3f} ({di.contender.mode}) | "
+            f"{lo.seconds:.3f} ({lo.mode}) / {di.seconds:.3f} ({di.mode}) | "
             f"{lo.seconds / di.seconds:.2f} | {share} % | {100 * lo.gflops / peak:.0f} % |"
         )
 
@@ -476,8 +484,9 @@ def main() -> None:
     for case in cases:
         if case in builders:
             print(f"{case} ...", flush=True)
-            contenders = [c for c in builders[case]() if not (skip_bf16 and c.mode != "fp32")]
+            contenders = [c for c in builders[case]() if not (skip_bf16 and not c.mode.startswith("fp32"))]
             rows += run_speed_case(case, contenders, args.repeats)
+            del contenders  # the model copies of this case's modes go before the next case builds its own
             gc.collect()
     if rows:
         fp32_peak = matmul_peak_gflops(torch.float32, args.repeats)

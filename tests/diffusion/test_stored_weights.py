@@ -1,0 +1,77 @@
+"""An fp16 checkpoint placed to compute in fp32 keeps half its weights in fp16 and computes exactly what
+the model cast whole to fp32 computes: upcasting is exact, so the stored weights lose nothing."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
+from diffusion.fused_linear import FusedLinear
+from diffusion.model_memory import module_bytes, place
+from diffusion.onednn import onednn_computes
+from diffusion.packed_conv import PackedConv2d
+from diffusion.stored_weights import ComputesFromStored, StoredEmbedding
+from diffusion.tiny import tiny_checkpoint_tensors
+
+
+def _half_file_checkpoint(tmp_path: Path, family: str) -> tuple[LoadedCheckpoint, LoadedCheckpoint]:
+    """(the file's models placed to compute in fp32, the same models cast whole by ``.float()``)."""
+    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tiny_checkpoint_tensors(family).items()}
+    save_file(tensors, str(tmp_path / "tiny.safetensors"))
+    placed, whole = load_checkpoint(tmp_path / "tiny.safetensors"), load_checkpoint(tmp_path / "tiny.safetensors")
+    assert placed.text_encoders is not None and whole.text_encoders is not None
+    for model in (placed.unet, placed.vae, *placed.text_encoders.encoders.values()):
+        place(model, torch.device("cpu"), torch.float32)
+    for model in (whole.unet, whole.vae, *whole.text_encoders.encoders.values()):
+        model.float()
+    return placed, whole
+
+
+def test_unet_vae_and_clip_compute_what_the_model_cast_whole_computes(tmp_path: Path) -> None:
+    placed, whole = _half_file_checkpoint(tmp_path, "sd15")
+    x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([999.0, 10.0]), torch.randn(2, 77, 64)
+    ids, eos = torch.randint(0, 49406, (2, 77)), torch.tensor([5, 76])
+    assert placed.text_encoders is not None and whole.text_encoders is not None
+    with torch.no_grad():
+        assert torch.equal(placed.unet(x, t, context), whole.unet(x, t, context))
+        assert torch.equal(placed.vae.decode(x[:1]), whole.vae.decode(x[:1]))
+        for name, encoder in placed.text_encoders.encoders.items():
+            got, expected = encoder(ids, eos), whole.text_encoders.encoders[name](ids, eos)
+            assert torch.equal(got.hidden, expected.hidden) and torch.equal(got.pooled, expected.pooled)
+
+
+def test_linear_embedding_and_packed_conv_weights_stay_in_the_file_s_dtype_and_the_rest_is_cast(
+    tmp_path: Path,
+) -> None:
+    placed, whole = _half_file_checkpoint(tmp_path, "sdxl")
+    assert placed.text_encoders is not None
+    packs = onednn_computes(torch.float32)
+    for model in (placed.unet, placed.vae, *placed.text_encoders.encoders.values()):
+        stored = {
+            id(layer.weight)
+            for layer in model.modules()
+            if isinstance(layer, (FusedLinear, StoredEmbedding)) or (packs and isinstance(layer, PackedConv2d))
+        }
+        for layer in model.modules():
+            if isinstance(layer, ComputesFromStored):
+                assert layer.computes_in == torch.float32
+        for tensor in model.parameters():
+            assert tensor.dtype == (torch.float16 if id(tensor) in stored else torch.float32)
+    assert module_bytes(placed.unet) < module_bytes(whole.unet)
+    assert placed.unet.dtype == placed.vae.dtype == torch.float32
+
+
+def test_a_placed_model_cast_again_computes_in_the_new_dtype(tmp_path: Path) -> None:
+    placed, _ = _half_file_checkpoint(tmp_path, "sd15")
+    bf16 = copy.deepcopy(placed.unet).to(torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    assert all(t.dtype == torch.bfloat16 for t in bf16.parameters())
+    with torch.no_grad():
+        out = bf16(
+            torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), torch.tensor([500.0]), torch.randn(1, 77, 64).bfloat16()
+        )
+    assert out.dtype == torch.bfloat16
