@@ -362,6 +362,7 @@ def measure_loom(job: Job) -> dict[str, Any]:
         steady["rss_after_trim"] = read_status()["VmRSS"]
         del cached_values, others
         final = read_status()  # before the switch, which resets VmHWM
+        measured_timelines = list(timelines)  # the switch's run is not a warm run of the node table
         switch = measure_switch(job, cache, owners, module_bytes, checkpoints, run)
     return {
         "side": "loom",
@@ -370,7 +371,7 @@ def measure_loom(job: Job) -> dict[str, Any]:
         "warm_s": warm,
         "peak": watcher.peak,
         "steady": steady,
-        "timelines": timelines,
+        "timelines": measured_timelines,
         "warm_working_set": max(warm_watcher.highest.values()) - before_warm,
         "warm_highest": warm_watcher.highest,
         "switch": switch,
