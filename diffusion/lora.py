@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from diffusion.diffusers_layout import unet_to_ldm
-from diffusion.stored_weights import compute_dtypes
+from diffusion.stored_weights import ComputesFromStored, stored_layers
 from diffusion.unet import UNetModel
 from diffusion.unet_config import CheckpointLayoutError
 
@@ -288,10 +288,12 @@ def apply_lora_patches(
     Never writes into the module: its tensors are typically copy-on-write views of a memory-mapped
     file shared by every user of the checkpoint. The sum is formed in float32 and cast once to the
     dtype the parameter computes in, so several LoRAs on a half-precision model round once rather
-    than per LoRA, and a layer computing in fp32 from its stored fp16 weight gets an fp32 sum.
+    than per LoRA, and a layer computing in fp32 from its stored fp16 weight gets an fp32 sum. A
+    scaled-fp8 weight is patched in its real values and bound divided by its scale, which the layer
+    multiplies back (``diffusion.stored_weights``).
     """
     parameters = dict(module.named_parameters())
-    dtypes = compute_dtypes(module)
+    layers = stored_layers(module)
     patched: dict[str, torch.Tensor] = {}
     for patches, strength in patch_sets:
         if strength == 0.0:
@@ -301,7 +303,17 @@ def apply_lora_patches(
                 raise KeyError(f"LoRA patch targets {name!r}, which this module does not have")
             base = parameters[name]
             if name not in patched:
-                patched[name] = base.detach().to(torch.float32, copy=True)
+                layer = layers.get(name)
+                values = base.detach() if layer is None else layer.dequantized_weight()
+                patched[name] = values.to(torch.float32, copy=True)  # never the module's own tensor
             for delta in deltas:
                 patched[name] += strength * delta.compute(base.shape).to(patched[name].device)
-    return {name: tensor.to(dtypes[name]) for name, tensor in patched.items()}
+    return {
+        name: tensor.to(parameters[name].dtype) if name not in layers else _stored(layers[name], tensor)
+        for name, tensor in patched.items()
+    }
+
+
+def _stored(layer: ComputesFromStored, patched: torch.Tensor) -> torch.Tensor:
+    """A patched weight in the form its layer computes from: in its compute dtype, divided by its scale."""
+    return layer.stored_form(patched).to(layer.computes_in)

@@ -71,14 +71,18 @@ def place(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> 
     last view dies (bench/RESULTS.md, "Memory").
     """
     stored: dict[int, tuple[ComputesFromStored, torch.dtype]] = {}
+    scales: set[int] = set()  # scaled-fp8 weight scales stay fp32 whatever the compute dtype
     for layer in model.modules():
         if isinstance(layer, ComputesFromStored):
             compute = layer.weight.dtype if dtype is None else dtype
             if layer.keeps_stored_weight(torch.device(device), compute):
                 stored[id(layer.weight)] = (layer, compute)
+            if layer.weight_scale is not None:
+                scales.add(id(layer.weight_scale))
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
-        cast = dtype is not None and tensor.is_floating_point() and id(tensor) not in stored
+        kept = id(tensor) in stored or id(tensor) in scales
+        cast = dtype is not None and tensor.is_floating_point() and not kept
         moved = tensor.to(device, dtype) if cast else tensor.to(device)
         if moved.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             release_file_pages(tensor)

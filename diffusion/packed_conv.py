@@ -80,7 +80,7 @@ class PackedConv2d(ComputesFromStored, nn.Conv2d):
         after, as nothing else reads them (``compute_from_stored``)."""
 
         def derive_and_release(weight: torch.Tensor) -> torch.Tensor:
-            derived = derive(weight.to(self.computes_in))
+            derived = derive(self.dequantized_weight(self.computes_in))
             self._weight_released = self.compute_dtype is not None and release_file_pages(weight)
             return derived
 

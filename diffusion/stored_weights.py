@@ -7,17 +7,36 @@ call, or, for a oneDNN convolution, derive its packed fp32 copy from it once and
 tensor is cast as ``.to`` casts. The same mechanism serves files whose weights are narrower still.
 
 The trade is memory for a cast per call: bench/memory.py measures both (bench/RESULTS.md, "Memory").
+
+"Scaled fp8" files (``*_fp8_scaled.safetensors``, ``t5xxl_fp8_e4m3fn_scaled``) store each quantised linear
+weight in fp8 with a per-tensor ``scale_weight`` beside it (real weight = fp8 value x scale), an
+``scale_input`` for fp8 matrix multiplication on GPUs, and a ``scaled_fp8`` marker tensor. Loaders split
+those off (``split_weight_scales``) before matching the layout and hand the weight scales to their layers
+(``attach_weight_scales``): such a layer keeps its fp8 weight and multiplies by the scale, in fp32, at each
+call. ``scale_input`` matters only to fp8 matmul, which the CPU has not, so it is not kept.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ComputesFromStored", "StoredEmbedding", "compute_dtypes"]
+__all__ = [
+    "ComputesFromStored",
+    "StoredEmbedding",
+    "WeightScaleError",
+    "attach_weight_scales",
+    "split_weight_scales",
+    "stored_layers",
+]
+
+_SCALE_WEIGHT = ".scale_weight"
+_DROPPED_KEY = re.compile(r"\.scale_input$|^scaled_fp8$")
 
 
 class ComputesFromStored(nn.Module):
@@ -46,9 +65,27 @@ class ComputesFromStored(nn.Module):
     def computes_in(self) -> torch.dtype:
         return self.weight.dtype if self.compute_dtype is None else self.compute_dtype
 
+    @property
+    def weight_scale(self) -> torch.Tensor | None:
+        """A scaled-fp8 file's per-tensor scale of the stored weight (``attach_weight_scales``), else None."""
+        return self._buffers.get("scale_weight")
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight's real values in ``dtype``: the stored weight cast, times its scale if it has one."""
+        scale = self.weight_scale
+        if scale is None:
+            return self.weight.to(dtype)
+        return (self.weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+
+    def stored_form(self, values: torch.Tensor) -> torch.Tensor:
+        """What to bind as ``weight`` so that the layer computes with ``values`` (a LoRA-patched weight):
+        ``values`` divided by the weight's scale, if it has one."""
+        scale = self.weight_scale
+        return values if scale is None else values / scale.to(values.dtype)
+
     def compute_weight(self) -> torch.Tensor:
-        """The weight in the compute dtype: itself, or a copy cast for this call."""
-        return self.weight.to(self.computes_in)
+        """The weight in the compute dtype: itself, or a copy cast (and scaled) for this call."""
+        return self.dequantized_weight(self.computes_in)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         if self.compute_dtype is not None:
@@ -64,10 +101,49 @@ class StoredEmbedding(ComputesFromStored, nn.Embedding):
         return rows.to(self.computes_in)
 
 
-def compute_dtypes(module: nn.Module) -> dict[str, torch.dtype]:
-    """Parameter name -> the dtype it computes in: its own, or its layer's ``compute_dtype``."""
-    dtypes = {name: tensor.dtype for name, tensor in module.named_parameters()}
-    for prefix, layer in module.named_modules():
-        if isinstance(layer, ComputesFromStored):
-            dtypes[f"{prefix}.weight" if prefix else "weight"] = layer.computes_in
-    return dtypes
+def stored_layers(module: nn.Module) -> dict[str, ComputesFromStored]:
+    """Weight parameter name (``blocks.0.proj.weight``) -> its layer, for every ``ComputesFromStored`` layer."""
+    return {
+        f"{prefix}.weight" if prefix else "weight": layer
+        for prefix, layer in module.named_modules()
+        if isinstance(layer, ComputesFromStored)
+    }
+
+
+def split_weight_scales(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the weights without a scaled-fp8 file's extra tensors, layer prefix -> weight scale)."""
+    weights: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(_SCALE_WEIGHT):
+            scales[key.removesuffix(_SCALE_WEIGHT)] = tensor
+        elif not _DROPPED_KEY.search(key):
+            weights[key] = tensor
+    return weights, scales
+
+
+def attach_weight_scales(module: nn.Module, scales: Mapping[str, torch.Tensor]) -> None:
+    """Give each layer named in ``scales`` its weight scale, kept in fp32 (a bf16 scale would be off by 0.4 %).
+
+    Raises ``WeightScaleError`` naming the key when a scale belongs to no layer that computes from a
+    stored weight or is not one number.
+    """
+    layers = stored_layers(module)
+    for prefix, scale in scales.items():
+        layer = layers.get(f"{prefix}.weight")
+        if layer is None:
+            raise WeightScaleError(prefix + _SCALE_WEIGHT, "a weight scale for no linear or convolution layer")
+        if scale.numel() != 1:
+            raise WeightScaleError(prefix + _SCALE_WEIGHT, f"{scale.numel()} values where a per-tensor scale has one")
+        layer.register_buffer("scale_weight", scale.detach().to(torch.float32).reshape(()))
+
+
+class WeightScaleError(ValueError):
+    """A scaled-fp8 weight scale that fits no layer of the model."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffusion.stored_weights import WeightScaleError, attach_weight_scales, split_weight_scales
+
 __all__ = ["CheckpointLayoutError", "UNetConfig", "detect_unet_config", "load_exact"]
 
 
@@ -157,8 +159,10 @@ def load_exact(module: nn.Module, state_dict: Mapping[str, torch.Tensor], compon
 
     `assign=True` keeps the caller's tensors (memory-mapped, stored dtype) instead of copying
     them into freshly initialised parameters, so a module built on the meta device costs no
-    initialisation time or second copy.
+    initialisation time or second copy. A scaled-fp8 file's weight scales go to their layers
+    (``diffusion.stored_weights``); its other extra tensors are dropped.
     """
+    state_dict, scales = split_weight_scales(state_dict)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -171,5 +175,9 @@ def load_exact(module: nn.Module, state_dict: Mapping[str, torch.Tensor], compon
             raise CheckpointLayoutError(
                 component, key, f"shape {tuple(state_dict[key].shape)} where {tuple(tensor.shape)} is expected"
             )
-    module.load_state_dict(dict(state_dict), strict=True, assign=True)
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    try:
+        attach_weight_scales(module, scales)
+    except WeightScaleError as error:
+        raise CheckpointLayoutError(component, error.key, error.reason) from error
     return module.eval().requires_grad_(False)

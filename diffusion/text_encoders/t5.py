@@ -36,7 +36,7 @@ from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
 from diffusion.fused_linear import FusedLinear, linear_times
-from diffusion.stored_weights import StoredEmbedding
+from diffusion.stored_weights import StoredEmbedding, WeightScaleError, attach_weight_scales, split_weight_scales
 
 __all__ = [
     "T5Encoder",
@@ -49,9 +49,6 @@ __all__ = [
 
 _BLOCK_KEY = re.compile(r"^encoder\.block\.(\d+)\.")
 _BIAS_KEY = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-# Scaled-fp8 files (`t5xxl_fp8_e4m3fn_scaled.safetensors`) add a per-layer weight scale, an input scale and a
-# marker tensor. They are not applied yet (see `load_t5_encoder`).
-_SCALED_FP8_KEY = re.compile(r"\.scale_weight$|\.scale_input$|^scaled_fp8$")
 # transformers ties the encoder's embedding to `shared`; a file may store it under either name, or both.
 _TIED_EMBEDDING = "encoder.embed_tokens.weight"
 
@@ -226,8 +223,8 @@ class T5Encoder(nn.Module):
 
 
 def _weights_only(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The encoder's own weights: scaled-fp8 extras dropped, the tied embedding under `shared.weight` once."""
-    weights = {key: tensor for key, tensor in state_dict.items() if not _SCALED_FP8_KEY.search(key)}
+    """The encoder's own weights, the tied embedding under `shared.weight` once."""
+    weights = dict(state_dict)
     tied = weights.pop(_TIED_EMBEDDING, None)
     if "shared.weight" not in weights and tied is not None:
         weights["shared.weight"] = tied
@@ -281,14 +278,19 @@ def _check_against(model: T5Encoder, weights: Mapping[str, torch.Tensor]) -> Non
 def load_t5_encoder(state_dict: Mapping[str, torch.Tensor]) -> T5Encoder:
     """Build a `T5Encoder` whose parameters are the given tensors themselves (memory-mapped ones stay mapped).
 
-    Accepted beside the weights and ignored: `encoder.embed_tokens.weight` (tied to `shared.weight`) and the
-    `*.scale_weight`, `*.scale_input` and `scaled_fp8` tensors of scaled-fp8 files. The weight scales are not
-    applied yet, so such a file computes with its fp8 weights unscaled.
+    `encoder.embed_tokens.weight` (tied to `shared.weight`) is accepted beside the weights. A scaled-fp8 file
+    (`t5xxl_fp8_e4m3fn_scaled`) keeps its fp8 weights, each layer multiplying by its `scale_weight` at compute
+    (``diffusion.stored_weights``).
     """
-    weights = _weights_only(state_dict)
+    weights, scales = split_weight_scales(state_dict)
+    weights = _weights_only(weights)
     config = t5_config_from_state_dict(weights)
     with torch.device("meta"):
         model = T5Encoder(config)
     _check_against(model, weights)
     model.load_state_dict(weights, strict=True, assign=True)
+    try:
+        attach_weight_scales(model, scales)
+    except WeightScaleError as error:
+        raise T5LayoutError(str(error)) from error
     return model.requires_grad_(False).eval()

@@ -6,16 +6,20 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
 from diffusion.fused_linear import FusedLinear
+from diffusion.lora import FullDelta, apply_lora_patches
 from diffusion.model_memory import module_bytes, place
 from diffusion.onednn import onednn_computes
 from diffusion.packed_conv import PackedConv2d
 from diffusion.stored_weights import ComputesFromStored, StoredEmbedding
 from diffusion.tiny import tiny_checkpoint_tensors
+from diffusion.unet_config import CheckpointLayoutError, load_exact
 
 
 def _half_file_checkpoint(tmp_path: Path, family: str) -> tuple[LoadedCheckpoint, LoadedCheckpoint]:
@@ -75,3 +79,67 @@ def test_a_placed_model_cast_again_computes_in_the_new_dtype(tmp_path: Path) -> 
             torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), torch.tensor([500.0]), torch.randn(1, 77, 64).bfloat16()
         )
     assert out.dtype == torch.bfloat16
+
+
+class ScaledPair(nn.Module):
+    """A convolution and a linear layer, the two kinds of layer scaled-fp8 files quantise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = PackedConv2d(4, 8, 3, padding=1)
+        self.linear = FusedLinear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.conv(x).mean(dim=(2, 3)))
+
+
+def _scaled_fp8_file() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(a scaled-fp8 state dict of ``ScaledPair``, the same weights dequantised to fp32)."""
+    torch.manual_seed(0)
+    weights = dict(ScaledPair().state_dict())
+    dequantized = dict(weights)
+    for prefix in ("conv", "linear"):
+        scale = weights[f"{prefix}.weight"].abs().max() / 448.0
+        quantized = (weights[f"{prefix}.weight"] / scale).to(torch.float8_e4m3fn)
+        weights[f"{prefix}.weight"], weights[f"{prefix}.scale_weight"] = quantized, scale.reshape(())
+        weights[f"{prefix}.scale_input"] = torch.ones(())
+        dequantized[f"{prefix}.weight"] = quantized.float() * scale
+    weights["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return weights, dequantized
+
+
+def _loaded(state_dict: dict[str, torch.Tensor]) -> ScaledPair:
+    with torch.device("meta"):
+        model = ScaledPair()
+    load_exact(model, state_dict, "test model")
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scaled_fp8_weights_stay_fp8_and_compute_as_their_dequantised_values(dtype: torch.dtype) -> None:
+    weights, dequantized = _scaled_fp8_file()
+    model, reference = _loaded(weights), _loaded(dequantized)
+    place(model, torch.device("cpu"), dtype)
+    reference.to(dtype)
+    assert model.linear.weight.dtype == model.conv.weight.dtype == torch.float8_e4m3fn
+    assert model.linear.weight_scale is not None and model.linear.weight_scale.dtype == torch.float32
+    x = torch.randn(2, 4, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0 if dtype == torch.float32 else 1e-2)
+
+
+def test_a_lora_on_a_scaled_fp8_weight_patches_its_real_values() -> None:
+    weights, dequantized = _scaled_fp8_file()
+    model = _loaded(weights)
+    place(model, torch.device("cpu"), torch.float32)
+    delta = torch.full((6, 8), 0.01)
+    patched = apply_lora_patches(model, [({"linear.weight": [FullDelta(delta)]}, 1.0)])
+    model.linear.weight.data = patched["linear.weight"]  # bound for a call, as nodes.model_handles does
+    torch.testing.assert_close(model.linear.compute_weight(), dequantized["linear.weight"] + delta)
+
+
+def test_a_weight_scale_for_no_layer_is_named() -> None:
+    weights, _ = _scaled_fp8_file()
+    weights["nowhere.scale_weight"] = torch.ones(())
+    with pytest.raises(CheckpointLayoutError, match=r"nowhere\.scale_weight: a weight scale for no linear"):
+        _loaded(weights)

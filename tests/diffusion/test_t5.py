@@ -168,18 +168,24 @@ def test_the_tied_embedding_may_be_stored_under_either_name(reference, names: tu
         assert max_difference(load_t5_encoder(weights)(ids, mask), reference_states(reference, ids, mask)) <= ATOL
 
 
-def test_scaled_fp8_extras_are_accepted(reference) -> None:
+def test_a_scaled_fp8_file_stays_fp8_and_computes_with_its_weights_times_their_scales(reference) -> None:
     weights = file_layout(reference)
-    linear_keys = [key for key in weights if key.endswith((".q.weight", ".wi_0.weight", ".wo.weight"))]
-    for key in linear_keys:
-        weights[key.replace(".weight", ".scale_weight")] = torch.ones(())
+    dequantized = dict(weights)
+    for key in [key for key in weights if key.endswith((".q.weight", ".wi_0.weight", ".wo.weight"))]:
+        scale = weights[key].abs().max() / 448.0  # the e4m3 range, as scaled-fp8 files are quantised
+        quantized = (weights[key] / scale).to(torch.float8_e4m3fn)
+        weights[key] = quantized
+        weights[key.replace(".weight", ".scale_weight")] = scale.reshape(())
         weights[key.replace(".weight", ".scale_input")] = torch.ones(())
+        dequantized[key] = quantized.float() * scale
     weights["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
     model = load_t5_encoder(weights)
+    place(model, torch.device("cpu"), torch.float32)
+    assert model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
     assert t5_config_from_state_dict(weights) == CONFIG
     ids, mask = padded_prompts()
     with torch.no_grad():
-        assert max_difference(model(ids, mask), reference_states(reference, ids, mask)) <= ATOL
+        assert torch.equal(model(ids, mask), load_t5_encoder(dequantized)(ids, mask))
 
 
 def test_fp16_file_computes_in_fp32_exactly_as_the_upcast_weights(reference, tmp_path: Path) -> None:
