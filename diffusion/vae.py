@@ -29,6 +29,8 @@ __all__ = [
     "SD1_LATENT",
     "SD2_LATENT",
     "SDXL_LATENT",
+    "SD3_LATENT",
+    "FLUX_LATENT",
     "ScaledVAE",
     "detect_vae_config",
     "vae_from_state_dict",
@@ -314,15 +316,29 @@ def vae_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: VAEConfi
 
 @dataclass(frozen=True)
 class LatentFormat:
-    """How a family's latents are scaled for the diffusion model: unit variance over the training set."""
+    """How a family's latents are normalised for the diffusion model: zero mean and unit variance over the
+    training set, ``(latent - shift_factor) * scale_factor`` (the SD1/SD2/SDXL VAEs needed no shift; the
+    16-channel VAEs of SD3 and FLUX do)."""
 
     name: str
     scale_factor: float
+    shift_factor: float = 0.0
+
+    def to_model(self, latent: torch.Tensor) -> torch.Tensor:
+        """A VAE latent in the diffusion model's space."""
+        return (latent - self.shift_factor) * self.scale_factor
+
+    def from_model(self, latent: torch.Tensor) -> torch.Tensor:
+        """A diffusion model's latent back in the VAE's space."""
+        return latent / self.scale_factor + self.shift_factor
 
 
 SD1_LATENT = LatentFormat("sd1", 0.18215)
 SD2_LATENT = LatentFormat("sd2", 0.18215)
 SDXL_LATENT = LatentFormat("sdxl", 0.13025)
+# The 16-channel VAEs' statistics, as their model cards and diffusers' configs give them.
+SD3_LATENT = LatentFormat("sd3", 1.5305, 0.0609)
+FLUX_LATENT = LatentFormat("flux", 0.3611, 0.1159)
 
 
 class ScaledVAE:
@@ -337,10 +353,10 @@ class ScaledVAE:
         self.tiles = tiles
 
     def _encode_scaled(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(pixels) * self.latent_format.scale_factor
+        return self.latent_format.to_model(self.model.encode(pixels))
 
     def _decode_scaled(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(latent / self.latent_format.scale_factor)
+        return self.model.decode(self.latent_format.from_model(latent))
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         factor = self.model.config.downscale

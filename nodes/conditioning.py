@@ -28,6 +28,7 @@ __all__ = [
     "CLIPTextEncode",
     "ConditioningAverage",
     "ConditioningCombine",
+    "FluxGuidance",
     "ConditioningConcat",
     "ConditioningSetArea",
     "ConditioningSetMask",
@@ -150,6 +151,12 @@ def ConditioningSetTimestepRange(
 ):
     """Use a conditioning only for part of the sampling: 0 is the first (noisiest) step, 1 the end."""
     return _edited(conditioning, timestep_start=start, timestep_end=end)
+
+
+@node(category="advanced/conditioning/flux", outputs=[Output("CONDITIONING")])
+def FluxGuidance(conditioning=Socket("CONDITIONING"), guidance=Float(3.5, min=0.0, max=100.0, step=0.1)):
+    """The guidance strength a guidance-distilled model (FLUX.1 dev) is conditioned on, in place of CFG."""
+    return _edited(conditioning, guidance=guidance)
 
 
 @node(category="advanced/conditioning", outputs=[Output("CONDITIONING")])

@@ -21,9 +21,9 @@ from nodes.image import CROP_METHODS, MAX_RESOLUTION, center_crop_to_aspect, res
 from nodes.model_handles import VaeHandle
 
 __all__ = [
-    "EmptyLatentImage", "LatentBlend", "LatentComposite", "LatentFromBatch", "LatentUpscale", "LatentUpscaleBy",
-    "RepeatLatentBatch", "SetLatentNoiseMask", "VAEDecode", "VAEDecodeTiled", "VAEEncode", "VAEEncodeForInpaint",
-    "VAEEncodeTiled", "bislerp",
+    "EmptyLatentImage", "EmptySD3LatentImage", "LatentBlend", "LatentComposite", "LatentFromBatch", "LatentUpscale",
+    "LatentUpscaleBy", "RepeatLatentBatch", "SetLatentNoiseMask", "VAEDecode", "VAEDecodeTiled", "VAEEncode",
+    "VAEEncodeForInpaint", "VAEEncodeTiled", "bislerp",
 ]  # fmt: skip
 
 Latent = dict[str, Any]
@@ -38,6 +38,16 @@ def EmptyLatentImage(
 ):
     """A batch of blank latents for text-to-image; the sampler fills it with noise."""
     return {"samples": torch.zeros([batch_size, 4, height // 8, width // 8])}
+
+
+@node(category="latent/sd3", outputs=[Output("LATENT")])
+def EmptySD3LatentImage(
+    width=Int(1024, min=16, max=MAX_RESOLUTION, step=16),
+    height=Int(1024, min=16, max=MAX_RESOLUTION, step=16),
+    batch_size=Int(1, min=1, max=4096),
+):
+    """Blank 16-channel latents, the width of the SD3 and FLUX VAEs."""
+    return {"samples": torch.zeros([batch_size, 16, height // 8, width // 8])}
 
 
 @node(category="latent", display_name="VAE Decode", outputs=[Output("IMAGE")])

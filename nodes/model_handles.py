@@ -146,7 +146,9 @@ def _active_patches(
 class ModelHandle:
     """MODEL: the diffusion UNet of a checkpoint, how it predicts, and the LoRAs applied to it."""
 
-    def __init__(self, checkpoint: LoadedCheckpoint, patches: tuple[PatchSet, ...] = ()) -> None:
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, patches: tuple[PatchSet, ...] = (), sampling: ModelSampling | None = None
+    ) -> None:
         info = checkpoint.info
         if checkpoint.unet is None or info.family is None:
             raise CheckpointError(info.path, "holds no diffusion model (UNet), so it cannot be used as a MODEL")
@@ -157,7 +159,9 @@ class ModelHandle:
         self.checkpoint = checkpoint
         self.family: ModelFamily = info.family
         self.unet: UNetModel = checkpoint.unet
-        self.sampling: ModelSampling = VPrediction() if info.prediction == "v" else EpsPrediction()
+        if sampling is None:
+            sampling = VPrediction() if info.prediction == "v" else EpsPrediction()
+        self.sampling: ModelSampling = sampling
         self.latent_format = _LATENT_FORMATS[self.family]
         self._patched = _Patched(self.unet, patches)
 
@@ -189,7 +193,11 @@ class ModelHandle:
     def with_lora(self, patches: Mapping[str, Sequence[WeightDelta]], strength: float) -> ModelHandle:
         """A new handle with one more LoRA; strength 0 (or nothing to patch) returns this handle."""
         combined = _active_patches(self.patches, patches, strength)
-        return self if combined is self.patches else ModelHandle(self.checkpoint, combined)
+        return self if combined is self.patches else ModelHandle(self.checkpoint, combined, self.sampling)
+
+    def with_sampling(self, sampling: ModelSampling) -> ModelHandle:
+        """A new handle predicting through ``sampling`` (the ModelSampling* nodes: a flow model's shift)."""
+        return ModelHandle(self.checkpoint, self.patches, sampling)
 
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:

@@ -82,7 +82,7 @@ def model_conditioning(
         if adm is not None and options.get("y") is None:
             options["y"] = _adm_vector(model, adm, options, latent, negative)
         if options.get("concat_latent_image") is not None:
-            options["concat_latent_image"] = options["concat_latent_image"] * model.latent_format.scale_factor
+            options["concat_latent_image"] = model.latent_format.to_model(options["concat_latent_image"])
         elif model.in_channels > model.latent_channels:
             # An inpainting model fed by VAEEncodeForInpaint: the latent being sampled is already the
             # masked picture's, and the noise mask is the inpainting mask (as in ComfyUI).
@@ -101,7 +101,7 @@ def _model_latent(model: ModelHandle, samples: torch.Tensor) -> torch.Tensor:
                 f"the latent has {samples.shape[1]} channels but this {model.family.value} model works on "
                 f"{model.latent_channels}: it was made by another model family's VAE"
             )
-    return samples.float() * model.latent_format.scale_factor
+    return model.latent_format.to_model(samples.float())
 
 
 def _step_reporter(previewer: Previewer | None, total: int) -> StepCallback:
@@ -179,7 +179,7 @@ def _sample(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Te
             seed=noise.seed,
             callback=_step_reporter(previewer, len(sigmas) - 1),
         )
-    return {**latent_image, "samples": (result / model.latent_format.scale_factor).cpu()}
+    return {**latent_image, "samples": model.latent_format.from_model(result).cpu()}
 
 
 def _ksampler_sigmas(

@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from diffusion.unet_config import CheckpointLayoutError
-from diffusion.vae import SD1_LATENT, SD2_LATENT, SDXL_LATENT, ScaledVAE, detect_vae_config, vae_from_state_dict
+from diffusion.vae import (
+    FLUX_LATENT,
+    SD1_LATENT,
+    SD2_LATENT,
+    SD3_LATENT,
+    SDXL_LATENT,
+    LatentFormat,
+    ScaledVAE,
+    detect_vae_config,
+    vae_from_state_dict,
+)
 from diffusion.vae_tiling import TileSpec
 from tests.diffusion.reference_models import TINY_VAE_CONFIG, tiny_vae
 
@@ -120,3 +130,12 @@ def test_an_unexpected_key_is_named(pair):
     extra = dict(weights, **{"encoder.down.0.attn.0.q.weight": torch.zeros(32, 32, 1, 1)})
     with pytest.raises(CheckpointLayoutError, match=r"encoder\.down\.0\.attn\.0\.q\.weight: unexpected"):
         vae_from_state_dict(extra)
+
+
+@pytest.mark.parametrize("latent_format", [SD3_LATENT, FLUX_LATENT], ids=["sd3", "flux"])
+def test_a_shifted_latent_format_centres_then_scales_and_restores_exactly(latent_format: LatentFormat) -> None:
+    latent = torch.randn(1, 16, 4, 4)
+    model_space = latent_format.to_model(latent)
+    torch.testing.assert_close(model_space, (latent - latent_format.shift_factor) * latent_format.scale_factor)
+    torch.testing.assert_close(latent_format.from_model(model_space), latent)
+    assert not latent_format.to_model(torch.full((1, 16, 1, 1), latent_format.shift_factor)).any()

@@ -16,6 +16,7 @@ from nodes.conditioning import (
     ConditioningSetMask,
     ConditioningSetTimestepRange,
     ConditioningZeroOut,
+    FluxGuidance,
     InpaintModelConditioning,
 )
 from nodes.folders import Folders
@@ -84,6 +85,13 @@ def test_area_mask_and_range_edit_copies_of_the_options() -> None:
     (ranged,) = ConditioningSetTimestepRange(original, 0.2, 0.8)
     assert (ranged[1]["timestep_start"], ranged[1]["timestep_end"]) == (0.2, 0.8)
     assert set(original[0][1]) == {"pooled_output"}
+
+
+def test_flux_guidance_sets_the_guidance_of_every_entry_on_a_copy() -> None:
+    original = [entry(1.0), entry(2.0)]
+    guided = FluxGuidance(original, 2.5)
+    assert [options["guidance"] for _, options in guided] == [2.5, 2.5]
+    assert all("guidance" not in options for _, options in original)
 
 
 def test_zero_out_zeroes_states_and_pooled() -> None:

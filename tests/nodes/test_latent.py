@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from nodes.folders import Folders
 from nodes.latent import (
     EmptyLatentImage,
+    EmptySD3LatentImage,
     LatentBlend,
     LatentComposite,
     LatentFromBatch,
@@ -36,6 +37,11 @@ def vae(folders: Folders):
 def test_empty_latent_is_zeros_at_one_eighth_size() -> None:
     latent = EmptyLatentImage(512, 768, 2)["samples"]
     assert latent.shape == (2, 4, 96, 64) and not latent.any()
+
+
+def test_the_sd3_and_flux_empty_latent_has_the_16_channels_of_their_vae() -> None:
+    latent = EmptySD3LatentImage(1024, 768, 3)["samples"]
+    assert latent.shape == (3, 16, 96, 128) and not latent.any()
 
 
 def test_encode_and_decode_are_the_autoencoder_in_pixel_range_minus_one_to_one(vae) -> None:

@@ -26,6 +26,7 @@ BUILTIN_NAMES = {
     "LatentComposite", "LatentBlend",
     "KSampler", "KSamplerAdvanced", "KSamplerSelect", "BasicScheduler", "RandomNoise", "DisableNoise",
     "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
+    "FluxGuidance", "EmptySD3LatentImage", "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
