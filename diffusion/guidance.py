@@ -12,8 +12,9 @@ A conditioning is ComfyUI's CONDITIONING value: a list of ``(context [1, T, D], 
 options read here are ``strength``, ``area`` ``(h, w, y, x)`` in latent cells (pixels/8), ``mask``
 with ``mask_strength`` and ``set_area_to_bounds``, ``timestep_start``/``timestep_end`` (fractions of
 the process, 0 = noisiest), ``y`` (SDXL's adm vector, already built by the caller),
-``concat_latent_image`` + ``concat_mask`` (9-channel inpainting models) and ``pooled_output`` (kept
-for the caller that builds ``y``; unused here).
+``concat_latent_image`` + ``concat_mask`` (9-channel inpainting models), ``guidance`` (the strength a
+guidance-distilled model such as FLUX.1 dev is conditioned on) and ``pooled_output`` (kept for the
+caller that builds ``y``; unused here).
 
 Several conditionings on one side are combined per latent cell as a weighted average of their x0
 predictions, each weighted by strength x mask over its area; a cell that no conditioning covers gets
@@ -117,6 +118,7 @@ class _Cond:
     sigma_end: float
     y: Tensor | None
     concat: Tensor | None  # [B or 1, C, h, w]: extra input channels for inpainting models
+    guidance: Tensor | None  # [1]: a guidance-distilled model's guidance strength
     negative: bool
 
     def active(self, sigma: float) -> bool:
@@ -132,6 +134,7 @@ class _Cond:
             self.context.shape[-1],
             _trailing_shape(self.y),
             _trailing_shape(self.concat),
+            self.guidance is None,
         )
 
 
@@ -218,6 +221,7 @@ def _resolve(
                 sigma_end=model_sampling.percent_to_sigma(float(options.get("timestep_end", 1.0))),
                 y=y,
                 concat=None if concat is None else concat[:, :, rows, cols],
+                guidance=None if options.get("guidance") is None else torch.tensor([float(options["guidance"])]),
                 negative=negative,
             )
         )
@@ -244,9 +248,10 @@ class CFGGuider:
     and another ``cfg``, every conditioning entry that shares a region and input layout with another
     goes through the same UNet call, so plain CFG costs one call of batch 2B.
 
-    ``unet_fn(x_in, timesteps, context, y=..., concat=...)`` returns the UNet's raw output; ``y`` and
-    ``concat`` are passed only when the conditioning provides them. ``inpainting`` restricts changes
-    to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting UNets.
+    ``unet_fn(x_in, timesteps, context, y=..., concat=..., guidance=...)`` returns the model's raw output;
+    ``y``, ``concat`` and ``guidance`` are passed only when the conditioning provides them. ``inpainting``
+    restricts changes to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting
+    UNets.
     """
 
     def __init__(
@@ -284,6 +289,8 @@ class CFGGuider:
             extra["y"] = torch.cat([_per_item(c.y, batch) for c in group if c.y is not None]).to(x)
         if group[0].concat is not None:
             extra["concat"] = torch.cat([_per_item(c.concat, batch) for c in group if c.concat is not None]).to(x)
+        if group[0].guidance is not None:
+            extra["guidance"] = torch.cat([_per_item(c.guidance, batch) for c in group if c.guidance is not None]).to(x)
         x_in = self.model_sampling.calculate_input(sigma_all, x_all)
         output = self.unet_fn(x_in, self.model_sampling.timestep(sigma_all), context, **extra)
         denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)

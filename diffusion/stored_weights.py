@@ -32,6 +32,7 @@ __all__ = [
     "WeightScaleError",
     "attach_weight_scales",
     "split_weight_scales",
+    "store_weights_as",
     "stored_layers",
 ]
 
@@ -108,6 +109,15 @@ def stored_layers(module: nn.Module) -> dict[str, ComputesFromStored]:
         for prefix, layer in module.named_modules()
         if isinstance(layer, ComputesFromStored)
     }
+
+
+def store_weights_as(module: nn.Module, dtype: torch.dtype) -> None:
+    """Keep every linear and convolution weight of ``module`` in ``dtype`` (ComfyUI's ``weight_dtype`` of a
+    diffusion model: fp8 halves an fp16 file's memory); each layer casts back at compute. A weight that has a
+    scale is already quantised and is left as it is."""
+    for layer in stored_layers(module).values():
+        if layer.weight_scale is None and layer.weight.is_floating_point():
+            layer.weight.data = layer.weight.data.to(dtype)
 
 
 def split_weight_scales(

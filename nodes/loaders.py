@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.lora import LoraPatches, parse_lora
+from diffusion.unet import UNetModel
 from graph.declare import Combo, Float, Int, Output, Socket, node
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint
 from nodes.runtime import find_model, list_models
 
-__all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "VAELoader"]
+__all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "VAELoader"]
 
 _log = logging.getLogger(__name__)
 #: ComfyUI's LoRA strength range; negative strengths subtract a LoRA's effect.
@@ -36,9 +39,35 @@ def CheckpointLoaderSimple(ckpt_name=Combo(_names("checkpoints"), tooltip="The c
     """Load a Stable Diffusion checkpoint: the diffusion model, its text encoder(s) and its VAE."""
     path = find_model("checkpoints", ckpt_name)
     loaded = load_shared_checkpoint(path)
+    family = loaded.info.family
+    if family is not None and family.is_flow_transformer and loaded.text_encoders is None:
+        raise CheckpointError(
+            path,
+            f"holds a {family.value} diffusion model, and Loom does not load {family.value} text encoders "
+            "(CLIP-L/G, T5-XXL) yet, so this loader cannot give its CLIP: load the model with UNETLoader "
+            "(Load Diffusion Model) and its VAE with VAELoader",
+        )
     if loaded.vae is None:
         raise CheckpointError(path, "holds no VAE; load one with VAELoader")
     return ModelHandle(loaded), ClipHandle(loaded), VaeHandle(loaded.vae, path, loaded)
+
+
+#: UNETLoader's weight_dtype choices. "fast" means fp8 matrix multiplication on GPUs that have it; on the
+#: CPU both fp8_e4m3fn choices keep the weights in fp8 and compute in the runtime's dtype.
+_WEIGHT_DTYPES = {
+    "default": None,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+@node(category="advanced/loaders", display_name="Load Diffusion Model", outputs=[Output("MODEL")])
+def UNETLoader(unet_name=Combo(_names("diffusion_models")), weight_dtype=Combo(list(_WEIGHT_DTYPES))):
+    """Load a diffusion model alone (FLUX, SD3, or an SD UNet) from the diffusion_models folder; its text
+    encoders and VAE come from their own loaders."""
+    path = find_model("diffusion_models", unet_name)
+    return ModelHandle(load_shared_checkpoint(path, _WEIGHT_DTYPES[weight_dtype]))
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])
@@ -53,6 +82,8 @@ def VAELoader(vae_name=Combo(_names("vae"))):
 
 def _read_lora(lora_name: str, model: ModelHandle, clip: ClipHandle | None) -> LoraPatches:
     path = find_model("loras", lora_name)
+    if not isinstance(model.unet, UNetModel):
+        raise ValueError(f"LoRAs for {model.family.value} models are not supported yet ({lora_name})")
     patches = parse_lora(open_state_dict(path), model.unet, clip.encoders if clip is not None else (), path)
     # Without a CLIP the text-encoder part is skipped on purpose; only the rest is worth a warning.
     ignored = [key for key in patches.unmatched if clip is not None or not key.startswith(_TEXT_ENCODER_STEMS)]

@@ -31,17 +31,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffusion.checkpoint import LoadedCheckpoint, ModelFamily, load_checkpoint
+from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily, load_checkpoint
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.embeddings import EmbeddingResolver
+from diffusion.flow_matching import DiscreteFlow, FluxFlow
+from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta, apply_lora_patches
+from diffusion.mmdit import MMDiT
 from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
+from diffusion.stored_weights import store_weights_as
 from diffusion.unet import UNetModel
-from diffusion.vae import SD1_LATENT, SD2_LATENT, SDXL_LATENT, AutoencoderKL, LatentFormat, ScaledVAE
+from diffusion.vae import (
+    FLUX_LATENT,
+    SD1_LATENT,
+    SD2_LATENT,
+    SD3_LATENT,
+    SDXL_LATENT,
+    AutoencoderKL,
+    LatentFormat,
+    ScaledVAE,
+)
 from diffusion.vae_tiling import TileSpec
 from nodes.runtime import current_runtime
 
 __all__ = [
+    "DEFAULT_GUIDANCE",
     "ClipHandle",
     "ModelHandle",
     "PatchSet",
@@ -58,20 +72,33 @@ _LATENT_FORMATS = {
     ModelFamily.SD2: SD2_LATENT,
     ModelFamily.SDXL: SDXL_LATENT,
     ModelFamily.SDXL_REFINER: SDXL_LATENT,
+    ModelFamily.SD3: SD3_LATENT,
+    ModelFamily.FLUX: FLUX_LATENT,
 }
+#: What a guidance-distilled model (FLUX.1 dev) is conditioned on when no FluxGuidance says otherwise,
+#: as in ComfyUI.
+DEFAULT_GUIDANCE = 3.5
 #: Latents between nodes are unscaled (module docstring); the VAE handle maps with factor 1.
 _UNSCALED = LatentFormat("unscaled", 1.0)
 
 
-def load_shared_checkpoint(path: Path) -> LoadedCheckpoint:
+def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) -> LoadedCheckpoint:
     """``load_checkpoint(path)``, shared with every live handle of the same unchanged file in this runtime.
 
     Per runtime, not per process: each runtime's ``ModelMemory`` moves and casts the modules it places,
-    so two runtimes with different compute settings must not share them.
+    so two runtimes with different compute settings must not share them. With ``weight_dtype`` the
+    diffusion model keeps its weights in that dtype (``UNETLoader``'s fp8 choices), a load of its own.
     """
     stat = path.stat()
-    key = ("checkpoint", str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return current_runtime().memory.load_shared(key, lambda: load_checkpoint(path))
+    key = ("checkpoint", str(path.resolve()), stat.st_mtime_ns, stat.st_size, weight_dtype)
+
+    def load() -> LoadedCheckpoint:
+        loaded = load_checkpoint(path)
+        if weight_dtype is not None and loaded.unet is not None:
+            store_weights_as(loaded.unet, weight_dtype)
+        return loaded
+
+    return current_runtime().memory.load_shared(key, load)
 
 
 def _modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:
@@ -143,25 +170,33 @@ def _active_patches(
     return patches if strength == 0.0 or not added else (*patches, (added, strength))
 
 
+def _default_sampling(checkpoint: LoadedCheckpoint, model: DiffusionModel) -> ModelSampling:
+    """How a model file predicts, as ComfyUI configures each family (shift 3 for SD3, 1.15 for FLUX.1 dev,
+    none for the timestep-distilled schnell)."""
+    if isinstance(model, FluxTransformer):
+        return FluxFlow(shift=1.15 if model.config.guidance_embed else 1.0)
+    if isinstance(model, MMDiT):
+        return DiscreteFlow(shift=3.0)
+    return VPrediction() if checkpoint.info.prediction == "v" else EpsPrediction()
+
+
 class ModelHandle:
-    """MODEL: the diffusion UNet of a checkpoint, how it predicts, and the LoRAs applied to it."""
+    """MODEL: the diffusion model of a file (a UNet or a flow transformer), how it predicts, and its LoRAs."""
 
     def __init__(
         self, checkpoint: LoadedCheckpoint, patches: tuple[PatchSet, ...] = (), sampling: ModelSampling | None = None
     ) -> None:
         info = checkpoint.info
         if checkpoint.unet is None or info.family is None:
-            raise CheckpointError(info.path, "holds no diffusion model (UNet), so it cannot be used as a MODEL")
+            raise CheckpointError(info.path, "holds no diffusion model, so it cannot be used as a MODEL")
         if info.prediction == "edm":
             raise UnsupportedModelError(
                 info.path, info.family.value, "EDM-prediction models (Playground 2.5) are not supported yet"
             )
         self.checkpoint = checkpoint
         self.family: ModelFamily = info.family
-        self.unet: UNetModel = checkpoint.unet
-        if sampling is None:
-            sampling = VPrediction() if info.prediction == "v" else EpsPrediction()
-        self.sampling: ModelSampling = sampling
+        self.unet: DiffusionModel = checkpoint.unet
+        self.sampling: ModelSampling = _default_sampling(checkpoint, self.unet) if sampling is None else sampling
         self.latent_format = _LATENT_FORMATS[self.family]
         self._patched = _Patched(self.unet, patches)
 
@@ -179,7 +214,30 @@ class ModelHandle:
 
     @property
     def in_channels(self) -> int:
+        """Latent channels the model takes: the noisy latent's, plus any concatenated conditioning."""
+        if isinstance(self.unet, FluxTransformer):
+            return self.unet.config.latent_channels
         return self.unet.config.in_channels
+
+    @property
+    def adm_in_channels(self) -> int | None:
+        """Width of an SDXL UNet's pooled-text-and-size vector ``y``; None for the rest."""
+        return self.unet.config.adm_in_channels if isinstance(self.unet, UNetModel) else None
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """Width of the pooled text vector a flow transformer takes as ``y`` (FLUX: CLIP-L's, SD3: CLIP-L and
+        CLIP-G's); None for UNets."""
+        if isinstance(self.unet, FluxTransformer):
+            return self.unet.config.vec_dim
+        if isinstance(self.unet, MMDiT):
+            return self.unet.config.pooled_dim
+        return None
+
+    @property
+    def takes_guidance(self) -> bool:
+        """A guidance-distilled model, conditioned on a guidance strength (FluxGuidance) instead of CFG."""
+        return isinstance(self.unet, FluxTransformer) and self.unet.config.guidance_embed
 
     @property
     def device(self) -> torch.device:
@@ -201,14 +259,18 @@ class ModelHandle:
 
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:
-        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None)`` that ``diffusion.guidance.CFGGuider`` calls.
+        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None, guidance=None)`` that
+        ``diffusion.guidance.CFGGuider`` calls.
 
         Inpainting UNets (9 input channels) take the mask and masked-image latent as extra input
-        channels after the noisy latent; a 4-channel UNet ignores ``concat``.
+        channels after the noisy latent; a 4-channel UNet ignores ``concat``. Flow transformers take
+        sigma as their time (``timesteps`` is the sampling's sigma x multiplier) and the pooled text
+        vector as ``y``; a guidance-distilled FLUX also its ``guidance``.
         """
         current_runtime().memory.use(self.unet)
         with self._patched.active() as unet:
             extra_channels = self.in_channels - self.latent_channels
+            forward = _flow_forward(unet, self.sampling) if self.family.is_flow_transformer else _unet_forward(unet)
 
             def call(
                 x_in: torch.Tensor,
@@ -216,6 +278,7 @@ class ModelHandle:
                 context: torch.Tensor,
                 y: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None,
             ) -> torch.Tensor:
                 if extra_channels:
                     if concat is None or concat.shape[1] != extra_channels:
@@ -226,13 +289,55 @@ class ModelHandle:
                         )
                     x_in = torch.cat([x_in, concat.to(x_in)], dim=1)
                 device = next(unet.parameters()).device
+
+                def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
+                    return None if tensor is None else tensor.to(device)
+
                 with torch.no_grad():
-                    output = unet(
-                        x_in.to(device), timesteps.to(device), context.to(device), y=None if y is None else y.to(device)
+                    output = forward(
+                        x_in.to(device), timesteps.to(device), context.to(device), moved(y), moved(guidance)
                     )
                 return output.to(x_in.device)
 
             yield call
+
+
+_Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+
+
+def _unet_forward(unet: nn.Module) -> _Forward:
+    def forward(
+        x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None, _: torch.Tensor | None
+    ) -> torch.Tensor:
+        return unet(x, timesteps, context, y=y)
+
+    return forward
+
+
+def _flow_forward(model: nn.Module, sampling: ModelSampling) -> _Forward:
+    """A flow transformer called with the sampler's timesteps: back to sigma, the pooled vector required."""
+    multiplier = getattr(sampling, "multiplier", None)
+    if multiplier is None:
+        raise ValueError(
+            f"a flow-matching transformer cannot sample with {type(sampling).__name__}; "
+            "use ModelSamplingSD3, ModelSamplingFlux or ModelSamplingAuraFlow"
+        )
+
+    def forward(
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None,
+        guidance: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if y is None:
+            raise ValueError("a flow-matching transformer needs the pooled text vector (pooled_output)")
+        sigma = timesteps / multiplier
+        if isinstance(model, FluxTransformer):
+            return model(x, sigma, context, y, guidance=guidance)
+        return model(x, sigma, context, y)
+
+    return forward
 
 
 class ClipHandle:

@@ -32,7 +32,7 @@ from diffusion.schedules import SCHEDULER_NAMES, cut_sigmas, denoise_sigmas
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
 from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
 from graph.progress import report_progress
-from nodes.model_handles import ModelHandle
+from nodes.model_handles import DEFAULT_GUIDANCE, ModelHandle
 from nodes.runtime import current_runtime
 
 __all__ = [
@@ -68,6 +68,20 @@ def _adm_vector(
     return sdxl_adm_vector(pooled, (height, width), crop, target)
 
 
+def _pooled_vector(width: int, options: dict[str, Any]) -> torch.Tensor:
+    """A flow transformer's ``y``: the pooled text vector, zeros where the conditioning has none; a width
+    that does not fit is named rather than failing inside the model."""
+    pooled = options.get("pooled_output")
+    if pooled is None:
+        return torch.zeros(1, width)
+    if pooled.shape[-1] != width:
+        raise ValueError(
+            f"the conditioning's pooled output is {pooled.shape[-1]} wide, this model takes {width}: "
+            "encode the prompt with this model's text encoders"
+        )
+    return pooled
+
+
 def model_conditioning(
     model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool
 ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
@@ -76,11 +90,15 @@ def model_conditioning(
     ``latent`` is the latent being sampled, already in the model's space.
     """
     prepared = []
-    adm = model.unet.config.adm_in_channels
+    adm = model.adm_in_channels
     for cond, options in conditioning:
         options = dict(options)
         if adm is not None and options.get("y") is None:
             options["y"] = _adm_vector(model, adm, options, latent, negative)
+        if model.pooled_dim is not None:
+            options["y"] = _pooled_vector(model.pooled_dim, options)
+        if model.takes_guidance:
+            options.setdefault("guidance", DEFAULT_GUIDANCE)
         if options.get("concat_latent_image") is not None:
             options["concat_latent_image"] = model.latent_format.to_model(options["concat_latent_image"])
         elif model.in_channels > model.latent_channels:

@@ -16,13 +16,14 @@ from .errors import CheckpointError, CheckpointFormatError, UnknownModelError, U
 from .files import LazyStateDict, TensorEntry, open_state_dict
 
 if TYPE_CHECKING:
-    from .load import LoadedCheckpoint, load_checkpoint, split_checkpoint
+    from .load import DiffusionModel, LoadedCheckpoint, load_checkpoint, split_checkpoint
 
 __all__ = [
     "CheckpointError",
     "CheckpointFormatError",
     "CheckpointInfo",
     "ComponentSource",
+    "DiffusionModel",
     "LazyStateDict",
     "LoadedCheckpoint",
     "ModelFamily",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-_FROM_LOAD = frozenset({"LoadedCheckpoint", "load_checkpoint", "split_checkpoint"})
+_FROM_LOAD = frozenset({"DiffusionModel", "LoadedCheckpoint", "load_checkpoint", "split_checkpoint"})
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,10 @@ channels...); Loom instead keys on *structure*, which holds for real and for tin
 - Prediction type: SDXL files announce it with marker keys (`v_pred`, `edm_mean`/`edm_std`); SD2 files
   do not, and the SD2 v-models are told apart by a weight statistic (below).
 
+- SD3 / SD3.5 (MMDiT, `joint_blocks.*`) and FLUX.1 (`double_blocks.*`) are the rectified-flow
+  transformers, found with or without the `model.diffusion_model.` prefix (standalone files in
+  `diffusion_models/` have none); their latents have 16 channels.
+
 Text encoders are recognised by their key layout: Hugging Face CLIP (`...embeddings.token_embedding`)
 or OpenCLIP (`...token_embedding` + `transformer.resblocks`), at the prefixes the LDM/SGM training code
 used (`cond_stage_model.transformer.`, `cond_stage_model.model.`, `conditioner.embedders.N.`).
@@ -39,14 +43,22 @@ __all__ = [
     "detect_state_dict",
 ]
 
-Prediction = Literal["eps", "v", "edm"]
+Prediction = Literal["eps", "v", "edm", "flow"]
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 
-# Latent scale factors of the original configs (`scale_factor` in the LDM yamls).
+# Latent scale factors of the original configs (`scale_factor` in the LDM yamls; the 16-channel VAEs'
+# `scaling_factor` in their diffusers configs).
 _SD_LATENT_SCALE = 0.18215
 _SDXL_LATENT_SCALE = 0.13025
+_TRANSFORMER_LATENT_SCALES = {"sd3": 1.5305, "flux": 0.3611}
+# A key only each transformer family has, and the layout name `load_checkpoint` builds it by.
+_TRANSFORMER_SIGNATURES = (
+    ("joint_blocks.0.x_block.attn.qkv.weight", "sd3"),
+    ("double_blocks.0.img_attn.qkv.weight", "flux"),
+)
+_TRANSFORMER_LATENT_CHANNELS = 16
 
 # The SD2 v-prediction heuristic used by ComfyUI's model detection (docs/compatibility.md §6.1): SD2 files carry no
 # prediction marker, but the LayerNorm bias of the first transformer in the last output block has a
@@ -61,10 +73,19 @@ class ModelFamily(str, enum.Enum):
     SD2 = "sd2"
     SDXL = "sdxl"
     SDXL_REFINER = "sdxl_refiner"
+    SD3 = "sd3"
+    FLUX = "flux"
 
     @property
     def latent_scale_factor(self) -> float:
+        if self.is_flow_transformer:
+            return _TRANSFORMER_LATENT_SCALES[self.value]
         return _SDXL_LATENT_SCALE if self in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER) else _SD_LATENT_SCALE
+
+    @property
+    def is_flow_transformer(self) -> bool:
+        """A rectified-flow transformer (SD3, FLUX) rather than a discrete-time UNet."""
+        return self.value in _TRANSFORMER_LATENT_SCALES
 
 
 @dataclass(frozen=True)
@@ -72,7 +93,7 @@ class ComponentSource:
     """Where one component's weights live: a key prefix, in a file (None: the checkpoint itself).
 
     `layout` names the key convention: "ldm" (original SD repos), "diffusers", "hf" (transformers
-    CLIP) or "openclip".
+    CLIP), "openclip", or for a transformer its family's original layout ("sd3", "flux").
     """
 
     prefix: str
@@ -97,8 +118,6 @@ class CheckpointInfo:
 # Key fragments that identify families Loom does not run, matched at a dot boundary; checked before
 # anything else so that a Flux or SD3 file is named as such instead of reported as "unknown".
 _FOREIGN_SIGNATURES: tuple[tuple[str, str], ...] = (
-    ("joint_blocks.0.context_block.", "SD3 (MMDiT)"),
-    ("double_blocks.0.img_attn.", "Flux"),
     ("double_layers.0.attn.", "AuraFlow"),
     ("mlp_t5.0.weight", "Hunyuan-DiT"),
     ("t_block.1.weight", "PixArt"),
@@ -112,7 +131,10 @@ _FOREIGN_SIGNATURES: tuple[tuple[str, str], ...] = (
 
 
 def detect_state_dict(sd: LazyStateDict) -> CheckpointInfo:
-    """Classify a single-file checkpoint, a UNet-only file or a standalone VAE."""
+    """Classify a single-file checkpoint, a diffusion-model-only file or a standalone VAE."""
+    transformer = _detect_transformer(sd)
+    if transformer is not None:
+        return transformer
     _reject_foreign(sd)
     unet_prefix = UNET_PREFIX if f"{UNET_PREFIX}input_blocks.0.0.weight" in sd else None
     if unet_prefix is None and "input_blocks.0.0.weight" in sd:
@@ -152,6 +174,32 @@ def detect_state_dict(sd: LazyStateDict) -> CheckpointInfo:
         path=sd.path,
         unet_config=config,
     )
+
+
+def _detect_transformer(sd: LazyStateDict) -> CheckpointInfo | None:
+    """An SD3 or FLUX transformer, alone (as in `diffusion_models/`) or with a VAE under `first_stage_model.`.
+
+    Their text encoders (CLIP-L/G and T5-XXL, under `text_encoders.*` in all-in-one files) are loaded by the
+    text-encoder loaders for now; a file that holds them still loads its model and VAE.
+    """
+    for prefix in (UNET_PREFIX, ""):
+        for key, layout in _TRANSFORMER_SIGNATURES:
+            if prefix + key in sd:
+                family = ModelFamily(layout)
+                components = {"unet": ComponentSource(prefix, layout)}
+                vae = _find_vae(sd) if prefix else None
+                if vae is not None:
+                    components["vae"] = vae
+                return CheckpointInfo(
+                    family=family,
+                    prediction="flow",
+                    is_inpaint=False,
+                    latent_channels=_TRANSFORMER_LATENT_CHANNELS,
+                    latent_scale_factor=family.latent_scale_factor,
+                    components=components,
+                    path=sd.path,
+                )
+    return None
 
 
 def _reject_foreign(sd: LazyStateDict) -> None:

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from ..diffusers_layout import unet_to_ldm, vae_to_ldm
+from ..flux import FluxTransformer, load_flux
+from ..mmdit import MMDiT, load_mmdit
 from ..text_encoders import FAMILY_ENCODERS, ClipStack, load_clip_text_model
 from ..unet import UNetModel, unet_from_state_dict
 from ..unet_config import UNetConfig, detect_unet_config
@@ -25,14 +27,18 @@ from .diffusers_folder import detect_diffusers_folder, is_diffusers_folder
 from .errors import CheckpointError, CheckpointFormatError
 from .files import LazyStateDict, open_state_dict
 
-__all__ = ["LoadedCheckpoint", "load_checkpoint", "split_checkpoint"]
+__all__ = ["DiffusionModel", "LoadedCheckpoint", "load_checkpoint", "split_checkpoint"]
+
+#: The denoising network of a model file: an SD UNet or a rectified-flow transformer.
+DiffusionModel = UNetModel | FluxTransformer | MMDiT
 
 
 @dataclass
 class LoadedCheckpoint:
-    """The modules of one model file; a component the file lacks is None."""
+    """The modules of one model file; a component the file lacks is None. ``unet`` is the diffusion model,
+    whichever network it is (the name of the component in every layout Loom reads)."""
 
-    unet: UNetModel | None
+    unet: DiffusionModel | None
     vae: AutoencoderKL | None
     text_encoders: ClipStack | None
     info: CheckpointInfo
@@ -118,7 +124,7 @@ def _level_depths(config: UNetConfig) -> list[int]:
 def _text_encoders(family: ModelFamily, info: CheckpointInfo, views: dict[str, LazyStateDict]) -> ClipStack | None:
     """Every released CLIP has 64-wide heads, which single files rely on; diffusers folders state it."""
     encoders = {}
-    for role in FAMILY_ENCODERS[family.value]:
+    for role in FAMILY_ENCODERS.get(family.value, ()):
         if role.name not in views:
             continue
         head_width = 64
@@ -151,9 +157,7 @@ def load_checkpoint(
         info = detect_state_dict(state_dict)
     views = split_checkpoint(info, state_dict)
     try:
-        unet = None
-        if "unet" in views:
-            unet = unet_from_state_dict(views["unet"], _unet_config(info, info.components["unet"], views["unet"]))
+        unet = _diffusion_model(info, views["unet"]) if "unet" in views else None
         vae = vae_from_state_dict(views["vae"]) if "vae" in views else None
         text = _text_encoders(info.family, info, views) if info.family else None
     except (ValueError, KeyError) as exc:
@@ -162,6 +166,15 @@ def load_checkpoint(
         if model is not None:
             _place(model, device, dtype)
     return LoadedCheckpoint(unet, vae, text, info)
+
+
+def _diffusion_model(info: CheckpointInfo, weights: LazyStateDict) -> DiffusionModel:
+    source = info.components["unet"]
+    if source.layout == "flux":
+        return load_flux(weights)
+    if source.layout == "sd3":
+        return load_mmdit(weights)
+    return unet_from_state_dict(weights, _unet_config(info, source, weights))
 
 
 def _describe(info: CheckpointInfo) -> str:

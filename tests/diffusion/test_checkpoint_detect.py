@@ -424,9 +424,7 @@ def test_unet_only_file_is_a_diffusion_model_of_its_family() -> None:
 @pytest.mark.parametrize(
     ("key", "family"),
     [
-        ("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", "SD3"),
-        ("model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale", "Flux"),
-        ("double_blocks.0.img_attn.qkv.weight", "Flux"),
+        ("model.diffusion_model.double_layers.0.attn.w1q.weight", "AuraFlow"),
         ("clf.1.weight", "Stable Cascade"),
         ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "LoRA"),
     ],
@@ -436,6 +434,23 @@ def test_foreign_families_are_named(key: str, family: str) -> None:
         detect_state_dict(LazyStateDict.from_tensors({key: torch.empty(4, 4, device="meta")}))
     assert family in err.value.family
     assert family in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "family"),
+    [
+        ("joint_blocks.0.x_block.attn.qkv.weight", ModelFamily.SD3),
+        ("double_blocks.0.img_attn.qkv.weight", ModelFamily.FLUX),
+    ],
+)
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."], ids=["diffusion_models file", "all-in-one"])
+def test_flow_transformers_are_found_with_or_without_the_checkpoint_prefix(
+    key: str, family: ModelFamily, prefix: str
+) -> None:
+    info = detect_state_dict(LazyStateDict.from_tensors({prefix + key: torch.empty(4, 4, device="meta")}))
+    assert (info.family, info.prediction, info.latent_channels) == (family, "flow", 16)
+    assert {n: (s.prefix, s.layout) for n, s in info.components.items()} == {"unet": (prefix, family.value)}
+    assert info.latent_scale_factor == {ModelFamily.SD3: 1.5305, ModelFamily.FLUX: 0.3611}[family]
 
 
 def test_sd2_unclip_is_named_unsupported() -> None:

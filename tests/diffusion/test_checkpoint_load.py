@@ -50,7 +50,7 @@ def _sample_inputs(family: ModelFamily, context_dim: int, pooled: torch.Tensor) 
     return x, context, None
 
 
-@pytest.mark.parametrize("family", list(ModelFamily))
+@pytest.mark.parametrize("family", [family for family in ModelFamily if not family.is_flow_transformer])
 def test_every_family_loads_and_runs_text_to_latent_to_image(tmp_path: Path, family: ModelFamily) -> None:
     loaded = load_checkpoint(write_tiny_checkpoint(tmp_path / "m.safetensors", family))
     assert loaded.info.family is family

@@ -30,8 +30,15 @@ def test_previews_are_clamped_uint8_and_can_be_shrunk():
     assert set(image.reshape(-1).tolist()) <= {0, 255}
 
 
+def test_the_16_channel_families_preview_through_their_own_factors():
+    latent = torch.zeros(1, 16, 2, 2)
+    sd3, flux = latent_to_rgb(latent, "sd3"), latent_to_rgb(latent, "flux")
+    assert sd3.shape == flux.shape == (2, 2, 3)
+    assert (sd3 > flux).all()  # a zero latent shows each family's bias: SD3's is positive, FLUX's negative
+
+
 def test_unknown_family_and_wrong_channels_are_errors():
-    with pytest.raises(UnknownLatentFamilyError, match="'sd3'"):
-        latent_to_rgb(torch.zeros(1, 16, 2, 2), "sd3")
+    with pytest.raises(UnknownLatentFamilyError, match="'hunyuan'"):
+        latent_to_rgb(torch.zeros(1, 16, 2, 2), "hunyuan")
     with pytest.raises(ValueError, match="need 4 latent channels, got 16"):
         latent_to_rgb(torch.zeros(1, 16, 2, 2), "sd1")

@@ -17,7 +17,7 @@ BUILTIN_NAMES = {
     "LoadImage", "LoadImageMask", "SaveImage", "PreviewImage",
     "PrimitiveInt", "PrimitiveFloat", "PrimitiveString", "PrimitiveStringMultiline", "PrimitiveBoolean",
     "StringConcatenate", "StringReplace", "PreviewAny", "MathExpression",
-    "CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "UpscaleModelLoader",
+    "CheckpointLoaderSimple", "UNETLoader", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "UpscaleModelLoader",
     "CLIPSetLastLayer", "CLIPTextEncode", "ConditioningCombine", "ConditioningAverage", "ConditioningConcat",
     "ConditioningSetArea", "ConditioningSetMask", "ConditioningSetTimestepRange", "ConditioningZeroOut",
     "InpaintModelConditioning",

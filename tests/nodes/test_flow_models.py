@@ -1,0 +1,165 @@
+"""FLUX and SD3 diffusion-model files through the nodes: UNETLoader gives a MODEL that samples the rectified
+flow with ComfyUI's defaults, and KSampler on it is exactly flow-matching Euler over the shifted schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusion.checkpoint.errors import CheckpointError
+from diffusion.flow_matching import DiscreteFlow, FlowPrediction, FluxFlow
+from diffusion.flux import FluxConfig, FluxTransformer
+from diffusion.mmdit import MMDiT, MMDiTConfig
+from diffusion.samplers.euler import sample_euler
+from diffusion.sampling import prepare_noise
+from diffusion.schedules import compute_sigmas
+from diffusion.vae import FLUX_LATENT, SD3_LATENT, LatentFormat
+from graph.registry import NodeRegistry
+from nodes import register_builtin_nodes
+from nodes.conditioning import FluxGuidance
+from nodes.folders import Folders
+from nodes.latent import EmptySD3LatentImage
+from nodes.loaders import CheckpointLoaderSimple, UNETLoader
+from nodes.sampling import KSampler
+
+CONTEXT, POOLED = 32, 16  # tiny text widths; real files have 4096 and 768 (FLUX) / 2048 (SD3)
+
+
+def _write(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v.half().contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+def _flux(guidance: bool) -> FluxTransformer:
+    torch.manual_seed(0)
+    # One 128-wide head: the RoPE split (16, 56, 56) of the released files then fits.
+    config = FluxConfig(
+        hidden_size=128, num_heads=1, depth=1, depth_single_blocks=1, context_dim=CONTEXT, vec_dim=POOLED,
+        guidance_embed=guidance,
+    )  # fmt: skip
+    return FluxTransformer(config)
+
+
+def _sd3() -> MMDiT:
+    torch.manual_seed(1)
+    return MMDiT(MMDiTConfig(depth=2, hidden_size=128, num_heads=2, pos_embed_max_size=16, pooled_dim=POOLED,
+                             context_dim=CONTEXT))  # fmt: skip
+
+
+@pytest.fixture
+def files(folders: Folders) -> dict[str, torch.nn.Module]:
+    models = {"flux-dev.safetensors": _flux(True), "flux-schnell.safetensors": _flux(False), "sd3.safetensors": _sd3()}
+    for name, module in models.items():
+        _write(module, folders.models / "diffusion_models" / name)
+    return models
+
+
+def _conditioning(seed: int, pooled: bool = True) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    options = {"pooled_output": torch.randn(1, POOLED, generator=generator)} if pooled else {}
+    return [[torch.randn(1, 7, CONTEXT, generator=generator), options]]
+
+
+def _flow_euler(
+    call, flow: FlowPrediction, latent_format: LatentFormat, latent: torch.Tensor, seed: int, steps: int
+) -> torch.Tensor:
+    """What KSampler must compute at cfg 1 with euler / simple: written out from the definitions."""
+    sigmas = compute_sigmas(flow, "simple", steps)
+    start = latent_format.to_model(latent)
+    x = flow.noise_scaling(sigmas[0], prepare_noise(start, seed), start)
+    x = sample_euler(lambda x, sigma: x - call(x, sigma) * sigma.reshape(-1, 1, 1, 1), x, sigmas, disable=True)
+    return latent_format.from_model(flow.inverse_noise_scaling(sigmas[-1], x))
+
+
+def test_the_loader_lists_diffusion_models_and_its_inputs_are_comfyui_s(files) -> None:
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    info = registry.object_info()["UNETLoader"]
+    assert list(info["input"]["required"]) == ["unet_name", "weight_dtype"]
+    assert info["input"]["required"]["unet_name"][0] == sorted(files)
+    assert info["input"]["required"]["weight_dtype"][0] == ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+    assert (info["output"], info["display_name"], info["category"]) == (
+        ["MODEL"],
+        "Load Diffusion Model",
+        "advanced/loaders",
+    )
+
+
+def test_each_family_samples_with_comfyui_s_defaults(files) -> None:
+    dev, schnell, sd3 = (UNETLoader(name, "default") for name in sorted(files))
+    assert (dev.family.value, type(dev.sampling), dev.sampling.shift, dev.latent_format) == (
+        "flux",
+        FluxFlow,
+        1.15,
+        FLUX_LATENT,
+    )
+    assert (type(schnell.sampling), schnell.sampling.shift, schnell.takes_guidance) == (FluxFlow, 1.0, False)
+    assert (sd3.family.value, type(sd3.sampling), sd3.sampling.shift, sd3.latent_format) == (
+        "sd3",
+        DiscreteFlow,
+        3.0,
+        SD3_LATENT,
+    )
+    assert dev.takes_guidance and dev.pooled_dim == POOLED and dev.latent_channels == 16
+
+
+def test_fp8_weight_dtype_keeps_the_model_s_linear_weights_in_fp8(files) -> None:
+    model = UNETLoader("flux-dev.safetensors", "fp8_e4m3fn")
+    assert model.unet.img_in.weight.dtype == torch.float8_e4m3fn
+    assert UNETLoader("flux-dev.safetensors", "default").unet.img_in.weight.dtype == torch.float16
+
+
+def test_ksampler_on_flux_dev_is_flow_euler_with_the_guidance_of_its_conditioning(files) -> None:
+    model = UNETLoader("flux-dev.safetensors", "default")
+    positive = FluxGuidance(_conditioning(0), 2.0)
+    latent = EmptySD3LatentImage(64, 48, 1)
+    got = KSampler(model, 7, 3, 1.0, "euler", "simple", positive, _conditioning(1), latent, 1.0)["samples"]
+    reference = files["flux-dev.safetensors"].half().float().eval()
+    context, options = positive[0]
+    with torch.no_grad():
+        expected = _flow_euler(
+            lambda x, sigma: reference(x, sigma, context, options["pooled_output"], torch.full((1,), 2.0)),
+            FluxFlow(1.15), FLUX_LATENT, latent["samples"], 7, 3,
+        )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_conditioning_without_guidance_gets_comfyui_s_default_and_without_pooled_output_zeros(files) -> None:
+    model = UNETLoader("flux-dev.safetensors", "default")
+    latent = EmptySD3LatentImage(32, 32, 1)
+    plain = _conditioning(0, pooled=False)
+    got = KSampler(model, 3, 2, 1.0, "euler", "simple", plain, plain, latent, 1.0)["samples"]
+    explicit = [[plain[0][0], {"pooled_output": torch.zeros(1, POOLED), "guidance": 3.5}]]
+    assert torch.equal(got, KSampler(model, 3, 2, 1.0, "euler", "simple", explicit, plain, latent, 1.0)["samples"])
+
+
+def test_ksampler_on_sd3_is_flow_euler_with_cfg_over_timesteps_of_0_to_1000(files) -> None:
+    model = UNETLoader("sd3.safetensors", "default")
+    positive, negative = _conditioning(0), _conditioning(1)
+    latent = EmptySD3LatentImage(64, 64, 1)
+    got = KSampler(model, 11, 3, 4.0, "euler", "simple", positive, negative, latent, 1.0)["samples"]
+    reference = files["sd3.safetensors"].half().float().eval()
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        cond, uncond = (reference(x, sigma, c[0][0], c[0][1]["pooled_output"]) for c in (positive, negative))
+        return uncond + (cond - uncond) * 4.0
+
+    with torch.no_grad():
+        expected = _flow_euler(guided, DiscreteFlow(3.0), SD3_LATENT, latent["samples"], 11, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_diffusion_model_alone_given_to_the_checkpoint_loader_says_which_loaders_to_use(folders: Folders) -> None:
+    _write(_flux(True), folders.models / "checkpoints" / "flux-dev.safetensors")
+    with pytest.raises(CheckpointError, match="load the model with UNETLoader .* and its VAE with VAELoader"):
+        CheckpointLoaderSimple("flux-dev.safetensors")
+
+
+def test_a_pooled_output_of_another_width_is_named(files) -> None:
+    model = UNETLoader("sd3.safetensors", "default")
+    wrong = [[torch.zeros(1, 7, CONTEXT), {"pooled_output": torch.zeros(1, 768)}]]
+    with pytest.raises(ValueError, match="pooled output is 768 wide, this model takes 16"):
+        KSampler(model, 0, 1, 1.0, "euler", "simple", wrong, wrong, EmptySD3LatentImage(32, 32, 1), 1.0)
