@@ -11,6 +11,9 @@ so those widths are 64 here (one head); SD1 UNets have 8 heads, so 32 channels w
 groups, so every channel count is a multiple of 32. SDXL's size conditioning keeps its real 256-wide
 sinusoids per number, so the tiny `adm_in_channels` is the pooled width + 6 x 256 (refiner: 5 x 256).
 The vocabulary is the real 49,408 tokens so that the real tokenizer can drive the tiny encoders.
+
+The flow-matching families (SD3/SD3.5, FLUX.1) and single parts (a diffusion model, a VAE, a text encoder,
+a LoRA) in other dtypes are in `diffusion.tiny_parts`, which builds on the helpers here.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from diffusion.unet import UNetModel
 from diffusion.unet_config import UNetConfig
 from diffusion.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["TINY_TEXT_WIDTH", "tiny_checkpoint_tensors", "write_tiny_checkpoint"]
+__all__ = ["TINY_TEXT_WIDTH", "randomize_norms", "seeded_rng", "tiny_checkpoint_tensors", "write_tiny_checkpoint"]
 
 TINY_TEXT_WIDTH = 64
 _SIZE_EMBED = 256  # per-number sinusoid width of SDXL's micro-conditioning
@@ -170,13 +173,14 @@ def _text_encoders(family: ModelFamily) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run the block on torch's CPU generator seeded with `seed`; the caller's generator state is restored after."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
 
-def _randomize_norms(model: nn.Module) -> None:
+def randomize_norms(model: nn.Module) -> None:
     """Give norm layers random affine parameters: identity norms would hide layout mistakes."""
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
@@ -196,11 +200,11 @@ def tiny_checkpoint_tensors(
     family = ModelFamily(family)
     if prediction != "eps" and not (family is ModelFamily.SDXL or (family is ModelFamily.SD2 and prediction == "v")):
         raise ValueError(f"{family.value} files cannot be marked as {prediction!r}-prediction models")
-    with _seeded(seed):
+    with seeded_rng(seed):
         unet = UNetModel(_unet_config(family, inpaint))
         vae = AutoencoderKL(_VAE_CONFIG)
         for model in (unet, vae):
-            _randomize_norms(model)
+            randomize_norms(model)
         tensors = {
             **_prefixed("model.diffusion_model.", unet.state_dict()),
             **_prefixed("first_stage_model.", vae.state_dict()),

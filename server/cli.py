@@ -31,12 +31,37 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.set_defaults(handler=_run_workflow)
 
 
+# Written out, not imported, so that `loom --help` does not import torch; a test checks that the help names
+# everything diffusion.tiny_parts accepts (it decides what is valid, and per family and part what is not).
+_TINY_FAMILIES = (
+    "sd15, sd2, sdxl, sdxl_refiner, sd3, sd35_medium, sd35_large, flux_dev, flux_schnell, flux_fill, flux_canny, "
+    "flux_depth"
+)
+_TINY_PARTS = "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, lora"
+_TINY_DTYPES = "fp32, fp16, bf16, fp8, fp8_scaled"
+
+
 def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tiny = subparsers.add_parser(
-        "tiny-checkpoint", help="write a tiny random checkpoint in the real key layout (it makes noise, not pictures)"
+        "tiny-checkpoint",
+        help="write a tiny random model file in the real key layout (it makes noise, not pictures)",
+        description="Write a tiny random checkpoint, or one part of a model (a diffusion model, VAE, text encoder "
+        "or LoRA), in the key layout of the file users download. An unknown family, part or dtype exits 2 "
+        "listing the valid ones.",
     )
     tiny.add_argument("path", help="the .safetensors file to write")
-    tiny.add_argument("--family", default="sd15", help="checkpoint family: sd15, sd2, sdxl")
+    tiny.add_argument("--family", default="sd15", help=f"model family: {_TINY_FAMILIES} (default sd15)")
+    tiny.add_argument(
+        "--part",
+        default="checkpoint",
+        help=f"what the file holds: {_TINY_PARTS} (default checkpoint: all in one; SD1/SD2/SDXL have only that)",
+    )
+    tiny.add_argument(
+        "--dtype",
+        default="fp32",
+        help=f"how weights are stored: {_TINY_DTYPES} (default fp32; fp8 only for SD3/FLUX checkpoint, "
+        "diffusion_model, t5xxl)",
+    )
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_write_tiny_checkpoint)
 
@@ -66,10 +91,16 @@ def _run_workflow(args: argparse.Namespace) -> int:
 
 
 def _write_tiny_checkpoint(args: argparse.Namespace) -> int:
-    from diffusion.tiny import write_tiny_checkpoint
+    from diffusion.tiny_parts import TinyFileError, write_tiny_file
 
-    write_tiny_checkpoint(args.path, args.family, seed=args.seed)
-    print(f"wrote a tiny random {args.family} checkpoint to {args.path} (random weights: it makes noise, not pictures)")
+    try:
+        write_tiny_file(args.path, args.family, args.part, args.dtype, seed=args.seed)
+    except TinyFileError as error:
+        print(f"loom tiny-checkpoint: {error}", file=sys.stderr)
+        return 2
+    stored = "" if args.dtype == "fp32" else f" ({args.dtype})"
+    what = f"{args.family} {args.part}{stored}"
+    print(f"wrote a tiny random {what} to {args.path} (random weights: it makes noise, not pictures)")
     return 0
 
 

@@ -187,7 +187,8 @@ def _detect_transformer(sd: LazyStateDict) -> CheckpointInfo | None:
             if prefix + key in sd:
                 family = ModelFamily(layout)
                 components = {"unet": ComponentSource(prefix, layout)}
-                vae = _find_vae(sd) if prefix else None
+                # ComfyUI's all-in-one files keep SD3's VAE under `first_stage_model.`, FLUX's under `vae.`.
+                vae = _find_vae(sd, (VAE_PREFIX, "vae.")) if prefix else None
                 if vae is not None:
                     components["vae"] = vae
                 return CheckpointInfo(
@@ -257,8 +258,8 @@ def _prediction(sd: LazyStateDict, unet: LazyStateDict, family: ModelFamily, con
     return "eps"
 
 
-def _find_vae(sd: LazyStateDict) -> ComponentSource | None:
-    for prefix in (VAE_PREFIX, ""):
+def _find_vae(sd: LazyStateDict, prefixes: tuple[str, ...] = (VAE_PREFIX, "")) -> ComponentSource | None:
+    for prefix in prefixes:
         if f"{prefix}encoder.conv_in.weight" in sd or f"{prefix}decoder.conv_in.weight" in sd:
             if sd.has_prefix(f"{prefix}decoder.up_blocks.") or sd.has_prefix(f"{prefix}encoder.down_blocks."):
                 return ComponentSource(prefix, "diffusers")

@@ -453,6 +453,20 @@ def test_flow_transformers_are_found_with_or_without_the_checkpoint_prefix(
     assert info.latent_scale_factor == {ModelFamily.SD3: 1.5305, ModelFamily.FLUX: 0.3611}[family]
 
 
+@pytest.mark.parametrize(
+    ("key", "vae_prefix"),
+    [("double_blocks.0.img_attn.qkv.weight", "vae."), ("joint_blocks.0.x_block.attn.qkv.weight", "first_stage_model.")],
+)
+def test_an_all_in_one_transformer_file_finds_its_vae_where_comfyui_saves_it(key: str, vae_prefix: str) -> None:
+    keys = [
+        f"model.diffusion_model.{key}",
+        f"{vae_prefix}encoder.conv_in.weight",
+        f"{vae_prefix}decoder.conv_in.weight",
+    ]
+    info = detect_state_dict(LazyStateDict.from_tensors({k: torch.empty(4, 4, 3, 3, device="meta") for k in keys}))
+    assert info.components["vae"].prefix == vae_prefix
+
+
 def test_sd2_unclip_is_named_unsupported() -> None:
     unet = ldm_unet_shapes(**{**UNETS["sd2"], "adm": 1536})
     with pytest.raises(UnsupportedModelError, match="unCLIP"):

@@ -253,3 +253,59 @@ def test_loom_run_finds_models_through_the_same_extra_model_paths_flag_as_serve(
     assert main([*base, "--extra-model-paths", str(paths)]) == EXIT_OK
     with Image.open(tmp_path / "loom" / "output" / "up_00001_.png") as picture:
         assert picture.size == (16, 12)
+
+
+# ---------------------------------------------------------------- loom tiny-checkpoint
+
+
+def test_tiny_checkpoint_writes_the_requested_family_part_dtype_and_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusion.tiny_parts import write_tiny_file
+
+    path = tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"
+    argv = ["tiny-checkpoint", str(path), "--family", "flux_schnell", "--part", "t5xxl", "--dtype", "fp8_scaled"]
+    assert main([*argv, "--seed", "3"]) == EXIT_OK
+    expected = write_tiny_file(tmp_path / "expected.safetensors", "flux_schnell", "t5xxl", "fp8_scaled", seed=3)
+    assert path.read_bytes() == expected.read_bytes()
+    assert f"wrote a tiny random flux_schnell t5xxl (fp8_scaled) to {path}" in capsys.readouterr().out
+
+
+def test_tiny_checkpoint_still_writes_the_fp32_sd15_checkpoint_by_default(tmp_path: Path) -> None:
+    from diffusion.tiny import write_tiny_checkpoint
+
+    assert main(["tiny-checkpoint", str(tmp_path / "a.safetensors")]) == EXIT_OK
+    expected = write_tiny_checkpoint(tmp_path / "b.safetensors", "sd15", seed=0)
+    assert (tmp_path / "a.safetensors").read_bytes() == expected.read_bytes()
+
+
+@pytest.mark.parametrize(("flags", "listing"), [
+    (["--family", "sd4"], "unknown family 'sd4'; valid families: sd15, sd2, sdxl, sdxl_refiner, sd3, sd35_medium, "
+     "sd35_large, flux_dev, flux_schnell, flux_fill, flux_canny, flux_depth"),
+    (["--family", "sd3", "--part", "unet"], "unknown part 'unet'; valid parts: checkpoint, diffusion_model, vae, "
+     "clip_l, clip_g, t5xxl, lora"),
+    (["--family", "sd3", "--dtype", "fp4"], "unknown dtype 'fp4'; valid dtypes: fp32, fp16, bf16, fp8, fp8_scaled"),
+    (["--family", "flux_dev", "--part", "clip_g"], "no part 'clip_g' for flux_dev; valid parts: checkpoint, "
+     "diffusion_model, vae, clip_l, t5xxl, lora"),
+    (["--part", "vae"], "no part 'vae' for sd15; valid parts: checkpoint"),
+    (["--family", "sd3", "--part", "clip_l", "--dtype", "fp8"], "no dtype 'fp8' for the clip_l of sd3; valid dtypes: "
+     "fp32, fp16, bf16"),
+])  # fmt: skip
+def test_tiny_checkpoint_exits_2_listing_the_valid_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], listing: str
+) -> None:
+    path = tmp_path / "never.safetensors"
+    assert main(["tiny-checkpoint", str(path), *flags]) == EXIT_INVALID == 2
+    assert listing in capsys.readouterr().err
+    assert not path.exists()
+
+
+def test_tiny_checkpoint_help_names_every_family_part_and_dtype(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from diffusion.tiny_parts import DTYPES, FAMILIES, PARTS
+
+    with pytest.raises(SystemExit):
+        main(["tiny-checkpoint", "--help"])
+    listed = set(re.findall(r"\w+", capsys.readouterr().out))
+    assert {*FAMILIES, *PARTS, *DTYPES} <= listed
