@@ -27,6 +27,7 @@ from nodes.runtime import current_runtime
 __all__ = [
     "CLIPTextEncode",
     "ConditioningAverage",
+    "CLIPTextEncodeFlux",
     "ConditioningCombine",
     "FluxGuidance",
     "ConditioningConcat",
@@ -64,9 +65,13 @@ def CLIPTextEncode(
 ):
     """Encode a prompt with the model's text encoder(s) into conditioning for the sampler."""
     handle: ClipHandle = clip
-    resolver = _embedding_folder(tuple(current_runtime().model_paths.folders("embeddings")))
-    cond, pooled = handle.encode(text, resolver)
+    cond, pooled = handle.encode(text, _embeddings())
     return [[cond, {"pooled_output": pooled}]]
+
+
+def _embeddings() -> EmbeddingFolder:
+    """The textual-inversion embeddings of this installation's embeddings folders."""
+    return _embedding_folder(tuple(current_runtime().model_paths.folders("embeddings")))
 
 
 @node(category="conditioning", display_name="Conditioning (Combine)", outputs=[Output("CONDITIONING")])
@@ -151,6 +156,22 @@ def ConditioningSetTimestepRange(
 ):
     """Use a conditioning only for part of the sampling: 0 is the first (noisiest) step, 1 the end."""
     return _edited(conditioning, timestep_start=start, timestep_end=end)
+
+
+@node(category="advanced/conditioning/flux", outputs=[Output("CONDITIONING")])
+def CLIPTextEncodeFlux(
+    clip=Socket("CLIP"),
+    clip_l=String(multiline=True, dynamic_prompts=True),
+    t5xxl=String(multiline=True, dynamic_prompts=True),
+    guidance=Float(3.5, min=0.0, max=100.0, step=0.1),
+):
+    """FLUX's prompt in two parts (CLIP-L's, short, and T5's, long) with the guidance strength."""
+    if clip.family != "flux":
+        raise ValueError(
+            f"CLIPTextEncodeFlux needs FLUX's text encoders (DualCLIPLoader type flux), not {clip.family}'s"
+        )
+    cond, pooled = clip.encode({"clip_l": clip_l, "t5xxl": t5xxl}, _embeddings())
+    return [[cond, {"pooled_output": pooled, "guidance": guidance}]]
 
 
 @node(category="advanced/conditioning/flux", outputs=[Output("CONDITIONING")])

@@ -16,13 +16,22 @@ import torch
 
 from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
+from diffusion.checkpoint.text_encoder_files import DUAL_CLIP_TYPES
 from diffusion.lora import LoraPatches, parse_lora
 from diffusion.unet import UNetModel
 from graph.declare import Combo, Float, Int, Output, Socket, node
-from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint
+from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, load_shared_text_encoders
 from nodes.runtime import find_model, list_models
 
-__all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "VAELoader"]
+__all__ = [
+    "CLIPSetLastLayer",
+    "CheckpointLoaderSimple",
+    "DualCLIPLoader",
+    "LoraLoader",
+    "LoraLoaderModelOnly",
+    "UNETLoader",
+    "VAELoader",
+]
 
 _log = logging.getLogger(__name__)
 #: ComfyUI's LoRA strength range; negative strengths subtract a LoRA's effect.
@@ -68,6 +77,18 @@ def UNETLoader(unet_name=Combo(_names("diffusion_models")), weight_dtype=Combo(l
     encoders and VAE come from their own loaders."""
     path = find_model("diffusion_models", unet_name)
     return ModelHandle(load_shared_checkpoint(path, _WEIGHT_DTYPES[weight_dtype]))
+
+
+@node(category="advanced/loaders", outputs=[Output("CLIP")])
+def DualCLIPLoader(
+    clip_name1=Combo(_names("text_encoders")),
+    clip_name2=Combo(_names("text_encoders")),
+    type=Combo(list(DUAL_CLIP_TYPES)),
+    device=Combo(["default", "cpu"], optional=True, advanced=True),
+):
+    """Two text encoder files as one CLIP: sdxl (CLIP-L + CLIP-G) or flux (CLIP-L + T5-XXL), in either order."""
+    paths = [find_model("text_encoders", name) for name in (clip_name1, clip_name2)]
+    return ClipHandle(load_shared_text_encoders(paths, type), on_cpu=device == "cpu")
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])

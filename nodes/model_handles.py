@@ -33,11 +33,13 @@ from torch import nn
 
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily, load_checkpoint
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
+from diffusion.checkpoint.text_encoder_files import load_text_encoder_pair
 from diffusion.embeddings import EmbeddingResolver
 from diffusion.flow_matching import DiscreteFlow, FluxFlow
 from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta, apply_lora_patches
 from diffusion.mmdit import MMDiT
+from diffusion.model_memory import place
 from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
 from diffusion.stored_weights import store_weights_as
 from diffusion.unet import UNetModel
@@ -61,6 +63,7 @@ __all__ = [
     "PatchSet",
     "VaeHandle",
     "load_shared_checkpoint",
+    "load_shared_text_encoders",
     "weights_swapped",
 ]
 
@@ -101,9 +104,17 @@ def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) 
     return current_runtime().memory.load_shared(key, load)
 
 
+def load_shared_text_encoders(paths: Sequence[Path], kind: str) -> LoadedCheckpoint:
+    """``load_text_encoder_pair(paths, kind)``, shared like ``load_shared_checkpoint`` while a handle uses it."""
+    files = tuple((str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size) for path in paths)
+    return current_runtime().memory.load_shared(
+        ("text_encoders", kind, files), lambda: load_text_encoder_pair(paths, kind)
+    )
+
+
 def _modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:
     """Every module of a loaded file: what a handle holding ``checkpoint`` keeps alive."""
-    encoders = checkpoint.text_encoders.encoders.values() if checkpoint.text_encoders is not None else ()
+    encoders = checkpoint.text_encoders.modules() if checkpoint.text_encoders is not None else ()
     return [module for module in (checkpoint.unet, checkpoint.vae, *encoders) if module is not None]
 
 
@@ -348,6 +359,7 @@ class ClipHandle:
         checkpoint: LoadedCheckpoint,
         clip_skip: int | None = None,
         patches: Mapping[int, tuple[PatchSet, ...]] | None = None,
+        on_cpu: bool = False,
     ) -> None:
         if checkpoint.text_encoders is None:
             raise CheckpointError(checkpoint.info.path, "holds no text encoder, so it cannot be used as a CLIP")
@@ -355,6 +367,8 @@ class ClipHandle:
         self.stack = checkpoint.text_encoders
         self.clip_skip = clip_skip
         self.patches = dict(patches or {})
+        #: The loaders' ``device: cpu``: encode on the CPU in fp32 whatever device the runtime computes on.
+        self.on_cpu = on_cpu
         self._patched = [
             _Patched(self.stack.encoders[role.name], self.patches.get(index, ()))
             for index, role in enumerate(self.stack.roles)
@@ -379,7 +393,7 @@ class ClipHandle:
                 f"stop_at_clip_layer {clip_skip} is out of range for this {self.family} text encoder: "
                 f"-1 .. -{self.stack.layer_count}"
             )
-        return ClipHandle(self.checkpoint, clip_skip, self.patches)
+        return ClipHandle(self.checkpoint, clip_skip, self.patches, self.on_cpu)
 
     def with_lora(self, patches: Mapping[int, Mapping[str, Sequence[WeightDelta]]], strength: float) -> ClipHandle:
         combined = {
@@ -388,13 +402,17 @@ class ClipHandle:
         }
         if all(combined[index] is self.patches.get(index, ()) for index in combined):
             return self
-        return ClipHandle(self.checkpoint, self.clip_skip, combined)
+        return ClipHandle(self.checkpoint, self.clip_skip, combined, self.on_cpu)
 
     def encode(
-        self, text: str, resolve_embedding: EmbeddingResolver | None = None
+        self, text: str | Mapping[str, str], resolve_embedding: EmbeddingResolver | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond [1, tokens, width], pooled [1, dim]) on the CPU in float32."""
-        current_runtime().memory.use(*self.encoders)
+        """(cond [1, tokens, width], pooled [1, dim]) on the CPU in float32; `text` may differ per encoder."""
+        if self.on_cpu:
+            for module in self.stack.modules():
+                place(module, torch.device("cpu"), torch.float32)
+        else:
+            current_runtime().memory.use(*self.stack.modules())
         with torch.no_grad(), _all_active(self._patched):
             cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding)
         return cond.float().cpu(), pooled.float().cpu()

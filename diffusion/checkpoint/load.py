@@ -19,6 +19,7 @@ from ..diffusers_layout import unet_to_ldm, vae_to_ldm
 from ..flux import FluxTransformer, load_flux
 from ..mmdit import MMDiT, load_mmdit
 from ..text_encoders import FAMILY_ENCODERS, ClipStack, load_clip_text_model
+from ..text_encoders.flux_stack import FluxTextEncoders
 from ..unet import UNetModel, unet_from_state_dict
 from ..unet_config import UNetConfig, detect_unet_config
 from ..vae import AutoencoderKL, vae_from_state_dict
@@ -40,7 +41,7 @@ class LoadedCheckpoint:
 
     unet: DiffusionModel | None
     vae: AutoencoderKL | None
-    text_encoders: ClipStack | None
+    text_encoders: ClipStack | FluxTextEncoders | None
     info: CheckpointInfo
 
 

@@ -126,6 +126,10 @@ class ClipStack:
         }
         return cls(family, encoders)
 
+    def modules(self) -> list[ClipTextModel]:
+        """Every module this stack computes with (for placement and memory accounting)."""
+        return list(self.encoders.values())
+
     @property
     def layer_count(self) -> int:
         """The deepest clip skip valid for every encoder of the family."""

@@ -16,13 +16,15 @@ from diffusion.mmdit import MMDiT, MMDiTConfig
 from diffusion.samplers.euler import sample_euler
 from diffusion.sampling import prepare_noise
 from diffusion.schedules import compute_sigmas
+from diffusion.text_encoders.flux_stack import T5_MIN_LENGTH
+from diffusion.tiny_parts import write_tiny_file
 from diffusion.vae import FLUX_LATENT, SD3_LATENT, LatentFormat
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
-from nodes.conditioning import FluxGuidance
+from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, FluxGuidance
 from nodes.folders import Folders
-from nodes.latent import EmptySD3LatentImage
-from nodes.loaders import CheckpointLoaderSimple, UNETLoader
+from nodes.latent import EmptySD3LatentImage, VAEDecode
+from nodes.loaders import CheckpointLoaderSimple, DualCLIPLoader, UNETLoader, VAELoader
 from nodes.sampling import KSampler
 
 CONTEXT, POOLED = 32, 16  # tiny text widths; real files have 4096 and 768 (FLUX) / 2048 (SD3)
@@ -163,3 +165,44 @@ def test_a_pooled_output_of_another_width_is_named(files) -> None:
     wrong = [[torch.zeros(1, 7, CONTEXT), {"pooled_output": torch.zeros(1, 768)}]]
     with pytest.raises(ValueError, match="pooled output is 768 wide, this model takes 16"):
         KSampler(model, 0, 1, 1.0, "euler", "simple", wrong, wrong, EmptySD3LatentImage(32, 32, 1), 1.0)
+
+
+@pytest.fixture
+def flux_split_files(folders: Folders) -> Folders:
+    """A split FLUX.1 dev install as users have it, from tiny files in the real layouts (fp16 T5 as in
+    t5xxl_fp16.safetensors)."""
+    models = folders.models
+    write_tiny_file(models / "diffusion_models" / "flux1-dev.safetensors", "flux_dev", "diffusion_model")
+    write_tiny_file(models / "text_encoders" / "clip_l.safetensors", "flux_dev", "clip_l")
+    write_tiny_file(models / "text_encoders" / "t5xxl_fp16.safetensors", "flux_dev", "t5xxl", "fp16")
+    write_tiny_file(models / "vae" / "ae.safetensors", "flux_dev", "vae")
+    return folders
+
+
+def test_the_split_flux_workflow_runs_from_loaders_to_pixels(flux_split_files: Folders) -> None:
+    model = UNETLoader("flux1-dev.safetensors", "default")
+    clip = DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux")
+    vae = VAELoader("ae.safetensors")
+    positive = FluxGuidance(CLIPTextEncode("a (red:1.3) fox in the snow", clip), 3.5)
+    cond, options = positive[0]
+    assert cond.shape == (1, T5_MIN_LENGTH, 4096) and options["pooled_output"].shape == (1, 768)
+    latent = KSampler(model, 1, 2, 1.0, "euler", "simple", positive, positive, EmptySD3LatentImage(64, 64, 1), 1.0)
+    image = VAEDecode(latent, vae)
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+
+
+def test_clip_text_encode_flux_is_clip_text_encode_with_the_guidance_set(flux_split_files: Folders) -> None:
+    clip = DualCLIPLoader("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")  # either order
+    (plain,) = CLIPTextEncode("a lighthouse at dusk", clip)
+    (flux,) = CLIPTextEncodeFlux(clip, "a lighthouse at dusk", "a lighthouse at dusk", 2.5)
+    assert torch.equal(plain[0], flux[0]) and torch.equal(plain[1]["pooled_output"], flux[1]["pooled_output"])
+    assert flux[1]["guidance"] == 2.5
+    (split,) = CLIPTextEncodeFlux(clip, "a lighthouse", "a lighthouse at dusk, oil painting", 2.5)
+    assert not torch.equal(split[0], flux[0]) and not torch.equal(split[1]["pooled_output"], flux[1]["pooled_output"])
+
+
+def test_a_dual_clip_pair_that_is_not_the_type_s_is_named(flux_split_files: Folders) -> None:
+    with pytest.raises(CheckpointError, match=r"type flux needs a clip_l and a t5xxl file; got clip_l.safetensors"):
+        DualCLIPLoader("clip_l.safetensors", "clip_l.safetensors", "flux")
+    with pytest.raises(CheckpointError, match=r"type sdxl needs a clip_l and a clip_g file"):
+        DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "sdxl")

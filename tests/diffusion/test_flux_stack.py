@@ -1,0 +1,71 @@
+"""FLUX's text conditioning: T5 ids padded to 256 and never cut, emphasis on T5 states as on CLIP's, CLIP-L's
+pooled vector unprojected, both widened to FLUX's input widths."""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion.checkpoint import open_state_dict
+from diffusion.checkpoint.text_encoder_files import load_text_encoder_pair, text_encoder_kind
+from diffusion.t5_tokenizer import EOS_ID, PAD_ID, load_t5_tokenizer
+from diffusion.text_encoders.flux_stack import T5_MIN_LENGTH, FluxTextEncoders, t5_weighted_tokens
+from diffusion.tiny_parts import write_tiny_file
+
+
+def test_t5_ids_are_the_prompt_then_the_end_token_padded_to_256() -> None:
+    tokenizer = load_t5_tokenizer()
+    tokens = t5_weighted_tokens("a cat on a mat", tokenizer)
+    pieces = tokenizer.encode("a cat on a mat")
+    assert tokens.ids == pieces + [PAD_ID] * (T5_MIN_LENGTH - len(pieces))
+    assert pieces[-1] == EOS_ID and not tokens.is_weighted
+
+
+def test_emphasis_weights_the_pieces_of_its_words_and_keeps_the_ids() -> None:
+    tokenizer = load_t5_tokenizer()
+    weighted = t5_weighted_tokens("a (cat:1.5) on a mat", tokenizer)
+    plain = t5_weighted_tokens("a cat on a mat", tokenizer)
+    assert weighted.ids == plain.ids
+    cat = tokenizer.encode("cat")[:-1]
+    start = weighted.ids.index(cat[0])
+    assert weighted.weights[start : start + len(cat)] == [1.5] * len(cat)
+    assert sum(w != 1.0 for w in weighted.weights) == len(cat)
+
+
+def test_a_long_prompt_is_never_cut() -> None:
+    text = ", ".join(f"detail number {i}" for i in range(200))
+    tokens = t5_weighted_tokens(text, load_t5_tokenizer())
+    assert len(tokens.ids) > T5_MIN_LENGTH and tokens.ids[-1] == EOS_ID
+
+
+def _pair(tmp_path) -> FluxTextEncoders:
+    write_tiny_file(tmp_path / "clip_l.safetensors", "flux_dev", "clip_l")
+    write_tiny_file(tmp_path / "t5.safetensors", "flux_dev", "t5xxl")
+    loaded = load_text_encoder_pair([tmp_path / "t5.safetensors", tmp_path / "clip_l.safetensors"], "flux")
+    assert isinstance(loaded.text_encoders, FluxTextEncoders)
+    return loaded.text_encoders
+
+
+def test_emphasis_moves_weighted_t5_states_away_from_the_empty_prompt_s(tmp_path) -> None:
+    encoders = _pair(tmp_path)
+    weighted = encoders.encode_t5("a (cat:1.5) on a mat")
+    plain = encoders.encode_t5("a cat on a mat")
+    empty = encoders.t5(torch.tensor([t5_weighted_tokens("", encoders.tokenizer).ids]))
+    weights = torch.tensor(t5_weighted_tokens("a (cat:1.5) on a mat", encoders.tokenizer).weights)[None, :, None]
+    torch.testing.assert_close(weighted, empty + (plain - empty) * weights)
+    assert torch.equal(weighted[:, weights[0, :, 0] == 1.0], plain[:, weights[0, :, 0] == 1.0])
+
+
+def test_conditioning_is_t5_states_and_clip_l_s_pooled_vector_at_flux_s_widths(tmp_path) -> None:
+    encoders = _pair(tmp_path)
+    cond, pooled = encoders.encode("a lighthouse")
+    states = encoders.encode_t5("a lighthouse")
+    assert cond.shape == (1, T5_MIN_LENGTH, 4096) and pooled.shape == (1, 768)
+    assert torch.equal(cond[..., : states.shape[-1]], states) and not cond[..., states.shape[-1] :].any()
+    _, clip_pooled = encoders.clip_l.encode("a lighthouse")
+    assert torch.equal(pooled[..., : clip_pooled.shape[-1]], clip_pooled)
+
+
+def test_each_standalone_file_is_told_apart_by_its_keys(tmp_path) -> None:
+    for part in ("clip_l", "clip_g", "t5xxl"):
+        path = write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
+        assert text_encoder_kind(open_state_dict(path)) == part
