@@ -36,9 +36,9 @@ from nodes.model_handles import DEFAULT_GUIDANCE, ModelHandle
 from nodes.runtime import current_runtime
 
 __all__ = [
-    "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced", "KSamplerSelect",
-    "NO_NOISE", "Noise", "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom", "SamplerCustomAdvanced",
-    "model_conditioning",
+    "BasicGuider", "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced",
+    "KSamplerSelect", "NO_NOISE", "Noise", "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom",
+    "SamplerCustomAdvanced", "model_conditioning",
 ]  # fmt: skip
 
 #: Longest preview side in pixels (ComfyUI's ``--preview-size`` default).
@@ -154,11 +154,12 @@ NO_NOISE = Noise(0, add=False)
 
 @dataclass(frozen=True)
 class Guider:
-    """GUIDER: a model with its conditioning and classifier-free guidance scale."""
+    """GUIDER: a model with its conditioning and classifier-free guidance scale (no negative: the model
+    guided by its prompt alone, ``BasicGuider``)."""
 
     model: ModelHandle
     positive: list[Any]
-    negative: list[Any]
+    negative: list[Any] | None
     cfg: float
 
     def bind(self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None) -> guidance.CFGGuider:
@@ -168,7 +169,7 @@ class Guider:
             self.model.sampling,
             latent,
             model_conditioning(self.model, self.positive, latent, negative=False),
-            model_conditioning(self.model, self.negative, latent, negative=True),
+            None if self.negative is None else model_conditioning(self.model, self.negative, latent, negative=True),
             self.cfg,
             inpainting,
         )
@@ -308,6 +309,12 @@ def CFGGuider(
 ):
     """Classifier-free guidance: push the prediction away from the negative towards the positive."""
     return Guider(model, positive, negative, cfg)
+
+
+@node(category="sampling/custom_sampling/guiders", outputs=[Output("GUIDER")])
+def BasicGuider(model=Socket("MODEL"), conditioning=Socket("CONDITIONING")):
+    """The model guided by its prompt alone, without a negative: guidance-distilled models (FLUX.1 dev, schnell)."""
+    return Guider(model, conditioning, None, 1.0)
 
 
 @node(category="sampling/custom_sampling", outputs=[Output("LATENT", "output"), Output("LATENT", "denoised_output")])

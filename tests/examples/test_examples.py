@@ -1,5 +1,6 @@
 """Every workflow in ``examples/`` runs: the editor file converts to the API file, and the API file
-executes with tiny checkpoints, LoRAs and upscalers under the example's model names.
+executes with tiny checkpoints, diffusion models, text encoders, VAEs, LoRAs and upscalers under the
+example's model names.
 
 For speed the run shrinks pictures to 64 px and sampling to 2 steps; everything else is as shipped.
 """
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion.tiny_parts import write_tiny_file
 from graph.formats.editor import editor_to_api
 from nodes.folders import Folders
 from nodes.model_handles import load_shared_checkpoint
@@ -57,6 +59,15 @@ def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
             name = inputs["ckpt_name"]
             family = "sdxl" if "xl" in name else "sd15"
             checkpoints[name] = tiny_checkpoint(folders.models, name, family=family, inpaint="inpainting" in name)
+        elif node["class_type"] == "UNETLoader":
+            path = folders.models / "diffusion_models" / inputs["unet_name"]
+            write_tiny_file(path, "flux_dev" if "flux" in inputs["unet_name"] else "sd35_large", "diffusion_model")
+        elif node["class_type"] == "DualCLIPLoader":
+            for name in (inputs["clip_name1"], inputs["clip_name2"]):
+                part = "t5xxl" if "t5" in name else "clip_g" if "clip_g" in name else "clip_l"
+                write_tiny_file(folders.models / "text_encoders" / name, "flux_dev", part)
+        elif node["class_type"] == "VAELoader":
+            write_tiny_file(folders.models / "vae" / inputs["vae_name"], "flux_dev", "vae")
         elif node["class_type"] == "UpscaleModelLoader":
             (folders.models / "upscale_models").mkdir(exist_ok=True)
             torch.save(tiny_srvgg(upscale=4).state_dict(), folders.models / "upscale_models" / inputs["model_name"])
@@ -77,7 +88,7 @@ def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
 def shrink(prompt: dict[str, Any]) -> None:
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update(width=64, height=64)
         if "steps" in inputs:
             inputs["steps"] = 2
