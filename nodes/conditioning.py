@@ -28,6 +28,7 @@ __all__ = [
     "CLIPTextEncode",
     "ConditioningAverage",
     "CLIPTextEncodeFlux",
+    "CLIPTextEncodeSD3",
     "ConditioningCombine",
     "FluxGuidance",
     "ConditioningConcat",
@@ -172,6 +173,25 @@ def CLIPTextEncodeFlux(
         )
     cond, pooled = clip.encode({"clip_l": clip_l, "t5xxl": t5xxl}, _embeddings())
     return [[cond, {"pooled_output": pooled, "guidance": guidance}]]
+
+
+@node(category="advanced/conditioning", outputs=[Output("CONDITIONING")])
+def CLIPTextEncodeSD3(
+    clip=Socket("CLIP"),
+    clip_l=String(multiline=True, dynamic_prompts=True),
+    clip_g=String(multiline=True, dynamic_prompts=True),
+    t5xxl=String(multiline=True, dynamic_prompts=True),
+    empty_padding=Combo(["none", "empty_prompt"]),
+):
+    """SD3's prompt per text encoder; with empty_padding "none" an empty T5 prompt adds no T5 tokens (the
+    conditioning is the CLIP pair's alone), with "empty_prompt" it is encoded as the empty prompt."""
+    if clip.family != "sd3":
+        raise ValueError(f"CLIPTextEncodeSD3 needs SD3's text encoders (TripleCLIPLoader), not {clip.family}'s")
+    texts = {"clip_l": clip_l, "clip_g": clip_g}
+    if t5xxl or empty_padding == "empty_prompt":
+        texts["t5xxl"] = t5xxl
+    cond, pooled = clip.encode(texts, _embeddings())
+    return [[cond, {"pooled_output": pooled}]]
 
 
 @node(category="advanced/conditioning/flux", outputs=[Output("CONDITIONING")])

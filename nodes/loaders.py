@@ -16,7 +16,7 @@ import torch
 
 from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
-from diffusion.checkpoint.text_encoder_files import DUAL_CLIP_TYPES
+from diffusion.checkpoint.text_encoder_files import DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from diffusion.lora import LoraPatches, parse_lora
 from diffusion.unet import UNetModel
 from graph.declare import Combo, Float, Int, Output, Socket, node
@@ -29,6 +29,7 @@ __all__ = [
     "DualCLIPLoader",
     "LoraLoader",
     "LoraLoaderModelOnly",
+    "TripleCLIPLoader",
     "UNETLoader",
     "VAELoader",
 ]
@@ -86,9 +87,21 @@ def DualCLIPLoader(
     type=Combo(list(DUAL_CLIP_TYPES)),
     device=Combo(["default", "cpu"], optional=True, advanced=True),
 ):
-    """Two text encoder files as one CLIP: sdxl (CLIP-L + CLIP-G) or flux (CLIP-L + T5-XXL), in either order."""
+    """Two text encoder files as one CLIP, in either order: sdxl or sd3 (CLIP-L + CLIP-G), flux (CLIP-L + T5-XXL)."""
     paths = [find_model("text_encoders", name) for name in (clip_name1, clip_name2)]
-    return ClipHandle(load_shared_text_encoders(paths, type), on_cpu=device == "cpu")
+    return ClipHandle(load_shared_text_encoders(paths, type, DUAL_CLIP_TYPES[type]), on_cpu=device == "cpu")
+
+
+@node(category="advanced/loaders", outputs=[Output("CLIP")])
+def TripleCLIPLoader(
+    clip_name1=Combo(_names("text_encoders")),
+    clip_name2=Combo(_names("text_encoders")),
+    clip_name3=Combo(_names("text_encoders")),
+):
+    """SD3 / SD3.5's three text encoders as one CLIP: CLIP-L, CLIP-G and T5-XXL, in any order."""
+    paths = [find_model("text_encoders", name) for name in (clip_name1, clip_name2, clip_name3)]
+    family, wanted = TRIPLE_CLIP_TYPE
+    return ClipHandle(load_shared_text_encoders(paths, family, wanted))
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])

@@ -33,7 +33,7 @@ from torch import nn
 
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily, load_checkpoint
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
-from diffusion.checkpoint.text_encoder_files import load_text_encoder_pair
+from diffusion.checkpoint.text_encoder_files import load_text_encoders
 from diffusion.embeddings import EmbeddingResolver
 from diffusion.flow_matching import DiscreteFlow, FluxFlow
 from diffusion.flux import FluxTransformer
@@ -104,12 +104,11 @@ def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) 
     return current_runtime().memory.load_shared(key, load)
 
 
-def load_shared_text_encoders(paths: Sequence[Path], kind: str) -> LoadedCheckpoint:
-    """``load_text_encoder_pair(paths, kind)``, shared like ``load_shared_checkpoint`` while a handle uses it."""
+def load_shared_text_encoders(paths: Sequence[Path], kind: str, wanted: Sequence[str]) -> LoadedCheckpoint:
+    """``load_text_encoders(...)``, shared like ``load_shared_checkpoint`` while a handle uses it."""
     files = tuple((str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size) for path in paths)
-    return current_runtime().memory.load_shared(
-        ("text_encoders", kind, files), lambda: load_text_encoder_pair(paths, kind)
-    )
+    key = ("text_encoders", kind, files)
+    return current_runtime().memory.load_shared(key, lambda: load_text_encoders(paths, kind, wanted))
 
 
 def _modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:

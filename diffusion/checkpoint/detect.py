@@ -179,8 +179,8 @@ def detect_state_dict(sd: LazyStateDict) -> CheckpointInfo:
 def _detect_transformer(sd: LazyStateDict) -> CheckpointInfo | None:
     """An SD3 or FLUX transformer, alone (as in `diffusion_models/`) or with a VAE under `first_stage_model.`.
 
-    Their text encoders (CLIP-L/G and T5-XXL, under `text_encoders.*` in all-in-one files) are loaded by the
-    text-encoder loaders for now; a file that holds them still loads its model and VAE.
+    All-in-one files also hold their text encoders under `text_encoders.<name>.transformer.` (CLIP-L/G in
+    transformers' layout, T5-XXL in its own).
     """
     for prefix in (UNET_PREFIX, ""):
         for key, layout in _TRANSFORMER_SIGNATURES:
@@ -191,6 +191,8 @@ def _detect_transformer(sd: LazyStateDict) -> CheckpointInfo | None:
                 vae = _find_vae(sd, (VAE_PREFIX, "vae.")) if prefix else None
                 if vae is not None:
                     components["vae"] = vae
+                if prefix:
+                    components.update(_find_t5_family_text_encoders(sd))
                 return CheckpointInfo(
                     family=family,
                     prediction="flow",
@@ -201,6 +203,19 @@ def _detect_transformer(sd: LazyStateDict) -> CheckpointInfo | None:
                     path=sd.path,
                 )
     return None
+
+
+def _find_t5_family_text_encoders(sd: LazyStateDict) -> dict[str, ComponentSource]:
+    found: dict[str, ComponentSource] = {}
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        prefix = f"text_encoders.{name}.transformer."
+        if name == "t5xxl":
+            layout = "t5" if f"{prefix}encoder.block.0.layer.0.SelfAttention.q.weight" in sd else None
+        else:
+            layout = _text_encoder_layout(sd, prefix)
+        if layout is not None:
+            found[name] = ComponentSource(prefix, layout)
+    return found
 
 
 def _reject_foreign(sd: LazyStateDict) -> None:

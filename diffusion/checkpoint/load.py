@@ -19,7 +19,7 @@ from ..diffusers_layout import unet_to_ldm, vae_to_ldm
 from ..flux import FluxTransformer, load_flux
 from ..mmdit import MMDiT, load_mmdit
 from ..text_encoders import FAMILY_ENCODERS, ClipStack, load_clip_text_model
-from ..text_encoders.flux_stack import FluxTextEncoders
+from ..text_encoders.t5_stacks import FluxTextEncoders, SD3TextEncoders, t5_family_encoders
 from ..unet import UNetModel, unet_from_state_dict
 from ..unet_config import UNetConfig, detect_unet_config
 from ..vae import AutoencoderKL, vae_from_state_dict
@@ -41,7 +41,7 @@ class LoadedCheckpoint:
 
     unet: DiffusionModel | None
     vae: AutoencoderKL | None
-    text_encoders: ClipStack | FluxTextEncoders | None
+    text_encoders: ClipStack | FluxTextEncoders | SD3TextEncoders | None
     info: CheckpointInfo
 
 
@@ -122,8 +122,14 @@ def _level_depths(config: UNetConfig) -> list[int]:
     return [max(next(depths) for _ in range(blocks)) for blocks in config.num_res_blocks]
 
 
-def _text_encoders(family: ModelFamily, info: CheckpointInfo, views: dict[str, LazyStateDict]) -> ClipStack | None:
+def _text_encoders(
+    family: ModelFamily, info: CheckpointInfo, views: dict[str, LazyStateDict]
+) -> ClipStack | FluxTextEncoders | SD3TextEncoders | None:
     """Every released CLIP has 64-wide heads, which single files rely on; diffusers folders state it."""
+    if family.is_flow_transformer:
+        found: dict[str, LazyStateDict] = {n: views[n] for n in ("clip_l", "clip_g", "t5xxl") if n in views}
+        needed = {"flux": {"clip_l", "t5xxl"}, "sd3": {"clip_l", "clip_g"}}[family.value]
+        return t5_family_encoders(family.value, found) if needed <= set(found) else None
     encoders = {}
     for role in FAMILY_ENCODERS.get(family.value, ()):
         if role.name not in views:

@@ -1,4 +1,4 @@
-"""Standalone text-encoder files (`models/text_encoders/`) and the pairs the dual loader builds from them.
+"""Standalone text-encoder files (`models/text_encoders/`) and the stacks the dual and triple loaders build.
 
 Split FLUX and SDXL installs keep each text encoder in its own file: `clip_l.safetensors`, `clip_g.safetensors`
 (transformers' CLIP layout, CLIP-G with its projection), `t5xxl_fp16.safetensors` and the fp8 variants
@@ -12,21 +12,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..text_encoders.flux_stack import FluxTextEncoders
-from ..text_encoders.layouts import detect_layout, load_clip_text_model
+from ..text_encoders.layouts import detect_layout
 from ..text_encoders.stack import ClipStack
-from ..text_encoders.t5 import load_t5_encoder
+from ..text_encoders.t5_stacks import t5_family_encoders
 from .detect import CheckpointInfo, ComponentSource, ModelFamily
 from .errors import CheckpointError, UnknownModelError
 from .files import LazyStateDict, open_state_dict
 from .load import LoadedCheckpoint
 
-__all__ = ["DUAL_CLIP_TYPES", "load_text_encoder_pair", "text_encoder_kind"]
+__all__ = ["DUAL_CLIP_TYPES", "TRIPLE_CLIP_TYPE", "load_text_encoders", "text_encoder_kind"]
 
-#: DualCLIPLoader's types Loom builds, and the encoders each needs.
-DUAL_CLIP_TYPES: dict[str, tuple[str, str]] = {"sdxl": ("clip_l", "clip_g"), "flux": ("clip_l", "t5xxl")}
+#: DualCLIPLoader's types Loom builds, and the encoders each needs (SD3 without T5 is CLIP-L + CLIP-G).
+DUAL_CLIP_TYPES: dict[str, tuple[str, ...]] = {
+    "sdxl": ("clip_l", "clip_g"),
+    "sd3": ("clip_l", "clip_g"),
+    "flux": ("clip_l", "t5xxl"),
+}
+#: TripleCLIPLoader's one family and its encoders.
+TRIPLE_CLIP_TYPE = ("sd3", ("clip_l", "clip_g", "t5xxl"))
 _T5_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
-_CLIP_PROJECTION = "text_projection.weight"
 _LAYOUTS = {"t5xxl": "t5"}
 
 
@@ -43,18 +47,16 @@ def text_encoder_kind(sd: LazyStateDict) -> str:
     return "clip_g" if deep else "clip_l"
 
 
-def load_text_encoder_pair(paths: Sequence[Path], kind: str) -> LoadedCheckpoint:
-    """The two files of a ``DualCLIPLoader`` of type `kind`, in any order, as one text-encoder stack."""
-    if kind not in DUAL_CLIP_TYPES:
-        raise ValueError(f"DualCLIPLoader type {kind!r} is not supported yet; supported: {', '.join(DUAL_CLIP_TYPES)}")
+def load_text_encoders(paths: Sequence[Path], kind: str, wanted: Sequence[str]) -> LoadedCheckpoint:
+    """The files of a dual or triple CLIP loader for family `kind`, in any order, as one text-encoder stack;
+    `wanted` are the encoders the family needs from them."""
     opened = [open_state_dict(path) for path in paths]
     found = {text_encoder_kind(sd): sd for sd in opened}
-    wanted = DUAL_CLIP_TYPES[kind]
     if sorted(found) != sorted(wanted):
         got = ", ".join(f"{path.name} ({text_encoder_kind(sd)})" for path, sd in zip(paths, opened))
         raise CheckpointError(paths[0], f"type {kind} needs a {' and a '.join(wanted)} file; got {got}")
     try:
-        stack = _flux_stack(found) if kind == "flux" else ClipStack.from_state_dicts("sdxl", found)
+        stack = ClipStack.from_state_dicts("sdxl", found) if kind == "sdxl" else t5_family_encoders(kind, found)
     except ValueError as error:
         raise CheckpointError(paths[0], f"text encoders do not load as {kind}'s: {error}") from error
     family = ModelFamily(kind)
@@ -68,10 +70,3 @@ def load_text_encoder_pair(paths: Sequence[Path], kind: str) -> LoadedCheckpoint
         path=paths[0],
     )
     return LoadedCheckpoint(None, None, stack, info)
-
-
-def _flux_stack(found: dict[str, LazyStateDict]) -> FluxTextEncoders:
-    # FLUX takes CLIP-L's pooled vector unprojected; a clip_l file that carries a projection keeps it unused.
-    clip_l = {key: value for key, value in found["clip_l"].items() if key != _CLIP_PROJECTION}
-    return FluxTextEncoders(ClipStack("sd15", {"clip_l": load_clip_text_model(clip_l, "quick_gelu")}),
-                            load_t5_encoder(found["t5xxl"]))  # fmt: skip

@@ -55,6 +55,8 @@ FAMILY_ENCODERS: dict[str, tuple[EncoderRole, ...]] = {
     "sd2": (_CLIP_H,),
     "sdxl": (_CLIP_L_SDXL, _CLIP_G),
     "sdxl_refiner": (_CLIP_G,),
+    # SD3's CLIP pair is SDXL's (penultimate layer, no final LayerNorm); ``t5_stacks`` adds T5 and the pooling.
+    "sd3": (_CLIP_L_SDXL, _CLIP_G),
 }
 
 
@@ -156,13 +158,20 @@ class ClipStack:
         self, tokens: Mapping[str, Sequence[TokenWindow]], clip_skip: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond [1, 77 * windows, sum of widths], pooled [1, dim]); `clip_skip` -1 = last layer, None = default."""
+        encoded = self.encode_each(tokens, clip_skip)
+        return torch.cat([cond for cond, _ in encoded.values()], dim=-1), list(encoded.values())[-1][1]
+
+    def encode_each(
+        self, tokens: Mapping[str, Sequence[TokenWindow]], clip_skip: int | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per encoder, in family order: (cond [1, 77 * windows, width], pooled [1, dim])."""
         if clip_skip is not None and not -self.layer_count <= clip_skip <= -1:
             raise ValueError(f"clip skip {clip_skip} out of range for {self.family}: -1 .. -{self.layer_count}")
         counts = {role.name: len(tokens[role.name]) for role in self.roles}
         if len(set(counts.values())) > 1:
             raise ValueError(f"text encoders got different window counts {counts}; tokenize() aligns them")
-        encoded = [
-            encode_windows(
+        return {
+            role.name: encode_windows(
                 self.encoders[role.name],
                 tokens[role.name],
                 empty_window(self.tokenizer, self.specs[role.name]),
@@ -170,8 +179,7 @@ class ClipStack:
                 normalize_hidden=role.normalize_hidden,
             )
             for role in self.roles
-        ]
-        return torch.cat([cond for cond, _ in encoded], dim=-1), encoded[-1][1]
+        }
 
     def encode(
         self,

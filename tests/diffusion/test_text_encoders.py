@@ -202,8 +202,8 @@ def test_clip_skip_beyond_the_shallowest_encoder_is_refused(clip_l, clip_big) ->
 
 
 def test_unknown_family_and_missing_encoder_are_named(clip_l) -> None:
-    with pytest.raises(ValueError, match="unknown text-encoder family 'sd3'"):
-        ClipStack.from_state_dicts("sd3", {"clip_l": hf_layout(clip_l)}, head_width=HEAD_WIDTH)
+    with pytest.raises(ValueError, match="unknown text-encoder family 'hunyuan'"):
+        ClipStack.from_state_dicts("hunyuan", {"clip_l": hf_layout(clip_l)}, head_width=HEAD_WIDTH)
     with pytest.raises(ValueError, match=r"needs text encoders \['clip_g'\]"):
         ClipStack.from_state_dicts("sdxl", {"clip_l": hf_layout(clip_l)}, head_width=HEAD_WIDTH)
 

@@ -16,15 +16,15 @@ from diffusion.mmdit import MMDiT, MMDiTConfig
 from diffusion.samplers.euler import sample_euler
 from diffusion.sampling import prepare_noise
 from diffusion.schedules import compute_sigmas
-from diffusion.text_encoders.flux_stack import T5_MIN_LENGTH
+from diffusion.text_encoders.t5_stacks import T5_MIN_LENGTH
 from diffusion.tiny_parts import write_tiny_file
 from diffusion.vae import FLUX_LATENT, SD3_LATENT, LatentFormat
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
-from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, FluxGuidance
+from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, CLIPTextEncodeSD3, FluxGuidance
 from nodes.folders import Folders
 from nodes.latent import EmptySD3LatentImage, VAEDecode
-from nodes.loaders import CheckpointLoaderSimple, DualCLIPLoader, UNETLoader, VAELoader
+from nodes.loaders import CheckpointLoaderSimple, DualCLIPLoader, TripleCLIPLoader, UNETLoader, VAELoader
 from nodes.sampling import KSampler
 
 CONTEXT, POOLED = 32, 16  # tiny text widths; real files have 4096 and 768 (FLUX) / 2048 (SD3)
@@ -206,3 +206,28 @@ def test_a_dual_clip_pair_that_is_not_the_type_s_is_named(flux_split_files: Fold
         DualCLIPLoader("clip_l.safetensors", "clip_l.safetensors", "flux")
     with pytest.raises(CheckpointError, match=r"type sdxl needs a clip_l and a clip_g file"):
         DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "sdxl")
+
+
+@pytest.mark.parametrize(("family", "dtype", "cfg"), [("sd35_large", "fp16", 4.0), ("flux_schnell", "fp8", 1.0)])
+def test_an_all_in_one_checkpoint_runs_through_the_checkpoint_loader(
+    folders: Folders, family: str, dtype: str, cfg: float
+) -> None:
+    write_tiny_file(folders.models / "checkpoints" / "all-in-one.safetensors", family, "checkpoint", dtype)
+    model, clip, vae = CheckpointLoaderSimple("all-in-one.safetensors")
+    expected = "flux" if family.startswith("flux") else "sd3"
+    assert model.family.value == clip.family == expected
+    positive, negative = CLIPTextEncode("a red fox", clip), CLIPTextEncode("blurry", clip)
+    latent = KSampler(model, 3, 2, cfg, "euler", "simple", positive, negative, EmptySD3LatentImage(64, 64, 1), 1.0)
+    image = VAEDecode(latent, vae)
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+
+
+def test_sd3_s_three_encoders_load_in_any_order_and_empty_t5_adds_no_tokens_unless_padded(folders: Folders) -> None:
+    for part in ("clip_l", "clip_g", "t5xxl"):
+        write_tiny_file(folders.models / "text_encoders" / f"{part}.safetensors", "sd3", part)
+    clip = TripleCLIPLoader("t5xxl.safetensors", "clip_l.safetensors", "clip_g.safetensors")
+    ((none, _),) = CLIPTextEncodeSD3(clip, "a fox", "a fox", "", "none")
+    ((padded, _),) = CLIPTextEncodeSD3(clip, "a fox", "a fox", "", "empty_prompt")
+    ((full, options),) = CLIPTextEncodeSD3(clip, "a fox", "a fox", "a fox in the snow", "none")
+    assert none.shape == (1, 77, 4096) and padded.shape == full.shape == (1, 154, 4096)
+    assert torch.equal(none, padded[:, :77]) and options["pooled_output"].shape == (1, 2048)

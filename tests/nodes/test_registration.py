@@ -27,7 +27,7 @@ BUILTIN_NAMES = {
     "KSampler", "KSamplerAdvanced", "KSamplerSelect", "BasicScheduler", "RandomNoise", "DisableNoise",
     "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
     "FluxGuidance", "EmptySD3LatentImage", "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux",
-    "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider",
+    "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).

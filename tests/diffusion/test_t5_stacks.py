@@ -1,14 +1,21 @@
-"""FLUX's text conditioning: T5 ids padded to 256 and never cut, emphasis on T5 states as on CLIP's, CLIP-L's
-pooled vector unprojected, both widened to FLUX's input widths."""
+"""The T5 families' text conditioning (FLUX, SD3): T5 ids padded and never cut, emphasis on T5 states as on
+CLIP's, CLIP-L's pooled vector unprojected, everything widened to the transformers' input widths."""
 
 from __future__ import annotations
 
 import torch
 
 from diffusion.checkpoint import open_state_dict
-from diffusion.checkpoint.text_encoder_files import load_text_encoder_pair, text_encoder_kind
+from diffusion.checkpoint.text_encoder_files import load_text_encoders, text_encoder_kind
 from diffusion.t5_tokenizer import EOS_ID, PAD_ID, load_t5_tokenizer
-from diffusion.text_encoders.flux_stack import T5_MIN_LENGTH, FluxTextEncoders, t5_weighted_tokens
+from diffusion.text_encoders.t5_stacks import (
+    SD3_T5_MIN_LENGTH,
+    T5_MIN_LENGTH,
+    FluxTextEncoders,
+    SD3TextEncoders,
+    encode_t5,
+    t5_weighted_tokens,
+)
 from diffusion.tiny_parts import write_tiny_file
 
 
@@ -40,15 +47,17 @@ def test_a_long_prompt_is_never_cut() -> None:
 def _pair(tmp_path) -> FluxTextEncoders:
     write_tiny_file(tmp_path / "clip_l.safetensors", "flux_dev", "clip_l")
     write_tiny_file(tmp_path / "t5.safetensors", "flux_dev", "t5xxl")
-    loaded = load_text_encoder_pair([tmp_path / "t5.safetensors", tmp_path / "clip_l.safetensors"], "flux")
+    loaded = load_text_encoders(
+        [tmp_path / "t5.safetensors", tmp_path / "clip_l.safetensors"], "flux", ("clip_l", "t5xxl")
+    )
     assert isinstance(loaded.text_encoders, FluxTextEncoders)
     return loaded.text_encoders
 
 
 def test_emphasis_moves_weighted_t5_states_away_from_the_empty_prompt_s(tmp_path) -> None:
     encoders = _pair(tmp_path)
-    weighted = encoders.encode_t5("a (cat:1.5) on a mat")
-    plain = encoders.encode_t5("a cat on a mat")
+    weighted = encode_t5(encoders.t5, encoders.tokenizer, "a (cat:1.5) on a mat", T5_MIN_LENGTH)
+    plain = encode_t5(encoders.t5, encoders.tokenizer, "a cat on a mat", T5_MIN_LENGTH)
     empty = encoders.t5(torch.tensor([t5_weighted_tokens("", encoders.tokenizer).ids]))
     weights = torch.tensor(t5_weighted_tokens("a (cat:1.5) on a mat", encoders.tokenizer).weights)[None, :, None]
     torch.testing.assert_close(weighted, empty + (plain - empty) * weights)
@@ -58,7 +67,7 @@ def test_emphasis_moves_weighted_t5_states_away_from_the_empty_prompt_s(tmp_path
 def test_conditioning_is_t5_states_and_clip_l_s_pooled_vector_at_flux_s_widths(tmp_path) -> None:
     encoders = _pair(tmp_path)
     cond, pooled = encoders.encode("a lighthouse")
-    states = encoders.encode_t5("a lighthouse")
+    states = encode_t5(encoders.t5, encoders.tokenizer, "a lighthouse", T5_MIN_LENGTH)
     assert cond.shape == (1, T5_MIN_LENGTH, 4096) and pooled.shape == (1, 768)
     assert torch.equal(cond[..., : states.shape[-1]], states) and not cond[..., states.shape[-1] :].any()
     _, clip_pooled = encoders.clip_l.encode("a lighthouse")
@@ -69,3 +78,25 @@ def test_each_standalone_file_is_told_apart_by_its_keys(tmp_path) -> None:
     for part in ("clip_l", "clip_g", "t5xxl"):
         path = write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
         assert text_encoder_kind(open_state_dict(path)) == part
+
+
+def test_sd3_attends_to_the_clip_pair_side_by_side_then_t5_and_pools_both_clips(tmp_path) -> None:
+    for part in ("clip_l", "clip_g", "t5xxl"):
+        write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
+    paths = [tmp_path / f"{part}.safetensors" for part in ("clip_g", "t5xxl", "clip_l")]
+    encoders = load_text_encoders(paths, "sd3", ("clip_l", "clip_g", "t5xxl")).text_encoders
+    assert isinstance(encoders, SD3TextEncoders)
+    cond, pooled = encoders.encode("a red fox")
+    each = encoders.clips.encode_each(encoders.clips.tokenize("a red fox"))
+    (l_states, l_pooled), (g_states, g_pooled) = each["clip_l"], each["clip_g"]
+    t5 = encode_t5(encoders.t5, encoders.tokenizer, "a red fox", SD3_T5_MIN_LENGTH)
+    width_l, width_g = l_states.shape[-1], g_states.shape[-1]
+    assert cond.shape == (1, 77 + SD3_T5_MIN_LENGTH, 4096)
+    assert torch.equal(cond[:, :77, :width_l], l_states) and torch.equal(
+        cond[:, :77, width_l : width_l + width_g], g_states
+    )
+    assert not cond[:, :77, width_l + width_g :].any()
+    assert torch.equal(cond[:, 77:, : t5.shape[-1]], t5) and not cond[:, 77:, t5.shape[-1] :].any()
+    assert pooled.shape == (1, 2048)
+    assert torch.equal(pooled[:, : l_pooled.shape[-1]], l_pooled) and torch.equal(pooled[:, 768 : 768 + 1280], g_pooled)
+    assert encoders.encoders["clip_l"].text_projection is None  # CLIP-L's pooled vector is taken unprojected

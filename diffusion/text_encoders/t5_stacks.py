@@ -1,0 +1,213 @@
+"""The text conditioning of the T5-XXL families: FLUX.1 (CLIP-L + T5) and SD3 / SD3.5 (CLIP-L + CLIP-G + T5).
+
+FLUX reads two things from its prompt, as Black Forest Labs' pipeline and ComfyUI give them: the T5-XXL
+encoder's states of every token (the sequence it attends to, 4096 wide) and CLIP-L's pooled end-token
+vector (768 wide, without CLIP's projection), which modulates every block. SD3 attends to CLIP-L's and
+CLIP-G's penultimate states side by side (768 + 1280, zero-padded to 4096) followed by T5's, and is
+modulated by CLIP-L's unprojected and CLIP-G's projected pooled vectors (2048). ComfyUI's conventions,
+which workflows were tuned with:
+
+- T5 ids are the prompt's pieces and the end-of-sequence token, padded with the pad token to at least 256
+  (FLUX) or 77 (SD3) and never cut; the padding is attended to (no attention mask), as in ComfyUI's default.
+- Emphasis ``(word:1.2)`` weights T5 states as it weights CLIP's (``stack.py``): a weighted position moves
+  away from the empty prompt's state at that position, ``z_empty + (z - z_empty) * w``.
+- The CLIP encoders run as in SD1.x / SDXL (77-token windows); pooled vectors come from the first window.
+
+States narrower than the families' input widths (only tiny test encoders are) are zero-padded to them, so
+tiny files drive a tiny transformer exactly as real ones drive a real one; real encoders are that wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.embeddings import EmbeddingResolver
+from diffusion.prompt_weights import parse_prompt_weights
+from diffusion.t5_tokenizer import EOS_ID, PAD_ID, T5Tokenizer, load_t5_tokenizer
+from diffusion.text_encoders.layouts import load_clip_text_model
+from diffusion.text_encoders.stack import ClipStack, EncoderRole
+from diffusion.text_encoders.t5 import T5Encoder, load_t5_encoder
+
+__all__ = [
+    "CONTEXT_WIDTH",
+    "FLUX_POOLED_WIDTH",
+    "SD3_POOLED_WIDTH",
+    "SD3_T5_MIN_LENGTH",
+    "T5_MIN_LENGTH",
+    "FluxTextEncoders",
+    "SD3TextEncoders",
+    "encode_t5",
+    "t5_family_encoders",
+    "t5_weighted_tokens",
+]
+
+#: The width both families attend to: T5-XXL's.
+CONTEXT_WIDTH = 4096
+FLUX_POOLED_WIDTH = 768
+SD3_POOLED_WIDTH = 768 + 1280
+T5_MIN_LENGTH = 256
+SD3_T5_MIN_LENGTH = 77
+
+
+@dataclass(frozen=True)
+class T5Tokens:
+    ids: list[int]
+    weights: list[float]
+
+    @property
+    def is_weighted(self) -> bool:
+        return any(weight != 1.0 for weight in self.weights)
+
+
+def t5_weighted_tokens(text: str, tokenizer: T5Tokenizer, min_length: int = T5_MIN_LENGTH) -> T5Tokens:
+    """T5 ids of a prompt with their emphasis weights: each weighted run's pieces, the end token, then padding
+    to `min_length` (weight 1)."""
+    ids: list[int] = []
+    weights: list[float] = []
+    for segment in parse_prompt_weights(text):
+        pieces = tokenizer.encode(segment.text)[:-1]  # the end-of-sequence token closes the whole prompt
+        ids += pieces
+        weights += [segment.weight] * len(pieces)
+    ids.append(EOS_ID)
+    weights.append(1.0)
+    padding = max(min_length - len(ids), 0)
+    return T5Tokens(ids + [PAD_ID] * padding, weights + [1.0] * padding)
+
+
+def _widened(states: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(states, (0, width - states.shape[-1])) if states.shape[-1] < width else states
+
+
+def encode_t5(t5: T5Encoder, tokenizer: T5Tokenizer, text: str, min_length: int) -> torch.Tensor:
+    """T5 states [1, >= min_length, width] of a prompt, with emphasis."""
+    tokens = t5_weighted_tokens(text, tokenizer, min_length)
+    device = next(t5.parameters()).device
+    batch = [tokens.ids]
+    if tokens.is_weighted:
+        batch.append(t5_weighted_tokens("", tokenizer, len(tokens.ids)).ids)
+    with torch.inference_mode():
+        states = t5(torch.tensor(batch, device=device))
+    if not tokens.is_weighted:
+        return states
+    z, z_empty = states[:1], states[1:]
+    weights = torch.tensor(tokens.weights, device=device, dtype=states.dtype)[None, :, None]
+    # Positions of weight 1 keep their states bit for bit (the formula would round them).
+    return torch.where(weights == 1.0, z, z_empty + (z - z_empty) * weights)
+
+
+def _texts(text: str | Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {name: text if isinstance(text, str) else text[name] for name in names}
+
+
+class FluxTextEncoders:
+    """The CLIP-L + T5-XXL pair a ``DualCLIPLoader(type=flux)`` gives; ``encode`` returns (cond, pooled)."""
+
+    family = "flux"
+
+    def __init__(self, clip_l: ClipStack, t5: T5Encoder, tokenizer: T5Tokenizer | None = None) -> None:
+        if clip_l.family != "sd15":
+            raise ValueError(f"FLUX's CLIP-L is run as SD1.x runs it, not as {clip_l.family}")
+        self.clip_l = clip_l
+        self.t5 = t5
+        self.tokenizer = tokenizer or load_t5_tokenizer()
+
+    @property
+    def roles(self) -> tuple[EncoderRole, ...]:
+        """The CLIP encoders, in the order LoRA files number them (T5 takes no CLIP LoRA)."""
+        return self.clip_l.roles
+
+    @property
+    def encoders(self) -> Mapping[str, nn.Module]:
+        return self.clip_l.encoders
+
+    @property
+    def layer_count(self) -> int:
+        return self.clip_l.layer_count
+
+    def modules(self) -> list[nn.Module]:
+        """Every module this pair computes with, T5 included (for placement and memory accounting)."""
+        return [*self.clip_l.modules(), self.t5]
+
+    def encode(
+        self,
+        text: str | Mapping[str, str],
+        clip_skip: int | None = None,
+        resolve_embedding: EmbeddingResolver | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 states [1, >= 256, 4096], CLIP-L pooled [1, 768]); `text` may differ per encoder
+        (``CLIPTextEncodeFlux``: keys ``clip_l`` and ``t5xxl``)."""
+        texts = _texts(text, ("clip_l", "t5xxl"))
+        _, pooled = self.clip_l.encode(texts["clip_l"], clip_skip, resolve_embedding)
+        states = encode_t5(self.t5, self.tokenizer, texts["t5xxl"], T5_MIN_LENGTH)
+        return _widened(states, CONTEXT_WIDTH), _widened(pooled, FLUX_POOLED_WIDTH)
+
+
+class SD3TextEncoders:
+    """CLIP-L, CLIP-G and T5-XXL as SD3 / SD3.5 read them (``TripleCLIPLoader``, the all-in-one files)."""
+
+    family = "sd3"
+
+    def __init__(self, clips: ClipStack, t5: T5Encoder | None, tokenizer: T5Tokenizer | None = None) -> None:
+        if clips.family != "sd3":
+            raise ValueError(f"SD3's CLIP pair is run as SD3 runs it, not as {clips.family}")
+        self.clips = clips
+        self.t5 = t5
+        self.tokenizer = tokenizer or load_t5_tokenizer()
+
+    @property
+    def roles(self) -> tuple[EncoderRole, ...]:
+        return self.clips.roles
+
+    @property
+    def encoders(self) -> Mapping[str, nn.Module]:
+        return self.clips.encoders
+
+    @property
+    def layer_count(self) -> int:
+        return self.clips.layer_count
+
+    def modules(self) -> list[nn.Module]:
+        return [*self.clips.modules(), *([self.t5] if self.t5 is not None else [])]
+
+    def encode(
+        self,
+        text: str | Mapping[str, str],
+        clip_skip: int | None = None,
+        resolve_embedding: EmbeddingResolver | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond [1, 77 x windows (+ T5 tokens), 4096], pooled [1, 2048]); `text` may differ per encoder
+        (``CLIPTextEncodeSD3``: keys ``clip_l``, ``clip_g`` and ``t5xxl``; an absent or None ``t5xxl`` adds no
+        T5 tokens)."""
+        texts = _texts(text, ("clip_l", "clip_g"))
+        encoded = self.clips.encode_each(self.clips.tokenize(texts, resolve_embedding), clip_skip)
+        (l_states, l_pooled), (g_states, g_pooled) = encoded["clip_l"], encoded["clip_g"]
+        states = [_widened(torch.cat([l_states, g_states], dim=-1), CONTEXT_WIDTH)]
+        t5_text = text if isinstance(text, str) else text.get("t5xxl")
+        if self.t5 is not None and t5_text is not None:
+            states.append(_widened(encode_t5(self.t5, self.tokenizer, t5_text, SD3_T5_MIN_LENGTH), CONTEXT_WIDTH))
+        pooled = torch.cat([_widened(l_pooled, 768), _widened(g_pooled, 1280)], dim=-1)
+        return torch.cat(states, dim=1), pooled
+
+
+def t5_family_encoders(
+    family: str, weights: Mapping[str, Mapping[str, torch.Tensor]]
+) -> FluxTextEncoders | SD3TextEncoders:
+    """A family's encoders from their state dicts by name (``clip_l``, ``clip_g``, ``t5xxl``; SD3's T5 optional).
+
+    CLIP-L's pooled vector is taken unprojected by both families: a file that carries CLIP-L's projection
+    (some do) keeps it unused.
+    """
+    clip_l = load_clip_text_model(
+        {key: value for key, value in weights["clip_l"].items() if key != "text_projection.weight"}, "quick_gelu"
+    )
+    if family == "flux":
+        return FluxTextEncoders(ClipStack("sd15", {"clip_l": clip_l}), load_t5_encoder(weights["t5xxl"]))
+    if family == "sd3":
+        clips = ClipStack("sd3", {"clip_l": clip_l, "clip_g": load_clip_text_model(weights["clip_g"], "gelu")})
+        return SD3TextEncoders(clips, load_t5_encoder(weights["t5xxl"]) if "t5xxl" in weights else None)
+    raise ValueError(f"no T5 text-encoder family {family!r}; expected flux or sd3")
