@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffusion.prediction import expand_per_sample
+
 __all__ = [
     "DiscreteFlow",
     "FlowPrediction",
@@ -34,12 +36,6 @@ __all__ = [
     "flux_time_shift",
     "time_snr_shift",
 ]
-
-
-def _expand(values: Tensor, like: Tensor) -> Tensor:
-    """Per-batch scalars ``[B]`` (or a 0-d scalar) broadcast over ``like``."""
-    values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
 
 
 def time_snr_shift(shift: float, t: Tensor) -> Tensor:
@@ -103,17 +99,19 @@ class FlowPrediction:
         return x
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
-        return x - model_output * _expand(sigma, x)
+        return x - model_output * expand_per_sample(sigma, x)
 
     def noise_scaling(self, sigma: Tensor | float, noise: Tensor, latent: Tensor, max_denoise: bool = False) -> Tensor:
         """``latent`` moved along the straight path to ``sigma``; at sigma 1 it is pure noise, so a full-strength
         start needs no special case (``max_denoise`` is accepted for the common interface)."""
-        sigma = _expand(torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device), noise)
+        sigma = expand_per_sample(torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device), noise)
         return sigma * noise + (1.0 - sigma) * latent
 
     def inverse_noise_scaling(self, sigma: Tensor | float, latent: Tensor) -> Tensor:
         """The sampler's final state back to a latent: undo the (1 - sigma) scale of an unfinished path."""
-        return latent / (1.0 - _expand(torch.as_tensor(sigma, dtype=latent.dtype, device=latent.device), latent))
+        return latent / (
+            1.0 - expand_per_sample(torch.as_tensor(sigma, dtype=latent.dtype, device=latent.device), latent)
+        )
 
     def denoiser(self, model_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """Wrap ``model_fn(x, sigma, **cond)`` (a flow transformer, which takes sigma as its time) as a sampler

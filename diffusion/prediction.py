@@ -25,6 +25,7 @@ __all__ = [
     "ModelSampling",
     "UNetFn",
     "VPrediction",
+    "expand_per_sample",
     "scaled_linear_schedule",
 ]
 
@@ -35,7 +36,7 @@ class UNetFn(Protocol):
     def __call__(self, x_in: Tensor, timesteps: Tensor, context: Tensor, **cond: Tensor) -> Tensor: ...
 
 
-def _expand(values: Tensor, like: Tensor) -> Tensor:
+def expand_per_sample(values: Tensor, like: Tensor) -> Tensor:
     """Per-batch scalars ``[B]`` (or a 0-d scalar) broadcast over a ``[B, C, H, W]`` tensor."""
     values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
@@ -152,10 +153,10 @@ class EpsPrediction:
         return self.schedule.percent_to_sigma(percent)
 
     def calculate_input(self, sigma: Tensor, x: Tensor) -> Tensor:
-        return x / _expand((sigma**2 + self.sigma_data**2) ** 0.5, x)
+        return x / expand_per_sample((sigma**2 + self.sigma_data**2) ** 0.5, x)
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
-        return x - model_output * _expand(sigma, x)
+        return x - model_output * expand_per_sample(sigma, x)
 
     def noise_scaling(self, sigma: Tensor | float, noise: Tensor, latent: Tensor, max_denoise: bool = False) -> Tensor:
         """The sampler's starting point: ``latent`` noised to ``sigma``.
@@ -166,7 +167,7 @@ class EpsPrediction:
         """
         sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
         scale = (sigma**2 + 1.0) ** 0.5 if max_denoise else sigma
-        return latent + noise * _expand(scale, noise)
+        return latent + noise * expand_per_sample(scale, noise)
 
     def inverse_noise_scaling(self, sigma: Tensor | float, latent: Tensor) -> Tensor:
         """The sampler's final state back to a latent: the identity for VE-style models."""
@@ -191,7 +192,7 @@ class VPrediction(EpsPrediction):
     """
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
-        sigma = _expand(sigma, x)
+        sigma = expand_per_sample(sigma, x)
         total = sigma**2 + self.sigma_data**2
         return x * (self.sigma_data**2 / total) - model_output * (sigma * self.sigma_data / total**0.5)
 

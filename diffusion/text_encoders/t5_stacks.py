@@ -104,63 +104,22 @@ def _texts(text: str | Mapping[str, str], names: tuple[str, ...]) -> dict[str, s
     return {name: text if isinstance(text, str) else text[name] for name in names}
 
 
-class FluxTextEncoders:
-    """The CLIP-L + T5-XXL pair a ``DualCLIPLoader(type=flux)`` gives; ``encode`` returns (cond, pooled)."""
+class _T5FamilyEncoders:
+    """A family's CLIP stack plus T5-XXL: what loaders, LoRA and memory see of it (``nodes.model_handles``)."""
 
-    family = "flux"
-
-    def __init__(self, clip_l: ClipStack, t5: T5Encoder, tokenizer: T5Tokenizer | None = None) -> None:
-        if clip_l.family != "sd15":
-            raise ValueError(f"FLUX's CLIP-L is run as SD1.x runs it, not as {clip_l.family}")
-        self.clip_l = clip_l
-        self.t5 = t5
-        self.tokenizer = tokenizer or load_t5_tokenizer()
-
-    @property
-    def roles(self) -> tuple[EncoderRole, ...]:
-        """The CLIP encoders, in the order LoRA files number them (T5 takes no CLIP LoRA)."""
-        return self.clip_l.roles
-
-    @property
-    def encoders(self) -> Mapping[str, nn.Module]:
-        return self.clip_l.encoders
-
-    @property
-    def layer_count(self) -> int:
-        return self.clip_l.layer_count
-
-    def modules(self) -> list[nn.Module]:
-        """Every module this pair computes with, T5 included (for placement and memory accounting)."""
-        return [*self.clip_l.modules(), self.t5]
-
-    def encode(
-        self,
-        text: str | Mapping[str, str],
-        clip_skip: int | None = None,
-        resolve_embedding: EmbeddingResolver | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 states [1, >= 256, 4096], CLIP-L pooled [1, 768]); `text` may differ per encoder
-        (``CLIPTextEncodeFlux``: keys ``clip_l`` and ``t5xxl``)."""
-        texts = _texts(text, ("clip_l", "t5xxl"))
-        _, pooled = self.clip_l.encode(texts["clip_l"], clip_skip, resolve_embedding)
-        states = encode_t5(self.t5, self.tokenizer, texts["t5xxl"], T5_MIN_LENGTH)
-        return _widened(states, CONTEXT_WIDTH), _widened(pooled, FLUX_POOLED_WIDTH)
-
-
-class SD3TextEncoders:
-    """CLIP-L, CLIP-G and T5-XXL as SD3 / SD3.5 read them (``TripleCLIPLoader``, the all-in-one files)."""
-
-    family = "sd3"
+    family: str
+    clip_family: str
 
     def __init__(self, clips: ClipStack, t5: T5Encoder | None, tokenizer: T5Tokenizer | None = None) -> None:
-        if clips.family != "sd3":
-            raise ValueError(f"SD3's CLIP pair is run as SD3 runs it, not as {clips.family}")
+        if clips.family != self.clip_family:
+            raise ValueError(f"{self.family}'s CLIP encoders run as {self.clip_family}'s, not as {clips.family}'s")
         self.clips = clips
         self.t5 = t5
         self.tokenizer = tokenizer or load_t5_tokenizer()
 
     @property
     def roles(self) -> tuple[EncoderRole, ...]:
+        """The CLIP encoders, in the order LoRA files number them (T5 takes no CLIP LoRA)."""
         return self.clips.roles
 
     @property
@@ -172,7 +131,38 @@ class SD3TextEncoders:
         return self.clips.layer_count
 
     def modules(self) -> list[nn.Module]:
+        """Every module the family computes with, T5 included (for placement and memory accounting)."""
         return [*self.clips.modules(), *([self.t5] if self.t5 is not None else [])]
+
+
+class FluxTextEncoders(_T5FamilyEncoders):
+    """The CLIP-L + T5-XXL pair a ``DualCLIPLoader(type=flux)`` gives; ``encode`` returns (cond, pooled)."""
+
+    family = "flux"
+    clip_family = "sd15"  # CLIP-L run as SD1.x runs it: only its pooled vector is used
+
+    def encode(
+        self,
+        text: str | Mapping[str, str],
+        clip_skip: int | None = None,
+        resolve_embedding: EmbeddingResolver | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 states [1, >= 256, 4096], CLIP-L pooled [1, 768]); `text` may differ per encoder
+        (``CLIPTextEncodeFlux``: keys ``clip_l`` and ``t5xxl``)."""
+        texts = _texts(text, ("clip_l", "t5xxl"))
+        _, pooled = self.clips.encode(texts["clip_l"], clip_skip, resolve_embedding)
+        if self.t5 is None:
+            raise ValueError("FLUX's text encoders need T5-XXL")
+        states = encode_t5(self.t5, self.tokenizer, texts["t5xxl"], T5_MIN_LENGTH)
+        return _widened(states, CONTEXT_WIDTH), _widened(pooled, FLUX_POOLED_WIDTH)
+
+
+class SD3TextEncoders(_T5FamilyEncoders):
+    """CLIP-L, CLIP-G and T5-XXL as SD3 / SD3.5 read them (``TripleCLIPLoader``, the all-in-one files); T5 is
+    optional, as in the releases that ship without it."""
+
+    family = "sd3"
+    clip_family = "sd3"
 
     def encode(
         self,

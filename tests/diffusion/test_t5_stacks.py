@@ -70,7 +70,7 @@ def test_conditioning_is_t5_states_and_clip_l_s_pooled_vector_at_flux_s_widths(t
     states = encode_t5(encoders.t5, encoders.tokenizer, "a lighthouse", T5_MIN_LENGTH)
     assert cond.shape == (1, T5_MIN_LENGTH, 4096) and pooled.shape == (1, 768)
     assert torch.equal(cond[..., : states.shape[-1]], states) and not cond[..., states.shape[-1] :].any()
-    _, clip_pooled = encoders.clip_l.encode("a lighthouse")
+    _, clip_pooled = encoders.clips.encode("a lighthouse")
     assert torch.equal(pooled[..., : clip_pooled.shape[-1]], clip_pooled)
 
 
