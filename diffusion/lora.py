@@ -12,6 +12,9 @@ Files in the wild name the same thing several ways; each tensor is keyed ``<stem
 | diffusers / PEFT          | ``unet.``, ``text_encoder.``,                | ``lora_A.weight`` (down),               |
 |                           | ``text_encoder_2.``                          | ``lora_B.weight`` (up), ``alpha``       |
 | full deltas (kohya)       | any of the above                             | ``diff`` (weight), ``diff_b`` (bias)     |
+| kohya FLUX / SD3          | ``lora_unet_double_blocks_0_img_attn_qkv``   | ``lora_up``/``lora_down``, ``alpha``    |
+|                           | (the original layout, ``_`` for ``.``)       |                                        |
+| ComfyUI / BFL (FLUX, SD3) | ``diffusion_model.double_blocks.0....qkv``   | same                                   |
 
 ``alpha`` scales the product by ``alpha / rank`` (kohya's convention; no alpha means 1). LoCon stores a
 convolution as a ``k x k`` down conv and a ``1 x 1`` up conv, whose composition is the single ``k x k``
@@ -21,9 +24,11 @@ kernel ``up[o, r] * down[r, i, h, w]``; with ``lora_mid`` (a Tucker core, ``r x 
 Stems are resolved against the target module's own parameter names rather than by rewriting strings
 into guesses: an LDM-layout stem is looked up in ``{name with "." -> "_": name}`` built from
 ``named_parameters()``, diffusers module names go through ``diffusion.diffusers_layout.unet_to_ldm``,
-and the result is kept only if the module really has that parameter. Whatever does not resolve is
-reported back, so a LoRA for another model family (a DiT's ``transformer.`` keys, say) shows up as a
-list of unmatched keys, and so do formats not handled here (LoHa ``hada_*``, LoKr ``lokr_*``, DoRA scales).
+and the result is kept only if the module really has that parameter. FLUX and SD3 transformers are
+resolved the same way against their original (Black Forest Labs, Stability) names. Whatever does not
+resolve is reported back, so a LoRA for another model family shows up as a list of unmatched keys, and so
+do formats not handled here (diffusers/PEFT ``transformer.`` keys of FLUX/SD3, whose fused projections
+would need splitting; LoHa ``hada_*``, LoKr ``lokr_*``, DoRA scales).
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ _DIFFUSERS_WORDS = (
 )  # fmt: skip
 
 _TEXT_PREFIXES = (("lora_te1_", 0), ("lora_te2_", 1), ("lora_te_", 0), ("text_encoder_2.", 1), ("text_encoder.", 0))
-_UNET_PREFIXES = ("lora_unet_", "unet.", "base_model.model.")
+_UNET_PREFIXES = ("lora_unet_", "unet.", "base_model.model.", "diffusion_model.")
 
 
 class LoraFormatError(ValueError):
@@ -164,9 +169,10 @@ def _unet_config_for_diffusers(unet: UNetModel) -> dict[str, Any]:
 
 
 class _UNetResolver:
-    """Stems to UNet module names; diffusers names are converted in one batch (the numbering needs all)."""
+    """Stems to the diffusion model's module names; a UNet's diffusers names are converted in one batch (the
+    numbering needs all)."""
 
-    def __init__(self, unet: UNetModel) -> None:
+    def __init__(self, unet: nn.Module) -> None:
         self.unet = unet
         self.index = _underscore_index(unet)
         self.modules = set(self.index.values())
@@ -179,7 +185,7 @@ class _UNetResolver:
                 resolved[stem] = self.index[flat]
             else:
                 diffusers[stem] = _diffusers_dotted(flat) if "." not in stem else stem
-        if diffusers:
+        if diffusers and isinstance(self.unet, UNetModel):
             config = _unet_config_for_diffusers(self.unet)
             for stem, name in diffusers.items():
                 try:
@@ -237,11 +243,12 @@ def _target(stem: str) -> tuple[str, int | None, str]:
 
 def parse_lora(
     state_dict: Mapping[str, torch.Tensor],
-    unet: UNetModel | None,
+    unet: nn.Module | None,
     text_encoders: Sequence[nn.Module] = (),
     path: Path | str | None = None,
 ) -> LoraPatches:
-    """Resolve a LoRA state dict against a UNet and the family's text encoders (in family order).
+    """Resolve a LoRA state dict against a diffusion model (a UNet or a flow transformer) and the family's text
+    encoders (in family order).
 
     Raises ``LoraFormatError`` when the file holds no LoRA tensors at all; stems for absent or
     unknown modules go to ``unmatched`` instead, since a LoRA may well target a part it was not given.

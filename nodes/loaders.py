@@ -18,7 +18,6 @@ from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.checkpoint.text_encoder_files import DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from diffusion.lora import LoraPatches, parse_lora
-from diffusion.unet import UNetModel
 from graph.declare import Combo, Float, Int, Output, Socket, node
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, load_shared_text_encoders
 from nodes.runtime import find_model, list_models
@@ -116,8 +115,6 @@ def VAELoader(vae_name=Combo(_names("vae"))):
 
 def _read_lora(lora_name: str, model: ModelHandle, clip: ClipHandle | None) -> LoraPatches:
     path = find_model("loras", lora_name)
-    if not isinstance(model.unet, UNetModel):
-        raise ValueError(f"LoRAs for {model.family.value} models are not supported yet ({lora_name})")
     patches = parse_lora(open_state_dict(path), model.unet, clip.encoders if clip is not None else (), path)
     # Without a CLIP the text-encoder part is skipped on purpose; only the rest is worth a warning.
     ignored = [key for key in patches.unmatched if clip is not None or not key.startswith(_TEXT_ENCODER_STEMS)]

@@ -17,14 +17,21 @@ from diffusion.samplers.euler import sample_euler
 from diffusion.sampling import prepare_noise
 from diffusion.schedules import compute_sigmas
 from diffusion.text_encoders.t5_stacks import T5_MIN_LENGTH
-from diffusion.tiny_parts import write_tiny_file
+from diffusion.tiny_parts import tiny_file_tensors, write_tiny_file
 from diffusion.vae import FLUX_LATENT, SD3_LATENT, LatentFormat
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
 from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, CLIPTextEncodeSD3, FluxGuidance
 from nodes.folders import Folders
 from nodes.latent import EmptySD3LatentImage, VAEDecode
-from nodes.loaders import CheckpointLoaderSimple, DualCLIPLoader, TripleCLIPLoader, UNETLoader, VAELoader
+from nodes.loaders import (
+    CheckpointLoaderSimple,
+    DualCLIPLoader,
+    LoraLoaderModelOnly,
+    TripleCLIPLoader,
+    UNETLoader,
+    VAELoader,
+)
 from nodes.sampling import KSampler
 
 CONTEXT, POOLED = 32, 16  # tiny text widths; real files have 4096 and 768 (FLUX) / 2048 (SD3)
@@ -231,3 +238,44 @@ def test_sd3_s_three_encoders_load_in_any_order_and_empty_t5_adds_no_tokens_unle
     ((full, options),) = CLIPTextEncodeSD3(clip, "a fox", "a fox", "a fox in the snow", "none")
     assert none.shape == (1, 77, 4096) and padded.shape == full.shape == (1, 154, 4096)
     assert torch.equal(none, padded[:, :77]) and options["pooled_output"].shape == (1, 2048)
+
+
+@pytest.mark.parametrize("layout", ["comfyui", "kohya"])
+def test_a_flux_lora_patches_the_transformer_in_comfyui_s_and_kohya_s_layouts(
+    flux_split_files: Folders, layout: str, caplog
+) -> None:
+    tensors = tiny_file_tensors("flux_dev", "lora")
+    if layout == "kohya":
+        tensors = {_kohya_key(key): value for key, value in tensors.items()}
+    (flux_split_files.models / "loras").mkdir(exist_ok=True)
+    save_file(tensors, str(flux_split_files.models / "loras" / "flux-style.safetensors"))
+    model = UNETLoader("flux1-dev.safetensors", "default")
+    with caplog.at_level("WARNING"):
+        patched = LoraLoaderModelOnly(model, "flux-style.safetensors", 0.8)
+    assert caplog.text == ""  # every key matched
+    stem = "diffusion_model.double_blocks.0.img_attn.qkv"
+    up, down, alpha = (tensors[_key(layout, stem, part)] for part in ("lora_up.weight", "lora_down.weight", "alpha"))
+    weights = patched._patched.weights()
+    base = model.unet.double_blocks[0].img_attn.qkv.weight.float()
+    expected = base + 0.8 * float(alpha) / down.shape[0] * (up.float() @ down.float())
+    torch.testing.assert_close(
+        weights["double_blocks.0.img_attn.qkv.weight"],
+        expected.to(weights["double_blocks.0.img_attn.qkv.weight"].dtype),
+    )
+    latent = EmptySD3LatentImage(32, 32, 1)
+    positive = CLIPTextEncode("a fox", DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux"))
+    plain = KSampler(model, 1, 1, 1.0, "euler", "simple", positive, positive, latent, 1.0)["samples"]
+    styled = KSampler(patched, 1, 1, 1.0, "euler", "simple", positive, positive, latent, 1.0)["samples"]
+    assert not torch.equal(plain, styled)
+
+
+def _kohya_key(key: str) -> str:
+    """``diffusion_model.double_blocks.0.img_attn.qkv.lora_up.weight`` as kohya's trainer names it."""
+    stem, part = key.removeprefix("diffusion_model.").split(".lora_") if ".lora_" in key else key.rsplit(".", 1)
+    part = f"lora_{part}" if ".lora_" in key else part
+    return f"lora_unet_{stem.removeprefix('diffusion_model.').replace('.', '_')}.{part}"
+
+
+def _key(layout: str, stem: str, part: str) -> str:
+    key = f"{stem}.{part}"
+    return key if layout == "comfyui" else _kohya_key(key)
