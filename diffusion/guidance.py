@@ -13,8 +13,9 @@ options read here are ``strength``, ``area`` ``(h, w, y, x)`` in latent cells (p
 with ``mask_strength`` and ``set_area_to_bounds``, ``timestep_start``/``timestep_end`` (fractions of
 the process, 0 = noisiest), ``y`` (SDXL's adm vector, already built by the caller),
 ``concat_latent_image`` + ``concat_mask`` (9-channel inpainting models), ``guidance`` (the strength a
-guidance-distilled model such as FLUX.1 dev is conditioned on) and ``pooled_output`` (kept for the
-caller that builds ``y``; unused here).
+guidance-distilled model such as FLUX.1 dev is conditioned on), ``reference_latents`` (the pictures an
+edit model such as FLUX.1 Kontext works from, already in the model's latent space) and ``pooled_output``
+(kept for the caller that builds ``y``; unused here).
 
 Several conditionings on one side are combined per latent cell as a weighted average of their x0
 predictions, each weighted by strength x mask over its area; a cell that no conditioning covers gets
@@ -119,6 +120,7 @@ class _Cond:
     y: Tensor | None
     concat: Tensor | None  # [B or 1, C, h, w]: extra input channels for inpainting models
     guidance: Tensor | None  # [1]: a guidance-distilled model's guidance strength
+    references: tuple[Tensor, ...]  # [1, C, h, w] each: an edit model's reference latents
     negative: bool
 
     def active(self, sigma: float) -> bool:
@@ -135,6 +137,7 @@ class _Cond:
             _trailing_shape(self.y),
             _trailing_shape(self.concat),
             self.guidance is None,
+            tuple(tuple(reference.shape[1:]) for reference in self.references),
         )
 
 
@@ -222,6 +225,7 @@ def _resolve(
                 y=y,
                 concat=None if concat is None else concat[:, :, rows, cols],
                 guidance=None if options.get("guidance") is None else torch.tensor([float(options["guidance"])]),
+                references=tuple(options.get("reference_latents") or ()),
                 negative=negative,
             )
         )
@@ -291,8 +295,16 @@ class CFGGuider:
             extra["concat"] = torch.cat([_per_item(c.concat, batch) for c in group if c.concat is not None]).to(x)
         if group[0].guidance is not None:
             extra["guidance"] = torch.cat([_per_item(c.guidance, batch) for c in group if c.guidance is not None]).to(x)
+        references: list[Tensor] = [
+            torch.cat([_per_item(c.references[index], batch) for c in group]).to(x)
+            for index in range(len(group[0].references))
+        ]
         x_in = self.model_sampling.calculate_input(sigma_all, x_all)
-        output = self.unet_fn(x_in, self.model_sampling.timestep(sigma_all), context, **extra)
+        timesteps = self.model_sampling.timestep(sigma_all)
+        if references:
+            output = self.unet_fn(x_in, timesteps, context, reference_latents=references, **extra)
+        else:
+            output = self.unet_fn(x_in, timesteps, context, **extra)
         denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)
         return list(denoised.split(batch))
 

@@ -13,7 +13,7 @@ parametrisation (epsilon or v, Salimans & Ho 2022).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -31,9 +31,12 @@ __all__ = [
 
 
 class UNetFn(Protocol):
-    """A UNet forward: ``(x_in, timesteps, context, **cond) -> raw output`` (eps or v)."""
+    """A diffusion model's forward: ``(x_in, timesteps, context, **cond) -> raw output`` (eps, v or flow);
+    ``cond`` holds tensors (``y``, ``concat``, ``guidance``) and lists of them (``reference_latents``)."""
 
-    def __call__(self, x_in: Tensor, timesteps: Tensor, context: Tensor, **cond: Tensor) -> Tensor: ...
+    def __call__(
+        self, x_in: Tensor, timesteps: Tensor, context: Tensor, **cond: Tensor | Sequence[Tensor]
+    ) -> Tensor: ...
 
 
 def expand_per_sample(values: Tensor, like: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ __all__ = [
     "ConditioningSetTimestepRange",
     "ConditioningZeroOut",
     "InpaintModelConditioning",
+    "ReferenceLatent",
     "masked_for_inpaint",
     "pixel_mask",
 ]
@@ -198,6 +199,19 @@ def CLIPTextEncodeSD3(
 def FluxGuidance(conditioning=Socket("CONDITIONING"), guidance=Float(3.5, min=0.0, max=100.0, step=0.1)):
     """The guidance strength a guidance-distilled model (FLUX.1 dev) is conditioned on, in place of CFG."""
     return _edited(conditioning, guidance=guidance)
+
+
+@node(category="advanced/conditioning/edit_models", outputs=[Output("CONDITIONING")])
+def ReferenceLatent(conditioning=Socket("CONDITIONING"), latent=Socket("LATENT", optional=True)):
+    """The picture an edit model (FLUX.1 Kontext) works from; chained, each adds one more reference."""
+    if latent is None:
+        return conditioning
+    edited = []
+    for cond, options in conditioning:
+        options = dict(options)
+        options["reference_latents"] = [*options.get("reference_latents", ()), latent["samples"]]
+        edited.append([cond, options])
+    return edited
 
 
 @node(category="advanced/conditioning", outputs=[Output("CONDITIONING")])

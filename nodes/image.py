@@ -88,6 +88,23 @@ def ImageScale(
     return resample(image.movedim(-1, 1), width, height, upscale_method, crop).movedim(1, -1)
 
 
+#: The sizes FLUX.1 Kontext was trained on (about one megapixel, aspect ratios from 3:7 to 7:3), as Black
+#: Forest Labs' reference code lists them.
+KONTEXT_RESOLUTIONS = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184), (944, 1104),
+    (1024, 1024),
+    (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752), (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+
+
+@node(category="advanced/conditioning/flux", outputs=[Output("IMAGE")])
+def FluxKontextImageScale(image=Socket("IMAGE")):
+    """Resize pictures to the Kontext size of the closest aspect ratio (Lanczos, centre-cropped to it)."""
+    height, width = image.shape[1:3]
+    _, target_width, target_height = min((abs(width / height - w / h), w, h) for w, h in KONTEXT_RESOLUTIONS)
+    return resample(image.movedim(-1, 1), target_width, target_height, "lanczos", "center").movedim(1, -1)
+
+
 @node(category="image/upscaling", display_name="Upscale Image By", outputs=[Output("IMAGE")])
 def ImageScaleBy(
     image=Socket("IMAGE"),

@@ -289,6 +289,7 @@ class ModelHandle:
                 y: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None,
                 guidance: torch.Tensor | None = None,
+                reference_latents: Sequence[torch.Tensor] = (),
             ) -> torch.Tensor:
                 if extra_channels:
                     if concat is None or concat.shape[1] != extra_channels:
@@ -303,22 +304,41 @@ class ModelHandle:
                 def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
                     return None if tensor is None else tensor.to(device)
 
+                references = [reference.to(device) for reference in reference_latents]
                 with torch.no_grad():
                     output = forward(
-                        x_in.to(device), timesteps.to(device), context.to(device), moved(y), moved(guidance)
+                        x_in.to(device), timesteps.to(device), context.to(device), moved(y), moved(guidance), references
                     )
                 return output.to(x_in.device)
 
             yield call
 
 
-_Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+#: ``(x, timesteps, context, y, guidance, reference latents) -> output``: one model family's call.
+_Forward = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]],
+    torch.Tensor,
+]
+
+
+def _no_references(model: nn.Module, references: list[torch.Tensor]) -> None:
+    if references:
+        raise ValueError(
+            f"this {type(model).__name__} takes no reference latents: ReferenceLatent is for edit models "
+            "such as FLUX.1 Kontext"
+        )
 
 
 def _unet_forward(unet: nn.Module) -> _Forward:
     def forward(
-        x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None, _: torch.Tensor | None
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None,
+        _: torch.Tensor | None,
+        references: list[torch.Tensor],
     ) -> torch.Tensor:
+        _no_references(unet, references)
         return unet(x, timesteps, context, y=y)
 
     return forward
@@ -339,12 +359,14 @@ def _flow_forward(model: nn.Module, sampling: ModelSampling) -> _Forward:
         context: torch.Tensor,
         y: torch.Tensor | None,
         guidance: torch.Tensor | None,
+        references: list[torch.Tensor],
     ) -> torch.Tensor:
         if y is None:
             raise ValueError("a flow-matching transformer needs the pooled text vector (pooled_output)")
         sigma = timesteps / multiplier
         if isinstance(model, FluxTransformer):
-            return model(x, sigma, context, y, guidance=guidance)
+            return model(x, sigma, context, y, guidance=guidance, ref_latents=references or None)
+        _no_references(model, references)
         return model(x, sigma, context, y)
 
     return forward

@@ -99,6 +99,10 @@ def model_conditioning(
             options["y"] = _pooled_vector(model.pooled_dim, options)
         if model.takes_guidance:
             options.setdefault("guidance", DEFAULT_GUIDANCE)
+        if options.get("reference_latents"):
+            options["reference_latents"] = [
+                model.latent_format.to_model(reference.float()) for reference in options["reference_latents"]
+            ]
         if options.get("concat_latent_image") is not None:
             options["concat_latent_image"] = model.latent_format.to_model(options["concat_latent_image"])
         elif model.in_channels > model.latent_channels:

@@ -21,8 +21,9 @@ from diffusion.tiny_parts import tiny_file_tensors, write_tiny_file
 from diffusion.vae import FLUX_LATENT, SD3_LATENT, LatentFormat
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
-from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, CLIPTextEncodeSD3, FluxGuidance
+from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, CLIPTextEncodeSD3, FluxGuidance, ReferenceLatent
 from nodes.folders import Folders
+from nodes.image import FluxKontextImageScale
 from nodes.latent import EmptySD3LatentImage, VAEDecode
 from nodes.loaders import (
     CheckpointLoaderSimple,
@@ -32,6 +33,7 @@ from nodes.loaders import (
     UNETLoader,
     VAELoader,
 )
+from nodes.model_handles import DEFAULT_GUIDANCE
 from nodes.sampling import KSampler
 
 CONTEXT, POOLED = 32, 16  # tiny text widths; real files have 4096 and 768 (FLUX) / 2048 (SD3)
@@ -279,3 +281,37 @@ def _kohya_key(key: str) -> str:
 def _key(layout: str, stem: str, part: str) -> str:
     key = f"{stem}.{part}"
     return key if layout == "comfyui" else _kohya_key(key)
+
+
+def test_flux_kontext_image_scale_picks_the_kontext_size_of_the_closest_aspect_ratio() -> None:
+    image = torch.rand(1, 300, 400, 3)
+    assert FluxKontextImageScale(image).shape == (1, 880, 1184, 3)  # 4:3 -> 1184 x 880 (1.345)
+    assert FluxKontextImageScale(torch.rand(2, 64, 64, 3)).shape == (2, 1024, 1024, 3)
+
+
+def test_reference_latents_chain_and_reach_a_kontext_model_in_its_latent_space(files) -> None:
+    model = UNETLoader("flux-dev.safetensors", "default")
+    first, second = {"samples": torch.randn(1, 16, 4, 6)}, {"samples": torch.randn(1, 16, 6, 4)}
+    positive = ReferenceLatent(ReferenceLatent(_conditioning(0), first), second)
+    assert ReferenceLatent(positive, None) is positive
+    assert [r.shape for r in positive[0][1]["reference_latents"]] == [(1, 16, 4, 6), (1, 16, 6, 4)]
+    latent = EmptySD3LatentImage(48, 64, 1)
+    got = KSampler(model, 5, 2, 1.0, "euler", "simple", positive, positive, latent, 1.0)["samples"]
+    reference = files["flux-dev.safetensors"].half().float().eval()
+    context, options = positive[0]
+    refs = [FLUX_LATENT.to_model(r["samples"]) for r in (first, second)]
+    with torch.no_grad():
+        expected = _flow_euler(
+            lambda x, sigma: reference(
+                x, sigma, context, options["pooled_output"], torch.full((1,), DEFAULT_GUIDANCE), ref_latents=refs
+            ),
+            FluxFlow(1.15), FLUX_LATENT, latent["samples"], 5, 2,
+        )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reference_latent_on_a_model_that_takes_none_is_named(files) -> None:
+    model = UNETLoader("sd3.safetensors", "default")
+    positive = ReferenceLatent(_conditioning(0), {"samples": torch.randn(1, 16, 4, 4)})
+    with pytest.raises(ValueError, match="takes no reference latents: ReferenceLatent is for edit models"):
+        KSampler(model, 0, 1, 1.0, "euler", "simple", positive, positive, EmptySD3LatentImage(32, 32, 1), 1.0)
