@@ -36,7 +36,16 @@ from torch import Tensor
 
 from diffusion.prediction import ModelSampling, UNetFn
 
-__all__ = ["CFGGuider", "Conditioning", "ConditioningError", "Guider", "Inpainting"]
+__all__ = [
+    "CFGGuider",
+    "ConcatBuilder",
+    "Conditioning",
+    "ConditioningError",
+    "Guider",
+    "Inpainting",
+    "fill_channels",
+    "inpaint_channels",
+]
 
 Conditioning = list[tuple[Tensor, dict[str, Any]]]
 
@@ -171,31 +180,70 @@ def _batch_like(tensor: Tensor, batch: int, side: str, index: int, key: str) -> 
     return tensor
 
 
-def _inpaint_channels(
-    options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
-) -> Tensor | None:
-    """The extra UNet input of inpainting models: mask then masked-image latent, ``[B or 1, 1 + C, h, w]``.
+class ConcatBuilder(Protocol):
+    """How a model family builds its extra input channels from a conditioning entry's options."""
 
-    The mask channel is ``concat_mask``, else the sampling's own inpainting mask, else all ones.
-    """
-    if options.get("concat_latent_image") is None:
-        return None
-    image = _batch_like(options["concat_latent_image"], batch, side, index, "concat_latent_image")
+    def __call__(
+        self,
+        options: dict[str, Any],
+        batch: int,
+        side: str,
+        index: int,
+        noise_mask: Tensor | None,
+        size: tuple[int, int],
+    ) -> Tensor | None: ...
+
+
+def _concat_mask(
+    options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
+) -> Tensor:
+    """The inpainting mask at ``size``: ``concat_mask``, else the sampling's own inpainting mask, else ones."""
     if options.get("concat_mask") is not None:
         inpaint_mask = _resize_mask(options["concat_mask"], size)
     elif noise_mask is not None:
-        inpaint_mask = noise_mask
+        inpaint_mask = _resize_mask(noise_mask, size)
     else:
         inpaint_mask = torch.ones(1, 1, *size)
-    inpaint_mask = _batch_like(inpaint_mask, batch, side, index, "concat_mask")
+    return _batch_like(inpaint_mask, batch, side, index, "concat_mask")
+
+
+def inpaint_channels(
+    options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
+) -> Tensor | None:
+    """The extra UNet input of SD inpainting models: mask then masked-image latent, ``[B or 1, 1 + C, h, w]``."""
+    if options.get("concat_latent_image") is None:
+        return None
+    image = _batch_like(options["concat_latent_image"], batch, side, index, "concat_latent_image")
+    inpaint_mask = _concat_mask(options, batch, side, index, noise_mask, size)
     if image.shape[0] != inpaint_mask.shape[0]:
         image, inpaint_mask = torch.broadcast_tensors(image, inpaint_mask.expand(-1, image.shape[1], -1, -1))
         inpaint_mask = inpaint_mask[:, :1]
     return torch.cat([inpaint_mask.to(image), image], dim=1)
 
 
+def fill_channels(
+    options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
+) -> Tensor | None:
+    """The extra input of FLUX.1 Fill: the masked-image latent, then the pixel-resolution mask packed 8 x 8
+    into 64 channels (channel ``8 dy + dx`` holds the mask's pixel ``(8 y + dy, 8 x + dx)``),
+    ``[B or 1, C + 64, h, w]``, as Black Forest Labs and ComfyUI pack it."""
+    if options.get("concat_latent_image") is None:
+        return None
+    image = _batch_like(options["concat_latent_image"], batch, side, index, "concat_latent_image")
+    height, width = size
+    mask = _concat_mask(options, batch, side, index, noise_mask, (height * 8, width * 8))
+    packed = mask.reshape(mask.shape[0], height, 8, width, 8).permute(0, 2, 4, 1, 3).reshape(-1, 64, height, width)
+    items = max(image.shape[0], packed.shape[0])
+    return torch.cat([image.expand(items, -1, -1, -1), packed.to(image).expand(items, -1, -1, -1)], dim=1)
+
+
 def _resolve(
-    conditioning: Conditioning, negative: bool, latent: Tensor, model_sampling: ModelSampling, noise_mask: Tensor | None
+    conditioning: Conditioning,
+    negative: bool,
+    latent: Tensor,
+    model_sampling: ModelSampling,
+    noise_mask: Tensor | None,
+    concat_builder: ConcatBuilder,
 ) -> list[_Cond]:
     side = "negative" if negative else "positive"
     batch, _, height, width = latent.shape
@@ -211,7 +259,7 @@ def _resolve(
         weight = torch.full((1, 1, rows.stop - rows.start, cols.stop - cols.start), float(options.get("strength", 1.0)))
         if mask is not None:
             weight = weight * mask[:, :, rows, cols] * float(options.get("mask_strength", 1.0))
-        concat = _inpaint_channels(options, batch, side, index, noise_mask, (height, width))
+        concat = concat_builder(options, batch, side, index, noise_mask, (height, width))
         y = options.get("y")
         if y is not None:
             y = _batch_like(y, batch, side, index, "y")
@@ -255,7 +303,8 @@ class CFGGuider:
     ``unet_fn(x_in, timesteps, context, y=..., concat=..., guidance=...)`` returns the model's raw output;
     ``y``, ``concat`` and ``guidance`` are passed only when the conditioning provides them. ``inpainting``
     restricts changes to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting
-    UNets.
+    UNets. ``concat_builder`` makes the model family's extra input channels (``inpaint_channels`` for SD
+    inpainting UNets, ``fill_channels`` for FLUX.1 Fill).
     """
 
     def __init__(
@@ -267,15 +316,16 @@ class CFGGuider:
         negative: Conditioning | None = None,
         cfg: float = 1.0,
         inpainting: Inpainting | None = None,
+        concat_builder: ConcatBuilder = inpaint_channels,
     ) -> None:
         if negative is None and cfg != 1.0:
             raise ValueError(f"cfg {cfg} guides away from a negative conditioning, and none was given; use cfg 1")
         self.unet_fn, self.model_sampling, self.cfg, self.inpainting = unet_fn, model_sampling, cfg, inpainting
         mask = None if inpainting is None else inpainting.mask
-        self.conds = _resolve(positive, False, latent, model_sampling, mask)
+        self.conds = _resolve(positive, False, latent, model_sampling, mask, concat_builder)
         if negative is not None:
             # Resolved even at cfg 1, where the formula drops it, so a malformed negative fails the same way.
-            negatives = _resolve(negative, True, latent, model_sampling, mask)
+            negatives = _resolve(negative, True, latent, model_sampling, mask, concat_builder)
             if cfg != 1.0:
                 self.conds += negatives
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffusion import guidance
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily, load_checkpoint
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.checkpoint.text_encoder_files import load_text_encoders
@@ -243,6 +244,13 @@ class ModelHandle:
         if isinstance(self.unet, MMDiT):
             return self.unet.config.pooled_dim
         return None
+
+    @property
+    def concat_builder(self) -> guidance.ConcatBuilder:
+        """How this model's extra input channels are made: FLUX.1 Fill packs its mask, SD inpainting UNets don't."""
+        if isinstance(self.unet, FluxTransformer) and self.in_channels - self.latent_channels > self.latent_channels:
+            return guidance.fill_channels
+        return guidance.inpaint_channels
 
     @property
     def takes_guidance(self) -> bool:

@@ -105,6 +105,9 @@ def model_conditioning(
             ]
         if options.get("concat_latent_image") is not None:
             options["concat_latent_image"] = model.latent_format.to_model(options["concat_latent_image"])
+        elif model.concat_builder is guidance.fill_channels:
+            # FLUX.1 Fill without InpaintModelConditioning: an empty picture, as ComfyUI gives it.
+            options["concat_latent_image"] = model.latent_format.to_model(torch.zeros_like(latent))
         elif model.in_channels > model.latent_channels:
             # An inpainting model fed by VAEEncodeForInpaint: the latent being sampled is already the
             # masked picture's, and the noise mask is the inpainting mask (as in ComfyUI).
@@ -176,6 +179,7 @@ class Guider:
             None if self.negative is None else model_conditioning(self.model, self.negative, latent, negative=True),
             self.cfg,
             inpainting,
+            self.model.concat_builder,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.guidance import CFGGuider, ConditioningError, Inpainting
+from diffusion.guidance import CFGGuider, ConditioningError, Inpainting, fill_channels
 from diffusion.samplers import get_sampler
 from diffusion.sampling import prepare_noise, sample
 from diffusion.schedules import compute_sigmas
@@ -144,3 +144,15 @@ class TestInpainting:
     def test_a_mask_of_another_batch_is_refused(self):
         with pytest.raises(ValueError, match="noise_mask has batch 3, the latent has 2"):
             Inpainting.from_mask(torch.ones(3, 6, 6), zero_latent(2), zero_latent(2))
+
+
+def test_flux_fill_channels_are_the_image_latent_then_the_pixel_mask_packed_8_by_8() -> None:
+    image = torch.randn(1, 16, 3, 5)
+    mask = torch.zeros(1, 1, 24, 40)
+    mask[0, 0, 8 * 2 + 3, 8 * 4 + 6] = 1.0  # pixel (19, 38): cell (2, 4), offset (3, 6)
+    concat = fill_channels({"concat_latent_image": image, "concat_mask": mask}, 1, "positive", 0, None, (3, 5))
+    assert concat is not None and concat.shape == (1, 16 + 64, 3, 5)
+    assert torch.equal(concat[:, :16], image)
+    packed = concat[:, 16:]
+    assert packed.sum() == 1.0 and packed[0, 8 * 3 + 6, 2, 4] == 1.0
+    assert fill_channels({}, 1, "positive", 0, None, (3, 5)) is None

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.flow_matching import DiscreteFlow, FlowPrediction, FluxFlow
 from diffusion.flux import FluxConfig, FluxTransformer
+from diffusion.guidance import fill_channels
 from diffusion.mmdit import MMDiT, MMDiTConfig
 from diffusion.samplers.euler import sample_euler
 from diffusion.sampling import prepare_noise
@@ -21,7 +22,14 @@ from diffusion.tiny_parts import tiny_file_tensors, write_tiny_file
 from diffusion.vae import FLUX_LATENT, SD3_LATENT, LatentFormat
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
-from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux, CLIPTextEncodeSD3, FluxGuidance, ReferenceLatent
+from nodes.conditioning import (
+    CLIPTextEncode,
+    CLIPTextEncodeFlux,
+    CLIPTextEncodeSD3,
+    FluxGuidance,
+    InpaintModelConditioning,
+    ReferenceLatent,
+)
 from nodes.folders import Folders
 from nodes.image import FluxKontextImageScale
 from nodes.latent import EmptySD3LatentImage, VAEDecode
@@ -315,3 +323,26 @@ def test_a_reference_latent_on_a_model_that_takes_none_is_named(files) -> None:
     positive = ReferenceLatent(_conditioning(0), {"samples": torch.randn(1, 16, 4, 4)})
     with pytest.raises(ValueError, match="takes no reference latents: ReferenceLatent is for edit models"):
         KSampler(model, 0, 1, 1.0, "euler", "simple", positive, positive, EmptySD3LatentImage(32, 32, 1), 1.0)
+
+
+def test_flux_fill_inpaints_with_its_packed_mask_through_inpaint_model_conditioning(folders: Folders) -> None:
+    torch.manual_seed(2)
+    fill = FluxTransformer(
+        FluxConfig(hidden_size=128, num_heads=1, depth=1, depth_single_blocks=1, context_dim=CONTEXT, vec_dim=POOLED,
+                   in_channels=384)
+    )  # fmt: skip
+    _write(fill, folders.models / "diffusion_models" / "flux1-fill-dev.safetensors")
+    write_tiny_file(folders.models / "vae" / "ae.safetensors", "flux_dev", "vae")
+    model, vae = UNETLoader("flux1-fill-dev.safetensors", "default"), VAELoader("ae.safetensors")
+    assert model.concat_builder is fill_channels
+    pixels = torch.rand(1, 64, 64, 3)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1.0
+    positive, negative, latent = InpaintModelConditioning(_conditioning(0), _conditioning(1), vae, pixels, mask)
+    result = KSampler(model, 1, 2, 1.0, "euler", "simple", positive, negative, latent, 1.0)["samples"]
+    assert result.shape == latent["samples"].shape and torch.isfinite(result).all()
+    outside = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    outside[..., 2:6, 2:6] = False
+    # Sampling changes only the masked area (the latent keeps the picture elsewhere).
+    assert torch.allclose(result * outside, latent["samples"] * outside, atol=1e-5)
+    assert not torch.allclose(result, latent["samples"], atol=1e-3)
