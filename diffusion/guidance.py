@@ -43,6 +43,7 @@ __all__ = [
     "ConditioningError",
     "Guider",
     "Inpainting",
+    "control_channels",
     "fill_channels",
     "inpaint_channels",
 ]
@@ -221,6 +222,15 @@ def inpaint_channels(
     return torch.cat([inpaint_mask.to(image), image], dim=1)
 
 
+def control_channels(
+    options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
+) -> Tensor | None:
+    """The extra input of FLUX.1 Canny / Depth: the control picture's latent alone, ``[B or 1, C, h, w]``."""
+    if options.get("concat_latent_image") is None:
+        return None
+    return _batch_like(options["concat_latent_image"], batch, side, index, "concat_latent_image")
+
+
 def fill_channels(
     options: dict[str, Any], batch: int, side: str, index: int, noise_mask: Tensor | None, size: tuple[int, int]
 ) -> Tensor | None:
@@ -304,7 +314,7 @@ class CFGGuider:
     ``y``, ``concat`` and ``guidance`` are passed only when the conditioning provides them. ``inpainting``
     restricts changes to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting
     UNets. ``concat_builder`` makes the model family's extra input channels (``inpaint_channels`` for SD
-    inpainting UNets, ``fill_channels`` for FLUX.1 Fill).
+    inpainting UNets, ``fill_channels`` for FLUX.1 Fill, ``control_channels`` for FLUX.1 Canny / Depth).
     """
 
     def __init__(

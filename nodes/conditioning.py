@@ -37,6 +37,7 @@ __all__ = [
     "ConditioningSetTimestepRange",
     "ConditioningZeroOut",
     "InpaintModelConditioning",
+    "InstructPixToPixConditioning",
     "ReferenceLatent",
     "masked_for_inpaint",
     "pixel_mask",
@@ -199,6 +200,24 @@ def CLIPTextEncodeSD3(
 def FluxGuidance(conditioning=Socket("CONDITIONING"), guidance=Float(3.5, min=0.0, max=100.0, step=0.1)):
     """The guidance strength a guidance-distilled model (FLUX.1 dev) is conditioned on, in place of CFG."""
     return _edited(conditioning, guidance=guidance)
+
+
+@node(
+    category="conditioning/instructpix2pix",
+    outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"), Output("LATENT", "latent")],
+)
+def InstructPixToPixConditioning(
+    positive=Socket("CONDITIONING"), negative=Socket("CONDITIONING"), vae=Socket("VAE"), pixels=Socket("IMAGE")
+):
+    """A control picture (edges, depth) for models that take it as extra input channels (FLUX.1 Canny /
+    Depth); the returned latent is an empty one of the picture's size."""
+    handle: VaeHandle = vae
+    concat = handle.encode(handle.crop_pixels(pixels))
+    return (
+        _edited(positive, concat_latent_image=concat),
+        _edited(negative, concat_latent_image=concat),
+        {"samples": torch.zeros_like(concat)},
+    )
 
 
 @node(category="advanced/conditioning/edit_models", outputs=[Output("CONDITIONING")])

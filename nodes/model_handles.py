@@ -247,9 +247,11 @@ class ModelHandle:
 
     @property
     def concat_builder(self) -> guidance.ConcatBuilder:
-        """How this model's extra input channels are made: FLUX.1 Fill packs its mask, SD inpainting UNets don't."""
-        if isinstance(self.unet, FluxTransformer) and self.in_channels - self.latent_channels > self.latent_channels:
-            return guidance.fill_channels
+        """How this model's extra input channels are made: FLUX.1 Fill packs its mask, FLUX.1 Canny / Depth take
+        the control latent alone, SD inpainting UNets take mask and latent."""
+        if isinstance(self.unet, FluxTransformer) and self.in_channels > self.latent_channels:
+            extra = self.in_channels - self.latent_channels
+            return guidance.fill_channels if extra > self.latent_channels else guidance.control_channels
         return guidance.inpaint_channels
 
     @property
@@ -303,8 +305,9 @@ class ModelHandle:
                     if concat is None or concat.shape[1] != extra_channels:
                         got = "none" if concat is None else concat.shape[1]
                         raise ValueError(
-                            f"this inpainting model needs {extra_channels} extra input channels "
-                            f"(mask + masked image latent), got {got}; use InpaintModelConditioning"
+                            f"this model needs {extra_channels} extra input channels, got {got}: use "
+                            "InpaintModelConditioning for inpainting models (and FLUX.1 Fill), "
+                            "InstructPixToPixConditioning for FLUX.1 Canny / Depth"
                         )
                     x_in = torch.cat([x_in, concat.to(x_in)], dim=1)
                 device = next(unet.parameters()).device

@@ -105,8 +105,8 @@ def model_conditioning(
             ]
         if options.get("concat_latent_image") is not None:
             options["concat_latent_image"] = model.latent_format.to_model(options["concat_latent_image"])
-        elif model.concat_builder is guidance.fill_channels:
-            # FLUX.1 Fill without InpaintModelConditioning: an empty picture, as ComfyUI gives it.
+        elif model.concat_builder in (guidance.fill_channels, guidance.control_channels):
+            # FLUX.1 Fill / Canny / Depth without their conditioning node: an empty picture, as ComfyUI gives it.
             options["concat_latent_image"] = model.latent_format.to_model(torch.zeros_like(latent))
         elif model.in_channels > model.latent_channels:
             # An inpainting model fed by VAEEncodeForInpaint: the latent being sampled is already the

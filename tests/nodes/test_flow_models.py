@@ -28,6 +28,7 @@ from nodes.conditioning import (
     CLIPTextEncodeSD3,
     FluxGuidance,
     InpaintModelConditioning,
+    InstructPixToPixConditioning,
     ReferenceLatent,
 )
 from nodes.folders import Folders
@@ -346,3 +347,32 @@ def test_flux_fill_inpaints_with_its_packed_mask_through_inpaint_model_condition
     # Sampling changes only the masked area (the latent keeps the picture elsewhere).
     assert torch.allclose(result * outside, latent["samples"] * outside, atol=1e-5)
     assert not torch.allclose(result, latent["samples"], atol=1e-3)
+
+
+def test_flux_canny_takes_the_control_picture_s_latent_through_instruct_pix_to_pix_conditioning(
+    folders: Folders,
+) -> None:
+    torch.manual_seed(3)
+    canny = FluxTransformer(
+        FluxConfig(hidden_size=128, num_heads=1, depth=1, depth_single_blocks=1, context_dim=CONTEXT, vec_dim=POOLED,
+                   in_channels=128)
+    )  # fmt: skip
+    _write(canny, folders.models / "diffusion_models" / "flux1-canny-dev.safetensors")
+    write_tiny_file(folders.models / "vae" / "ae.safetensors", "flux_dev", "vae")
+    model, vae = UNETLoader("flux1-canny-dev.safetensors", "default"), VAELoader("ae.safetensors")
+    edges = torch.rand(1, 70, 60, 3)  # cropped to 64 x 56 before encoding, as ComfyUI crops
+    positive, negative, latent = InstructPixToPixConditioning(_conditioning(0), _conditioning(1), vae, edges)
+    assert latent["samples"].shape == (1, 16, 8, 7) and not latent["samples"].any()
+    control = positive[0][1]["concat_latent_image"]
+    got = KSampler(model, 4, 2, 1.0, "euler", "simple", positive, negative, latent, 1.0)["samples"]
+    reference = canny.half().float().eval()
+    context, options = positive[0]
+    with torch.no_grad():
+        expected = _flow_euler(
+            lambda x, sigma: reference(
+                torch.cat([x, FLUX_LATENT.to_model(control)], dim=1), sigma, context, options["pooled_output"],
+                torch.full((1,), DEFAULT_GUIDANCE),
+            ),
+            FluxFlow(1.15), FLUX_LATENT, latent["samples"], 4, 2,
+        )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
