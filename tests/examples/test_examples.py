@@ -50,18 +50,35 @@ def test_the_editor_file_converts_to_the_api_file(api_file: Path, folders: Folde
     assert strip(converted) == strip(expected)
 
 
+FLOW_FAMILIES = {"flux_dev", "flux_schnell", "flux_fill", "sd35_large"}
+
+
+def name_family(name: str) -> str:
+    """The family a model file's usual name implies (``flux1-fill-dev`` -> ``flux_fill``)."""
+    if name.startswith("sd3.5"):
+        return "sd35_large"
+    if name.startswith("flux1-"):
+        return "flux_fill" if "fill" in name else "flux_schnell" if "schnell" in name else "flux_dev"
+    return "sdxl" if "xl" in name else "sd15"
+
+
 def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
     """Tiny stand-ins for every file the prompt names, of the family the name implies."""
     checkpoints = {}
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
+        if node["class_type"] == "CheckpointLoaderSimple" and name_family(inputs["ckpt_name"]) in FLOW_FAMILIES:
+            name = inputs["ckpt_name"]
+            dtype = "fp8_scaled" if "fp8_scaled" in name else "fp8" if "fp8" in name else "fp16"
+            write_tiny_file(folders.models / "checkpoints" / name, name_family(name), "checkpoint", dtype)
+        elif node["class_type"] == "CheckpointLoaderSimple":
             name = inputs["ckpt_name"]
             family = "sdxl" if "xl" in name else "sd15"
             checkpoints[name] = tiny_checkpoint(folders.models, name, family=family, inpaint="inpainting" in name)
         elif node["class_type"] == "UNETLoader":
-            path = folders.models / "diffusion_models" / inputs["unet_name"]
-            write_tiny_file(path, "flux_dev" if "flux" in inputs["unet_name"] else "sd35_large", "diffusion_model")
+            name = inputs["unet_name"]
+            dtype = "fp8_scaled" if "fp8_scaled" in name else "fp32"
+            write_tiny_file(folders.models / "diffusion_models" / name, name_family(name), "diffusion_model", dtype)
         elif node["class_type"] == "DualCLIPLoader":
             for name in (inputs["clip_name1"], inputs["clip_name2"]):
                 part = "t5xxl" if "t5" in name else "clip_g" if "clip_g" in name else "clip_l"
@@ -90,6 +107,9 @@ def shrink(prompt: dict[str, Any]) -> None:
         inputs = node["inputs"]
         if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update(width=64, height=64)
+        if node["class_type"] == "FluxKontextImageScale":
+            # Kontext's sizes are about a megapixel; a tiny model is as well served by the picture as it is.
+            node["class_type"], node["inputs"] = "ImageScaleBy", {**inputs, "upscale_method": "area", "scale_by": 1.0}
         if "steps" in inputs:
             inputs["steps"] = 2
 
