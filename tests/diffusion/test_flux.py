@@ -88,7 +88,8 @@ def diffusers_twin(state_dict: dict[str, torch.Tensor], config: FluxConfig) -> F
     converted = convert_flux_transformer_checkpoint_to_diffusers(_at_release_width(state_dict, config))
     for i in range(config.depth_single_blocks):
         prefix = f"single_transformer_blocks.{i}."
-        for name, width in (("attn.to_q", 64), ("attn.to_k", 64), ("attn.to_v", 64), ("proj_mlp", 256)):
+        widths = (config.hidden_size,) * 3 + (config.mlp_hidden_size,)
+        for name, width in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), widths):
             for suffix in ("weight", "bias"):
                 key = f"{prefix}{name}.{suffix}"
                 assert not converted[key][width:].any()  # the zeros _at_release_width put there, nothing else
