@@ -3,7 +3,8 @@
 Run from the repository root: ``.venv/bin/python bench/models.py`` (``--only unet32,clip`` for a
 subset, ``--repeats N``). Cases: the UNet on a batch of 2 (one CFG call) at 64x64 and 32x32
 latents (512² and 256² images), the VAE decoding a 64x64 latent to 512², CLIP-L encoding 2x77
-tokens, and the peak RSS of loading a full-size single-file checkpoint.
+tokens, one full-width FLUX.1 double and single block (``flux``) and two full-width SD3.5 Large joint
+blocks (``mmdit``) on a 512² image, and the peak RSS of loading a full-size single-file checkpoint.
 
 Both sides get the same weights: the diffusers modules are built with their default random
 initialisation and Loom's are loaded from the same tensors renamed to the LDM layout. Each case is
@@ -49,7 +50,7 @@ from diffusion.devices import cpu_computes_bf16_fast
 from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm
 from diffusion.model_memory import place
 
-CASES = ("unet64", "unet32", "vae", "clip", "load")
+CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "load")
 LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
 CHECKPOINT = Path("/tmp/loom_bench_sd15_fp16.safetensors")
 CONFIG_DIR = Path("/tmp/loom_bench_sd15_diffusers_config")
@@ -289,6 +290,81 @@ def clip_contenders(models: Models) -> list[Contender]:
     ]
 
 
+def flux_contenders() -> list[Contender]:
+    """One full-width FLUX.1 double block and one single block (3072 wide, 24 heads), with their embedders, on
+    a 512² image (1,024 image tokens) and 256 T5 tokens; diffusers' twin built by its own single-file converter."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from diffusion.flux import FluxConfig, FluxTransformer
+
+    config = FluxConfig(depth=1, depth_single_blocks=1)
+    with _seeded(6):
+        loom = FluxTransformer(config).eval()
+    reference = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True).eval()
+    weights = {key: value.clone() for key, value in loom.state_dict().items()}
+    reference.load_state_dict(convert_flux_transformer_checkpoint_to_diffusers(weights), strict=True)
+    with _seeded(7):
+        x, context, pooled = torch.randn(1, 16, 64, 64), torch.randn(1, 256, 4096), torch.randn(1, 768)
+    sigma, guidance = torch.tensor([0.7]), torch.tensor([3.5])
+    packed = x.reshape(1, 16, 32, 2, 32, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 1024, 64)
+    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
+    text_ids = torch.zeros(256, 3)
+
+    def reference_call() -> torch.Tensor:
+        out = reference(packed, context, pooled, sigma, image_ids, text_ids, guidance=guidance).sample
+        return out.reshape(1, 32, 32, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 64, 64)
+
+    loom_bf16, reference_bf16 = copy.deepcopy(loom).to(torch.bfloat16), copy.deepcopy(reference).to(torch.bfloat16)
+    bf16 = [t.to(torch.bfloat16) for t in (x, context, pooled, packed)]
+    return [
+        Contender("loom", "fp32", lambda: loom(x, sigma, context, pooled, guidance)),
+        Contender("diffusers", "fp32", reference_call),
+        Contender("loom", "bf16", lambda: loom_bf16(bf16[0], sigma, bf16[1], bf16[2], guidance)),
+        Contender(
+            "diffusers",
+            "bf16",
+            lambda: reference_bf16(bf16[3], bf16[1], bf16[2], sigma, image_ids, text_ids, guidance=guidance).sample,
+        ),
+    ]
+
+
+def mmdit_contenders() -> list[Contender]:
+    """Two full-width SD3.5 Large joint blocks (2432 wide, 38 heads, qk-norm; the second is the pre-only last
+    block) on a 512² image (1,024 image tokens) and 333 text tokens (77 CLIP + 256 T5)."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    from diffusion.mmdit import MMDiT, MMDiTConfig
+
+    config = MMDiTConfig(depth=2, hidden_size=2432, num_heads=38, qk_norm=True, pos_embed_max_size=192)
+    with _seeded(8):
+        loom = MMDiT(config).eval()
+    reference = SD3Transformer2DModel(
+        num_layers=2,
+        attention_head_dim=64,
+        num_attention_heads=38,
+        caption_projection_dim=2432,
+        pos_embed_max_size=192,
+        qk_norm="rms_norm",
+        sample_size=128,
+    ).eval()
+    weights = {key: value.clone() for key, value in loom.state_dict().items()}
+    reference.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(weights), strict=True)
+    with _seeded(9):
+        x, context, pooled = torch.randn(1, 16, 64, 64), torch.randn(1, 333, 4096), torch.randn(1, 2048)
+    sigma = torch.tensor([0.7])
+    loom_bf16, reference_bf16 = copy.deepcopy(loom).to(torch.bfloat16), copy.deepcopy(reference).to(torch.bfloat16)
+    xb, cb, pb = (t.to(torch.bfloat16) for t in (x, context, pooled))
+    return [
+        Contender("loom", "fp32", lambda: loom(x, sigma, context, pooled)),
+        Contender("diffusers", "fp32", lambda: reference(x, context, pooled, sigma * 1000).sample),
+        Contender("loom", "bf16", lambda: loom_bf16(xb, sigma, cb, pb)),
+        Contender("diffusers", "bf16", lambda: reference_bf16(xb, cb, pb, sigma * 1000).sample),
+    ]
+
+
 def bf16_skip_reason() -> str | None:
     """Why the bf16 modes cannot be measured meaningfully here, or None when they can."""
     if cpu_computes_bf16_fast():
@@ -479,6 +555,8 @@ def main() -> None:
         "unet32": lambda: unet_contenders(models, 32),
         "vae": lambda: vae_contenders(models),
         "clip": lambda: clip_contenders(models),
+        "flux": flux_contenders,
+        "mmdit": mmdit_contenders,
     }
     rows: list[Row] = []
     for case in cases:
