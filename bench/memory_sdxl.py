@@ -116,7 +116,14 @@ CLIP_G: dict[str, Any] = {
     "num_hidden_layers": 32,
     "num_attention_heads": 20,
 }
-SAFETENSORS_DTYPES = {"torch.float16": "F16", "torch.int64": "I64"}
+SAFETENSORS_DTYPES = {
+    "torch.float16": "F16",
+    "torch.int64": "I64",
+    "torch.bfloat16": "BF16",
+    "torch.float8_e4m3fn": "F8_E4M3",
+}
+#: Dtypes numpy has no type for: their bytes are written through a uint8 view.
+_RAW_DTYPES = ("torch.bfloat16", "torch.float8_e4m3fn")
 
 
 def _load_bench_memory() -> Any:
@@ -217,12 +224,16 @@ def random_tensor(key: str, like: Any, generator: Any) -> Any:
     return tensor.normal_(0.0 if key.endswith("bias") else 1.0, 0.02, generator=generator)
 
 
-def write_safetensors(path: Path, layout: dict[str, Any], make: Callable[[str, Any], Any]) -> None:
+def write_safetensors(
+    path: Path, layout: dict[str, Any], make: Callable[[str, Any], Any], description: str = "random SDXL base"
+) -> None:
     """A safetensors file of ``layout``'s tensors, each made by ``make(key, meta)`` just before it is written,
     so one tensor at a time is in memory; widest dtypes first, so every tensor is aligned to its item size.
     Written beside ``path`` and renamed, so an interrupted write never passes for the cached file."""
+    import torch
+
     keys = sorted(layout, key=lambda k: (-layout[k].element_size(), k))
-    header: dict[str, Any] = {"__metadata__": {"loom.bench": "random SDXL base, bench/memory_sdxl.py"}}
+    header: dict[str, Any] = {"__metadata__": {"loom.bench": description}}
     offset = 0
     for key in keys:
         t = layout[key]
@@ -236,7 +247,10 @@ def write_safetensors(path: Path, layout: dict[str, Any], make: Callable[[str, A
     with partial.open("wb") as f:
         f.write(len(encoded).to_bytes(8, "little") + encoded)
         for key in keys:
-            f.write(memoryview(make(key, layout[key]).contiguous().numpy()).cast("B"))
+            tensor = make(key, layout[key]).contiguous()
+            if str(tensor.dtype) in _RAW_DTYPES:
+                tensor = tensor.view(torch.uint8)
+            f.write(memoryview(tensor.numpy()).cast("B"))
         f.flush()
         os.fsync(f.fileno())
     partial.rename(path)
