@@ -34,6 +34,7 @@ and whose rows/cols are offset so that several references do not overlap (ComfyU
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from torch import nn
 from diffusion.attention import merge_heads, split_heads
 from diffusion.fused_linear import FusedLinear
 from diffusion.unet import timestep_embedding
-from diffusion.unet_config import CheckpointLayoutError, load_exact
+from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
 
 __all__ = [
     "FluxConfig",
@@ -118,12 +119,9 @@ _DOUBLE = re.compile(r"^double_blocks\.(\d+)\.")
 _SINGLE = re.compile(r"^single_blocks\.(\d+)\.")
 
 
-def _required(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointLayoutError(
-            _COMPONENT, key, "missing; not a FLUX.1 transformer in Black Forest Labs' layout (prefix stripped?)"
-        )
-    return state_dict[key]
+_required = functools.partial(
+    require_key, component=_COMPONENT, layout="a FLUX.1 transformer in Black Forest Labs' layout (prefix stripped?)"
+)
 
 
 def _block_count(state_dict: Mapping[str, torch.Tensor], pattern: re.Pattern[str]) -> int:

@@ -25,6 +25,7 @@ fp32) may keep its weights as stored and cast them per call (`diffusion.model_me
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,7 @@ from diffusion.attention import merge_heads
 from diffusion.fused_linear import FusedLinear, linear_gelu
 from diffusion.packed_conv import PackedConv2d
 from diffusion.unet import timestep_embedding
-from diffusion.unet_config import CheckpointLayoutError, load_exact
+from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
 
 __all__ = [
     "MMDiTConfig",
@@ -104,12 +105,9 @@ _JOINT_BLOCK = re.compile(r"^joint_blocks\.(\d+)\.")
 _DUAL_ATTENTION = re.compile(r"^joint_blocks\.(\d+)\.x_block\.attn2\.")
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointLayoutError(
-            COMPONENT, key, "missing; not an SD3 MMDiT state dict (is `model.diffusion_model.` stripped?)"
-        )
-    return state_dict[key]
+_require = functools.partial(
+    require_key, component=COMPONENT, layout="an SD3 MMDiT state dict (is `model.diffusion_model.` stripped?)"
+)
 
 
 def mmdit_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> MMDiTConfig:

@@ -11,6 +11,7 @@ refiner) fixes `num_head_channels: 64`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from torch import nn
 
 from diffusion.stored_weights import WeightScaleError, attach_weight_scales, split_weight_scales
 
-__all__ = ["CheckpointLayoutError", "UNetConfig", "detect_unet_config", "load_exact"]
+__all__ = ["CheckpointLayoutError", "UNetConfig", "detect_unet_config", "load_exact", "require_key"]
 
 
 class CheckpointLayoutError(ValueError):
@@ -84,10 +85,15 @@ _INPUT_STAGE = re.compile(r"^input_blocks\.(\d+)\.0\.(\w+)")
 _TRANSFORMER = re.compile(r"^(input_blocks\.\d+|output_blocks\.\d+|middle_block)\.1\.transformer_blocks\.(\d+)\.")
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+def require_key(state_dict: Mapping[str, torch.Tensor], key: str, component: str, layout: str) -> torch.Tensor:
+    """``state_dict[key]``, or a ``CheckpointLayoutError`` saying the weights are not `layout` (a phrase such as
+    "an LDM UNet state dict"), most often because a prefix was left on."""
     if key not in state_dict:
-        raise CheckpointLayoutError("UNet", key, "missing; not an LDM UNet state dict (prefix stripped?)")
+        raise CheckpointLayoutError(component, key, f"missing; not {layout}")
     return state_dict[key]
+
+
+_require = functools.partial(require_key, component="UNet", layout="an LDM UNet state dict (prefix stripped?)")
 
 
 def detect_unet_config(state_dict: Mapping[str, torch.Tensor]) -> UNetConfig:

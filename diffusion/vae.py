@@ -7,6 +7,7 @@ and norms compute in the parameters' dtype; inputs are cast at the entry and out
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.packed_conv import PackedConv2d
-from diffusion.unet_config import CheckpointLayoutError, load_exact
+from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
 from diffusion.upsample_conv import NearestUpsampleConv2d
 from diffusion.vae_tiling import TileSpec, map_or_tile_on_oom, tiled_map
 
@@ -261,10 +262,7 @@ _ENCODER_LEVEL = re.compile(r"^encoder\.down\.(\d+)\.block\.(\d+)\.")
 _ATTENTION_WEIGHT = re.compile(r"^(encoder|decoder)\.mid\.attn_1\.(q|k|v|proj_out)\.weight$")
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointLayoutError("VAE", key, "missing; not an LDM AutoencoderKL state dict (prefix stripped?)")
-    return state_dict[key]
+_require = functools.partial(require_key, component="VAE", layout="an LDM AutoencoderKL state dict (prefix stripped?)")
 
 
 def detect_vae_config(state_dict: Mapping[str, torch.Tensor]) -> VAEConfig:

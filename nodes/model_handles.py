@@ -86,6 +86,12 @@ DEFAULT_GUIDANCE = 3.5
 _UNSCALED = LatentFormat("unscaled", 1.0)
 
 
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    """What changes when a file does: its resolved path, modification time and size."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
 def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) -> LoadedCheckpoint:
     """``load_checkpoint(path)``, shared with every live handle of the same unchanged file in this runtime.
 
@@ -93,8 +99,7 @@ def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) 
     so two runtimes with different compute settings must not share them. With ``weight_dtype`` the
     diffusion model keeps its weights in that dtype (``UNETLoader``'s fp8 choices), a load of its own.
     """
-    stat = path.stat()
-    key = ("checkpoint", str(path.resolve()), stat.st_mtime_ns, stat.st_size, weight_dtype)
+    key = ("checkpoint", _file_identity(path), weight_dtype)
 
     def load() -> LoadedCheckpoint:
         loaded = load_checkpoint(path)
@@ -107,8 +112,7 @@ def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) 
 
 def load_shared_text_encoders(paths: Sequence[Path], kind: str, wanted: Sequence[str]) -> LoadedCheckpoint:
     """``load_text_encoders(...)``, shared like ``load_shared_checkpoint`` while a handle uses it."""
-    files = tuple((str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size) for path in paths)
-    key = ("text_encoders", kind, files)
+    key = ("text_encoders", kind, tuple(map(_file_identity, paths)))
     return current_runtime().memory.load_shared(key, lambda: load_text_encoders(paths, kind, wanted))
 
 

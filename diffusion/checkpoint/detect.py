@@ -41,6 +41,7 @@ __all__ = [
     "UNET_PREFIX",
     "VAE_PREFIX",
     "detect_state_dict",
+    "key_sample",
 ]
 
 Prediction = Literal["eps", "v", "edm", "flow"]
@@ -142,7 +143,7 @@ def detect_state_dict(sd: LazyStateDict) -> CheckpointInfo:
     vae = _find_vae(sd)
     if unet_prefix is None:
         if vae is None:
-            raise UnknownModelError(sd.path, f"no Stable Diffusion UNet or VAE found; {_key_sample(sd)}")
+            raise UnknownModelError(sd.path, f"no Stable Diffusion UNet or VAE found; {key_sample(sd)}")
         return CheckpointInfo(
             family=None,
             prediction=None,
@@ -225,7 +226,8 @@ def _reject_foreign(sd: LazyStateDict) -> None:
             raise UnsupportedModelError(sd.path, family, f"holds a {family} model, which Loom does not run")
 
 
-def _key_sample(sd: LazyStateDict) -> str:
+def key_sample(sd: LazyStateDict) -> str:
+    """What a file holds, for an error: its tensor count and top-level key prefixes."""
     heads = sorted({key.split(".", 1)[0] for key in sd})
     shown = ", ".join(heads[:8]) + (", ..." if len(heads) > 8 else "")
     return f"{len(sd)} tensors with top-level key prefixes: {shown or '(none)'}"

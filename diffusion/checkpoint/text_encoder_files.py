@@ -15,7 +15,7 @@ from pathlib import Path
 from ..text_encoders.layouts import detect_layout
 from ..text_encoders.stack import ClipStack
 from ..text_encoders.t5_stacks import t5_family_encoders
-from .detect import CheckpointInfo, ComponentSource, ModelFamily
+from .detect import CheckpointInfo, ComponentSource, ModelFamily, key_sample
 from .errors import CheckpointError, UnknownModelError
 from .files import LazyStateDict, open_state_dict
 from .load import LoadedCheckpoint
@@ -41,8 +41,7 @@ def text_encoder_kind(sd: LazyStateDict) -> str:
     try:
         detect_layout(sd)
     except ValueError:
-        heads = ", ".join(sorted({key.split(".", 1)[0] for key in sd})[:8])
-        raise UnknownModelError(sd.path, f"not a CLIP or T5 text encoder (top-level keys: {heads})") from None
+        raise UnknownModelError(sd.path, f"not a CLIP or T5 text encoder ({key_sample(sd)})") from None
     deep = any(key.startswith(("text_model.encoder.layers.30.", "transformer.resblocks.30.")) for key in sd)
     return "clip_g" if deep else "clip_l"
 

@@ -376,3 +376,22 @@ def test_flux_canny_takes_the_control_picture_s_latent_through_instruct_pix_to_p
             FluxFlow(1.15), FLUX_LATENT, latent["samples"], 4, 2,
         )  # fmt: skip
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dual_clip_loader_on_the_cpu_encodes_what_the_default_device_encodes(flux_split_files: Folders) -> None:
+    default = DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux")
+    on_cpu = DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "cpu")
+    assert on_cpu.on_cpu and not default.on_cpu
+    ((cond, options),) = CLIPTextEncode("a fox", on_cpu)
+    ((expected, expected_options),) = CLIPTextEncode("a fox", default)
+    assert torch.equal(cond, expected) and torch.equal(options["pooled_output"], expected_options["pooled_output"])
+    assert next(on_cpu.stack.t5.parameters()).device.type == "cpu"
+
+
+def test_sd3_from_its_two_clips_alone_attends_to_the_clip_pair_without_t5_tokens(folders: Folders) -> None:
+    for part in ("clip_l", "clip_g"):
+        write_tiny_file(folders.models / "text_encoders" / f"{part}.safetensors", "sd3", part)
+    clip = DualCLIPLoader("clip_g.safetensors", "clip_l.safetensors", "sd3")
+    ((cond, options),) = CLIPTextEncode("a fox", clip)
+    assert clip.family == "sd3" and clip.stack.t5 is None
+    assert cond.shape == (1, 77, 4096) and options["pooled_output"].shape == (1, 2048)

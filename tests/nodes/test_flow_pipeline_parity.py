@@ -26,12 +26,16 @@ from tests.diffusion.test_mmdit import FAMILIES, _diffusers_model, _original_lay
 SEED, STEPS, GUIDANCE, CFG, SIZE = 7, 4, 3.5, 4.5, 64
 
 
+def _write_diffusion_model(folders: Folders, name: str, weights: dict[str, torch.Tensor]) -> None:
+    (folders.models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(folders.models / "diffusion_models" / name))
+
+
 def test_flux_dev_through_the_nodes_ends_where_diffusers_flux_pipeline_ends(folders: Folders) -> None:
     # One 128-wide head: the release's RoPE split, so the file loads with nothing but its weights.
     config = FluxConfig(hidden_size=128, num_heads=1, depth=2, depth_single_blocks=2, context_dim=32, vec_dim=16)
     weights = original_state_dict(random_flux(config))
-    (folders.models / "diffusion_models").mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(folders.models / "diffusion_models" / "flux-dev.safetensors"))
+    _write_diffusion_model(folders, "flux-dev.safetensors", weights)
     generator = torch.Generator().manual_seed(0)
     context, pooled = torch.randn(1, 9, 32, generator=generator), torch.randn(1, 16, generator=generator)
 
@@ -67,8 +71,7 @@ def test_flux_dev_through_the_nodes_ends_where_diffusers_flux_pipeline_ends(fold
 def test_sd35_through_the_nodes_ends_where_diffusers_sd3_pipeline_ends_with_cfg(folders: Folders) -> None:
     family = FAMILIES["sd35_large"]
     weights = _original_layout_weights(family.config)
-    (folders.models / "diffusion_models").mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(folders.models / "diffusion_models" / "sd3.5.safetensors"))
+    _write_diffusion_model(folders, "sd3.5.safetensors", weights)
     generator = torch.Generator().manual_seed(0)
     context, negative_context = (torch.randn(1, 9, 32, generator=generator) for _ in range(2))
     pooled, negative_pooled = (torch.randn(1, 32, generator=generator) for _ in range(2))
