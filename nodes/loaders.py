@@ -16,13 +16,13 @@ import torch
 
 from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
-from diffusion.checkpoint.text_encoder_files import DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from diffusion.lora import LoraPatches, parse_lora
 from graph.declare import Combo, Float, Int, Output, Socket, node
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, load_shared_text_encoders
 from nodes.runtime import find_model, list_models
 
 __all__ = [
+    "CLIPLoader",
     "CLIPSetLastLayer",
     "CheckpointLoaderSimple",
     "DualCLIPLoader",
@@ -79,16 +79,34 @@ def UNETLoader(unet_name=Combo(_names("diffusion_models")), weight_dtype=Combo(l
     return ModelHandle(load_shared_checkpoint(path, _WEIGHT_DTYPES[weight_dtype]))
 
 
+#: The ``type`` choices of each CLIP loader Loom builds, in ComfyUI's order (``CLIP_TYPES`` says what each takes).
+_SINGLE_CLIP_TYPES = ["stable_diffusion", "sd3"]
+_DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
+_DEVICE = Combo(["default", "cpu"], optional=True, advanced=True)
+
+
+def _clip(names: tuple[str, ...], clip_type: str, device: str = "default") -> ClipHandle:
+    paths = [find_model("text_encoders", name) for name in names]
+    return ClipHandle(load_shared_text_encoders(paths, clip_type), on_cpu=device == "cpu")
+
+
+@node(category="advanced/loaders", outputs=[Output("CLIP")])
+def CLIPLoader(clip_name=Combo(_names("text_encoders")), type=Combo(_SINGLE_CLIP_TYPES), device=_DEVICE):
+    """One text encoder file as a CLIP. stable_diffusion: CLIP-L (SD1.x), OpenCLIP-H (SD2.x) or CLIP-G (SDXL
+    refiner); sd3: CLIP-L, CLIP-G or T5-XXL alone, the others' parts zeroed."""
+    return _clip((clip_name,), type, device)
+
+
 @node(category="advanced/loaders", outputs=[Output("CLIP")])
 def DualCLIPLoader(
     clip_name1=Combo(_names("text_encoders")),
     clip_name2=Combo(_names("text_encoders")),
-    type=Combo(list(DUAL_CLIP_TYPES)),
-    device=Combo(["default", "cpu"], optional=True, advanced=True),
+    type=Combo(_DUAL_CLIP_TYPES),
+    device=_DEVICE,
 ):
-    """Two text encoder files as one CLIP, in either order: sdxl or sd3 (CLIP-L + CLIP-G), flux (CLIP-L + T5-XXL)."""
-    paths = [find_model("text_encoders", name) for name in (clip_name1, clip_name2)]
-    return ClipHandle(load_shared_text_encoders(paths, type, DUAL_CLIP_TYPES[type]), on_cpu=device == "cpu")
+    """Two text encoder files as one CLIP, in either order: sdxl (CLIP-L + CLIP-G), sd3 (any two of CLIP-L,
+    CLIP-G and T5-XXL), flux (CLIP-L + T5-XXL)."""
+    return _clip((clip_name1, clip_name2), type, device)
 
 
 @node(category="advanced/loaders", outputs=[Output("CLIP")])
@@ -98,9 +116,7 @@ def TripleCLIPLoader(
     clip_name3=Combo(_names("text_encoders")),
 ):
     """SD3 / SD3.5's three text encoders as one CLIP: CLIP-L, CLIP-G and T5-XXL, in any order."""
-    paths = [find_model("text_encoders", name) for name in (clip_name1, clip_name2, clip_name3)]
-    family, wanted = TRIPLE_CLIP_TYPE
-    return ClipHandle(load_shared_text_encoders(paths, family, wanted))
+    return _clip((clip_name1, clip_name2, clip_name3), "sd3")
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])

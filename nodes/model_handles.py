@@ -110,10 +110,10 @@ def load_shared_checkpoint(path: Path, weight_dtype: torch.dtype | None = None) 
     return current_runtime().memory.load_shared(key, load)
 
 
-def load_shared_text_encoders(paths: Sequence[Path], kind: str, wanted: Sequence[str]) -> LoadedCheckpoint:
+def load_shared_text_encoders(paths: Sequence[Path], clip_type: str) -> LoadedCheckpoint:
     """``load_text_encoders(...)``, shared like ``load_shared_checkpoint`` while a handle uses it."""
-    key = ("text_encoders", kind, tuple(map(_file_identity, paths)))
-    return current_runtime().memory.load_shared(key, lambda: load_text_encoders(paths, kind, wanted))
+    key = ("text_encoders", clip_type, tuple(map(_file_identity, paths)))
+    return current_runtime().memory.load_shared(key, lambda: load_text_encoders(paths, clip_type))
 
 
 def _modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:
@@ -387,6 +387,10 @@ def _flow_forward(model: nn.Module, sampling: ModelSampling) -> _Forward:
     return forward
 
 
+#: What ``ClipHandle.encoders`` gives for a family's encoder the loaded stack lacks.
+_ABSENT_ENCODER = nn.Module()
+
+
 class ClipHandle:
     """CLIP: a family's tokenizer and text encoders, the clip skip and the LoRAs applied to them."""
 
@@ -407,7 +411,8 @@ class ClipHandle:
         self.on_cpu = on_cpu
         self._patched = [
             _Patched(self.stack.encoders[role.name], self.patches.get(index, ()))
-            for index, role in enumerate(self.stack.roles)
+            for index, role in enumerate(self.stack.slots)
+            if role.name in self.stack.encoders
         ]
 
     @property
@@ -420,10 +425,13 @@ class ClipHandle:
 
     @property
     def encoders(self) -> list[nn.Module]:
-        """The text encoders in family order, as LoRA files number them (te1, te2)."""
-        return [self.stack.encoders[role.name] for role in self.stack.roles]
+        """The text encoders in family order, as LoRA files number them (te1, te2); an encoder the family
+        runs without stands as a module with no parameters, so a LoRA's part for it matches nothing."""
+        return [self.stack.encoders.get(role.name, _ABSENT_ENCODER) for role in self.stack.slots]
 
     def with_clip_skip(self, clip_skip: int) -> ClipHandle:
+        if not self.stack.roles:
+            raise ValueError(f"this {self.family} text encoder has no CLIP encoder, so it has no CLIP layer to stop at")
         if not -self.stack.layer_count <= clip_skip <= -1:
             raise ValueError(
                 f"stop_at_clip_layer {clip_skip} is out of range for this {self.family} text encoder: "
@@ -434,7 +442,7 @@ class ClipHandle:
     def with_lora(self, patches: Mapping[int, Mapping[str, Sequence[WeightDelta]]], strength: float) -> ClipHandle:
         combined = {
             index: _active_patches(self.patches.get(index, ()), patches.get(index, {}), strength)
-            for index in range(len(self.stack.roles))
+            for index in range(len(self.stack.slots))
         }
         if all(combined[index] is self.patches.get(index, ()) for index in combined):
             return self

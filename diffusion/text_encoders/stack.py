@@ -60,14 +60,19 @@ FAMILY_ENCODERS: dict[str, tuple[EncoderRole, ...]] = {
 }
 
 
+#: Families that run with some of their encoders missing (SD3 zeroes a missing encoder's part).
+PARTIAL_FAMILIES = frozenset({"sd3"})
+
+
 def _family_roles(family: str, available: Mapping[str, object]) -> tuple[EncoderRole, ...]:
+    """The family's roles present in `available`: all of them, or any subset for ``PARTIAL_FAMILIES``."""
     if family not in FAMILY_ENCODERS:
         raise ValueError(f"unknown text-encoder family {family!r}; expected one of {sorted(FAMILY_ENCODERS)}")
     roles = FAMILY_ENCODERS[family]
     missing = [role.name for role in roles if role.name not in available]
-    if missing:
+    if missing and family not in PARTIAL_FAMILIES:
         raise ValueError(f"family {family!r} needs text encoders {missing}; got {sorted(available)}")
-    return roles
+    return tuple(role for role in roles if role.name in available)
 
 
 def _device(model: ClipTextModel) -> torch.device:
@@ -98,13 +103,18 @@ def encode_windows(
 
 
 class ClipStack:
-    """The tokenizer and text encoder(s) of one model family."""
+    """The tokenizer and text encoder(s) of one model family.
+
+    ``slots`` are the family's encoders in order, as LoRA files number them (``lora_te1``, ``lora_te2``);
+    ``roles`` are those this stack has, the same unless the family runs with some missing.
+    """
 
     def __init__(
         self, family: str, encoders: Mapping[str, ClipTextModel], tokenizer: ClipBpeTokenizer | None = None
     ) -> None:
         self.family = family
         self.roles = _family_roles(family, encoders)
+        self.slots = FAMILY_ENCODERS[family]
         self.encoders = {role.name: encoders[role.name] for role in self.roles}
         self.tokenizer = tokenizer or load_clip_tokenizer()
         self.specs = {
@@ -134,8 +144,8 @@ class ClipStack:
 
     @property
     def layer_count(self) -> int:
-        """The deepest clip skip valid for every encoder of the family."""
-        return min(model.config.layers for model in self.encoders.values())
+        """The deepest clip skip valid for every encoder of the family (0: no CLIP encoder to skip in)."""
+        return min((model.config.layers for model in self.encoders.values()), default=0)
 
     def tokenize(
         self, text: str | Mapping[str, str], resolve_embedding: EmbeddingResolver | None = None
@@ -149,7 +159,7 @@ class ClipStack:
         tokens = {
             name: tokenize_prompt(texts[name], self.tokenizer, self.specs[name], resolve_embedding) for name in texts
         }
-        count = max(len(windows) for windows in tokens.values())
+        count = max((len(windows) for windows in tokens.values()), default=0)
         for name, windows in tokens.items():
             windows += [empty_window(self.tokenizer, self.specs[name])] * (count - len(windows))
         return tokens

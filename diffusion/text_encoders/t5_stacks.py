@@ -119,8 +119,13 @@ class _T5FamilyEncoders:
 
     @property
     def roles(self) -> tuple[EncoderRole, ...]:
-        """The CLIP encoders, in the order LoRA files number them (T5 takes no CLIP LoRA)."""
+        """The CLIP encoders this stack has (T5 takes no CLIP LoRA)."""
         return self.clips.roles
+
+    @property
+    def slots(self) -> tuple[EncoderRole, ...]:
+        """The family's CLIP encoders, in the order LoRA files number them."""
+        return self.clips.slots
 
     @property
     def encoders(self) -> Mapping[str, nn.Module]:
@@ -158,8 +163,12 @@ class FluxTextEncoders(_T5FamilyEncoders):
 
 
 class SD3TextEncoders(_T5FamilyEncoders):
-    """CLIP-L, CLIP-G and T5-XXL as SD3 / SD3.5 read them (``TripleCLIPLoader``, the all-in-one files); T5 is
-    optional, as in the releases that ship without it."""
+    """CLIP-L, CLIP-G and T5-XXL as SD3 / SD3.5 read them (``TripleCLIPLoader``, the all-in-one files).
+
+    Any of the three may be missing, as ComfyUI allows (``DualCLIPLoader`` with CLIP-L + T5, ``CLIPLoader``
+    with T5 alone): a missing CLIP's states and pooled vector are zeros of its width, and without T5 the
+    sequence is the CLIP part alone (the releases that ship without it); without either CLIP it is T5's alone.
+    """
 
     family = "sd3"
     clip_family = "sd3"
@@ -173,31 +182,58 @@ class SD3TextEncoders(_T5FamilyEncoders):
         """(cond [1, 77 x windows (+ T5 tokens), 4096], pooled [1, 2048]); `text` may differ per encoder
         (``CLIPTextEncodeSD3``: keys ``clip_l``, ``clip_g`` and ``t5xxl``; an absent or None ``t5xxl`` adds no
         T5 tokens)."""
-        texts = _texts(text, ("clip_l", "clip_g"))
-        encoded = self.clips.encode_each(self.clips.tokenize(texts, resolve_embedding), clip_skip)
-        (l_states, l_pooled), (g_states, g_pooled) = encoded["clip_l"], encoded["clip_g"]
-        states = [_widened(torch.cat([l_states, g_states], dim=-1), CONTEXT_WIDTH)]
+        states, pooled = self._clip_part(text, clip_skip, resolve_embedding)
         t5_text = text if isinstance(text, str) else text.get("t5xxl")
         if self.t5 is not None and t5_text is not None:
             states.append(_widened(encode_t5(self.t5, self.tokenizer, t5_text, SD3_T5_MIN_LENGTH), CONTEXT_WIDTH))
-        pooled = torch.cat([_widened(l_pooled, 768), _widened(g_pooled, 1280)], dim=-1)
+        if not states:
+            raise ValueError("SD3's conditioning needs a CLIP encoder or a T5 prompt; got neither")
         return torch.cat(states, dim=1), pooled
+
+    def _clip_part(
+        self, text: str | Mapping[str, str], clip_skip: int | None, resolve_embedding: EmbeddingResolver | None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """([CLIP-L and CLIP-G states side by side, 4096 wide] or [] without CLIPs, pooled [1, 2048])."""
+        names = tuple(role.name for role in self.clips.roles)
+        encoded = self.clips.encode_each(self.clips.tokenize(_texts(text, names), resolve_embedding), clip_skip)
+        if not encoded:
+            return [], torch.zeros(1, SD3_POOLED_WIDTH)
+        some_states, some_pooled = next(iter(encoded.values()))
+        states, pooled = [], []
+        for name, width in _SD3_CLIP_WIDTHS.items():
+            if name in encoded:
+                states.append(encoded[name][0])
+                pooled.append(_widened(encoded[name][1], width))
+            else:
+                states.append(some_states.new_zeros(*some_states.shape[:2], width))
+                pooled.append(some_pooled.new_zeros(1, width))
+        return [_widened(torch.cat(states, dim=-1), CONTEXT_WIDTH)], torch.cat(pooled, dim=-1)
+
+
+#: SD3's CLIPs in conditioning order, at their real widths (a missing one is zeros this wide).
+_SD3_CLIP_WIDTHS = {"clip_l": 768, "clip_g": 1280}
 
 
 def t5_family_encoders(
     family: str, weights: Mapping[str, Mapping[str, torch.Tensor]]
 ) -> FluxTextEncoders | SD3TextEncoders:
-    """A family's encoders from their state dicts by name (``clip_l``, ``clip_g``, ``t5xxl``; SD3's T5 optional).
+    """A family's encoders from their state dicts by name (``clip_l``, ``clip_g``, ``t5xxl``; SD3 takes any
+    of them).
 
     CLIP-L's pooled vector is taken unprojected by both families: a file that carries CLIP-L's projection
     (some do) keeps it unused.
     """
-    clip_l = load_clip_text_model(
-        {key: value for key, value in weights["clip_l"].items() if key != "text_projection.weight"}, "quick_gelu"
-    )
+    clips = {}
+    if "clip_l" in weights:
+        unprojected = {key: value for key, value in weights["clip_l"].items() if key != "text_projection.weight"}
+        clips["clip_l"] = load_clip_text_model(unprojected, "quick_gelu")
+    if "clip_g" in weights:
+        clips["clip_g"] = load_clip_text_model(weights["clip_g"], "gelu")
+    t5 = load_t5_encoder(weights["t5xxl"]) if "t5xxl" in weights else None
     if family == "flux":
-        return FluxTextEncoders(ClipStack("sd15", {"clip_l": clip_l}), load_t5_encoder(weights["t5xxl"]))
+        if "clip_l" not in clips or t5 is None:
+            raise ValueError(f"FLUX needs CLIP-L and T5-XXL; got {sorted(weights)}")
+        return FluxTextEncoders(ClipStack("sd15", {"clip_l": clips["clip_l"]}), t5)
     if family == "sd3":
-        clips = ClipStack("sd3", {"clip_l": clip_l, "clip_g": load_clip_text_model(weights["clip_g"], "gelu")})
-        return SD3TextEncoders(clips, load_t5_encoder(weights["t5xxl"]) if "t5xxl" in weights else None)
+        return SD3TextEncoders(ClipStack("sd3", clips), t5)
     raise ValueError(f"no T5 text-encoder family {family!r}; expected flux or sd3")

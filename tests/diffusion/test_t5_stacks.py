@@ -3,11 +3,17 @@ CLIP's, CLIP-L's pooled vector unprojected, everything widened to the transforme
 
 from __future__ import annotations
 
+import pytest
 import torch
+from safetensors.torch import save_file
 
 from diffusion.checkpoint import open_state_dict
+from diffusion.checkpoint.detect import ModelFamily
+from diffusion.checkpoint.errors import CheckpointError
 from diffusion.checkpoint.text_encoder_files import load_text_encoders, text_encoder_kind
 from diffusion.t5_tokenizer import EOS_ID, PAD_ID, load_t5_tokenizer
+from diffusion.text_encoders.clip_model import ClipTextConfig, ClipTextModel
+from diffusion.text_encoders.stack import ClipStack
 from diffusion.text_encoders.t5_stacks import (
     SD3_T5_MIN_LENGTH,
     T5_MIN_LENGTH,
@@ -47,9 +53,7 @@ def test_a_long_prompt_is_never_cut() -> None:
 def _pair(tmp_path) -> FluxTextEncoders:
     write_tiny_file(tmp_path / "clip_l.safetensors", "flux_dev", "clip_l")
     write_tiny_file(tmp_path / "t5.safetensors", "flux_dev", "t5xxl")
-    loaded = load_text_encoders(
-        [tmp_path / "t5.safetensors", tmp_path / "clip_l.safetensors"], "flux", ("clip_l", "t5xxl")
-    )
+    loaded = load_text_encoders([tmp_path / "t5.safetensors", tmp_path / "clip_l.safetensors"], "flux")
     assert isinstance(loaded.text_encoders, FluxTextEncoders)
     return loaded.text_encoders
 
@@ -84,7 +88,7 @@ def test_sd3_attends_to_the_clip_pair_side_by_side_then_t5_and_pools_both_clips(
     for part in ("clip_l", "clip_g", "t5xxl"):
         write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
     paths = [tmp_path / f"{part}.safetensors" for part in ("clip_g", "t5xxl", "clip_l")]
-    encoders = load_text_encoders(paths, "sd3", ("clip_l", "clip_g", "t5xxl")).text_encoders
+    encoders = load_text_encoders(paths, "sd3").text_encoders
     assert isinstance(encoders, SD3TextEncoders)
     cond, pooled = encoders.encode("a red fox")
     each = encoders.clips.encode_each(encoders.clips.tokenize("a red fox"))
@@ -100,3 +104,67 @@ def test_sd3_attends_to_the_clip_pair_side_by_side_then_t5_and_pools_both_clips(
     assert pooled.shape == (1, 2048)
     assert torch.equal(pooled[:, : l_pooled.shape[-1]], l_pooled) and torch.equal(pooled[:, 768 : 768 + 1280], g_pooled)
     assert encoders.encoders["clip_l"].text_projection is None  # CLIP-L's pooled vector is taken unprojected
+
+
+def _sd3_encoders(tmp_path, *parts: str) -> SD3TextEncoders:
+    for part in ("clip_l", "clip_g", "t5xxl"):
+        write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
+    encoders = load_text_encoders([tmp_path / f"{part}.safetensors" for part in parts], "sd3").text_encoders
+    assert isinstance(encoders, SD3TextEncoders)
+    return encoders
+
+
+def test_sd3_without_clip_g_keeps_clip_l_and_t5_where_all_three_put_them_and_zeroes_clip_g_s_part(tmp_path) -> None:
+    full_cond, full_pooled = _sd3_encoders(tmp_path, "clip_l", "clip_g", "t5xxl").encode("a red fox")
+    cond, pooled = _sd3_encoders(tmp_path, "t5xxl", "clip_l").encode("a red fox")
+    width_l = _sd3_encoders(tmp_path, "clip_l").clips.encoders["clip_l"].config.width
+    assert cond.shape == full_cond.shape == (1, 77 + SD3_T5_MIN_LENGTH, 4096)
+    assert torch.equal(cond[:, :77, :width_l], full_cond[:, :77, :width_l]) and not cond[:, :77, width_l:].any()
+    assert torch.equal(cond[:, 77:], full_cond[:, 77:])
+    assert torch.equal(pooled[:, :768], full_pooled[:, :768]) and not pooled[:, 768:].any()
+
+
+def test_sd3_without_clip_l_places_clip_g_after_clip_l_s_768_zero_columns(tmp_path) -> None:
+    encoders = _sd3_encoders(tmp_path, "clip_g", "t5xxl")
+    cond, pooled = encoders.encode("a red fox")
+    g_states, g_pooled = encoders.clips.encode_each(encoders.clips.tokenize({"clip_g": "a red fox"}))["clip_g"]
+    width_g = g_states.shape[-1]
+    assert not cond[:, :77, :768].any() and torch.equal(cond[:, :77, 768 : 768 + width_g], g_states)
+    assert not pooled[:, :768].any() and torch.equal(pooled[:, 768 : 768 + g_pooled.shape[-1]], g_pooled)
+
+
+def test_sd3_from_t5_alone_attends_to_t5_s_states_with_a_zero_pooled_vector(tmp_path) -> None:
+    encoders = _sd3_encoders(tmp_path, "t5xxl")
+    cond, pooled = encoders.encode("a red fox")
+    assert encoders.t5 is not None
+    t5 = encode_t5(encoders.t5, encoders.tokenizer, "a red fox", SD3_T5_MIN_LENGTH)
+    assert cond.shape == (1, SD3_T5_MIN_LENGTH, 4096) and torch.equal(cond[..., : t5.shape[-1]], t5)
+    assert pooled.shape == (1, 2048) and not pooled.any()
+    with pytest.raises(ValueError, match="needs a CLIP encoder or a T5 prompt"):
+        encoders.encode({"t5xxl": None})  # type: ignore[dict-item]
+
+
+def test_openclip_h_is_told_apart_from_clip_l_and_clip_g_by_its_depth(tmp_path) -> None:
+    config = ClipTextConfig(
+        width=64, layers=24, heads=1, intermediate=128, vocab_size=49408, positions=77, activation="gelu"
+    )
+    model = ClipTextModel(config)
+    save_file({f"text_model.{k}": v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "h.safetensors")
+    assert text_encoder_kind(open_state_dict(tmp_path / "h.safetensors")) == "clip_h"
+    loaded = load_text_encoders([tmp_path / "h.safetensors"], "stable_diffusion")
+    assert loaded.info.family is ModelFamily.SD2 and isinstance(loaded.text_encoders, ClipStack)
+
+
+@pytest.mark.parametrize(
+    ("clip_type", "parts", "message"),
+    [
+        ("sd3", ("clip_l", "clip_l"), r"type sd3 takes .*each file once; got clip_l.safetensors \(clip_l\), clip_l"),
+        ("flux", ("clip_l", "clip_g"), r"type flux takes clip_l \+ t5xxl, each file once; got .*\(clip_g\)"),
+        ("stable_diffusion", ("t5xxl",), r"type stable_diffusion takes clip_l or clip_h or clip_g"),
+    ],
+)
+def test_files_a_type_does_not_take_are_named_with_what_they_hold(tmp_path, clip_type, parts, message) -> None:
+    for part in set(parts):
+        write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
+    with pytest.raises(CheckpointError, match=message):
+        load_text_encoders([tmp_path / f"{part}.safetensors" for part in parts], clip_type)

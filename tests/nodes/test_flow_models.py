@@ -36,6 +36,7 @@ from nodes.image import FluxKontextImageScale
 from nodes.latent import EmptySD3LatentImage, VAEDecode
 from nodes.loaders import (
     CheckpointLoaderSimple,
+    CLIPLoader,
     DualCLIPLoader,
     LoraLoaderModelOnly,
     TripleCLIPLoader,
@@ -220,9 +221,9 @@ def test_clip_text_encode_flux_is_clip_text_encode_with_the_guidance_set(flux_sp
 
 
 def test_a_dual_clip_pair_that_is_not_the_type_s_is_named(flux_split_files: Folders) -> None:
-    with pytest.raises(CheckpointError, match=r"type flux needs a clip_l and a t5xxl file; got clip_l.safetensors"):
+    with pytest.raises(CheckpointError, match=r"type flux takes clip_l \+ t5xxl, each file once; got clip_l.safe"):
         DualCLIPLoader("clip_l.safetensors", "clip_l.safetensors", "flux")
-    with pytest.raises(CheckpointError, match=r"type sdxl needs a clip_l and a clip_g file"):
+    with pytest.raises(CheckpointError, match=r"type sdxl takes clip_g \+ clip_l, each file once"):
         DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "sdxl")
 
 
@@ -395,3 +396,19 @@ def test_sd3_from_its_two_clips_alone_attends_to_the_clip_pair_without_t5_tokens
     ((cond, options),) = CLIPTextEncode("a fox", clip)
     assert clip.family == "sd3" and clip.stack.t5 is None
     assert cond.shape == (1, 77, 4096) and options["pooled_output"].shape == (1, 2048)
+
+
+def test_sd3_runs_from_t5_alone_through_the_single_clip_loader(folders: Folders) -> None:
+    write_tiny_file(folders.models / "text_encoders" / "t5xxl.safetensors", "sd3", "t5xxl")
+    write_tiny_file(folders.models / "diffusion_models" / "sd3_medium.safetensors", "sd3", "diffusion_model")
+    clip = CLIPLoader("t5xxl.safetensors", "sd3")
+    ((cond, options),) = positive = CLIPTextEncode("a fox", clip)
+    assert clip.family == "sd3" and not clip.stack.roles
+    # LoRA files number SD3's CLIPs te1 (L) and te2 (G); both slots stand, holding nothing to patch.
+    assert len(clip.encoders) == 2 and not any(list(encoder.parameters()) for encoder in clip.encoders)
+    assert cond.shape == (1, 77, 4096) and not options["pooled_output"].any()
+    with pytest.raises(ValueError, match="no CLIP encoder, so it has no CLIP layer to stop at"):
+        clip.with_clip_skip(-2)
+    model = UNETLoader("sd3_medium.safetensors", "default")
+    latent = KSampler(model, 0, 2, 1.0, "euler", "simple", positive, positive, EmptySD3LatentImage(64, 64, 1), 1.0)
+    assert torch.isfinite(latent["samples"]).all()

@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from diffusion.checkpoint.errors import CheckpointError
 from graph.cache import OutputCache
@@ -15,8 +16,16 @@ from graph.executor import Executor
 from graph.registry import NodeRegistry
 from graph.sizeof import nbytes
 from nodes import register_builtin_nodes
+from nodes.conditioning import CLIPTextEncode
 from nodes.folders import Folders
-from nodes.loaders import CheckpointLoaderSimple, CLIPSetLastLayer, LoraLoader, LoraLoaderModelOnly, VAELoader
+from nodes.loaders import (
+    CheckpointLoaderSimple,
+    CLIPLoader,
+    CLIPSetLastLayer,
+    LoraLoader,
+    LoraLoaderModelOnly,
+    VAELoader,
+)
 from nodes.model_folders import ModelNotFoundError
 from nodes.model_handles import load_shared_checkpoint
 from tests.nodes.tiny_models import decode_prompt, kohya_lora_tensors, run_prompt, tiny_checkpoint, write_lora
@@ -145,3 +154,25 @@ def test_a_cache_budget_smaller_than_two_checkpoints_keeps_one(folders: Folders)
 
     again = run_prompt(executor, decode_prompt("first.safetensors", size=72), "first again")
     assert "1" in again.executed and again.outputs["4"]["images"]
+
+
+def test_clip_loader_reads_a_standalone_clip_l_as_the_sd15_checkpoint_s_own_clip(loaded, folders: Folders) -> None:
+    _, checkpoint_clip, _ = loaded
+    prefix = "cond_stage_model.transformer."
+    tensors = load_file(folders.models / "checkpoints" / "sd15.safetensors")
+    clip_l = {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
+    (folders.models / "text_encoders").mkdir(parents=True, exist_ok=True)
+    save_file(clip_l, folders.models / "text_encoders" / "clip_l.safetensors")
+    clip = CLIPLoader("clip_l.safetensors", "stable_diffusion")
+    assert clip.family == "sd15"
+    ((cond, options),) = CLIPTextEncode("a (red:1.2) fox", clip)
+    ((expected, expected_options),) = CLIPTextEncode("a (red:1.2) fox", checkpoint_clip)
+    assert torch.equal(cond, expected) and torch.equal(options["pooled_output"], expected_options["pooled_output"])
+
+
+def test_clip_loader_offers_comfyui_s_inputs(folders: Folders) -> None:
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    info = registry.object_info()["CLIPLoader"]["input"]
+    assert list(info["required"]) == ["clip_name", "type"] and list(info["optional"]) == ["device"]
+    assert info["required"]["type"][0][:1] == ["stable_diffusion"] and "sd3" in info["required"]["type"][0]

@@ -27,7 +27,7 @@ BUILTIN_NAMES = {
     "KSampler", "KSamplerAdvanced", "KSamplerSelect", "BasicScheduler", "RandomNoise", "DisableNoise",
     "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
     "FluxGuidance", "EmptySD3LatentImage", "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux",
-    "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
+    "CLIPLoader", "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
     "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
