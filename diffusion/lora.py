@@ -2,19 +2,23 @@
 
 Files in the wild name the same thing several ways; each tensor is keyed ``<stem>.<part>``:
 
-| writer                    | stem                                         | parts                                  |
-|---------------------------|----------------------------------------------|----------------------------------------|
+| writer                    | stem                                         | parts                                     |
+|---------------------------|----------------------------------------------|-------------------------------------------|
 | kohya / A1111 (SD1, SD2)  | ``lora_unet_down_blocks_0_...`` (diffusers   | ``lora_up.weight``, ``lora_down.weight``, |
-|                           | module names, ``.`` written as ``_``)        | ``alpha``, ``lora_mid.weight`` (LoCon)  |
-| kohya SDXL                | ``lora_unet_input_blocks_4_1_...`` (LDM      | same                                   |
-|                           | names); ``lora_te1_``/``lora_te2_`` encoders |                                        |
-| diffusers (old)           | ``unet.down_blocks.0....to_q``               | ``lora.up.weight``, ``lora.down.weight`` |
-| diffusers / PEFT          | ``unet.``, ``text_encoder.``,                | ``lora_A.weight`` (down),               |
-|                           | ``text_encoder_2.``                          | ``lora_B.weight`` (up), ``alpha``       |
-| full deltas (kohya)       | any of the above                             | ``diff`` (weight), ``diff_b`` (bias)     |
-| kohya FLUX / SD3          | ``lora_unet_double_blocks_0_img_attn_qkv``   | ``lora_up``/``lora_down``, ``alpha``    |
-|                           | (the original layout, ``_`` for ``.``)       |                                        |
-| ComfyUI / BFL (FLUX, SD3) | ``diffusion_model.double_blocks.0....qkv``   | same                                   |
+|                           | module names, ``.`` written as ``_``)        | ``alpha``, ``lora_mid.weight`` (LoCon)    |
+| kohya SDXL                | ``lora_unet_input_blocks_4_1_...`` (LDM      | same                                      |
+|                           | names); ``lora_te1_``/``lora_te2_`` encoders |                                           |
+| diffusers (old)           | ``unet.down_blocks.0....to_q``               | ``lora.up.weight``, ``lora.down.weight``  |
+| diffusers / PEFT          | ``unet.``, ``text_encoder.``,                | ``lora_A.weight`` (down),                 |
+|                           | ``text_encoder_2.``                          | ``lora_B.weight`` (up), ``alpha``         |
+| full deltas (kohya)       | any of the above                             | ``diff`` (weight), ``diff_b`` (bias)      |
+| kohya FLUX / SD3          | ``lora_unet_double_blocks_0_img_attn_qkv``   | ``lora_up``/``lora_down``, ``alpha``      |
+|                           | (the original layout, ``_`` for ``.``)       |                                           |
+| ComfyUI / BFL (FLUX, SD3) | ``diffusion_model.double_blocks.0....qkv``   | same                                      |
+| diffusers / PEFT, FLUX    | ``transformer.transformer_blocks.0....to_q`` | ``lora_A.weight``, ``lora_B.weight``,     |
+| and SD3 (most trainers)   | (``base_model.model.`` as PEFT saves it)     | ``alpha``                                 |
+| kohya-style, diffusers    | ``lora_transformer_transformer_blocks_...``  | ``lora_up``/``lora_down``, ``alpha``      |
+| names (FLUX)              | (diffusers names, ``_`` for ``.``)           |                                           |
 
 ``alpha`` scales the product by ``alpha / rank`` (kohya's convention; no alpha means 1). LoCon stores a
 convolution as a ``k x k`` down conv and a ``1 x 1`` up conv, whose composition is the single ``k x k``
@@ -25,10 +29,13 @@ Stems are resolved against the target module's own parameter names rather than b
 into guesses: an LDM-layout stem is looked up in ``{name with "." -> "_": name}`` built from
 ``named_parameters()``, diffusers module names go through ``diffusion.diffusers_layout.unet_to_ldm``,
 and the result is kept only if the module really has that parameter. FLUX and SD3 transformers are
-resolved the same way against their original (Black Forest Labs, Stability) names. Whatever does not
-resolve is reported back, so a LoRA for another model family shows up as a list of unmatched keys, and so
-do formats not handled here (diffusers/PEFT ``transformer.`` keys of FLUX/SD3, whose fused projections
-would need splitting; LoHa ``hada_*``, LoKr ``lokr_*``, DoRA scales).
+resolved the same way against their original (Black Forest Labs, Stability) names, and diffusers' names
+of their layers through ``diffusion.dit_diffusers_layout``, built from the model's config. Diffusers
+splits layers the original fuses (``to_q``/``to_k``/``to_v`` are the three row blocks of ``qkv``) and
+stores the final adaLN's halves swapped, so such a delta carries its ``RowSlice``: it computes its own
+rows and lands in them, zero elsewhere, and the q, k and v deltas of one ``qkv`` add up. Whatever does
+not resolve is reported back, so a LoRA for another model family shows up as a list of unmatched keys,
+and so do formats not handled here (LoHa ``hada_*``, LoKr ``lokr_*``, DoRA scales).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ import torch
 from torch import nn
 
 from diffusion.diffusers_layout import unet_to_ldm
+from diffusion.dit_diffusers_layout import OriginalLayer, RowSlice, flux_diffusers_layers, mmdit_diffusers_layers
+from diffusion.flux import FluxTransformer
+from diffusion.mmdit import MMDiT
 from diffusion.stored_weights import ComputesFromStored, stored_layers
 from diffusion.unet import UNetModel
 from diffusion.unet_config import CheckpointLayoutError
@@ -81,7 +91,7 @@ _DIFFUSERS_WORDS = (
 )  # fmt: skip
 
 _TEXT_PREFIXES = (("lora_te1_", 0), ("lora_te2_", 1), ("lora_te_", 0), ("text_encoder_2.", 1), ("text_encoder.", 0))
-_UNET_PREFIXES = ("lora_unet_", "unet.", "base_model.model.", "diffusion_model.")
+_UNET_PREFIXES = ("lora_unet_", "unet.", "base_model.model.", "diffusion_model.", "transformer.", "lora_transformer_")
 
 
 class LoraFormatError(ValueError):
@@ -94,34 +104,51 @@ class LoraFormatError(ValueError):
 
 @dataclass(frozen=True)
 class LowRankDelta:
-    """``scale * up @ down`` (with an optional Tucker core ``mid``), reshaped to the weight's shape."""
+    """``scale * up @ down`` (with an optional Tucker core ``mid``), reshaped to the weight's shape; with
+    ``rows``, to those rows of it (a diffusers layer that is part of a fused one), zero elsewhere."""
 
     up: torch.Tensor
     down: torch.Tensor
     scale: float
     mid: torch.Tensor | None = None
+    rows: RowSlice | None = None
 
     def compute(self, shape: torch.Size, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        own, described = _own_shape(shape, self.rows)
         up, down = self.up.to(dtype), self.down.to(dtype)
         if self.mid is not None:
             delta = torch.einsum("oa,abhw,bi->oihw", up.flatten(1), self.mid.to(dtype), down.flatten(1))
         else:
             delta = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], down.shape[1], *down.shape[2:])
-        if delta.numel() != torch.Size(shape).numel():
-            raise ValueError(f"LoRA delta has shape {tuple(delta.shape)}, the weight {tuple(shape)}")
-        return delta.reshape(shape) * self.scale
+        if delta.numel() != own.numel():
+            raise ValueError(f"LoRA delta has shape {tuple(delta.shape)}, {described}")
+        return _placed(delta.reshape(own) * self.scale, shape, self.rows)
 
 
 @dataclass(frozen=True)
 class FullDelta:
-    """A stored difference ``W' - W`` (kohya's ``diff``/``diff_b``)."""
+    """A stored difference ``W' - W`` (kohya's ``diff``/``diff_b``), of the whole weight or of ``rows``."""
 
     diff: torch.Tensor
+    rows: RowSlice | None = None
 
     def compute(self, shape: torch.Size, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if self.diff.numel() != torch.Size(shape).numel():
-            raise ValueError(f"full delta has shape {tuple(self.diff.shape)}, the weight {tuple(shape)}")
-        return self.diff.to(dtype).reshape(shape)
+        own, described = _own_shape(shape, self.rows)
+        if self.diff.numel() != own.numel():
+            raise ValueError(f"full delta has shape {tuple(self.diff.shape)}, {described}")
+        return _placed(self.diff.to(dtype).reshape(own), shape, self.rows)
+
+
+def _own_shape(shape: torch.Size, rows: RowSlice | None) -> tuple[torch.Size, str]:
+    """The shape a delta computes (the weight's, or that of its rows) and how to name it in an error."""
+    if rows is None:
+        return torch.Size(shape), f"the weight {tuple(shape)}"
+    own = rows.part_shape(shape)
+    return own, f"rows {rows.start}:{rows.stop} of the weight {tuple(shape)}: {tuple(own)}"
+
+
+def _placed(delta: torch.Tensor, shape: torch.Size, rows: RowSlice | None) -> torch.Tensor:
+    return delta if rows is None else rows.place(delta, shape)
 
 
 WeightDelta = LowRankDelta | FullDelta
@@ -168,25 +195,41 @@ def _unet_config_for_diffusers(unet: UNetModel) -> dict[str, Any]:
     }
 
 
-class _UNetResolver:
-    """Stems to the diffusion model's module names; a UNet's diffusers names are converted in one batch (the
-    numbering needs all)."""
+def _transformer_diffusers_index(model: nn.Module) -> dict[str, OriginalLayer]:
+    """A FLUX or SD3 transformer's diffusers layer names, ``.`` written as ``_``, -> where they lie in it."""
+    if isinstance(model, FluxTransformer):
+        layers = flux_diffusers_layers(model.config)
+    elif isinstance(model, MMDiT):
+        layers = mmdit_diffusers_layers(model.config)
+    else:
+        return {}
+    return {name.replace(".", "_"): layer for name, layer in layers.items()}
 
-    def __init__(self, unet: nn.Module) -> None:
-        self.unet = unet
-        self.index = _underscore_index(unet)
+
+class _DiffusionModelResolver:
+    """Stems to the diffusion model's modules (and rows, for a diffusers layer that is part of a fused one); a
+    UNet's diffusers names are converted in one batch (the numbering needs all)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.index = _underscore_index(model)
         self.modules = set(self.index.values())
+        self.transformer_layers = _transformer_diffusers_index(model)
 
-    def resolve(self, stems: Sequence[str]) -> dict[str, str]:
+    def resolve(self, stems: Sequence[str]) -> dict[str, OriginalLayer]:
         resolved, diffusers = {}, {}
         for stem in stems:
             flat = stem.replace(".", "_")
             if flat in self.index:
-                resolved[stem] = self.index[flat]
+                resolved[stem] = OriginalLayer(self.index[flat])
+            elif flat in self.transformer_layers:
+                layer = self.transformer_layers[flat]
+                if layer.module in self.modules:
+                    resolved[stem] = layer
             else:
                 diffusers[stem] = _diffusers_dotted(flat) if "." not in stem else stem
-        if diffusers and isinstance(self.unet, UNetModel):
-            config = _unet_config_for_diffusers(self.unet)
+        if diffusers and isinstance(self.model, UNetModel):
+            config = _unet_config_for_diffusers(self.model)
             for stem, name in diffusers.items():
                 try:
                     converted = next(iter(unet_to_ldm({name + ".weight": torch.empty(0)}, config)))
@@ -194,7 +237,7 @@ class _UNetResolver:
                     continue
                 module = converted.rpartition(".")[0]
                 if module in self.modules:
-                    resolved[stem] = module
+                    resolved[stem] = OriginalLayer(module)
         return resolved
 
 
@@ -210,8 +253,10 @@ def _group(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, dict[str, 
     return groups, other
 
 
-def _deltas(stem: str, parts: Mapping[str, torch.Tensor], path: Path | str | None) -> dict[str, WeightDelta]:
-    """Parameter suffix (``weight``/``bias``) -> delta for one stem."""
+def _deltas(
+    stem: str, parts: Mapping[str, torch.Tensor], path: Path | str | None, rows: RowSlice | None = None
+) -> dict[str, WeightDelta]:
+    """Parameter suffix (``weight``/``bias``) -> delta for one stem, landing in ``rows`` when given."""
     deltas: dict[str, WeightDelta] = {}
     if "up" in parts or "down" in parts:
         if "up" not in parts or "down" not in parts:
@@ -219,11 +264,11 @@ def _deltas(stem: str, parts: Mapping[str, torch.Tensor], path: Path | str | Non
         down = parts["down"]
         rank = down.shape[0]
         scale = float(parts["alpha"]) / rank if "alpha" in parts else 1.0
-        deltas["weight"] = LowRankDelta(parts["up"], down, scale, parts.get("mid"))
+        deltas["weight"] = LowRankDelta(parts["up"], down, scale, parts.get("mid"), rows)
     elif "diff" in parts:
-        deltas["weight"] = FullDelta(parts["diff"])
+        deltas["weight"] = FullDelta(parts["diff"], rows)
     if "diff_b" in parts:
-        deltas["bias"] = FullDelta(parts["diff_b"])
+        deltas["bias"] = FullDelta(parts["diff_b"], rows)
     return deltas
 
 
@@ -275,14 +320,14 @@ def parse_lora(
                     patches.text.setdefault(index, {}).setdefault(f"{module}.{suffix}", []).append(delta)
         else:
             patches.unmatched.append(stem)
-    resolved = _UNetResolver(unet).resolve(list(unet_stems.values())) if unet is not None else {}
+    resolved = _DiffusionModelResolver(unet).resolve(list(unet_stems.values())) if unet is not None else {}
     for stem, rest in unet_stems.items():
-        module = resolved.get(rest)
-        if module is None:
+        layer = resolved.get(rest)
+        if layer is None:
             patches.unmatched.append(stem)
             continue
-        for suffix, delta in _deltas(stem, groups[stem], path).items():
-            patches.unet.setdefault(f"{module}.{suffix}", []).append(delta)
+        for suffix, delta in _deltas(stem, groups[stem], path, layer.rows).items():
+            patches.unet.setdefault(f"{layer.module}.{suffix}", []).append(delta)
     patches.unmatched.sort()
     return patches
 
