@@ -41,7 +41,9 @@ __all__ = [
     "ConcatBuilder",
     "Conditioning",
     "ConditioningError",
+    "DifferentialMask",
     "Guider",
+    "InpaintMaskPolicy",
     "Inpainting",
     "control_channels",
     "fill_channels",
@@ -71,6 +73,48 @@ def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return mask
 
 
+class InpaintMaskPolicy(Protocol):
+    """How an inpainting's soft mask becomes the mask of one model call (ComfyUI's ``denoise_mask_function``).
+
+    Called with the mask on the latent grid (``[B or 1, 1, h, w]``, 1 = resample), the call's noise
+    levels ``sigma`` ``[B]``, the schedule being sampled and the model's sampling; returns a mask of
+    the same shape. A MODEL carries one (``DifferentialDiffusion``) and sampling hands it to ``Inpainting``.
+    """
+
+    def __call__(self, mask: Tensor, sigma: Tensor, sigmas: Tensor, model_sampling: ModelSampling) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class DifferentialMask:
+    """Differential Diffusion (Levin & Fried 2023): a soft mask read as how much each cell may change.
+
+    At every model call only the cells whose mask reaches a threshold are resampled; the rest are held
+    to the original like any inpainting's kept cells. The threshold falls linearly in the model's
+    timestep (``model_sampling.timestep``: the discrete UNet timestep, or a flow model's scaled sigma)
+    from 1 at the schedule's first sigma to 0 at its last, or at the model's ``sigma_min`` when that is
+    larger, so a cell of mask ``m`` is resampled over the last fraction ``m`` of that range. The test
+    is ``mask >= threshold`` at the sigma of the call's first item, as in ComfyUI. ``strength`` below 1 mixes the
+    soft mask back in, ``strength * binary + (1 - strength) * mask``; a strength of 0 counts as 1,
+    as ComfyUI's check for it does.
+    """
+
+    strength: float = 1.0
+
+    def threshold(self, sigma: Tensor, sigmas: Tensor, model_sampling: ModelSampling) -> Tensor:
+        """The mask value a cell needs to be resampled at noise level ``sigma[0]`` (0-d, float32)."""
+        sigma_to = max(float(sigmas[-1]), model_sampling.sigma_min)
+        levels = torch.tensor([float(sigmas[0]), sigma_to, float(sigma.reshape(-1)[0])], dtype=torch.float32)
+        ts_from, ts_to, now = model_sampling.timestep(levels).float().cpu()
+        return (now - ts_to) / (ts_from - ts_to)
+
+    def __call__(self, mask: Tensor, sigma: Tensor, sigmas: Tensor, model_sampling: ModelSampling) -> Tensor:
+        threshold = self.threshold(sigma, sigmas, model_sampling).to(mask.device)
+        binary = (mask >= threshold).to(mask.dtype)
+        if self.strength and self.strength < 1:
+            return self.strength * binary + (1 - self.strength) * mask
+        return binary
+
+
 @dataclass(frozen=True)
 class Inpainting:
     """Sampling restricted to a mask: cells where ``mask`` is 1 are resampled, the rest keep ``latent``.
@@ -80,28 +124,65 @@ class Inpainting:
     the current sigma with the start ``noise``, so the masked cells are denoised in the context of
     the real surroundings at a matching noise level; the x0 estimate and the final latent are
     pinned to ``latent`` there.
+
+    A ``policy`` (``InpaintMaskPolicy``) replaces ``mask`` at each model call by a mask of its own,
+    computed from the call's sigma and ``sigmas``, the schedule being sampled. The original mask
+    still feeds the mask channel of inpainting models, as in ComfyUI.
     """
 
     mask: Tensor  # [B or 1, 1, h, w] on the latent grid, 1 = resample
     latent: Tensor
     noise: Tensor
+    sigmas: Tensor | None = None
+    policy: InpaintMaskPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy is not None and self.sigmas is None:
+            raise ValueError("an inpainting mask policy needs the sigmas of the schedule being sampled")
 
     @classmethod
-    def from_mask(cls, mask: Tensor, latent: Tensor, noise: Tensor) -> Inpainting:
-        """From a mask of any size (a LATENT's ``noise_mask``: ``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]``)."""
+    def from_mask(
+        cls,
+        mask: Tensor,
+        latent: Tensor,
+        noise: Tensor,
+        sigmas: Tensor | None = None,
+        policy: InpaintMaskPolicy | None = None,
+    ) -> Inpainting:
+        """From a mask of any size (a LATENT's ``noise_mask``: ``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]``);
+        a ``policy`` also needs ``sigmas``, the schedule about to be sampled."""
         resized = _resize_mask(mask, (latent.shape[-2], latent.shape[-1])).to(latent)
         if resized.shape[0] not in (1, latent.shape[0]):
             raise ValueError(f"noise_mask has batch {resized.shape[0]}, the latent has {latent.shape[0]}")
-        return cls(resized, latent, noise)
+        return cls(resized, latent, noise, sigmas, policy)
 
-    def hold(self, model_sampling: ModelSampling, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x`` with its kept cells reset to the original latent at noise level ``sigma``."""
+    def mask_at(self, model_sampling: ModelSampling, sigma: Tensor) -> Tensor:
+        """The mask of a model call at noise levels ``sigma``: ``mask`` itself unless a policy changes it."""
+        if self.policy is None:
+            return self.mask
+        assert self.sigmas is not None  # __post_init__
+        return self.policy(self.mask, sigma, self.sigmas, model_sampling)
+
+    def hold(self, model_sampling: ModelSampling, x: Tensor, sigma: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` with its kept cells (outside ``mask``, default this inpainting's) reset to the original
+        latent at noise level ``sigma``."""
+        mask = self.mask if mask is None else mask
         noised = model_sampling.noise_scaling(sigma.reshape(-1, 1, 1, 1), self.noise, self.latent)
-        return x * self.mask + noised * (1 - self.mask)
+        return x * mask + noised * (1 - mask)
 
-    def keep(self, x: Tensor) -> Tensor:
-        """``x`` with its kept cells replaced by the original latent."""
-        return x * self.mask + self.latent * (1 - self.mask)
+    def keep(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` with its kept cells (outside ``mask``, default this inpainting's) replaced by the original latent."""
+        mask = self.mask if mask is None else mask
+        return x * mask + self.latent * (1 - mask)
+
+    def finish(self, x: Tensor) -> Tensor:
+        """The sampler's last state as the result, its kept cells pinned to the original latent.
+
+        Under a policy the kept cells change from call to call and the last model call has already
+        pinned the ones it kept, so the state is returned as the sampler left it; ComfyUI adds no
+        blend after sampling either.
+        """
+        return x if self.policy is not None else self.keep(x)
 
 
 class Guider(Protocol):
@@ -109,7 +190,7 @@ class Guider(Protocol):
 
     ``guider(x, sigma)`` returns the x0 estimate for a ``[B, C, H, W]`` state at the ``[B]`` noise
     levels ``sigma``. ``model_sampling`` turns the start noise into the sampler's first state and the
-    last state back into a latent; ``inpainting`` (or None) pins the final latent outside its mask.
+    last state back into a latent; ``inpainting`` (or None) finishes the final latent (``Inpainting.finish``).
     """
 
     model_sampling: ModelSampling
@@ -385,11 +466,13 @@ class CFGGuider:
         return {side: total / weights.clamp_min(1e-37) * (weights > 0) for side, (total, weights) in sums.items()}
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        if self.inpainting is not None:
-            x = self.inpainting.hold(self.model_sampling, x, sigma)
+        if self.inpainting is None:
+            return self._guide(x, sigma)
+        mask = self.inpainting.mask_at(self.model_sampling, sigma)
+        held = self.inpainting.hold(self.model_sampling, x, sigma, mask)
+        return self.inpainting.keep(self._guide(held, sigma), mask)
+
+    def _guide(self, x: Tensor, sigma: Tensor) -> Tensor:
         predictions = self._predict(x, sigma)
         positive, negative = predictions[False], predictions[True]
-        denoised = positive if self.cfg == 1.0 else negative + (positive - negative) * self.cfg
-        if self.inpainting is not None:
-            denoised = self.inpainting.keep(denoised)
-        return denoised
+        return positive if self.cfg == 1.0 else negative + (positive - negative) * self.cfg

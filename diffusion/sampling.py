@@ -82,5 +82,5 @@ def sample(
     options = {"seed": seed} if sampler.takes_seed else {}
     samples = sampler(guider, x, sigmas, callback=callback, disable=True, **options)
     if guider.inpainting is not None:
-        samples = guider.inpainting.keep(samples)
+        samples = guider.inpainting.finish(samples)
     return model_sampling.inverse_noise_scaling(sigmas[-1], samples)

@@ -15,9 +15,20 @@ if TYPE_CHECKING:
 
 def builtin_modules() -> tuple[ModuleType, ...]:
     """The modules whose nodes are built in, imported on demand so ``import nodes`` stays light."""
-    from nodes import conditioning, image, io, latent, loaders, model_sampling, primitives, sampling, upscale
+    from nodes import (
+        conditioning,
+        image,
+        io,
+        latent,
+        loaders,
+        model_patches,
+        model_sampling,
+        primitives,
+        sampling,
+        upscale,
+    )
 
-    return (image, io, primitives, loaders, conditioning, latent, sampling, model_sampling, upscale)
+    return (image, io, primitives, loaders, conditioning, latent, sampling, model_sampling, model_patches, upscale)
 
 
 def register_builtin_nodes(registry: NodeRegistry) -> list[str]:

@@ -1,4 +1,4 @@
-"""Image nodes that need no model: make, resize, crop, pad, invert and batch IMAGE tensors.
+"""Image nodes that need no model: make, resize, crop, pad, stitch, invert and batch IMAGE tensors.
 
 Class names, input names, defaults and ranges are ComfyUI's (docs/compatibility.md §5) so saved workflows run unchanged.
 Resampling matches ComfyUI's choices on purpose: bilinear and bicubic without antialiasing (what
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from graph.declare import Combo, Float, Int, Output, Socket, node
+from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
 from nodes.image_tensors import image_to_pil
 
 #: The largest width or height any node accepts (ComfyUI's ``MAX_RESOLUTION`` since 2024).
@@ -192,3 +192,126 @@ def ImagePadForOutpaint(
         height, width, left, top, right, bottom, feathering
     )
     return padded, mask[None]
+
+
+STITCH_DIRECTIONS = ["right", "down", "left", "up"]
+#: The spacing strip's colours as RGB. White and black also fill the padding of a picture too small for
+#: the other when sizes are not matched; the other colours pad with black (as ComfyUI does).
+SPACING_COLORS = {
+    "white": (1.0, 1.0, 1.0),
+    "black": (0.0, 0.0, 0.0),
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+}
+
+
+def _check_picture_batch(name: str, image: torch.Tensor) -> None:
+    if image.ndim != 4 or 0 in image.shape:
+        raise ValueError(f"ImageStitch: {name} must be a non-empty IMAGE [B, H, W, C], got shape {tuple(image.shape)}")
+
+
+def _repeat_last(image: torch.Tensor, batch: int) -> torch.Tensor:
+    """``image`` lengthened to ``batch`` pictures by repeating its last one."""
+    extra = batch - image.shape[0]
+    return image if extra <= 0 else torch.cat([image, image[-1:].expand(extra, -1, -1, -1)])
+
+
+def _fit_to(image1: torch.Tensor, image2: torch.Tensor, horizontal: bool) -> torch.Tensor:
+    """``image2`` resized (Lanczos) to image1's height beside it or width below it, keeping its aspect ratio.
+
+    The other side is truncated, not rounded, and the resize always runs, quantising ``image2`` to 8 bits
+    even at its own size: both as ComfyUI does, so stitched pictures match pixel for pixel.
+    """
+    (height1, width1), (height2, width2) = image1.shape[1:3], image2.shape[1:3]
+    aspect = width2 / height2
+    height, width = (height1, int(height1 * aspect)) if horizontal else (int(width1 / aspect), width1)
+    if height < 1 or width < 1:
+        side, other = ("height", "width") if horizontal else ("width", "height")
+        raise ValueError(
+            f"ImageStitch: image2 ({width2}x{height2}) scaled to image1's {side} would be 0 pixels in {other}; "
+            "turn match_image_size off"
+        )
+    return resample(image2.movedim(-1, 1), width, height, "lanczos").movedim(1, -1)
+
+
+def _pad_centred(image: torch.Tensor, size: int, dim: int, value: float) -> torch.Tensor:
+    """``image`` padded along ``dim`` (1 = height, 2 = width) to ``size`` with ``value``, the odd pixel after."""
+    missing = size - image.shape[dim]
+    if missing <= 0:
+        return image
+    before = missing // 2
+    shape = list(image.shape)
+    shape[dim] = size
+    padded = torch.full(shape, value, dtype=image.dtype, device=image.device)
+    padded.narrow(dim, before, image.shape[dim]).copy_(image)
+    return padded
+
+
+def _with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """``image`` with extra channels of ones (an opaque alpha for RGB beside RGBA)."""
+    extra = channels - image.shape[-1]
+    if extra <= 0:
+        return image
+    return torch.cat([image, image.new_ones((*image.shape[:-1], extra))], dim=-1)
+
+
+def _spacing_strip(shape: tuple[int, int, int, int], color: str, like: torch.Tensor) -> torch.Tensor:
+    """A strip of one colour: the first three channels carry the colour, a fourth (alpha) is opaque."""
+    strip = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    coloured = min(3, shape[-1])
+    strip[..., :coloured] = torch.tensor(SPACING_COLORS[color][:coloured], dtype=like.dtype)
+    if shape[-1] == 4:
+        strip[..., 3] = 1.0
+    return strip
+
+
+@node(category="image/transform", display_name="Stitch Images", outputs=[Output("IMAGE")])
+def ImageStitch(
+    image1=Socket("IMAGE"),
+    direction=Combo(STITCH_DIRECTIONS, default="right"),
+    match_image_size=Boolean(True),
+    spacing_width=Int(0, min=0, max=1024, step=2, advanced=True),
+    spacing_color=Combo(list(SPACING_COLORS), default="white", advanced=True),
+    image2=Socket("IMAGE", optional=True),
+):
+    """Join image2 to image1 on the side named by direction, optionally with a coloured strip between.
+
+    Without image2, image1 is returned as it is. match_image_size resizes image2 to image1's height (right,
+    left) or width (down, up), keeping its aspect ratio; otherwise the smaller picture is padded, centred.
+    A shorter batch repeats its last picture; an RGB picture beside an RGBA one gets an opaque alpha.
+    An odd spacing width is rounded up to the next even number.
+    """
+    if image2 is None:
+        return image1
+    if direction not in STITCH_DIRECTIONS:
+        raise ValueError(f"ImageStitch: direction {direction!r} is not one of {', '.join(STITCH_DIRECTIONS)}")
+    if spacing_color not in SPACING_COLORS:
+        raise ValueError(f"ImageStitch: spacing_color {spacing_color!r} is not one of {', '.join(SPACING_COLORS)}")
+    if spacing_width < 0:
+        raise ValueError(f"ImageStitch: spacing_width must be 0 or more, got {spacing_width}")
+    _check_picture_batch("image1", image1)
+    _check_picture_batch("image2", image2)
+    image2 = image2.to(image1.device, image1.dtype)
+    batch = max(image1.shape[0], image2.shape[0])
+    image1, image2 = _repeat_last(image1, batch), _repeat_last(image2, batch)
+
+    horizontal = direction in ("right", "left")
+    across = 1 if horizontal else 2  # the side the two pictures must share
+    if match_image_size:
+        image2 = _fit_to(image1, image2, horizontal)
+    else:
+        size = max(image1.shape[across], image2.shape[across])
+        pad_value = SPACING_COLORS[spacing_color][0] if spacing_color in ("white", "black") else 0.0
+        image1, image2 = (_pad_centred(image, size, across, pad_value) for image in (image1, image2))
+    channels = max(image1.shape[-1], image2.shape[-1])
+    image1, image2 = _with_channels(image1, channels), _with_channels(image2, channels)
+
+    parts = [image2, image1] if direction in ("left", "up") else [image1, image2]
+    spacing = spacing_width + spacing_width % 2
+    if spacing:
+        strip_size = (
+            (batch, image1.shape[1], spacing, channels) if horizontal else (batch, spacing, image1.shape[2], channels)
+        )
+        parts.insert(1, _spacing_strip(strip_size, spacing_color, image1))
+    return torch.cat(parts, dim=2 if horizontal else 1)

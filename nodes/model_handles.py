@@ -196,10 +196,18 @@ def _default_sampling(checkpoint: LoadedCheckpoint, model: DiffusionModel) -> Mo
 
 
 class ModelHandle:
-    """MODEL: the diffusion model of a file (a UNet or a flow transformer), how it predicts, and its LoRAs."""
+    """MODEL: the diffusion model of a file (a UNet or a flow transformer), how it predicts, and its LoRAs.
+
+    ``mask_policy`` (None for a loaded model) changes how sampling uses an inpainting's noise mask at each
+    model call (``DifferentialDiffusion``: ``diffusion.guidance.DifferentialMask``).
+    """
 
     def __init__(
-        self, checkpoint: LoadedCheckpoint, patches: tuple[PatchSet, ...] = (), sampling: ModelSampling | None = None
+        self,
+        checkpoint: LoadedCheckpoint,
+        patches: tuple[PatchSet, ...] = (),
+        sampling: ModelSampling | None = None,
+        mask_policy: guidance.InpaintMaskPolicy | None = None,
     ) -> None:
         info = checkpoint.info
         if checkpoint.unet is None or info.family is None:
@@ -213,6 +221,7 @@ class ModelHandle:
         self.unet: DiffusionModel = checkpoint.unet
         self.sampling: ModelSampling = _default_sampling(checkpoint, self.unet) if sampling is None else sampling
         self.latent_format = _LATENT_FORMATS[self.family]
+        self.mask_policy = mask_policy
         self._patched = _Patched(self.unet, patches)
 
     @property
@@ -275,11 +284,17 @@ class ModelHandle:
     def with_lora(self, patches: Mapping[str, Sequence[WeightDelta]], strength: float) -> ModelHandle:
         """A new handle with one more LoRA; strength 0 (or nothing to patch) returns this handle."""
         combined = _active_patches(self.patches, patches, strength)
-        return self if combined is self.patches else ModelHandle(self.checkpoint, combined, self.sampling)
+        if combined is self.patches:
+            return self
+        return ModelHandle(self.checkpoint, combined, self.sampling, self.mask_policy)
 
     def with_sampling(self, sampling: ModelSampling) -> ModelHandle:
         """A new handle predicting through ``sampling`` (the ModelSampling* nodes: a flow model's shift)."""
-        return ModelHandle(self.checkpoint, self.patches, sampling)
+        return ModelHandle(self.checkpoint, self.patches, sampling, self.mask_policy)
+
+    def with_mask_policy(self, mask_policy: guidance.InpaintMaskPolicy | None) -> ModelHandle:
+        """A new handle whose sampling reads an inpainting's noise mask through ``mask_policy``."""
+        return ModelHandle(self.checkpoint, self.patches, self.sampling, mask_policy)
 
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:

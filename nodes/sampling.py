@@ -187,7 +187,8 @@ def _sample(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Te
     """What every sampler node runs (ComfyUI's ``common_ksampler``): a LATENT dict sampled over ``sigmas``.
 
     The latent is scaled into the model's space and moved where the model lives; the start noise is
-    still drawn on the CPU (``prepare_noise``), and a ``noise_mask`` makes it an inpainting.
+    still drawn on the CPU (``prepare_noise``), and a ``noise_mask`` makes it an inpainting (read through
+    the model's ``mask_policy``, if it has one).
     """
     model = guider.model
     runtime = current_runtime()
@@ -196,7 +197,11 @@ def _sample(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Te
         latent = _model_latent(model, latent_image["samples"]).to(model.device)
         start_noise = noise.generate(latent, latent_image.get("batch_index"))
         mask = latent_image.get("noise_mask")
-        inpainting = None if mask is None else guidance.Inpainting.from_mask(mask, latent, start_noise)
+        inpainting = (
+            None
+            if mask is None
+            else guidance.Inpainting.from_mask(mask, latent, start_noise, sigmas, model.mask_policy)
+        )
         result = sample(
             guider.bind(unet_fn, latent, inpainting),
             sampler,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.guidance import CFGGuider, ConditioningError, Inpainting, fill_channels
+from diffusion.flow_matching import DiscreteFlow
+from diffusion.guidance import CFGGuider, ConditioningError, DifferentialMask, Inpainting, fill_channels
 from diffusion.samplers import get_sampler
 from diffusion.sampling import prepare_noise, sample
 from diffusion.schedules import compute_sigmas
@@ -144,6 +145,98 @@ class TestInpainting:
     def test_a_mask_of_another_batch_is_refused(self):
         with pytest.raises(ValueError, match="noise_mask has batch 3, the latent has 2"):
             Inpainting.from_mask(torch.ones(3, 6, 6), zero_latent(2), zero_latent(2))
+
+
+#: A soft mask on a 1 x 4 latent grid: a cell that must stay, two part-way cells and one to repaint.
+SOFT = torch.tensor([0.0, 0.3, 0.7, 1.0]).reshape(1, 1, 1, 4)
+
+
+def at(sigma: float) -> torch.Tensor:
+    return torch.tensor([sigma])
+
+
+class TestDifferentialMask:
+    """Differential Diffusion: the soft mask thresholded by how far the model call is through the schedule."""
+
+    def test_the_threshold_falls_from_one_to_zero_linearly_in_a_unets_timesteps(self):
+        # The normal schedule spaces timesteps evenly (999, 666, 333, 0), so the thresholds are too.
+        sigmas = compute_sigmas(MS, "normal", 4)
+        thresholds = [float(DifferentialMask().threshold(sigma.reshape(1), sigmas, MS)) for sigma in sigmas[:-1]]
+        assert thresholds == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0], abs=1e-6)
+
+    def test_a_flow_models_timestep_is_its_sigma_so_the_threshold_is_linear_in_sigma(self):
+        flow = DiscreteFlow(shift=3.0)
+        sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+        low = flow.sigma_min  # the schedule ends below it, so the threshold reaches 0 there
+        expected = (0.5 - low) / (1.0 - low)
+        assert float(DifferentialMask().threshold(at(0.5), sigmas, flow)) == pytest.approx(expected, rel=1e-6)
+
+    def test_a_schedule_ending_above_sigma_min_ends_the_threshold_at_its_own_last_sigma(self):
+        """Leftover noise for a later pass (KSamplerAdvanced): the run's own end is where every cell joins."""
+        flow = DiscreteFlow(shift=3.0)
+        sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25])
+        assert float(DifferentialMask().threshold(at(0.5), sigmas, flow)) == pytest.approx(1 / 3, rel=1e-6)
+        assert float(DifferentialMask().threshold(at(0.25), sigmas, flow)) == pytest.approx(0.0, abs=1e-7)
+
+    def test_the_first_call_repaints_only_full_cells_and_the_last_every_cell_above_zero(self):
+        sigmas = compute_sigmas(MS, "simple", 4)  # ends above sigma_min, then 0
+        policy = DifferentialMask()
+        assert torch.equal(policy(SOFT, sigmas[:1], sigmas, MS), torch.tensor([0.0, 0.0, 0.0, 1.0]).reshape(SOFT.shape))
+        assert torch.equal(policy(SOFT, sigmas[-2:-1], sigmas, MS), torch.tensor([0.0, 1, 1, 1]).reshape(SOFT.shape))
+
+    def test_at_the_models_sigma_min_even_a_zero_cell_is_repainted(self):
+        """``mask >= 0`` holds everywhere: the normal and karras schedules end their model calls there, and
+        ComfyUI then resamples the whole latent in the last step too."""
+        sigmas = compute_sigmas(MS, "normal", 4)
+        assert torch.equal(DifferentialMask()(SOFT, sigmas[-2:-1], sigmas, MS), torch.ones_like(SOFT))
+
+    def test_a_strength_below_one_mixes_the_soft_mask_back_in_and_zero_counts_as_one(self):
+        sigmas = compute_sigmas(MS, "simple", 4)
+        binary = torch.tensor([0.0, 0.0, 0.0, 1.0]).reshape(SOFT.shape)
+        first = sigmas[:1]
+        torch.testing.assert_close(DifferentialMask(0.25)(SOFT, first, sigmas, MS), 0.25 * binary + 0.75 * SOFT)
+        assert torch.equal(DifferentialMask(0.0)(SOFT, first, sigmas, MS), binary)
+        assert torch.equal(DifferentialMask(1.0)(SOFT, first, sigmas, MS), binary)
+
+    def test_a_policy_needs_the_schedule(self):
+        with pytest.raises(ValueError, match="needs the sigmas of the schedule"):
+            Inpainting.from_mask(SOFT, zero_latent(1, 4), zero_latent(1, 4), policy=DifferentialMask())
+
+    def test_without_a_policy_every_call_uses_the_mask_itself(self):
+        inpainting = Inpainting.from_mask(torch.rand(6, 6), zero_latent(), zero_latent())
+        assert inpainting.mask_at(MS, SIGMA) is inpainting.mask
+
+    def test_the_guider_holds_and_keeps_with_the_calls_own_mask(self):
+        latent = torch.randn(1, 4, 1, 4, generator=torch.Generator().manual_seed(3))
+        sigmas = compute_sigmas(MS, "simple", 4)
+        inpainting = Inpainting.from_mask(SOFT, latent, prepare_noise(latent, 1), sigmas, DifferentialMask())
+        guider = CFGGuider(ToyUNet(), MS, latent, [(context(1), {})], [(context(2), {})], 6.0, inpainting)
+        x = torch.randn(1, 4, 1, 4, generator=torch.Generator().manual_seed(4))
+        first = guider(x, sigmas[:1])
+        assert torch.equal(first[..., :3], latent[..., :3]) and not torch.equal(first[..., 3], latent[..., 3])
+        last = guider(x, sigmas[-2:-1])
+        assert torch.equal(last[..., 0], latent[..., 0]) and not torch.equal(last[..., 1:], latent[..., 1:])
+
+    def test_sampling_is_the_hand_written_loop_and_leaves_the_last_state_unpinned(self):
+        latent = torch.randn(1, 4, 1, 4, generator=torch.Generator().manual_seed(5))
+        noise = prepare_noise(latent, 2)
+        sigmas = compute_sigmas(MS, "simple", 5)
+        unet = ToyUNet()
+        inpainting = Inpainting.from_mask(SOFT, latent, noise, sigmas, DifferentialMask())
+        guider = CFGGuider(unet, MS, latent, [(context(1), {})], [(context(2), {})], 6.0, inpainting)
+        result = sample(guider, get_sampler("euler"), sigmas, latent, noise)
+
+        plain = CFGGuider(unet, MS, latent, [(context(1), {})], [(context(2), {})], 6.0)
+        t_from, t_to = MS.timestep(sigmas[0]), MS.timestep(torch.tensor(MS.sigma_min))
+        x = latent + noise * (sigmas[0] ** 2 + 1) ** 0.5
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            mask = (SOFT >= (MS.timestep(sigma) - t_to) / (t_from - t_to)).float()
+            held = x * mask + (latent + noise * sigma) * (1 - mask)
+            denoised = plain(held, sigma.reshape(1)) * mask + latent * (1 - mask)
+            x = x + (x - denoised) / sigma * (sigma_next - sigma)
+        torch.testing.assert_close(result, x, rtol=1e-6, atol=1e-6)
+        assert inpainting.finish(x) is x
+        torch.testing.assert_close(result[..., 0], latent[..., 0], rtol=0, atol=1e-5)
 
 
 def test_flux_fill_channels_are_the_image_latent_then_the_pixel_mask_packed_8_by_8() -> None:

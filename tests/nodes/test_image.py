@@ -24,6 +24,7 @@ from nodes.image import (
     ImagePadForOutpaint,
     ImageScale,
     ImageScaleBy,
+    ImageStitch,
     resample,
 )
 
@@ -237,3 +238,129 @@ def test_outpaint_pads_with_grey_and_feathers_the_seam() -> None:
 def test_outpaint_does_not_feather_a_seam_wider_than_half_the_picture() -> None:
     _, mask = ImagePadForOutpaint(image=pictures(1, 4, 4), left=8, top=0, right=0, bottom=0, feathering=2)
     assert torch.equal(mask[0, :, :8], torch.ones(4, 8)) and torch.equal(mask[0, :, 8:], torch.zeros(4, 4))
+
+
+def stitch(image1: torch.Tensor, image2: torch.Tensor | None, direction: str = "right", **options) -> torch.Tensor:
+    settings = {"match_image_size": False, "spacing_width": 0, "spacing_color": "white", **options}
+    return ImageStitch(image1=image1, direction=direction, image2=image2, **settings)
+
+
+def test_stitch_interface_matches_comfyui() -> None:
+    info = spec_of(ImageStitch).object_info()
+    assert info["input"] == {
+        "required": {
+            "image1": ["IMAGE"],
+            "direction": [["right", "down", "left", "up"], {"default": "right"}],
+            "match_image_size": ["BOOLEAN", {"default": True}],
+            "spacing_width": ["INT", {"default": 0, "min": 0, "max": 1024, "step": 2, "advanced": True}],
+            "spacing_color": [["white", "black", "red", "green", "blue"], {"default": "white", "advanced": True}],
+        },
+        "optional": {"image2": ["IMAGE"]},
+    }
+    assert info["input_order"] == {
+        "required": ["image1", "direction", "match_image_size", "spacing_width", "spacing_color"],
+        "optional": ["image2"],
+    }
+    assert info["output"] == ["IMAGE"] and info["output_node"] is False
+    assert (spec_of(ImageStitch).display_name, spec_of(ImageStitch).category) == ("Stitch Images", "image/transform")
+
+
+def test_stitch_without_image2_returns_image1() -> None:
+    image = pictures(1, 3, 4)
+    assert stitch(image, None) is image
+
+
+@pytest.mark.parametrize(
+    ("direction", "dim", "image2_first"), [("right", 2, False), ("left", 2, True), ("down", 1, False), ("up", 1, True)]
+)
+def test_stitch_places_image2_on_the_named_side(direction: str, dim: int, image2_first: bool) -> None:
+    image1, image2 = pictures(2, 4, 5, seed=1), pictures(2, 4, 5, seed=2)
+    parts = [image2, image1] if image2_first else [image1, image2]
+    assert torch.equal(stitch(image1, image2, direction), torch.cat(parts, dim=dim))
+
+
+@pytest.mark.parametrize(
+    ("color", "rgb"),
+    [("white", (1, 1, 1)), ("black", (0, 0, 0)), ("red", (1, 0, 0)), ("green", (0, 1, 0)), ("blue", (0, 0, 1))],
+)
+def test_the_spacing_strip_has_the_colour_and_an_even_width(color: str, rgb: tuple[int, ...]) -> None:
+    image1, image2 = pictures(1, 3, 2, seed=1), pictures(1, 3, 5, seed=2)
+    result = stitch(image1, image2, "left", spacing_width=3, spacing_color=color)  # odd: rounded up to 4
+    assert result.shape == (1, 3, 5 + 4 + 2, 3)
+    assert torch.equal(result[:, :, :5], image2) and torch.equal(result[:, :, 9:], image1)
+    assert torch.equal(result[:, :, 5:9], torch.tensor(rgb, dtype=torch.float32).expand(1, 3, 4, 3))
+    below = stitch(image1, pictures(1, 1, 2, seed=2), "down", spacing_width=2, spacing_color=color)
+    assert torch.equal(below[:, 3:5], torch.tensor(rgb, dtype=torch.float32).expand(1, 2, 2, 3))
+
+
+def test_match_image_size_scales_image2_to_image1s_height_beside_and_width_below() -> None:
+    image1, image2 = pictures(1, 6, 5, seed=1), pictures(1, 4, 7, seed=2)  # image2's aspect ratio: 1.75
+    beside = stitch(image1, image2, "right", match_image_size=True)
+    assert beside.shape == (1, 6, 5 + 10, 3)  # 6 * 1.75 = 10.5, truncated
+    assert torch.equal(beside[:, :, :5], image1)
+    torch.testing.assert_close(beside[:, :, 5:], resample(image2.movedim(-1, 1), 10, 6, "lanczos").movedim(1, -1))
+    above = stitch(image1, image2, "up", match_image_size=True)
+    assert above.shape == (1, 2 + 6, 5, 3)  # 5 / 1.75 = 2.86, truncated
+    torch.testing.assert_close(above[:, :2], resample(image2.movedim(-1, 1), 5, 2, "lanczos").movedim(1, -1))
+    assert torch.equal(above[:, 2:], image1)
+
+
+def test_match_image_size_resamples_image2_even_at_its_own_size() -> None:
+    """Through Lanczos on 8-bit pixels, as ComfyUI does: image2 comes back truncated to 8 bits."""
+    image1, image2 = pictures(1, 4, 4, seed=1), pictures(1, 4, 4, seed=2)
+    result = stitch(image1, image2, "right", match_image_size=True)
+    torch.testing.assert_close(result[:, :, 4:], torch.floor(image2 * 255) / 255)
+
+
+@pytest.mark.parametrize(("color", "fill"), [("white", 1.0), ("black", 0.0), ("red", 0.0), ("blue", 0.0)])
+def test_without_matching_the_smaller_picture_is_padded_centred(color: str, fill: float) -> None:
+    """With the spacing colour when it is white or black, with black otherwise; the odd pixel goes after."""
+    image1, image2 = pictures(1, 4, 2, seed=1), pictures(1, 7, 3, seed=2)
+    result = stitch(image1, image2, "right", spacing_color=color)
+    assert result.shape == (1, 7, 5, 3)
+    assert torch.equal(result[:, 1:5, :2], image1) and torch.equal(result[:, :, 2:], image2)
+    assert torch.all(result[:, :1, :2] == fill) and torch.all(result[:, 5:, :2] == fill)
+    below = stitch(image1, image2, "down", spacing_color=color)
+    assert below.shape == (1, 11, 3, 3)
+    assert torch.equal(below[:, :4, :2], image1) and torch.all(below[:, :4, 2:] == fill)
+    assert torch.equal(below[:, 4:], image2)
+
+
+def test_a_shorter_batch_repeats_its_last_picture() -> None:
+    single, triple = pictures(1, 2, 2, seed=1), pictures(3, 2, 2, seed=2)
+    assert torch.equal(stitch(single, triple), torch.cat([single.expand(3, -1, -1, -1), triple], dim=2))
+    assert torch.equal(stitch(triple, single), torch.cat([triple, single.expand(3, -1, -1, -1)], dim=2))
+    pair = pictures(2, 2, 2, seed=3)
+    assert torch.equal(stitch(pair, triple)[:, :, :2], pair[[0, 1, 1]])
+
+
+def test_an_rgb_picture_beside_an_rgba_one_gets_an_opaque_alpha() -> None:
+    rgb, rgba = pictures(1, 2, 3, seed=1), pictures(1, 2, 3, channels=4, seed=2)
+    result = stitch(rgb, rgba, "right", spacing_width=2, spacing_color="red")
+    assert result.shape == (1, 2, 8, 4)
+    assert torch.equal(result[:, :, :3, :3], rgb) and torch.all(result[:, :, :3, 3] == 1.0)
+    assert torch.equal(result[:, :, 3:5], torch.tensor([1.0, 0, 0, 1]).expand(1, 2, 2, 4))
+    assert torch.equal(result[:, :, 5:], rgba)
+
+
+def test_padding_fills_every_channel_so_a_black_border_of_rgba_is_transparent() -> None:
+    rgba, tall = pictures(1, 1, 2, channels=4, seed=1), pictures(1, 3, 2, channels=4, seed=2)
+    result = stitch(rgba, tall, "right", spacing_color="black")
+    assert torch.all(result[:, 0, :2] == 0.0) and torch.all(result[:, 2, :2] == 0.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"direction": "diagonal"}, "direction 'diagonal' is not one of right, down, left, up"),
+        ({"spacing_color": "purple"}, "spacing_color 'purple' is not one of white, black, red, green, blue"),
+        ({"spacing_width": -2}, "spacing_width must be 0 or more"),
+        ({"image1": torch.rand(4, 4, 3)}, r"image1 must be a non-empty IMAGE \[B, H, W, C\]"),
+        ({"image2": torch.rand(1, 0, 4, 3)}, r"image2 must be a non-empty IMAGE"),
+        ({"image2": torch.rand(1, 1, 40, 3), "direction": "down", "match_image_size": True}, "0 pixels in height"),
+    ],
+)
+def test_stitch_names_the_input_it_cannot_use(options: dict, message: str) -> None:
+    arguments = {"image1": pictures(1, 4, 4), "image2": pictures(1, 4, 4, seed=1), **options}
+    with pytest.raises(ValueError, match=message):
+        stitch(**arguments)

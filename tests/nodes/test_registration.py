@@ -28,7 +28,7 @@ BUILTIN_NAMES = {
     "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
     "FluxGuidance", "EmptySD3LatentImage", "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux",
     "CLIPLoader", "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
-    "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning",
+    "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning", "ImageStitch", "DifferentialDiffusion",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
