@@ -17,6 +17,7 @@ import torch
 from diffusion.checkpoint import open_state_dict
 from diffusion.checkpoint.errors import CheckpointError
 from diffusion.lora import LoraPatches, parse_lora
+from diffusion.text_encoders.t5_stacks import T5Padding
 from graph.declare import Combo, Float, Int, Output, Socket, node
 from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, load_shared_text_encoders
 from nodes.runtime import find_model, list_models
@@ -28,6 +29,7 @@ __all__ = [
     "DualCLIPLoader",
     "LoraLoader",
     "LoraLoaderModelOnly",
+    "T5TokenizerOptions",
     "TripleCLIPLoader",
     "UNETLoader",
     "VAELoader",
@@ -174,3 +176,12 @@ def LoraLoaderModelOnly(
 def CLIPSetLastLayer(clip=Socket("CLIP"), stop_at_clip_layer=Int(-1, min=-24, max=-1, step=1)):
     """Take the text encoding from an earlier layer ("clip skip"): -1 is the last layer, -2 the one before."""
     return clip.with_clip_skip(stop_at_clip_layer)
+
+
+@node(category="_for_testing/conditioning", outputs=[Output("CLIP")])
+def T5TokenizerOptions(
+    clip=Socket("CLIP"), min_padding=Int(0, min=0, max=10000, step=1), min_length=Int(0, min=0, max=10000, step=1)
+):
+    """Pad T5's ids with min_padding pad tokens after the prompt, then to min_length tokens, in place of the
+    family's own padding (FLUX: to 256, SD3: to 77). A CLIP without T5 is returned unchanged."""
+    return clip.with_t5_padding(T5Padding(min_padding, min_length))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from diffusion.mmdit import MMDiT
 from diffusion.model_memory import place
 from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
 from diffusion.stored_weights import store_weights_as
+from diffusion.text_encoders.t5_stacks import T5FamilyEncoders, T5Padding
 from diffusion.unet import UNetModel
 from diffusion.vae import (
     FLUX_LATENT,
@@ -407,7 +409,8 @@ _ABSENT_ENCODER = nn.Module()
 
 
 class ClipHandle:
-    """CLIP: a family's tokenizer and text encoders, the clip skip and the LoRAs applied to them."""
+    """CLIP: a family's tokenizer and text encoders, the clip skip, the LoRAs applied to them, and for the T5
+    families the padding of T5's ids (``T5TokenizerOptions``; None: the family's own)."""
 
     def __init__(
         self,
@@ -415,6 +418,7 @@ class ClipHandle:
         clip_skip: int | None = None,
         patches: Mapping[int, tuple[PatchSet, ...]] | None = None,
         on_cpu: bool = False,
+        t5_padding: T5Padding | None = None,
     ) -> None:
         if checkpoint.text_encoders is None:
             raise CheckpointError(checkpoint.info.path, "holds no text encoder, so it cannot be used as a CLIP")
@@ -424,6 +428,7 @@ class ClipHandle:
         self.patches = dict(patches or {})
         #: The loaders' ``device: cpu``: encode on the CPU in fp32 whatever device the runtime computes on.
         self.on_cpu = on_cpu
+        self.t5_padding = t5_padding
         self._patched = [
             _Patched(self.stack.encoders[role.name], self.patches.get(index, ()))
             for index, role in enumerate(self.stack.slots)
@@ -452,7 +457,7 @@ class ClipHandle:
                 f"stop_at_clip_layer {clip_skip} is out of range for this {self.family} text encoder: "
                 f"-1 .. -{self.stack.layer_count}"
             )
-        return ClipHandle(self.checkpoint, clip_skip, self.patches, self.on_cpu)
+        return self._with(clip_skip=clip_skip)
 
     def with_lora(self, patches: Mapping[int, Mapping[str, Sequence[WeightDelta]]], strength: float) -> ClipHandle:
         combined = {
@@ -461,7 +466,16 @@ class ClipHandle:
         }
         if all(combined[index] is self.patches.get(index, ()) for index in combined):
             return self
-        return ClipHandle(self.checkpoint, self.clip_skip, combined, self.on_cpu)
+        return self._with(patches=combined)
+
+    def with_t5_padding(self, padding: T5Padding) -> ClipHandle:
+        """A new handle padding T5's ids as given; a CLIP without T5 comes back as it is (ComfyUI ignores
+        the option there too)."""
+        return self._with(t5_padding=padding) if isinstance(self.stack, T5FamilyEncoders) else self
+
+    def _with(self, **changes: Any) -> ClipHandle:
+        current = dict(clip_skip=self.clip_skip, patches=self.patches, on_cpu=self.on_cpu, t5_padding=self.t5_padding)
+        return ClipHandle(self.checkpoint, **(current | changes))
 
     def encode(
         self, text: str | Mapping[str, str], resolve_embedding: EmbeddingResolver | None = None
@@ -473,7 +487,10 @@ class ClipHandle:
         else:
             current_runtime().memory.use(*self.stack.modules())
         with torch.no_grad(), _all_active(self._patched):
-            cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding)
+            if self.t5_padding is not None and isinstance(self.stack, T5FamilyEncoders):
+                cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding, self.t5_padding)
+            else:
+                cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding)
         return cond.float().cpu(), pooled.float().cpu()
 
 

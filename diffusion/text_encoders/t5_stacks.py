@@ -9,6 +9,8 @@ which workflows were tuned with:
 
 - T5 ids are the prompt's pieces and the end-of-sequence token, padded with the pad token to at least 256
   (FLUX) or 77 (SD3) and never cut; the padding is attended to (no attention mask), as in ComfyUI's default.
+  ``T5Padding`` replaces both defaults (``T5TokenizerOptions``): `min_padding` pad tokens always follow the end
+  token, then the ids are padded to `min_length`.
 - Emphasis ``(word:1.2)`` weights T5 states as it weights CLIP's (``stack.py``): a weighted position moves
   away from the empty prompt's state at that position, ``z_empty + (z - z_empty) * w``.
 - The CLIP encoders run as in SD1.x / SDXL (77-token windows); pooled vectors come from the first window.
@@ -36,11 +38,15 @@ from diffusion.text_encoders.t5 import T5Encoder, load_t5_encoder
 __all__ = [
     "CONTEXT_WIDTH",
     "FLUX_POOLED_WIDTH",
+    "FLUX_T5_PADDING",
     "SD3_POOLED_WIDTH",
+    "SD3_T5_PADDING",
     "SD3_T5_MIN_LENGTH",
     "T5_MIN_LENGTH",
     "FluxTextEncoders",
     "SD3TextEncoders",
+    "T5FamilyEncoders",
+    "T5Padding",
     "encode_t5",
     "t5_family_encoders",
     "t5_weighted_tokens",
@@ -55,6 +61,18 @@ SD3_T5_MIN_LENGTH = 77
 
 
 @dataclass(frozen=True)
+class T5Padding:
+    """How T5 ids are padded after the end token: `min_padding` pad tokens always, then up to `min_length`."""
+
+    min_padding: int = 0
+    min_length: int = 0
+
+
+FLUX_T5_PADDING = T5Padding(min_length=T5_MIN_LENGTH)
+SD3_T5_PADDING = T5Padding(min_length=SD3_T5_MIN_LENGTH)
+
+
+@dataclass(frozen=True)
 class T5Tokens:
     ids: list[int]
     weights: list[float]
@@ -64,9 +82,9 @@ class T5Tokens:
         return any(weight != 1.0 for weight in self.weights)
 
 
-def t5_weighted_tokens(text: str, tokenizer: T5Tokenizer, min_length: int = T5_MIN_LENGTH) -> T5Tokens:
-    """T5 ids of a prompt with their emphasis weights: each weighted run's pieces, the end token, then padding
-    to `min_length` (weight 1)."""
+def t5_weighted_tokens(text: str, tokenizer: T5Tokenizer, padding: T5Padding = FLUX_T5_PADDING) -> T5Tokens:
+    """T5 ids of a prompt with their emphasis weights: each weighted run's pieces, the end token, then the
+    padding (weight 1)."""
     ids: list[int] = []
     weights: list[float] = []
     for segment in parse_prompt_weights(text):
@@ -75,21 +93,21 @@ def t5_weighted_tokens(text: str, tokenizer: T5Tokenizer, min_length: int = T5_M
         weights += [segment.weight] * len(pieces)
     ids.append(EOS_ID)
     weights.append(1.0)
-    padding = max(min_length - len(ids), 0)
-    return T5Tokens(ids + [PAD_ID] * padding, weights + [1.0] * padding)
+    pads = padding.min_padding + max(padding.min_length - len(ids) - padding.min_padding, 0)
+    return T5Tokens(ids + [PAD_ID] * pads, weights + [1.0] * pads)
 
 
 def _widened(states: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(states, (0, width - states.shape[-1])) if states.shape[-1] < width else states
 
 
-def encode_t5(t5: T5Encoder, tokenizer: T5Tokenizer, text: str, min_length: int) -> torch.Tensor:
-    """T5 states [1, >= min_length, width] of a prompt, with emphasis."""
-    tokens = t5_weighted_tokens(text, tokenizer, min_length)
+def encode_t5(t5: T5Encoder, tokenizer: T5Tokenizer, text: str, padding: T5Padding) -> torch.Tensor:
+    """T5 states [1, tokens, width] of a prompt, with emphasis."""
+    tokens = t5_weighted_tokens(text, tokenizer, padding)
     device = next(t5.parameters()).device
     batch = [tokens.ids]
     if tokens.is_weighted:
-        batch.append(t5_weighted_tokens("", tokenizer, len(tokens.ids)).ids)
+        batch.append(t5_weighted_tokens("", tokenizer, T5Padding(min_length=len(tokens.ids))).ids)
     with torch.inference_mode():
         states = t5(torch.tensor(batch, device=device))
     if not tokens.is_weighted:
@@ -104,7 +122,7 @@ def _texts(text: str | Mapping[str, str], names: tuple[str, ...]) -> dict[str, s
     return {name: text if isinstance(text, str) else text[name] for name in names}
 
 
-class _T5FamilyEncoders:
+class T5FamilyEncoders:
     """A family's CLIP stack plus T5-XXL: what loaders, LoRA and memory see of it (``nodes.model_handles``)."""
 
     family: str
@@ -140,7 +158,7 @@ class _T5FamilyEncoders:
         return [*self.clips.modules(), *([self.t5] if self.t5 is not None else [])]
 
 
-class FluxTextEncoders(_T5FamilyEncoders):
+class FluxTextEncoders(T5FamilyEncoders):
     """The CLIP-L + T5-XXL pair a ``DualCLIPLoader(type=flux)`` gives; ``encode`` returns (cond, pooled)."""
 
     family = "flux"
@@ -151,6 +169,7 @@ class FluxTextEncoders(_T5FamilyEncoders):
         text: str | Mapping[str, str],
         clip_skip: int | None = None,
         resolve_embedding: EmbeddingResolver | None = None,
+        t5_padding: T5Padding = FLUX_T5_PADDING,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 states [1, >= 256, 4096], CLIP-L pooled [1, 768]); `text` may differ per encoder
         (``CLIPTextEncodeFlux``: keys ``clip_l`` and ``t5xxl``)."""
@@ -158,11 +177,11 @@ class FluxTextEncoders(_T5FamilyEncoders):
         _, pooled = self.clips.encode(texts["clip_l"], clip_skip, resolve_embedding)
         if self.t5 is None:
             raise ValueError("FLUX's text encoders need T5-XXL")
-        states = encode_t5(self.t5, self.tokenizer, texts["t5xxl"], T5_MIN_LENGTH)
+        states = encode_t5(self.t5, self.tokenizer, texts["t5xxl"], t5_padding)
         return _widened(states, CONTEXT_WIDTH), _widened(pooled, FLUX_POOLED_WIDTH)
 
 
-class SD3TextEncoders(_T5FamilyEncoders):
+class SD3TextEncoders(T5FamilyEncoders):
     """CLIP-L, CLIP-G and T5-XXL as SD3 / SD3.5 read them (``TripleCLIPLoader``, the all-in-one files).
 
     Any of the three may be missing, as ComfyUI allows (``DualCLIPLoader`` with CLIP-L + T5, ``CLIPLoader``
@@ -178,6 +197,7 @@ class SD3TextEncoders(_T5FamilyEncoders):
         text: str | Mapping[str, str],
         clip_skip: int | None = None,
         resolve_embedding: EmbeddingResolver | None = None,
+        t5_padding: T5Padding = SD3_T5_PADDING,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond [1, 77 x windows (+ T5 tokens), 4096], pooled [1, 2048]); `text` may differ per encoder
         (``CLIPTextEncodeSD3``: keys ``clip_l``, ``clip_g`` and ``t5xxl``; an absent or None ``t5xxl`` adds no
@@ -185,7 +205,7 @@ class SD3TextEncoders(_T5FamilyEncoders):
         states, pooled = self._clip_part(text, clip_skip, resolve_embedding)
         t5_text = text if isinstance(text, str) else text.get("t5xxl")
         if self.t5 is not None and t5_text is not None:
-            states.append(_widened(encode_t5(self.t5, self.tokenizer, t5_text, SD3_T5_MIN_LENGTH), CONTEXT_WIDTH))
+            states.append(_widened(encode_t5(self.t5, self.tokenizer, t5_text, t5_padding), CONTEXT_WIDTH))
         if not states:
             raise ValueError("SD3's conditioning needs a CLIP encoder or a T5 prompt; got neither")
         return torch.cat(states, dim=1), pooled

@@ -15,8 +15,11 @@ from diffusion.t5_tokenizer import EOS_ID, PAD_ID, load_t5_tokenizer
 from diffusion.text_encoders.clip_model import ClipTextConfig, ClipTextModel
 from diffusion.text_encoders.stack import ClipStack
 from diffusion.text_encoders.t5_stacks import (
+    FLUX_T5_PADDING,
     SD3_T5_MIN_LENGTH,
+    SD3_T5_PADDING,
     T5_MIN_LENGTH,
+    T5Padding,
     FluxTextEncoders,
     SD3TextEncoders,
     encode_t5,
@@ -60,8 +63,8 @@ def _pair(tmp_path) -> FluxTextEncoders:
 
 def test_emphasis_moves_weighted_t5_states_away_from_the_empty_prompt_s(tmp_path) -> None:
     encoders = _pair(tmp_path)
-    weighted = encode_t5(encoders.t5, encoders.tokenizer, "a (cat:1.5) on a mat", T5_MIN_LENGTH)
-    plain = encode_t5(encoders.t5, encoders.tokenizer, "a cat on a mat", T5_MIN_LENGTH)
+    weighted = encode_t5(encoders.t5, encoders.tokenizer, "a (cat:1.5) on a mat", FLUX_T5_PADDING)
+    plain = encode_t5(encoders.t5, encoders.tokenizer, "a cat on a mat", FLUX_T5_PADDING)
     empty = encoders.t5(torch.tensor([t5_weighted_tokens("", encoders.tokenizer).ids]))
     weights = torch.tensor(t5_weighted_tokens("a (cat:1.5) on a mat", encoders.tokenizer).weights)[None, :, None]
     torch.testing.assert_close(weighted, empty + (plain - empty) * weights)
@@ -71,7 +74,7 @@ def test_emphasis_moves_weighted_t5_states_away_from_the_empty_prompt_s(tmp_path
 def test_conditioning_is_t5_states_and_clip_l_s_pooled_vector_at_flux_s_widths(tmp_path) -> None:
     encoders = _pair(tmp_path)
     cond, pooled = encoders.encode("a lighthouse")
-    states = encode_t5(encoders.t5, encoders.tokenizer, "a lighthouse", T5_MIN_LENGTH)
+    states = encode_t5(encoders.t5, encoders.tokenizer, "a lighthouse", FLUX_T5_PADDING)
     assert cond.shape == (1, T5_MIN_LENGTH, 4096) and pooled.shape == (1, 768)
     assert torch.equal(cond[..., : states.shape[-1]], states) and not cond[..., states.shape[-1] :].any()
     _, clip_pooled = encoders.clips.encode("a lighthouse")
@@ -93,7 +96,7 @@ def test_sd3_attends_to_the_clip_pair_side_by_side_then_t5_and_pools_both_clips(
     cond, pooled = encoders.encode("a red fox")
     each = encoders.clips.encode_each(encoders.clips.tokenize("a red fox"))
     (l_states, l_pooled), (g_states, g_pooled) = each["clip_l"], each["clip_g"]
-    t5 = encode_t5(encoders.t5, encoders.tokenizer, "a red fox", SD3_T5_MIN_LENGTH)
+    t5 = encode_t5(encoders.t5, encoders.tokenizer, "a red fox", SD3_T5_PADDING)
     width_l, width_g = l_states.shape[-1], g_states.shape[-1]
     assert cond.shape == (1, 77 + SD3_T5_MIN_LENGTH, 4096)
     assert torch.equal(cond[:, :77, :width_l], l_states) and torch.equal(
@@ -137,7 +140,7 @@ def test_sd3_from_t5_alone_attends_to_t5_s_states_with_a_zero_pooled_vector(tmp_
     encoders = _sd3_encoders(tmp_path, "t5xxl")
     cond, pooled = encoders.encode("a red fox")
     assert encoders.t5 is not None
-    t5 = encode_t5(encoders.t5, encoders.tokenizer, "a red fox", SD3_T5_MIN_LENGTH)
+    t5 = encode_t5(encoders.t5, encoders.tokenizer, "a red fox", SD3_T5_PADDING)
     assert cond.shape == (1, SD3_T5_MIN_LENGTH, 4096) and torch.equal(cond[..., : t5.shape[-1]], t5)
     assert pooled.shape == (1, 2048) and not pooled.any()
     with pytest.raises(ValueError, match="needs a CLIP encoder or a T5 prompt"):
@@ -168,3 +171,14 @@ def test_files_a_type_does_not_take_are_named_with_what_they_hold(tmp_path, clip
         write_tiny_file(tmp_path / f"{part}.safetensors", "sd3", part)
     with pytest.raises(CheckpointError, match=message):
         load_text_encoders([tmp_path / f"{part}.safetensors" for part in parts], clip_type)
+
+
+def test_padding_options_add_pads_after_the_end_token_then_pad_to_the_minimum_length() -> None:
+    tokenizer = load_t5_tokenizer()
+    pieces = tokenizer.encode("a cat on a mat")
+    assert t5_weighted_tokens("a cat on a mat", tokenizer, T5Padding(min_padding=1)).ids == pieces + [PAD_ID]
+    assert t5_weighted_tokens("a cat on a mat", tokenizer, T5Padding()).ids == pieces
+    padded = t5_weighted_tokens("a cat on a mat", tokenizer, T5Padding(min_padding=3, min_length=len(pieces) + 1))
+    assert padded.ids == pieces + [PAD_ID] * 3
+    assert t5_weighted_tokens("a cat", tokenizer, T5Padding(min_padding=1, min_length=10)).ids[-1] == PAD_ID
+    assert len(t5_weighted_tokens("a cat", tokenizer, T5Padding(min_padding=1, min_length=10)).ids) == 10

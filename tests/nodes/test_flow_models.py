@@ -39,6 +39,7 @@ from nodes.loaders import (
     CLIPLoader,
     DualCLIPLoader,
     LoraLoaderModelOnly,
+    T5TokenizerOptions,
     TripleCLIPLoader,
     UNETLoader,
     VAELoader,
@@ -412,3 +413,25 @@ def test_sd3_runs_from_t5_alone_through_the_single_clip_loader(folders: Folders)
     model = UNETLoader("sd3_medium.safetensors", "default")
     latent = KSampler(model, 0, 2, 1.0, "euler", "simple", positive, positive, EmptySD3LatentImage(64, 64, 1), 1.0)
     assert torch.isfinite(latent["samples"]).all()
+
+
+def test_t5_tokenizer_options_replace_the_family_s_padding_and_keep_the_prompt_s_states(
+    flux_split_files: Folders,
+) -> None:
+    clip = DualCLIPLoader("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux")
+    ((default, _),) = CLIPTextEncode("a fox", clip)
+    ((one_pad, options),) = CLIPTextEncode("a fox", T5TokenizerOptions(clip, 1, 0))
+    prompt_length = len(clip.stack.tokenizer.encode("a fox"))  # the pieces and the end token
+    assert default.shape[1] == T5_MIN_LENGTH and one_pad.shape[1] == prompt_length + 1
+    ((padded, _),) = CLIPTextEncode("a fox", T5TokenizerOptions(clip, 0, 300))
+    assert padded.shape[1] == 300
+    # Nothing is masked, so the prompt's states depend on the padding that follows; the pooled CLIP-L does not.
+    assert not torch.allclose(one_pad[:, :prompt_length], default[:, :prompt_length])
+    assert torch.equal(options["pooled_output"], CLIPTextEncode("a fox", clip)[0][1]["pooled_output"])
+
+
+def test_t5_tokenizer_options_leave_a_clip_without_t5_as_it_is(folders: Folders) -> None:
+    for part in ("clip_l", "clip_g"):
+        write_tiny_file(folders.models / "text_encoders" / f"{part}.safetensors", "sd3", part)
+    clip = DualCLIPLoader("clip_l.safetensors", "clip_g.safetensors", "sdxl")
+    assert T5TokenizerOptions(clip, 1, 0) is clip

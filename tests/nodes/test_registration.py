@@ -28,7 +28,8 @@ BUILTIN_NAMES = {
     "CFGGuider", "SamplerCustom", "SamplerCustomAdvanced", "ImageUpscaleWithModel",
     "FluxGuidance", "EmptySD3LatentImage", "ModelSamplingSD3", "ModelSamplingAuraFlow", "ModelSamplingFlux",
     "CLIPLoader", "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
-    "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning", "ImageStitch", "DifferentialDiffusion",
+    "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning", "T5TokenizerOptions",
+    "ImageStitch", "DifferentialDiffusion",
 }  # fmt: skip
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
