@@ -50,12 +50,17 @@ from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
 
 __all__ = [
+    "BlockShapes",
     "FluxConfig",
     "FluxTransformer",
+    "block_shapes",
     "flux_config_from_state_dict",
     "load_flux",
     "image_position_ids",
+    "pad_to_patches",
+    "patchify",
     "reference_offsets",
+    "unpatchify",
 ]
 
 PATCH = 2
@@ -119,9 +124,8 @@ _DOUBLE = re.compile(r"^double_blocks\.(\d+)\.")
 _SINGLE = re.compile(r"^single_blocks\.(\d+)\.")
 
 
-_required = functools.partial(
-    require_key, component=_COMPONENT, layout="a FLUX.1 transformer in Black Forest Labs' layout (prefix stripped?)"
-)
+_LAYOUT = "a FLUX.1 transformer in Black Forest Labs' layout (prefix stripped?)"
+_required = functools.partial(require_key, component=_COMPONENT, layout=_LAYOUT)
 
 
 def _block_count(state_dict: Mapping[str, torch.Tensor], pattern: re.Pattern[str]) -> int:
@@ -129,31 +133,45 @@ def _block_count(state_dict: Mapping[str, torch.Tensor], pattern: re.Pattern[str
     return max(indices) + 1 if indices else 0
 
 
-def flux_config_from_state_dict(
-    state_dict: Mapping[str, torch.Tensor], axes_dim: tuple[int, ...] | None = None
-) -> FluxConfig:
-    """The config of a FLUX.1 state dict in Black Forest Labs' layout (keys without `model.diffusion_model.`).
+class BlockShapes(NamedTuple):
+    """What the weights of a transformer built from FLUX.1's blocks say about it (FLUX.1 itself, Chroma)."""
 
-    Everything but the RoPE split is in the shapes: the head width is that of the QK-norm scales (128 in every
-    released file, hence 24 heads of a 3072-wide model), the variant is `img_in`'s input width, guidance
-    distillation is the presence of `guidance_in`. `axes_dim` defaults to the release's (16, 56, 56), which
-    only fits 128-wide heads; give it for other widths.
+    in_channels: int
+    out_channels: int
+    hidden_size: int
+    num_heads: int
+    depth: int
+    depth_single_blocks: int
+    context_dim: int
+    axes_dim: tuple[int, ...]
+    mlp_ratio: float
+
+
+def block_shapes(
+    state_dict: Mapping[str, torch.Tensor], axes_dim: tuple[int, ...] | None, component: str, layout: str
+) -> BlockShapes:
+    """The shapes of `img_in`, the blocks, `txt_in` and `final_layer.linear` in Black Forest Labs' key names.
+
+    The head width is that of the QK-norm scales (128 in every released file, hence 24 heads of a 3072-wide
+    model). `axes_dim` defaults to the release's (16, 56, 56), which only fits 128-wide heads. A missing key
+    raises `CheckpointLayoutError` for `component`, saying the weights are not `layout`.
     """
-    img_in = _required(state_dict, "img_in.weight")
+    required = functools.partial(require_key, component=component, layout=layout)
+    img_in = required(state_dict, "img_in.weight")
     hidden, in_channels = int(img_in.shape[0]), int(img_in.shape[1])
     depth = _block_count(state_dict, _DOUBLE)
     single_depth = _block_count(state_dict, _SINGLE)
     if depth:
-        head_dim = int(_required(state_dict, "double_blocks.0.img_attn.norm.query_norm.scale").shape[0])
-        mlp_width = int(_required(state_dict, "double_blocks.0.img_mlp.0.weight").shape[0])
+        head_dim = int(required(state_dict, "double_blocks.0.img_attn.norm.query_norm.scale").shape[0])
+        mlp_width = int(required(state_dict, "double_blocks.0.img_mlp.0.weight").shape[0])
     elif single_depth:
-        head_dim = int(_required(state_dict, "single_blocks.0.norm.query_norm.scale").shape[0])
-        mlp_width = int(_required(state_dict, "single_blocks.0.linear1.weight").shape[0]) - 3 * hidden
+        head_dim = int(required(state_dict, "single_blocks.0.norm.query_norm.scale").shape[0])
+        mlp_width = int(required(state_dict, "single_blocks.0.linear1.weight").shape[0]) - 3 * hidden
     else:
-        raise CheckpointLayoutError(_COMPONENT, "double_blocks.0", "missing; the state dict has no transformer block")
+        raise CheckpointLayoutError(component, "double_blocks.0", "missing; the state dict has no transformer block")
     if hidden % head_dim:
         raise CheckpointLayoutError(
-            _COMPONENT,
+            component,
             "double_blocks.0.img_attn.norm.query_norm.scale",
             f"head width {head_dim} does not divide {hidden}",
         )
@@ -161,18 +179,33 @@ def flux_config_from_state_dict(
         if head_dim != sum(_DEFAULT_AXES_DIM):
             raise ValueError(f"heads are {head_dim} wide: give the RoPE axes_dim, the default fits 128 only")
         axes_dim = _DEFAULT_AXES_DIM
-    return FluxConfig(
+    return BlockShapes(
         in_channels=in_channels,
-        out_channels=int(_required(state_dict, "final_layer.linear.weight").shape[0]),
+        out_channels=int(required(state_dict, "final_layer.linear.weight").shape[0]),
         hidden_size=hidden,
         num_heads=hidden // head_dim,
         depth=depth,
         depth_single_blocks=single_depth,
-        context_dim=int(_required(state_dict, "txt_in.weight").shape[1]),
-        vec_dim=int(_required(state_dict, "vector_in.in_layer.weight").shape[1]),
-        guidance_embed="guidance_in.in_layer.weight" in state_dict,
+        context_dim=int(required(state_dict, "txt_in.weight").shape[1]),
         axes_dim=tuple(axes_dim),
         mlp_ratio=mlp_width / hidden,
+    )
+
+
+def flux_config_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor], axes_dim: tuple[int, ...] | None = None
+) -> FluxConfig:
+    """The config of a FLUX.1 state dict in Black Forest Labs' layout (keys without `model.diffusion_model.`).
+
+    Everything but the RoPE split is in the shapes (`block_shapes`): the variant is `img_in`'s input width,
+    guidance distillation is the presence of `guidance_in`. `axes_dim` defaults to the release's (16, 56, 56),
+    which only fits 128-wide heads; give it for other widths.
+    """
+    shapes = block_shapes(state_dict, axes_dim, _COMPONENT, _LAYOUT)
+    return FluxConfig(
+        **shapes._asdict(),
+        vec_dim=int(_required(state_dict, "vector_in.in_layer.weight").shape[1]),
+        guidance_embed="guidance_in.in_layer.weight" in state_dict,
     )
 
 
@@ -252,9 +285,12 @@ class RotaryEmbedding(NamedTuple):
         return rotated.flatten(-2).to(x.dtype)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
-    """[B, heads, L, d] each -> [B, L, heads * d], positions applied to q and k."""
-    return merge_heads(F.scaled_dot_product_attention(rope.rotate(q), rope.rotate(k), v))
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RotaryEmbedding, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B, heads, L, d] each -> [B, L, heads * d], positions applied to q and k; `mask` (boolean, broadcast to
+    [B, heads, L, L], True where a query may attend to a key) leaves keys out, as Chroma does T5's padding."""
+    return merge_heads(F.scaled_dot_product_attention(rope.rotate(q), rope.rotate(k), v, attn_mask=mask))
 
 
 # ---------------------------------------------------------------- layers
@@ -346,17 +382,25 @@ def _layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, elementwise_affine=False, eps=_NORM_EPS)
 
 
-class DoubleStreamBlock(nn.Module):
-    """MM-DiT block (Esser et al. 2024): text and image streams with their own weights, attending jointly."""
+def _no_modulation(block: nn.Module) -> RuntimeError:
+    return RuntimeError(f"this {type(block).__name__} has no modulation of its own: call modulated() with its triples")
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int) -> None:
+
+class DoubleStreamBlock(nn.Module):
+    """MM-DiT block (Esser et al. 2024): text and image streams with their own weights, attending jointly.
+
+    `modulation=False` builds it without its adaLN projections (`img_mod`, `txt_mod`), for models that compute
+    every block's triples elsewhere (Chroma) and call `modulated`.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, modulation: bool = True) -> None:
         super().__init__()
-        self.img_mod = Modulation(dim, 2)
+        self.img_mod = Modulation(dim, 2) if modulation else None
         self.img_norm1 = _layer_norm(dim)
         self.img_attn = StreamAttention(dim, heads)
         self.img_norm2 = _layer_norm(dim)
         self.img_mlp = _mlp(dim, mlp_hidden)
-        self.txt_mod = Modulation(dim, 2)
+        self.txt_mod = Modulation(dim, 2) if modulation else None
         self.txt_norm1 = _layer_norm(dim)
         self.txt_attn = StreamAttention(dim, heads)
         self.txt_norm2 = _layer_norm(dim)
@@ -365,12 +409,31 @@ class DoubleStreamBlock(nn.Module):
     def forward(
         self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope: RotaryEmbedding
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        img_attn_mod, img_mlp_mod = self.img_mod(vec)
-        txt_attn_mod, txt_mlp_mod = self.txt_mod(vec)
+        if self.img_mod is None or self.txt_mod is None:
+            raise _no_modulation(self)
+        return self.modulated(img, txt, self.img_mod(vec), self.txt_mod(vec), rope)
+
+    def modulated(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        img_mods: Sequence[Modulated],
+        txt_mods: Sequence[Modulated],
+        rope: RotaryEmbedding,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block with the given (attention, MLP) triples of each stream; `mask` as `_attention`'s, over the
+        joint ``[text, image]`` sequence."""
+        img_attn_mod, img_mlp_mod = img_mods
+        txt_attn_mod, txt_mlp_mod = txt_mods
         img_q, img_k, img_v = self.img_attn.heads_of(img_attn_mod.modulate(self.img_norm1(img)))
         txt_q, txt_k, txt_v = self.txt_attn.heads_of(txt_attn_mod.modulate(self.txt_norm1(txt)))
         joint = _attention(
-            torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2), rope
+            torch.cat((txt_q, img_q), dim=2),
+            torch.cat((txt_k, img_k), dim=2),
+            torch.cat((txt_v, img_v), dim=2),
+            rope,
+            mask,
         )
         txt_out, img_out = joint.split((txt.shape[1], img.shape[1]), dim=1)
 
@@ -382,9 +445,12 @@ class DoubleStreamBlock(nn.Module):
 
 
 class SingleStreamBlock(nn.Module):
-    """Parallel attention and MLP over the joint sequence (Dehghani et al. 2023), fused into two linears."""
+    """Parallel attention and MLP over the joint sequence (Dehghani et al. 2023), fused into two linears.
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int) -> None:
+    `modulation=False` builds it without `modulation`; the caller gives its triple to `modulated` (Chroma).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, modulation: bool = True) -> None:
         super().__init__()
         self.heads = heads
         self.dim = dim
@@ -393,14 +459,22 @@ class SingleStreamBlock(nn.Module):
         self.linear2 = FusedLinear(dim + mlp_hidden, dim)
         self.norm = QKNorm(dim // heads)
         self.pre_norm = _layer_norm(dim)
-        self.modulation = Modulation(dim, 1)
+        self.modulation = Modulation(dim, 1) if modulation else None
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
+        if self.modulation is None:
+            raise _no_modulation(self)
         (mod,) = self.modulation(vec)
+        return self.modulated(x, mod, rope)
+
+    def modulated(
+        self, x: torch.Tensor, mod: Modulated, rope: RotaryEmbedding, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The block with the given triple; `mask` as `_attention`'s."""
         qkv, mlp_in = self.linear1(mod.modulate(self.pre_norm(x))).split((3 * self.dim, self.mlp_hidden), dim=-1)
         q, k, v = (split_heads(part, self.heads) for part in qkv.chunk(3, dim=-1))
         q, k = self.norm(q, k, v)
-        merged = torch.cat((_attention(q, k, v, rope), F.gelu(mlp_in, approximate="tanh")), dim=-1)
+        merged = torch.cat((_attention(q, k, v, rope, mask), F.gelu(mlp_in, approximate="tanh")), dim=-1)
         return torch.addcmul(x, mod.gate, self.linear2(merged))
 
 
@@ -421,21 +495,21 @@ class FinalLayer(nn.Module):
 # ---------------------------------------------------------------- the model
 
 
-def _patchify(x: torch.Tensor) -> torch.Tensor:
+def patchify(x: torch.Tensor) -> torch.Tensor:
     """[B, C, 2h, 2w] -> [B, h * w, C * 4], features ordered (c, dy, dx)."""
     b, c, height, width = x.shape
     patches = x.reshape(b, c, height // PATCH, PATCH, width // PATCH, PATCH).permute(0, 2, 4, 1, 3, 5)
     return patches.reshape(b, (height // PATCH) * (width // PATCH), c * PATCH * PATCH)
 
 
-def _unpatchify(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+def unpatchify(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """[B, rows * cols, C * 4] -> [B, C, 2 rows, 2 cols]."""
     b = tokens.shape[0]
     patches = tokens.reshape(b, rows, cols, -1, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
     return patches.reshape(b, -1, rows * PATCH, cols * PATCH)
 
 
-def _pad_to_patches(x: torch.Tensor) -> torch.Tensor:
+def pad_to_patches(x: torch.Tensor) -> torch.Tensor:
     """Pad odd sides to even by wrapping around (bottom/right), as ComfyUI does; the output is cropped back."""
     pad_h, pad_w = x.shape[-2] % PATCH, x.shape[-1] % PATCH
     return F.pad(x, (0, pad_w, 0, pad_h), mode="circular") if pad_h or pad_w else x
@@ -507,14 +581,14 @@ class FluxTransformer(nn.Module):
         txt = self.txt_in(context.to(dtype))
 
         rows, cols = _to_tokens(height), _to_tokens(width)
-        img = _patchify(_pad_to_patches(x.to(dtype)))
+        img = patchify(pad_to_patches(x.to(dtype)))
         image_tokens = img.shape[1]
         ids = [torch.zeros(context.shape[1], 3, device=device), image_position_ids(rows, cols, device=device)]
         if ref_latents:
             extra = [img]
             offsets = reference_offsets([(int(ref.shape[-2]), int(ref.shape[-1])) for ref in ref_latents])
             for ref, (row, col) in zip(ref_latents, offsets):
-                extra.append(_patchify(_pad_to_patches(ref.to(dtype))).expand(batch, -1, -1))
+                extra.append(patchify(pad_to_patches(ref.to(dtype))).expand(batch, -1, -1))
                 ids.append(
                     image_position_ids(
                         _to_tokens(ref.shape[-2]),
@@ -536,7 +610,7 @@ class FluxTransformer(nn.Module):
             joint = single(joint, vec, rope)
         start = txt.shape[1]
         out = self.final_layer(joint[:, start : start + image_tokens], vec)
-        return _unpatchify(out, rows, cols)[:, :, :height, :width].to(out_dtype)
+        return unpatchify(out, rows, cols)[:, :, :height, :width].to(out_dtype)
 
     def _check_inputs(
         self, x: torch.Tensor, context: torch.Tensor, y: torch.Tensor, ref_latents: Sequence[torch.Tensor] | None
