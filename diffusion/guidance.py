@@ -396,6 +396,10 @@ class CFGGuider:
     restricts changes to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting
     UNets. ``concat_builder`` makes the model family's extra input channels (``inpaint_channels`` for SD
     inpainting UNets, ``fill_channels`` for FLUX.1 Fill, ``control_channels`` for FLUX.1 Canny / Depth).
+
+    Contexts of different lengths share a call by repeating the shorter to a common length, as ComfyUI
+    batches them; ``repeat_contexts`` False keeps them in calls of their own, for models to which a repeated
+    token is another token at another position (Z-Image numbers its text tokens), as ComfyUI does for them.
     """
 
     def __init__(
@@ -408,17 +412,22 @@ class CFGGuider:
         cfg: float = 1.0,
         inpainting: Inpainting | None = None,
         concat_builder: ConcatBuilder = inpaint_channels,
+        repeat_contexts: bool = True,
     ) -> None:
         if negative is None and cfg != 1.0:
             raise ValueError(f"cfg {cfg} guides away from a negative conditioning, and none was given; use cfg 1")
         self.unet_fn, self.model_sampling, self.cfg, self.inpainting = unet_fn, model_sampling, cfg, inpainting
+        self.repeat_contexts = repeat_contexts
         mask = None if inpainting is None else inpainting.mask
         self.conds = _resolve(positive, False, latent, model_sampling, mask, concat_builder)
+        # What ``with_uncond`` evaluates: at cfg 1 also the negative, which the guided estimate leaves out.
+        self.uncond_conds = self.conds
         if negative is not None:
             # Resolved even at cfg 1, where the formula drops it, so a malformed negative fails the same way.
             negatives = _resolve(negative, True, latent, model_sampling, mask, concat_builder)
             if cfg != 1.0:
                 self.conds += negatives
+            self.uncond_conds = self.conds if cfg != 1.0 else self.conds + negatives
 
     def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor) -> list[Tensor]:
         """One UNet call for conds that share a region and input layout: batch = len(group) x B."""
@@ -449,12 +458,13 @@ class CFGGuider:
         denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)
         return list(denoised.split(batch))
 
-    def _predict(self, x: Tensor, sigma: Tensor) -> dict[bool, Tensor]:
+    def _predict(self, x: Tensor, sigma: Tensor, conds: list[_Cond]) -> dict[bool, Tensor]:
         """Per side (negative or not), the weighted average of its active conds' x0 predictions."""
         groups: dict[tuple[Any, ...], list[_Cond]] = {}
-        for cond in self.conds:
+        for cond in conds:
             if cond.active(float(sigma.max())):
-                groups.setdefault(cond.batch_key(), []).append(cond)
+                length = () if self.repeat_contexts else (cond.context.shape[1],)
+                groups.setdefault((*cond.batch_key(), *length), []).append(cond)
         sums = {side: (torch.zeros_like(x), torch.zeros_like(x[:, :1])) for side in (False, True)}
         for group in groups.values():
             for cond, prediction in zip(group, self._evaluate(group, x, sigma)):
@@ -467,12 +477,31 @@ class CFGGuider:
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         if self.inpainting is None:
-            return self._guide(x, sigma)
+            return self._guide(self._predict(x, sigma, self.conds))
         mask = self.inpainting.mask_at(self.model_sampling, sigma)
         held = self.inpainting.hold(self.model_sampling, x, sigma, mask)
-        return self.inpainting.keep(self._guide(held, sigma), mask)
+        return self.inpainting.keep(self._guide(self._predict(held, sigma, self.conds)), mask)
 
-    def _guide(self, x: Tensor, sigma: Tensor) -> Tensor:
-        predictions = self._predict(x, sigma)
+    def with_uncond(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """The guided x0 estimate and the unconditional one from the same evaluation, for CFG++ samplers
+        (``diffusion.samplers.UncondDenoiser``).
+
+        The unconditional estimate is the negative side's prediction. It is evaluated at cfg 1 too (batched
+        with the positive, so such a call costs what one at another cfg does) because CFG++ renoises with
+        it whatever the scale: ComfyUI turns its cfg-1 shortcut off for these samplers. With no negative
+        conditioning it is zeros, the prediction of an empty side, which is what ComfyUI hands its
+        post-CFG functions then. Under an inpainting the guided estimate keeps the original's kept
+        cells and the unconditional one is left as the model made it, as in ComfyUI. The guided
+        estimate is ``guider(x, sigma)``.
+        """
+        if self.inpainting is None:
+            predictions = self._predict(x, sigma, self.uncond_conds)
+            return self._guide(predictions), predictions[True]
+        mask = self.inpainting.mask_at(self.model_sampling, sigma)
+        held = self.inpainting.hold(self.model_sampling, x, sigma, mask)
+        predictions = self._predict(held, sigma, self.uncond_conds)
+        return self.inpainting.keep(self._guide(predictions), mask), predictions[True]
+
+    def _guide(self, predictions: dict[bool, Tensor]) -> Tensor:
         positive, negative = predictions[False], predictions[True]
         return positive if self.cfg == 1.0 else negative + (positive - negative) * self.cfg

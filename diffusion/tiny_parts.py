@@ -10,6 +10,7 @@ families and the single parts people download one by one for them:
 - `clip_l`, `clip_g`: transformers' `CLIPTextModel` keys (`text_model.*`), CLIP-G with `text_projection.weight`
   beside them, as ComfyUI's `clip_l.safetensors` and `clip_g.safetensors`; FLUX has no CLIP-G.
 - `t5xxl`: transformers' `T5EncoderModel` keys (`shared.weight`, `encoder.block.N.*`), as `t5xxl_fp16.safetensors`.
+- `qwen3_4b`: Z-Image's text encoder in its file's keys (`model.embed_tokens.weight`, `model.layers.N.*`).
 - `lora`: ComfyUI's own LoRA layout, `diffusion_model.<module>.lora_down.weight`, `.lora_up.weight` and
   `.alpha`, on the attention and MLP linears of the transformer's blocks.
 - `checkpoint`: all in one.
@@ -18,7 +19,8 @@ All-in-one prefixes, as ComfyUI reads and writes them (`supported_models.py`: SD
 FLUX sets `vae.`; both set `text_encoders.`): the transformer under `model.diffusion_model.`, the VAE under
 `first_stage_model.` (SD3) or `vae.` (FLUX), each text encoder under `text_encoders.<name>.transformer.`, beside
 the `text_encoders.<name>.logit_scale` scalar that ComfyUI's encoder wrappers save (seen in its FLUX fp8 file).
-SD3 has clip_l, clip_g and t5xxl; FLUX has clip_l and t5xxl.
+SD3 has clip_l, clip_g and t5xxl; FLUX has clip_l and t5xxl. Z-Image (`diffusion_model`, `vae`, `qwen3_4b`, `lora`)
+and Chroma (`diffusion_model`, `vae`, `t5xxl`, `lora`) ship as split files only, and share FLUX's VAE.
 
 Sizes. Widths are tiny except where the real value is part of what a loader or a caller relies on:
 
@@ -37,6 +39,10 @@ Sizes. Widths are tiny except where the real value is part of what a loader or a
   `text_model.encoder.layers.30.*`; CLIP-L has 2. Vocabularies are real: 49,408 CLIP tokens and T5's 32,128-row
   table, so the real tokenizers' ids (up to 49,407 and 32,099) are rows of the tiny embeddings.
 - The VAE has four levels (8x per side) as every SD3/FLUX VAE, at widths 32-64, `z_channels` 16.
+- Z-Image is 256 wide (two 128-wide heads for the release's RoPE split), one block of each kind, caption width
+  2560 (Qwen3-4B's; the 64-wide tiny Qwen3 is zero-padded to it like the tiny T5). Its learned pad tokens are
+  random. Chroma is FLUX's tiny shape without modulations, with a 64-wide two-layer approximator. The tiny
+  Qwen3 has three layers (Z-Image reads the second-to-last) and the real 151,936-row table.
 
 Dtypes (`--dtype`):
 
@@ -49,7 +55,9 @@ Dtypes (`--dtype`):
   with `<layer>.scale_input` (fp32 1.0) and a `scaled_fp8` marker (an empty float8_e4m3fn tensor) under the
   component's prefix; their other tensors (the patch convolution, embeddings, norms, biases) in bf16. CLIP in
   fp16, the VAE in fp32, as in the fp8 files.
-- fp8 files exist for diffusion models, T5 and whole checkpoints only; a VAE, CLIP or LoRA part, and the
+- `fp8_mixed`: per-tensor dtypes in one file, as Chroma1-HD-fp8mixed: the linear layers' weights in float8_e4m3fn
+  (no scales), every other floating tensor in bf16. For diffusion models and T5.
+- fp8 files exist for diffusion models, T5 and whole checkpoints only; a VAE, CLIP, Qwen3 or LoRA part, and the
   SD1/SD2/SDXL checkpoints, come in fp32, fp16 and bf16.
 
 Every component is drawn from its own stream of the seed, so a part equals the same component of the all-in-one
@@ -67,15 +75,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from diffusion.chroma import ChromaConfig, ChromaTransformer
 from diffusion.flux import FluxConfig, FluxTransformer
 from diffusion.flux import RMSNorm as FluxRMSNorm
 from diffusion.mmdit import MMDiT, MMDiTConfig
 from diffusion.mmdit import RMSNorm as MMDiTRMSNorm
 from diffusion.text_encoders import ClipTextConfig, ClipTextModel
+from diffusion.text_encoders.qwen3 import Qwen3Config, Qwen3Encoder, Qwen3RmsNorm
 from diffusion.text_encoders.t5 import T5Encoder, T5EncoderConfig, T5RmsNorm
 from diffusion.tiny import TINY_TEXT_WIDTH, randomize_norms, seeded_rng, tiny_checkpoint_tensors, write_tiny_checkpoint
 from diffusion.tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
 from diffusion.vae import AutoencoderKL, VAEConfig
+from diffusion.zimage import RMSNorm as ZImageRMSNorm
+from diffusion.zimage import ZImageConfig, ZImageTransformer
 
 __all__ = [
     "DTYPES",
@@ -86,13 +98,16 @@ __all__ = [
     "T5_EMBEDDING_ROWS",
     "TINY_CLIP_G",
     "TINY_CLIP_L",
+    "TINY_QWEN3",
     "TINY_T5",
     "TINY_VAE",
     "TinyFileError",
     "checkpoint_prefixes",
+    "tiny_chroma_config",
     "tiny_file_tensors",
     "tiny_flux_config",
     "tiny_mmdit_config",
+    "tiny_zimage_config",
     "valid_dtypes",
     "valid_parts",
     "write_tiny_file",
@@ -101,12 +116,17 @@ __all__ = [
 SD_FAMILIES = ("sd15", "sd2", "sdxl", "sdxl_refiner")
 _SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
 _FLUX_FAMILIES = ("flux_dev", "flux_schnell", "flux_fill", "flux_canny", "flux_depth")
-FLOW_FAMILIES = (*_SD3_FAMILIES, *_FLUX_FAMILIES)
+FLOW_FAMILIES = (*_SD3_FAMILIES, *_FLUX_FAMILIES, "zimage", "chroma")
 FAMILIES = (*SD_FAMILIES, *FLOW_FAMILIES)
-PARTS = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "lora")
-DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_scaled")
+PARTS = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "qwen3_4b", "lora")
+DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_scaled", "fp8_mixed")
 _PLAIN_DTYPES = DTYPES[:3]
 _FP8_PARTS = ("checkpoint", "diffusion_model", "t5xxl")
+#: The parts of the families that ship as split files only (no all-in-one checkpoint).
+_SPLIT_PARTS = {
+    "zimage": ("diffusion_model", "vae", "qwen3_4b", "lora"),
+    "chroma": ("diffusion_model", "vae", "t5xxl", "lora"),
+}
 
 # T5 v1.1's embedding table: the tokenizer's 32,100 ids, rounded up to a multiple of 128.
 T5_EMBEDDING_ROWS = 32128
@@ -141,13 +161,18 @@ TINY_CLIP_G = ClipTextConfig(
     projection_dim=_CLIP_G_POOLED,
 )
 TINY_T5 = T5EncoderConfig(d_model=64, layers=2, heads=2, d_kv=32, d_ff=128, vocab_size=T5_EMBEDDING_ROWS)
+# Three layers, so the second-to-last one Z-Image reads is not the first; the real 151,936-row table.
+TINY_QWEN3 = Qwen3Config(
+    hidden_size=64, layers=3, heads=2, kv_heads=1, head_dim=32, intermediate_size=128, vocab_size=151936
+)
+_QWEN3_WIDTH = 2560  # Qwen3-4B's hidden size: the caption width of Z-Image
 
 _TEXT_ENCODERS = {"sd3": ("clip_l", "clip_g", "t5xxl"), "flux": ("clip_l", "t5xxl")}
 _VAE_PREFIXES = {"sd3": "first_stage_model.", "flux": "vae."}
 _DIFFUSION_MODEL_PREFIX = "model.diffusion_model."
 _LORA_PREFIX = "diffusion_model."
-_BLOCK = re.compile(r"^(joint_blocks|double_blocks|single_blocks)\.")
-_MODULATION = re.compile(r"(_mod\.lin|modulation\.lin|adaLN_modulation\.1)$")
+_BLOCK = re.compile(r"^(joint_blocks|double_blocks|single_blocks|layers|noise_refiner|context_refiner)\.")
+_MODULATION = re.compile(r"(_mod\.lin|modulation\.lin|adaLN_modulation\.[01])$")
 
 
 _PLURALS = {"family": "families", "part": "parts", "dtype": "dtypes"}
@@ -170,7 +195,7 @@ class TinyFileError(ValueError):
 
 
 def _kind(family: str) -> str:
-    return "sd3" if family in _SD3_FAMILIES else "flux"
+    return "sd3" if family in _SD3_FAMILIES else "flux" if family in _FLUX_FAMILIES else family
 
 
 def valid_parts(family: str) -> tuple[str, ...]:
@@ -179,7 +204,10 @@ def valid_parts(family: str) -> tuple[str, ...]:
         raise TinyFileError("family", family, FAMILIES)
     if family in SD_FAMILIES:
         return ("checkpoint",)
-    return tuple(part for part in PARTS if part != "clip_g" or _kind(family) == "sd3")
+    if family in _SPLIT_PARTS:
+        return _SPLIT_PARTS[family]
+    excluded = {"qwen3_4b"} | ({"clip_g"} if _kind(family) == "flux" else set())
+    return tuple(part for part in PARTS if part not in excluded)
 
 
 def valid_dtypes(family: str, part: str) -> tuple[str, ...]:
@@ -189,7 +217,9 @@ def valid_dtypes(family: str, part: str) -> tuple[str, ...]:
         raise TinyFileError("part", part, PARTS)
     if part not in parts:
         raise TinyFileError("part", part, parts, family)
-    return DTYPES if family in FLOW_FAMILIES and part in _FP8_PARTS else _PLAIN_DTYPES
+    if family in FLOW_FAMILIES and part in _FP8_PARTS:
+        return DTYPES if part != "checkpoint" else tuple(dtype for dtype in DTYPES if dtype != "fp8_mixed")
+    return _PLAIN_DTYPES
 
 
 def _check(family: str, part: str, dtype: str) -> None:
@@ -234,11 +264,41 @@ def tiny_mmdit_config(family: str) -> MMDiTConfig:
     )
 
 
+def tiny_zimage_config() -> ZImageConfig:
+    """The tiny Z-Image transformer: two 128-wide heads (the release's RoPE split fits them), one block of each
+    kind, the real caption width of Qwen3-4B."""
+    return ZImageConfig(
+        hidden_size=256,
+        num_heads=2,
+        depth=1,
+        noise_refiner_depth=1,
+        context_refiner_depth=1,
+        context_dim=_QWEN3_WIDTH,
+        mlp_hidden_size=512,
+        adaln_dim=256,
+        time_hidden_size=256,
+    )
+
+
+def tiny_chroma_config() -> ChromaConfig:
+    """The tiny Chroma transformer: FLUX's tiny shape (one 128-wide head) with a small approximator."""
+    return ChromaConfig(
+        hidden_size=128,
+        num_heads=1,
+        depth=1,
+        depth_single_blocks=2,
+        context_dim=_T5_WIDTH,
+        approximator_hidden=64,
+        approximator_depth=2,
+    )
+
+
 def checkpoint_prefixes(family: str) -> tuple[str, ...]:
     """The key prefixes of the tiny all-in-one checkpoint of a flow-matching `family` (its only other keys are
     the `text_encoders.<name>.logit_scale` scalars)."""
-    if family not in FLOW_FAMILIES:
-        raise TinyFileError("family", family, FLOW_FAMILIES, "a flow-matching checkpoint")
+    with_checkpoint = tuple(family for family in FLOW_FAMILIES if family not in _SPLIT_PARTS)
+    if family not in with_checkpoint:
+        raise TinyFileError("family", family, with_checkpoint, "a flow-matching checkpoint")
     kind = _kind(family)
     encoders = tuple(f"text_encoders.{name}.transformer." for name in _TEXT_ENCODERS[kind])
     return (_DIFFUSION_MODEL_PREFIX, _VAE_PREFIXES[kind], *encoders)
@@ -261,7 +321,7 @@ def _randomize_rms_norms(model: nn.Module) -> None:
     """Random RMS-norm scales: a scale of ones would hide a swapped or misplaced norm."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (FluxRMSNorm, MMDiTRMSNorm, T5RmsNorm)):
+            if isinstance(module, (FluxRMSNorm, MMDiTRMSNorm, T5RmsNorm, ZImageRMSNorm, Qwen3RmsNorm)):
                 for parameter in module.parameters(recurse=False):
                     parameter.uniform_(0.5, 1.5)
 
@@ -269,6 +329,15 @@ def _randomize_rms_norms(model: nn.Module) -> None:
 def _transformer(family: str) -> nn.Module:
     if _kind(family) == "flux":
         return FluxTransformer(tiny_flux_config(family))
+    if family == "zimage":
+        model: nn.Module = ZImageTransformer(tiny_zimage_config())
+        with torch.no_grad():  # learned pad tokens, initialised to zeros, which would hide a misplaced one
+            for name, parameter in model.named_parameters():
+                if name.endswith("pad_token"):
+                    parameter.normal_()
+        return model
+    if family == "chroma":
+        return ChromaTransformer(tiny_chroma_config())
     model = MMDiT(tiny_mmdit_config(family))
     with torch.no_grad():
         model.pos_embed.uniform_(-1.0, 1.0)  # fixed sin/cos positions in the releases, all in [-1, 1]
@@ -285,8 +354,9 @@ def _clip_keys(model: ClipTextModel) -> dict[str, torch.Tensor]:
 
 def _component(family: str, name: str, seed: int) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
     """(its fp32 tensors in the file's layout without prefix, the keys of its linear layers' weights)."""
-    kind = _kind(family)
-    stream = {"diffusion_model": family, "vae": f"{kind}_vae"}.get(name, name)
+    # FLUX's VAE serves Z-Image and Chroma too: one `ae.safetensors` for the three.
+    vae = "sd3_vae" if _kind(family) == "sd3" else "flux_vae"
+    stream = {"diffusion_model": family, "vae": vae}.get(name, name)
     with seeded_rng(_stream(seed, stream)):
         model: nn.Module
         if name == "diffusion_model":
@@ -295,6 +365,8 @@ def _component(family: str, name: str, seed: int) -> tuple[dict[str, torch.Tenso
             model = AutoencoderKL(TINY_VAE)
         elif name == "t5xxl":
             model = T5Encoder(TINY_T5)
+        elif name == "qwen3_4b":
+            model = Qwen3Encoder(TINY_QWEN3)
         else:
             model = ClipTextModel(TINY_CLIP_L if name == "clip_l" else TINY_CLIP_G)
         randomize_norms(model)
@@ -352,6 +424,14 @@ def _scaled_fp8(tensors: Mapping[str, torch.Tensor], linear: frozenset[str]) -> 
     return out
 
 
+def _fp8_mixed(tensors: Mapping[str, torch.Tensor], linear: frozenset[str]) -> dict[str, torch.Tensor]:
+    """The linear layers' weights in float8_e4m3fn, unscaled; every other floating tensor in bf16."""
+    return {
+        key: _to_e4m3(tensor) if key in linear else tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+        for key, tensor in tensors.items()
+    }
+
+
 def _stored(
     name: str, tensors: Mapping[str, torch.Tensor], dtype: str, linear: frozenset[str] = frozenset()
 ) -> dict[str, torch.Tensor]:
@@ -359,6 +439,8 @@ def _stored(
     of its linear layers."""
     if dtype in ("fp16", "bf16"):
         return _cast(tensors, torch.float16 if dtype == "fp16" else torch.bfloat16)
+    if dtype == "fp8_mixed" and name in ("diffusion_model", "t5xxl"):
+        return _fp8_mixed(tensors, linear)
     if dtype in ("fp8", "fp8_scaled"):
         if name in ("clip_l", "clip_g"):
             return _cast(tensors, torch.float16)

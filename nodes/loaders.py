@@ -82,7 +82,7 @@ def UNETLoader(unet_name=Combo(_names("diffusion_models")), weight_dtype=Combo(l
 
 
 #: The ``type`` choices of each CLIP loader Loom builds, in ComfyUI's order (``CLIP_TYPES`` says what each takes).
-_SINGLE_CLIP_TYPES = ["stable_diffusion", "sd3"]
+_SINGLE_CLIP_TYPES = ["stable_diffusion", "sd3", "lumina2", "chroma"]
 _DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 _DEVICE = Combo(["default", "cpu"], optional=True, advanced=True)
 
@@ -95,7 +95,8 @@ def _clip(names: tuple[str, ...], clip_type: str, device: str = "default") -> Cl
 @node(category="advanced/loaders", outputs=[Output("CLIP")])
 def CLIPLoader(clip_name=Combo(_names("text_encoders")), type=Combo(_SINGLE_CLIP_TYPES), device=_DEVICE):
     """One text encoder file as a CLIP. stable_diffusion: CLIP-L (SD1.x), OpenCLIP-H (SD2.x) or CLIP-G (SDXL
-    refiner); sd3: CLIP-L, CLIP-G or T5-XXL alone, the others' parts zeroed."""
+    refiner); sd3: CLIP-L, CLIP-G or T5-XXL alone, the others' parts zeroed; lumina2: Qwen3-4B for Z-Image;
+    chroma: T5-XXL for Chroma."""
     return _clip((clip_name,), type, device)
 
 

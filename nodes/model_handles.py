@@ -38,6 +38,7 @@ from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.checkpoint.text_encoder_files import load_text_encoders
 from diffusion.embeddings import EmbeddingResolver
 from diffusion.flow_matching import DiscreteFlow, FluxFlow
+from diffusion.chroma import ChromaTransformer
 from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta, apply_lora_patches
 from diffusion.mmdit import MMDiT
@@ -57,6 +58,7 @@ from diffusion.vae import (
     ScaledVAE,
 )
 from diffusion.vae_tiling import TileSpec
+from diffusion.zimage import ZImageTransformer
 from nodes.runtime import current_runtime
 
 __all__ = [
@@ -80,6 +82,8 @@ _LATENT_FORMATS = {
     ModelFamily.SDXL_REFINER: SDXL_LATENT,
     ModelFamily.SD3: SD3_LATENT,
     ModelFamily.FLUX: FLUX_LATENT,
+    ModelFamily.ZIMAGE: FLUX_LATENT,
+    ModelFamily.CHROMA: FLUX_LATENT,
 }
 #: What a guidance-distilled model (FLUX.1 dev) is conditioned on when no FluxGuidance says otherwise,
 #: as in ComfyUI.
@@ -189,11 +193,15 @@ def _active_patches(
 
 def _default_sampling(checkpoint: LoadedCheckpoint, model: DiffusionModel) -> ModelSampling:
     """How a model file predicts, as ComfyUI configures each family (shift 3 for SD3, 1.15 for FLUX.1 dev,
-    none for the timestep-distilled schnell)."""
+    none for the timestep-distilled schnell; Z-Image and Chroma on sigma itself, shift 3 and 1)."""
     if isinstance(model, FluxTransformer):
         return FluxFlow(shift=1.15 if model.config.guidance_embed else 1.0)
     if isinstance(model, MMDiT):
         return DiscreteFlow(shift=3.0)
+    if isinstance(model, ZImageTransformer):
+        return DiscreteFlow(shift=3.0, multiplier=1.0)
+    if isinstance(model, ChromaTransformer):
+        return DiscreteFlow(shift=1.0, multiplier=1.0)
     return VPrediction() if checkpoint.info.prediction == "v" else EpsPrediction()
 
 
@@ -241,7 +249,7 @@ class ModelHandle:
     @property
     def in_channels(self) -> int:
         """Latent channels the model takes: the noisy latent's, plus any concatenated conditioning."""
-        if isinstance(self.unet, FluxTransformer):
+        if isinstance(self.unet, (FluxTransformer, ChromaTransformer)):
             return self.unet.config.latent_channels
         return self.unet.config.in_channels
 
@@ -259,6 +267,12 @@ class ModelHandle:
         if isinstance(self.unet, MMDiT):
             return self.unet.config.pooled_dim
         return None
+
+    @property
+    def repeats_contexts(self) -> bool:
+        """Whether conditionings of different lengths may share a model call with the shorter repeated
+        (``CFGGuider``): not for Z-Image, which numbers its text tokens, so a repeat is a new token."""
+        return not isinstance(self.unet, ZImageTransformer)
 
     @property
     def concat_builder(self) -> guidance.ConcatBuilder:
@@ -376,8 +390,15 @@ def _unet_forward(unet: nn.Module) -> _Forward:
     return forward
 
 
+def _need_pooled(y: torch.Tensor | None) -> torch.Tensor:
+    if y is None:
+        raise ValueError("this flow-matching transformer needs the pooled text vector (pooled_output)")
+    return y
+
+
 def _flow_forward(model: nn.Module, sampling: ModelSampling) -> _Forward:
-    """A flow transformer called with the sampler's timesteps: back to sigma, the pooled vector required."""
+    """A flow transformer called with the sampler's timesteps: back to sigma; FLUX and SD3 need the pooled vector,
+    Z-Image and Chroma take none."""
     multiplier = getattr(sampling, "multiplier", None)
     if multiplier is None:
         raise ValueError(
@@ -393,13 +414,14 @@ def _flow_forward(model: nn.Module, sampling: ModelSampling) -> _Forward:
         guidance: torch.Tensor | None,
         references: list[torch.Tensor],
     ) -> torch.Tensor:
-        if y is None:
-            raise ValueError("a flow-matching transformer needs the pooled text vector (pooled_output)")
         sigma = timesteps / multiplier
         if isinstance(model, FluxTransformer):
+            _need_pooled(y)
             return model(x, sigma, context, y, guidance=guidance, ref_latents=references or None)
         _no_references(model, references)
-        return model(x, sigma, context, y)
+        if isinstance(model, (ZImageTransformer, ChromaTransformer)):
+            return model(x, sigma, context)
+        return model(x, sigma, context, _need_pooled(y))
 
     return forward
 
@@ -479,8 +501,10 @@ class ClipHandle:
 
     def encode(
         self, text: str | Mapping[str, str], resolve_embedding: EmbeddingResolver | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond [1, tokens, width], pooled [1, dim]) on the CPU in float32; `text` may differ per encoder."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond [1, tokens, width], pooled [1, dim] or None for a family without one) on the CPU in float32;
+        `text` may differ per encoder."""
+        pooled: torch.Tensor | None
         if self.on_cpu:
             for module in self.stack.modules():
                 place(module, torch.device("cpu"), torch.float32)
@@ -491,7 +515,7 @@ class ClipHandle:
                 cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding, self.t5_padding)
             else:
                 cond, pooled = self.stack.encode(text, self.clip_skip, resolve_embedding)
-        return cond.float().cpu(), pooled.float().cpu()
+        return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
 
 
 @contextmanager

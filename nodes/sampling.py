@@ -180,6 +180,7 @@ class Guider:
             self.cfg,
             inpainting,
             self.model.concat_builder,
+            self.model.repeats_contexts,
         )
 
 

@@ -53,11 +53,15 @@ VAE_PREFIX = "first_stage_model."
 # `scaling_factor` in their diffusers configs).
 _SD_LATENT_SCALE = 0.18215
 _SDXL_LATENT_SCALE = 0.13025
-_TRANSFORMER_LATENT_SCALES = {"sd3": 1.5305, "flux": 0.3611}
+_TRANSFORMER_LATENT_SCALES = {"sd3": 1.5305, "flux": 0.3611, "zimage": 0.3611, "chroma": 0.3611}
 # A key only each transformer family has, and the layout name `load_checkpoint` builds it by.
 _TRANSFORMER_SIGNATURES = (
     ("joint_blocks.0.x_block.attn.qkv.weight", "sd3"),
+    # Chroma keeps FLUX's blocks, so it is told apart first, by the approximator FLUX lacks.
+    ("distilled_guidance_layer.in_proj.weight", "chroma"),
     ("double_blocks.0.img_attn.qkv.weight", "flux"),
+    # Z-Image's caption embedder into its single stream (Lumina 2 has no learned pad tokens).
+    ("cap_pad_token", "zimage"),
 )
 _TRANSFORMER_LATENT_CHANNELS = 16
 
@@ -76,6 +80,8 @@ class ModelFamily(str, enum.Enum):
     SDXL_REFINER = "sdxl_refiner"
     SD3 = "sd3"
     FLUX = "flux"
+    ZIMAGE = "zimage"
+    CHROMA = "chroma"
 
     @property
     def latent_scale_factor(self) -> float:
@@ -85,7 +91,7 @@ class ModelFamily(str, enum.Enum):
 
     @property
     def is_flow_transformer(self) -> bool:
-        """A rectified-flow transformer (SD3, FLUX) rather than a discrete-time UNet."""
+        """A rectified-flow transformer (SD3, FLUX, Z-Image, Chroma) rather than a discrete-time UNet."""
         return self.value in _TRANSFORMER_LATENT_SCALES
 
 

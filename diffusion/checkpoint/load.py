@@ -16,22 +16,27 @@ import torch
 from torch import nn
 
 from ..diffusers_layout import unet_to_ldm, vae_to_ldm
+from ..chroma import ChromaTransformer, load_chroma
 from ..flux import FluxTransformer, load_flux
 from ..mmdit import MMDiT, load_mmdit
 from ..text_encoders import FAMILY_ENCODERS, ClipStack, load_clip_text_model
-from ..text_encoders.t5_stacks import FluxTextEncoders, SD3TextEncoders, t5_family_encoders
+from ..text_encoders.t5_stacks import ChromaTextEncoders, FluxTextEncoders, SD3TextEncoders, t5_family_encoders
+from ..text_encoders.zimage_text import ZImageTextEncoder
 from ..unet import UNetModel, unet_from_state_dict
 from ..unet_config import UNetConfig, detect_unet_config
 from ..vae import AutoencoderKL, vae_from_state_dict
+from ..zimage import ZImageTransformer, load_zimage
 from .detect import CheckpointInfo, ComponentSource, ModelFamily, detect_state_dict
 from .diffusers_folder import detect_diffusers_folder, is_diffusers_folder
 from .errors import CheckpointError, CheckpointFormatError
 from .files import LazyStateDict, open_state_dict
 
-__all__ = ["DiffusionModel", "LoadedCheckpoint", "load_checkpoint", "split_checkpoint"]
+__all__ = ["DiffusionModel", "LoadedCheckpoint", "TextEncoderStack", "load_checkpoint", "split_checkpoint"]
 
 #: The denoising network of a model file: an SD UNet or a rectified-flow transformer.
-DiffusionModel = UNetModel | FluxTransformer | MMDiT
+DiffusionModel = UNetModel | FluxTransformer | MMDiT | ZImageTransformer | ChromaTransformer
+#: What a loaded file's text encoders are: a CLIP stack, a T5 family's encoders, or an LLM encoder.
+TextEncoderStack = ClipStack | FluxTextEncoders | SD3TextEncoders | ChromaTextEncoders | ZImageTextEncoder
 
 
 @dataclass
@@ -41,7 +46,7 @@ class LoadedCheckpoint:
 
     unet: DiffusionModel | None
     vae: AutoencoderKL | None
-    text_encoders: ClipStack | FluxTextEncoders | SD3TextEncoders | None
+    text_encoders: TextEncoderStack | None
     info: CheckpointInfo
 
 
@@ -122,14 +127,18 @@ def _level_depths(config: UNetConfig) -> list[int]:
     return [max(next(depths) for _ in range(blocks)) for blocks in config.num_res_blocks]
 
 
+#: What an all-in-one file of a T5 family must hold to give a CLIP (Z-Image's ship as split files only).
+_ALL_IN_ONE_ENCODERS = {"flux": {"clip_l", "t5xxl"}, "sd3": {"clip_l", "clip_g"}, "chroma": {"t5xxl"}}
+
+
 def _text_encoders(
     family: ModelFamily, info: CheckpointInfo, views: dict[str, LazyStateDict]
-) -> ClipStack | FluxTextEncoders | SD3TextEncoders | None:
+) -> TextEncoderStack | None:
     """Every released CLIP has 64-wide heads, which single files rely on; diffusers folders state it."""
     if family.is_flow_transformer:
         found: dict[str, LazyStateDict] = {n: views[n] for n in ("clip_l", "clip_g", "t5xxl") if n in views}
-        needed = {"flux": {"clip_l", "t5xxl"}, "sd3": {"clip_l", "clip_g"}}[family.value]
-        return t5_family_encoders(family.value, found) if needed <= set(found) else None
+        needed = _ALL_IN_ONE_ENCODERS.get(family.value)
+        return t5_family_encoders(family.value, found) if needed is not None and needed <= set(found) else None
     encoders = {}
     for role in FAMILY_ENCODERS.get(family.value, ()):
         if role.name not in views:
@@ -181,6 +190,10 @@ def _diffusion_model(info: CheckpointInfo, weights: LazyStateDict) -> DiffusionM
         return load_flux(weights)
     if source.layout == "sd3":
         return load_mmdit(weights)
+    if source.layout == "zimage":
+        return load_zimage(weights)
+    if source.layout == "chroma":
+        return load_chroma(weights)
     return unet_from_state_dict(weights, _unet_config(info, source, weights))
 
 

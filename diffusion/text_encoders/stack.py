@@ -57,6 +57,8 @@ FAMILY_ENCODERS: dict[str, tuple[EncoderRole, ...]] = {
     "sdxl_refiner": (_CLIP_G,),
     # SD3's CLIP pair is SDXL's (penultimate layer, no final LayerNorm); ``t5_stacks`` adds T5 and the pooling.
     "sd3": (_CLIP_L_SDXL, _CLIP_G),
+    # Chroma conditions on T5 alone (``t5_stacks``): no CLIP.
+    "chroma": (),
 }
 
 

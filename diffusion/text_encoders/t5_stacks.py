@@ -1,4 +1,5 @@
-"""The text conditioning of the T5-XXL families: FLUX.1 (CLIP-L + T5) and SD3 / SD3.5 (CLIP-L + CLIP-G + T5).
+"""The text conditioning of the T5-XXL families: FLUX.1 (CLIP-L + T5), SD3 / SD3.5 (CLIP-L + CLIP-G + T5) and
+Chroma (T5 alone).
 
 FLUX reads two things from its prompt, as Black Forest Labs' pipeline and ComfyUI give them: the T5-XXL
 encoder's states of every token (the sequence it attends to, 4096 wide) and CLIP-L's pooled end-token
@@ -14,6 +15,9 @@ which workflows were tuned with:
 - Emphasis ``(word:1.2)`` weights T5 states as it weights CLIP's (``stack.py``): a weighted position moves
   away from the empty prompt's state at that position, ``z_empty + (z - z_empty) * w``.
 - The CLIP encoders run as in SD1.x / SDXL (77-token windows); pooled vectors come from the first window.
+- Chroma's T5 ids are the prompt's and the end token, unpadded (ComfyUI's ``min_length`` 1 for it); its
+  official workflow adds one pad token (``T5TokenizerOptions(min_padding=1)``), which Chroma was trained
+  to attend to. Every token is attended, the pads included, as the states reach the transformer unmasked.
 
 States narrower than the families' input widths (only tiny test encoders are) are zero-padded to them, so
 tiny files drive a tiny transformer exactly as real ones drive a real one; real encoders are that wide.
@@ -36,9 +40,11 @@ from diffusion.text_encoders.stack import ClipStack, EncoderRole
 from diffusion.text_encoders.t5 import T5Encoder, load_t5_encoder
 
 __all__ = [
+    "CHROMA_T5_PADDING",
     "CONTEXT_WIDTH",
     "FLUX_POOLED_WIDTH",
     "FLUX_T5_PADDING",
+    "ChromaTextEncoders",
     "SD3_POOLED_WIDTH",
     "SD3_T5_PADDING",
     "SD3_T5_MIN_LENGTH",
@@ -70,6 +76,7 @@ class T5Padding:
 
 FLUX_T5_PADDING = T5Padding(min_length=T5_MIN_LENGTH)
 SD3_T5_PADDING = T5Padding(min_length=SD3_T5_MIN_LENGTH)
+CHROMA_T5_PADDING = T5Padding(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -234,9 +241,30 @@ class SD3TextEncoders(T5FamilyEncoders):
 _SD3_CLIP_WIDTHS = {"clip_l": 768, "clip_g": 1280}
 
 
+class ChromaTextEncoders(T5FamilyEncoders):
+    """T5-XXL alone, as Chroma reads it (``CLIPLoader(type=chroma)``); ``encode`` returns (states, None)."""
+
+    family = "chroma"
+    clip_family = "chroma"
+
+    def encode(
+        self,
+        text: str | Mapping[str, str],
+        clip_skip: int | None = None,
+        resolve_embedding: EmbeddingResolver | None = None,
+        t5_padding: T5Padding = CHROMA_T5_PADDING,
+    ) -> tuple[torch.Tensor, None]:
+        """(T5 states [1, tokens, 4096], no pooled vector: Chroma takes none); `text` may be given per encoder
+        (key ``t5xxl``)."""
+        if self.t5 is None:
+            raise ValueError("Chroma's text encoder is T5-XXL")
+        prompt = text if isinstance(text, str) else text["t5xxl"]
+        return _widened(encode_t5(self.t5, self.tokenizer, prompt, t5_padding), CONTEXT_WIDTH), None
+
+
 def t5_family_encoders(
     family: str, weights: Mapping[str, Mapping[str, torch.Tensor]]
-) -> FluxTextEncoders | SD3TextEncoders:
+) -> FluxTextEncoders | SD3TextEncoders | ChromaTextEncoders:
     """A family's encoders from their state dicts by name (``clip_l``, ``clip_g``, ``t5xxl``; SD3 takes any
     of them).
 
@@ -256,4 +284,6 @@ def t5_family_encoders(
         return FluxTextEncoders(ClipStack("sd15", {"clip_l": clips["clip_l"]}), t5)
     if family == "sd3":
         return SD3TextEncoders(ClipStack("sd3", clips), t5)
-    raise ValueError(f"no T5 text-encoder family {family!r}; expected flux or sd3")
+    if family == "chroma":
+        return ChromaTextEncoders(ClipStack("chroma", {}), t5)
+    raise ValueError(f"no T5 text-encoder family {family!r}; expected flux, sd3 or chroma")

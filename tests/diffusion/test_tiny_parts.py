@@ -17,12 +17,14 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion.checkpoint import ModelFamily, detect_checkpoint
+from diffusion.chroma import load_chroma
 from diffusion.flux import FluxTransformer, load_flux
 from diffusion.mmdit import MMDiT, load_mmdit
 from diffusion.model_memory import place
 from diffusion.t5_tokenizer import VOCAB_SIZE as T5_VOCAB_SIZE
 from diffusion.t5_tokenizer import load_t5_tokenizer
 from diffusion.text_encoders import load_clip_text_model
+from diffusion.text_encoders.qwen3 import load_qwen3_encoder
 from diffusion.text_encoders.t5 import load_t5_encoder
 from diffusion.tiny import tiny_checkpoint_tensors, write_tiny_checkpoint
 from diffusion.tiny_parts import (
@@ -32,19 +34,23 @@ from diffusion.tiny_parts import (
     T5_EMBEDDING_ROWS,
     TINY_CLIP_G,
     TINY_CLIP_L,
+    TINY_QWEN3,
     TINY_T5,
     TINY_VAE,
     TinyFileError,
     checkpoint_prefixes,
+    tiny_chroma_config,
     tiny_file_tensors,
     tiny_flux_config,
     tiny_mmdit_config,
+    tiny_zimage_config,
     valid_dtypes,
     valid_parts,
     write_tiny_file,
 )
 from diffusion.tokenizer import load_clip_tokenizer
 from diffusion.vae import vae_from_state_dict
+from diffusion.zimage import load_zimage
 
 FLUX_FAMILIES = ["flux_dev", "flux_schnell", "flux_fill", "flux_canny", "flux_depth"]
 SD3_FAMILIES = ["sd3", "sd35_medium", "sd35_large"]
@@ -122,8 +128,36 @@ def test_an_sd3_diffusion_model_is_in_stability_layout_and_predicts_a_flow(famil
 @pytest.mark.parametrize("family", FLOW_FAMILIES)
 def test_loom_detects_each_diffusion_model_file_as_its_family(family: str, tmp_path: Path) -> None:
     info = detect_checkpoint(write_tiny_file(tmp_path / "m.safetensors", family, "diffusion_model", "fp8"))
-    assert info.family is ModelFamily("flux" if family.startswith("flux") else "sd3")
+    expected = "flux" if family.startswith("flux") else "sd3" if family.startswith("sd3") else family
+    assert info.family is ModelFamily(expected)
     assert info.latent_channels == 16 and info.prediction == "flow"
+
+
+def test_z_image_and_chroma_load_in_their_original_layouts_and_predict_a_flow() -> None:
+    zimage = load_zimage(tensors("zimage", "diffusion_model"))
+    assert zimage.config == tiny_zimage_config() and zimage.config.context_dim == 2560
+    assert zimage.x_pad_token.abs().sum() > 0  # random, so a misplaced pad token shows
+    chroma = load_chroma(tensors("chroma", "diffusion_model"))
+    assert chroma.config == tiny_chroma_config()
+    latent = torch.randn(1, 16, 8, 6)
+    with torch.no_grad():
+        assert zimage(latent, torch.tensor([0.5]), torch.randn(1, 7, 2560)).isfinite().all()
+        assert chroma(latent, torch.tensor([0.5]), torch.randn(1, 7, 4096)).isfinite().all()
+
+
+def test_qwen3_loads_in_its_file_layout_with_three_layers_and_the_real_table() -> None:
+    weights = tensors("zimage", "qwen3_4b")
+    assert weights["model.embed_tokens.weight"].shape == (151936, 64)
+    assert "model.layers.2.self_attn.q_norm.weight" in weights and "model.layers.3.mlp.up_proj.weight" not in weights
+    assert load_qwen3_encoder(weights).config == TINY_QWEN3
+
+
+def test_an_fp8_mixed_file_has_fp8_linear_weights_and_everything_else_in_bf16() -> None:
+    weights = tiny_file_tensors("chroma", "diffusion_model", "fp8_mixed")
+    assert weights["double_blocks.0.img_attn.qkv.weight"].dtype == torch.float8_e4m3fn
+    assert weights["double_blocks.0.img_attn.qkv.bias"].dtype == torch.bfloat16
+    assert weights["double_blocks.0.img_attn.norm.query_norm.scale"].dtype == torch.bfloat16
+    assert "scaled_fp8" not in weights and not any(key.endswith("scale_weight") for key in weights)
 
 
 @pytest.mark.parametrize(
@@ -211,6 +245,10 @@ def test_t5xxl_loads_in_transformers_layout_and_takes_the_largest_t5_id() -> Non
 def test_text_encoders_are_the_same_files_for_every_family() -> None:
     for part in ("clip_l", "t5xxl"):
         assert same(tensors("sd3", part), tensors("flux_schnell", part))
+    assert same(tensors("chroma", "t5xxl"), tensors("flux_dev", "t5xxl"))
+    assert same(tensors("zimage", "vae"), tensors("chroma", "vae")) and same(
+        tensors("chroma", "vae"), tensors("flux_dev", "vae")
+    )
 
 
 # ---------------------------------------------------------------- all in one
@@ -364,10 +402,14 @@ def test_an_sd_checkpoint_in_fp32_is_the_file_diffusion_tiny_writes(tmp_path: Pa
 def test_every_family_lists_its_parts_and_dtypes() -> None:
     assert valid_parts("sd15") == ("checkpoint",)
     assert valid_parts("flux_dev") == ("checkpoint", "diffusion_model", "vae", "clip_l", "t5xxl", "lora")
-    assert valid_parts("sd3") == PARTS
+    assert valid_parts("sd3") == tuple(part for part in PARTS if part != "qwen3_4b")
+    assert valid_parts("zimage") == ("diffusion_model", "vae", "qwen3_4b", "lora")
+    assert valid_parts("chroma") == ("diffusion_model", "vae", "t5xxl", "lora")
     assert valid_dtypes("sd35_medium", "t5xxl") == DTYPES
+    assert "fp8_mixed" not in valid_dtypes("flux_dev", "checkpoint")
     assert valid_dtypes("flux_dev", "vae") == valid_dtypes("sdxl", "checkpoint") == ("fp32", "fp16", "bf16")
-    assert set(FLOW_FAMILIES) == {*FLUX_FAMILIES, *SD3_FAMILIES}
+    assert valid_dtypes("zimage", "qwen3_4b") == ("fp32", "fp16", "bf16")
+    assert set(FLOW_FAMILIES) == {*FLUX_FAMILIES, *SD3_FAMILIES, "zimage", "chroma"}
     with pytest.raises(TinyFileError, match="no family 'sd3' for a FLUX.1 transformer"):
         tiny_flux_config("sd3")
     with pytest.raises(TinyFileError, match="no family 'flux_dev' for an MMDiT"):
@@ -379,7 +421,11 @@ def test_every_family_lists_its_parts_and_dtypes() -> None:
     [
         (("sd4", "checkpoint", "fp32"), "unknown family 'sd4'; valid families: sd15, sd2, sdxl, sdxl_refiner, sd3"),
         (("sd3", "unet", "fp32"), "unknown part 'unet'; valid parts: checkpoint, diffusion_model, vae, clip_l"),
-        (("sd3", "checkpoint", "int8"), "unknown dtype 'int8'; valid dtypes: fp32, fp16, bf16, fp8, fp8_scaled"),
+        (
+            ("sd3", "checkpoint", "int8"),
+            "unknown dtype 'int8'; valid dtypes: fp32, fp16, bf16, fp8, fp8_scaled, fp8_mixed",
+        ),
+        (("zimage", "checkpoint", "fp32"), "no part 'checkpoint' for zimage; valid parts: diffusion_model, vae, qwen3"),
         (("flux_dev", "clip_g", "fp32"), "no part 'clip_g' for flux_dev; valid parts: checkpoint, diffusion_model"),
         (("flux_dev", "vae", "fp8"), "no dtype 'fp8' for the vae of flux_dev; valid dtypes: fp32, fp16, bf16"),
         (("sdxl", "vae", "fp32"), "no part 'vae' for sdxl; valid parts: checkpoint"),
