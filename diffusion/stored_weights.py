@@ -14,10 +14,16 @@ weight in fp8 with a per-tensor ``scale_weight`` beside it (real weight = fp8 va
 those off (``split_weight_scales``) before matching the layout and hand the weight scales to their layers
 (``attach_weight_scales``): such a layer keeps its fp8 weight and multiplies by the scale, in fp32, at each
 call. ``scale_input`` matters only to fp8 matmul, which the CPU has not, so it is not kept.
+
+ComfyUI's newer quantised files (its "fp8mixed" releases) name the same per-tensor scale ``weight_scale``
+and the activation scale ``input_scale``, and mark each quantised layer with a ``comfy_quant`` tensor: the
+bytes of a JSON object whose ``format`` names the layout. Per-tensor fp8 (``float8_e4m3fn``, ``float8_e5m2``)
+is the scaled fp8 above; block-wise and 4-bit layouts are refused by name (``WeightScaleError``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +43,10 @@ __all__ = [
 ]
 
 _SCALE_WEIGHT = ".scale_weight"
-_DROPPED_KEY = re.compile(r"\.scale_input$|^scaled_fp8$")
+_SCALE_SUFFIXES = (_SCALE_WEIGHT, ".weight_scale")
+_DROPPED_KEY = re.compile(r"\.(scale_input|input_scale)$|^scaled_fp8$")
+_QUANT_MARK = ".comfy_quant"
+_PER_TENSOR_FP8 = ("float8_e4m3fn", "float8_e5m2")
 
 
 class ComputesFromStored(nn.Module):
@@ -123,15 +132,30 @@ def store_weights_as(module: nn.Module, dtype: torch.dtype) -> None:
 def split_weight_scales(
     state_dict: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(the weights without a scaled-fp8 file's extra tensors, layer prefix -> weight scale)."""
+    """(the weights without a scaled-fp8 file's extra tensors, layer prefix -> weight scale); a layer quantised
+    in a layout other than per-tensor fp8 raises ``WeightScaleError``."""
     weights: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
-        if key.endswith(_SCALE_WEIGHT):
-            scales[key.removesuffix(_SCALE_WEIGHT)] = tensor
+        suffix = next((suffix for suffix in _SCALE_SUFFIXES if key.endswith(suffix)), None)
+        if suffix is not None:
+            scales[key.removesuffix(suffix)] = tensor
+        elif key.endswith(_QUANT_MARK):
+            _check_quant_format(key, tensor)
         elif not _DROPPED_KEY.search(key):
             weights[key] = tensor
     return weights, scales
+
+
+def _check_quant_format(key: str, mark: torch.Tensor) -> None:
+    try:
+        layout = json.loads(bytes(mark.to(torch.uint8).tolist()).decode("utf-8")).get("format")
+    except (ValueError, AttributeError):
+        raise WeightScaleError(key, "a quantisation mark that is not a JSON object") from None
+    if layout not in _PER_TENSOR_FP8:
+        raise WeightScaleError(
+            key, f"quantised as {layout!r}; Loom reads per-tensor fp8 ({', '.join(_PER_TENSOR_FP8)}) and plain weights"
+        )
 
 
 def attach_weight_scales(module: nn.Module, scales: Mapping[str, torch.Tensor]) -> None:

@@ -168,7 +168,10 @@ def load_exact(module: nn.Module, state_dict: Mapping[str, torch.Tensor], compon
     initialisation time or second copy. A scaled-fp8 file's weight scales go to their layers
     (``diffusion.stored_weights``); its other extra tensors are dropped.
     """
-    state_dict, scales = split_weight_scales(state_dict)
+    try:
+        state_dict, scales = split_weight_scales(state_dict)
+    except WeightScaleError as error:
+        raise CheckpointLayoutError(component, error.key, error.reason) from error
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

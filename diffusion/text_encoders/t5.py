@@ -282,7 +282,10 @@ def load_t5_encoder(state_dict: Mapping[str, torch.Tensor]) -> T5Encoder:
     (`t5xxl_fp8_e4m3fn_scaled`) keeps its fp8 weights, each layer multiplying by its `scale_weight` at compute
     (``diffusion.stored_weights``).
     """
-    weights, scales = split_weight_scales(state_dict)
+    try:
+        weights, scales = split_weight_scales(state_dict)
+    except WeightScaleError as error:
+        raise T5LayoutError(str(error)) from error
     weights = _weights_only(weights)
     config = t5_config_from_state_dict(weights)
     with torch.device("meta"):

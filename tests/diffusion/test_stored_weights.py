@@ -4,6 +4,7 @@ the model cast whole to fp32 computes: upcasting is exact, so the stored weights
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -142,4 +143,35 @@ def test_a_weight_scale_for_no_layer_is_named() -> None:
     weights, _ = _scaled_fp8_file()
     weights["nowhere.scale_weight"] = torch.ones(())
     with pytest.raises(CheckpointLayoutError, match=r"nowhere\.scale_weight: a weight scale for no linear"):
+        _loaded(weights)
+
+
+def _comfy_quant(layout: str) -> torch.Tensor:
+    return torch.tensor(list(json.dumps({"format": layout}).encode()), dtype=torch.uint8)
+
+
+def test_comfyui_s_newer_naming_of_per_tensor_fp8_loads_as_scaled_fp8() -> None:
+    weights, dequantized = _scaled_fp8_file()
+    renamed = {}
+    for key, tensor in weights.items():
+        if key == "scaled_fp8":
+            continue
+        renamed[key.replace(".scale_weight", ".weight_scale").replace(".scale_input", ".input_scale")] = tensor
+    for prefix in ("conv", "linear"):
+        renamed[f"{prefix}.comfy_quant"] = _comfy_quant("float8_e4m3fn")
+    model, reference = _loaded(renamed), _loaded(dequantized)
+    place(model, torch.device("cpu"), torch.float32)
+    assert model.linear.weight.dtype == torch.float8_e4m3fn and model.linear.weight_scale is not None
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["int8_blockwise", "nvfp4"])
+def test_a_layer_quantised_in_another_layout_is_refused_by_name(layout: str) -> None:
+    weights, _ = _scaled_fp8_file()
+    weights["linear.comfy_quant"] = _comfy_quant(layout)
+    with pytest.raises(
+        CheckpointLayoutError, match=rf"linear\.comfy_quant: quantised as '{layout}'; Loom reads per-tensor fp8"
+    ):
         _loaded(weights)
