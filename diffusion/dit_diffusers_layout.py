@@ -1,23 +1,30 @@
-"""Where each layer of diffusers' FLUX.1 and SD3 transformers lies in the original layout Loom's models keep.
+"""Where each layer of diffusers' FLUX.1, SD3, Chroma and Z-Image transformers lies in the original layout Loom's
+models keep.
 
-`FluxTransformer` and `MMDiT` name their layers as Black Forest Labs' and Stability's files do; diffusers'
-`FluxTransformer2DModel` and `SD3Transformer2DModel` name them otherwise, and most LoRAs for these models are
+`FluxTransformer`, `MMDiT`, `ChromaTransformer` and `ZImageTransformer` name their layers as Black Forest Labs',
+Stability's, lodestone's and Tongyi-MAI's files do; diffusers' `FluxTransformer2DModel`, `SD3Transformer2DModel`,
+`ChromaTransformer2DModel` and `ZImageTransformer2DModel` name them otherwise, and most LoRAs for these models are
 trained on diffusers' layers (PEFT's ``transformer.<layer>.lora_A.weight``). Renaming is not enough, since
 diffusers splits what the original fuses:
 
 - an attention's fused ``qkv`` is three diffusers linears, ``to_q``, ``to_k``, ``to_v`` (the text stream's
-  ``add_q_proj``, ``add_k_proj``, ``add_v_proj``), each `hidden` rows of it in that order;
-- a FLUX single block's ``linear1`` is ``attn.to_q``, ``attn.to_k``, ``attn.to_v`` and ``proj_mlp`` (`hidden`,
-  `hidden`, `hidden` and the MLP width rows);
+  ``add_q_proj``, ``add_k_proj``, ``add_v_proj``), each `hidden` rows of it in that order; Z-Image's
+  ``attention.qkv`` too (``attention.to_q``, ``to_k``, ``to_v``; its ``attention.out`` is ``attention.to_out.0``);
+- a FLUX (and Chroma) single block's ``linear1`` is ``attn.to_q``, ``attn.to_k``, ``attn.to_v`` and ``proj_mlp``
+  (`hidden`, `hidden`, `hidden` and the MLP width rows);
 - the final adaLN linear (and SD3's pre-only last text block's) yields (shift, scale) in the original and
-  (scale, shift) in diffusers' ``AdaLayerNormContinuous``, so its two row halves come swapped.
+  (scale, shift) in diffusers' ``AdaLayerNormContinuous``, so its two row halves come swapped. Z-Image's final
+  adaLN yields a scale only and Chroma has none (its approximator, ``distilled_guidance_layer``, yields every
+  modulation; diffusers calls the residual layers' ``in_layer``/``out_layer`` ``linear_1``/``linear_2``).
 
 A diffusers layer therefore maps to an original module plus the rows of that module's weight and bias its own
 weight and bias are (`RowSlice`), which is all a LoRA delta on it needs to land in the right place
 (`diffusion.lora`). The maps follow from the model's config (width, MLP width, block counts, pre-only last block,
-SD3.5 Medium's dual-attention blocks), so they fit any size; they were checked against diffusers' single-file
-converters (`convert_flux_transformer_checkpoint_to_diffusers`, `convert_sd3_transformer_checkpoint_to_diffusers`)
-by `tests/diffusion/test_lora_dit_layouts.py`, which runs both models.
+SD3.5 Medium's dual-attention blocks, Z-Image's refiner depths), so they fit any size; they were checked against
+diffusers' single-file converters (`convert_flux_transformer_checkpoint_to_diffusers`,
+`convert_sd3_transformer_checkpoint_to_diffusers`, `convert_chroma_transformer_checkpoint_to_diffusers`,
+`convert_z_image_transformer_checkpoint_to_diffusers`) by `tests/diffusion/test_lora_dit_layouts.py`, which runs
+both models.
 """
 
 from __future__ import annotations
@@ -27,10 +34,20 @@ from dataclasses import dataclass
 
 import torch
 
+from diffusion.chroma import ChromaConfig
 from diffusion.flux import FluxConfig
 from diffusion.mmdit import MMDiTConfig
+from diffusion.zimage import PATCH as ZIMAGE_PATCH
+from diffusion.zimage import ZImageConfig
 
-__all__ = ["OriginalLayer", "RowSlice", "flux_diffusers_layers", "mmdit_diffusers_layers"]
+__all__ = [
+    "OriginalLayer",
+    "RowSlice",
+    "chroma_diffusers_layers",
+    "flux_diffusers_layers",
+    "mmdit_diffusers_layers",
+    "zimage_diffusers_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -110,8 +127,6 @@ _FLUX_GUIDANCE = {
     "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
 }
 _FLUX_DOUBLE = {
-    "norm1.linear": "img_mod.lin",
-    "norm1_context.linear": "txt_mod.lin",
     "attn.to_out.0": "img_attn.proj",
     "attn.to_add_out": "txt_attn.proj",
     "ff.net.0.proj": "img_mlp.0",
@@ -119,7 +134,27 @@ _FLUX_DOUBLE = {
     "ff_context.net.0.proj": "txt_mlp.0",
     "ff_context.net.2": "txt_mlp.2",
 }
-_FLUX_SINGLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
+_FLUX_DOUBLE_MODULATION = {"norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin"}
+_FLUX_SINGLE = {"proj_out": "linear2"}
+_FLUX_SINGLE_MODULATION = {"norm.linear": "modulation.lin"}
+
+
+def _flux_blocks(
+    depth: int, depth_single_blocks: int, hidden: int, mlp_hidden: int, modulated: bool
+) -> dict[str, OriginalLayer]:
+    """The double and single blocks FLUX.1 and Chroma share; Chroma's have no modulation projections."""
+    layers: dict[str, OriginalLayer] = {}
+    for i in range(depth):
+        block, original = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        layers |= _renamed(block, original, _FLUX_DOUBLE | (_FLUX_DOUBLE_MODULATION if modulated else {}))
+        layers |= _qkv(f"{block}attn.", _QKV, f"{original}img_attn.qkv", hidden)
+        layers |= _qkv(f"{block}attn.", _ADDED_QKV, f"{original}txt_attn.qkv", hidden)
+    for i in range(depth_single_blocks):
+        block, original = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        layers |= _renamed(block, original, _FLUX_SINGLE | (_FLUX_SINGLE_MODULATION if modulated else {}))
+        linear1 = [(f"{block}attn.{name}", hidden) for name in _QKV] + [(f"{block}proj_mlp", mlp_hidden)]
+        layers |= _stacked(f"{original}linear1", linear1)
+    return layers
 
 
 def flux_diffusers_layers(config: FluxConfig) -> dict[str, OriginalLayer]:
@@ -130,16 +165,70 @@ def flux_diffusers_layers(config: FluxConfig) -> dict[str, OriginalLayer]:
     if config.guidance_embed:
         layers |= _renamed("", "", _FLUX_GUIDANCE)
     layers["norm_out.linear"] = _scale_shift("final_layer.adaLN_modulation.1", hidden)
-    for i in range(config.depth):
-        block, original = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        layers |= _renamed(block, original, _FLUX_DOUBLE)
-        layers |= _qkv(f"{block}attn.", _QKV, f"{original}img_attn.qkv", hidden)
-        layers |= _qkv(f"{block}attn.", _ADDED_QKV, f"{original}txt_attn.qkv", hidden)
-    for i in range(config.depth_single_blocks):
-        block, original = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        layers |= _renamed(block, original, _FLUX_SINGLE)
-        linear1 = [(f"{block}attn.{name}", hidden) for name in _QKV] + [(f"{block}proj_mlp", config.mlp_hidden_size)]
-        layers |= _stacked(f"{original}linear1", linear1)
+    return layers | _flux_blocks(
+        config.depth, config.depth_single_blocks, hidden, config.mlp_hidden_size, modulated=True
+    )
+
+
+_CHROMA_TOP = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "proj_out": "final_layer.linear",
+    "distilled_guidance_layer.in_proj": "distilled_guidance_layer.in_proj",
+    "distilled_guidance_layer.out_proj": "distilled_guidance_layer.out_proj",
+}
+_CHROMA_APPROXIMATOR_LAYER = {"linear_1": "in_layer", "linear_2": "out_layer"}
+
+
+def chroma_diffusers_layers(config: ChromaConfig) -> dict[str, OriginalLayer]:
+    """``ChromaTransformer2DModel`` layer name -> where it lies in the original (lodestone / ComfyUI) layout, for
+    every linear layer of a Chroma transformer of this config: FLUX.1's blocks without their modulation
+    projections, and the approximator in place of FLUX.1's time, vector and guidance embedders."""
+    layers = _renamed("", "", _CHROMA_TOP)
+    for i in range(config.approximator_depth):
+        prefix = f"distilled_guidance_layer.layers.{i}."
+        layers |= _renamed(prefix, prefix, _CHROMA_APPROXIMATOR_LAYER)
+    return layers | _flux_blocks(
+        config.depth, config.depth_single_blocks, config.hidden_size, config.mlp_hidden_size, modulated=False
+    )
+
+
+# diffusers keeps Z-Image's patch embedder and final layer in dicts keyed "<patch>-<frame patch>"; images have
+# one frame per patch.
+_ZIMAGE_PATCHES = f"{ZIMAGE_PATCH}-1"
+_ZIMAGE_TOP = {
+    f"all_x_embedder.{_ZIMAGE_PATCHES}": "x_embedder",
+    f"all_final_layer.{_ZIMAGE_PATCHES}.linear": "final_layer.linear",
+    f"all_final_layer.{_ZIMAGE_PATCHES}.adaLN_modulation.1": "final_layer.adaLN_modulation.1",
+    "t_embedder.mlp.0": "t_embedder.mlp.0",
+    "t_embedder.mlp.2": "t_embedder.mlp.2",
+    "cap_embedder.1": "cap_embedder.1",
+}
+_ZIMAGE_BLOCK = {
+    "attention.to_out.0": "attention.out",
+    "feed_forward.w1": "feed_forward.w1",
+    "feed_forward.w2": "feed_forward.w2",
+    "feed_forward.w3": "feed_forward.w3",
+}
+_ZIMAGE_MODULATION = {"adaLN_modulation.0": "adaLN_modulation.0"}
+
+
+def zimage_diffusers_layers(config: ZImageConfig) -> dict[str, OriginalLayer]:
+    """``ZImageTransformer2DModel`` layer name -> where it lies in the original (Tongyi-MAI) layout, for every
+    linear layer of a Z-Image transformer of this config. Most names are the original's; the fused attention
+    ``qkv`` is split, its ``out`` is ``to_out.0`` and the patch embedder and final layer sit under their patch
+    size."""
+    layers = _renamed("", "", _ZIMAGE_TOP)
+    stacks = (
+        ("noise_refiner", config.noise_refiner_depth, True),
+        ("context_refiner", config.context_refiner_depth, False),
+        ("layers", config.depth, True),
+    )
+    for stack, depth, modulated in stacks:
+        for i in range(depth):
+            block = f"{stack}.{i}."
+            layers |= _renamed(block, block, _ZIMAGE_BLOCK | (_ZIMAGE_MODULATION if modulated else {}))
+            layers |= _qkv(f"{block}attention.", _QKV, f"{block}attention.qkv", config.hidden_size)
     return layers
 
 

@@ -15,10 +15,13 @@ Files in the wild name the same thing several ways; each tensor is keyed ``<stem
 | kohya FLUX / SD3          | ``lora_unet_double_blocks_0_img_attn_qkv``   | ``lora_up``/``lora_down``, ``alpha``      |
 |                           | (the original layout, ``_`` for ``.``)       |                                           |
 | ComfyUI / BFL (FLUX, SD3) | ``diffusion_model.double_blocks.0....qkv``   | same                                      |
-| diffusers / PEFT, FLUX    | ``transformer.transformer_blocks.0....to_q`` | ``lora_A.weight``, ``lora_B.weight``,     |
-| and SD3 (most trainers)   | (``base_model.model.`` as PEFT saves it)     | ``alpha``                                 |
+| diffusers / PEFT, FLUX,   | ``transformer.transformer_blocks.0....to_q`` | ``lora_A.weight``, ``lora_B.weight``,     |
+| SD3, Chroma, Z-Image      | (``base_model.model.`` as PEFT saves it,     | ``alpha``; ``lora_A.default.weight``      |
+| (most trainers)           | ``diffusion_model.`` in some Z-Image files,  | (a PEFT adapter's raw state dict)         |
+|                           | no prefix in DiffSynth's)                    |                                           |
 | kohya-style, diffusers    | ``lora_transformer_transformer_blocks_...``  | ``lora_up``/``lora_down``, ``alpha``      |
-| names (FLUX)              | (diffusers names, ``_`` for ``.``)           |                                           |
+| names (FLUX, SD3, Chroma, | (``lora_unet_``, SimpleTuner's ``lycoris_``; |                                           |
+| Z-Image)                  | diffusers names, ``_`` for ``.``)            |                                           |
 
 ``alpha`` scales the product by ``alpha / rank`` (kohya's convention; no alpha means 1). LoCon stores a
 convolution as a ``k x k`` down conv and a ``1 x 1`` up conv, whose composition is the single ``k x k``
@@ -28,14 +31,16 @@ kernel ``up[o, r] * down[r, i, h, w]``; with ``lora_mid`` (a Tucker core, ``r x 
 Stems are resolved against the target module's own parameter names rather than by rewriting strings
 into guesses: an LDM-layout stem is looked up in ``{name with "." -> "_": name}`` built from
 ``named_parameters()``, diffusers module names go through ``diffusion.diffusers_layout.unet_to_ldm``,
-and the result is kept only if the module really has that parameter. FLUX and SD3 transformers are
-resolved the same way against their original (Black Forest Labs, Stability) names, and diffusers' names
-of their layers through ``diffusion.dit_diffusers_layout``, built from the model's config. Diffusers
-splits layers the original fuses (``to_q``/``to_k``/``to_v`` are the three row blocks of ``qkv``) and
-stores the final adaLN's halves swapped, so such a delta carries its ``RowSlice``: it computes its own
-rows and lands in them, zero elsewhere, and the q, k and v deltas of one ``qkv`` add up. Whatever does
-not resolve is reported back, so a LoRA for another model family shows up as a list of unmatched keys,
-and so do formats not handled here (LoHa ``hada_*``, LoKr ``lokr_*``, DoRA scales).
+and the result is kept only if the module really has that parameter. FLUX, SD3, Chroma and Z-Image
+transformers are resolved the same way against their original (Black Forest Labs, Stability, lodestone,
+Tongyi-MAI) names, and diffusers' names of their layers through ``diffusion.dit_diffusers_layout``, built
+from the model's config; for them a stem with no prefix at all names a layer too (DiffSynth's files, whose
+bare names ComfyUI reads for FLUX and Z-Image). Diffusers splits layers the original fuses
+(``to_q``/``to_k``/``to_v`` are the three row blocks of ``qkv``) and stores the final adaLN's halves swapped,
+so such a delta carries its ``RowSlice``: it computes its own rows and lands in them, zero elsewhere, and the
+q, k and v deltas of one ``qkv`` add up. Whatever does not resolve is reported back, so a LoRA for another
+model family shows up as a list of unmatched keys, and so do formats not handled here (LoHa ``hada_*``, LoKr
+``lokr_*``, DoRA scales).
 """
 
 from __future__ import annotations
@@ -48,13 +53,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffusion.chroma import ChromaTransformer
 from diffusion.diffusers_layout import unet_to_ldm
-from diffusion.dit_diffusers_layout import OriginalLayer, RowSlice, flux_diffusers_layers, mmdit_diffusers_layers
+from diffusion.dit_diffusers_layout import (
+    OriginalLayer,
+    RowSlice,
+    chroma_diffusers_layers,
+    flux_diffusers_layers,
+    mmdit_diffusers_layers,
+    zimage_diffusers_layers,
+)
 from diffusion.flux import FluxTransformer
 from diffusion.mmdit import MMDiT
 from diffusion.stored_weights import ComputesFromStored, stored_layers
 from diffusion.unet import UNetModel
 from diffusion.unet_config import CheckpointLayoutError
+from diffusion.zimage import ZImageTransformer
 
 __all__ = [
     "FullDelta",
@@ -75,6 +89,8 @@ _PARTS: dict[str, str] = {
     "lora_mid.weight": "mid",
     "lora.up.weight": "up",
     "lora.down.weight": "down",
+    "lora_B.default.weight": "up",
+    "lora_A.default.weight": "down",
     "lora_B.weight": "up",
     "lora_A.weight": "down",
     "alpha": "alpha",
@@ -91,7 +107,9 @@ _DIFFUSERS_WORDS = (
 )  # fmt: skip
 
 _TEXT_PREFIXES = (("lora_te1_", 0), ("lora_te2_", 1), ("lora_te_", 0), ("text_encoder_2.", 1), ("text_encoder.", 0))
-_UNET_PREFIXES = ("lora_unet_", "unet.", "base_model.model.", "diffusion_model.", "transformer.", "lora_transformer_")
+_UNET_PREFIXES = (
+    "lora_unet_", "unet.", "base_model.model.", "diffusion_model.", "transformer.", "lora_transformer_", "lycoris_",
+)  # fmt: skip
 
 
 class LoraFormatError(ValueError):
@@ -196,11 +214,16 @@ def _unet_config_for_diffusers(unet: UNetModel) -> dict[str, Any]:
 
 
 def _transformer_diffusers_index(model: nn.Module) -> dict[str, OriginalLayer]:
-    """A FLUX or SD3 transformer's diffusers layer names, ``.`` written as ``_``, -> where they lie in it."""
+    """A FLUX, SD3, Chroma or Z-Image transformer's diffusers layer names, ``.`` written as ``_``, -> where they
+    lie in it; empty for any other model."""
     if isinstance(model, FluxTransformer):
         layers = flux_diffusers_layers(model.config)
     elif isinstance(model, MMDiT):
         layers = mmdit_diffusers_layers(model.config)
+    elif isinstance(model, ChromaTransformer):
+        layers = chroma_diffusers_layers(model.config)
+    elif isinstance(model, ZImageTransformer):
+        layers = zimage_diffusers_layers(model.config)
     else:
         return {}
     return {name.replace(".", "_"): layer for name, layer in layers.items()}
@@ -306,10 +329,13 @@ def parse_lora(
         )
     patches = LoraPatches(unmatched=list(other))
     text_indexes = [_underscore_index(encoder) for encoder in text_encoders]
+    resolver = _DiffusionModelResolver(unet) if unet is not None else None
+    # A flow transformer's layer names are distinctive enough to be read without a prefix (DiffSynth's files).
+    bare_names = resolver is not None and bool(resolver.transformer_layers)
     unet_stems: dict[str, str] = {}
     for stem in groups:
         kind, index, rest = _target(stem)
-        if kind == "unet" and unet is not None:
+        if kind == "unet" and resolver is not None or kind == "other" and bare_names:
             unet_stems[stem] = rest
         elif kind == "text" and index is not None and index < len(text_indexes):
             module = text_indexes[index].get(rest.replace(".", "_"))
@@ -320,7 +346,7 @@ def parse_lora(
                     patches.text.setdefault(index, {}).setdefault(f"{module}.{suffix}", []).append(delta)
         else:
             patches.unmatched.append(stem)
-    resolved = _DiffusionModelResolver(unet).resolve(list(unet_stems.values())) if unet is not None else {}
+    resolved = resolver.resolve(list(unet_stems.values())) if resolver is not None else {}
     for stem, rest in unet_stems.items():
         layer = resolved.get(rest)
         if layer is None:

@@ -1,26 +1,40 @@
-"""LoRAs trained on diffusers' FLUX.1 and SD3 transformers, applied to Loom's original-layout models.
+"""LoRAs trained on diffusers' FLUX.1, SD3, Chroma and Z-Image transformers, applied to Loom's original-layout
+models.
 
 The proof runs both models. A tiny random Loom model gets its diffusers twin from diffusers' own single-file
-converter (the helpers of `test_flux` and `test_mmdit`); a random PEFT LoRA covers every layer of the twin a
-trainer can target: the split q/k/v projections, FLUX's single-block `proj_mlp`, the final adaLN whose halves
-diffusers swaps, SD3's pre-only last text block and SD3.5 Medium's second attention, with an alpha. Merged into the
+converter (the helpers of `test_flux`, `test_mmdit`, `test_chroma` and `test_zimage`); a random PEFT LoRA covers
+every layer of the twin a trainer can target: the split q/k/v projections, FLUX's and Chroma's single-block
+`proj_mlp`, the final adaLN whose halves diffusers swaps, SD3's pre-only last text block, SD3.5 Medium's second
+attention, Chroma's approximator and Z-Image's refiners and per-patch-size embedder, with an alpha. Merged into the
 twin by hand (``W += strength * alpha / rank * B @ A``, what PEFT's layers compute), it must give the prediction
 Loom gives with the same file parsed by `parse_lora` and applied by `apply_lora_patches`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel, ZImageTransformer2DModel
 from torch import nn
 
-from diffusion.dit_diffusers_layout import OriginalLayer, flux_diffusers_layers, mmdit_diffusers_layers
+import tests.diffusion.test_chroma as chroma_twin
+import tests.diffusion.test_zimage as zimage_twin
+from diffusion.chroma import ChromaConfig, ChromaTransformer, load_chroma
+from diffusion.dit_diffusers_layout import (
+    OriginalLayer,
+    chroma_diffusers_layers,
+    flux_diffusers_layers,
+    mmdit_diffusers_layers,
+    zimage_diffusers_layers,
+)
 from diffusion.flux import FluxConfig, FluxTransformer, load_flux
 from diffusion.lora import apply_lora_patches, parse_lora
 from diffusion.mmdit import MMDiT, load_mmdit
+from diffusion.zimage import ZImageConfig, ZImageTransformer, load_zimage
 from tests.diffusion.test_flux import (
     assert_matches,
     conditioning,
@@ -74,22 +88,35 @@ def merge_into(model: nn.Module, lora: dict[str, torch.Tensor], strength: float)
             layer.weight += strength * scale * (up.flatten(1) @ down.flatten(1)).reshape(layer.weight.shape)
 
 
-def kohya_style(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``transformer.a.b.lora_A.weight`` as ``lora_transformer_a_b.lora_down.weight`` (and up, alpha)."""
-    parts = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "alpha": "alpha"}
+_PEFT_PARTS = ("lora_A.weight", "lora_B.weight", "alpha")
+
+
+def _renamed(lora: dict[str, torch.Tensor], rename: Callable[[str, str], str]) -> dict[str, torch.Tensor]:
+    """Every ``transformer.<layer>.<part>`` of a PEFT file as ``rename(layer, part)``."""
     renamed = {}
     for key, tensor in lora.items():
-        for part, kohya_part in parts.items():
-            if key.endswith(f".{part}"):
-                stem = key.removeprefix("transformer.").removesuffix(f".{part}")
-                renamed[f"lora_transformer_{stem.replace('.', '_')}.{kohya_part}"] = tensor
+        part = next(part for part in _PEFT_PARTS if key.endswith(f".{part}"))
+        renamed[rename(key.removeprefix("transformer.").removesuffix(f".{part}"), part)] = tensor
     assert len(renamed) == len(lora)
     return renamed
 
 
-def peft_prefixed(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same file as PEFT itself saves a wrapped model: ``base_model.model.<layer>``."""
-    return {f"base_model.model.{key.removeprefix('transformer.')}": tensor for key, tensor in lora.items()}
+def kohya_style(lora: dict[str, torch.Tensor], prefix: str = "lora_transformer_") -> dict[str, torch.Tensor]:
+    """``transformer.a.b.lora_A.weight`` as ``lora_transformer_a_b.lora_down.weight`` (and up, alpha); OneTrainer's
+    prefix by default, also written ``lora_unet_`` and (SimpleTuner's LyCORIS files) ``lycoris_``."""
+    parts = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "alpha": "alpha"}
+    return _renamed(lora, lambda layer, part: f"{prefix}{layer.replace('.', '_')}.{parts[part]}")
+
+
+def peft_prefixed(lora: dict[str, torch.Tensor], prefix: str = "base_model.model.") -> dict[str, torch.Tensor]:
+    """The same file under another prefix: ``base_model.model.<layer>`` as PEFT itself saves a wrapped model,
+    ``diffusion_model.<layer>`` as some Z-Image trainers write diffusers' names, none as DiffSynth saves."""
+    return _renamed(lora, lambda layer, part: f"{prefix}{layer}.{part}")
+
+
+def peft_adapter_named(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A PEFT model's raw state dict: its adapter's name (``default``) before ``weight``."""
+    return _renamed(lora, lambda layer, part: f"transformer.{layer}.{part.replace('.weight', '.default.weight')}")
 
 
 def patched_weights(model: nn.Module, lora: dict[str, torch.Tensor], strength: float = 1.0) -> dict[str, torch.Tensor]:
@@ -194,6 +221,101 @@ def test_a_peft_sd3_lora_computes_in_loom_what_it_computes_merged_into_diffusers
     assert (actual - expected).abs().max() <= TOLERANCE
 
 
+# ---------------------------------------------------------------- Chroma
+
+
+def test_a_peft_chroma_lora_computes_in_loom_what_it_computes_merged_into_diffusers() -> None:
+    config = chroma_twin.tiny_config()
+    model = chroma_twin.random_chroma(config, seed=20)
+    original = chroma_twin.original_state_dict(model)
+    reference = chroma_twin.diffusers_twin(original, config)
+    layers = trainable_layers(reference)
+    assert {
+        "distilled_guidance_layer.layers.1.linear_2",
+        "single_transformer_blocks.1.proj_mlp",
+        "transformer_blocks.1.attn.add_v_proj",
+    } <= set(layers)
+    assert not [name for name in layers if "norm" in name]  # Chroma's norms have no projections of their own
+    lora = random_peft_lora(layers, seed=21)
+    patched = load_chroma({**original, **patched_weights(model, lora, STRENGTH)}, config)
+    x, timesteps, context = chroma_twin.inputs(2, 6, 8, seed=22)
+    with torch.no_grad():
+        before = chroma_twin.run_diffusers(reference, x, timesteps, context)
+        merge_into(reference, lora, STRENGTH)
+        expected = chroma_twin.run_diffusers(reference, x, timesteps, context)
+        actual = patched(x, timesteps, context)
+    assert (expected - before).abs().max() > LORA_CHANGES_THE_OUTPUT_BY
+    chroma_twin.assert_matches(actual, expected)
+
+
+def test_chroma_s_approximator_layers_are_renamed_and_its_single_blocks_split_like_flux_s() -> None:
+    config = chroma_twin.tiny_config()
+    layers = chroma_diffusers_layers(config)
+    hidden = config.hidden_size
+    assert layers["distilled_guidance_layer.layers.1.linear_1"] == OriginalLayer(
+        "distilled_guidance_layer.layers.1.in_layer"
+    )
+    assert layers["distilled_guidance_layer.layers.1.linear_2"] == OriginalLayer(
+        "distilled_guidance_layer.layers.1.out_layer"
+    )
+    mlp = layers["single_transformer_blocks.0.proj_mlp"]
+    assert mlp.module == "single_blocks.0.linear1" and mlp.rows is not None
+    assert (mlp.rows.start, mlp.rows.stop) == (3 * hidden, 3 * hidden + config.mlp_hidden_size)
+
+
+# ---------------------------------------------------------------- Z-Image
+
+
+@pytest.mark.parametrize("name", ["tiny", "narrow"])
+def test_a_peft_zimage_lora_computes_in_loom_what_it_computes_merged_into_diffusers(name: str) -> None:
+    # diffusers has one refiner depth for both refiners.
+    config = {"tiny": zimage_twin.TINY, "narrow": dataclasses.replace(zimage_twin.NARROW, noise_refiner_depth=1)}[name]
+    model = zimage_twin.random_zimage(config, seed=23)
+    original = zimage_twin.original_state_dict(model)
+    reference = zimage_twin.diffusers_twin(original, config)
+    layers = trainable_layers(reference)
+    assert {
+        "all_x_embedder.2-1",
+        "all_final_layer.2-1.adaLN_modulation.1",
+        "noise_refiner.0.adaLN_modulation.0",
+        "context_refiner.0.attention.to_k",
+        f"layers.{config.depth - 1}.attention.to_out.0",
+    } <= set(layers)
+    lora = random_peft_lora(layers, seed=24)
+    patched = load_zimage({**original, **patched_weights(model, lora, STRENGTH)}, config)
+    x, sigma, context = zimage_twin.inputs(2, 6, 8, 5, seed=25)
+    with torch.no_grad():
+        before = zimage_twin.run_diffusers(reference, x, sigma, context)
+        merge_into(reference, lora, STRENGTH)
+        expected = zimage_twin.run_diffusers(reference, x, sigma, context)
+        actual = patched(x, sigma, context)
+    assert (expected - before).abs().max() > LORA_CHANGES_THE_OUTPUT_BY
+    zimage_twin.assert_matches(actual, expected)
+
+
+def test_zimage_s_split_q_k_v_patch_what_comfyui_s_fused_qkv_lora_patches() -> None:
+    """ComfyUI's own conversion of a diffusers Z-Image LoRA stacks the q, k and v downs and puts the ups on the
+    diagonal; that file, in the original layout, and the split one are the same change to ``attention.qkv``."""
+    config = zimage_twin.TINY
+    model = zimage_twin.random_zimage(config, seed=26)
+    hidden, rank = config.hidden_size, 2
+    g = torch.Generator().manual_seed(27)
+    ups = [torch.randn(hidden, rank, generator=g) for _ in range(3)]
+    downs = [torch.randn(rank, hidden, generator=g) for _ in range(3)]
+    split = {}
+    for name, up, down in zip(("to_q", "to_k", "to_v"), ups, downs):
+        split[f"diffusion_model.layers.1.attention.{name}.lora_B.weight"] = up
+        split[f"diffusion_model.layers.1.attention.{name}.lora_A.weight"] = down
+    fused = {
+        "diffusion_model.layers.1.attention.qkv.lora_B.weight": torch.block_diag(*ups),
+        "diffusion_model.layers.1.attention.qkv.lora_A.weight": torch.cat(downs),
+    }
+    expected = patched_weights(model, fused)
+    actual = patched_weights(model, split)
+    assert list(actual) == list(expected) == ["layers.1.attention.qkv.weight"]
+    torch.testing.assert_close(actual["layers.1.attention.qkv.weight"], expected["layers.1.attention.qkv.weight"])
+
+
 # ---------------------------------------------------------------- naming variants and what does not resolve
 
 
@@ -209,14 +331,42 @@ def _sd35_medium_and_its_lora() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return load_mmdit(weights), random_peft_lora(trainable_layers(_diffusers_model(family, weights)), seed=13)
 
 
-@pytest.mark.parametrize("build", [_flux_and_its_lora, _sd35_medium_and_its_lora], ids=["flux", "sd35_medium"])
-def test_kohya_style_names_and_peft_s_own_prefix_patch_exactly_what_the_peft_file_patches(build) -> None:
+def _chroma_and_its_lora() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = chroma_twin.tiny_config()
+    model = chroma_twin.random_chroma(config, seed=14)
+    reference = chroma_twin.diffusers_twin(chroma_twin.original_state_dict(model), config)
+    return model, random_peft_lora(trainable_layers(reference), seed=15)
+
+
+def _zimage_and_its_lora() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    model = zimage_twin.random_zimage(zimage_twin.TINY, seed=16)
+    reference = zimage_twin.diffusers_twin(zimage_twin.original_state_dict(model))
+    return model, random_peft_lora(trainable_layers(reference), seed=17)
+
+
+VARIANTS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
+    "OneTrainer lora_transformer_": kohya_style,
+    "kohya lora_unet_": lambda lora: kohya_style(lora, "lora_unet_"),
+    "SimpleTuner lycoris_": lambda lora: kohya_style(lora, "lycoris_"),
+    "PEFT base_model.model.": peft_prefixed,
+    "diffusion_model.": lambda lora: peft_prefixed(lora, "diffusion_model."),
+    "DiffSynth, no prefix": lambda lora: peft_prefixed(lora, ""),
+    "PEFT adapter name": peft_adapter_named,
+}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_flux_and_its_lora, _sd35_medium_and_its_lora, _chroma_and_its_lora, _zimage_and_its_lora],
+    ids=["flux", "sd35_medium", "chroma", "zimage"],
+)
+def test_kohya_style_names_and_other_prefixes_patch_exactly_what_the_peft_file_patches(build) -> None:
     model, lora = build()
     expected = patched_weights(model, lora)
-    for variant in (kohya_style(lora), peft_prefixed(lora)):
-        actual = patched_weights(model, variant)
-        assert actual.keys() == expected.keys()
-        assert all(torch.equal(actual[name], expected[name]) for name in expected)
+    for name, variant in VARIANTS.items():
+        actual = patched_weights(model, variant(lora))
+        assert actual.keys() == expected.keys(), name
+        assert all(torch.equal(actual[key], expected[key]) for key in expected), name
 
 
 def test_diffusers_layers_the_model_lacks_are_reported_unmatched() -> None:
@@ -251,6 +401,44 @@ def test_diffusers_layers_the_model_lacks_are_reported_unmatched() -> None:
     assert list(patches.unet) == ["joint_blocks.1.context_block.attn.qkv.weight"]
 
 
+def test_chroma_and_zimage_layers_the_model_lacks_are_reported_unmatched() -> None:
+    chroma = chroma_twin.random_chroma(chroma_twin.tiny_config())  # 2 double, 2 single blocks, 2 approximator layers
+    zimage = zimage_twin.random_zimage(zimage_twin.TINY)  # 2 layers, 1 refiner of each kind
+
+    def lora(*stems: str) -> dict[str, torch.Tensor]:
+        up, down = torch.zeros(4, 2), torch.zeros(2, 4)
+        return {
+            key: value
+            for stem in stems
+            for key, value in ((f"{stem}.lora_B.weight", up), (f"{stem}.lora_A.weight", down))
+        }
+
+    chroma_absent = [
+        "transformer.transformer_blocks.0.norm1.linear",  # FLUX.1's modulation projections are gone
+        "transformer.single_transformer_blocks.0.norm.linear",
+        "transformer.norm_out.linear",
+        "transformer.time_text_embed.timestep_embedder.linear_1",
+        "transformer.distilled_guidance_layer.layers.2.linear_1",  # a third approximator layer
+        "distilled_guidance_layer.layers.0.linear_3",
+    ]
+    patches = parse_lora(lora("transformer.distilled_guidance_layer.layers.1.linear_2", *chroma_absent), chroma)
+    assert patches.unmatched == sorted(chroma_absent)
+    assert list(patches.unet) == ["distilled_guidance_layer.layers.1.out_layer.weight"]
+
+    zimage_absent = [
+        "transformer.context_refiner.0.adaLN_modulation.0",  # the text refiner is not time-modulated
+        "transformer.noise_refiner.1.attention.to_q",  # a second noise refiner
+        "transformer.layers.2.feed_forward.w1",
+        "transformer.siglip_embedder.1",  # Z-Image Omni's image-prompt embedder
+        "diffusion_model.all_x_embedder.4-1",  # another patch size
+        "lora_unet_layers_0_attention_to_z",
+        "text_encoders.qwen3_4b.layers.0.self_attn.q_proj",  # a text encoder's layer is not a bare layer name
+    ]
+    patches = parse_lora(lora("diffusion_model.noise_refiner.0.attention.to_v", *zimage_absent), zimage)
+    assert patches.unmatched == sorted(zimage_absent)
+    assert list(patches.unet) == ["noise_refiner.0.attention.qkv.weight"]
+
+
 # ---------------------------------------------------------------- the maps at the released sizes
 
 
@@ -263,6 +451,11 @@ def _check_layers_tile_the_original(
     assert set(layers) == set(diffusers_weights)
     assert len({name.replace(".", "_") for name in layers}) == len(layers)
     loom = dict(loom_model.named_parameters())
+    # A stem is looked up among Loom's own names first: a diffusers name written as one of them must be that layer.
+    loom_modules = {name.rpartition(".")[0].replace(".", "_"): name.rpartition(".")[0] for name in loom}
+    for name, layer in layers.items():
+        same = loom_modules.get(name.replace(".", "_"))
+        assert same is None or (same == layer.module and layer.rows is None), name
     cut: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for name, layer in layers.items():
         original = loom[f"{layer.module}.weight"].shape
@@ -292,3 +485,19 @@ def test_the_sd3_map_fits_the_released_models(name: str) -> None:
         loom = MMDiT(config)
         reference = SD3Transformer2DModel(sample_size=128, **diffusers_config)
     _check_layers_tile_the_original(mmdit_diffusers_layers(config), reference, loom)
+
+
+def test_the_chroma_map_fits_the_released_model() -> None:
+    config = ChromaConfig()
+    with torch.device("meta"):
+        loom = ChromaTransformer(config)
+        reference = ChromaTransformer2DModel()  # diffusers' defaults are Chroma1's sizes
+    _check_layers_tile_the_original(chroma_diffusers_layers(config), reference, loom)
+
+
+def test_the_zimage_map_fits_the_released_model() -> None:
+    config = ZImageConfig()
+    with torch.device("meta"):
+        loom = ZImageTransformer(config)
+        reference = ZImageTransformer2DModel()  # diffusers' defaults are Z-Image-Turbo's sizes
+    _check_layers_tile_the_original(zimage_diffusers_layers(config), reference, loom)
