@@ -1,11 +1,13 @@
-"""Rectified-flow models (SD3, FLUX, AuraFlow, Z-Image): their noise levels, time shifts and prediction.
+"""Rectified-flow models (SD3, FLUX, AuraFlow, Z-Image, Chroma): their noise levels, time shifts and prediction.
 
 A flow-matching model is trained on the straight path between data and noise, ``x_sigma = (1 - sigma) x0 +
 sigma noise`` with sigma in [0, 1], and predicts the velocity ``v = noise - x0`` (Lipman et al. 2023, Liu et
 al. 2023; ComfyUI calls this parametrisation "CONST"). The samplers of ``diffusion.samplers`` want the
-denoised estimate, which is ``x0 = x - sigma v``, so they run unchanged on flow models: a sampler only ever
-sees sigmas and denoised estimates (k-diffusion's contract). What differs between families is the time shift,
-how the uniform training time t maps to sigma:
+denoised estimate, which is ``x0 = x - sigma v``, so the deterministic ones run unchanged on flow models: they
+only ever see sigmas and denoised estimates (k-diffusion's contract). Samplers that add fresh noise (ancestral,
+SDE, LCM) must also know how a flow model mixes noise in, ``x = (1 - sigma) x0 + sigma noise`` rather than
+``x0 + sigma noise``, and branch on it as ComfyUI's do (``diffusion.samplers.snr``). What differs between
+families is the time shift, how the uniform training time t maps to sigma:
 
 - SD3 / SD3.5 and AuraFlow-style models (Z-Image): ``sigma = shift t / (1 + (shift - 1) t)`` (Esser et al.
   2024, eq. 23), with t = timestep / multiplier; SD3 conditions on timesteps 0..1000 (multiplier 1000),

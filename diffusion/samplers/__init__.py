@@ -4,6 +4,11 @@ Every sampler is ``sample_<name>(model, x, sigmas, extra_args=None, callback=Non
 **options) -> x`` where ``model(x, sigma, **extra_args)`` returns the denoised estimate and
 ``callback`` receives ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}`` once per step. Adding a
 sampler is one function and one ``SamplerSpec`` below.
+
+Two optional extras of the model are read where a sampler needs them, and a bare denoiser works
+without them: ``model.with_uncond`` (``UncondDenoiser``) gives CFG++ samplers the unconditional
+estimate of a call, and ``model.model_sampling`` (``ParametrisedDenoiser``) tells the samplers that
+step in half-log-SNR, and the ancestral ones, whether the model is a rectified-flow one.
 """
 
 from __future__ import annotations
@@ -14,14 +19,22 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from diffusion.samplers.cfg_pp import (
+    sample_dpmpp_2m_cfg_pp,
+    sample_dpmpp_2s_ancestral_cfg_pp,
+    sample_euler_ancestral_cfg_pp,
+    sample_euler_cfg_pp,
+)
 from diffusion.samplers.dpm_solver import sample_dpm_adaptive_flat, sample_dpm_fast
 from diffusion.samplers.dpmpp import (
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
+    sample_dpmpp_2m_sde_heun,
     sample_dpmpp_2s_ancestral,
     sample_dpmpp_3m_sde,
     sample_dpmpp_sde,
 )
+from diffusion.samplers.er_sde import sample_er_sde
 from diffusion.samplers.euler import (
     sample_dpm_2,
     sample_dpm_2_ancestral,
@@ -30,9 +43,24 @@ from diffusion.samplers.euler import (
     sample_heun,
     sample_heunpp2,
 )
-from diffusion.samplers.multistep import sample_deis, sample_ipndm, sample_lms
+from diffusion.samplers.multistep import (
+    sample_deis,
+    sample_gradient_estimation,
+    sample_gradient_estimation_cfg_pp,
+    sample_ipndm,
+    sample_ipndm_v,
+    sample_lms,
+)
 from diffusion.samplers.noise import BrownianTreeNoiseSampler, NoiseSampler, gaussian_noise_sampler
-from diffusion.samplers.ode import Denoiser, StepCallback
+from diffusion.samplers.ode import Denoiser, ParametrisedDenoiser, StepCallback, UncondDenoiser
+from diffusion.samplers.res_multistep import (
+    sample_res_multistep,
+    sample_res_multistep_ancestral,
+    sample_res_multistep_ancestral_cfg_pp,
+    sample_res_multistep_cfg_pp,
+)
+from diffusion.samplers.sa_solver import sample_sa_solver, sample_sa_solver_pece
+from diffusion.samplers.seeds import sample_exp_heun_2_x0, sample_exp_heun_2_x0_sde, sample_seeds_2, sample_seeds_3
 from diffusion.samplers.stochastic import sample_ddpm, sample_lcm
 from diffusion.samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 
@@ -40,9 +68,11 @@ __all__ = [
     "BrownianTreeNoiseSampler",
     "Denoiser",
     "NoiseSampler",
+    "ParametrisedDenoiser",
     "SAMPLER_NAMES",
     "SamplerSpec",
     "StepCallback",
+    "UncondDenoiser",
     "UnknownSamplerError",
     "gaussian_noise_sampler",
     "get_sampler",
@@ -81,25 +111,51 @@ class SamplerSpec:
         return self.function(*args, **kwargs)
 
 
+# ComfyUI's "_gpu" samplers draw their Brownian-tree noise on the model's device instead of the CPU, so a
+# seed gives other noise there than on the CPU. Loom draws every Brownian tree on the CPU from a seeded
+# generator (diffusion.samplers.noise), the same on any device, so each "_gpu" name is its twin's function.
 _SPECS = (
     SamplerSpec("euler", sample_euler),
+    SamplerSpec("euler_cfg_pp", sample_euler_cfg_pp),
     SamplerSpec("euler_ancestral", sample_euler_ancestral),
+    SamplerSpec("euler_ancestral_cfg_pp", sample_euler_ancestral_cfg_pp),
     SamplerSpec("heun", sample_heun),
     SamplerSpec("heunpp2", sample_heunpp2),
+    SamplerSpec("exp_heun_2_x0", sample_exp_heun_2_x0),
+    SamplerSpec("exp_heun_2_x0_sde", sample_exp_heun_2_x0_sde),
     SamplerSpec("dpm_2", sample_dpm_2, discard_penultimate_sigma=True),
     SamplerSpec("dpm_2_ancestral", sample_dpm_2_ancestral, discard_penultimate_sigma=True),
     SamplerSpec("lms", sample_lms),
     SamplerSpec("dpm_fast", sample_dpm_fast),
     SamplerSpec("dpm_adaptive", sample_dpm_adaptive_flat),
     SamplerSpec("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral),
+    SamplerSpec("dpmpp_2s_ancestral_cfg_pp", sample_dpmpp_2s_ancestral_cfg_pp),
     SamplerSpec("dpmpp_sde", sample_dpmpp_sde),
+    SamplerSpec("dpmpp_sde_gpu", sample_dpmpp_sde),
     SamplerSpec("dpmpp_2m", sample_dpmpp_2m),
+    SamplerSpec("dpmpp_2m_cfg_pp", sample_dpmpp_2m_cfg_pp),
     SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde),
+    SamplerSpec("dpmpp_2m_sde_gpu", sample_dpmpp_2m_sde),
+    SamplerSpec("dpmpp_2m_sde_heun", sample_dpmpp_2m_sde_heun),
+    SamplerSpec("dpmpp_2m_sde_heun_gpu", sample_dpmpp_2m_sde_heun),
     SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde),
+    SamplerSpec("dpmpp_3m_sde_gpu", sample_dpmpp_3m_sde),
     SamplerSpec("ddpm", sample_ddpm),
     SamplerSpec("lcm", sample_lcm),
     SamplerSpec("ipndm", sample_ipndm),
+    SamplerSpec("ipndm_v", sample_ipndm_v),
     SamplerSpec("deis", sample_deis),
+    SamplerSpec("res_multistep", sample_res_multistep),
+    SamplerSpec("res_multistep_cfg_pp", sample_res_multistep_cfg_pp),
+    SamplerSpec("res_multistep_ancestral", sample_res_multistep_ancestral),
+    SamplerSpec("res_multistep_ancestral_cfg_pp", sample_res_multistep_ancestral_cfg_pp),
+    SamplerSpec("gradient_estimation", sample_gradient_estimation),
+    SamplerSpec("gradient_estimation_cfg_pp", sample_gradient_estimation_cfg_pp),
+    SamplerSpec("er_sde", sample_er_sde),
+    SamplerSpec("seeds_2", sample_seeds_2),
+    SamplerSpec("seeds_3", sample_seeds_3),
+    SamplerSpec("sa_solver", sample_sa_solver),
+    SamplerSpec("sa_solver_pece", sample_sa_solver_pece),
     # ComfyUI's ddim is Euler that re-noises the kept cells of an inpainting with fresh noise each
     # step; Loom holds them with the start noise, as for every other sampler (diffusion.guidance.Inpainting).
     SamplerSpec("ddim", sample_euler),

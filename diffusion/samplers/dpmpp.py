@@ -4,6 +4,11 @@ DPM-Solver++ integrates the ODE exactly in its linear part and approximates the 
 estimate as a polynomial in ``lambda = -log(sigma)``. In the VE view a first-order step from
 sigma to sigma_next is ``x' = (sigma_next / sigma) x + (1 - sigma_next / sigma) D``. The SDE
 variants (eta > 0) shrink the deterministic part by ``exp(-eta h)`` and add matching noise.
+
+On a rectified-flow model the SDE samplers step in that model's half-log-SNR with its signal scale
+(``diffusion.samplers.snr``), and the ancestral one uses the flow split (``ode.flow_ancestral_step``), as
+ComfyUI's do; with the VE formulas the noise they add would leave too much signal in the state. A VE model
+gets exactly the VE formulas. ``dpmpp_2m`` is an ODE solver and runs unchanged on both.
 """
 
 from __future__ import annotations
@@ -15,11 +20,31 @@ from torch import Tensor
 from tqdm.auto import trange
 
 from diffusion.samplers.noise import BrownianTreeNoiseSampler, NoiseSampler, gaussian_noise_sampler
-from diffusion.samplers.ode import Denoiser, StepCallback, ancestral_step, report_step, sigma_batch, to_d
+from diffusion.samplers.ode import (
+    Denoiser,
+    StepCallback,
+    ancestral_step,
+    flow_ancestral_step,
+    report_step,
+    sigma_batch,
+    to_d,
+)
+from diffusion.samplers.snr import (
+    flow_midpoint,
+    flow_step,
+    half_log_snr,
+    is_rectified_flow,
+    offset_first_sigma,
+    sigma_at,
+    signal_scale,
+)
 
 __all__ = [
+    "brownian_noise",
+    "exp_step",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2m_sde_heun",
     "sample_dpmpp_2s_ancestral",
     "sample_dpmpp_3m_sde",
     "sample_dpmpp_sde",
@@ -40,7 +65,7 @@ def brownian_noise(x: Tensor, sigmas: Tensor, seed: int | None) -> BrownianTreeN
     return BrownianTreeNoiseSampler(x, float(positive.min()), float(sigmas.max()), seed=0 if seed is None else seed)
 
 
-def _exp_step(x: Tensor, sigma: Tensor, sigma_to: Tensor, denoised: Tensor) -> Tensor:
+def exp_step(x: Tensor, sigma: Tensor, sigma_to: Tensor, denoised: Tensor) -> Tensor:
     """First-order DPM-Solver++ step: exact for a constant denoised estimate."""
     return (sigma_to / sigma) * x - (_lambda(sigma) - _lambda(sigma_to)).expm1() * denoised
 
@@ -61,6 +86,8 @@ def sample_dpmpp_2s_ancestral(
     """DPM-Solver++(2S) single-step second order, down to sigma_down, then ancestral noise."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    if is_rectified_flow(model):
+        return _dpmpp_2s_ancestral_flow(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -69,11 +96,38 @@ def sample_dpmpp_2s_ancestral(
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
             sigma_mid = _sigma(_lambda(sigmas[i]).lerp(_lambda(sigma_down), 0.5))
-            x_2 = _exp_step(x, sigmas[i], sigma_mid, denoised)
+            x_2 = exp_step(x, sigmas[i], sigma_mid, denoised)
             denoised_2 = model(x_2, sigma_batch(sigma_mid, x), **extra_args)
-            x = _exp_step(x, sigmas[i], sigma_down, denoised_2)
+            x = exp_step(x, sigmas[i], sigma_down, denoised_2)
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def _dpmpp_2s_ancestral_flow(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any],
+    callback: StepCallback | None,
+    disable: bool | None,
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler,
+) -> Tensor:
+    """DPM-Solver++(2S) ancestral on a rectified-flow state: straight-line substeps, the flow split."""
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        sigma_down, renoise, rescale = flow_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+            continue
+        sigma_mid = flow_midpoint(sigmas[i], sigma_down)
+        denoised_2 = model(flow_step(x, sigmas[i], sigma_mid, denoised), sigma_batch(sigma_mid, x), **extra_args)
+        x = flow_step(x, sigmas[i], sigma_down, denoised_2)
+        if eta > 0:
+            x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
     return x
 
 
@@ -91,25 +145,33 @@ def sample_dpmpp_sde(
     r: float = 0.5,
     seed: int | None = None,
 ) -> Tensor:
-    """DPM-Solver++ stochastic second order: an intermediate point at fraction ``r`` of the log step."""
+    """DPM-Solver++ stochastic second order: an intermediate point at fraction ``r`` of the log step.
+
+    Each substep is the VE step on the VE-equivalent state ``x / alpha`` at ``sigma / alpha`` (see
+    ``diffusion.samplers.snr``), scaled back by alpha; for a VE model alpha is exactly 1.
+    """
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
+    flow = is_rectified_flow(model)
+    sigmas = offset_first_sigma(sigmas, model)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
-        lam, lam_next = _lambda(sigmas[i]), _lambda(sigmas[i + 1])
-        sigma_mid = _sigma(lam + (lam_next - lam) * r)
+        lam, lam_next = half_log_snr(sigmas[i], flow), half_log_snr(sigmas[i + 1], flow)
+        sigma_mid = sigma_at(lam + (lam_next - lam) * r, flow)
         mix = 1 / (2 * r)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigma_mid, eta)
-        x_2 = _exp_step(x, sigmas[i], sigma_down, denoised)
-        x_2 = x_2 + noise_sampler(sigmas[i], sigma_mid) * s_noise * sigma_up
+        alpha, alpha_mid, alpha_next = (signal_scale(s, flow) for s in (sigmas[i], sigma_mid, sigmas[i + 1]))
+        ve_sigma, state = sigmas[i] / alpha, x / alpha
+        sigma_down, sigma_up = ancestral_step(ve_sigma, sigma_mid / alpha_mid, eta)
+        x_2 = exp_step(state, ve_sigma, sigma_down, denoised)
+        x_2 = alpha_mid * (x_2 + noise_sampler(sigmas[i], sigma_mid) * s_noise * sigma_up)
         denoised_2 = model(x_2, sigma_batch(sigma_mid, x), **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = _exp_step(x, sigmas[i], sigma_down, (1 - mix) * denoised + mix * denoised_2)
-        x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        sigma_down, sigma_up = ancestral_step(ve_sigma, sigmas[i + 1] / alpha_next, eta)
+        x = exp_step(state, ve_sigma, sigma_down, (1 - mix) * denoised + mix * denoised_2)
+        x = alpha_next * (x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up)
     return x
 
 
@@ -129,12 +191,12 @@ def sample_dpmpp_2m(
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         if old_denoised is None or sigmas[i + 1] == 0:
-            x = _exp_step(x, sigmas[i], sigmas[i + 1], denoised)
+            x = exp_step(x, sigmas[i], sigmas[i + 1], denoised)
         else:
             h = _lambda(sigmas[i + 1]) - _lambda(sigmas[i])
             h_last = _lambda(sigmas[i]) - _lambda(sigmas[i - 1])
             half_inv_r = h / (2 * h_last)
-            x = _exp_step(x, sigmas[i], sigmas[i + 1], (1 + half_inv_r) * denoised - half_inv_r * old_denoised)
+            x = exp_step(x, sigmas[i], sigmas[i + 1], (1 + half_inv_r) * denoised - half_inv_r * old_denoised)
         old_denoised = denoised
     return x
 
@@ -158,6 +220,8 @@ def sample_dpmpp_2m_sde(
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
+    flow = is_rectified_flow(model)
+    sigmas = offset_first_sigma(sigmas, model)
     old_denoised: Tensor | None = None
     h_last: Tensor | None = None
     h: Tensor | None = None
@@ -167,16 +231,17 @@ def sample_dpmpp_2m_sde(
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            h = _lambda(sigmas[i + 1]) - _lambda(sigmas[i])
+            h = half_log_snr(sigmas[i + 1], flow) - half_log_snr(sigmas[i], flow)
+            alpha_next = signal_scale(sigmas[i + 1], flow)
             eta_h = eta * h
             decay = (-h - eta_h).expm1().neg()
-            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + decay * denoised
+            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + alpha_next * decay * denoised
             if old_denoised is not None and h_last is not None:
                 slope = (denoised - old_denoised) * (h / h_last)
                 if solver_type == "heun":
-                    x = x + (decay / (-h - eta_h) + 1) * slope
+                    x = x + alpha_next * (decay / (-h - eta_h) + 1) * slope
                 else:
-                    x = x + 0.5 * decay * slope
+                    x = x + alpha_next * 0.5 * decay * slope
             if eta:
                 x = (
                     x
@@ -205,6 +270,8 @@ def sample_dpmpp_3m_sde(
     """DPM-Solver++(3M) SDE: third order from the two previous denoised estimates."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
+    flow = is_rectified_flow(model)
+    sigmas = offset_first_sigma(sigmas, model)
     denoised_1: Tensor | None = None
     denoised_2: Tensor | None = None
     h: Tensor | None = None
@@ -216,9 +283,10 @@ def sample_dpmpp_3m_sde(
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            h = _lambda(sigmas[i + 1]) - _lambda(sigmas[i])
+            h = half_log_snr(sigmas[i + 1], flow) - half_log_snr(sigmas[i], flow)
+            alpha, alpha_next = signal_scale(sigmas[i], flow), signal_scale(sigmas[i + 1], flow)
             h_eta = h * (eta + 1)
-            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            x = alpha_next / alpha * torch.exp(-h_eta) * x + alpha_next * (-h_eta).expm1().neg() * denoised
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
                 # h is never unset, so h_2 (set two steps back) implies h_1 and both older estimates
@@ -229,10 +297,10 @@ def sample_dpmpp_3m_sde(
                 d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
                 d2 = (d1_0 - d1_1) / (r0 + r1)
                 phi_3 = phi_2 / h_eta - 0.5
-                x = x + phi_2 * d1 - phi_3 * d2
+                x = x + alpha_next * phi_2 * d1 - alpha_next * phi_3 * d2
             elif h_1 is not None:
                 assert denoised_1 is not None  # set with h_1, one step back
-                x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
+                x = x + alpha_next * phi_2 * (denoised - denoised_1) / (h_1 / h)
             if eta:
                 x = (
                     x
@@ -244,3 +312,23 @@ def sample_dpmpp_3m_sde(
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    solver_type: str = "heun",
+    seed: int | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE with the Heun form of the correction by default (ComfyUI's dpmpp_2m_sde_heun)."""
+    return sample_dpmpp_2m_sde(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, seed
+    )

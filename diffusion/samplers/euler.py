@@ -1,4 +1,8 @@
-"""Single-step ODE samplers of Karras et al. 2022 and their ancestral variants."""
+"""Single-step ODE samplers of Karras et al. 2022 and their ancestral variants.
+
+The ODE samplers run unchanged on rectified-flow models (the flow's ODE has the same form in sigma). The
+ancestral ones split each step with ``ode.flow_ancestral_step`` there, as ComfyUI's RF variants do.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,16 @@ from torch import Tensor
 from tqdm.auto import trange
 
 from diffusion.samplers.noise import NoiseSampler, gaussian_noise_sampler
-from diffusion.samplers.ode import Denoiser, StepCallback, ancestral_step, report_step, sigma_batch, to_d
+from diffusion.samplers.ode import (
+    Denoiser,
+    StepCallback,
+    ancestral_step,
+    flow_ancestral_step,
+    report_step,
+    sigma_batch,
+    to_d,
+)
+from diffusion.samplers.snr import flow_step, is_rectified_flow
 
 __all__ = [
     "sample_dpm_2",
@@ -82,6 +95,8 @@ def sample_euler_ancestral(
     """Euler step down to ``sigma_down``, then fresh noise up to ``sigma_next`` (ancestral sampling)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    if is_rectified_flow(model):
+        return _euler_ancestral_flow(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -89,6 +104,31 @@ def sample_euler_ancestral(
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def _euler_ancestral_flow(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any],
+    callback: StepCallback | None,
+    disable: bool | None,
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler,
+) -> Tensor:
+    """Euler ancestral on a rectified-flow state: the straight line to ``sigma_down``, rescale, renoise."""
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        sigma_down, renoise, rescale = flow_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = flow_step(x, sigmas[i], sigma_down, denoised)
+        if eta > 0:
+            x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
     return x
 
 
@@ -229,14 +269,20 @@ def sample_dpm_2_ancestral(
     """DPM-Solver-2 step down to ``sigma_down``, then fresh noise up to ``sigma_next``."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    flow = is_rectified_flow(model)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        if flow:
+            sigma_down, sigma_up, rescale = flow_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        else:
+            sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
             x = x + d * (sigma_down - sigmas[i])
         else:
             x = _dpm_2_step(model, x, d, sigmas[i], sigma_down, extra_args)
+            if flow:
+                x = rescale * x
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x

@@ -10,9 +10,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import trange
 
-from diffusion.samplers.ode import Denoiser, StepCallback, report_step, sigma_batch, to_d
+from diffusion.samplers.ode import Denoiser, StepCallback, denoise_with_uncond, report_step, sigma_batch, to_d
 
-__all__ = ["sample_deis", "sample_ipndm", "sample_lms"]
+__all__ = [
+    "ipndm_v_weights",
+    "sample_deis",
+    "sample_gradient_estimation",
+    "sample_gradient_estimation_cfg_pp",
+    "sample_ipndm",
+    "sample_ipndm_v",
+    "sample_lms",
+]
 
 _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(8)
 
@@ -90,6 +98,138 @@ def sample_ipndm(
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         slope = sum(w * d for w, d in zip(_ADAMS_BASHFORTH[len(slopes) - 1], slopes))
         x = x + slope * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def ipndm_v_weights(steps: list[float]) -> list[float]:
+    """The variable-step iPNDM weights of the newest slope first, from the step lengths, newest first.
+
+    ``steps[0]`` is the step being taken (``sigma_next - sigma``), ``steps[k]`` the one taken k steps
+    before; ``len(steps)`` slopes are combined (order 1 to 4). This is iPNDM-v of Zhou et al. 2024
+    ("Fast ODE-based Sampling for Diffusion Models in Around 5 Steps", arXiv:2312.00094) as its
+    reference code and ComfyUI have it. Order 2 is the exact variable-step Adams-Bashforth rule;
+    orders 3 and 4 correct it by step-ratio terms and are not. With equal steps orders 1 to 3 give
+    ipndm's Adams-Bashforth weights, but order 4 gives 57/24, -65/24, 43/24, -11/24, not 55, -59, 37, -9.
+    """
+    order = len(steps)
+    if order == 1:
+        return [1.0]
+    h, h_1 = steps[0], steps[1]
+    r = h / h_1
+    weights = [1 + r / 2, -r / 2]
+    if order == 2:
+        return weights
+    h_2 = steps[2]
+    # g3: the weight the third slope gets; the first two give it back so the weights still sum to 1.
+    g3 = (1 - h * h / (3 * h_1 * (h_1 + h_2))) / 2
+    ratio_2 = h_1 / h_2
+    weights = [weights[0] + g3, weights[1] - (1 + ratio_2) * g3, g3 * ratio_2]
+    if order == 3:
+        return weights
+    h_3 = steps[3]
+    span = h + h_1 + h_2
+    g4 = (
+        ((1 - h / (3 * (h + h_1))) / 2 + (1 - h / (2 * (h + h_1))) * h / (6 * span))
+        * (h * (h + h_1) * span)
+        / (h_1 * (h_1 + h_2) * (h_1 + h_2 + h_3))
+    )
+    ratio_3 = h_1 * (h_1 + h_2) / (h_2 * (h_2 + h_3))
+    return [
+        weights[0] + g4,
+        weights[1] - (1 + ratio_2 + ratio_3) * g4,
+        weights[2] + (ratio_2 + ratio_3 * (1 + h_2 / h_3)) * g4,
+        -g4 * ratio_3 * ratio_2,
+    ]
+
+
+@torch.no_grad()
+def sample_ipndm_v(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    max_order: int = 4,
+) -> Tensor:
+    """iPNDM with variable-step weights (``ipndm_v_weights``): the order warms up from 1; the last step to
+    sigma 0 returns the x0 estimate."""
+    if not 1 <= max_order <= 4:
+        raise ValueError(f"ipndm_v max_order must be between 1 and 4, got {max_order}")
+    extra_args = extra_args or {}
+    sigma_values = sigmas.detach().cpu().double().tolist()
+    slopes: list[Tensor] = []
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        slopes = ([to_d(x, sigmas[i], denoised)] + slopes)[:max_order]
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        steps = [sigma_values[i + 1 - k] - sigma_values[i - k] for k in range(len(slopes))]
+        slope = sum(w * d for w, d in zip(ipndm_v_weights(steps), slopes))
+        x = x + slope * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@torch.no_grad()
+def sample_gradient_estimation(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    ge_gamma: float = 2.0,
+) -> Tensor:
+    """Gradient estimation (Permenter & Yuan 2024, "Interpreting and Improving Diffusion Models from an
+    Optimization Perspective", ICML): Euler, plus ``(ge_gamma - 1)`` times the change in slope since the
+    previous step; ``ge_gamma = 2`` extrapolates the slope linearly. The last step to 0 returns x0."""
+    return _gradient_estimation(model, x, sigmas, extra_args, callback, disable, ge_gamma, cfg_pp=False)
+
+
+@torch.no_grad()
+def sample_gradient_estimation_cfg_pp(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    disable: bool | None = None,
+    ge_gamma: float = 2.0,
+) -> Tensor:
+    """Gradient estimation with CFG++ (Chung et al. 2024): the slope is taken from the unconditional
+    estimate and the Euler part lands on the guided one, ``D + sigma_next (x - D_uncond) / sigma``."""
+    return _gradient_estimation(model, x, sigmas, extra_args, callback, disable, ge_gamma, cfg_pp=True)
+
+
+def _gradient_estimation(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: StepCallback | None,
+    disable: bool | None,
+    ge_gamma: float,
+    cfg_pp: bool,
+) -> Tensor:
+    extra_args = extra_args or {}
+    old_d: Tensor | None = None
+    for i in trange(len(sigmas) - 1, disable=disable):
+        if cfg_pp:
+            denoised, uncond = denoise_with_uncond(model, x, sigma_batch(sigmas[i], x), extra_args)
+        else:
+            denoised = uncond = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        d = to_d(x, sigmas[i], uncond)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1] if cfg_pp else x + d * dt
+            if old_d is not None:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
     return x
 
 

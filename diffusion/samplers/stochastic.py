@@ -1,4 +1,8 @@
-"""Samplers that redraw noise each step from the model's clean estimate: DDPM and LCM."""
+"""Samplers that redraw noise each step from the model's clean estimate: DDPM and LCM.
+
+DDPM's posterior assumes the VE/VP states of a discrete diffusion model and is used unchanged on any
+model, as in ComfyUI.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from tqdm.auto import trange
 
 from diffusion.samplers.noise import NoiseSampler, gaussian_noise_sampler
 from diffusion.samplers.ode import Denoiser, StepCallback, report_step, sigma_batch
+from diffusion.samplers.snr import is_rectified_flow, signal_scale
 
 __all__ = ["sample_ddpm", "sample_lcm"]
 
@@ -67,13 +72,17 @@ def sample_lcm(
     seed: int | None = None,
 ) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023; Luo et al. 2023 for latent consistency
-    models): jump to the model's x0, then re-noise it to the next sigma with fresh noise."""
+    models): jump to the model's x0, then re-noise it to the next sigma with fresh noise (on a
+    rectified-flow model, along its straight path: ``(1 - sigma) x0 + sigma noise``)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    flow = is_rectified_flow(model)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
         if sigmas[i + 1] > 0:
+            if flow:
+                x = x * signal_scale(sigmas[i + 1], flow)
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
     return x

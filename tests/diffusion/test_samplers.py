@@ -99,6 +99,38 @@ def test_dpmpp_2m_sde_heun_variant_matches_kdiffusion():
     assert (ours - reference).abs().max() <= 1e-5
 
 
+# ComfyUI names that are k-diffusion samplers with other defaults: name -> (k-diffusion function, its options).
+KDIFFUSION_ALIASES = {
+    "dpmpp_2m_sde_heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    "dpmpp_2m_sde_heun_gpu": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    "dpmpp_sde_gpu": ("sample_dpmpp_sde", {}),
+    "dpmpp_2m_sde_gpu": ("sample_dpmpp_2m_sde", {}),
+    "dpmpp_3m_sde_gpu": ("sample_dpmpp_3m_sde", {}),
+}
+
+
+@pytest.mark.parametrize("name", KDIFFUSION_ALIASES)
+def test_comfyui_variants_of_kdiffusion_samplers_match_it_with_their_defaults(name):
+    function, options = KDIFFUSION_ALIASES[name]
+    x, sigmas = _start(), _sigmas()
+    noise = SharedNoise(x)
+    ours = get_sampler(name)(ToyDenoiser(), x, sigmas, disable=True, noise_sampler=noise.fresh())
+    reference = getattr(ksampling, function)(
+        ToyDenoiser(), x, sigmas, disable=True, noise_sampler=noise.fresh(), **options
+    )
+    assert (ours - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"])
+def test_gpu_names_are_their_twins_because_loom_draws_brownian_noise_on_the_cpu(name):
+    """ComfyUI's "_gpu" samplers draw the Brownian tree on the GPU, so a seed gives them other noise there;
+    Loom draws every tree on the CPU (the same on any device), so the two names are one sampler."""
+    assert get_sampler(f"{name}_gpu").function is get_sampler(name).function
+    x, sigmas = _start(), _sigmas()
+    twin = get_sampler(name)(ToyDenoiser(), x, sigmas, disable=True, seed=4)
+    assert torch.equal(get_sampler(f"{name}_gpu")(ToyDenoiser(), x, sigmas, disable=True, seed=4), twin)
+
+
 @pytest.mark.parametrize("name", ["euler", "heun", "dpm_2"])
 def test_churn_matches_kdiffusion_given_the_same_noise(name):
     # k-diffusion draws churn noise from the global RNG at every step, so churn is on at every step here.
@@ -154,9 +186,99 @@ def test_callback_reports_every_step_with_the_documented_keys():
     assert all(set(info) == {"x", "i", "sigma", "sigma_hat", "denoised"} for info in seen)
 
 
-def test_registry_lists_comfyui_names_and_rejects_unknown_ones():
-    assert SAMPLER_NAMES[:3] == ("euler", "euler_ancestral", "heun")
-    assert SAMPLER_NAMES[-3:] == ("ddim", "uni_pc", "uni_pc_bh2")
+# ComfyUI's KSampler list as its current comfy/samplers.py serves it: KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"].
+COMFYUI_SAMPLER_NAMES = (
+    "euler",
+    "euler_cfg_pp",
+    "euler_ancestral",
+    "euler_ancestral_cfg_pp",
+    "heun",
+    "heunpp2",
+    "exp_heun_2_x0",
+    "exp_heun_2_x0_sde",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpm_fast",
+    "dpm_adaptive",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde",
+    "dpmpp_sde_gpu",
+    "dpmpp_2m",
+    "dpmpp_2m_cfg_pp",
+    "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun",
+    "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde",
+    "dpmpp_3m_sde_gpu",
+    "ddpm",
+    "lcm",
+    "ipndm",
+    "ipndm_v",
+    "deis",
+    "res_multistep",
+    "res_multistep_cfg_pp",
+    "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp",
+    "gradient_estimation",
+    "gradient_estimation_cfg_pp",
+    "er_sde",
+    "seeds_2",
+    "seeds_3",
+    "sa_solver",
+    "sa_solver_pece",
+    "ddim",
+    "uni_pc",
+    "uni_pc_bh2",
+)
+
+# The samplers that draw noise of their own, and so take the seed; every other one is deterministic.
+SEEDED = {
+    "euler_ancestral",
+    "euler_ancestral_cfg_pp",
+    "exp_heun_2_x0_sde",
+    "dpm_2_ancestral",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde",
+    "dpmpp_sde_gpu",
+    "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun",
+    "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde",
+    "dpmpp_3m_sde_gpu",
+    "ddpm",
+    "lcm",
+    "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp",
+    "er_sde",
+    "seeds_2",
+    "seeds_3",
+    "sa_solver",
+    "sa_solver_pece",
+    # noise only when asked for: eta > 0 (DPM-Solver) or churn
+    "dpm_fast",
+    "dpm_adaptive",
+    "euler",
+    "heun",
+    "heunpp2",
+    "dpm_2",
+    "ddim",
+}
+
+
+def test_registry_serves_comfyuis_sampler_list_in_its_order():
+    assert SAMPLER_NAMES == COMFYUI_SAMPLER_NAMES
+
+
+def test_exactly_the_samplers_that_draw_noise_take_the_seed():
+    assert {name for name in SAMPLER_NAMES if get_sampler(name).takes_seed} == SEEDED
+
+
+def test_registry_rejects_unknown_names_and_discards_comfyuis_penultimate_sigmas():
     assert {n for n in SAMPLER_NAMES if get_sampler(n).discard_penultimate_sigma} == {
         "dpm_2",
         "dpm_2_ancestral",
@@ -185,6 +307,15 @@ ODE_CASES = [
     ("deis", 40, 0.01),
     ("uni_pc", 40, 0.003),
     ("uni_pc_bh2", 40, 0.003),
+    # A bare denoiser has no unconditional estimate apart, so the CFG++ samplers run as their plain twins.
+    ("euler_cfg_pp", 300, 0.02),
+    ("dpmpp_2m_cfg_pp", 40, 0.025),
+    ("exp_heun_2_x0", 40, 0.02),
+    ("ipndm_v", 40, 0.005),
+    ("res_multistep", 40, 0.035),
+    ("res_multistep_cfg_pp", 40, 0.035),
+    ("gradient_estimation", 300, 0.02),
+    ("gradient_estimation_cfg_pp", 300, 0.02),
 ]
 SDE_SAMPLERS = [
     "euler_ancestral",
@@ -194,6 +325,21 @@ SDE_SAMPLERS = [
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
     "ddpm",
+    "euler_ancestral_cfg_pp",
+    "dpmpp_2s_ancestral_cfg_pp",
+    "exp_heun_2_x0_sde",
+    "dpmpp_sde_gpu",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun",
+    "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde_gpu",
+    "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp",
+    "er_sde",
+    "seeds_2",
+    "seeds_3",
+    "sa_solver",
+    "sa_solver_pece",
 ]
 
 
