@@ -50,13 +50,17 @@ def test_the_editor_file_converts_to_the_api_file(api_file: Path, folders: Folde
     assert strip(converted) == strip(expected)
 
 
-FLOW_FAMILIES = {"flux_dev", "flux_schnell", "flux_fill", "sd35_large"}
+FLOW_FAMILIES = {"flux_dev", "flux_schnell", "flux_fill", "sd35_large", "zimage", "chroma"}
+#: A CLIPLoader type's tiny file: (family, part).
+CLIP_LOADER_PARTS = {"lumina2": ("zimage", "qwen3_4b"), "chroma": ("chroma", "t5xxl")}
 
 
 def name_family(name: str) -> str:
     """The family a model file's usual name implies (``flux1-fill-dev`` -> ``flux_fill``)."""
     if name.startswith("sd3.5"):
         return "sd35_large"
+    if name.startswith(("z_image", "Chroma")):
+        return "zimage" if name.startswith("z_image") else "chroma"
     if name.startswith("flux1-"):
         return "flux_fill" if "fill" in name else "flux_schnell" if "schnell" in name else "flux_dev"
     return "sdxl" if "xl" in name else "sd15"
@@ -77,8 +81,14 @@ def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
             checkpoints[name] = tiny_checkpoint(folders.models, name, family=family, inpaint="inpainting" in name)
         elif node["class_type"] == "UNETLoader":
             name = inputs["unet_name"]
-            dtype = "fp8_scaled" if "fp8_scaled" in name else "fp32"
+            dtype = "fp8_scaled" if "fp8_scaled" in name else "fp8_mixed" if "fp8mixed" in name else "fp32"
             write_tiny_file(folders.models / "diffusion_models" / name, name_family(name), "diffusion_model", dtype)
+        elif node["class_type"] == "CLIPLoader":
+            family, part = CLIP_LOADER_PARTS[inputs["type"]]
+            write_tiny_file(folders.models / "text_encoders" / inputs["clip_name"], family, part)
+        elif node["class_type"] == "LoraLoaderModelOnly":
+            family = name_family(inputs["lora_name"])
+            write_tiny_file(folders.models / "loras" / inputs["lora_name"], family, "lora")
         elif node["class_type"] == "DualCLIPLoader":
             for name in (inputs["clip_name1"], inputs["clip_name2"]):
                 part = "t5xxl" if "t5" in name else "clip_g" if "clip_g" in name else "clip_l"
