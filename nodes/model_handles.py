@@ -36,9 +36,9 @@ from diffusion import guidance
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily, load_checkpoint
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.checkpoint.text_encoder_files import load_text_encoders
+from diffusion.chroma import ChromaTransformer
 from diffusion.embeddings import EmbeddingResolver
 from diffusion.flow_matching import DiscreteFlow, FluxFlow
-from diffusion.chroma import ChromaTransformer
 from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta, apply_lora_patches
 from diffusion.mmdit import MMDiT

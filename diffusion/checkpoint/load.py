@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diffusers_layout import unet_to_ldm, vae_to_ldm
 from ..chroma import ChromaTransformer, load_chroma
+from ..diffusers_layout import unet_to_ldm, vae_to_ldm
 from ..flux import FluxTransformer, load_flux
 from ..mmdit import MMDiT, load_mmdit
 from ..text_encoders import FAMILY_ENCODERS, ClipStack, load_clip_text_model

@@ -21,8 +21,8 @@ from itertools import combinations
 from pathlib import Path
 
 from ..text_encoders.layouts import detect_layout
-from ..text_encoders.stack import ClipStack
 from ..text_encoders.qwen3 import load_qwen3_encoder
+from ..text_encoders.stack import ClipStack
 from ..text_encoders.t5_stacks import t5_family_encoders
 from ..text_encoders.zimage_text import ZImageTextEncoder
 from .detect import CheckpointInfo, ComponentSource, ModelFamily, key_sample

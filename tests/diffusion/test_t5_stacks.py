@@ -19,9 +19,9 @@ from diffusion.text_encoders.t5_stacks import (
     SD3_T5_MIN_LENGTH,
     SD3_T5_PADDING,
     T5_MIN_LENGTH,
-    T5Padding,
     FluxTextEncoders,
     SD3TextEncoders,
+    T5Padding,
     encode_t5,
     t5_weighted_tokens,
 )
