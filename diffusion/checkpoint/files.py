@@ -323,11 +323,18 @@ def _open_torch_pickle(path: Path, mmap_ok: bool) -> LazyStateDict:
 
 
 def _unpickling_failure(exc: Exception) -> str:
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    # torch words the refusal differently from version to version ("Unsupported global: GLOBAL x",
+    # "Trying to load unsupported GLOBAL x", or an opcode it does not read at all).
+    refused = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", str(exc), re.IGNORECASE)
     if refused:
         return (
             f"is a pickle that safe (weights_only) loading refuses: it asks for {refused.group(1)}, which is "
             "neither a tensor nor a plain container, and loading it would run that code"
+        )
+    if "Weights only load failed" in str(exc):
+        return (
+            "is a pickle that safe (weights_only) loading refuses: it holds more than tensors and plain "
+            "containers, and loading it could run code"
         )
     first_line = next(iter(str(exc).strip().splitlines()), "")
     return f"is a damaged or cut-short torch file ({type(exc).__name__}{': ' if first_line else ''}{first_line})"

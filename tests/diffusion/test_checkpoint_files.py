@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 import struct
 import zipfile
@@ -158,6 +160,24 @@ def test_pickles_with_code_are_refused_naming_the_global(tmp_path: Path) -> None
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.ones(1), "payload": NotAWeight()}, path)
     expect_refusal(open_state_dict, path, r"safe \(weights_only\) loading refuses: it asks for .*\.NotAWeight,")
+
+
+class MakesAFolder:
+    """A pickle payload that runs a function when unpickled, as real malicious files do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.target),))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_pickle_that_would_run_code_is_refused_and_never_runs_it(tmp_path: Path, protocol: int) -> None:
+    path, target = tmp_path / "evil.pt", tmp_path / "made_by_the_pickle"
+    path.write_bytes(pickle.dumps({"w": MakesAFolder(target)}, protocol=protocol))
+    expect_refusal(open_state_dict, path, r"safe \(weights_only\) loading refuses")
+    assert not target.exists()
 
 
 def _safetensors_bytes(header: dict, data: bytes) -> bytes:
