@@ -91,6 +91,16 @@ def current_node_id() -> str | None:
     return None if context is None else context.node_id
 
 
+def interrupt_running_prompt() -> bool:
+    """Ask the prompt whose node is running in this context to stop at its next interruption point (what a
+    node does to stop its own run); False outside any node, where there is nothing to stop."""
+    context = _current.get()
+    if context is None:
+        return False
+    context.interrupt.set()
+    return True
+
+
 def check_interrupted() -> None:
     """Raise ``Interrupted`` if the running prompt was asked to stop; a no-op outside any node."""
     context = _current.get()
