@@ -4,7 +4,10 @@ Run from the repository root: ``.venv/bin/python bench/models.py`` (``--only une
 subset, ``--repeats N``). Cases: the UNet on a batch of 2 (one CFG call) at 64x64 and 32x32
 latents (512² and 256² images), the VAE decoding a 64x64 latent to 512², CLIP-L encoding 2x77
 tokens, one full-width FLUX.1 double and single block (``flux``) and two full-width SD3.5 Large joint
-blocks (``mmdit``) on a 512² image, and the peak RSS of loading a full-size single-file checkpoint.
+blocks (``mmdit``) on a 512² image, the smallest full-width Z-Image (``zimage``: one main block and one
+noise and one context refiner) on a 512² image and a 100-token caption, two full-width Qwen3-4B decoder
+layers (``qwen3``) on 128 tokens of hidden states, and the peak RSS of loading a full-size single-file
+checkpoint. The whole Qwen3-4B encoding a prompt from a memory-mapped file is ``bench/qwen3_encode.py``.
 
 Both sides get the same weights: the diffusers modules are built with their default random
 initialisation and Loom's are loaded from the same tensors renamed to the LDM layout. Each case is
@@ -50,7 +53,7 @@ from diffusion.devices import cpu_computes_bf16_fast
 from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm
 from diffusion.model_memory import place
 
-CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "load")
+CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "zimage", "qwen3", "load")
 LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
 CHECKPOINT = Path("/tmp/loom_bench_sd15_fp16.safetensors")
 CONFIG_DIR = Path("/tmp/loom_bench_sd15_diffusers_config")
@@ -365,6 +368,118 @@ def mmdit_contenders() -> list[Contender]:
     ]
 
 
+# Qwen3-4B's sizes (its config.json; the 4B's RoPE base is 1e6, not transformers' default 1e4).
+QWEN3_4B = dict(
+    hidden_size=2560,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+)
+# A detailed prompt in Z-Image's chat template is about this many Qwen3 tokens; both models pad it to 128.
+ZIMAGE_CAPTION_TOKENS = 100
+QWEN3_TOKENS = 128
+
+
+def _randomise_norms(model: torch.nn.Module) -> None:
+    """Norm scales off 1 and learned padding tokens off 0 (they initialise to ones and zeros), so that parity
+    would show a misplaced norm or padding token."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("pad_token"):
+                parameter.normal_()
+            elif parameter.ndim == 1 and name.endswith(".weight"):  # RMSNorm scales: neither model has others
+                parameter.uniform_(0.5, 1.5)
+
+
+def _computing_in_fp32_from_bf16(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy that runs as Loom runs a bf16 file on a CPU in fp32: linear weights kept bf16, cast per call."""
+    stored = copy.deepcopy(model).to(torch.bfloat16)
+    place(stored, torch.device("cpu"), torch.float32)
+    return stored
+
+
+def zimage_contenders() -> list[Contender]:
+    """The smallest full-width Z-Image diffusers can build (3840 wide, 30 heads of 128, SwiGLU 10240): one main
+    block, one noise-refiner and one context-refiner block, with the embedders and the final layer, on a 512²
+    image (1,024 image tokens) and a 100-token caption of Qwen3-4B states (2560 wide; both pad it to 128).
+    diffusers' twin is built by its own single-file converter and called as ZImagePipeline calls it: per-item
+    lists, t = 1 - sigma, the output negated."""
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    from diffusion.zimage import ZImageConfig, ZImageTransformer
+
+    config = ZImageConfig(depth=1, noise_refiner_depth=1, context_refiner_depth=1)
+    with _seeded(10):
+        loom = ZImageTransformer(config).eval()
+        _randomise_norms(loom)
+    reference = ZImageTransformer2DModel(n_layers=1, n_refiner_layers=1).eval()  # otherwise the release's sizes
+    weights = {key: value.clone() for key, value in loom.state_dict().items()}
+    reference.load_state_dict(convert_z_image_transformer_checkpoint_to_diffusers(weights), strict=True)
+    del weights
+    with _seeded(11):
+        x, context = torch.randn(1, 16, 64, 64), torch.randn(1, ZIMAGE_CAPTION_TOKENS, config.context_dim)
+    sigma = torch.tensor([0.7])
+
+    def reference_call(model: torch.nn.Module, latent: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
+        out = model([latent[0].unsqueeze(1)], 1 - sigma, [caption[0]], return_dict=False)[0]
+        return -out[0].squeeze(1).unsqueeze(0)
+
+    loom_bf16, reference_bf16 = copy.deepcopy(loom).to(torch.bfloat16), copy.deepcopy(reference).to(torch.bfloat16)
+    loom_stored = _computing_in_fp32_from_bf16(loom)
+    xb, cb = x.to(torch.bfloat16), context.to(torch.bfloat16)
+    return [
+        Contender("loom", "fp32", lambda: loom(x, sigma, context)),
+        Contender("diffusers", "fp32", lambda: reference_call(reference, x, context)),
+        Contender("loom", "fp32 from bf16", lambda: loom_stored(x, sigma, context)),
+        Contender("loom", "bf16", lambda: loom_bf16(xb, sigma, cb)),
+        Contender("diffusers", "bf16", lambda: reference_call(reference_bf16, xb, cb)),
+    ]
+
+
+def qwen3_contenders() -> list[Contender]:
+    """Two full-width Qwen3-4B decoder layers and the final norm (2560 wide; 32 query and 8 key/value heads of
+    128; SwiGLU 9728) on 128 tokens of hidden states, the embedding skipped; the reference is transformers'
+    `Qwen3Model` (its default SDPA attention) holding the same weights, fed through ``inputs_embeds``."""
+    from transformers import Qwen3Config as ReferenceConfig
+    from transformers import Qwen3Model
+
+    from diffusion.text_encoders.qwen3 import Qwen3Encoder, RotaryHalves, load_qwen3_encoder
+
+    # The embedding is never called here: a 16-row table stands in for the 151,936 rows (1.6 GB in fp32).
+    reference_config = ReferenceConfig(**QWEN3_4B, num_hidden_layers=2, vocab_size=16, attn_implementation="sdpa")
+    with _seeded(12):
+        reference = Qwen3Model(reference_config).eval()
+        _randomise_norms(reference)
+    loom = load_qwen3_encoder({key: value.clone() for key, value in reference.state_dict().items()}).eval()
+    with _seeded(13):
+        hidden = torch.randn(1, QWEN3_TOKENS, reference_config.hidden_size)
+
+    def loom_call(model: Qwen3Encoder, states: torch.Tensor) -> torch.Tensor:
+        # Qwen3Encoder.forward after its embedding, for a prompt without padding: every layer, then the final norm.
+        rope = RotaryHalves.of(states.shape[1], model.config.head_dim, model.config.rope_theta, states.device)
+        for layer in model.model.layers:
+            states = layer(states, rope, None)
+        return model.model.norm(states)
+
+    def reference_call(model: Qwen3Model, states: torch.Tensor) -> torch.Tensor:
+        return model(inputs_embeds=states, use_cache=False).last_hidden_state
+
+    loom_bf16, reference_bf16 = copy.deepcopy(loom).to(torch.bfloat16), copy.deepcopy(reference).to(torch.bfloat16)
+    loom_stored = _computing_in_fp32_from_bf16(loom)
+    hb = hidden.to(torch.bfloat16)
+    return [
+        Contender("loom", "fp32", lambda: loom_call(loom, hidden)),
+        Contender("diffusers", "fp32", lambda: reference_call(reference, hidden)),
+        Contender("loom", "fp32 from bf16", lambda: loom_call(loom_stored, hidden)),
+        Contender("loom", "bf16", lambda: loom_call(loom_bf16, hb)),
+        Contender("diffusers", "bf16", lambda: reference_call(reference_bf16, hb)),
+    ]
+
+
 def bf16_skip_reason() -> str | None:
     """Why the bf16 modes cannot be measured meaningfully here, or None when they can."""
     if cpu_computes_bf16_fast():
@@ -381,8 +496,15 @@ def run_speed_case(case: str, contenders: list[Contender], repeats: int) -> list
     # prepacked-weight op Loom's convolutions dispatch to (same arithmetic, different op name).
     gflop = count_gflop(next(c for c in contenders if (c.side, c.mode) == ("diffusers", "fp32")).call)
     seconds, outputs = time_interleaved(contenders, repeats)
-    parity = (outputs["loom/fp32"] - outputs["diffusers/fp32"]).abs().max().item()
-    print(f"  {case}: {gflop:,.0f} GFLOP per call; fp32 max |loom - diffusers| = {parity:.2e}")
+    expected = outputs["diffusers/fp32"]
+    parity = (outputs["loom/fp32"] - expected).abs().max().item()
+    print(
+        f"  {case}: {gflop:,.0f} GFLOP per call; fp32 max |loom - diffusers| = {parity:.2e} "
+        f"(max |diffusers| {expected.abs().max().item():.2e})"
+    )
+    for name, output in outputs.items():
+        if not name.endswith("/fp32"):
+            print(f"    {name}: max |out - diffusers fp32| = {(output - expected).abs().max().item():.2e}")
     return [Row(case, c.side, c.mode, s, gflop) for c, s in zip(contenders, seconds)]
 
 
@@ -557,6 +679,8 @@ def main() -> None:
         "clip": lambda: clip_contenders(models),
         "flux": flux_contenders,
         "mmdit": mmdit_contenders,
+        "zimage": zimage_contenders,
+        "qwen3": qwen3_contenders,
     }
     rows: list[Row] = []
     for case in cases:
