@@ -35,10 +35,10 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 # everything diffusion.tiny_parts accepts (it decides what is valid, and per family and part what is not).
 _TINY_FAMILIES = (
     "sd15, sd2, sdxl, sdxl_refiner, sd3, sd35_medium, sd35_large, flux_dev, flux_schnell, flux_fill, flux_canny, "
-    "flux_depth"
+    "flux_depth, zimage, chroma"
 )
-_TINY_PARTS = "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, lora"
-_TINY_DTYPES = "fp32, fp16, bf16, fp8, fp8_scaled"
+_TINY_PARTS = "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, qwen3_4b, lora"
+_TINY_DTYPES = "fp32, fp16, bf16, fp8, fp8_scaled, fp8_mixed"
 
 
 def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,12 +54,13 @@ def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.Argumen
     tiny.add_argument(
         "--part",
         default="checkpoint",
-        help=f"what the file holds: {_TINY_PARTS} (default checkpoint: all in one; SD1/SD2/SDXL have only that)",
+        help=f"what the file holds: {_TINY_PARTS} (default checkpoint: all in one; SD1/SD2/SDXL have only that, "
+        "Z-Image and Chroma have no all-in-one file)",
     )
     tiny.add_argument(
         "--dtype",
         default="fp32",
-        help=f"how weights are stored: {_TINY_DTYPES} (default fp32; fp8 only for SD3/FLUX checkpoint, "
+        help=f"how weights are stored: {_TINY_DTYPES} (default fp32; fp8 only for the flow-matching checkpoint, "
         "diffusion_model, t5xxl)",
     )
     tiny.add_argument("--seed", type=int, default=0)

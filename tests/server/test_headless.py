@@ -283,7 +283,7 @@ def test_tiny_checkpoint_still_writes_the_fp32_sd15_checkpoint_by_default(tmp_pa
     (["--family", "sd4"], "unknown family 'sd4'; valid families: sd15, sd2, sdxl, sdxl_refiner, sd3, sd35_medium, "
      "sd35_large, flux_dev, flux_schnell, flux_fill, flux_canny, flux_depth"),
     (["--family", "sd3", "--part", "unet"], "unknown part 'unet'; valid parts: checkpoint, diffusion_model, vae, "
-     "clip_l, clip_g, t5xxl, lora"),
+     "clip_l, clip_g, t5xxl, qwen3_4b, lora"),
     (["--family", "sd3", "--dtype", "fp4"], "unknown dtype 'fp4'; valid dtypes: fp32, fp16, bf16, fp8, fp8_scaled"),
     (["--family", "flux_dev", "--part", "clip_g"], "no part 'clip_g' for flux_dev; valid parts: checkpoint, "
      "diffusion_model, vae, clip_l, t5xxl, lora"),
