@@ -1,9 +1,12 @@
 """Load third-party node packs from ``custom_nodes`` folders so that one broken pack breaks nothing else.
 
 A plugin is an entry of a plugin folder: a package (a folder with ``__init__.py``) or a single
-``.py`` file, as in ComfyUI (docs/compatibility.md §3.10). Each is imported under a synthetic module name,
-``custom_nodes.<name>``, so ``from .helpers import x`` inside a package works and two folders that
-hold packs of the same name do not share one module. A pack exports nodes through
+``.py`` file, as in ComfyUI (docs/compatibility.md §3.10). Each is imported as ComfyUI imports it: as a
+top-level module named after the folder (or file), registered in ``sys.modules`` under that name, so
+relative imports of sub-packages work and one pack can ``import other_pack.utils`` a pack loaded
+before it. A name that is taken, by a pack of the same name in an earlier folder or by a module that
+already exists (``nodes``, ``torch``, ``json``...), is never shadowed: the pack is imported under an
+alias (``json__2``) and its report says why. A pack exports nodes through
 ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` (V1 classes), through module-level
 functions declared with Loom's ``@node`` (its own or listed in ``LOOM_NODES``), and browser code
 through ``WEB_DIRECTORY``.
@@ -22,7 +25,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -44,9 +47,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Parent of every plugin's module name; ComfyUI's ``RELATIVE_PYTHON_MODULE`` has the same form.
+#: Prefix of a plugin node's ``python_module`` in ``/object_info``, as ComfyUI's ``RELATIVE_PYTHON_MODULE``:
+#: the frontend tells plugin nodes from core ones by it.
 MODULE_PREFIX = "custom_nodes"
 DISABLED_SUFFIX = ".disabled"
+
+#: The modules this loader put into ``sys.modules``, by name: a later load may replace these, never others.
+_PLUGIN_MODULES: dict[str, ModuleType] = {}
 
 
 class PluginStatus(str, Enum):
@@ -95,8 +102,11 @@ class PluginReport:
     name: str
     path: Path
     status: PluginStatus
-    #: The synthetic module name (``custom_nodes.<key>``); ``None`` when it was never imported.
+    #: The name it is imported as (``sys.modules`` key): its folder or file name, or an alias;
+    #: ``None`` when it was never imported.
     module_name: str | None = None
+    #: Why it was imported under an alias rather than its own name; ``None`` when it was not.
+    alias_reason: str | None = None
     nodes: list[str] = field(default_factory=list)
     refused: list[NodeRefusal] = field(default_factory=list)
     #: Absolute folder of browser code, served at ``/extensions/<key>/``.
@@ -110,9 +120,12 @@ class PluginReport:
     @property
     def key(self) -> str:
         """A name unique among the loaded packs (``foo``, ``foo__2``); the URL segment of its web files."""
-        if self.module_name is None:
-            return self.name
-        return self.module_name.removeprefix(MODULE_PREFIX + ".")
+        return self.module_name if self.module_name is not None else self.name
+
+    @property
+    def python_module(self) -> str:
+        """What ``/object_info`` reports as its nodes' ``python_module``: ``custom_nodes.<key>``."""
+        return f"{MODULE_PREFIX}.{self.key}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +134,7 @@ class PluginReport:
             "path": str(self.path),
             "status": self.status.value,
             "module": self.module_name,
+            "alias_reason": self.alias_reason,
             "nodes": list(self.nodes),
             "refused": [refusal.to_json() for refusal in self.refused],
             "web_directory": str(self.web_directory) if self.web_directory is not None else None,
@@ -160,12 +174,16 @@ def load_plugins(
     *,
     disable_all: bool = False,
     whitelist: Collection[str] = (),
+    before_import: Callable[[], None] | None = None,
 ) -> list[PluginReport]:
     """Import every plugin in ``folders`` and register its nodes; never raises for a plugin's fault.
 
     ``disable_all`` (``--disable-custom-nodes``) imports nothing except the packs named in
     ``whitelist`` (by folder name, file stem or file name). Built-ins must be registered first, so
     that their names are protected. Among packs the later one wins a shared node name, as in ComfyUI.
+    ``before_import`` is called once, just before the first pack is imported (not at all when none
+    is): the host makes the modules packs import (ComfyUI's ``folder_paths``, ``comfy``...) importable
+    there, so that the engine need not know them and no pack can take their names.
     """
     reports: list[PluginReport] = []
     taken: set[str] = set()
@@ -175,7 +193,12 @@ def load_plugins(
         if passed_over is not None:
             report = PluginReport(entry.name, entry.path, passed_over[0], error=passed_over[1])
         else:
-            report = _load_entry(registry, entry, _unique_module_name(entry.name, taken), origins)
+            if before_import is not None:
+                before_import()
+                before_import = None
+            module_name, alias_reason = _module_name(entry, taken)
+            report = _load_entry(registry, entry, module_name, origins)
+            report.alias_reason = alias_reason
         _log_report(report)
         reports.append(report)
     log.info("%s", import_times_table(reports))
@@ -205,18 +228,55 @@ def _not_imported(entry: PluginEntry, disable_all: bool, whitelist: Collection[s
     return None
 
 
-def _unique_module_name(name: str, taken: set[str]) -> str:
-    """``custom_nodes.<name>``, suffixed ``__2``, ``__3``... when another folder already used it.
+def _module_name(entry: PluginEntry, taken: set[str]) -> tuple[str, str | None]:
+    """The name to import ``entry`` as, and why it is an alias (``None`` when it is the pack's own name).
 
-    Dots would make importlib look for a parent package that does not exist, so they become ``_``.
+    The pack's own name, as ComfyUI imports it, unless an earlier folder's pack took it or it would
+    shadow a module that exists apart from the plugins: then ``<name>__2``, ``__3``... Dots would make
+    importlib look for a parent package, so they become ``_``.
     """
-    base = f"{MODULE_PREFIX}.{name.replace('.', '_')}"
+    base = entry.name.replace(".", "_")
+    reason = _why_taken(base, entry, taken)
     candidate, number = base, 1
-    while candidate in taken:
+    while _why_taken(candidate, entry, taken) is not None:
         number += 1
         candidate = f"{base}__{number}"
     taken.add(candidate)
-    return candidate
+    return candidate, reason
+
+
+def _why_taken(name: str, entry: PluginEntry, taken: set[str]) -> str | None:
+    """Why ``entry`` may not be imported as ``name``; ``None`` when it may."""
+    if name in taken:
+        return f"a pack named {name!r} was loaded before this one"
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if loaded is _PLUGIN_MODULES.get(name):
+            return None  # a pack of an earlier load: this load replaces it
+        return f"a module named {name!r} is already imported ({_origin(loaded)}); the pack must not replace it"
+    if name in sys.stdlib_module_names:
+        return f"{name!r} is a module of Python's standard library; the pack must not shadow it"
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a broken finder or package: nothing there to shadow
+        found = None
+    if found is not None and not _is_entry(found.origin, entry):
+        where = found.origin or "a namespace package"
+        return f"a module named {name!r} is importable ({where}); the pack must not shadow it"
+    return None
+
+
+def _is_entry(origin: str | None, entry: PluginEntry) -> bool:
+    """Whether an importable module's file is the entry itself (its folder is on ``sys.path``)."""
+    return origin is not None and Path(origin).resolve() == _init_file(entry).resolve()
+
+
+def _origin(module: ModuleType) -> str:
+    return str(getattr(module, "__file__", None) or "built into Python")
+
+
+def _init_file(entry: PluginEntry) -> Path:
+    return entry.path / "__init__.py" if entry.is_package else entry.path
 
 
 def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, origins: dict[str, str]) -> PluginReport:
@@ -243,23 +303,22 @@ def _import(entry: PluginEntry, module_name: str) -> ModuleType:
     # A second load (a test, a reload) must run the files on disk, not reuse modules of an older
     # folder that had the same name.
     _forget_modules(module_name)
-    if entry.is_package:
-        spec = importlib.util.spec_from_file_location(
-            module_name, entry.path / "__init__.py", submodule_search_locations=[str(entry.path)]
-        )
-    else:
-        spec = importlib.util.spec_from_file_location(module_name, entry.path)
+    locations = [str(entry.path)] if entry.is_package else None
+    spec = importlib.util.spec_from_file_location(module_name, _init_file(entry), submodule_search_locations=locations)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot build an import spec for {entry.path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    _PLUGIN_MODULES[module_name] = module
     spec.loader.exec_module(module)
     return module
 
 
 def _forget_modules(module_name: str) -> None:
+    """Drop a plugin's modules (its own name and its submodules); only ever called with a plugin's name."""
     for name in [name for name in sys.modules if name == module_name or name.startswith(module_name + ".")]:
         del sys.modules[name]
+    _PLUGIN_MODULES.pop(module_name, None)
 
 
 def _import_error_text(error: BaseException) -> str:
@@ -304,7 +363,7 @@ def _register_node(
         return NodeRefusal(class_type, "a built-in node has this name, and plugins cannot replace built-in nodes")
     try:
         spec = exported.build()
-        spec.python_module = report.module_name or spec.python_module
+        spec.python_module = report.python_module
         # Computed once now so a broken INPUT_TYPES is refused here, not found by /object_info later.
         spec.inputs()
     except Exception as error:  # plugin code: INPUT_TYPES and class attributes may raise anything

@@ -2,12 +2,19 @@
 
 Modules are listed explicitly rather than discovered, so the set of built-in names (which plugins may
 not replace) is fixed by this file and visible in review.
+
+This package is also what ComfyUI packs get for ``import nodes``: ``MAX_RESOLUTION``,
+``NODE_CLASS_MAPPINGS``, ``NODE_DISPLAY_NAME_MAPPINGS``, ``common_ksampler`` and the core node
+classes under ComfyUI's names (``nodes.CLIPTextEncode().encode(clip, text)``) resolve through the
+module ``__getattr__`` below, on first use, so ``import nodes`` itself stays light
+(``nodes.v1_classes``).
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graph.registry import NodeRegistry
@@ -37,3 +44,14 @@ def register_builtin_nodes(registry: NodeRegistry) -> list[str]:
     for module in builtin_modules():
         names.extend(registry.register_module(module, builtin=True))
     return names
+
+
+def __getattr__(name: str) -> Any:
+    """ComfyUI's ``nodes`` module names (PEP 562); any other name is a missing attribute or a submodule."""
+    if name == "MAX_RESOLUTION":
+        return import_module("nodes.image").MAX_RESOLUTION
+    # Not ``from nodes import ...``: that asks this very function for the name first, endlessly.
+    v1_classes = import_module("nodes.v1_classes")
+    if v1_classes.forwards(name):
+        return v1_classes.comfy_attribute(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,9 @@ prompts on (in process, or Ray actors: ``config.workers``) and the database are 
 ``cleanup_ctx`` so they start with the server and stop with it: the worker finishes (or interrupts)
 its prompts, the backend is closed, and the database is closed last. Every API route is registered
 twice, bare and under ``/api`` (docs/compatibility.md §1.1): the frontend uses ``/api``, Python clients the bare paths.
+The application exists before the plugins are imported, behind a fresh ``PromptServer.instance``
+(``server.prompt_server_compat``), so ComfyUI packs can declare routes at import; those are mounted
+after Loom's own.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from server.distributed.backend import LocalBackend, PromptBackend
 from server.keys import CONFIG, HUB, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
 from server.openapi import add_openapi_route
 from server.plugins import add_plugin_routes, configured_registry
+from server.prompt_server_compat import PromptServer
 from server.queue import PromptQueue
 from server.responses import api_not_found, json_routing_errors
 from server.security import add_login_routes, security_middlewares
@@ -92,14 +96,15 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     runtime = build_runtime(config.runtime_options())
     if config.starter_files:
         install_starter_files(runtime.folders)
+    middlewares = [json_routing_errors, *security_middlewares(config), _lend_runtime(runtime)]
+    app = web.Application(client_max_size=config.max_upload_bytes, middlewares=middlewares)
+    prompt_server = PromptServer.open(app)
     given_registry = registry is not None
     plugin_reports: list[PluginReport] = []
     if registry is None:
-        registry, plugin_reports = configured_registry(config)
+        registry, plugin_reports = configured_registry(config, runtime)
     backend = _backend(config, registry, given_registry, runtime)
 
-    middlewares = [json_routing_errors, *security_middlewares(config), _lend_runtime(runtime)]
-    app = web.Application(client_max_size=config.max_upload_bytes, middlewares=middlewares)
     store = PromptStore(config.database_path, config.max_history)
     publisher = ThreadSafePublisher()
     queue = PromptQueue(store, on_change=publisher.status)
@@ -110,6 +115,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
         send_timeout=config.ws_send_timeout,
     )
     worker = PromptWorker(queue, store, backend, publisher, previews_enabled=runtime.previews.enabled)
+    prompt_server.connect(publisher, queue)
     app[CONFIG], app[RUNTIME], app[REGISTRY] = config, runtime, registry
     app[STORE], app[QUEUE], app[HUB], app[WORKER] = store, queue, hub, worker
 
@@ -123,11 +129,13 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     add_openapi_route(app)
     add_plugin_routes(app, plugin_reports, config.frontend_root)
     add_login_routes(app, config)
+    prompt_server.mount_routes()
     app.router.add_get("/api/{tail:.*}", api_not_found)
     add_frontend_routes(app, config.frontend_root)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         publisher.attach(hub, asyncio.get_running_loop())
+        prompt_server.loop = asyncio.get_running_loop()
         worker.start()
         yield
         await asyncio.to_thread(worker.stop)

@@ -366,7 +366,11 @@ SCHEMAS: dict[str, Any] = {
             "key": {"type": "string", "description": "the URL segment of its web files"},
             "path": {"type": "string"},
             "status": {"enum": ["loaded", "failed", "disabled", "skipped"]},
-            "module": {"type": ["string", "null"]},
+            "module": {"type": ["string", "null"], "description": "the name it is imported as (sys.modules)"},
+            "alias_reason": {
+                "type": ["string", "null"],
+                "description": "why it is imported under another name than its own (the name was taken)",
+            },
             "nodes": _STR_LIST,
             "refused": {
                 "type": "array",

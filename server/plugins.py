@@ -3,6 +3,10 @@
 The plugin folders are the repository's ``custom_nodes/`` and then ``config.extra_custom_node_dirs``
 (ComfyUI reads extra folders from ``extra_model_paths.yaml``; Loom takes them from flags). Loading
 itself is ``graph.plugins``: a broken pack is reported, never fatal, so the server always starts.
+Before the first pack is imported, the names ComfyUI packs import are made importable
+(``nodes.comfy_compat.install_comfy_modules``: ``folder_paths``, ``comfy.*``...), and the registry
+being filled becomes the one ``nodes.NODE_CLASS_MAPPINGS`` shows, so a pack sees the built-ins and
+the packs loaded before it, as in ComfyUI.
 
 A pack's ``WEB_DIRECTORY`` is served at ``/extensions/<key>/<file>`` and its ``.js`` files are listed
 by ``/extensions``, which is how both Loom's editor and ComfyUI's frontend find extension scripts
@@ -16,6 +20,7 @@ resolves symlinks first, so a link inside a pack cannot publish a file from else
 from __future__ import annotations
 
 import asyncio
+import logging
 import mimetypes
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +33,8 @@ from graph.plugins import PluginReport, PluginStatus, load_plugins
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
 from nodes.folders import UnsafePathError, list_files, resolve_inside
+from nodes.runtime import Runtime
+from nodes.v1_classes import expose_registry
 from server.config import REPO_ROOT, ServerConfig, is_loopback_host
 from server.responses import error_response
 
@@ -36,11 +43,14 @@ __all__ = [
     "REPO_CUSTOM_NODES",
     "add_plugin_routes",
     "configured_registry",
+    "install_comfy_modules",
     "load_configured_plugins",
     "plugin_folders",
     "plugin_scripts",
     "reports_for_client",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The reports of every plugin entry found at start, in load order.
 PLUGIN_REPORTS = web.AppKey("loom_plugin_reports", list[PluginReport])
@@ -54,25 +64,52 @@ JS_CONTENT_TYPE = "text/javascript"
 _PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
-def configured_registry(config: ServerConfig) -> tuple[NodeRegistry, list[PluginReport]]:
-    """The built-in nodes plus the plugins ``config`` allows, and what happened to each plugin."""
+def configured_registry(
+    config: ServerConfig, runtime: Runtime | None = None
+) -> tuple[NodeRegistry, list[PluginReport]]:
+    """The built-in nodes plus the plugins ``config`` allows, and what happened to each plugin.
+
+    ``runtime`` is the installation packs see through ComfyUI's modules while they are imported.
+    """
     registry = NodeRegistry()
     register_builtin_nodes(registry)
-    return registry, load_configured_plugins(registry, config)
+    return registry, load_configured_plugins(registry, config, runtime)
 
 
 def plugin_folders(config: ServerConfig) -> list[Path]:
     return [REPO_CUSTOM_NODES, *config.extra_custom_node_dirs]
 
 
-def load_configured_plugins(registry: NodeRegistry, config: ServerConfig) -> list[PluginReport]:
+def load_configured_plugins(
+    registry: NodeRegistry, config: ServerConfig, runtime: Runtime | None = None
+) -> list[PluginReport]:
     """Load the configured folders into ``registry``, which must already hold the built-ins."""
+    expose_registry(registry)
     return load_plugins(
         registry,
         plugin_folders(config),
         disable_all=config.disable_custom_nodes,
         whitelist=config.custom_node_whitelist,
+        before_import=lambda: install_comfy_modules(runtime),
     )
+
+
+def install_comfy_modules(runtime: Runtime | None = None) -> None:
+    """Make ComfyUI's plugin-facing modules importable (answering from ``runtime``), if this Loom has them.
+
+    Never fatal: without them a pack that imports ``folder_paths`` or ``comfy`` fails alone, with
+    that module named in its report, as any pack with a missing dependency does.
+    """
+    try:
+        from nodes.comfy_compat import install_comfy_modules as install
+    except ImportError as error:
+        if not (isinstance(error, ModuleNotFoundError) and error.name == "nodes.comfy_compat"):
+            log.exception("ComfyUI's modules cannot be offered to plugins")
+        return
+    try:
+        install(runtime)
+    except Exception:  # a bug there must not keep the server from starting: the packs report what is missing
+        log.exception("ComfyUI's modules cannot be offered to plugins")
 
 
 def _served(reports: Iterable[PluginReport]) -> dict[str, Path]:

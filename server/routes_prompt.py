@@ -1,6 +1,7 @@
 """``/prompt``: accept a prompt, validate it, queue it (docs/compatibility.md §1.3).
 
-The order of ComfyUI's handler is kept: parse, pick the priority, validate, move API keys out of
+The order of ComfyUI's handler is kept: parse, let plugins' on-prompt handlers edit the body
+(``PromptServer.add_on_prompt_handler``), pick the priority, validate, move API keys out of
 ``extra_data``, queue, answer ``{prompt_id, number, node_errors}``. Parsing includes the check
 against the ``PromptRequest`` schema (envelope, node shapes, link shapes), so a body of the wrong
 shape is refused with every violation named before any of it reaches validation. A prompt whose
@@ -25,6 +26,7 @@ from graph.formats.editor import EditorConversion, editor_to_api
 from graph.formats.schema import check_document
 from graph.validation import validate_prompt
 from server.keys import QUEUE, REGISTRY
+from server.prompt_server_compat import PROMPT_SERVER
 from server.request_body import BadRequestBody, read_json
 from server.responses import error_response
 from server.store import QueueItem, wire_number
@@ -60,6 +62,8 @@ async def submit_prompt(request: web.Request) -> web.Response:
         body = await read_json(request, "PromptRequest", default={})
     except BadRequestBody as error:
         return error.response("invalid_prompt", node_errors={})
+    if (prompt_server := request.app.get(PROMPT_SERVER)) is not None:
+        body = prompt_server.trigger_on_prompt(body)
     extra_data = dict(body.get("extra_data") or {})
 
     prompt = body.get("prompt")

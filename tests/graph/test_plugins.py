@@ -205,7 +205,7 @@ def comfy_pack(tmp_path: Path) -> tuple[NodeRegistry, PluginReport, Path]:
 
 
 def plugin_calls() -> list:
-    return sys.modules["custom_nodes.comfy_style_pack.helpers"].CALLS
+    return sys.modules["comfy_style_pack.helpers"].CALLS
 
 
 # --- a ComfyUI-style plugin loads and runs unchanged ------------------------------------------------
@@ -215,7 +215,7 @@ def test_comfyui_plugin_loads_with_its_nodes_module_and_web_folder(comfy_pack) -
     registry, report, _ = comfy_pack
     assert report.status is PluginStatus.LOADED, report.traceback
     assert report.nodes == ["ReadNote", "SplitWords", "Shout", "PickOne", "JoinWords"]
-    assert report.module_name == "custom_nodes.comfy_style_pack"
+    assert report.module_name == "comfy_style_pack" and report.alias_reason is None
     assert report.web_directory == (report.path / "js").resolve()
     assert report.error is None and report.refused == []
     info = registry.get("JoinWords").object_info()
@@ -380,7 +380,7 @@ def test_every_entry_gets_a_report_and_junk_is_ignored(crowded) -> None:
     [
         ("syntax_error", "SyntaxError"),
         ("missing_dependency", "missing Python module 'loom_test_no_such_dependency'"),
-        ("bad_relative_import", "missing Python module 'custom_nodes.bad_relative_import.not_there'"),
+        ("bad_relative_import", "missing Python module 'bad_relative_import.not_there'"),
         ("raises_at_import", "RuntimeError: no GPU driver found"),
         ("exits_at_import", "SystemExit: 1"),
         ("mappings_not_a_dict", "NODE_CLASS_MAPPINGS is a list"),
@@ -393,7 +393,7 @@ def test_a_plugin_that_fails_to_import_is_reported_with_its_traceback(crowded, n
     assert message in report.error
     assert report.nodes == []
     assert "Traceback" in report.traceback
-    assert f"custom_nodes.{name}" not in sys.modules, "a half-imported module must not linger"
+    assert name not in sys.modules, "a half-imported module must not linger"
 
 
 @pytest.mark.parametrize(
@@ -490,8 +490,9 @@ def test_two_folders_with_a_pack_of_the_same_name_do_not_share_a_module(tmp_path
     )
     registry = NodeRegistry()
     reports = load_plugins(registry, [first, second])
-    assert [r.module_name for r in reports] == ["custom_nodes.pack", "custom_nodes.pack__2"]
+    assert [r.module_name for r in reports] == ["pack", "pack__2"]
     assert [r.key for r in reports] == ["pack", "pack__2"]
+    assert reports[0].alias_reason is None and "loaded before" in reports[1].alias_reason
     assert registry.get("Tag1").run(None, {"text": "t"}).values == ("t-a",)
     assert registry.get("Tag2").run(None, {"text": "t"}).values == ("t-b",)
     assert registry.get("Tag2").object_info()["python_module"] == "custom_nodes.pack__2"

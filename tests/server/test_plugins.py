@@ -204,7 +204,7 @@ async def test_a_comfyui_style_plugin_runs_through_post_prompt(plugin_client, tm
     assert entry["status"]["status_str"] == "success", entry["status"]
     # The ui output carries the hidden UNIQUE_ID and PROMPT the node was given.
     assert entry["outputs"]["6"] == {"text": ["HELLO!-PLUGIN!-WORLD!"], "node": ["6"], "class": ["JoinWords"]}
-    calls = sys.modules["custom_nodes.comfy_style_pack.helpers"].CALLS
+    calls = sys.modules["comfy_style_pack.helpers"].CALLS
     assert ("SplitWords", "never needed") not in calls, "the lazy input that was not asked for never ran"
 
     calls.clear()
