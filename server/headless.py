@@ -19,14 +19,15 @@ from graph import events
 from graph.errors import WorkflowError
 from graph.executor import Executor
 from graph.formats.api import load_document, prompt_from_document
-from graph.plugins import PluginStatus, load_plugins
+from graph.plugins import PluginStatus
 from graph.registry import NodeRegistry
 from graph.services import services_context
 from graph.validation import ValidationResult, validate_prompt
 from nodes import register_builtin_nodes
 from nodes.compute import ComputeSettingsError
 from nodes.extra_model_paths import ExtraModelPathsError
-from nodes.runtime import RuntimeOptions, build_runtime
+from nodes.runtime import Runtime, RuntimeOptions, build_runtime
+from server.plugins import load_plugin_folders
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -126,15 +127,16 @@ def run_workflow_file(
         print(f"loom run: {error}", file=err)
         return EXIT_INVALID
     with services_context(runtime):
-        return _run(path, runtime.folders.directory, show_progress, plugin_folders, out, err)
+        return _run(path, runtime, show_progress, plugin_folders, out, err)
 
 
 def _run(
-    path: str, directory: Any, show_progress: bool, plugin_folders: Sequence[Path], out: TextIO, err: TextIO
+    path: str, runtime: Runtime, show_progress: bool, plugin_folders: Sequence[Path], out: TextIO, err: TextIO
 ) -> int:
+    directory = runtime.folders.directory
     registry = NodeRegistry()
     register_builtin_nodes(registry)
-    for report in load_plugins(registry, plugin_folders):
+    for report in load_plugin_folders(registry, plugin_folders, runtime):
         if report.status is PluginStatus.FAILED:
             print(f"warning: plugin {report.name} could not be imported: {report.error}", file=err)
     try:

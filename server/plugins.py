@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "configured_registry",
     "install_comfy_modules",
     "load_configured_plugins",
+    "load_plugin_folders",
     "plugin_folders",
     "plugin_scripts",
     "reports_for_client",
@@ -84,28 +85,44 @@ def load_configured_plugins(
     registry: NodeRegistry, config: ServerConfig, runtime: Runtime | None = None
 ) -> list[PluginReport]:
     """Load the configured folders into ``registry``, which must already hold the built-ins."""
+    return load_plugin_folders(
+        registry,
+        plugin_folders(config),
+        runtime,
+        disable_all=config.disable_custom_nodes,
+        whitelist=config.custom_node_whitelist,
+    )
+
+
+def load_plugin_folders(
+    registry: NodeRegistry,
+    folders: Sequence[Path],
+    runtime: Runtime | None = None,
+    *,
+    disable_all: bool = False,
+    whitelist: Collection[str] = (),
+) -> list[PluginReport]:
+    """Load the packs of ``folders`` into ``registry`` (built-ins already in) with what ComfyUI packs import:
+    ``nodes.NODE_CLASS_MAPPINGS`` over this registry, and ComfyUI's modules answering from ``runtime``.
+    The server and ``loom run`` both load packs through here."""
     expose_registry(registry)
     return load_plugins(
         registry,
-        plugin_folders(config),
-        disable_all=config.disable_custom_nodes,
-        whitelist=config.custom_node_whitelist,
+        folders,
+        disable_all=disable_all,
+        whitelist=whitelist,
         before_import=lambda: install_comfy_modules(runtime),
     )
 
 
 def install_comfy_modules(runtime: Runtime | None = None) -> None:
-    """Make ComfyUI's plugin-facing modules importable (answering from ``runtime``), if this Loom has them.
+    """Make ComfyUI's plugin-facing modules importable (answering from ``runtime``).
 
     Never fatal: without them a pack that imports ``folder_paths`` or ``comfy`` fails alone, with
     that module named in its report, as any pack with a missing dependency does.
     """
-    try:
-        from nodes.comfy_compat import install_comfy_modules as install
-    except ImportError as error:
-        if not (isinstance(error, ModuleNotFoundError) and error.name == "nodes.comfy_compat"):
-            log.exception("ComfyUI's modules cannot be offered to plugins")
-        return
+    from nodes.comfy_compat import install_comfy_modules as install
+
     try:
         install(runtime)
     except Exception:  # a bug there must not keep the server from starting: the packs report what is missing

@@ -207,6 +207,45 @@ def test_a_workflow_using_a_plugin_node_runs_and_a_broken_plugin_is_reported(tmp
     assert (tmp_path / "output" / "sepia_00001_.png").is_file()
 
 
+COMFY_PACK = """
+import folder_paths
+from nodes import MAX_RESOLUTION
+
+
+class OutputFolderName:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 8, "min": 1, "max": MAX_RESOLUTION})}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "name"
+    CATEGORY = "test"
+
+    def name(self, width):
+        return (f"{folder_paths.get_output_directory()}|{width}",)
+
+
+NODE_CLASS_MAPPINGS = {"OutputFolderName": OutputFolderName}
+"""
+
+
+def test_loom_run_gives_packs_comfyui_s_modules_answering_from_its_own_folders(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "comfy_style_pack.py").write_text(COMFY_PACK)
+    document = {
+        "1": {"class_type": "OutputFolderName", "inputs": {"width": 12}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    path = _write(tmp_path, "comfy_pack.json", document)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_workflow_file(
+        str(path), RuntimeOptions(tmp_path), show_progress=False, out=out, err=err, plugin_folders=[plugins]
+    )
+    assert code == EXIT_OK, err.getvalue()
+    assert f"{tmp_path / 'output'}|12" in out.getvalue()
+
+
 def test_without_plugins_a_plugin_node_is_an_unknown_type(tmp_path: Path) -> None:
     document = {"1": {"class_type": "ExampleSepia", "inputs": {}}}
     path = _write(tmp_path, "plugin.json", document)
