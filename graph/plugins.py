@@ -19,6 +19,7 @@ pack's other nodes load. Every outcome is a ``PluginReport`` the server can log,
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -26,6 +27,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Collection, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -107,6 +109,8 @@ class PluginReport:
     module_name: str | None = None
     #: Why it was imported under an alias rather than its own name; ``None`` when it was not.
     alias_reason: str | None = None
+    #: Commands the pack ran to install packages while it was imported (pip), as logged.
+    installs: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     refused: list[NodeRefusal] = field(default_factory=list)
     #: Absolute folder of browser code, served at ``/extensions/<key>/``.
@@ -135,6 +139,7 @@ class PluginReport:
             "status": self.status.value,
             "module": self.module_name,
             "alias_reason": self.alias_reason,
+            "installs": list(self.installs),
             "nodes": list(self.nodes),
             "refused": [refusal.to_json() for refusal in self.refused],
             "web_directory": str(self.web_directory) if self.web_directory is not None else None,
@@ -282,6 +287,8 @@ def _init_file(entry: PluginEntry) -> Path:
 def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, origins: dict[str, str]) -> PluginReport:
     report = PluginReport(entry.name, entry.path, PluginStatus.LOADED, module_name=module_name)
     started = time.perf_counter()
+    _watch_installs()
+    importing = _IMPORTING.set(report)
     try:
         module = _import(entry, module_name)
         # Read before anything is registered: reading runs plugin code, which may raise.
@@ -294,8 +301,41 @@ def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, or
         report.traceback = traceback.format_exc()
     else:
         _register_exports(registry, entry, module, exports, report, origins)
+    finally:
+        _IMPORTING.reset(importing)
     report.seconds = time.perf_counter() - started
     return report
+
+
+#: The pack being imported in this context, so a process it starts can be told apart from Loom's own.
+_IMPORTING: ContextVar[PluginReport | None] = ContextVar("loom_importing_plugin", default=None)
+
+
+@functools.cache
+def _watch_installs() -> None:
+    """Audit subprocesses, from the first pack on: packs that pip-install at import change Loom's environment
+    behind its back (ComfyUI's manager does that on request; a pack doing it on every start is worth a loud
+    log line and a mark in its report). An audit hook cannot be removed, so it is added once."""
+    sys.addaudithook(_on_audit_event)
+
+
+def _on_audit_event(event: str, args: tuple[Any, ...]) -> None:
+    if event != "subprocess.Popen":
+        return
+    report = _IMPORTING.get()
+    if report is None:
+        return
+    command = [str(part) for part in (args[1] if isinstance(args[1], (list, tuple)) else [args[1]])]
+    if _is_install(command):
+        text = " ".join(command)
+        report.installs.append(text)
+        log.warning("plugin %s installs packages while it is imported: %s", report.name, text)
+
+
+def _is_install(command: list[str]) -> bool:
+    """``pip install ...`` in any spelling: ``pip``, ``pip3``, ``python -m pip``, ``uv pip``."""
+    words = [os.path.basename(word).removesuffix(".exe") for word in command]
+    return "install" in words and any(word in ("pip", "pip3", "uv", "easy_install") for word in words)
 
 
 def _import(entry: PluginEntry, module_name: str) -> ModuleType:

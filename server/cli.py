@@ -1,4 +1,4 @@
-"""The ``loom`` command: ``serve``, ``run WORKFLOW`` and ``tiny-checkpoint PATH``.
+"""The ``loom`` command: ``serve``, ``run WORKFLOW``, ``tiny-checkpoint PATH`` and ``plugins``.
 
 Heavy imports (torch, aiohttp) happen inside the sub-commands, so ``loom --help`` is instant.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from server.plugins_cli import add_plugins_command
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_run(subparsers)
     _add_tiny_checkpoint(subparsers)
+    add_plugins_command(subparsers)
     return parser
 
 

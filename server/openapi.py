@@ -371,6 +371,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "why it is imported under another name than its own (the name was taken)",
             },
+            "installs": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "package installs (pip) the pack ran while it was imported",
+            },
             "nodes": _STR_LIST,
             "refused": {
                 "type": "array",
