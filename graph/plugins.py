@@ -11,6 +11,14 @@ alias (``json__2``) and its report says why. A pack exports nodes through
 functions declared with Loom's ``@node`` (its own or listed in ``LOOM_NODES``), and browser code
 through ``WEB_DIRECTORY``.
 
+ComfyUI's V3 nodes are recognised by their shape, so the engine needs none of the ``comfy_api``
+modules packs import: a V3 node class has ``define_schema`` and ``execute``, its schema a
+``node_id`` and a ``display_name``, and the class answers the V1 attributes itself (``INPUT_TYPES``,
+``RETURN_TYPES``, ``FUNCTION`` ..., as ComfyUI's ``io.ComfyNode`` does), so the V1 reader reads it
+and only its title comes from the schema. A module without ``NODE_CLASS_MAPPINGS`` may list them
+through ``comfy_entrypoint()``, a (coroutine) function returning an extension whose ``on_load()``
+and ``get_node_list()`` are awaited here, at load time, in an event loop of their own.
+
 Plugin code is untrusted in the reliability sense: any exception while importing (a missing
 dependency, a bug, even ``sys.exit``) fails that pack alone, and a node class whose ``INPUT_TYPES``
 raises, that cannot be read as a spec, or that reuses a built-in's name is refused alone while the
@@ -19,22 +27,27 @@ pack's other nodes load. Every outcome is a ``PluginReport`` the server can log,
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
+import inspect
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterable
-from contextvars import ContextVar
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from graph.registry import ExportedNode, ModuleExportError, NodeRegistry, RegistrationError, exported_nodes
+from graph.spec import NodeSpec
+from graph.v1 import spec_from_v1_class
 
 __all__ = [
     "MODULE_PREFIX",
@@ -292,7 +305,9 @@ def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, or
     try:
         module = _import(entry, module_name)
         # Read before anything is registered: reading runs plugin code, which may raise.
-        exports = exported_nodes(module)
+        exports = _titled_v3_nodes(module, exported_nodes(module))
+        extension_nodes, extension_problem = _extension_nodes(module)
+        exports += extension_nodes
     # SystemExit too: a pack that calls sys.exit() when a dependency is missing must not stop the server.
     except (Exception, SystemExit) as error:
         _forget_modules(module_name)
@@ -300,7 +315,7 @@ def _load_entry(registry: NodeRegistry, entry: PluginEntry, module_name: str, or
         report.error = _import_error_text(error)
         report.traceback = traceback.format_exc()
     else:
-        _register_exports(registry, entry, module, exports, report, origins)
+        _register_exports(registry, entry, module, exports, report, origins, extension_problem)
     finally:
         _IMPORTING.reset(importing)
     report.seconds = time.perf_counter() - started
@@ -376,6 +391,7 @@ def _register_exports(
     exports: list[ExportedNode],
     report: PluginReport,
     origins: dict[str, str],
+    extension_problem: str | None = None,
 ) -> None:
     web_directory = getattr(module, "WEB_DIRECTORY", None)
     if web_directory is not None:
@@ -385,7 +401,7 @@ def _register_exports(
             report.web_error = str(error)
     if not exports and web_directory is None:
         report.status = PluginStatus.SKIPPED
-        report.error = _nothing_exported(module)
+        report.error = extension_problem or _nothing_exported(module)
         return
     for exported in exports:
         refusal = _register_node(registry, exported, report, origins)
@@ -436,8 +452,135 @@ def _resolve_web_directory(entry: PluginEntry, declared: Any) -> Path:
 
 def _nothing_exported(module: ModuleType) -> str:
     if hasattr(module, "comfy_entrypoint"):
-        return "it exports only comfy_entrypoint (ComfyUI's V3 API), which Loom does not load yet"
-    return "it exports no NODE_CLASS_MAPPINGS, no @node functions and no WEB_DIRECTORY"
+        return "its comfy_entrypoint() extension lists no nodes"
+    return "it exports no NODE_CLASS_MAPPINGS, no comfy_entrypoint, no @node functions and no WEB_DIRECTORY"
+
+
+# --- ComfyUI's V3 nodes ------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _is_v3_class(value: Any) -> bool:
+    """Whether ``value`` is a V3 node class (ComfyUI's ``io.ComfyNode``): one that declares a schema."""
+    return (
+        isinstance(value, type)
+        and callable(getattr(value, "define_schema", None))
+        and callable(getattr(value, "execute", None))
+    )
+
+
+def _v3_node(class_type: str, cls: type[Any], fallback_title: str | None, module_name: str) -> ExportedNode:
+    """A V3 class read as the V1 class it also is, titled by its schema's ``display_name``."""
+
+    def build() -> NodeSpec:
+        title = getattr(cls.define_schema(), "display_name", None)
+        return spec_from_v1_class(class_type, cls, str(title) if title else fallback_title, module_name)
+
+    return ExportedNode(class_type, build)
+
+
+def _titled_v3_nodes(module: ModuleType, exports: list[ExportedNode]) -> list[ExportedNode]:
+    """``exports`` with the V3 classes of ``NODE_CLASS_MAPPINGS`` titled by their schema.
+
+    ComfyUI shows a V3 node under its schema's ``display_name`` whatever the module's
+    ``NODE_DISPLAY_NAME_MAPPINGS`` says; here that mapping fills in for a schema without one.
+    """
+    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if not isinstance(mappings, Mapping):
+        return exports
+    v3_classes = {str(name): cls for name, cls in mappings.items() if _is_v3_class(cls)}
+    if not v3_classes:
+        return exports
+    titles = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None)
+    titles = titles if isinstance(titles, Mapping) else {}
+    return [
+        _v3_node(node.class_type, v3_classes[node.class_type], titles.get(node.class_type), module.__name__)
+        if node.class_type in v3_classes
+        else node
+        for node in exports
+    ]
+
+
+def _extension_nodes(module: ModuleType) -> tuple[list[ExportedNode], str | None]:
+    """The nodes of the module's ``comfy_entrypoint()`` extension, and why there are none if it gave none.
+
+    As in ComfyUI, the entry point is called only when the module has no ``NODE_CLASS_MAPPINGS``.
+    An exception it raises fails the pack; a listed class that is no V3 node, or whose
+    ``define_schema`` raises, is refused alone.
+    """
+    entrypoint = getattr(module, "comfy_entrypoint", None)
+    if entrypoint is None or getattr(module, "NODE_CLASS_MAPPINGS", None) is not None:
+        return [], None
+    if not callable(entrypoint):
+        return [], f"comfy_entrypoint is a {type(entrypoint).__name__}, not a function"
+    node_list = _run_to_completion(_extension_node_list(entrypoint))
+    if isinstance(node_list, str):
+        return [], node_list
+    return [_extension_node(cls, module.__name__) for cls in node_list], None
+
+
+async def _extension_node_list(entrypoint: Callable[[], Any]) -> list[Any] | str:
+    """Call the entry point and the extension's hooks; a string says what came back instead of nodes."""
+    extension = entrypoint()
+    if inspect.isawaitable(extension):
+        extension = await extension
+    if not callable(getattr(extension, "get_node_list", None)):
+        return f"comfy_entrypoint() returned {type(extension).__name__}, not a ComfyExtension"
+    on_load = getattr(extension, "on_load", None)
+    if callable(on_load):
+        loaded = on_load()
+        if inspect.isawaitable(loaded):
+            await loaded
+    node_list = extension.get_node_list()
+    if inspect.isawaitable(node_list):
+        node_list = await node_list
+    if not isinstance(node_list, list):
+        return f"comfy_entrypoint()'s get_node_list() returned {type(node_list).__name__}, not a list of nodes"
+    return node_list
+
+
+def _extension_node(cls: Any, module_name: str) -> ExportedNode:
+    name = str(getattr(cls, "__name__", cls))
+    try:
+        if not _is_v3_class(cls):
+            raise TypeError(f"{name} is not a V3 node class (it needs define_schema and execute)")
+        class_type = str(cls.define_schema().node_id)
+    except Exception as error:  # plugin code: refused like a V1 class whose INPUT_TYPES raises
+        return ExportedNode(name, _raising(error))
+    return _v3_node(class_type, cls, None, module_name)
+
+
+def _raising(error: Exception) -> Callable[[], NodeSpec]:
+    def build() -> NodeSpec:
+        raise error
+
+    return build
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` in an event loop of its own, on a thread of its own, in this thread's context.
+
+    The loader may be called from inside a running loop (an async host, a test), where
+    ``asyncio.run`` refuses to start; and on the caller's thread it would also leave the thread
+    without a current loop. The context goes along so the pack's hooks count as its import.
+    """
+    context = copy_context()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = context.run(asyncio.run, coroutine)
+        except BaseException as error:  # raised again on the loading thread, where the report is made
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="loom-comfy-entrypoint")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    value: _T = outcome["value"]
+    return value
 
 
 def _log_report(report: PluginReport) -> None:

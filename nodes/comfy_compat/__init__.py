@@ -15,15 +15,21 @@ ComfyUI name                    Loom module
 ``comfy.model_management``      ``nodes.comfy_compat.comfy.model_management``
 ``comfy.samplers``              ``nodes.comfy_compat.comfy.samplers``
 ``comfy.cli_args``              ``nodes.comfy_compat.comfy.cli_args``
+``comfy.sd``                    ``nodes.comfy_compat.comfy.sd``
 ``comfy_execution``             ``nodes.comfy_compat.comfy_execution``
 ``comfy_execution.graph``       ``nodes.comfy_compat.comfy_execution.graph``
 ``comfy_execution.graph_utils`` ``nodes.comfy_compat.comfy_execution.graph_utils``
+``comfy_api``                   ``nodes.comfy_compat.comfy_api`` (ComfyUI's V3 node API)
+``comfy_api.latest``            ``nodes.comfy_compat.comfy_api.latest`` (``io``, ``ui``, ``ComfyExtension``)
+``comfy_api.latest._io``        ``nodes.comfy_compat.comfy_api.latest._io``
+``comfy_api.latest._ui``        ``nodes.comfy_compat.comfy_api.latest._ui``
+``comfy_api.v0_0_2``            ``nodes.comfy_compat.comfy_api.v0_0_2`` (the same objects as ``latest``)
 ==============================  ==========================================
 
 Installing adds one finder to ``sys.meta_path`` and imports nothing: a module (and torch with it) is
 imported when a pack first imports it, and ``import folder_paths`` then gives the very module object
 ``nodes.comfy_compat.folder_paths``, so both names share one state. Other ``comfy.*`` modules
-(``comfy.sd``, ``comfy.model_patcher`` ...) are not provided and fail to import as any missing
+(``comfy.model_patcher``, ``comfy.sample`` ...) are not provided and fail to import as any missing
 module does.
 
 The finder goes first in ``sys.meta_path``, so these names mean Loom's modules even where a ComfyUI
@@ -67,11 +73,17 @@ COMFY_MODULES: Mapping[str, str] = {
     "comfy.model_management": f"{_HERE}.comfy.model_management",
     "comfy.samplers": f"{_HERE}.comfy.samplers",
     "comfy.cli_args": f"{_HERE}.comfy.cli_args",
+    "comfy.sd": f"{_HERE}.comfy.sd",
     "comfy_execution": f"{_HERE}.comfy_execution",
     "comfy_execution.graph": f"{_HERE}.comfy_execution.graph",
     "comfy_execution.graph_utils": f"{_HERE}.comfy_execution.graph_utils",
+    "comfy_api": f"{_HERE}.comfy_api",
+    "comfy_api.latest": f"{_HERE}.comfy_api.latest",
+    "comfy_api.latest._io": f"{_HERE}.comfy_api.latest._io",
+    "comfy_api.latest._ui": f"{_HERE}.comfy_api.latest._ui",
+    "comfy_api.v0_0_2": f"{_HERE}.comfy_api.v0_0_2",
 }
-_PACKAGES = frozenset({"comfy", "comfy_execution"})
+_PACKAGES = frozenset({"comfy", "comfy_execution", "comfy_api", "comfy_api.latest", "comfy_api.v0_0_2"})
 
 
 class _AliasLoader(importlib.abc.Loader):
