@@ -27,7 +27,9 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         image,
         io,
         latent,
+        latent_ops,
         loaders,
+        masks,
         model_patches,
         model_sampling,
         primitives,
@@ -35,7 +37,20 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         upscale,
     )
 
-    return (image, io, primitives, loaders, conditioning, latent, sampling, model_sampling, model_patches, upscale)
+    return (
+        image,
+        masks,
+        io,
+        primitives,
+        loaders,
+        conditioning,
+        latent,
+        latent_ops,
+        sampling,
+        model_sampling,
+        model_patches,
+        upscale,
+    )
 
 
 def register_builtin_nodes(registry: NodeRegistry) -> list[str]:

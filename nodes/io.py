@@ -156,6 +156,12 @@ def SaveImage(
 @node(category="image", display_name="Preview Image", output_node=True)
 def PreviewImage(images=Socket("IMAGE"), prompt=Hidden("PROMPT"), extra_pnginfo=Hidden("EXTRA_PNGINFO")):
     """Show the pictures in the editor; they go to the temp folder, which is cleared between sessions."""
-    # A random suffix keeps previews of concurrent prompts (and browser caches) from colliding.
-    prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-    return NodeOutput(ui={"images": write_pngs(images, prefix, "temp", prompt, extra_pnginfo, PREVIEW_COMPRESS_LEVEL)})
+    return NodeOutput(
+        ui={"images": write_pngs(images, preview_prefix(), "temp", prompt, extra_pnginfo, PREVIEW_COMPRESS_LEVEL)}
+    )
+
+
+def preview_prefix() -> str:
+    """The file prefix of one preview: a random suffix keeps previews of concurrent prompts (and browser caches)
+    from colliding, as ComfyUI's ``ComfyUI_temp_xxxxx``."""
+    return "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))

@@ -30,8 +30,12 @@ BUILTIN_NAMES = {
     "CLIPLoader", "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
     "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning", "T5TokenizerOptions",
     "ImageStitch", "DifferentialDiffusion",
+    "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
+    "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
+    "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",
+    "LatentBatch", "LatentBatchSeedBehavior",
 }  # fmt: skip
-OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny"}
+OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny", "MaskPreview"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
 REQUIRED_FIELDS = {"name", "display_name", "description", "category", "output_node", "python_module"}
 
