@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from diffusion.embeddings import EmbeddingFolder
 from graph.declare import Combo, Float, Int, Output, Socket, String, node
+from nodes.clip_handles import ClipHandle
 from nodes.image import MAX_RESOLUTION
-from nodes.model_handles import ClipHandle, VaeHandle
 from nodes.runtime import current_runtime
+from nodes.vae_handles import VaeHandle
 
 __all__ = [
     "CLIPTextEncode",

@@ -18,7 +18,7 @@ from diffusion.vae_tiling import TileSpec
 from graph.declare import Combo, Float, Int, Output, Socket, node
 from nodes.conditioning import masked_for_inpaint, pixel_mask
 from nodes.image import CROP_METHODS, MAX_RESOLUTION, center_crop_to_aspect, resample
-from nodes.model_handles import VaeHandle
+from nodes.vae_handles import VaeHandle
 
 __all__ = [
     "EmptyLatentImage", "EmptySD3LatentImage", "LatentBlend", "LatentComposite", "LatentFromBatch", "LatentUpscale",

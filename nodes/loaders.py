@@ -2,10 +2,10 @@
 
 Names, inputs and ranges are ComfyUI's (docs/compatibility.md §5). Files are found through ``nodes.model_folders``
 at run time, so a name missing on disk fails with the folders that were searched. The outputs are
-handles (``nodes.model_handles``): a LoRA or clip-skip node returns a new handle over the same
-loaded modules, so only the changed node re-runs and nothing is read from disk again. Each handle
-keeps its whole loaded file alive, and the output cache charges the file's weights to
-``--cache-budget`` once however many handles share them.
+handles (``nodes.model_handles``, ``nodes.clip_handles``, ``nodes.vae_handles``): a LoRA or clip-skip node
+returns a new handle over the same loaded modules, so only the changed node re-runs and nothing is read
+from disk again. Each handle keeps its whole loaded file alive (``nodes.shared_models``), and the output
+cache charges the file's weights to ``--cache-budget`` once however many handles share them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from diffusion.checkpoint.errors import CheckpointError
 from diffusion.lora import LoraPatches, parse_lora
 from diffusion.text_encoders.t5_stacks import T5Padding
 from graph.declare import Combo, Float, Int, Output, Socket, node
-from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, load_shared_text_encoders
+from nodes.clip_handles import ClipHandle
+from nodes.model_handles import ModelHandle
 from nodes.runtime import find_model, list_models
+from nodes.shared_models import load_shared_checkpoint, load_shared_text_encoders
+from nodes.vae_handles import VaeHandle
 
 __all__ = [
     "CLIPLoader",

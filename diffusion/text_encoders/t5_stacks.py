@@ -130,7 +130,7 @@ def _texts(text: str | Mapping[str, str], names: tuple[str, ...]) -> dict[str, s
 
 
 class T5FamilyEncoders:
-    """A family's CLIP stack plus T5-XXL: what loaders, LoRA and memory see of it (``nodes.model_handles``)."""
+    """A family's CLIP stack plus T5-XXL: what loaders, LoRA and memory see of it (``nodes.clip_handles``)."""
 
     family: str
     clip_family: str

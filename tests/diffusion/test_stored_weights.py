@@ -135,7 +135,7 @@ def test_a_lora_on_a_scaled_fp8_weight_patches_its_real_values() -> None:
     place(model, torch.device("cpu"), torch.float32)
     delta = torch.full((6, 8), 0.01)
     patched = apply_lora_patches(model, [({"linear.weight": [FullDelta(delta)]}, 1.0)])
-    model.linear.weight.data = patched["linear.weight"]  # bound for a call, as nodes.model_handles does
+    model.linear.weight.data = patched["linear.weight"]  # bound for a call, as nodes.patched_weights does
     torch.testing.assert_close(model.linear.compute_weight(), dequantized["linear.weight"] + delta)
 
 

@@ -27,7 +27,7 @@ from nodes.loaders import (
     VAELoader,
 )
 from nodes.model_folders import ModelNotFoundError
-from nodes.model_handles import load_shared_checkpoint
+from nodes.shared_models import load_shared_checkpoint
 from tests.nodes.tiny_models import decode_prompt, kohya_lora_tensors, run_prompt, tiny_checkpoint, write_lora
 
 

@@ -11,14 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import nodes.model_handles as model_handles
+import nodes.patched_weights as patched_weights
+import nodes.shared_models as shared_models
 from diffusion.checkpoint import LoadedCheckpoint
 from diffusion.lora import LowRankDelta
 from diffusion.model_memory import module_bytes
 from graph.services import services_context
 from graph.sizeof import nbytes
-from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, weights_swapped
+from nodes.clip_handles import ClipHandle
+from nodes.model_handles import ModelHandle
+from nodes.patched_weights import weights_swapped
 from nodes.runtime import RuntimeOptions, build_runtime
+from nodes.shared_models import load_shared_checkpoint
+from nodes.vae_handles import VaeHandle
 from tests.nodes.tiny_models import tiny_checkpoint
 
 TO_Q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
@@ -31,8 +36,8 @@ def sd15_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     loads: list[Path] = []
-    real = model_handles.load_checkpoint
-    monkeypatch.setattr(model_handles, "load_checkpoint", lambda path: loads.append(path) or real(path))
+    real = shared_models.load_checkpoint
+    monkeypatch.setattr(shared_models, "load_checkpoint", lambda path: loads.append(path) or real(path))
     return loads
 
 
@@ -160,8 +165,8 @@ def test_a_lora_handle_adds_its_own_tensors_to_the_base_it_shares(sd15_path: Pat
 
 def test_patched_weights_are_computed_once_per_handle(sd15_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = model_handles.apply_lora_patches
-    monkeypatch.setattr(model_handles, "apply_lora_patches", lambda *a: calls.append(1) or real(*a))
+    real = patched_weights.apply_lora_patches
+    monkeypatch.setattr(patched_weights, "apply_lora_patches", lambda *a: calls.append(1) or real(*a))
     base = ModelHandle(load_shared_checkpoint(sd15_path))
     patched = base.with_lora(lora_on(base), 0.5)
     first = unet_output(patched)

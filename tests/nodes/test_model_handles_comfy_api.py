@@ -12,12 +12,14 @@ import torch
 from diffusion.prediction import VPrediction
 from diffusion.text_encoders.t5_stacks import T5Padding
 from diffusion.tiny_parts import write_tiny_file
+from nodes.clip_handles import ClipHandle
 from nodes.conditioning import CLIPTextEncode, CLIPTextEncodeFlux
 from nodes.folders import Folders
 from nodes.latent import EmptyLatentImage, VAEDecode, VAEDecodeTiled, VAEEncode, VAEEncodeTiled
 from nodes.loaders import CheckpointLoaderSimple, CLIPSetLastLayer, DualCLIPLoader, LoraLoader, LoraLoaderModelOnly
-from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle
+from nodes.model_handles import ModelHandle
 from nodes.sampling import KSampler
+from nodes.vae_handles import VaeHandle
 from tests.nodes.tiny_models import tiny_checkpoint, write_lora
 
 TO_Q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"

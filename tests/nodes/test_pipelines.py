@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import nodes.model_handles as model_handles
+import nodes.shared_models as shared_models
 from graph.executor import Executor
 from nodes.folders import Folders
-from nodes.model_handles import load_shared_checkpoint
+from nodes.shared_models import load_shared_checkpoint
 from tests.nodes.tiny_models import kohya_lora_tensors, make_executor, run_prompt, tiny_checkpoint, write_lora
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -132,8 +132,8 @@ def test_lora_changes_the_image_strength_zero_is_the_base_and_nothing_is_reloade
     executor = make_executor()
     base = pixels(saved(folders, run_prompt(executor, txt2img(), "base")))
     loads: list[Path] = []
-    real = model_handles.load_checkpoint
-    monkeypatch.setattr(model_handles, "load_checkpoint", lambda path: loads.append(path) or real(path))
+    real = shared_models.load_checkpoint
+    monkeypatch.setattr(shared_models, "load_checkpoint", lambda path: loads.append(path) or real(path))
     with_lora = pixels(saved(folders, run_prompt(executor, txt2img(lora=("style.safetensors", 1.0, 1.0)), "lora")))
     assert np.abs(with_lora - base).max() > 0.01
     model_only = pixels(saved(folders, run_prompt(executor, txt2img(lora=("style.safetensors", 1.0, 0.0)), "model")))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from diffusion.tiny import write_tiny_checkpoint
 from graph.services import services_context
-from nodes.model_handles import load_shared_checkpoint
+from nodes.shared_models import load_shared_checkpoint
 from server.keys import RUNTIME
 from tests.nodes.tiny_models import decode_prompt
 from tests.server.conftest import wait_for_history, wait_prompt, wait_until

@@ -1,7 +1,7 @@
 """ComfyUI's ``comfy.sd`` for node packs: model files and LoRAs loaded into Loom's MODEL, CLIP and VAE values.
 
-Supported, each through the loading Loom's own loader nodes use (``nodes.model_handles``: a file is loaded
-once per installation while any value uses it, and a LoRA never reloads its checkpoint):
+Supported, each through the loading Loom's own loader nodes use (``nodes.shared_models``: a file is loaded
+once per installation while any value uses it; ``nodes.patched_weights``: a LoRA never reloads its checkpoint):
 
 - ``load_checkpoint_guess_config(ckpt_path, output_vae=True, output_clip=True, output_clipvision=False,
   embedding_directory=None, output_model=True, model_options={}, te_model_options={})`` returns
@@ -43,9 +43,12 @@ import torch
 from diffusion.checkpoint import open_state_dict
 from diffusion.lora import parse_lora
 from graph.services import current_services, services_context
+from nodes.clip_handles import ClipHandle
 from nodes.comfy_compat.pack_runtime import pack_runtime
-from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle, load_shared_checkpoint, load_shared_text_encoders
+from nodes.model_handles import ModelHandle
 from nodes.runtime import Runtime
+from nodes.shared_models import load_shared_checkpoint, load_shared_text_encoders
+from nodes.vae_handles import VaeHandle
 
 __all__ = [
     "CLIP",

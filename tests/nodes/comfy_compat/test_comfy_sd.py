@@ -10,14 +10,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from graph.services import current_services, services_context
+from nodes.clip_handles import ClipHandle
 from nodes.comfy_compat import pack_runtime
 from nodes.conditioning import CLIPTextEncode
 from nodes.folders import Folders
 from nodes.latent import EmptyLatentImage, VAEDecode
 from nodes.loaders import CheckpointLoaderSimple, CLIPLoader, LoraLoader, UNETLoader
-from nodes.model_handles import ClipHandle, ModelHandle, VaeHandle
+from nodes.model_handles import ModelHandle
 from nodes.runtime import Runtime
 from nodes.sampling import KSampler
+from nodes.vae_handles import VaeHandle
 from tests.nodes.tiny_models import kohya_lora_tensors, tiny_checkpoint, write_lora
 
 

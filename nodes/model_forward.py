@@ -1,0 +1,87 @@
+"""One call shape for every diffusion model family: how ``ModelHandle.unet_fn`` calls a UNet or a flow transformer.
+
+A forward takes ``(x, timesteps, context, y, guidance, reference latents)`` as ``diffusion.guidance.CFGGuider``
+gives them and calls the model the way its family needs: a UNet with the timesteps and SDXL's ``y``, a flow
+transformer with sigma, the pooled text vector where it takes one, and FLUX's guidance and reference latents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from diffusion.chroma import ChromaTransformer
+from diffusion.flux import FluxTransformer
+from diffusion.prediction import ModelSampling
+from diffusion.zimage import ZImageTransformer
+
+__all__ = ["Forward", "flow_forward", "unet_forward"]
+
+#: ``(x, timesteps, context, y, guidance, reference latents) -> output``: one model family's call.
+Forward = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]],
+    torch.Tensor,
+]
+
+
+def _no_references(model: nn.Module, references: list[torch.Tensor]) -> None:
+    if references:
+        raise ValueError(
+            f"this {type(model).__name__} takes no reference latents: ReferenceLatent is for edit models "
+            "such as FLUX.1 Kontext"
+        )
+
+
+def unet_forward(unet: nn.Module) -> Forward:
+    """A UNet called with the sampler's timesteps and SDXL's ``y``; it takes no guidance or reference latents."""
+
+    def forward(
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None,
+        _: torch.Tensor | None,
+        references: list[torch.Tensor],
+    ) -> torch.Tensor:
+        _no_references(unet, references)
+        return unet(x, timesteps, context, y=y)
+
+    return forward
+
+
+def _need_pooled(y: torch.Tensor | None) -> torch.Tensor:
+    if y is None:
+        raise ValueError("this flow-matching transformer needs the pooled text vector (pooled_output)")
+    return y
+
+
+def flow_forward(model: nn.Module, sampling: ModelSampling) -> Forward:
+    """A flow transformer called with the sampler's timesteps: back to sigma; FLUX and SD3 need the pooled vector,
+    Z-Image and Chroma take none."""
+    multiplier = getattr(sampling, "multiplier", None)
+    if multiplier is None:
+        raise ValueError(
+            f"a flow-matching transformer cannot sample with {type(sampling).__name__}; "
+            "use ModelSamplingSD3, ModelSamplingFlux or ModelSamplingAuraFlow"
+        )
+
+    def forward(
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None,
+        guidance: torch.Tensor | None,
+        references: list[torch.Tensor],
+    ) -> torch.Tensor:
+        sigma = timesteps / multiplier
+        if isinstance(model, FluxTransformer):
+            _need_pooled(y)
+            return model(x, sigma, context, y, guidance=guidance, ref_latents=references or None)
+        _no_references(model, references)
+        if isinstance(model, (ZImageTransformer, ChromaTransformer)):
+            return model(x, sigma, context)
+        return model(x, sigma, context, _need_pooled(y))
+
+    return forward
