@@ -9,7 +9,8 @@ sampling object's business (``diffusion.prediction``), so a guider works unchang
 prediction type.
 
 A conditioning is ComfyUI's CONDITIONING value: a list of ``(context [1, T, D], options)``. The
-options read here are ``strength``, ``area`` ``(h, w, y, x)`` in latent cells (pixels/8), ``mask``
+options read here are ``strength``, ``area`` ``(h, w, y, x)`` in latent cells (pixels/8) or
+``("percentage", h, w, y, x)`` in fractions of the latent (ComfyUI's ConditioningSetAreaPercentage), ``mask``
 with ``mask_strength`` and ``set_area_to_bounds``, ``timestep_start``/``timestep_end`` (fractions of
 the process, 0 = noisiest), ``y`` (SDXL's adm vector, already built by the caller),
 ``concat_latent_image`` + ``concat_mask`` (9-channel inpainting models), ``guidance`` (the strength a
@@ -249,11 +250,29 @@ def _region(
     area = options.get("area")
     if area is None:
         return slice(0, height), slice(0, width)
-    if len(area) != 4 or not all(isinstance(v, (int, np.integer)) for v in area):
-        raise ConditioningError(side, index, "area", f"must be (height, width, y, x) in latent cells, got {area!r}")
-    h, w, y, x = (int(v) for v in area)
+    h, w, y, x = _area_cells(side, index, area, height, width)
     y, x = min(max(y, 0), height - 1), min(max(x, 0), width - 1)
     return slice(y, min(y + max(h, 1), height)), slice(x, min(x + max(w, 1), width))
+
+
+def _area_cells(side: str, index: int, area: Any, height: int, width: int) -> tuple[int, int, int, int]:
+    """An ``area`` option as (h, w, y, x) latent cells of this ``height`` x ``width`` latent.
+
+    ``("percentage", h, w, y, x)`` is resolved as ComfyUI resolves it: sizes rounded and at least one
+    cell, offsets rounded.
+    """
+    if len(area) == 5 and area[0] == "percentage":
+        fractions = area[1:]
+        if not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in fractions):
+            raise ConditioningError(side, index, "area", f"percentages must be numbers, got {area!r}")
+        h, w, y, x = (float(v) for v in fractions)
+        return max(1, round(h * height)), max(1, round(w * width)), round(y * height), round(x * width)
+    if len(area) != 4 or not all(isinstance(v, (int, np.integer)) for v in area):
+        raise ConditioningError(
+            side, index, "area", f"must be (height, width, y, x) in latent cells or percentages, got {area!r}"
+        )
+    h, w, y, x = (int(v) for v in area)
+    return h, w, y, x
 
 
 def _batch_like(tensor: Tensor, batch: int, side: str, index: int, key: str) -> Tensor:

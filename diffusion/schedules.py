@@ -19,9 +19,11 @@ from torch import Tensor
 from diffusion.prediction import ModelSampling
 
 __all__ = [
+    "ALIGN_YOUR_STEPS",
     "KSAMPLER_FULL_DENOISE",
     "SCHEDULER_NAMES",
     "UnknownSchedulerError",
+    "align_your_steps_sigmas",
     "beta_quantile",
     "beta_sigmas",
     "compute_sigmas",
@@ -31,10 +33,14 @@ __all__ = [
     "exponential_sigmas",
     "karras_sigmas",
     "kl_optimal_sigmas",
+    "laplace_sigmas",
     "linear_quadratic_sigmas",
     "normal_sigmas",
+    "polyexponential_sigmas",
+    "sd_turbo_sigmas",
     "sgm_uniform_sigmas",
     "simple_sigmas",
+    "vp_sigmas",
 ]
 
 
@@ -120,6 +126,68 @@ def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
     """Sabour et al. 2024 ("Align Your Steps"), the KL-optimal schedule: equal steps in atan(sigma)."""
     t = torch.linspace(0, 1, steps, dtype=torch.float64)
     return _append_zero(torch.tan(t * math.atan(sigma_min) + (1 - t) * math.atan(sigma_max)))
+
+
+def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> Tensor:
+    """k-diffusion's polyexponential schedule: log-sigma falls as ``ramp^rho`` (rho = 1 is ``exponential``)."""
+    ramp = torch.linspace(1, 0, steps) ** rho
+    log_min = math.log(sigma_min)
+    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - log_min) + log_min))
+
+
+def vp_sigmas(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> Tensor:
+    """The continuous variance-preserving SDE of Song et al. 2021 as sigmas, time running from 1 to ``eps_s``:
+    ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``."""
+    t = torch.linspace(1, eps_s, steps)
+    return _append_zero(torch.sqrt(torch.special.expm1(beta_d * t**2 / 2 + beta_min * t)))
+
+
+def laplace_sigmas(steps: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> Tensor:
+    """Hang et al. 2024, "Improved Noise Schedule for Diffusion Training": log-sigma at the quantiles of a
+    Laplace(mu, beta) distribution, clamped to the range.
+
+    Unlike every other builder here it returns ``steps`` sigmas and no final 0 (ComfyUI's
+    ``LaplaceScheduler`` does the same), so sampling stops at the last, clamped, sigma.
+    """
+    x = torch.linspace(0, 1, steps)
+    # The 1e-5 keeps the log finite at the two ends of the ramp.
+    log_sigma = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+    return torch.exp(log_sigma).clamp(min=sigma_min, max=sigma_max)
+
+
+#: Sabour et al. 2024, "Align Your Steps": the 10-step schedules NVIDIA published per model family,
+#: from the noisiest sigma down to the last one before 0.
+ALIGN_YOUR_STEPS: dict[str, tuple[float, ...]] = {
+    "SD1": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
+            0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582),
+    "SDXL": (14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,
+             0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582),
+    "SVD": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+}  # fmt: skip
+
+
+def align_your_steps_sigmas(model_type: str, steps: int) -> Tensor:
+    """The published AYS schedule of ``model_type``, log-linearly interpolated to ``steps`` steps (the
+    paper's recipe for other step counts), with the last sigma replaced by 0."""
+    table = np.array(ALIGN_YOUR_STEPS[model_type], dtype=np.float64)
+    if steps + 1 != len(table):
+        # Interpolated from the clean end, on evenly spaced positions over the whole table.
+        rising = np.log(table[::-1])
+        positions = np.linspace(0, 1, steps + 1)
+        table = np.exp(np.interp(positions, np.linspace(0, 1, len(table)), rising))[::-1].copy()
+    table[-1] = 0.0
+    return torch.from_numpy(table).float()
+
+
+def sd_turbo_sigmas(model_sampling: ModelSampling, steps: int, denoise: float = 1.0) -> Tensor:
+    """The timesteps SD/SDXL Turbo were distilled on (999, 899, ..., 99), from the one ``denoise`` starts at.
+
+    ``denoise`` skips the first ``10 - int(10 * denoise)`` of the ten timesteps; ``steps`` of the rest are
+    kept (fewer where fewer remain), each the model's sigma at that timestep, then 0.
+    """
+    start = 10 - int(10 * denoise)
+    timesteps = torch.arange(999, 0, -100, dtype=torch.float32)[start : start + steps]
+    return _append_zero(model_sampling.sigma(timesteps))
 
 
 def normal_sigmas(model_sampling: ModelSampling, steps: int) -> Tensor:

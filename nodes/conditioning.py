@@ -27,6 +27,10 @@ from nodes.vae_handles import VaeHandle
 
 __all__ = [
     "CLIPTextEncode",
+    "CLIPTextEncodeSDXL",
+    "CLIPTextEncodeSDXLRefiner",
+    "ConditioningSetAreaPercentage",
+    "ConditioningSetAreaStrength",
     "ConditioningAverage",
     "CLIPTextEncodeFlux",
     "CLIPTextEncodeSD3",
@@ -288,3 +292,77 @@ def InpaintModelConditioning(
     latent = {"samples": handle.encode(pixels), "noise_mask": mask}
     options = {"concat_latent_image": concat, "concat_mask": mask}
     return _edited(positive, **options), _edited(negative, **options), latent
+
+
+@node(category="advanced/conditioning", display_name="CLIP Text Encode (SDXL)", outputs=[Output("CONDITIONING")])
+def CLIPTextEncodeSDXL(
+    clip=Socket("CLIP"),
+    width=Int(1024, min=0, max=MAX_RESOLUTION),
+    height=Int(1024, min=0, max=MAX_RESOLUTION),
+    crop_w=Int(0, min=0, max=MAX_RESOLUTION, advanced=True),
+    crop_h=Int(0, min=0, max=MAX_RESOLUTION, advanced=True),
+    target_width=Int(1024, min=0, max=MAX_RESOLUTION),
+    target_height=Int(1024, min=0, max=MAX_RESOLUTION),
+    text_g=String(multiline=True, dynamic_prompts=True),
+    text_l=String(multiline=True, dynamic_prompts=True),
+):
+    """SDXL's prompt per text encoder (text_g for CLIP-G, text_l for CLIP-L) with the size conditioning
+    SDXL was trained on: the picture's original size, the crop's top-left corner and the target size."""
+    handle: ClipHandle = clip
+    if handle.family != "sdxl":
+        raise ValueError(
+            f"clip: CLIPTextEncodeSDXL needs SDXL's text encoders (CLIP-L and CLIP-G), not {handle.family}'s"
+        )
+    # The shorter prompt is padded with empty-prompt windows so both encoders' tokens line up (ClipStack).
+    cond, pooled = handle.encode({"clip_l": text_l, "clip_g": text_g}, _embeddings())
+    sizes = {
+        "width": width,
+        "height": height,
+        "crop_w": crop_w,
+        "crop_h": crop_h,
+        "target_width": target_width,
+        "target_height": target_height,
+    }
+    return [[cond, {"pooled_output": pooled, **sizes}]]
+
+
+@node(
+    category="advanced/conditioning",
+    display_name="CLIP Text Encode (SDXL Refiner)",
+    outputs=[Output("CONDITIONING")],
+)
+def CLIPTextEncodeSDXLRefiner(
+    ascore=Float(6.0, min=0.0, max=1000.0, step=0.01),
+    width=Int(1024, min=0, max=MAX_RESOLUTION),
+    height=Int(1024, min=0, max=MAX_RESOLUTION),
+    text=String(multiline=True, dynamic_prompts=True),
+    clip=Socket("CLIP"),
+):
+    """A prompt for the SDXL refiner with the aesthetic score (ascore) and picture size it is conditioned on."""
+    handle: ClipHandle = clip
+    cond, pooled = handle.encode(text, _embeddings())
+    return [[cond, {"pooled_output": pooled, "aesthetic_score": ascore, "width": width, "height": height}]]
+
+
+@node(category="conditioning", display_name="Conditioning (Set Area with Percentage)", outputs=[Output("CONDITIONING")])
+def ConditioningSetAreaPercentage(
+    conditioning=Socket("CONDITIONING"),
+    width=Float(1.0, min=0, max=1.0, step=0.01),
+    height=Float(1.0, min=0, max=1.0, step=0.01),
+    x=Float(0, min=0, max=1.0, step=0.01),
+    y=Float(0, min=0, max=1.0, step=0.01),
+    strength=Float(1.0, min=0.0, max=10.0, step=0.01),
+):
+    """Restrict a conditioning to a rectangle given in fractions of the image (1.0 is its whole width
+    or height), resolved against the latent being sampled."""
+    for name, value in (("width", width), ("height", height), ("x", x), ("y", y)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a fraction from 0 to 1, not {value}")
+    area = ("percentage", height, width, y, x)
+    return _edited(conditioning, area=area, strength=strength, set_area_to_bounds=False)
+
+
+@node(category="conditioning", outputs=[Output("CONDITIONING")])
+def ConditioningSetAreaStrength(conditioning=Socket("CONDITIONING"), strength=Float(1.0, min=0.0, max=10.0, step=0.01)):
+    """Set how strongly a conditioning counts where several overlap (its weight in their average)."""
+    return _edited(conditioning, strength=strength)

@@ -3,7 +3,9 @@
 ``PrimitiveInt``..``PrimitiveBoolean``, ``StringConcatenate``, ``StringReplace`` and ``PreviewAny`` keep
 ComfyUI's class and input names, so workflows that use them run unchanged. ``MathExpression`` is Loom's:
 it evaluates arithmetic by walking a parsed syntax tree with a fixed set of operators and functions,
-never ``eval``, because the expression arrives from any client that can queue a prompt.
+never ``eval``, because the expression arrives from any client that can queue a prompt. The same
+evaluator serves ComfyUI's ``ComfyMathExpression`` (``nodes.logic``) with that node's names
+(an ``ExpressionLanguage``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import operator
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from graph.declare import Boolean, Float, Int, NodeOutput, Output, Socket, String, node
@@ -126,11 +129,31 @@ _FUNCTIONS: Mapping[str, Callable[..., Number]] = {
 }
 
 
-def _power(base: Number, exponent: Number) -> Number:
+def bounded_power(base: Number, exponent: Number) -> Number:
+    """``base ** exponent``, refused when an integer result would exceed ``MAX_POWER_BITS`` bits."""
     if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1:
         if exponent * math.log2(abs(base)) > MAX_POWER_BITS:
             raise OverflowError(f"{base} ** {exponent} has more than {MAX_POWER_BITS} bits")
     return base**exponent
+
+
+@dataclass(frozen=True)
+class ExpressionLanguage:
+    """The names an expression may use: variables bound per evaluation, constants and functions.
+
+    A variable may be bound to a tuple of numbers (``ComfyMathExpression``'s ``values``); such a value
+    can only be handed to a function (``sum(values)``), never used in arithmetic.
+    """
+
+    variables: tuple[str, ...]
+    constants: Mapping[str, float]
+    functions: Mapping[str, Callable[..., Any]]
+    #: How the error for an unknown name lists the known ones.
+    names_hint: str
+
+
+#: ``MathExpression``'s language: three operands and the constants pi, e and tau.
+MATH_EXPRESSION = ExpressionLanguage(EXPRESSION_VARIABLES, _CONSTANTS, _FUNCTIONS, "use a, b, c, pi, e or tau")
 
 
 _BINARY: Mapping[type[ast.operator], Callable[[Number, Number], Number]] = {
@@ -140,13 +163,13 @@ _BINARY: Mapping[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
-    ast.Pow: _power,
+    ast.Pow: bounded_power,
 }
 _UNARY: Mapping[type[ast.unaryop], Callable[[Number], Number]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
-def parse_expression(expression: str) -> ast.expr:
-    """Parse and check that only numbers, ``a``/``b``/``c``, constants, operators and known functions occur."""
+def parse_expression(expression: str, language: ExpressionLanguage = MATH_EXPRESSION) -> ast.expr:
+    """Parse and check that only numbers, the language's names, operators and its functions occur."""
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(expression[:40] + "...", f"longer than {MAX_EXPRESSION_LENGTH} characters")
     try:
@@ -158,11 +181,11 @@ def parse_expression(expression: str) -> ast.expr:
         raise ExpressionError(expression, "too deeply nested or malformed") from None
     callees = {id(part.func) for part in ast.walk(tree) if isinstance(part, ast.Call)}
     for part in ast.walk(tree):
-        _check_part(expression, part, id(part) in callees)
+        _check_part(expression, part, id(part) in callees, language)
     return tree
 
 
-def _check_part(expression: str, part: ast.AST, is_callee: bool) -> None:
+def _check_part(expression: str, part: ast.AST, is_callee: bool, language: ExpressionLanguage) -> None:
     column = getattr(part, "col_offset", -1) + 1 or None
     if isinstance(part, ast.Constant):
         if isinstance(part.value, bool) or not isinstance(part.value, (int, float)):
@@ -170,13 +193,14 @@ def _check_part(expression: str, part: ast.AST, is_callee: bool) -> None:
     elif isinstance(part, ast.Name):
         if is_callee:
             return  # checked together with its call
-        if part.id in _FUNCTIONS:
+        if part.id in language.functions and part.id not in language.variables:
             raise ExpressionError(expression, f"{part.id!r} is a function; call it with arguments", column)
-        if part.id not in EXPRESSION_VARIABLES and part.id not in _CONSTANTS:
-            raise ExpressionError(expression, f"unknown name {part.id!r}; use a, b, c, pi, e or tau", column)
+        if part.id not in language.variables and part.id not in language.constants:
+            raise ExpressionError(expression, f"unknown name {part.id!r}; {language.names_hint}", column)
     elif isinstance(part, ast.Call):
-        if not isinstance(part.func, ast.Name) or part.func.id not in _FUNCTIONS:
-            raise ExpressionError(expression, f"that is not a function; known ones: {', '.join(_FUNCTIONS)}", column)
+        if not isinstance(part.func, ast.Name) or part.func.id not in language.functions:
+            known = ", ".join(language.functions)
+            raise ExpressionError(expression, f"that is not a function; known ones: {known}", column)
         if part.keywords:
             raise ExpressionError(expression, f"{part.func.id}() takes plain arguments, not name=value", column)
     elif isinstance(part, ast.BinOp):
@@ -189,27 +213,42 @@ def _check_part(expression: str, part: ast.AST, is_callee: bool) -> None:
         raise ExpressionError(expression, f"{type(part).__name__} is not allowed in arithmetic", column)
 
 
-def evaluate_expression(expression: str, variables: Mapping[str, Number]) -> Number:
-    """The value of ``expression`` with ``variables`` bound; every failure is an ``ExpressionError``."""
-    tree = parse_expression(expression)
+def evaluate_expression(
+    expression: str, variables: Mapping[str, Any], language: ExpressionLanguage = MATH_EXPRESSION
+) -> Any:
+    """The value of ``expression`` with ``variables`` bound; every failure is an ``ExpressionError``.
 
-    def value(part: ast.expr) -> Number:
+    The value is a number unless the whole expression is a tuple-valued variable; callers check.
+    """
+    tree = parse_expression(expression, language)
+
+    def operand(part: ast.expr) -> Number:
+        found = value(part)
+        if isinstance(found, bool) or not isinstance(found, (int, float)):
+            # A tuple in arithmetic would be repetition (``values * 10**9``), never what was meant.
+            where = f"{part.id!r}" if isinstance(part, ast.Name) else "that part"
+            raise ExpressionError(
+                expression, f"{where} is not a number; pass it to a function such as sum()", part.col_offset + 1
+            )
+        return found
+
+    def value(part: ast.expr) -> Any:
         column = part.col_offset + 1
         if isinstance(part, ast.Constant):
             assert isinstance(part.value, (int, float))  # parse_expression admits number constants only
             return part.value
         if isinstance(part, ast.Name):
-            if part.id in _CONSTANTS:
-                return _CONSTANTS[part.id]
-            if part.id not in variables:
-                raise ExpressionError(expression, f"{part.id!r} is used but not connected", column)
-            return variables[part.id]
+            if part.id in variables:
+                return variables[part.id]
+            if part.id in language.constants:
+                return language.constants[part.id]
+            raise ExpressionError(expression, f"{part.id!r} is used but not connected", column)
         if isinstance(part, ast.UnaryOp):
-            return _UNARY[type(part.op)](value(part.operand))
+            return _UNARY[type(part.op)](operand(part.operand))
         if isinstance(part, ast.BinOp):
-            return _BINARY[type(part.op)](value(part.left), value(part.right))
+            return _BINARY[type(part.op)](operand(part.left), operand(part.right))
         assert isinstance(part, ast.Call) and isinstance(part.func, ast.Name)
-        return _FUNCTIONS[part.func.id](*(value(argument) for argument in part.args))
+        return language.functions[part.func.id](*(value(argument) for argument in part.args))
 
     try:
         return value(tree)

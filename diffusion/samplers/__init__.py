@@ -14,8 +14,9 @@ step in half-log-SNR, and the ancestral ones, whether the model is a rectified-f
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from torch import Tensor
 
@@ -96,11 +97,24 @@ class SamplerSpec:
     ``discard_penultimate_sigma``: ComfyUI computes one extra step for these samplers and drops
     the second-to-last sigma, because their final step (a second-order midpoint, or UniPC's
     first-order landing) gains more from a longer last step than from one more short one.
+
+    ``options``: keyword arguments bound to every call of ``function`` (``with_options``), as
+    ComfyUI's sampler-option nodes (``SamplerEulerAncestral``'s eta, ...) bind them to a sampler.
     """
 
     name: str
     function: SamplerFn
     discard_penultimate_sigma: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def with_options(self, **options: Any) -> SamplerSpec:
+        """This sampler with ``options`` bound to its calls; a name its function does not take is refused here."""
+        parameters = inspect.signature(self.function).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            unknown = sorted(set(options) - set(parameters))
+            if unknown:
+                raise TypeError(f"sampler {self.name!r} takes no option {', '.join(map(repr, unknown))}")
+        return replace(self, options={**self.options, **options})
 
     @property
     def takes_seed(self) -> bool:
@@ -108,7 +122,7 @@ class SamplerSpec:
         return "seed" in inspect.signature(self.function).parameters
 
     def __call__(self, *args, **kwargs) -> Tensor:
-        return self.function(*args, **kwargs)
+        return self.function(*args, **{**self.options, **kwargs})
 
 
 # ComfyUI's "_gpu" samplers draw their Brownian-tree noise on the model's device instead of the CPU, so a

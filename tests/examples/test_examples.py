@@ -19,7 +19,7 @@ from PIL import Image
 from diffusion.tiny_parts import write_tiny_file
 from graph.formats.editor import editor_to_api
 from nodes.folders import Folders
-from nodes.model_handles import load_shared_checkpoint
+from nodes.shared_models import load_shared_checkpoint
 from tests.diffusion.upscalers.tiny_upscalers import tiny_srvgg
 from tests.nodes.tiny_models import kohya_lora_tensors, make_executor, run_prompt, tiny_checkpoint, write_lora
 

@@ -34,8 +34,17 @@ BUILTIN_NAMES = {
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
     "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",
     "LatentBatch", "LatentBatchSeedBehavior",
+    "ComfySwitchNode", "ComfyMathExpression", "ComfyNumberConvert", "ResolutionSelector", "CustomCombo",
+    "RegexMatch", "RegexExtract", "RegexReplace", "JsonExtractString", "StringLength", "StringSubstring", "SaveText",
+    "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ConditioningSetAreaPercentage", "ConditioningSetAreaStrength",
+    "KarrasScheduler", "ExponentialScheduler", "PolyexponentialScheduler", "LaplaceScheduler", "VPScheduler",
+    "BetaSamplingScheduler", "SDTurboScheduler", "AlignYourStepsScheduler", "SplitSigmas", "SplitSigmasDenoise",
+    "FlipSigmas", "SetFirstSigma", "ExtendIntermediateSigmas", "SamplingPercentToSigma", "ManualSigmas",
+    "SamplerEulerAncestral", "SamplerEulerAncestralCFGPP", "SamplerLMS", "SamplerDPMPP_3M_SDE", "SamplerDPMPP_2M_SDE",
+    "SamplerDPMPP_SDE", "SamplerDPMPP_2S_Ancestral", "SamplerDPMAdaptative", "SamplerER_SDE", "SamplerSASolver",
+    "SamplerSEEDS2",
 }  # fmt: skip
-OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny", "MaskPreview"}
+OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny", "MaskPreview", "SaveText"}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
 REQUIRED_FIELDS = {"name", "display_name", "description", "category", "output_node", "python_module"}
 
