@@ -65,6 +65,8 @@ class SpecFacts:
     hidden: tuple[tuple[str, str], ...]
     lazy: frozenset[str]
     keyed_by_id: bool
+    #: Every declared input name, hidden ones included.
+    declared: frozenset[str]
 
     @classmethod
     def of(cls, spec: NodeSpec) -> SpecFacts:
@@ -75,6 +77,7 @@ class SpecFacts:
             hidden=hidden,
             lazy=frozenset(item.name for item in inputs if item.lazy),
             keyed_by_id=spec.not_idempotent or any(kind == "UNIQUE_ID" for _, kind in hidden),
+            declared=frozenset(item.name for item in inputs),
         )
 
 

@@ -413,7 +413,10 @@ class _PromptRun:
         unevaluated: list[str] = []
         for name, value in node.get("inputs", {}).items():
             if not is_link(value):
-                args[name] = [unwrap_value(value)]
+                # ComfyUI passes a constant the node does not declare only to nodes that accept all inputs;
+                # links always pass (nodes with dynamic inputs rely on it).
+                if name in facts.declared or facts.spec.accepts_all_inputs:
+                    args[name] = [unwrap_value(value)]
                 continue
             source, slot = value
             if source in self.values:

@@ -160,6 +160,9 @@ class NodeSpec:
     #: ``lazy_status(instance, inputs) -> names still needed`` (V1 ``check_lazy_status``).
     lazy_status: Callable[[Any, dict[str, Any]], list[str]] | None = None
     output_tooltips: tuple[str, ...] | None = None
+    #: Whether constant inputs the node does not declare reach it (ComfyUI V3's ``accept_all_inputs``);
+    #: otherwise they are dropped, as ComfyUI drops them, so a file from a newer version still runs.
+    accepts_all_inputs: bool = False
     #: Extra keys merged into the ``/object_info`` entry (for front-end hints a plugin declares).
     extra_info: Mapping[str, Any] = field(default_factory=dict)
 

@@ -299,6 +299,7 @@ setattr(
         description=inspect.cleandoc(CustomCombo.__doc__ or ""),
         python_module=__name__,
         experimental=True,
+        accepts_all_inputs=True,
         **custom_validation(_any_choice),
     ),
 )

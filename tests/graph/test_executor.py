@@ -13,6 +13,7 @@ from graph.executor import Executor
 from graph.progress import InterruptFlag, report_progress
 from graph.registry import NodeRegistry
 from graph.spec import ExecutionBlocker
+from graph.v1 import spec_from_v1_class
 from graph.validation import validate_prompt
 
 CALLS: list[tuple[str, object]] = []
@@ -760,3 +761,34 @@ def test_results_under_never_matching_keys_rerun_and_are_not_stored(executor: Ex
     record = executor.execute(prompt, ["2"], prompt_id="p2")
     assert record.executed == ["1", "2"]
     assert executor.cache.stats().entries == 0
+
+
+def test_a_constant_the_node_does_not_declare_is_dropped_as_comfyui_drops_it(executor: Executor) -> None:
+    # A file from a newer ComfyUI may carry an input this version's node lacks: it must still run.
+    prompt = {"1": {"class_type": "Const", "inputs": {"value": 4, "added_in_a_later_version": 1}}, "2": show("1")}
+    record = executor.execute(prompt, ["2"], prompt_id="extra")
+    assert record.error is None and record.outputs["2"] == {"text": ["4"]}
+
+
+class CountInputs:
+    """A V1 node that takes whatever it is given (ComfyUI V3's accept_all_inputs)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, value, **others):
+        return (len(others),)
+
+
+def test_a_node_that_accepts_all_inputs_receives_undeclared_constants() -> None:
+    registry = make_registry()
+    spec = spec_from_v1_class("CountInputs", CountInputs)
+    spec.accepts_all_inputs = True
+    registry.register(spec)
+    prompt = {"1": {"class_type": "CountInputs", "inputs": {"value": 1, "a": 2, "b": 3}}, "2": show("1")}
+    record = Executor(registry).execute(prompt, ["2"], prompt_id="all")
+    assert record.error is None and record.outputs["2"] == {"text": ["2"]}
