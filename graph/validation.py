@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,14 +175,17 @@ class _PromptChecker:
         spec = self.specs.get(node_id)
         return spec.class_type if spec is not None else self.unresolved[node_id].class_type
 
-    def _linked_sources(self, node_id: str) -> list[str]:
-        """The existing nodes an unresolved node links to; its inputs cannot be checked without a spec."""
+    def _linked_sources(self, node_id: str, exclude: Collection[str] = ()) -> list[str]:
+        """The existing nodes a node links to through inputs other than ``exclude``: all of an unresolved
+        node's (they cannot be checked without a spec), or the undeclared ones of a node that accepts all."""
         node = self.prompt[node_id]
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if not isinstance(inputs, dict):
             return []
         sources = []
-        for value in inputs.values():
+        for name, value in inputs.items():
+            if name in exclude:
+                continue
             if isinstance(value, list):
                 try:
                     source = normalise_link(value)[0]
@@ -211,7 +214,7 @@ class _PromptChecker:
         for item in declared:
             where = {**base, "input_name": item.name, "input_config": item.object_info_entry()}
             if item.name not in inputs:
-                if item.section == "required":
+                if item.section == "required" and not _given_as_parts(spec, item.name, inputs):
                     self.problems.append(RequiredInputMissing(**base, input_name=item.name))
                 continue
             value = inputs[item.name]
@@ -241,6 +244,9 @@ class _PromptChecker:
             constants[item.name] = value
         if spec.validate is not None:
             self._run_custom_validation(spec, base, constants, received_types)
+        if spec.accepts_all_inputs:
+            named = {item.name for item in declared}
+            sources += self._linked_sources(node_id, exclude=named)
         return sources
 
     def _check_link(
@@ -369,3 +375,9 @@ def _cycle_order(subgraph: nx.DiGraph, members: set[str]) -> tuple[str, ...]:
     ordered = [source for source, _ in nx.find_cycle(subgraph)]
     rest = sorted(members - set(ordered))
     return (*ordered, *rest)
+
+
+def _given_as_parts(spec: NodeSpec, name: str, inputs: Mapping[str, Any]) -> bool:
+    """Whether a node that accepts all inputs got ``name`` as parts (``images.image0`` ...), as ComfyUI's growing
+    and dynamic inputs arrive."""
+    return spec.accepts_all_inputs and any(key.startswith(name + ".") for key in inputs)

@@ -25,6 +25,8 @@ def builtin_modules() -> tuple[ModuleType, ...]:
     from nodes import (
         conditioning,
         image,
+        image_io_ops,
+        image_ops,
         io,
         latent,
         latent_ops,
@@ -43,8 +45,10 @@ def builtin_modules() -> tuple[ModuleType, ...]:
 
     return (
         image,
+        image_ops,
         masks,
         io,
+        image_io_ops,
         primitives,
         logic,
         text_ops,

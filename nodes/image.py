@@ -162,15 +162,16 @@ def outpaint_feather(
     """
     if feathering <= 0 or feathering * 2 >= height or feathering * 2 >= width:
         return torch.zeros((height, width))
-    rows = torch.arange(height, dtype=torch.float32)[:, None]
-    cols = torch.arange(width, dtype=torch.float32)[None, :]
+    # In float64 and stored as float32 once, as ComfyUI computes it (float32 throughout is one step off).
+    rows = torch.arange(height, dtype=torch.float64)[:, None]
+    cols = torch.arange(width, dtype=torch.float64)[None, :]
     far_rows, far_cols = torch.full_like(rows, height), torch.full_like(cols, width)
     distance = torch.minimum(
         torch.minimum(rows if top else far_rows, height - rows if bottom else far_rows),
         torch.minimum(cols if left else far_cols, width - cols if right else far_cols),
     )
     fade = ((feathering - distance) / feathering) ** 2
-    return torch.where(distance < feathering, fade, torch.zeros(()))
+    return torch.where(distance < feathering, fade, torch.zeros((), dtype=torch.float64)).float()
 
 
 @node(category="image", display_name="Pad Image for Outpainting", outputs=[Output("IMAGE"), Output("MASK")])

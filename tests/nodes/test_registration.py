@@ -30,6 +30,10 @@ BUILTIN_NAMES = {
     "CLIPLoader", "DualCLIPLoader", "CLIPTextEncodeFlux", "BasicGuider", "TripleCLIPLoader", "CLIPTextEncodeSD3",
     "ReferenceLatent", "FluxKontextImageScale", "InstructPixToPixConditioning", "T5TokenizerOptions",
     "ImageStitch", "DifferentialDiffusion",
+    "GetImageSize", "ImageScaleToTotalPixels", "ImageScaleToMaxDimension", "ResizeImageMaskNode", "ResizeAndPadImage",
+    "ImageCompare", "SaveImageAdvanced", "BatchImagesNode", "ImageFromBatch", "RepeatImageBatch", "RebatchImages",
+    "ImageBlend", "ImageBlur", "ImageSharpen", "ImageQuantize", "ImageAddNoise", "ImageCompositeMasked",
+    "JoinImageWithAlpha", "SplitImageWithAlpha", "ImageFlip", "ImageRotate",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
     "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",
@@ -44,7 +48,15 @@ BUILTIN_NAMES = {
     "SamplerDPMPP_SDE", "SamplerDPMPP_2S_Ancestral", "SamplerDPMAdaptative", "SamplerER_SDE", "SamplerSASolver",
     "SamplerSEEDS2",
 }  # fmt: skip
-OUTPUT_NODES = {"SaveImage", "PreviewImage", "PreviewAny", "MaskPreview", "SaveText"}
+OUTPUT_NODES = {
+    "SaveImage",
+    "PreviewImage",
+    "PreviewAny",
+    "MaskPreview",
+    "SaveText",
+    "SaveImageAdvanced",
+    "ImageCompare",
+}
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
 REQUIRED_FIELDS = {"name", "display_name", "description", "category", "output_node", "python_module"}
 
