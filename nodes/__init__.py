@@ -33,8 +33,10 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         loaders,
         logic,
         masks,
+        model_merging,
         model_patches,
         model_sampling,
+        model_saving,
         primitives,
         sampler_options,
         sampling,
@@ -61,6 +63,8 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         sampler_options,
         model_sampling,
         model_patches,
+        model_merging,
+        model_saving,
         upscale,
     )
 
