@@ -106,7 +106,11 @@ _DIFFUSERS_WORDS = (
     "add_embedding", "linear_1", "linear_2", "conv_norm_out",
 )  # fmt: skip
 
-_TEXT_PREFIXES = (("lora_te1_", 0), ("lora_te2_", 1), ("lora_te_", 0), ("text_encoder_2.", 1), ("text_encoder.", 0))
+_TEXT_PREFIXES = (
+    ("lora_te1_", 0), ("lora_te2_", 1), ("lora_te_", 0), ("text_encoder_2.", 1), ("text_encoder.", 0),
+    # ComfyUI's own (LoraSave's): the encoder's name in the family, SDXL's L first and G second.
+    ("text_encoders.clip_l.transformer.", 0), ("text_encoders.clip_g.transformer.", 1),
+)  # fmt: skip
 _UNET_PREFIXES = (
     "lora_unet_", "unet.", "base_model.model.", "diffusion_model.", "transformer.", "lora_transformer_", "lycoris_",
 )  # fmt: skip

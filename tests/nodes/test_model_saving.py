@@ -21,7 +21,7 @@ import nodes.model_merging as model_merging
 import nodes.model_saving as model_saving
 from diffusion.checkpoint import ModelFamily
 from diffusion.checkpoint.save import PendingTensor, low_rank_factors, single_file_tensors, write_safetensors
-from diffusion.lora import apply_lora_patches
+from diffusion.lora import apply_lora_patches, parse_lora
 from graph.executor import Executor
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
@@ -431,6 +431,9 @@ def test_lora_save_writes_comfyuis_keys(pair, folders: Folders) -> None:
     assert "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.lora_up.weight" in load_file(
         clip
     )
+    # Loom's LoRA reader resolves the text-encoder part it wrote.
+    patches = parse_lora(load_file(clip), model1.unet, clip1.encoders, clip)
+    assert patches.text[0] and not [stem for stem in patches.unmatched if stem.startswith("text_encoders.")]
 
 
 def test_low_rank_factors_are_comfyuis_clamped_svd() -> None:
