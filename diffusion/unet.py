@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from diffusion.fused_linear import FusedLinear
 from diffusion.packed_conv import PackedConv2d
 from diffusion.unet_config import UNetConfig, detect_unet_config, load_exact
 from diffusion.upsample_conv import NearestUpsampleConv2d
+
+if TYPE_CHECKING:
+    from diffusion.controlnet import ControlResiduals
 
 __all__ = [
     "UNetModel",
@@ -150,7 +154,9 @@ class UNetModel(nn.Module):
 
     x: [B, in_channels, H, W] latents; timesteps: [B] or scalar (DDPM step index, may be
     fractional); context: [B, tokens, context_dim]; y: [B, adm_in_channels] for SDXL-style models
-    (see `sdxl_adm_vector`), None otherwise.
+    (see `sdxl_adm_vector`), None otherwise. control: residuals of ControlNets
+    (`diffusion.controlnet.ControlResiduals`), added to the skip connections as the decoder takes them
+    and to the middle block's output; None computes exactly as without.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -222,6 +228,7 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         y: torch.Tensor | None = None,
+        control: ControlResiduals | None = None,
     ) -> torch.Tensor:
         has_adm = self.config.adm_in_channels is not None
         if has_adm and y is None:
@@ -244,10 +251,40 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        residuals = self._control_residuals(control, skips, h)
+        if control is not None and control.middle is not None:
+            h = h + control.middle.to(dtype)
         for block in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)
+            skip = skips.pop()
+            residual = residuals.pop() if residuals else None
+            if residual is not None:
+                skip = skip + residual.to(dtype)
+            h = torch.cat([h, skip], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h).to(out_dtype)
+
+    @staticmethod
+    def _control_residuals(
+        control: ControlResiduals | None, skips: Sequence[torch.Tensor], middle: torch.Tensor
+    ) -> list[torch.Tensor | None]:
+        """The control's skip residuals, checked against the skips they join.
+
+        Added to the skips only, after the whole encoder has run, as diffusers adds
+        `down_block_additional_residuals` and ComfyUI adds `control["output"]` when it pops each skip:
+        the encoder's own path never sees them.
+        """
+        if control is None:
+            return []
+        if control.input and len(control.input) != len(skips):
+            raise ValueError(f"control has {len(control.input)} input residuals, this UNet has {len(skips)} skips")
+        pairs = [*zip(control.input, skips), (control.middle, middle)]
+        for index, (residual, target) in enumerate(pairs):
+            if residual is not None and residual.shape != target.shape:
+                where = "middle" if index == len(pairs) - 1 else f"input {index}"
+                raise ValueError(
+                    f"control residual ({where}) has shape {tuple(residual.shape)}, the UNet {tuple(target.shape)}"
+                )
+        return list(control.input)
 
 
 def unet_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: UNetConfig | None = None) -> UNetModel:
