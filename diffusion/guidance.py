@@ -21,12 +21,16 @@ edit model such as FLUX.1 Kontext works from, already in the model's latent spac
 Several conditionings on one side are combined per latent cell as a weighted average of their x0
 predictions, each weighted by strength x mask over its area; a cell that no conditioning covers gets
 a zero prediction, as in ComfyUI. Classifier-free guidance is ``uncond + (cond - uncond) * cfg`` on
-those averages (Ho & Salimans 2022).
+those averages (Ho & Salimans 2022), unless the MODEL's hooks (``diffusion.cfg_hooks``: ComfyUI's pre-,
+post- and cfg functions) change it. ``ConditioningGuider`` is what every guider shares (sides resolved
+and evaluated batched, inpainting); guiders over three conditionings are in ``diffusion.guidance_rules``.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion.cfg_hooks import NO_HOOKS, CFGHooks, CFGInputs, Conditioning
 from diffusion.prediction import ModelSampling, UNetFn
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "ConcatBuilder",
     "Conditioning",
     "ConditioningError",
+    "ConditioningGuider",
     "DifferentialMask",
     "Guider",
     "InpaintMaskPolicy",
@@ -50,8 +56,6 @@ __all__ = [
     "fill_channels",
     "inpaint_channels",
 ]
-
-Conditioning = list[tuple[Tensor, dict[str, Any]]]
 
 
 class ConditioningError(ValueError):
@@ -213,7 +217,7 @@ class _Cond:
     concat: Tensor | None  # [B or 1, C, h, w]: extra input channels for inpainting models
     guidance: Tensor | None  # [1]: a guidance-distilled model's guidance strength
     references: tuple[Tensor, ...]  # [1, C, h, w] each: an edit model's reference latents
-    negative: bool
+    side: int  # which of the guider's conditionings it belongs to
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
@@ -349,13 +353,13 @@ def fill_channels(
 
 def _resolve(
     conditioning: Conditioning,
-    negative: bool,
+    side_index: int,
+    side: str,
     latent: Tensor,
     model_sampling: ModelSampling,
     noise_mask: Tensor | None,
     concat_builder: ConcatBuilder,
 ) -> list[_Cond]:
-    side = "negative" if negative else "positive"
     batch, _, height, width = latent.shape
     resolved = []
     for index, (context, options) in enumerate(conditioning):
@@ -384,7 +388,7 @@ def _resolve(
                 concat=None if concat is None else concat[:, :, rows, cols],
                 guidance=None if options.get("guidance") is None else torch.tensor([float(options["guidance"])]),
                 references=tuple(options.get("reference_latents") or ()),
-                negative=negative,
+                side=side_index,
             )
         )
     return resolved
@@ -400,15 +404,15 @@ def _per_item(tensor: Tensor, batch: int) -> Tensor:
     return tensor.expand(batch, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
 
 
-class CFGGuider:
-    """Classifier-free guidance over regional conditioning, as the denoiser ``guider(x, sigma) -> x0``.
+class ConditioningGuider(ABC):
+    """What every guider shares: conditionings ("sides") resolved against one latent and evaluated batched.
 
-    Built for one latent (areas, masks and inpainting channels are resolved against its grid and
-    batch). ``negative=None`` is a model guided by its positive prompt alone (a guidance-distilled
-    model, or plain conditional sampling); it needs ``cfg`` 1. At ``cfg`` 1 the negative drops out of
-    the formula, so it is never evaluated: one UNet batch per model call either way. With a negative
-    and another ``cfg``, every conditioning entry that shares a region and input layout with another
-    goes through the same UNet call, so plain CFG costs one call of batch 2B.
+    Built for one latent (areas, masks and inpainting channels are resolved against its grid and batch).
+    ``sides`` names each conditioning (for errors) in the order subclasses read their predictions; a None
+    conditioning is a side that predicts zeros. Every conditioning entry that shares a region and input
+    layout with another, whatever its side, goes through the same UNet call. ``evaluated`` says which
+    sides a model call evaluates (all, by default); a side left out predicts zeros, and ``with_uncond``
+    evaluates them all.
 
     ``unet_fn(x_in, timesteps, context, y=..., concat=..., guidance=...)`` returns the model's raw output;
     ``y``, ``concat`` and ``guidance`` are passed only when the conditioning provides them. ``inpainting``
@@ -419,6 +423,8 @@ class CFGGuider:
     Contexts of different lengths share a call by repeating the shorter to a common length, as ComfyUI
     batches them; ``repeat_contexts`` False keeps them in calls of their own, for models to which a repeated
     token is another token at another position (Z-Image numbers its text tokens), as ComfyUI does for them.
+
+    Subclasses combine the sides' predictions in ``_guide``, through ``hooks`` (``diffusion.cfg_hooks``).
     """
 
     def __init__(
@@ -426,27 +432,24 @@ class CFGGuider:
         unet_fn: UNetFn,
         model_sampling: ModelSampling,
         latent: Tensor,
-        positive: Conditioning,
-        negative: Conditioning | None = None,
-        cfg: float = 1.0,
+        sides: Sequence[tuple[str, Conditioning | None]],
         inpainting: Inpainting | None = None,
         concat_builder: ConcatBuilder = inpaint_channels,
         repeat_contexts: bool = True,
+        hooks: CFGHooks = NO_HOOKS,
     ) -> None:
-        if negative is None and cfg != 1.0:
-            raise ValueError(f"cfg {cfg} guides away from a negative conditioning, and none was given; use cfg 1")
-        self.unet_fn, self.model_sampling, self.cfg, self.inpainting = unet_fn, model_sampling, cfg, inpainting
-        self.repeat_contexts = repeat_contexts
+        self.unet_fn, self.model_sampling, self.inpainting = unet_fn, model_sampling, inpainting
+        self.repeat_contexts, self.hooks = repeat_contexts, hooks
         mask = None if inpainting is None else inpainting.mask
-        self.conds = _resolve(positive, False, latent, model_sampling, mask, concat_builder)
-        # What ``with_uncond`` evaluates: at cfg 1 also the negative, which the guided estimate leaves out.
-        self.uncond_conds = self.conds
-        if negative is not None:
-            # Resolved even at cfg 1, where the formula drops it, so a malformed negative fails the same way.
-            negatives = _resolve(negative, True, latent, model_sampling, mask, concat_builder)
-            if cfg != 1.0:
-                self.conds += negatives
-            self.uncond_conds = self.conds if cfg != 1.0 else self.conds + negatives
+        # Every side is resolved, even one a call leaves out, so a malformed conditioning always fails the same way.
+        self._sides = [
+            []
+            if conditioning is None
+            else _resolve(conditioning, index, name, latent, model_sampling, mask, concat_builder)
+            for index, (name, conditioning) in enumerate(sides)
+        ]
+        self.conditionings: tuple[Conditioning | None, ...] = tuple(conditioning for _, conditioning in sides)
+        self.evaluated: tuple[bool, ...] = (True,) * len(sides)
 
     def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor) -> list[Tensor]:
         """One UNet call for conds that share a region and input layout: batch = len(group) x B."""
@@ -477,50 +480,90 @@ class CFGGuider:
         denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)
         return list(denoised.split(batch))
 
-    def _predict(self, x: Tensor, sigma: Tensor, conds: list[_Cond]) -> dict[bool, Tensor]:
-        """Per side (negative or not), the weighted average of its active conds' x0 predictions."""
+    def _predict(self, x: Tensor, sigma: Tensor, evaluated: tuple[bool, ...]) -> list[Tensor]:
+        """Per side, the weighted average of its active conds' x0 predictions (zeros for a side left out)."""
         groups: dict[tuple[Any, ...], list[_Cond]] = {}
-        for cond in conds:
-            if cond.active(float(sigma.max())):
-                length = () if self.repeat_contexts else (cond.context.shape[1],)
-                groups.setdefault((*cond.batch_key(), *length), []).append(cond)
-        sums = {side: (torch.zeros_like(x), torch.zeros_like(x[:, :1])) for side in (False, True)}
+        for side, on in zip(self._sides, evaluated):
+            for cond in side if on else ():
+                if cond.active(float(sigma.max())):
+                    length = () if self.repeat_contexts else (cond.context.shape[1],)
+                    groups.setdefault((*cond.batch_key(), *length), []).append(cond)
+        sums = [(torch.zeros_like(x), torch.zeros_like(x[:, :1])) for _ in self._sides]
         for group in groups.values():
             for cond, prediction in zip(group, self._evaluate(group, x, sigma)):
                 rows, cols = cond.region
-                total, weights = sums[cond.negative]
+                total, weights = sums[cond.side]
                 weight = cond.weight.to(x)
                 total[:, :, rows, cols] += prediction * weight
                 weights[:, :, rows, cols] += weight
-        return {side: total / weights.clamp_min(1e-37) * (weights > 0) for side, (total, weights) in sums.items()}
+        return [total / weights.clamp_min(1e-37) * (weights > 0) for total, weights in sums]
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def _run(self, x: Tensor, sigma: Tensor, evaluated: tuple[bool, ...]) -> tuple[Tensor, Tensor]:
+        conditionings = tuple(c if on else None for c, on in zip(self.conditionings, evaluated))
         if self.inpainting is None:
-            return self._guide(self._predict(x, sigma, self.conds))
+            return self._guide(x, sigma, self._predict(x, sigma, evaluated), conditionings)
         mask = self.inpainting.mask_at(self.model_sampling, sigma)
         held = self.inpainting.hold(self.model_sampling, x, sigma, mask)
-        return self.inpainting.keep(self._guide(self._predict(held, sigma, self.conds)), mask)
+        guided, uncond = self._guide(held, sigma, self._predict(held, sigma, evaluated), conditionings)
+        return self.inpainting.keep(guided, mask), uncond
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self._run(x, sigma, self.evaluated)[0]
 
     def with_uncond(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """The guided x0 estimate and the unconditional one from the same evaluation, for CFG++ samplers
         (``diffusion.samplers.UncondDenoiser``).
 
-        The unconditional estimate is the negative side's prediction. It is evaluated at cfg 1 too (batched
-        with the positive, so such a call costs what one at another cfg does) because CFG++ renoises with
-        it whatever the scale: ComfyUI turns its cfg-1 shortcut off for these samplers. With no negative
-        conditioning it is zeros, the prediction of an empty side, which is what ComfyUI hands its
-        post-CFG functions then. Under an inpainting the guided estimate keeps the original's kept
-        cells and the unconditional one is left as the model made it, as in ComfyUI. The guided
-        estimate is ``guider(x, sigma)``.
+        Every side is evaluated, whatever the scale (batched, so a call costs what one at another scale
+        does), because CFG++ renoises with the unconditional estimate: ComfyUI turns its cfg-1 shortcut off
+        for these samplers. The unconditional estimate is what ComfyUI's post-CFG functions receive as
+        ``uncond_denoised`` (zeros for a missing conditioning). Under an inpainting the guided estimate keeps
+        the original's kept cells and the unconditional one is left as the model made it, as in ComfyUI.
+        The guided estimate is ``guider(x, sigma)``.
         """
-        if self.inpainting is None:
-            predictions = self._predict(x, sigma, self.uncond_conds)
-            return self._guide(predictions), predictions[True]
-        mask = self.inpainting.mask_at(self.model_sampling, sigma)
-        held = self.inpainting.hold(self.model_sampling, x, sigma, mask)
-        predictions = self._predict(held, sigma, self.uncond_conds)
-        return self.inpainting.keep(self._guide(predictions), mask), predictions[True]
+        return self._run(x, sigma, (True,) * len(self._sides))
 
-    def _guide(self, predictions: dict[bool, Tensor]) -> Tensor:
-        positive, negative = predictions[False], predictions[True]
-        return positive if self.cfg == 1.0 else negative + (positive - negative) * self.cfg
+    @abstractmethod
+    def _guide(
+        self, x: Tensor, sigma: Tensor, predictions: list[Tensor], conditionings: tuple[Conditioning | None, ...]
+    ) -> tuple[Tensor, Tensor]:
+        """(guided x0, unconditional x0) of one model call at state ``x`` from the sides' predictions."""
+
+
+class CFGGuider(ConditioningGuider):
+    """Classifier-free guidance over regional conditioning, as the denoiser ``guider(x, sigma) -> x0``.
+
+    ``negative=None`` is a model guided by its positive prompt alone (a guidance-distilled model, or plain
+    conditional sampling); it needs ``cfg`` 1. At ``cfg`` 1 the negative drops out of the formula, so it is
+    never evaluated (unless ``hooks.uncond_at_cfg1``): one UNet batch per model call either way. With a
+    negative and another ``cfg``, plain CFG costs one call of batch 2B. ``hooks`` change the combination
+    as a MODEL's ComfyUI functions do (``diffusion.cfg_hooks``); without any it is plain CFG, bit for bit.
+    See ``ConditioningGuider`` for the other arguments.
+    """
+
+    def __init__(
+        self,
+        unet_fn: UNetFn,
+        model_sampling: ModelSampling,
+        latent: Tensor,
+        positive: Conditioning,
+        negative: Conditioning | None = None,
+        cfg: float = 1.0,
+        inpainting: Inpainting | None = None,
+        concat_builder: ConcatBuilder = inpaint_channels,
+        repeat_contexts: bool = True,
+        hooks: CFGHooks = NO_HOOKS,
+    ) -> None:
+        if negative is None and cfg != 1.0:
+            raise ValueError(f"cfg {cfg} guides away from a negative conditioning, and none was given; use cfg 1")
+        sides = [("positive", positive), ("negative", negative)]
+        super().__init__(unet_fn, model_sampling, latent, sides, inpainting, concat_builder, repeat_contexts, hooks)
+        self.cfg = cfg
+        self.evaluated = (True, cfg != 1.0 or hooks.uncond_at_cfg1)
+
+    def _guide(
+        self, x: Tensor, sigma: Tensor, predictions: list[Tensor], conditionings: tuple[Conditioning | None, ...]
+    ) -> tuple[Tensor, Tensor]:
+        positive, negative = self.hooks.before(x, sigma, self.cfg, predictions, conditionings)
+        inputs = CFGInputs(x, sigma, positive, negative, self.cfg, conditionings[0], conditionings[1])
+        return self.hooks.combine(inputs), negative

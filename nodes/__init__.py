@@ -24,6 +24,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
     """The modules whose nodes are built in, imported on demand so ``import nodes`` stays light."""
     from nodes import (
         conditioning,
+        guidance_nodes,
         image,
         image_io_ops,
         image_ops,
@@ -63,6 +64,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         sampler_options,
         model_sampling,
         model_patches,
+        guidance_nodes,
         model_merging,
         model_saving,
         upscale,

@@ -12,14 +12,17 @@ scales them into the diffusion model's space for sampling and back.
 The handle also answers the methods ComfyUI node packs call on a MODEL value, ComfyUI's ``ModelPatcher``,
 under its names and arguments (``clone``, ``add_patches``, ``model_options``, ``get_model_object``,
 ``model``: ``nodes.comfy_base_model`` ...; docs/plugins.md, "MODEL, CLIP and VAE values"). As in ComfyUI,
-``clone()`` makes a new handle and the ComfyUI-style setters (``add_patches``, ``add_object_patch``) change
-the handle they are called on, which a pack clones first. What Loom cannot do the ComfyUI way raises
-``NotImplementedError`` naming the method and the reason.
+``clone()`` makes a new handle and the ComfyUI-style setters (``add_patches``, ``add_object_patch``,
+``set_model_sampler_cfg_function`` ...) change the handle they are called on, which a pack clones first.
+The sampler functions in ``model_options`` reach Loom's guiders as CFG hooks (``cfg_hooks``,
+``nodes.comfy_cfg_hooks``). What Loom cannot do the ComfyUI way raises ``NotImplementedError`` naming the
+method and the reason.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from typing import Any, NoReturn
 import torch
 
 from diffusion import guidance
+from diffusion.cfg_hooks import CFGHooks
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.chroma import ChromaTransformer
@@ -40,6 +44,7 @@ from diffusion.unet import UNetModel
 from diffusion.vae import FLUX_LATENT, SD1_LATENT, SD2_LATENT, SD3_LATENT, SDXL_LATENT
 from diffusion.zimage import ZImageTransformer
 from nodes.comfy_base_model import ComfyBaseModel
+from nodes.comfy_cfg_hooks import cfg_hooks
 from nodes.comfy_weight_patches import comfy_patches
 from nodes.model_forward import flow_forward, unet_forward
 from nodes.patched_weights import PatchedModule, PatchSet, stack_patch_set
@@ -89,22 +94,33 @@ def _unsupported(method: str, reason: str) -> Callable[..., NoReturn]:
     return refuse
 
 
+def _three_argument_cfg_function(function: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
+    """ComfyUI's older ``sampler_cfg_function(cond, uncond, cond_scale)`` in the ``args`` form."""
+
+    def cfg_function(args: dict[str, Any]) -> Any:
+        return function(args["cond"], args["uncond"], args["cond_scale"])
+
+    return cfg_function
+
+
 def _copy_nested_dicts(options: Mapping[str, Any]) -> dict[str, Any]:
     """``model_options`` as ComfyUI clones them: every nested dict copied, the values in them shared."""
     return {key: _copy_nested_dicts(value) if isinstance(value, dict) else value for key, value in options.items()}
 
 
-#: ``model_options`` entries with which ComfyUI changes sampling, and the ``ModelHandle`` setter for each.
-_SAMPLING_OPTIONS = {
-    "sampler_cfg_function": "set_model_sampler_cfg_function",
-    "sampler_post_cfg_function": "set_model_sampler_post_cfg_function",
-    "sampler_pre_cfg_function": "set_model_sampler_pre_cfg_function",
+#: ``model_options`` entries Loom's guiders honour (``cfg_hooks``).
+_HONOURED_OPTIONS = frozenset(
+    {"sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function", "disable_cfg1_optimization"}
+)
+#: ``model_options`` entries with which ComfyUI changes sampling that Loom cannot honour, and the setter of each.
+_IGNORED_SAMPLING_OPTIONS = {
     "model_function_wrapper": "set_model_unet_function_wrapper",
     "denoise_mask_function": "set_model_denoise_mask_function",
 }
 _NO_SAMPLING_SEAM = (
-    "Loom's sampler (diffusion.guidance.CFGGuider) has no seam for ComfyUI's model_options functions yet; "
-    "write the change as a node that returns a new MODEL or GUIDER"
+    "Loom's sampler has no seam to wrap the model call or the inpainting mask (it honours sampler_cfg_function, "
+    "sampler_pre_cfg_function and sampler_post_cfg_function); write the change as a node that returns a new "
+    "MODEL or GUIDER"
 )
 _NO_BLOCK_PATCHES = (
     "Loom's diffusion models have no ComfyUI transformer_options patch points (attention and block patches)"
@@ -120,9 +136,9 @@ class ModelHandle:
     model call (``DifferentialDiffusion``: ``diffusion.guidance.DifferentialMask``).
 
     For ComfyUI packs it is also a ``ModelPatcher``: ``clone()``, ``add_patches`` (weight differences and
-    LoRA, on ``diffusion_model.<parameter>`` keys), ``model_options``, ``get_model_object``, ``model``
-    (``ComfyBaseModel``), ``add_object_patch("model_sampling", ...)``; the sampling hooks ComfyUI keeps in
-    ``model_options`` are refused (``set_model_sampler_cfg_function`` ...), see docs/plugins.md.
+    LoRA, on ``diffusion_model.<parameter>`` keys), ``model_options`` with the sampler functions in it
+    (``set_model_sampler_cfg_function`` ..., honoured through ``cfg_hooks``), ``get_model_object``, ``model``
+    (``ComfyBaseModel``), ``add_object_patch("model_sampling", ...)``; see docs/plugins.md.
     """
 
     def __init__(
@@ -146,8 +162,8 @@ class ModelHandle:
         self.latent_format = _LATENT_FORMATS[self.family]
         self.mask_policy = mask_policy
         self._patched = PatchedModule(self.unet, patches)
-        #: ComfyUI's per-model sampling options, kept for packs that read and write them; Loom's sampler
-        #: reads none of them (``unet_fn`` logs what it leaves out).
+        #: ComfyUI's per-model sampling options, kept for packs that read and write them; Loom's guiders
+        #: honour the sampler functions (``cfg_hooks``), ``unet_fn`` logs what they leave out.
         self.model_options: dict[str, Any] = {"transformer_options": {}}
 
     @property
@@ -302,9 +318,43 @@ class ModelHandle:
             )
         self.sampling = obj
 
-    set_model_sampler_cfg_function = _unsupported("MODEL.set_model_sampler_cfg_function", _NO_SAMPLING_SEAM)
-    set_model_sampler_post_cfg_function = _unsupported("MODEL.set_model_sampler_post_cfg_function", _NO_SAMPLING_SEAM)
-    set_model_sampler_pre_cfg_function = _unsupported("MODEL.set_model_sampler_pre_cfg_function", _NO_SAMPLING_SEAM)
+    def set_model_sampler_cfg_function(
+        self, sampler_cfg_function: Callable[..., Any], disable_cfg1_optimization: bool = False
+    ) -> None:
+        """Replace this handle's CFG combination (``model_options["sampler_cfg_function"]``): called with
+        ComfyUI's ``args`` (``cond``/``uncond`` as ``input - x0``, ``cond_denoised`` ...), it returns
+        ``input - guided x0``. A function of three parameters is ComfyUI's older form, ``(cond, uncond,
+        cond_scale)``. ``disable_cfg1_optimization`` makes cfg 1 evaluate the negative too."""
+        if len(inspect.signature(sampler_cfg_function).parameters) == 3:
+            sampler_cfg_function = _three_argument_cfg_function(sampler_cfg_function)
+        self.model_options["sampler_cfg_function"] = sampler_cfg_function
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
+    def set_model_sampler_post_cfg_function(
+        self, post_cfg_function: Callable[[dict[str, Any]], Any], disable_cfg1_optimization: bool = False
+    ) -> None:
+        """Append to this handle's post-CFG functions: each gets ComfyUI's ``args`` with the guided x0 as
+        ``denoised`` and returns a new one, in the order they were added."""
+        self._append_option("sampler_post_cfg_function", post_cfg_function, disable_cfg1_optimization)
+
+    def set_model_sampler_pre_cfg_function(
+        self, pre_cfg_function: Callable[[dict[str, Any]], Any], disable_cfg1_optimization: bool = False
+    ) -> None:
+        """Append to this handle's pre-CFG functions: each gets ComfyUI's ``args`` with the sides' x0 predictions
+        as ``conds_out`` and returns them changed, before they are combined."""
+        self._append_option("sampler_pre_cfg_function", pre_cfg_function, disable_cfg1_optimization)
+
+    def _append_option(self, key: str, function: Callable[..., Any], disable_cfg1_optimization: bool) -> None:
+        # A new list, as ComfyUI makes: clones share the lists of the options they copied.
+        self.model_options[key] = [*self.model_options.get(key, []), function]
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
+    def cfg_hooks(self) -> CFGHooks:
+        """The guidance hooks this handle's ``model_options`` hold, as Loom's guiders run them."""
+        return cfg_hooks(self.model_options, self.model)
+
     set_model_unet_function_wrapper = _unsupported("MODEL.set_model_unet_function_wrapper", _NO_SAMPLING_SEAM)
     set_model_denoise_mask_function = _unsupported("MODEL.set_model_denoise_mask_function", _NO_SAMPLING_SEAM)
     set_model_patch = _unsupported("MODEL.set_model_patch", _NO_BLOCK_PATCHES)
@@ -327,14 +377,14 @@ class ModelHandle:
     def _report_ignored_options(self) -> None:
         """Log what of ``model_options`` this sampling leaves out: a warning for what changes ComfyUI's result."""
         for key, value in self.model_options.items():
-            if key in _SAMPLING_OPTIONS or key == "transformer_options" and value:
+            if key in _IGNORED_SAMPLING_OPTIONS or key == "transformer_options" and value:
                 _log.warning(
                     "MODEL.model_options[%r] is ignored: %s (ComfyUI sets it with MODEL.%s)",
                     key,
-                    _NO_SAMPLING_SEAM if key in _SAMPLING_OPTIONS else _NO_BLOCK_PATCHES,
-                    _SAMPLING_OPTIONS.get(key, "set_model_patch"),
+                    _NO_SAMPLING_SEAM if key in _IGNORED_SAMPLING_OPTIONS else _NO_BLOCK_PATCHES,
+                    _IGNORED_SAMPLING_OPTIONS.get(key, "set_model_patch"),
                 )
-            elif key != "transformer_options":
+            elif key not in _HONOURED_OPTIONS and key != "transformer_options":
                 _log.debug("MODEL.model_options[%r] is kept and ignored: Loom's sampler does not read it", key)
 
     @contextmanager

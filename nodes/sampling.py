@@ -3,8 +3,9 @@ KSampler into its parts (SAMPLER, SIGMAS, NOISE, GUIDER values).
 
 Every sampler node is the same composition of four parts, which the custom-sampling nodes expose
 one by one: sigmas (``diffusion.schedules``), start noise (``Noise``), a guider (``Guider``, bound
-to the latent as a ``diffusion.guidance.CFGGuider``) and a sampler (``diffusion.samplers``), run by
-``diffusion.sampling.sample``. What the nodes add is the model side of ComfyUI's ``common_ksampler``:
+to the latent as a ``diffusion.guidance.CFGGuider`` with the MODEL's CFG hooks; other GUIDER values
+follow ``GuiderValue``) and a sampler (``diffusion.samplers``), run by ``diffusion.sampling.sample``.
+What the nodes add is the model side of ComfyUI's ``common_ksampler``:
 - LATENT values are unscaled VAE latents; they are scaled into the model's space on the way in and
   back on the way out (``ModelHandle.latent_format``), the masked-image latent of inpainting too.
 - An empty latent made for another channel count is replaced by zeros of the model's count.
@@ -19,7 +20,7 @@ to the latent as a ``diffusion.guidance.CFGGuider``) and a sampler (``diffusion.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -36,8 +37,8 @@ from nodes.model_handles import DEFAULT_GUIDANCE, ModelHandle
 from nodes.runtime import current_runtime
 
 __all__ = [
-    "BasicGuider", "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "KSampler", "KSamplerAdvanced",
-    "KSamplerSelect", "NO_NOISE", "Noise", "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom",
+    "BasicGuider", "BasicScheduler", "CFGGuider", "DisableNoise", "Guider", "GuiderValue", "KSampler",
+    "KSamplerAdvanced", "KSamplerSelect", "NO_NOISE", "Noise", "PREVIEW_MAX_SIZE", "RandomNoise", "SamplerCustom",
     "SamplerCustomAdvanced", "model_conditioning",
 ]  # fmt: skip
 
@@ -159,10 +160,22 @@ class Noise:
 NO_NOISE = Noise(0, add=False)
 
 
+class GuiderValue(Protocol):
+    """What a GUIDER value is to the sampler nodes: its MODEL, and the denoiser it makes for one latent."""
+
+    @property
+    def model(self) -> ModelHandle: ...
+
+    def bind(
+        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None
+    ) -> guidance.ConditioningGuider: ...
+
+
 @dataclass(frozen=True)
 class Guider:
     """GUIDER: a model with its conditioning and classifier-free guidance scale (no negative: the model
-    guided by its prompt alone, ``BasicGuider``)."""
+    guided by its prompt alone, ``BasicGuider``). The MODEL's CFG hooks (``ModelHandle.cfg_hooks``: ComfyUI's
+    sampler functions in its ``model_options``) change the guidance."""
 
     model: ModelHandle
     positive: list[Any]
@@ -181,10 +194,13 @@ class Guider:
             inpainting,
             self.model.concat_builder,
             self.model.repeats_contexts,
+            self.model.cfg_hooks(),
         )
 
 
-def _sample(noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent) -> Latent:
+def _sample(
+    noise: Noise, guider: GuiderValue, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent
+) -> Latent:
     """What every sampler node runs (ComfyUI's ``common_ksampler``): a LATENT dict sampled over ``sigmas``.
 
     The latent is scaled into the model's space and moved where the model lives; the start noise is
@@ -270,7 +286,7 @@ def KSamplerAdvanced(
 
 
 def _sample_custom(
-    noise: Noise, guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent
+    noise: Noise, guider: GuiderValue, sampler: SamplerSpec, sigmas: torch.Tensor, latent_image: Latent
 ) -> tuple[Latent, Latent]:
     """(output, denoised_output) of running ``sampler`` over exactly ``sigmas``.
 

@@ -176,8 +176,8 @@ def test_model_options_are_comfyui_s_dict_copied_by_clone_and_kept_by_loom_s_nod
 
 @pytest.mark.parametrize(
     "method",
-    ["set_model_sampler_cfg_function", "set_model_sampler_post_cfg_function", "set_model_unet_function_wrapper",
-     "set_model_attn1_patch", "set_model_attn2_replace", "get_key_patches"],
+    ["set_model_unet_function_wrapper", "set_model_denoise_mask_function", "set_model_attn1_patch",
+     "set_model_attn2_replace", "get_key_patches"],
 )  # fmt: skip
 def test_comfyui_hooks_loom_cannot_honour_raise_naming_the_method(loaded, method: str) -> None:
     model, _, _ = loaded
@@ -189,13 +189,13 @@ def test_sampling_options_written_directly_are_ignored_with_a_warning(loaded, ca
     model, clip, _ = loaded
     baseline = sample(model, clip)
     clone = model.clone()
-    clone.model_options["sampler_cfg_function"] = lambda args: args["cond"]
+    clone.model_options["model_function_wrapper"] = lambda apply_model, args: apply_model(**args)
     clone.model_options["my_pack_setting"] = 1
     with caplog.at_level(logging.DEBUG, logger="nodes.model_handles"):
         assert torch.equal(sample(clone, clip), baseline)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert any("'sampler_cfg_function'" in text and "set_model_sampler_cfg_function" in text for text in warnings)
+    assert any("'model_function_wrapper'" in text and "set_model_unet_function_wrapper" in text for text in warnings)
     assert any("'my_pack_setting'" in text for text in debug)
 
 

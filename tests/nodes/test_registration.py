@@ -37,6 +37,8 @@ BUILTIN_NAMES = {
     "ModelMergeSimple", "ModelMergeBlocks", "ModelMergeSubtract", "ModelMergeAdd", "CLIPMergeSimple",
     "CLIPMergeSubtract", "CLIPMergeAdd", "ModelMergeSD1", "ModelMergeSD2", "ModelMergeSDXL",
     "CheckpointSave", "ModelSave", "CLIPSave", "VAESave", "LoraSave",
+    "RescaleCFG", "CFGNorm", "CFGZeroStar", "APG", "DualCFGGuider", "PerpNegGuider", "ModelSamplingDiscrete",
+    "ModelSamplingContinuousEDM",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
     "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",
@@ -59,6 +61,11 @@ OUTPUT_NODES = {
     "SaveText",
     "SaveImageAdvanced",
     "ImageCompare",
+    "CheckpointSave",
+    "ModelSave",
+    "CLIPSave",
+    "VAESave",
+    "LoraSave",
 }
 #: Fields the editor's schema requires of every ``/object_info`` entry (docs/compatibility.md §C.4).
 REQUIRED_FIELDS = {"name", "display_name", "description", "category", "output_node", "python_module"}
