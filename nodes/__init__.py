@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 def builtin_modules() -> tuple[ModuleType, ...]:
     """The modules whose nodes are built in, imported on demand so ``import nodes`` stays light."""
     from nodes import (
+        canny,
         conditioning,
         guidance_nodes,
         image,
@@ -49,6 +50,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
     return (
         image,
         image_ops,
+        canny,
         masks,
         io,
         image_io_ops,

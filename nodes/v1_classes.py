@@ -209,6 +209,7 @@ COMFY_METHODS: dict[str, ComfyMethod] = {
     "PerpNegGuider": ComfyMethod("execute"),
     "ModelSamplingDiscrete": ComfyMethod("patch"),
     "ModelSamplingContinuousEDM": ComfyMethod("patch"),
+    "Canny": ComfyMethod("detect_edge"),
     "SolidMask": ComfyMethod("execute"),
     "InvertMask": ComfyMethod("execute"),
     "GrowMask": ComfyMethod("execute"),

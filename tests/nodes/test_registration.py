@@ -39,6 +39,7 @@ BUILTIN_NAMES = {
     "CheckpointSave", "ModelSave", "CLIPSave", "VAESave", "LoraSave",
     "RescaleCFG", "CFGNorm", "CFGZeroStar", "APG", "DualCFGGuider", "PerpNegGuider", "ModelSamplingDiscrete",
     "ModelSamplingContinuousEDM",
+    "Canny",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
     "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",
