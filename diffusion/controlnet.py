@@ -40,6 +40,7 @@ __all__ = [
     "controlnet_to_ldm",
     "detect_controlnet_config",
     "fit_hint",
+    "is_difference_controlnet",
     "load_controlnet",
     "tiny_controlnet_tensors",
 ]
@@ -85,6 +86,13 @@ class ControlResiduals:
         mine = self.input or (None,) * count
         theirs = other.input or (None,) * count
         return ControlResiduals(tuple(_sum(a, b) for a, b in zip(mine, theirs)), _sum(self.middle, other.middle))
+
+    def to(self, device: torch.device | str) -> ControlResiduals:
+        """The same residuals on `device` (these themselves where they already are)."""
+        return ControlResiduals(
+            tuple(None if r is None else r.to(device) for r in self.input),
+            None if self.middle is None else self.middle.to(device),
+        )
 
 
 def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -345,19 +353,65 @@ def detect_controlnet_config(state_dict: Mapping[str, torch.Tensor]) -> ControlN
     return ControlNetConfig(replace(unet, transformer_depth_output=mirrored), int(first.shape[1]), widths)
 
 
-def load_controlnet(state_dict: Mapping[str, torch.Tensor]) -> ControlNet:
+#: Keys that mark ControlNet files of kinds Loom does not build, and what each is.
+_UNSUPPORTED_KINDS = {
+    "lora_controlnet": "a Control-LoRA (low-rank ControlNet weights over the base UNet's)",
+    "task_embedding": "a union ControlNet (several control types in one model, chosen with SetUnionControlNetType)",
+}
+
+
+def is_difference_controlnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the file holds a "difference" ControlNet: weights stored minus those of the UNet it was trained
+    beside (marked by a `difference` key), which only become a ControlNet added to a base UNet's own."""
+    return "difference" in state_dict
+
+
+def _add_base(weights: dict[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A difference ControlNet's weights plus the base UNet's of the same name, in the file's dtype (as ComfyUI
+    adds them); the ControlNet's own layers (hint block, zero convs) have no counterpart and stay as stored."""
+    total = dict(weights)
+    for key, difference in weights.items():
+        own = base.get(key)
+        if own is None:
+            continue
+        if own.shape != difference.shape:
+            raise CheckpointLayoutError(
+                "difference ControlNet",
+                key,
+                f"has shape {tuple(difference.shape)}, the base UNet's {tuple(own.shape)}: made for another UNet",
+            )
+        total[key] = difference + own.to(difference.device, difference.dtype)
+    return total
+
+
+def load_controlnet(
+    state_dict: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor] | None = None
+) -> ControlNet:
     """A ControlNet around the weights of a ControlNet file in either layout; the module adopts the
-    tensors as they are (dtype included). Raises `CheckpointLayoutError` naming the first key at fault."""
-    if "difference" in state_dict:
-        raise CheckpointLayoutError(
-            "ControlNet", "difference", "a 'difference' ControlNet (weights relative to a base UNet) is not supported"
-        )
+    tensors as they are (dtype included). Raises `CheckpointLayoutError` naming the first key at fault.
+
+    A difference ControlNet (`is_difference_controlnet`) needs `base`: the weights of the UNet it is applied to,
+    by LDM name without prefix (`input_blocks.1.0.in_layers.2.weight` ...), each added to the stored difference
+    of the same name. `base` is ignored for an ordinary ControlNet.
+    """
+    for marker, kind in _UNSUPPORTED_KINDS.items():
+        if marker in state_dict or LDM_PREFIX + marker in state_dict:
+            raise CheckpointLayoutError("ControlNet", marker, f"{kind}, which Loom does not load yet")
     layout = controlnet_layout(state_dict)
     if layout is None:
         raise CheckpointLayoutError(
             "ControlNet", "input_hint_block.0.weight", "missing; not a ControlNet in the original or diffusers layout"
         )
     weights = _ldm_weights(state_dict) if layout == "ldm" else controlnet_to_ldm(state_dict)
+    if is_difference_controlnet(state_dict):
+        if base is None:
+            raise CheckpointLayoutError(
+                "ControlNet",
+                "difference",
+                "this is a 'difference' ControlNet, stored relative to the UNet it was trained beside: load it with "
+                "DiffControlNetLoader (Load ControlNet Model (diff)) and the MODEL to add it to",
+            )
+        weights = _add_base({k: v for k, v in weights.items() if k != "difference"}, base)
     config = detect_controlnet_config(weights)
     with torch.device("meta"):
         model = ControlNet(config)

@@ -15,8 +15,9 @@ with ``mask_strength`` and ``set_area_to_bounds``, ``timestep_start``/``timestep
 the process, 0 = noisiest), ``y`` (SDXL's adm vector, already built by the caller),
 ``concat_latent_image`` + ``concat_mask`` (9-channel inpainting models), ``guidance`` (the strength a
 guidance-distilled model such as FLUX.1 dev is conditioned on), ``reference_latents`` (the pictures an
-edit model such as FLUX.1 Kontext works from, already in the model's latent space) and ``pooled_output``
-(kept for the caller that builds ``y``; unused here).
+edit model such as FLUX.1 Kontext works from, already in the model's latent space), ``control`` (ControlNets
+applied to the entry, ``diffusion.applied_control.AppliedControl``) with ``control_apply_to_uncond``, and
+``pooled_output`` (kept for the caller that builds ``y``; unused here).
 
 Several conditionings on one side are combined per latent cell as a weighted average of their x0
 predictions, each weighted by strength x mask over its area; a cell that no conditioning covers gets
@@ -39,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion.applied_control import AppliedControl, BoundControl, concat_residuals, share_with_uncond, split_rows
 from diffusion.cfg_hooks import NO_HOOKS, CFGHooks, CFGInputs, Conditioning
+from diffusion.controlnet import ControlResiduals
 from diffusion.prediction import ModelSampling, UNetFn
 
 __all__ = [
@@ -218,6 +221,7 @@ class _Cond:
     guidance: Tensor | None  # [1]: a guidance-distilled model's guidance strength
     references: tuple[Tensor, ...]  # [1, C, h, w] each: an edit model's reference latents
     side: int  # which of the guider's conditionings it belongs to
+    control: BoundControl | None = None  # the ControlNets applied to the entry
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
@@ -351,6 +355,25 @@ def fill_channels(
     return torch.cat([image.expand(items, -1, -1, -1), packed.to(image).expand(items, -1, -1, -1)], dim=1)
 
 
+def _bound_control(
+    side: str, index: int, options: dict[str, Any], model_sampling: ModelSampling, bound: dict[int, BoundControl]
+) -> BoundControl | None:
+    """The entry's control bound for this run; entries sharing a control share its binding (``bound``, by identity)."""
+    control = options.get("control")
+    if control is None:
+        return None
+    if not isinstance(control, AppliedControl):
+        raise ConditioningError(
+            side,
+            index,
+            "control",
+            f"holds a {type(control).__name__}: Loom applies ControlNets with its ControlNetApply nodes",
+        )
+    if id(control) not in bound:
+        bound[id(control)] = BoundControl(control, model_sampling)
+    return bound[id(control)]
+
+
 def _resolve(
     conditioning: Conditioning,
     side_index: int,
@@ -359,6 +382,7 @@ def _resolve(
     model_sampling: ModelSampling,
     noise_mask: Tensor | None,
     concat_builder: ConcatBuilder,
+    controls: dict[int, BoundControl],
 ) -> list[_Cond]:
     batch, _, height, width = latent.shape
     resolved = []
@@ -389,6 +413,7 @@ def _resolve(
                 guidance=None if options.get("guidance") is None else torch.tensor([float(options["guidance"])]),
                 references=tuple(options.get("reference_latents") or ()),
                 side=side_index,
+                control=_bound_control(side, index, options, model_sampling, controls),
             )
         )
     return resolved
@@ -404,6 +429,17 @@ def _per_item(tensor: Tensor, batch: int) -> Tensor:
     return tensor.expand(batch, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
 
 
+def _with_shared_controls(
+    sides: Sequence[tuple[str, Conditioning | None]],
+) -> list[tuple[str, Conditioning | None]]:
+    """The sides with the first one's shared controls handed to the others (``share_with_uncond``): the first
+    side is ComfyUI's "positive" in every guider (CFG, DualCFG's cond1, Perp-Neg's positive)."""
+    if not sides or sides[0][1] is None:
+        return list(sides)
+    positive = sides[0][1]
+    return [sides[0], *((name, None if c is None else share_with_uncond(positive, c)) for name, c in sides[1:])]
+
+
 class ConditioningGuider(ABC):
     """What every guider shares: conditionings ("sides") resolved against one latent and evaluated batched.
 
@@ -414,8 +450,11 @@ class ConditioningGuider(ABC):
     sides a model call evaluates (all, by default); a side left out predicts zeros, and ``with_uncond``
     evaluates them all.
 
-    ``unet_fn(x_in, timesteps, context, y=..., concat=..., guidance=...)`` returns the model's raw output;
-    ``y``, ``concat`` and ``guidance`` are passed only when the conditioning provides them. ``inpainting``
+    ``unet_fn(x_in, timesteps, context, y=..., concat=..., guidance=..., control=...)`` returns the model's raw
+    output; ``y``, ``concat``, ``guidance`` and ``control`` are passed only when the conditioning provides them.
+    ``control`` (``ControlResiduals``) is the residuals of the ControlNets applied to the batched entries, row
+    block by row block, zeros for an entry without (``diffusion.applied_control``); the caller places the
+    ControlNets (``controls()``) beside the model. ``inpainting``
     restricts changes to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting
     UNets. ``concat_builder`` makes the model family's extra input channels (``inpaint_channels`` for SD
     inpainting UNets, ``fill_channels`` for FLUX.1 Fill, ``control_channels`` for FLUX.1 Canny / Depth).
@@ -441,15 +480,54 @@ class ConditioningGuider(ABC):
         self.unet_fn, self.model_sampling, self.inpainting = unet_fn, model_sampling, inpainting
         self.repeat_contexts, self.hooks = repeat_contexts, hooks
         mask = None if inpainting is None else inpainting.mask
+        sides = _with_shared_controls(sides)
+        self._controls: dict[int, BoundControl] = {}
         # Every side is resolved, even one a call leaves out, so a malformed conditioning always fails the same way.
         self._sides = [
             []
             if conditioning is None
-            else _resolve(conditioning, index, name, latent, model_sampling, mask, concat_builder)
+            else _resolve(conditioning, index, name, latent, model_sampling, mask, concat_builder, self._controls)
             for index, (name, conditioning) in enumerate(sides)
         ]
         self.conditionings: tuple[Conditioning | None, ...] = tuple(conditioning for _, conditioning in sides)
         self.evaluated: tuple[bool, ...] = (True,) * len(sides)
+
+    def controls(self) -> list[AppliedControl]:
+        """The distinct controls (ControlNet chains) the conditionings carry: whose ControlNets the caller places
+        on the device beside the model for the run."""
+        return [bound.control for bound in self._controls.values()]
+
+    def _group_control(
+        self, group: list[_Cond], x_in: Tensor, sigma: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None
+    ) -> ControlResiduals | None:
+        """The control residuals of one batched call, row block by row block as ``_evaluate`` stacks the conds.
+
+        Conds sharing a control run its ControlNets once over all their rows (positive and negative after
+        ControlNetApplyAdvanced); a cond without control, or whose control does not act now, adds zeros."""
+        if all(cond.control is None for cond in group):
+            return None
+        batch = x_in.shape[0] // len(group)
+        per_cond: list[ControlResiduals | None] = [None] * len(group)
+        sharing: dict[int, list[int]] = {}
+        for index, cond in enumerate(group):
+            if cond.control is not None:
+                sharing.setdefault(id(cond.control), []).append(index)
+        for indices in sharing.values():
+            control = group[indices[0]].control
+            assert control is not None  # grouped above
+            rows = torch.cat([torch.arange(i * batch, (i + 1) * batch, device=x_in.device) for i in indices])
+            residuals = control.residuals(
+                x_in[rows],
+                float(sigma.max()),
+                timesteps[rows],
+                context[rows],
+                None if y is None else y[rows],
+                chunks=len(indices),
+            )
+            if residuals is not None:
+                for index, part in zip(indices, split_rows(residuals, len(indices))):
+                    per_cond[index] = part
+        return concat_residuals(per_cond)
 
     def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor) -> list[Tensor]:
         """One UNet call for conds that share a region and input layout: batch = len(group) x B."""
@@ -473,10 +551,14 @@ class ConditioningGuider(ABC):
         ]
         x_in = self.model_sampling.calculate_input(sigma_all, x_all)
         timesteps = self.model_sampling.timestep(sigma_all)
+        control = self._group_control(group, x_in, sigma, timesteps, context, extra.get("y"))
+        # Only what the conditioning provides is passed, so a unet_fn that takes no control need not accept one.
+        optional: dict[str, Any] = {}
         if references:
-            output = self.unet_fn(x_in, timesteps, context, reference_latents=references, **extra)
-        else:
-            output = self.unet_fn(x_in, timesteps, context, **extra)
+            optional["reference_latents"] = references
+        if control is not None:
+            optional["control"] = control
+        output = self.unet_fn(x_in, timesteps, context, **optional, **extra)
         denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)
         return list(denoised.split(batch))
 

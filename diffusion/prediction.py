@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from diffusion.controlnet import ControlResiduals
 
 __all__ = [
     "ZSNR_TERMINAL_ALPHA_BAR",
@@ -50,10 +53,11 @@ __all__ = [
 
 class UNetFn(Protocol):
     """A diffusion model's forward: ``(x_in, timesteps, context, **cond) -> raw output`` (eps, v or flow);
-    ``cond`` holds tensors (``y``, ``concat``, ``guidance``) and lists of them (``reference_latents``)."""
+    ``cond`` holds tensors (``y``, ``concat``, ``guidance``), lists of them (``reference_latents``) and a UNet's
+    ControlNet residuals (``control``)."""
 
     def __call__(
-        self, x_in: Tensor, timesteps: Tensor, context: Tensor, **cond: Tensor | Sequence[Tensor]
+        self, x_in: Tensor, timesteps: Tensor, context: Tensor, **cond: Tensor | Sequence[Tensor] | ControlResiduals
     ) -> Tensor: ...
 
 

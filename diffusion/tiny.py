@@ -34,7 +34,14 @@ from diffusion.unet import UNetModel
 from diffusion.unet_config import UNetConfig
 from diffusion.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["TINY_TEXT_WIDTH", "randomize_norms", "seeded_rng", "tiny_checkpoint_tensors", "write_tiny_checkpoint"]
+__all__ = [
+    "TINY_TEXT_WIDTH",
+    "randomize_norms",
+    "seeded_rng",
+    "tiny_checkpoint_tensors",
+    "tiny_unet_config",
+    "write_tiny_checkpoint",
+]
 
 TINY_TEXT_WIDTH = 64
 _SIZE_EMBED = 256  # per-number sinusoid width of SDXL's micro-conditioning
@@ -187,6 +194,11 @@ def randomize_norms(model: nn.Module) -> None:
             with torch.no_grad():
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0.0, 0.02)
+
+
+def tiny_unet_config(family: ModelFamily | str, inpaint: bool = False) -> UNetConfig:
+    """The config of the UNet in the tiny checkpoint of `family` (what its tiny ControlNet is made for)."""
+    return _unet_config(ModelFamily(family), inpaint)
 
 
 def tiny_checkpoint_tensors(

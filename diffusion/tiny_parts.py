@@ -14,6 +14,9 @@ families and the single parts people download one by one for them:
 - `lora`: ComfyUI's own LoRA layout, `diffusion_model.<module>.lora_down.weight`, `.lora_up.weight` and
   `.alpha`, on the attention and MLP linears of the transformer's blocks.
 - `checkpoint`: all in one.
+- `controlnet` (SD1.5, SD2 and SDXL only): a ControlNet for the UNet of the family's tiny checkpoint, in the
+  original layout under `control_model.` (`diffusion.controlnet.tiny_controlnet_tensors`), as ControlNet files
+  are downloaded; SDXL's has the UNet's `label_emb`.
 
 All-in-one prefixes, as ComfyUI reads and writes them (`supported_models.py`: SD3 keeps the default VAE prefix,
 FLUX sets `vae.`; both set `text_encoders.`): the transformer under `model.diffusion_model.`, the VAE under
@@ -57,8 +60,8 @@ Dtypes (`--dtype`):
   fp16, the VAE in fp32, as in the fp8 files.
 - `fp8_mixed`: per-tensor dtypes in one file, as Chroma1-HD-fp8mixed: the linear layers' weights in float8_e4m3fn
   (no scales), every other floating tensor in bf16. For diffusion models and T5.
-- fp8 files exist for diffusion models, T5 and whole checkpoints only; a VAE, CLIP, Qwen3 or LoRA part, and the
-  SD1/SD2/SDXL checkpoints, come in fp32, fp16 and bf16.
+- fp8 files exist for diffusion models, T5 and whole checkpoints only; a VAE, CLIP, Qwen3, LoRA or ControlNet
+  part, and the SD1/SD2/SDXL checkpoints, come in fp32, fp16 and bf16.
 
 Every component is drawn from its own stream of the seed, so a part equals the same component of the all-in-one
 file, and the text encoders (like the real files) are the same for every family.
@@ -76,6 +79,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from diffusion.chroma import ChromaConfig, ChromaTransformer
+from diffusion.controlnet import tiny_controlnet_tensors
 from diffusion.flux import FluxConfig, FluxTransformer
 from diffusion.flux import RMSNorm as FluxRMSNorm
 from diffusion.mmdit import MMDiT, MMDiTConfig
@@ -83,7 +87,14 @@ from diffusion.mmdit import RMSNorm as MMDiTRMSNorm
 from diffusion.text_encoders import ClipTextConfig, ClipTextModel
 from diffusion.text_encoders.qwen3 import Qwen3Config, Qwen3Encoder, Qwen3RmsNorm
 from diffusion.text_encoders.t5 import T5Encoder, T5EncoderConfig, T5RmsNorm
-from diffusion.tiny import TINY_TEXT_WIDTH, randomize_norms, seeded_rng, tiny_checkpoint_tensors, write_tiny_checkpoint
+from diffusion.tiny import (
+    TINY_TEXT_WIDTH,
+    randomize_norms,
+    seeded_rng,
+    tiny_checkpoint_tensors,
+    tiny_unet_config,
+    write_tiny_checkpoint,
+)
 from diffusion.tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
 from diffusion.vae import AutoencoderKL, VAEConfig
 from diffusion.zimage import RMSNorm as ZImageRMSNorm
@@ -118,7 +129,9 @@ _SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
 _FLUX_FAMILIES = ("flux_dev", "flux_schnell", "flux_fill", "flux_canny", "flux_depth")
 FLOW_FAMILIES = (*_SD3_FAMILIES, *_FLUX_FAMILIES, "zimage", "chroma")
 FAMILIES = (*SD_FAMILIES, *FLOW_FAMILIES)
-PARTS = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "qwen3_4b", "lora")
+PARTS = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "qwen3_4b", "lora", "controlnet")
+#: The SD families with a tiny ControlNet: those ControlNets are published for (no SDXL refiner's).
+_CONTROLNET_FAMILIES = ("sd15", "sd2", "sdxl")
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_scaled", "fp8_mixed")
 _PLAIN_DTYPES = DTYPES[:3]
 _FP8_PARTS = ("checkpoint", "diffusion_model", "t5xxl")
@@ -203,10 +216,10 @@ def valid_parts(family: str) -> tuple[str, ...]:
     if family not in FAMILIES:
         raise TinyFileError("family", family, FAMILIES)
     if family in SD_FAMILIES:
-        return ("checkpoint",)
+        return ("checkpoint", "controlnet") if family in _CONTROLNET_FAMILIES else ("checkpoint",)
     if family in _SPLIT_PARTS:
         return _SPLIT_PARTS[family]
-    excluded = {"qwen3_4b"} | ({"clip_g"} if _kind(family) == "flux" else set())
+    excluded = {"qwen3_4b", "controlnet"} | ({"clip_g"} if _kind(family) == "flux" else set())
     return tuple(part for part in PARTS if part not in excluded)
 
 
@@ -474,6 +487,8 @@ def tiny_file_tensors(
     """The tensors of the tiny `part` file of `family` stored as `dtype` (module docstring), deterministic for a
     given torch version and seed. Raises `TinyFileError` for a family, part or dtype with no tiny file."""
     _check(family, part, dtype)
+    if part == "controlnet":
+        return _stored("controlnet", tiny_controlnet_tensors(tiny_unet_config(family), _stream(seed, part)), dtype)
     if family in SD_FAMILIES:
         tensors = tiny_checkpoint_tensors(family, seed=seed)
         return _stored("checkpoint", tensors, dtype)
@@ -493,7 +508,7 @@ def write_tiny_file(
     """
     _check(family, part, dtype)
     path = Path(path)
-    if family in SD_FAMILIES and dtype == "fp32":
+    if family in SD_FAMILIES and part == "checkpoint" and dtype == "fp32":
         return write_tiny_checkpoint(path, family, seed=seed)
     tensors = tiny_file_tensors(family, part, dtype, seed)
     path.parent.mkdir(parents=True, exist_ok=True)

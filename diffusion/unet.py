@@ -11,6 +11,7 @@ input's dtype. No autocast context is involved, so no per-op dtype dispatch is p
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from diffusion.attention import SpatialTransformer
 from diffusion.fused_linear import FusedLinear
 from diffusion.packed_conv import PackedConv2d
 from diffusion.unet_config import UNetConfig, detect_unet_config, load_exact
+from diffusion.unet_patches import BlockId, PatchContext, TransformerRunner, UNetPatches
 from diffusion.upsample_conv import NearestUpsampleConv2d
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ __all__ = [
     "sdxl_refiner_adm_vector",
     "unet_from_state_dict",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 def timestep_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -132,16 +136,22 @@ class Upsample(nn.Module):
 
 class TimestepEmbedSequential(nn.Sequential):
     """A UNet stage: routes the embedding to ResBlocks, the context to transformers, the skip
-    size to the upsampler."""
+    size to the upsampler. ``transformer``, when given, runs the stage's transformers in place of
+    their own forward (an attention replacement, ``diffusion.unet_patches``)."""
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, size: Sequence[int] | None = None
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor,
+        size: Sequence[int] | None = None,
+        transformer: TransformerRunner | None = None,
     ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context) if transformer is None else transformer(layer, x, context)
             elif isinstance(layer, Upsample):
                 x = layer(x, size)
             else:
@@ -156,7 +166,10 @@ class UNetModel(nn.Module):
     fractional); context: [B, tokens, context_dim]; y: [B, adm_in_channels] for SDXL-style models
     (see `sdxl_adm_vector`), None otherwise. control: residuals of ControlNets
     (`diffusion.controlnet.ControlResiduals`), added to the skip connections as the decoder takes them
-    and to the middle block's output; None computes exactly as without.
+    and to the middle block's output; None computes exactly as without. patches: `UNetPatches`
+    (`diffusion.unet_patches`: FreeU, HyperTile, Deep Shrink ...) run at ComfyUI's patch points; None
+    computes exactly as without. With patches, a control residual whose shape no longer fits its skip
+    (a patch resized the features) is left out with a warning, as ComfyUI leaves it out.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -229,6 +242,7 @@ class UNetModel(nn.Module):
         context: torch.Tensor,
         y: torch.Tensor | None = None,
         control: ControlResiduals | None = None,
+        patches: UNetPatches | None = None,
     ) -> torch.Tensor:
         has_adm = self.config.adm_in_channels is not None
         if has_adm and y is None:
@@ -247,44 +261,66 @@ class UNetModel(nn.Module):
         # returns channels_last activations, and every later op keeps that layout.
         h = x.to(dtype)
         skips = []
-        for block in self.input_blocks:
-            h = block(h, emb, context)
+        shape = tuple(x.shape)
+        for index, block in enumerate(self.input_blocks):
+            if patches is None:
+                h = block(h, emb, context)
+                skips.append(h)
+                continue
+            where = PatchContext(BlockId("input", index), timesteps, shape)
+            h = patches.apply_input_block(block(h, emb, context, transformer=patches.transformer(where)), where)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
-        residuals = self._control_residuals(control, skips, h)
-        if control is not None and control.middle is not None:
+            h = patches.apply_input_block_after_skip(h, where)
+        middle = None if patches is None else patches.transformer(PatchContext(BlockId("middle", 0), timesteps, shape))
+        h = self.middle_block(h, emb, context, transformer=middle)
+        residuals = self._control_residuals(control, skips, h, lenient=patches is not None)
+        if control is not None and control.middle is not None and control.middle.shape == h.shape:
             h = h + control.middle.to(dtype)
-        for block in self.output_blocks:
+        for index, block in enumerate(self.output_blocks):
             skip = skips.pop()
             residual = residuals.pop() if residuals else None
             if residual is not None:
                 skip = skip + residual.to(dtype)
+            transformer = None
+            if patches is not None:
+                where = PatchContext(BlockId("output", index), timesteps, shape)
+                h, skip = patches.apply_output_block(h, skip, where)
+                transformer = patches.transformer(where)
             h = torch.cat([h, skip], dim=1)
-            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
+            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None, transformer)
         return self.out(h).to(out_dtype)
 
     @staticmethod
     def _control_residuals(
-        control: ControlResiduals | None, skips: Sequence[torch.Tensor], middle: torch.Tensor
+        control: ControlResiduals | None,
+        skips: Sequence[torch.Tensor],
+        middle: torch.Tensor,
+        lenient: bool = False,
     ) -> list[torch.Tensor | None]:
         """The control's skip residuals, checked against the skips they join.
 
         Added to the skips only, after the whole encoder has run, as diffusers adds
         `down_block_additional_residuals` and ComfyUI adds `control["output"]` when it pops each skip:
-        the encoder's own path never sees them.
+        the encoder's own path never sees them. `lenient` (a patched call, whose patches may resize
+        the features) leaves out a residual that does not fit, with a warning, instead of raising.
         """
         if control is None:
             return []
         if control.input and len(control.input) != len(skips):
             raise ValueError(f"control has {len(control.input)} input residuals, this UNet has {len(skips)} skips")
+        residuals = list(control.input)
         pairs = [*zip(control.input, skips), (control.middle, middle)]
         for index, (residual, target) in enumerate(pairs):
             if residual is not None and residual.shape != target.shape:
                 where = "middle" if index == len(pairs) - 1 else f"input {index}"
-                raise ValueError(
-                    f"control residual ({where}) has shape {tuple(residual.shape)}, the UNet {tuple(target.shape)}"
-                )
-        return list(control.input)
+                shapes = f"{tuple(residual.shape)}, the UNet {tuple(target.shape)}"
+                message = f"control residual ({where}) has shape {shapes}"
+                if not lenient:
+                    raise ValueError(message)
+                _log.warning("%s: left out (a UNet patch resized the features)", message)
+                if index < len(residuals):
+                    residuals[index] = None
+        return residuals
 
 
 def unet_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: UNetConfig | None = None) -> UNetModel:

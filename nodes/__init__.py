@@ -25,6 +25,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
     from nodes import (
         canny,
         conditioning,
+        controlnets,
         guidance_nodes,
         image,
         image_io_ops,
@@ -44,6 +45,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         sampling,
         sigmas,
         text_ops,
+        unet_patches,
         upscale,
     )
 
@@ -59,6 +61,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         text_ops,
         loaders,
         conditioning,
+        controlnets,
         latent,
         latent_ops,
         sampling,
@@ -66,6 +69,7 @@ def builtin_modules() -> tuple[ModuleType, ...]:
         sampler_options,
         model_sampling,
         model_patches,
+        unet_patches,
         guidance_nodes,
         model_merging,
         model_saving,

@@ -1,8 +1,9 @@
 """One call shape for every diffusion model family: how ``ModelHandle.unet_fn`` calls a UNet or a flow transformer.
 
-A forward takes ``(x, timesteps, context, y, guidance, reference latents)`` as ``diffusion.guidance.CFGGuider``
-gives them and calls the model the way its family needs: a UNet with the timesteps and SDXL's ``y``, a flow
-transformer with sigma, the pooled text vector where it takes one, and FLUX's guidance and reference latents.
+A forward takes ``(x, timesteps, context, y, guidance, reference latents, control)`` as
+``diffusion.guidance.CFGGuider`` gives them and calls the model the way its family needs: a UNet with the
+timesteps, SDXL's ``y`` and its ControlNets' residuals, a flow transformer with sigma, the pooled text vector
+where it takes one, and FLUX's guidance and reference latents.
 """
 
 from __future__ import annotations
@@ -13,15 +14,25 @@ import torch
 from torch import nn
 
 from diffusion.chroma import ChromaTransformer
+from diffusion.controlnet import ControlResiduals
 from diffusion.flux import FluxTransformer
 from diffusion.prediction import ModelSampling
+from diffusion.unet_patches import UNetPatches
 from diffusion.zimage import ZImageTransformer
 
 __all__ = ["Forward", "flow_forward", "unet_forward"]
 
-#: ``(x, timesteps, context, y, guidance, reference latents) -> output``: one model family's call.
+#: ``(x, timesteps, context, y, guidance, reference latents, control) -> output``: one model family's call.
 Forward = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]],
+    [
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor | None,
+        torch.Tensor | None,
+        list[torch.Tensor],
+        ControlResiduals | None,
+    ],
     torch.Tensor,
 ]
 
@@ -34,8 +45,9 @@ def _no_references(model: nn.Module, references: list[torch.Tensor]) -> None:
         )
 
 
-def unet_forward(unet: nn.Module) -> Forward:
-    """A UNet called with the sampler's timesteps and SDXL's ``y``; it takes no guidance or reference latents."""
+def unet_forward(unet: nn.Module, patches: UNetPatches | None = None) -> Forward:
+    """A UNet called with the sampler's timesteps, SDXL's ``y``, its ControlNets' residuals and the MODEL's UNet
+    patches (FreeU, HyperTile, Deep Shrink); it takes no guidance or reference latents."""
 
     def forward(
         x: torch.Tensor,
@@ -44,9 +56,12 @@ def unet_forward(unet: nn.Module) -> Forward:
         y: torch.Tensor | None,
         _: torch.Tensor | None,
         references: list[torch.Tensor],
+        control: ControlResiduals | None,
     ) -> torch.Tensor:
         _no_references(unet, references)
-        return unet(x, timesteps, context, y=y)
+        if control is None and patches is None:
+            return unet(x, timesteps, context, y=y)
+        return unet(x, timesteps, context, y=y, control=control, patches=patches)
 
     return forward
 
@@ -74,7 +89,13 @@ def flow_forward(model: nn.Module, sampling: ModelSampling) -> Forward:
         y: torch.Tensor | None,
         guidance: torch.Tensor | None,
         references: list[torch.Tensor],
+        control: ControlResiduals | None,
     ) -> torch.Tensor:
+        if control is not None:
+            raise ValueError(
+                f"a {type(model).__name__} takes no ControlNet residuals: the ControlNets Loom loads are for the "
+                "SD1.x, SD2.x and SDXL UNets"
+            )
         sigma = timesteps / multiplier
         if isinstance(model, FluxTransformer):
             _need_pooled(y)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -35,11 +35,13 @@ from diffusion.cfg_hooks import CFGHooks
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.chroma import ChromaTransformer
+from diffusion.controlnet import ControlResiduals
 from diffusion.flow_matching import DiscreteFlow, FluxFlow
 from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta
 from diffusion.mmdit import MMDiT
 from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
+from diffusion.stored_weights import ComputesFromStored
 from diffusion.unet import UNetModel
 from diffusion.vae import FLUX_LATENT, SD1_LATENT, SD2_LATENT, SD3_LATENT, SDXL_LATENT
 from diffusion.zimage import ZImageTransformer
@@ -50,6 +52,7 @@ from nodes.model_forward import flow_forward, unet_forward
 from nodes.patched_weights import PatchedModule, PatchSet, stack_patch_set
 from nodes.runtime import current_runtime
 from nodes.shared_models import modules_of
+from nodes.unet_patches import UNET_PATCHES_KEY, unet_patches_of
 
 __all__ = ["DEFAULT_GUIDANCE", "ModelHandle"]
 
@@ -244,6 +247,26 @@ class ModelHandle:
         """A new handle whose sampling reads an inpainting's noise mask through ``mask_policy``."""
         return self._carrying_options(ModelHandle(self.checkpoint, self.patches, self.sampling, mask_policy))
 
+    def computed_weights(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The diffusion model's tensors ``names`` (state-dict names, no prefix) as it computes with them: this
+        handle's LoRA patches applied, a scaled-fp8 weight times its scale (in fp32). Names it lacks are left out.
+        Loaded tensors come back as they are: read them, never write them."""
+        wanted = set(names)
+        found: dict[str, torch.Tensor] = {}
+        with self._patched.active() as model:
+            for prefix, module in model.named_modules():
+                owned = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+                for name, tensor in owned:
+                    key = f"{prefix}.{name}" if prefix else name
+                    if key not in wanted:
+                        continue
+                    scaled = (
+                        isinstance(module, ComputesFromStored) and name == "weight" and module.weight_scale is not None
+                    )
+                    # Detached inside the patch binding: the parameter object is rebound when it ends.
+                    found[key] = module.dequantized_weight() if scaled else tensor.detach()
+        return found
+
     def _carrying_options(self, derived: ModelHandle) -> ModelHandle:
         derived.model_options = _copy_nested_dicts(self.model_options)
         return derived
@@ -377,7 +400,7 @@ class ModelHandle:
     def _report_ignored_options(self) -> None:
         """Log what of ``model_options`` this sampling leaves out: a warning for what changes ComfyUI's result."""
         for key, value in self.model_options.items():
-            if key in _IGNORED_SAMPLING_OPTIONS or key == "transformer_options" and value:
+            if key in _IGNORED_SAMPLING_OPTIONS or key == "transformer_options" and set(value) - {UNET_PATCHES_KEY}:
                 _log.warning(
                     "MODEL.model_options[%r] is ignored: %s (ComfyUI sets it with MODEL.%s)",
                     key,
@@ -389,8 +412,9 @@ class ModelHandle:
 
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:
-        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None, guidance=None)`` that
-        ``diffusion.guidance.CFGGuider`` calls.
+        """The ``unet_fn(x_in, timesteps, context, y=None, concat=None, guidance=None, reference_latents=(),
+        control=None)`` that ``diffusion.guidance.CFGGuider`` calls; ``control`` (ControlNet residuals) only for
+        UNets.
 
         Inpainting UNets (9 input channels) take the mask and masked-image latent as extra input
         channels after the noisy latent; a 4-channel UNet ignores ``concat``. Flow transformers take
@@ -401,7 +425,10 @@ class ModelHandle:
         current_runtime().memory.use(self.unet)
         with self._patched.active() as unet:
             extra_channels = self.in_channels - self.latent_channels
-            forward = flow_forward(unet, self.sampling) if self.family.is_flow_transformer else unet_forward(unet)
+            if self.family.is_flow_transformer:
+                forward = flow_forward(unet, self.sampling)
+            else:
+                forward = unet_forward(unet, unet_patches_of(self.model_options))
 
             def call(
                 x_in: torch.Tensor,
@@ -411,6 +438,7 @@ class ModelHandle:
                 concat: torch.Tensor | None = None,
                 guidance: torch.Tensor | None = None,
                 reference_latents: Sequence[torch.Tensor] = (),
+                control: ControlResiduals | None = None,
             ) -> torch.Tensor:
                 if extra_channels:
                     if concat is None or concat.shape[1] != extra_channels:
@@ -427,9 +455,16 @@ class ModelHandle:
                     return None if tensor is None else tensor.to(device)
 
                 references = [reference.to(device) for reference in reference_latents]
+                residuals = None if control is None else control.to(device)
                 with torch.no_grad():
                     output = forward(
-                        x_in.to(device), timesteps.to(device), context.to(device), moved(y), moved(guidance), references
+                        x_in.to(device),
+                        timesteps.to(device),
+                        context.to(device),
+                        moved(y),
+                        moved(guidance),
+                        references,
+                        residuals,
                     )
                 return output.to(x_in.device)
 

@@ -33,6 +33,7 @@ from diffusion.schedules import SCHEDULER_NAMES, cut_sigmas, denoise_sigmas
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
 from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
 from graph.progress import report_progress
+from nodes.controlnet_handles import check_control_fits, place_controls
 from nodes.model_handles import DEFAULT_GUIDANCE, ModelHandle
 from nodes.runtime import current_runtime
 
@@ -86,7 +87,8 @@ def _pooled_vector(width: int, options: dict[str, Any]) -> torch.Tensor:
 def model_conditioning(
     model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool
 ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
-    """Conditioning entries as this model needs them: ``y`` built, inpainting latents scaled or supplied.
+    """Conditioning entries as this model needs them: ``y`` built, inpainting latents scaled or supplied, the
+    ControlNets they carry checked against the model (``ControlNetMismatchError``).
 
     ``latent`` is the latent being sampled, already in the model's space.
     """
@@ -94,6 +96,8 @@ def model_conditioning(
     adm = model.adm_in_channels
     for cond, options in conditioning:
         options = dict(options)
+        if options.get("control") is not None:
+            check_control_fits(model, options["control"])
         if adm is not None and options.get("y") is None:
             options["y"] = _adm_vector(model, adm, options, latent, negative)
         if model.pooled_dim is not None:
@@ -205,7 +209,8 @@ def _sample(
 
     The latent is scaled into the model's space and moved where the model lives; the start noise is
     still drawn on the CPU (``prepare_noise``), and a ``noise_mask`` makes it an inpainting (read through
-    the model's ``mask_policy``, if it has one).
+    the model's ``mask_policy``, if it has one). ControlNets the conditioning carries sit on the device beside
+    the model for the run.
     """
     model = guider.model
     runtime = current_runtime()
@@ -219,8 +224,10 @@ def _sample(
             if mask is None
             else guidance.Inpainting.from_mask(mask, latent, start_noise, sigmas, model.mask_policy)
         )
+        denoiser = guider.bind(unet_fn, latent, inpainting)
+        place_controls(model, denoiser.controls())
         result = sample(
-            guider.bind(unet_fn, latent, inpainting),
+            denoiser,
             sampler,
             sigmas,
             latent,

@@ -1,4 +1,4 @@
-"""Model files loaded once and shared by every MODEL, CLIP and VAE handle over them.
+"""Model files loaded once and shared by every MODEL, CLIP, VAE and CONTROL_NET handle over them.
 
 Loaded checkpoints are shared through the runtime's ``ModelMemory.load_shared``, weakly, keyed by file,
 modification time and size: two loader nodes naming one unchanged file get the same modules, a
@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffusion.checkpoint import LoadedCheckpoint, load_checkpoint
+from diffusion.checkpoint import LoadedCheckpoint, load_checkpoint, open_state_dict
 from diffusion.checkpoint.text_encoder_files import load_text_encoders
+from diffusion.controlnet import ControlNet, load_controlnet
 from diffusion.stored_weights import store_weights_as
 from nodes.runtime import current_runtime
 
-__all__ = ["load_shared_checkpoint", "load_shared_text_encoders", "modules_of"]
+__all__ = ["load_shared_checkpoint", "load_shared_controlnet", "load_shared_text_encoders", "modules_of"]
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
@@ -54,6 +55,14 @@ def load_shared_text_encoders(paths: Sequence[Path], clip_type: str) -> LoadedCh
     """``load_text_encoders(...)``, shared like ``load_shared_checkpoint`` while a handle uses it."""
     key = ("text_encoders", clip_type, tuple(map(_file_identity, paths)))
     return current_runtime().memory.load_shared(key, lambda: load_text_encoders(paths, clip_type))
+
+
+def load_shared_controlnet(path: Path) -> ControlNet:
+    """The ControlNet of a file, shared like ``load_shared_checkpoint`` while a handle uses it. Raises
+    ``CheckpointLayoutError`` for a file that holds no ControlNet Loom builds, or a difference ControlNet
+    (which needs a MODEL: ``DiffControlNetLoader``)."""
+    key = ("controlnet", _file_identity(path))
+    return current_runtime().memory.load_shared(key, lambda: load_controlnet(open_state_dict(path)))
 
 
 def modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:

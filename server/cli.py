@@ -39,7 +39,7 @@ _TINY_FAMILIES = (
     "sd15, sd2, sdxl, sdxl_refiner, sd3, sd35_medium, sd35_large, flux_dev, flux_schnell, flux_fill, flux_canny, "
     "flux_depth, zimage, chroma"
 )
-_TINY_PARTS = "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, qwen3_4b, lora"
+_TINY_PARTS = "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, qwen3_4b, lora, controlnet"
 _TINY_DTYPES = "fp32, fp16, bf16, fp8, fp8_scaled, fp8_mixed"
 
 
@@ -47,8 +47,8 @@ def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.Argumen
     tiny = subparsers.add_parser(
         "tiny-checkpoint",
         help="write a tiny random model file in the real key layout (it makes noise, not pictures)",
-        description="Write a tiny random checkpoint, or one part of a model (a diffusion model, VAE, text encoder "
-        "or LoRA), in the key layout of the file users download. An unknown family, part or dtype exits 2 "
+        description="Write a tiny random checkpoint, or one part of a model (a diffusion model, VAE, text encoder, "
+        "LoRA or ControlNet), in the key layout of the file users download. An unknown family, part or dtype exits 2 "
         "listing the valid ones.",
     )
     tiny.add_argument("path", help="the .safetensors file to write")
@@ -56,8 +56,8 @@ def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.Argumen
     tiny.add_argument(
         "--part",
         default="checkpoint",
-        help=f"what the file holds: {_TINY_PARTS} (default checkpoint: all in one; SD1/SD2/SDXL have only that, "
-        "Z-Image and Chroma have no all-in-one file)",
+        help=f"what the file holds: {_TINY_PARTS} (default checkpoint: all in one; SD1/SD2/SDXL have only that "
+        "and a controlnet for their UNet, Z-Image and Chroma have no all-in-one file)",
     )
     tiny.add_argument(
         "--dtype",

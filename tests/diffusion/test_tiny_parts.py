@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffusion.applied_control import controlnet_mismatch
 from diffusion.checkpoint import ModelFamily, detect_checkpoint
 from diffusion.chroma import load_chroma
+from diffusion.controlnet import ControlNetConfig, load_controlnet, tiny_controlnet_tensors
 from diffusion.flux import FluxTransformer, load_flux
 from diffusion.mmdit import MMDiT, load_mmdit
 from diffusion.model_memory import place
@@ -26,7 +28,7 @@ from diffusion.t5_tokenizer import load_t5_tokenizer
 from diffusion.text_encoders import load_clip_text_model
 from diffusion.text_encoders.qwen3 import load_qwen3_encoder
 from diffusion.text_encoders.t5 import load_t5_encoder
-from diffusion.tiny import tiny_checkpoint_tensors, write_tiny_checkpoint
+from diffusion.tiny import tiny_checkpoint_tensors, tiny_unet_config, write_tiny_checkpoint
 from diffusion.tiny_parts import (
     DTYPES,
     FLOW_FAMILIES,
@@ -399,10 +401,25 @@ def test_an_sd_checkpoint_in_fp32_is_the_file_diffusion_tiny_writes(tmp_path: Pa
     assert same(tiny_file_tensors("sd2", seed=2), tiny_checkpoint_tensors("sd2", seed=2))
 
 
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
+def test_an_sd_controlnet_is_in_the_original_layout_for_the_tiny_checkpoints_unet(family: str, tmp_path: Path) -> None:
+    weights = tensors(family, "controlnet", "fp16")
+    assert "control_model.input_hint_block.0.weight" in weights and "control_model.middle_block_out.0.weight" in weights
+    assert ("control_model.label_emb.0.0.weight" in weights) == (family == "sdxl")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+    layout = {key: value.shape for key, value in tiny_controlnet_tensors(tiny_unet_config(family)).items()}
+    assert {key: value.shape for key, value in weights.items()} == layout
+    controlnet = load_controlnet(load_file(write_tiny_file(tmp_path / "cn.safetensors", family, "controlnet")))
+    assert controlnet.config == ControlNetConfig(controlnet.config.unet) and controlnet.config.unet.in_channels == 4
+    assert controlnet_mismatch(controlnet.config, tiny_unet_config(family), 4) is None
+
+
 def test_every_family_lists_its_parts_and_dtypes() -> None:
-    assert valid_parts("sd15") == ("checkpoint",)
+    assert valid_parts("sd15") == valid_parts("sdxl") == ("checkpoint", "controlnet")
+    assert valid_parts("sdxl_refiner") == ("checkpoint",)
+    assert valid_dtypes("sd2", "controlnet") == ("fp32", "fp16", "bf16")
     assert valid_parts("flux_dev") == ("checkpoint", "diffusion_model", "vae", "clip_l", "t5xxl", "lora")
-    assert valid_parts("sd3") == tuple(part for part in PARTS if part != "qwen3_4b")
+    assert valid_parts("sd3") == tuple(part for part in PARTS if part not in ("qwen3_4b", "controlnet"))
     assert valid_parts("zimage") == ("diffusion_model", "vae", "qwen3_4b", "lora")
     assert valid_parts("chroma") == ("diffusion_model", "vae", "t5xxl", "lora")
     assert valid_dtypes("sd35_medium", "t5xxl") == DTYPES
@@ -428,7 +445,10 @@ def test_every_family_lists_its_parts_and_dtypes() -> None:
         (("zimage", "checkpoint", "fp32"), "no part 'checkpoint' for zimage; valid parts: diffusion_model, vae, qwen3"),
         (("flux_dev", "clip_g", "fp32"), "no part 'clip_g' for flux_dev; valid parts: checkpoint, diffusion_model"),
         (("flux_dev", "vae", "fp8"), "no dtype 'fp8' for the vae of flux_dev; valid dtypes: fp32, fp16, bf16"),
-        (("sdxl", "vae", "fp32"), "no part 'vae' for sdxl; valid parts: checkpoint"),
+        (("sdxl", "vae", "fp32"), "no part 'vae' for sdxl; valid parts: checkpoint, controlnet"),
+        (("sdxl_refiner", "controlnet", "fp32"), "no part 'controlnet' for sdxl_refiner; valid parts: checkpoint$"),
+        (("flux_dev", "controlnet", "fp32"), "no part 'controlnet' for flux_dev; valid parts: checkpoint, diffusion"),
+        (("sd15", "controlnet", "fp8"), "no dtype 'fp8' for the controlnet of sd15; valid dtypes: fp32, fp16, bf16"),
     ],
 )
 def test_a_request_with_no_tiny_file_is_refused_listing_the_valid_ones(

@@ -1,6 +1,6 @@
 """Every workflow in ``examples/`` runs: the editor file converts to the API file, and the API file
-executes with tiny checkpoints, diffusion models, text encoders, VAEs, LoRAs and upscalers under the
-example's model names.
+executes with tiny checkpoints, diffusion models, text encoders, VAEs, LoRAs, ControlNets and upscalers under
+the example's model names.
 
 For speed the run shrinks pictures to 64 px and sampling to 2 steps; everything else is as shipped.
 """
@@ -41,10 +41,9 @@ def test_each_family_has_every_kind_of_workflow_in_both_formats() -> None:
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda path: path.name.removesuffix(".api.json"))
 def test_the_editor_file_converts_to_the_api_file(api_file: Path, folders: Folders) -> None:
-    executor = make_executor()
     workflow = load(api_file.with_name(api_file.name.replace(".api.json", ".workflow.json")))
     assert workflow["version"] == 0.4
-    converted = editor_to_api(workflow, executor.registry).prompt
+    converted = editor_to_api(workflow, make_executor().registry).prompt
     expected = load(api_file)
     strip = lambda prompt: {key: (node["class_type"], node["inputs"]) for key, node in prompt.items()}  # noqa: E731
     assert strip(converted) == strip(expected)
@@ -95,6 +94,9 @@ def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
                 write_tiny_file(folders.models / "text_encoders" / name, "flux_dev", part)
         elif node["class_type"] == "VAELoader":
             write_tiny_file(folders.models / "vae" / inputs["vae_name"], "flux_dev", "vae")
+        elif node["class_type"] in ("ControlNetLoader", "DiffControlNetLoader"):
+            name = inputs["control_net_name"]
+            write_tiny_file(folders.models / "controlnet" / name, name_family(name), "controlnet")
         elif node["class_type"] == "UpscaleModelLoader":
             (folders.models / "upscale_models").mkdir(exist_ok=True)
             torch.save(tiny_srvgg(upscale=4).state_dict(), folders.models / "upscale_models" / inputs["model_name"])

@@ -40,6 +40,8 @@ BUILTIN_NAMES = {
     "RescaleCFG", "CFGNorm", "CFGZeroStar", "APG", "DualCFGGuider", "PerpNegGuider", "ModelSamplingDiscrete",
     "ModelSamplingContinuousEDM",
     "Canny",
+    "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced",
+    "FreeU", "FreeU_V2", "HyperTile", "PatchModelAddDownscale",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
     "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",

@@ -1,0 +1,113 @@
+"""ControlNet nodes under ComfyUI's names: loading ControlNets and applying them to conditioning.
+
+Names, inputs, ranges and categories are ComfyUI's. ``ControlNetLoader`` loads a file of the ``controlnet``
+model folders (ComfyUI's ``controlnet`` and ``t2i_adapter``) as a CONTROL_NET (``nodes.controlnet_handles``);
+``DiffControlNetLoader`` also takes the MODEL a difference ControlNet is added to. The apply nodes put the
+ControlNet on every conditioning entry as its ``control`` option, chained after the control the entry already
+carried, and leave the conditioning they were given unchanged:
+
+- ``ControlNetApplyAdvanced`` ("Apply ControlNet") applies to the positive and the negative alike, one applied
+  control per distinct earlier control, so entries that shared a control still share one (and one ControlNet
+  evaluation per model call);
+- ``ControlNetApply`` ("Apply ControlNet (OLD)", deprecated in ComfyUI) applies to one conditioning, for the
+  whole process, a new control per entry, and marks it ``control_apply_to_uncond``: sampling hands it to the
+  negative (``diffusion.applied_control.share_with_uncond``).
+
+Strength 0 returns the conditioning as given. Only SD1.x, SD2.x and SDXL ControlNets load (original and
+diffusers layouts, difference ControlNets through ``DiffControlNetLoader``); T2I adapters, Control-LoRAs,
+union ControlNets (so no ``SetUnionControlNetType``) and the SD3 / FLUX ControlNets are refused on loading.
+The optional ``vae`` of ``ControlNetApplyAdvanced`` is what ComfyUI's ControlNets for latent-space models
+read; SD ControlNets take the image itself, so it is accepted and unused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graph.declare import Combo, Float, Output, Socket, node, spec_of
+from nodes.controlnet_handles import ControlNetHandle
+from nodes.runtime import find_model, list_models
+
+__all__ = ["ControlNetApply", "ControlNetApplyAdvanced", "ControlNetLoader", "DiffControlNetLoader"]
+
+FOLDER_KEY = "controlnet"
+
+Conditioning = list[list[Any]]
+
+
+def _names() -> list[str]:
+    return list_models(FOLDER_KEY)
+
+
+@node(category="loaders", display_name="Load ControlNet Model", outputs=[Output("CONTROL_NET")])
+def ControlNetLoader(control_net_name=Combo(_names)):
+    """Load a ControlNet (SD1.x, SD2.x or SDXL; original or diffusers layout) from the controlnet folder."""
+    return ControlNetHandle.from_file(find_model(FOLDER_KEY, control_net_name))
+
+
+@node(category="loaders", display_name="Load ControlNet Model (diff)", outputs=[Output("CONTROL_NET")])
+def DiffControlNetLoader(model=Socket("MODEL"), control_net_name=Combo(_names)):
+    """Load a difference ControlNet, stored relative to its base UNet, by adding it to this model's weights."""
+    return ControlNetHandle.difference(find_model(FOLDER_KEY, control_net_name), model)
+
+
+_STRENGTH = Float(1.0, min=0.0, max=10.0, step=0.01)
+
+
+@node(category="conditioning/controlnet", display_name="Apply ControlNet (OLD)", outputs=[Output("CONDITIONING")])
+def ControlNetApply(
+    conditioning=Socket("CONDITIONING"), control_net=Socket("CONTROL_NET"), image=Socket("IMAGE"), strength=_STRENGTH
+):
+    """Guide the conditioning with a ControlNet and a control image over the whole process; the negative gets
+    the same control when sampling. Superseded by Apply ControlNet."""
+    if strength == 0:
+        return conditioning
+    handle: ControlNetHandle = control_net
+    return [
+        [
+            cond,
+            {
+                **options,
+                "control": handle.applied(image, strength, previous=options.get("control")),
+                "control_apply_to_uncond": True,
+            },
+        ]
+        for cond, options in conditioning
+    ]
+
+
+spec_of(ControlNetApply).deprecated = True
+
+
+@node(
+    category="conditioning/controlnet",
+    display_name="Apply ControlNet",
+    outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative")],
+)
+def ControlNetApplyAdvanced(
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    control_net=Socket("CONTROL_NET"),
+    image=Socket("IMAGE"),
+    strength=_STRENGTH,
+    start_percent=Float(0.0, min=0.0, max=1.0, step=0.001),
+    end_percent=Float(1.0, min=0.0, max=1.0, step=0.001),
+    vae=Socket("VAE", optional=True),
+):
+    """Guide the positive and negative conditioning with a ControlNet and a control image (an edge map, a depth
+    map, a pose ...), from start_percent to end_percent of the sampling process."""
+    if strength == 0:
+        return positive, negative
+    handle: ControlNetHandle = control_net
+    applied: dict[int, Any] = {}  # one applied control per earlier control (by identity), shared by both sides
+
+    def chained(options: dict[str, Any]) -> dict[str, Any]:
+        previous = options.get("control")
+        if id(previous) not in applied:
+            applied[id(previous)] = handle.applied(image, strength, start_percent, end_percent, previous)
+        return {**options, "control": applied[id(previous)], "control_apply_to_uncond": False}
+
+    return (
+        [[cond, chained(options)] for cond, options in positive],
+        [[cond, chained(options)] for cond, options in negative],
+    )

@@ -1,0 +1,177 @@
+"""ComfyUI's UNet patch nodes: FreeU, FreeU_V2, HyperTile and PatchModelAddDownscale (Kohya Deep Shrink).
+
+Each returns ``model.clone()`` carrying one more patch in its ``model_options["transformer_options"]``, under
+``UNET_PATCHES_KEY`` as a ``diffusion.unet_patches.UNetPatches`` value; ``unet_patches_of(model_options)`` reads it
+back for the UNet call (``UNetModel.forward(..., patches=...)``). The loaded weights are never touched, and the
+model the node was given keeps its own options (ComfyUI's ``clone`` then ``set_model_*_patch``).
+
+Interfaces are ComfyUI's (``comfy_extras/nodes_freelunch.py``, ``nodes_hypertile.py``,
+``nodes_model_downscale.py``); what each patch computes is documented in ``diffusion/unet_patches.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from diffusion.unet import UNetModel
+from diffusion.unet_patches import (
+    DownscaleAfterBlock,
+    HyperTileAttention,
+    UNetPatches,
+    UpscaleToSkip,
+    freeu_scaling,
+)
+from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
+from nodes.image import resample
+from nodes.latent import bislerp
+
+__all__ = [
+    "DOWNSCALE_METHODS",
+    "FreeU",
+    "FreeU_V2",
+    "HyperTile",
+    "PatchModelAddDownscale",
+    "UNET_PATCHES_KEY",
+    "unet_patches_of",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Where a MODEL's ``transformer_options`` keep Loom's UNet patches.
+UNET_PATCHES_KEY = "loom_unet_patches"
+#: ComfyUI's PatchModelAddDownscale methods, in its order (the first is the default).
+DOWNSCALE_METHODS = ["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
+
+_CATEGORY = "model_patches/unet"
+
+
+def unet_patches_of(model_options: Mapping[str, Any]) -> UNetPatches | None:
+    """The UNet patches a MODEL's ``model_options`` carry, or None when there are none."""
+    patches = model_options.get("transformer_options", {}).get(UNET_PATCHES_KEY)
+    if patches is None:
+        return None
+    if not isinstance(patches, UNetPatches):
+        raise TypeError(
+            f"model_options['transformer_options'][{UNET_PATCHES_KEY!r}] holds a {type(patches).__name__}, "
+            "not Loom's UNetPatches"
+        )
+    return None if patches.is_empty else patches
+
+
+def _patched(model: Any, change: Callable[[UNetPatches], UNetPatches]) -> Any:
+    """``model.clone()`` whose UNet patches are ``change(patches)``."""
+    twin = model.clone()
+    options = twin.model_options.setdefault("transformer_options", {})
+    options[UNET_PATCHES_KEY] = change(unet_patches_of(twin.model_options) or UNetPatches())
+    return twin
+
+
+def _unet_of(model: Any) -> UNetModel | None:
+    unet = getattr(model, "unet", None)
+    return unet if isinstance(unet, UNetModel) else None
+
+
+def _freeu(model: Any, b1: float, b2: float, s1: float, s2: float, mean_normalised: bool, name: str) -> Any:
+    unet = _unet_of(model)
+    if unet is None:
+        raise ValueError(
+            f"{name} patches the output blocks of an SD1.x, SD2.x or SDXL UNet; this MODEL is a "
+            f"{type(getattr(model, 'unet', model)).__name__}"
+        )
+    scaling = freeu_scaling(unet.config.model_channels, b1, b2, s1, s2, mean_normalised)
+    return _patched(model, lambda patches: patches.with_output_block_patch(scaling))
+
+
+def _factor(default: float) -> Float:
+    return Float(default, min=0.0, max=10.0, step=0.01, advanced=True)
+
+
+@node(category=_CATEGORY, outputs=[Output("MODEL")])
+def FreeU(model=Socket("MODEL"), b1=_factor(1.1), b2=_factor(1.2), s1=_factor(0.9), s2=_factor(0.2)):
+    """FreeU (Si et al. 2023): at the decoder's two deepest widths, the backbone's first half of channels times
+    b1 / b2 and the skip connection's lowest frequencies times s1 / s2."""
+    return _freeu(model, b1, b2, s1, s2, False, "FreeU")
+
+
+@node(category=_CATEGORY, outputs=[Output("MODEL")])
+def FreeU_V2(model=Socket("MODEL"), b1=_factor(1.3), b2=_factor(1.4), s1=_factor(0.9), s2=_factor(0.2)):
+    """FreeU v2: as FreeU, with the backbone factor weighted per position by the features' normalised channel
+    mean, so the strongest features get the full b1 / b2 and the weakest none."""
+    return _freeu(model, b1, b2, s1, s2, True, "FreeU_V2")
+
+
+def _no_effect(model: Any, name: str) -> bool:
+    if _unet_of(model) is not None:
+        return False
+    _log.warning(
+        "%s has no effect on a %s: it patches the SD1.x, SD2.x and SDXL UNets (as in ComfyUI)",
+        name,
+        type(getattr(model, "unet", model)).__name__,
+    )
+    return True
+
+
+@node(category=_CATEGORY, outputs=[Output("MODEL")])
+def HyperTile(
+    model=Socket("MODEL"),
+    tile_size=Int(256, min=1, max=2048),
+    swap_size=Int(2, min=1, max=128),
+    max_depth=Int(0, min=0, max=10),
+    scale_depth=Boolean(False),
+):
+    """Self-attention over tiles of the feature map (tfernd/HyperTile) at the UNet's first max_depth + 1
+    resolutions, tiles of at least tile_size pixels: faster on large pictures."""
+    if _no_effect(model, "HyperTile"):
+        return model
+    attention = HyperTileAttention(tile_size, swap_size, max_depth, scale_depth)
+    return _patched(model, lambda patches: patches.with_attn1_replace(attention))
+
+
+def _resize(h: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
+    if method == "bislerp":
+        # nodes.latent.bislerp makes its sample positions on the CPU, where latents live between nodes.
+        return bislerp(h.cpu(), width, height).to(h.device)
+    return resample(h, width, height, method)
+
+
+@node(category=_CATEGORY, display_name="PatchModelAddDownscale (Kohya Deep Shrink)", outputs=[Output("MODEL")])
+def PatchModelAddDownscale(
+    model=Socket("MODEL"),
+    block_number=Int(3, min=1, max=32, step=1),
+    downscale_factor=Float(2.0, min=0.1, max=9.0, step=0.001),
+    start_percent=Float(0.0, min=0.0, max=1.0, step=0.001),
+    end_percent=Float(0.35, min=0.0, max=1.0, step=0.001),
+    downscale_after_skip=Boolean(True),
+    downscale_method=Combo(DOWNSCALE_METHODS),
+    upscale_method=Combo(DOWNSCALE_METHODS),
+):
+    """Kohya's Deep Shrink: from start_percent to end_percent of sampling, the features after input block
+    block_number shrunk by downscale_factor and grown back where the decoder meets their skip, so pictures
+    larger than the model's training size keep one composition."""
+    if _no_effect(model, "PatchModelAddDownscale"):
+        return model
+    for method in (downscale_method, upscale_method):
+        if method not in DOWNSCALE_METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(DOWNSCALE_METHODS)}")
+    sampling = model.sampling
+    downscale = DownscaleAfterBlock(
+        block_number,
+        downscale_factor,
+        sigma_start=sampling.percent_to_sigma(start_percent),
+        sigma_end=sampling.percent_to_sigma(end_percent),
+        sigma_of_timestep=sampling.sigma,
+        resize=functools.partial(_resize, method=downscale_method),
+    )
+    upscale = UpscaleToSkip(functools.partial(_resize, method=upscale_method))
+
+    def add(patches: UNetPatches) -> UNetPatches:
+        return patches.with_input_block_patch(downscale, after_skip=downscale_after_skip).with_output_block_patch(
+            upscale
+        )
+
+    return _patched(model, add)
