@@ -1,8 +1,8 @@
 /**
  * The node search: fuzzy matching over display names, class names, categories and descriptions.
  * Scoring favours what people type: a prefix of the name beats a substring, which beats letters in
- * order; matches in the name count more than in the category or description, and a title and class name
- * that both start with the query beat a title alone.
+ * order; matches in the name count more than in the category or description, and among equal matches
+ * advanced, testing and deprecated nodes come last.
  */
 import { inputSpecs, outputSpecs, typesCompatible } from './node_defs.js';
 
@@ -28,6 +28,11 @@ export function fuzzyScore(query, text) {
   return score;
 }
 
+function isSpecialised(def) {
+  const category = String(def.category || '');
+  return category.startsWith('advanced') || category.startsWith('_for_testing') || Boolean(def.deprecated);
+}
+
 /** `filter`: {type, fromOutput} keeps nodes that can take (or give) that type. */
 export function searchNodes(defs, query, filter = null, limit = 40) {
   const results = [];
@@ -38,11 +43,11 @@ export function searchNodes(defs, query, filter = null, limit = 40) {
         : outputSpecs(def).some((o) => typesCompatible(o.type, filter.type));
       if (!ok) continue;
     }
-    const nameScore = fuzzyScore(query, def.name);
-    // Among titles that match alike, one whose class name starts with the query too ranks first
-    // ("save": SaveImage before CheckpointSave, both titled "Save ...").
-    const score = Math.max(fuzzyScore(query, def.display_name) * 1.2, nameScore * 1.1,
-      fuzzyScore(query, def.category) * 0.6, fuzzyScore(query, def.description) * 0.3) + (nameScore >= 100 ? 1 : 0);
+    const match = Math.max(fuzzyScore(query, def.display_name) * 1.2, fuzzyScore(query, def.name) * 1.1,
+      fuzzyScore(query, def.category) * 0.6, fuzzyScore(query, def.description) * 0.3);
+    // Among equal matches, advanced, testing and deprecated nodes come after the everyday ones
+    // ("save": Save Image before Save Checkpoint, which sits under advanced/).
+    const score = match > 0 && isSpecialised(def) ? match - 1 : match;
     if (score > 0) results.push({ def, score });
   }
   results.sort((a, b) => b.score - a.score || a.def.display_name.localeCompare(b.def.display_name));
