@@ -145,7 +145,8 @@ def _slerp(low: torch.Tensor, high: torch.Tensor, ratio: torch.Tensor) -> torch.
 def _bislerp_width(samples: torch.Tensor, width: int) -> torch.Tensor:
     """Resize the last axis of ``[B, C, H, W]`` with half-pixel-centred slerp between neighbours."""
     length = samples.shape[-1]
-    position = ((torch.arange(width, dtype=torch.float32) + 0.5) * length / width - 0.5).clamp(0, length - 1)
+    steps = torch.arange(width, dtype=torch.float32, device=samples.device)
+    position = ((steps + 0.5) * length / width - 0.5).clamp(0, length - 1)
     low = position.floor().long()
     high = (low + 1).clamp(max=length - 1)
     vectors = samples.permute(0, 2, 3, 1)  # [B, H, W, C]: one channel vector per cell

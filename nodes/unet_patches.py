@@ -134,8 +134,7 @@ def HyperTile(
 
 def _resize(h: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
     if method == "bislerp":
-        # nodes.latent.bislerp makes its sample positions on the CPU, where latents live between nodes.
-        return bislerp(h.cpu(), width, height).to(h.device)
+        return bislerp(h, width, height)
     return resample(h, width, height, method)
 
 

@@ -142,3 +142,9 @@ def test_blend_mixes_and_resizes_the_second_latent() -> None:
     blended = LatentBlend(first, second, 0.25)["samples"]
     assert blended.shape == (1, 4, 4, 4)
     torch.testing.assert_close(blended, torch.full((1, 4, 4, 4), 0.25))
+
+
+def test_bislerp_computes_on_the_device_of_its_latent() -> None:
+    # Positions made on the CPU would fail against a GPU latent; the meta device shows where they are made.
+    resized = bislerp(torch.empty(1, 4, 8, 8, device="meta"), 16, 12)
+    assert resized.device.type == "meta" and resized.shape == (1, 4, 12, 16)
