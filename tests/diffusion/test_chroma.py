@@ -21,11 +21,10 @@ from diffusion.fused_linear import FusedLinear
 from diffusion.model_memory import place
 from diffusion.stored_weights import stored_layers
 from diffusion.unet_config import CheckpointLayoutError
+from tests.diffusion.single_block_widths import at_release_width, cut_to_model_width
 
 TOLERANCE = 1e-4
 CONTEXT_DIM, TEXT_TOKENS = 32, 8
-# The converter cuts single_blocks.*.linear1 at the release's width whatever the file's (see _at_release_width).
-RELEASE_HIDDEN, RELEASE_MLP = 3072, 12288
 
 
 def tiny_config() -> ChromaConfig:
@@ -55,34 +54,11 @@ def original_state_dict(model: ChromaTransformer) -> dict[str, torch.Tensor]:
     return {key: tensor.clone() for key, tensor in model.state_dict().items()}
 
 
-def _at_release_width(state_dict: dict[str, torch.Tensor], config: ChromaConfig) -> dict[str, torch.Tensor]:
-    """The same weights with each single block's linear1 rows (q, k, v, MLP input) moved to the offsets the
-    converter cuts at (it hard-codes 3072/12288), zeros in between. Every other key is as is."""
-    widened = dict(state_dict)
-    tiny = (config.hidden_size,) * 3 + (config.mlp_hidden_size,)
-    release = (RELEASE_HIDDEN,) * 3 + (RELEASE_MLP,)
-    for i in range(config.depth_single_blocks):
-        for suffix in ("weight", "bias"):
-            key = f"single_blocks.{i}.linear1.{suffix}"
-            parts = []
-            for part, width in zip(state_dict[key].split(tiny), release):
-                padded = part.new_zeros(width, *part.shape[1:])
-                padded[: part.shape[0]] = part
-                parts.append(padded)
-            widened[key] = torch.cat(parts)
-    return widened
-
-
 def diffusers_twin(state_dict: dict[str, torch.Tensor], config: ChromaConfig) -> ChromaTransformer2DModel:
     """A diffusers model holding exactly the given original-layout weights, through diffusers' own converter."""
-    converted = convert_chroma_transformer_checkpoint_to_diffusers(_at_release_width(state_dict, config))
-    widths = (config.hidden_size,) * 3 + (config.mlp_hidden_size,)
-    for i in range(config.depth_single_blocks):
-        for name, width in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), widths):
-            for suffix in ("weight", "bias"):
-                key = f"single_transformer_blocks.{i}.{name}.{suffix}"
-                assert not converted[key][width:].any()  # the zeros _at_release_width put there, nothing else
-                converted[key] = converted[key][:width]
+    sizes = (config.depth_single_blocks, config.hidden_size, config.mlp_hidden_size)
+    converted = convert_chroma_transformer_checkpoint_to_diffusers(at_release_width(state_dict, *sizes))
+    cut_to_model_width(converted, *sizes)
     reference = ChromaTransformer2DModel(
         patch_size=1,
         in_channels=config.in_channels,

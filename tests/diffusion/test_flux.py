@@ -27,12 +27,11 @@ from diffusion.flux import (
 from diffusion.fused_linear import FusedLinear
 from diffusion.model_memory import place
 from diffusion.unet_config import CheckpointLayoutError
+from tests.diffusion.single_block_widths import at_release_width, cut_to_model_width
 
 TOLERANCE = 1e-4
 AXES = (4, 14, 14)  # two heads of 32
 CONTEXT_DIM, VEC_DIM, TEXT_TOKENS = 32, 16, 5
-# The converter cuts single_blocks.*.linear1 at the release's width whatever the file's (see _at_release_width).
-RELEASE_HIDDEN, RELEASE_MLP = 3072, 12288
 
 
 def tiny_config(in_channels: int = 64, guidance: bool = True) -> FluxConfig:
@@ -65,35 +64,11 @@ def original_state_dict(model: FluxTransformer) -> dict[str, torch.Tensor]:
     return {key: tensor.clone() for key, tensor in model.state_dict().items()}
 
 
-def _at_release_width(state_dict: dict[str, torch.Tensor], config: FluxConfig) -> dict[str, torch.Tensor]:
-    """The same weights with each single block's linear1 rows (q, k, v, MLP input) moved to the row offsets the
-    converter cuts at (it hard-codes FLUX.1's 3072/12288 widths), zeros in between. Every other key is as is."""
-    widened = dict(state_dict)
-    tiny = (config.hidden_size,) * 3 + (config.mlp_hidden_size,)
-    release = (RELEASE_HIDDEN,) * 3 + (RELEASE_MLP,)
-    for i in range(config.depth_single_blocks):
-        for suffix in ("weight", "bias"):
-            key = f"single_blocks.{i}.linear1.{suffix}"
-            blocks = []
-            for part, width in zip(state_dict[key].split(tiny), release):
-                padded = part.new_zeros(width, *part.shape[1:])
-                padded[: part.shape[0]] = part
-                blocks.append(padded)
-            widened[key] = torch.cat(blocks)
-    return widened
-
-
 def diffusers_twin(state_dict: dict[str, torch.Tensor], config: FluxConfig) -> FluxTransformer2DModel:
     """A diffusers model holding exactly the given original-layout weights, through diffusers' own converter."""
-    converted = convert_flux_transformer_checkpoint_to_diffusers(_at_release_width(state_dict, config))
-    for i in range(config.depth_single_blocks):
-        prefix = f"single_transformer_blocks.{i}."
-        widths = (config.hidden_size,) * 3 + (config.mlp_hidden_size,)
-        for name, width in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), widths):
-            for suffix in ("weight", "bias"):
-                key = f"{prefix}{name}.{suffix}"
-                assert not converted[key][width:].any()  # the zeros _at_release_width put there, nothing else
-                converted[key] = converted[key][:width]
+    sizes = (config.depth_single_blocks, config.hidden_size, config.mlp_hidden_size)
+    converted = convert_flux_transformer_checkpoint_to_diffusers(at_release_width(state_dict, *sizes))
+    cut_to_model_width(converted, *sizes)
     reference = FluxTransformer2DModel(
         patch_size=1,
         in_channels=config.in_channels,
