@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from safetensors.torch import load_file, save_file
 
 import nodes.model_merging as model_merging
 from diffusion.lora import apply_lora_patches
-from diffusion.tiny import write_tiny_checkpoint
 from graph.registry import NodeRegistry
 from nodes.clip_handles import ClipHandle
 from nodes.conditioning import CLIPTextEncode
@@ -41,25 +38,15 @@ from nodes.model_merging import (
     ModelMergeSubtract,
 )
 from nodes.sampling import KSampler
-from tests.nodes.tiny_models import kohya_lora_tensors, write_lora
+from tests.nodes.tiny_models import kohya_lora_tensors, tiny_checkpoint, write_lora
 
 UNET = "model.diffusion_model."
 CLIP_L = "cond_stage_model.transformer.text_model."
-_TEMPLATES: dict[tuple[str, int, bool], Path] = {}
-_TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="loom-merge-"))
 
 
 def checkpoint(folders: Folders, name: str, seed: int, family: str = "sd15", inpaint: bool = False) -> Path:
-    """``models/checkpoints/<name>``: a tiny checkpoint of ``family`` and ``seed`` (written once per session)."""
-    key = (family, seed, inpaint)
-    if key not in _TEMPLATES:
-        _TEMPLATES[key] = write_tiny_checkpoint(
-            _TEMPLATE_DIR / f"{family}-{seed}-{inpaint}.safetensors", family, inpaint=inpaint, seed=seed
-        )
-    target = folders.models / "checkpoints" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_TEMPLATES[key], target)
-    return target
+    """``models/checkpoints/<name>``: a tiny checkpoint of ``family`` and ``seed``."""
+    return tiny_checkpoint(folders.models, name, family, inpaint, seed=seed)
 
 
 def hand_merged(folders: Folders, name: str, merge: Mapping[str, Any]) -> str:

@@ -7,7 +7,6 @@ Checkpoints are written once per session and family, then copied into each test'
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,25 @@ from graph.executor import Executor
 from graph.registry import NodeRegistry
 from graph.validation import validate_prompt
 from nodes import register_builtin_nodes
+from tests.scratch import session_scratch_dir
 
-_TEMPLATES: dict[tuple[str, bool], Path] = {}
-_TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="loom-tiny-"))
+_TEMPLATES: dict[tuple[str, bool, int], Path] = {}
+_TEMPLATE_DIR = session_scratch_dir("loom-tiny-")
 
 
 def tiny_checkpoint(
-    models: Path, name: str, family: str = "sd15", inpaint: bool = False, folder: str = "checkpoints"
+    models: Path,
+    name: str,
+    family: str = "sd15",
+    inpaint: bool = False,
+    folder: str = "checkpoints",
+    seed: int = 0,
 ) -> Path:
-    """``models/<folder>/<name>``: a tiny checkpoint of ``family`` (seed 0)."""
-    key = (family, inpaint)
+    """``models/<folder>/<name>``: a tiny checkpoint of ``family`` and ``seed``."""
+    key = (family, inpaint, seed)
     if key not in _TEMPLATES:
         _TEMPLATES[key] = write_tiny_checkpoint(
-            _TEMPLATE_DIR / f"{family}-{inpaint}.safetensors", family, inpaint=inpaint
+            _TEMPLATE_DIR / f"{family}-{inpaint}-{seed}.safetensors", family, inpaint=inpaint, seed=seed
         )
     target = models / folder / name
     target.parent.mkdir(parents=True, exist_ok=True)
