@@ -31,10 +31,22 @@ __all__ = [
     "PostCFGFunction",
     "PreCFGFunction",
     "PreCFGInputs",
+    "SidePredictor",
     "classifier_free_guidance",
 ]
 
 Conditioning = list[tuple[Tensor, dict[str, Any]]]
+
+
+class SidePredictor(Protocol):
+    """Evaluates one of the guider's conditionings again in the same model call: its x0 prediction at state
+    ``x`` (the call's sigma), the model changed by ``variant`` for this evaluation only (None: the model as it
+    is). What a variant may be is the model forward's business (``nodes.model_forward``): for a UNet, a
+    function from the MODEL's UNet patches to this evaluation's. Guidance that contrasts the model with a
+    weakened copy of itself (perturbed-attention, self-attention guidance) is built on this, as ComfyUI's
+    nodes are on ``calc_cond_batch``."""
+
+    def __call__(self, conditioning: Conditioning, x: Tensor, variant: object = None) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class CFGInputs:
     ``sigma`` its noise levels ``[B]``; ``cond`` and ``uncond`` are the two sides' x0 predictions and ``cfg``
     the scale between them. A side that was not evaluated (the negative at cfg 1) predicts zeros and its
     conditioning is None. Perp-Neg's guider also passes its empty prompt's prediction and conditioning.
+    ``predict`` evaluates a conditioning again (None where nothing can, such as a pack calling Loom's hook).
     """
 
     x: Tensor
@@ -56,6 +69,7 @@ class CFGInputs:
     uncond_conditioning: Conditioning | None = None
     empty: Tensor | None = None
     empty_conditioning: Conditioning | None = None
+    predict: SidePredictor | None = None
 
 
 @dataclass(frozen=True)
@@ -103,13 +117,17 @@ class CFGHooks:
     """What changes a guider's combination, as a MODEL carries it.
 
     ``uncond_at_cfg1`` evaluates the unconditional side at cfg 1 too, so that hooks see its real prediction
-    rather than zeros (ComfyUI's ``disable_cfg1_optimization``).
+    rather than zeros (ComfyUI's ``disable_cfg1_optimization``). ``label_rows`` tells every model call which
+    side each block of its batch rows belongs to (ComfyUI's ``cond_or_uncond``: 0 the positive, 1 the
+    negative), for attention patches that treat the sides differently (self-attention guidance records the
+    negative's attention); without it the guider passes nothing of the kind.
     """
 
     cfg_function: CFGFunction | None = None
     pre_cfg: tuple[PreCFGFunction, ...] = ()
     post_cfg: tuple[PostCFGFunction, ...] = ()
     uncond_at_cfg1: bool = False
+    label_rows: bool = False
 
     def before(
         self,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffusion.applied_control import AppliedControl, BoundControl, concat_residuals, share_with_uncond, split_rows
-from diffusion.cfg_hooks import NO_HOOKS, CFGHooks, CFGInputs, Conditioning
+from diffusion.cfg_hooks import NO_HOOKS, CFGHooks, CFGInputs, Conditioning, SidePredictor
 from diffusion.controlnet import ControlResiduals
 from diffusion.prediction import ModelSampling, UNetFn
 
@@ -529,8 +529,9 @@ class ConditioningGuider(ABC):
                     per_cond[index] = part
         return concat_residuals(per_cond)
 
-    def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor) -> list[Tensor]:
-        """One UNet call for conds that share a region and input layout: batch = len(group) x B."""
+    def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor, variant: object = None) -> list[Tensor]:
+        """One UNet call for conds that share a region and input layout: batch = len(group) x B. ``variant``
+        changes the model for this call (``SidePredictor``); the unet_fn is handed it only when given."""
         batch = x.shape[0]
         rows, cols = group[0].region
         x_region = x[:, :, rows, cols]
@@ -558,11 +559,15 @@ class ConditioningGuider(ABC):
             optional["reference_latents"] = references
         if control is not None:
             optional["control"] = control
+        if self.hooks.label_rows:
+            optional["cond_or_uncond"] = tuple(cond.side for cond in group)
+        if variant is not None:
+            optional["variant"] = variant
         output = self.unet_fn(x_in, timesteps, context, **optional, **extra)
         denoised = self.model_sampling.calculate_denoised(sigma_all, output.to(x.dtype), x_all)
         return list(denoised.split(batch))
 
-    def _predict(self, x: Tensor, sigma: Tensor, evaluated: tuple[bool, ...]) -> list[Tensor]:
+    def _predict(self, x: Tensor, sigma: Tensor, evaluated: tuple[bool, ...], variant: object = None) -> list[Tensor]:
         """Per side, the weighted average of its active conds' x0 predictions (zeros for a side left out)."""
         groups: dict[tuple[Any, ...], list[_Cond]] = {}
         for side, on in zip(self._sides, evaluated):
@@ -572,13 +577,26 @@ class ConditioningGuider(ABC):
                     groups.setdefault((*cond.batch_key(), *length), []).append(cond)
         sums = [(torch.zeros_like(x), torch.zeros_like(x[:, :1])) for _ in self._sides]
         for group in groups.values():
-            for cond, prediction in zip(group, self._evaluate(group, x, sigma)):
+            for cond, prediction in zip(group, self._evaluate(group, x, sigma, variant)):
                 rows, cols = cond.region
                 total, weights = sums[cond.side]
                 weight = cond.weight.to(x)
                 total[:, :, rows, cols] += prediction * weight
                 weights[:, :, rows, cols] += weight
         return [total / weights.clamp_min(1e-37) * (weights > 0) for total, weights in sums]
+
+    def side_predictor(self, sigma: Tensor) -> SidePredictor:
+        """What hooks call to evaluate one of this guider's conditionings again at ``sigma``
+        (``CFGInputs.predict``); the conditioning is recognised by identity."""
+
+        def predict(conditioning: Conditioning, x: Tensor, variant: object = None) -> Tensor:
+            side = next((i for i, c in enumerate(self.conditionings) if c is conditioning and c is not None), None)
+            if side is None:
+                raise ValueError("a guidance hook asked for a conditioning this guider was not given")
+            evaluated = tuple(index == side for index in range(len(self._sides)))
+            return self._predict(x, sigma, evaluated, variant)[side]
+
+        return predict
 
     def _run(self, x: Tensor, sigma: Tensor, evaluated: tuple[bool, ...]) -> tuple[Tensor, Tensor]:
         conditionings = tuple(c if on else None for c, on in zip(self.conditionings, evaluated))
@@ -647,5 +665,14 @@ class CFGGuider(ConditioningGuider):
         self, x: Tensor, sigma: Tensor, predictions: list[Tensor], conditionings: tuple[Conditioning | None, ...]
     ) -> tuple[Tensor, Tensor]:
         positive, negative = self.hooks.before(x, sigma, self.cfg, predictions, conditionings)
-        inputs = CFGInputs(x, sigma, positive, negative, self.cfg, conditionings[0], conditionings[1])
+        inputs = CFGInputs(
+            x,
+            sigma,
+            positive,
+            negative,
+            self.cfg,
+            conditionings[0],
+            conditionings[1],
+            predict=self.side_predictor(sigma),
+        )
         return self.hooks.combine(inputs), negative

@@ -204,10 +204,15 @@ class DualCFGGuider(ConditioningGuider):
     ) -> tuple[Tensor, Tensor]:
         first, second, negative = predictions
         c_first, c_second, c_negative = conditionings
+        predict = self.side_predictor(sigma)
         if self.nested:
-            inner = self.hooks.combine(CFGInputs(x, sigma, first, second, self.cfg_conds, c_first, c_second))
+            inner = self.hooks.combine(
+                CFGInputs(x, sigma, first, second, self.cfg_conds, c_first, c_second, predict=predict)
+            )
             return negative + self.cfg_cond2_negative * (inner - negative), second
-        outer = self.hooks.combine(CFGInputs(x, sigma, second, negative, self.cfg_cond2_negative, c_second, c_negative))
+        outer = self.hooks.combine(
+            CFGInputs(x, sigma, second, negative, self.cfg_cond2_negative, c_second, c_negative, predict=predict)
+        )
         return outer + (first - second) * self.cfg_conds, negative
 
 
@@ -248,5 +253,7 @@ class PerpNegGuider(ConditioningGuider):
         positive, negative, empty = self.hooks.before(x, sigma, self.cfg, predictions, conditionings)
         guided = perp_neg(positive, negative, empty, self.neg_scale, self.cfg)
         c_positive, c_negative, c_empty = conditionings
-        inputs = CFGInputs(x, sigma, positive, negative, self.cfg, c_positive, c_negative, empty, c_empty)
+        inputs = CFGInputs(
+            x, sigma, positive, negative, self.cfg, c_positive, c_negative, empty, c_empty, self.side_predictor(sigma)
+        )
         return self.hooks.after(inputs, guided), negative

@@ -82,10 +82,13 @@ class PatchContext:
 
 @dataclass(frozen=True, eq=False)
 class AttentionContext(PatchContext):
-    """A self-attention's place: its stage, which transformer block of that stage's transformer, its heads."""
+    """A self-attention's place: its stage, which transformer block of that stage's transformer, its heads, and
+    which side of the guidance each block of batch rows is (ComfyUI's ``cond_or_uncond``: 0 the positive, 1 the
+    negative; empty when the guider does not say, ``CFGHooks.label_rows``)."""
 
     transformer_index: int
     heads: int
+    cond_or_uncond: tuple[int, ...] = ()
 
 
 class InputBlockPatch(Protocol):
@@ -118,6 +121,8 @@ class UNetPatches:
     input_block_after_skip: tuple[InputBlockPatch, ...] = ()
     output_block: tuple[OutputBlockPatch, ...] = ()
     attn1: Attn1Replace | None = None
+    #: Which side each block of this call's batch rows is (``AttentionContext.cond_or_uncond``): set per call.
+    cond_or_uncond: tuple[int, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -133,6 +138,10 @@ class UNetPatches:
 
     def with_attn1_replace(self, replace: Attn1Replace) -> UNetPatches:
         return dataclasses.replace(self, attn1=replace)
+
+    def for_rows(self, cond_or_uncond: tuple[int, ...]) -> UNetPatches:
+        """These patches for one call whose row blocks are the guidance sides ``cond_or_uncond``."""
+        return dataclasses.replace(self, cond_or_uncond=cond_or_uncond)
 
     def apply_input_block(self, h: torch.Tensor, where: PatchContext) -> torch.Tensor:
         for patch in self.input_block:
@@ -156,9 +165,10 @@ class UNetPatches:
         replace = self.attn1
         if replace is None:
             return None
+        labels = self.cond_or_uncond
 
         def run(transformer: SpatialTransformer, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            return _run_spatial_transformer(transformer, x, context, replace, where)
+            return _run_spatial_transformer(transformer, x, context, replace, where, labels)
 
         return run
 
@@ -174,6 +184,7 @@ def _run_spatial_transformer(
     context: torch.Tensor,
     replace: Attn1Replace,
     where: PatchContext,
+    cond_or_uncond: tuple[int, ...],
 ) -> torch.Tensor:
     b, _, h, w = x.shape
     h_in = transformer.norm(x)
@@ -184,7 +195,9 @@ def _run_spatial_transformer(
         tokens = transformer.proj_in(tokens)
     for index, block in enumerate(transformer.transformer_blocks):
         assert isinstance(block, BasicTransformerBlock)
-        at = AttentionContext(where.block, where.timesteps, where.original_shape, index, block.attn1.heads)
+        at = AttentionContext(
+            where.block, where.timesteps, where.original_shape, index, block.attn1.heads, cond_or_uncond
+        )
         tokens = _run_transformer_block(block, tokens, context, replace, at)
     if transformer.use_linear:
         tokens = transformer.proj_out(tokens)

@@ -20,7 +20,7 @@ from diffusion.prediction import ModelSampling
 from diffusion.unet_patches import UNetPatches
 from diffusion.zimage import ZImageTransformer
 
-__all__ = ["Forward", "flow_forward", "unet_forward"]
+__all__ = ["Forward", "flow_forward", "unet_call_patches", "unet_forward"]
 
 #: ``(x, timesteps, context, y, guidance, reference latents, control) -> output``: one model family's call.
 Forward = Callable[
@@ -64,6 +64,20 @@ def unet_forward(unet: nn.Module, patches: UNetPatches | None = None) -> Forward
         return unet(x, timesteps, context, y=y, control=control, patches=patches)
 
     return forward
+
+
+def unet_call_patches(
+    patches: UNetPatches | None, variant: object = None, cond_or_uncond: tuple[int, ...] = ()
+) -> UNetPatches | None:
+    """The UNet patches of one call: the MODEL's, changed by a guidance hook's ``variant`` (a function of the
+    patches, ``diffusion.cfg_hooks.SidePredictor``), told which guidance side each row block is."""
+    if variant is not None:
+        if not callable(variant):
+            raise TypeError(f"a UNet takes a variant as a function of its UNetPatches, not a {type(variant).__name__}")
+        patches = variant(patches or UNetPatches())
+    if patches is not None and cond_or_uncond:
+        patches = patches.for_rows(cond_or_uncond)
+    return patches
 
 
 def _need_pooled(y: torch.Tensor | None) -> torch.Tensor:

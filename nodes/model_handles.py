@@ -22,6 +22,7 @@ method and the reason.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,7 +49,7 @@ from diffusion.zimage import ZImageTransformer
 from nodes.comfy_base_model import ComfyBaseModel
 from nodes.comfy_cfg_hooks import cfg_hooks
 from nodes.comfy_weight_patches import comfy_patches
-from nodes.model_forward import flow_forward, unet_forward
+from nodes.model_forward import Forward, flow_forward, unet_call_patches, unet_forward
 from nodes.patched_weights import PatchedModule, PatchSet, stack_patch_set
 from nodes.runtime import current_runtime
 from nodes.shared_models import modules_of
@@ -375,8 +376,13 @@ class ModelHandle:
             self.model_options["disable_cfg1_optimization"] = True
 
     def cfg_hooks(self) -> CFGHooks:
-        """The guidance hooks this handle's ``model_options`` hold, as Loom's guiders run them."""
-        return cfg_hooks(self.model_options, self.model)
+        """The guidance hooks this handle's ``model_options`` hold, as Loom's guiders run them; the guider labels
+        each call's rows with their sides when a UNet attention replacement may read them."""
+        hooks = cfg_hooks(self.model_options, self.model)
+        patches = unet_patches_of(self.model_options)
+        if patches is not None and patches.attn1 is not None:
+            return dataclasses.replace(hooks, label_rows=True)
+        return hooks
 
     set_model_unet_function_wrapper = _unsupported("MODEL.set_model_unet_function_wrapper", _NO_SAMPLING_SEAM)
     set_model_denoise_mask_function = _unsupported("MODEL.set_model_denoise_mask_function", _NO_SAMPLING_SEAM)
@@ -413,8 +419,8 @@ class ModelHandle:
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:
         """The ``unet_fn(x_in, timesteps, context, y=None, concat=None, guidance=None, reference_latents=(),
-        control=None)`` that ``diffusion.guidance.CFGGuider`` calls; ``control`` (ControlNet residuals) only for
-        UNets.
+        control=None, cond_or_uncond=(), variant=None)`` that ``diffusion.guidance.CFGGuider`` calls; ``control``
+        (ControlNet residuals), the row sides and a guidance hook's variant of the UNet patches only for UNets.
 
         Inpainting UNets (9 input channels) take the mask and masked-image latent as extra input
         channels after the noisy latent; a 4-channel UNet ignores ``concat``. Flow transformers take
@@ -425,10 +431,21 @@ class ModelHandle:
         current_runtime().memory.use(self.unet)
         with self._patched.active() as unet:
             extra_channels = self.in_channels - self.latent_channels
-            if self.family.is_flow_transformer:
-                forward = flow_forward(unet, self.sampling)
-            else:
-                forward = unet_forward(unet, unet_patches_of(self.model_options))
+            patches = unet_patches_of(self.model_options)
+            flow = self.family.is_flow_transformer
+            forward = flow_forward(unet, self.sampling) if flow else unet_forward(unet, patches)
+
+            def forward_for(variant: object, cond_or_uncond: tuple[int, ...]) -> Forward:
+                if variant is None and not cond_or_uncond:
+                    return forward
+                if flow:
+                    if variant is not None:
+                        raise ValueError(
+                            f"this guidance changes a UNet's attention, and a {self.family.value} model is a "
+                            f"{type(unet).__name__}"
+                        )
+                    return forward
+                return unet_forward(unet, unet_call_patches(patches, variant, cond_or_uncond))
 
             def call(
                 x_in: torch.Tensor,
@@ -439,6 +456,8 @@ class ModelHandle:
                 guidance: torch.Tensor | None = None,
                 reference_latents: Sequence[torch.Tensor] = (),
                 control: ControlResiduals | None = None,
+                cond_or_uncond: tuple[int, ...] = (),
+                variant: object = None,
             ) -> torch.Tensor:
                 if extra_channels:
                     if concat is None or concat.shape[1] != extra_channels:
@@ -457,7 +476,7 @@ class ModelHandle:
                 references = [reference.to(device) for reference in reference_latents]
                 residuals = None if control is None else control.to(device)
                 with torch.no_grad():
-                    output = forward(
+                    output = forward_for(variant, cond_or_uncond)(
                         x_in.to(device),
                         timesteps.to(device),
                         context.to(device),

@@ -1,4 +1,5 @@
-"""ComfyUI's UNet patch nodes: FreeU, FreeU_V2, HyperTile and PatchModelAddDownscale (Kohya Deep Shrink).
+"""ComfyUI's UNet patch nodes: FreeU, FreeU_V2, HyperTile, PatchModelAddDownscale (Kohya Deep Shrink) and the
+attention guidances PerturbedAttentionGuidance and SelfAttentionGuidance.
 
 Each returns ``model.clone()`` carrying one more patch in its ``model_options["transformer_options"]``, under
 ``UNET_PATCHES_KEY`` as a ``diffusion.unet_patches.UNetPatches`` value; ``unet_patches_of(model_options)`` reads it
@@ -6,7 +7,9 @@ back for the UNet call (``UNetModel.forward(..., patches=...)``). The loaded wei
 model the node was given keeps its own options (ComfyUI's ``clone`` then ``set_model_*_patch``).
 
 Interfaces are ComfyUI's (``comfy_extras/nodes_freelunch.py``, ``nodes_hypertile.py``,
-``nodes_model_downscale.py``); what each patch computes is documented in ``diffusion/unet_patches.py``.
+``nodes_model_downscale.py``, ``nodes_pag.py``, ``nodes_sag.py``); what each patch computes is documented in
+``diffusion/unet_patches.py`` and ``diffusion/attention_guidance.py``. The two guidances add a post-CFG function
+beside their attention replacement, which evaluates the model again through the guider.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from diffusion import attention_guidance
 from diffusion.unet import UNetModel
 from diffusion.unet_patches import (
     DownscaleAfterBlock,
@@ -27,6 +31,7 @@ from diffusion.unet_patches import (
     freeu_scaling,
 )
 from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
+from nodes.comfy_cfg_hooks import ComfyPostCFGFunction
 from nodes.image import resample
 from nodes.latent import bislerp
 
@@ -36,6 +41,8 @@ __all__ = [
     "FreeU_V2",
     "HyperTile",
     "PatchModelAddDownscale",
+    "PerturbedAttentionGuidance",
+    "SelfAttentionGuidance",
     "UNET_PATCHES_KEY",
     "unet_patches_of",
 ]
@@ -174,3 +181,35 @@ def PatchModelAddDownscale(
         )
 
     return _patched(model, add)
+
+
+@node(category=_CATEGORY, outputs=[Output("MODEL")])
+def PerturbedAttentionGuidance(model=Socket("MODEL"), scale=Float(3.0, min=0.0, max=100.0, step=0.01, round=0.01)):
+    """Perturbed-attention guidance (Ahn et al. 2024): each step evaluates the positive prompt again with the
+    middle block's self-attention made the identity and guides away from that prediction by scale. One more
+    UNet pass per step."""
+    if _no_effect(model, "PerturbedAttentionGuidance"):
+        return model
+    patched = model.clone()
+    guidance = attention_guidance.PerturbedAttentionGuidance(scale)
+    patched.set_model_sampler_post_cfg_function(ComfyPostCFGFunction(guidance))
+    return patched
+
+
+@node(category="_for_testing", display_name="Self-Attention Guidance", outputs=[Output("MODEL")])
+def SelfAttentionGuidance(
+    model=Socket("MODEL"),
+    scale=Float(0.5, min=-2.0, max=5.0, step=0.01),
+    blur_sigma=Float(2.0, min=0.0, max=10.0, step=0.1),
+):
+    """Self-attention guidance (Hong et al. 2023): the negative's estimate blurred where its middle-block
+    attention concentrates, evaluated again, and guided away from by scale. Evaluates the negative at cfg 1
+    too, and one more UNet pass per step."""
+    if _no_effect(model, "SelfAttentionGuidance"):
+        return model
+    current = unet_patches_of(model.model_options)
+    recorder = attention_guidance.AttentionRecorder(None if current is None else current.attn1)
+    patched = _patched(model, lambda patches: patches.with_attn1_replace(recorder))
+    guidance = attention_guidance.SelfAttentionGuidance(scale, blur_sigma, recorder)
+    patched.set_model_sampler_post_cfg_function(ComfyPostCFGFunction(guidance), disable_cfg1_optimization=True)
+    return patched

@@ -217,6 +217,8 @@ COMFY_METHODS: dict[str, ComfyMethod] = {
     "FreeU": ComfyMethod("patch"),
     "FreeU_V2": ComfyMethod("patch"),
     "HyperTile": ComfyMethod("patch"),
+    "PerturbedAttentionGuidance": ComfyMethod("execute"),
+    "SelfAttentionGuidance": ComfyMethod("patch"),
     "PatchModelAddDownscale": ComfyMethod("patch"),
     "SolidMask": ComfyMethod("execute"),
     "InvertMask": ComfyMethod("execute"),

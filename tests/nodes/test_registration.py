@@ -41,7 +41,7 @@ BUILTIN_NAMES = {
     "ModelSamplingContinuousEDM",
     "Canny",
     "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced",
-    "FreeU", "FreeU_V2", "HyperTile", "PatchModelAddDownscale",
+    "FreeU", "FreeU_V2", "HyperTile", "PatchModelAddDownscale", "PerturbedAttentionGuidance", "SelfAttentionGuidance",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
     "LatentCrop", "LatentFlip", "LatentRotate", "LatentAdd", "LatentSubtract", "LatentMultiply", "LatentInterpolate",

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import torch
 
+from diffusion.attention_guidance import AttentionRecorder, PerturbedMiddleAttention, blur_where_attended
+from diffusion.guidance import CFGGuider
 from diffusion.unet import UNetModel
 from diffusion.unet_patches import (
     DownscaleAfterBlock,
@@ -37,6 +39,8 @@ from nodes.unet_patches import (
     FreeU_V2,
     HyperTile,
     PatchModelAddDownscale,
+    PerturbedAttentionGuidance,
+    SelfAttentionGuidance,
     unet_patches_of,
 )
 from tests.nodes.tiny_models import kohya_lora_tensors, tiny_checkpoint, write_lora
@@ -84,6 +88,21 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "downscale_after_skip": ["BOOLEAN", {"default": True}],
             "downscale_method": [METHODS],
             "upscale_method": [METHODS],
+        },
+    ),
+    "PerturbedAttentionGuidance": (
+        "model_patches/unet", "PerturbedAttentionGuidance",
+        {
+            "model": ["MODEL"],
+            "scale": ["FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": 0.01}],
+        },
+    ),
+    "SelfAttentionGuidance": (
+        "_for_testing", "Self-Attention Guidance",
+        {
+            "model": ["MODEL"],
+            "scale": ["FLOAT", {"default": 0.5, "min": -2.0, "max": 5.0, "step": 0.01}],
+            "blur_sigma": ["FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1}],
         },
     ),
 }  # fmt: skip
@@ -231,3 +250,70 @@ def test_ksampler_samples_with_the_patches(sd15) -> None:
     for patched in (FreeU(model, 1.1, 1.2, 0.9, 0.2), HyperTile(model, 32, 2, 0, False)):
         assert not torch.allclose(ksample(patched), plain, rtol=1e-3, atol=1e-3)
     assert torch.equal(ksample(FreeU(model, 1.0, 1.0, 1.0, 1.0)), plain)
+
+
+def one_guided_call(model: Any, clip: Any, cfg: float = 5.0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The MODEL's guided x0 for one call at sigma 3 on a fixed 8 x 8 latent, as KSampler's guider makes it, and
+    what a hand computation needs."""
+    positive, negative = CLIPTextEncode("a lighthouse", clip), CLIPTextEncode("fog", clip)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 3
+    sigma = torch.tensor([3.0])
+    with model.unet_fn() as unet_fn:
+        guider = CFGGuider(unet_fn, model.sampling, x, positive, negative, cfg, hooks=model.cfg_hooks())
+        guided = guider(x, sigma)
+    return guided, {"x": x, "sigma": sigma, "positive": positive[0][0], "negative": negative[0][0]}
+
+
+def x0(model: Any, given: dict[str, Any], context: torch.Tensor, x: torch.Tensor, patches: Any = None) -> torch.Tensor:
+    sampling, sigma = model.sampling, given["sigma"]
+    with torch.no_grad():
+        out = model.unet(sampling.calculate_input(sigma, x), sampling.timestep(sigma), context, patches=patches)
+    return sampling.calculate_denoised(sigma, out, x)
+
+
+def test_pag_adds_the_positive_minus_its_perturbed_attention_prediction(sd15) -> None:
+    model, clip = sd15
+    guided, given = one_guided_call(PerturbedAttentionGuidance(model, 2.0), clip)
+    x = given["x"]
+    cond, uncond = x0(model, given, given["positive"], x), x0(model, given, given["negative"], x)
+    perturbed = x0(model, given, given["positive"], x, UNetPatches(attn1=PerturbedMiddleAttention()))
+    assert (cond - perturbed).abs().max() > 1e-3
+    torch.testing.assert_close(guided, uncond + (cond - uncond) * 5.0 + (cond - perturbed) * 2.0, rtol=1e-4, atol=1e-4)
+    plain, _ = one_guided_call(model, clip)
+    assert torch.equal(one_guided_call(PerturbedAttentionGuidance(model, 0.0), clip)[0], plain)
+
+
+def test_sag_adds_the_blurred_negative_minus_its_prediction(sd15) -> None:
+    model, clip = sd15
+    patched = SelfAttentionGuidance(model, 0.5, 2.0)
+    guided, given = one_guided_call(patched, clip)
+    x = given["x"]
+    cond, uncond = x0(model, given, given["positive"], x), x0(model, given, given["negative"], x)
+    recorder = AttentionRecorder()
+    x0(model, given, given["negative"], x, UNetPatches(attn1=recorder, cond_or_uncond=(1,)))
+    assert recorder.recorded is not None
+    degraded = blur_where_attended(uncond, recorder.recorded, 2.0)
+    assert not torch.allclose(degraded, uncond)
+    prediction = x0(model, given, given["negative"], degraded + x - uncond)
+    expected = uncond + (cond - uncond) * 5.0 + (degraded - prediction) * 0.5
+    torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sag_evaluates_the_negative_at_cfg_one(sd15) -> None:
+    model, clip = sd15
+    guided, given = one_guided_call(SelfAttentionGuidance(model, 0.5, 2.0), clip, cfg=1.0)
+    plain, _ = one_guided_call(model, clip, cfg=1.0)
+    assert SelfAttentionGuidance(model, 0.5, 2.0).cfg_hooks().uncond_at_cfg1
+    assert not torch.allclose(guided, plain)
+
+
+def test_attention_guidances_chain_with_each_other_and_hypertile(sd15) -> None:
+    model, clip = sd15
+    chained = PerturbedAttentionGuidance(SelfAttentionGuidance(HyperTile(model, 32, 2, 0, False), 0.5, 2.0), 1.0)
+    patches = unet_patches_of(chained.model_options)
+    assert isinstance(patches.attn1, AttentionRecorder) and patches.attn1.previous == HyperTileAttention(
+        32, 2, 0, False
+    )
+    assert chained.cfg_hooks().label_rows and len(chained.cfg_hooks().post_cfg) == 2
+    guided, _ = one_guided_call(chained, clip)
+    assert torch.isfinite(guided).all()
