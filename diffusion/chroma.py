@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -42,6 +42,7 @@ from diffusion.flux import (
     RotaryEmbedding,
     SingleStreamBlock,
     block_shapes,
+    blocks_to_skip,
     image_position_ids,
     pad_to_patches,
     patchify,
@@ -240,6 +241,8 @@ class ChromaTransformer(nn.Module):
         timesteps: torch.Tensor | float,
         context: torch.Tensor,
         context_lengths: torch.Tensor | Sequence[int] | None = None,
+        skip_double: Collection[int] = (),
+        skip_single: Collection[int] = (),
     ) -> torch.Tensor:
         """Predict the flow of a latent.
 
@@ -248,10 +251,13 @@ class ChromaTransformer(nn.Module):
         [B] tokens of each prompt, its end token included (the sum of the T5 tokenizer's attention mask); the
         model attends to those and `ATTENDED_PADDING` padding token after them. None attends to every context
         token, as ComfyUI does when the tokenizer already stops one padding token after the prompt.
+        skip_double, skip_single: blocks that pass their tokens through unchanged (skip-layer guidance).
         Returns [B, 16, H, W].
         """
         config = self.config
         self._check_inputs(x, context)
+        skipped_double = blocks_to_skip(skip_double, config.depth, "double")
+        skipped_single = blocks_to_skip(skip_single, config.depth_single_blocks, "single")
         batch, _, height, width = x.shape
         out_dtype, dtype, device = x.dtype, self.dtype, x.device
 
@@ -269,11 +275,15 @@ class ChromaTransformer(nn.Module):
 
         singles, doubles = config.depth_single_blocks, config.depth
         for i, double in enumerate(cast(Sequence[DoubleStreamBlock], self.double_blocks)):
+            if i in skipped_double:
+                continue
             img_mods = _triples(vectors, 3 * singles + 6 * i, 2)
             txt_mods = _triples(vectors, 3 * singles + 6 * doubles + 6 * i, 2)
             img, txt = double.modulated(img, txt, img_mods, txt_mods, rope, mask)
         joint = torch.cat((txt, img), dim=1)
         for i, single in enumerate(cast(Sequence[SingleStreamBlock], self.single_blocks)):
+            if i in skipped_single:
+                continue
             (mod,) = _triples(vectors, 3 * i, 1)
             joint = single.modulated(joint, mod, rope, mask)
         out = self.final_layer(joint[:, txt.shape[1] :], vectors[:, -2:-1], vectors[:, -1:])

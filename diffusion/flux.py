@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,9 @@ from diffusion.attention import merge_heads, split_heads
 from diffusion.fused_linear import FusedLinear
 from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
+
+if TYPE_CHECKING:  # flux_controlnet builds on this module
+    from diffusion.flux_controlnet import BlockResiduals
 
 __all__ = [
     "BlockShapes",
@@ -554,6 +557,9 @@ class FluxTransformer(nn.Module):
         y: torch.Tensor,
         guidance: torch.Tensor | float | None = None,
         ref_latents: Sequence[torch.Tensor] | None = None,
+        control: BlockResiduals | None = None,
+        skip_double: Collection[int] = (),
+        skip_single: Collection[int] = (),
     ) -> torch.Tensor:
         """Predict the flow of a latent.
 
@@ -562,10 +568,16 @@ class FluxTransformer(nn.Module):
         context: [B, T, context_dim] T5 states. y: [B, vec_dim] pooled CLIP-L. guidance: [B] (or a scalar)
         distilled guidance scale, required by guidance-distilled models and ignored by schnell, so the same
         conditioning serves both. ref_latents: Kontext references, each [B or 1, latent_channels, h, w].
+        control: ControlNet residuals (`diffusion.flux_controlnet`), one per double and per single block (or none
+        of a kind), each added to the image tokens after its block; Kontext references get none, as in ComfyUI.
+        skip_double, skip_single: blocks that pass their tokens through unchanged (skip-layer guidance); a skipped
+        block's ControlNet residual is still added, as ComfyUI adds it.
         Returns [B, out_latent_channels, H, W].
         """
         config = self.config
         self._check_inputs(x, context, y, ref_latents)
+        skipped_double = blocks_to_skip(skip_double, config.depth, "double")
+        skipped_single = blocks_to_skip(skip_single, config.depth_single_blocks, "single")
         batch, _, height, width = x.shape
         out_dtype, dtype, device = x.dtype, self.dtype, x.device
 
@@ -583,6 +595,8 @@ class FluxTransformer(nn.Module):
         rows, cols = _to_tokens(height), _to_tokens(width)
         img = patchify(pad_to_patches(x.to(dtype)))
         image_tokens = img.shape[1]
+        if control is not None:
+            _check_control(control, config, (batch, image_tokens, config.hidden_size))
         ids = [torch.zeros(context.shape[1], 3, device=device), image_position_ids(rows, cols, device=device)]
         if ref_latents:
             extra = [img]
@@ -603,12 +617,18 @@ class FluxTransformer(nn.Module):
         img = self.img_in(img)
         rope = RotaryEmbedding.of(torch.cat(ids), config.axes_dim, config.theta)
 
-        for double in self.double_blocks:
-            img, txt = double(img, txt, vec, rope)
-        joint = torch.cat((txt, img), dim=1)
-        for single in self.single_blocks:
-            joint = single(joint, vec, rope)
         start = txt.shape[1]
+        for index, double in enumerate(self.double_blocks):
+            if index not in skipped_double:
+                img, txt = double(img, txt, vec, rope)
+            if control is not None and control.double and (add := control.double[index]) is not None:
+                img = _add_to_image(img, 0, add)
+        joint = torch.cat((txt, img), dim=1)
+        for index, single in enumerate(self.single_blocks):
+            if index not in skipped_single:
+                joint = single(joint, vec, rope)
+            if control is not None and control.single and (add := control.single[index]) is not None:
+                joint = _add_to_image(joint, start, add)
         out = self.final_layer(joint[:, start : start + image_tokens], vec)
         return unpatchify(out, rows, cols)[:, :, :height, :width].to(out_dtype)
 
@@ -630,6 +650,38 @@ class FluxTransformer(nn.Module):
                 raise ValueError(
                     f"a reference latent must be [1 or {x.shape[0]}, {x.shape[1]}, h, w], got {tuple(ref.shape)}"
                 )
+
+
+def blocks_to_skip(indices: Collection[int], count: int, kind: str) -> frozenset[int]:
+    """``indices`` as a set of blocks of a stack of ``count`` ``kind`` blocks, refused when one is not a block."""
+    outside = sorted(index for index in indices if not 0 <= index < count)
+    if outside:
+        raise ValueError(f"{kind} blocks {outside} cannot be skipped: this transformer has {count} {kind} blocks")
+    return frozenset(indices)
+
+
+def _check_control(control: BlockResiduals, config: FluxConfig, shape: tuple[int, int, int]) -> None:
+    """Refuse residuals made for another transformer or another latent: a count per kind of block other than the
+    model's, or a residual not shaped [B, image tokens, hidden]."""
+    for kind, residuals, blocks in (
+        ("double", control.double, config.depth),
+        ("single", control.single, config.depth_single_blocks),
+    ):
+        if residuals and len(residuals) != blocks:
+            raise ValueError(
+                f"control has {len(residuals)} {kind}-block residuals for this model's {blocks} {kind} blocks"
+            )
+        for residual in residuals:
+            if residual is not None and tuple(residual.shape) != shape:
+                raise ValueError(f"a {kind}-block control residual is {tuple(residual.shape)}, not {shape}")
+
+
+def _add_to_image(tokens: torch.Tensor, start: int, residual: torch.Tensor) -> torch.Tensor:
+    """`tokens` with `residual` added to the image tokens that begin at `start`; the tokens after them (Kontext
+    references) are left as they are, as ComfyUI leaves them."""
+    stop = start + residual.shape[1]
+    added = tokens[:, start:stop] + residual.to(tokens.dtype)
+    return torch.cat((tokens[:, :start], added, tokens[:, stop:]), dim=1)
 
 
 def load_flux(state_dict: Mapping[str, torch.Tensor], config: FluxConfig | None = None) -> FluxTransformer:

@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from diffusion.fused_linear import FusedLinear, linear_gelu
 from diffusion.packed_conv import PackedConv2d
 from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
+
+if TYPE_CHECKING:  # the ControlNet modules build on this one
+    from diffusion.flux_controlnet import BlockResiduals
 
 __all__ = [
     "MMDiTConfig",
@@ -342,7 +345,9 @@ class MMDiT(nn.Module):
     context: [B, T, context_dim] text tokens; y: [B, pooled_dim] pooled text vector; skip_layers:
     joint blocks to leave out entirely (both streams pass through unchanged), which is how SD3.5's
     skip-layer guidance (ComfyUI's SkipLayerGuidanceSD3, diffusers' `skip_layers`) perturbs a
-    prediction.
+    prediction; control: ControlNet residuals (`diffusion.sd3_controlnet`), `double` holding one
+    entry per joint block, added to the image tokens after that block, a skipped block's too (as
+    ComfyUI and diffusers add them).
     """
 
     pos_embed: torch.Tensor
@@ -385,6 +390,7 @@ class MMDiT(nn.Module):
         context: torch.Tensor,
         y: torch.Tensor,
         skip_layers: Sequence[int] = (),
+        control: BlockResiduals | None = None,
     ) -> torch.Tensor:
         skipped = set(skip_layers)
         outside = sorted(i for i in skipped if not 0 <= i < self.config.depth)
@@ -399,6 +405,7 @@ class MMDiT(nn.Module):
         grid_h, grid_w = x.shape[-2] // p, x.shape[-1] // p
 
         tokens = self.x_embedder(x) + self.cropped_pos_embed(grid_h, grid_w).to(dtype)
+        residuals = () if control is None else self._control_residuals(control, tuple(tokens.shape))
         sigmas = torch.as_tensor(timesteps, device=x.device).to(torch.float32).expand(batch)
         c = self.t_embedder(timestep_embedding(sigmas * TIMESTEP_SCALE, TIMESTEP_CHANNELS).to(dtype))
         c = c + self.y_embedder(y.to(dtype))
@@ -407,12 +414,25 @@ class MMDiT(nn.Module):
         for index, block in enumerate(self.joint_blocks):
             if index not in skipped:
                 context, tokens = block(context, tokens, c)
+            if residuals and (residual := residuals[index]) is not None:
+                tokens = tokens + residual.to(dtype)
 
         patches = self.final_layer(tokens, c)
         # Each token's outputs are (row in patch, column in patch, channel); interleave them back.
         out = patches.view(batch, grid_h, grid_w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
         out = out.reshape(batch, -1, grid_h * p, grid_w * p)
         return out[:, :, :height, :width].to(out_dtype)
+
+    def _control_residuals(self, control: BlockResiduals, shape: tuple[int, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The per-block residuals of `control`, refused when made for another MMDiT or another latent."""
+        if control.single:
+            raise ValueError("an MMDiT has no single-stream blocks: control.single must be empty")
+        if control.double and len(control.double) != self.config.depth:
+            raise ValueError(f"control has {len(control.double)} residuals for {self.config.depth} joint blocks")
+        for residual in control.double:
+            if residual is not None and tuple(residual.shape) != shape:
+                raise ValueError(f"a control residual is {tuple(residual.shape)}, the image tokens {shape}")
+        return control.double
 
 
 def load_mmdit(state_dict: Mapping[str, torch.Tensor], config: MMDiTConfig | None = None) -> MMDiT:

@@ -1,5 +1,6 @@
-"""Nodes that change classifier-free guidance: MODEL patches (RescaleCFG, CFGNorm, CFGZeroStar, APG) and GUIDER
-values over three conditionings (DualCFGGuider, PerpNegGuider), under ComfyUI's names, inputs and categories.
+"""Nodes that change classifier-free guidance: MODEL patches (RescaleCFG, CFGNorm, CFGZeroStar, APG, the skip-layer
+guidances of diffusion transformers) and GUIDER values over three conditionings (DualCFGGuider, PerpNegGuider),
+under ComfyUI's names, inputs and categories.
 
 A patch node clones the MODEL and adds its hook (``diffusion.guidance_rules``) to the clone's ``model_options``
 the way ComfyUI's node does (``set_model_sampler_cfg_function`` ...), wrapped as a ComfyUI function
@@ -10,6 +11,7 @@ SamplerCustomAdvanced, which bind to the latent as ``diffusion.guidance_rules`` 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +19,13 @@ import torch
 
 from diffusion import guidance
 from diffusion import guidance_rules as rules
+from diffusion.chroma import ChromaTransformer
 from diffusion.flow_matching import FlowPrediction
+from diffusion.flux import FluxTransformer
+from diffusion.mmdit import MMDiT
 from diffusion.prediction import UNetFn
-from graph.declare import Combo, Float, Output, Socket, node, spec_of
+from diffusion.skip_layer_guidance import SkipLayerGuidance, SkipLayers, block_numbers
+from graph.declare import Combo, Float, Output, Socket, String, node, spec_of
 from nodes.comfy_cfg_hooks import ComfyCFGFunction, ComfyPostCFGFunction, ComfyPreCFGFunction
 from nodes.model_handles import ModelHandle
 from nodes.sampling import model_conditioning
@@ -33,7 +39,11 @@ __all__ = [
     "PerpNegGuider",
     "PerpNegGuiderValue",
     "RescaleCFG",
+    "SkipLayerGuidanceDiT",
+    "SkipLayerGuidanceSD3",
 ]
+
+_log = logging.getLogger(__name__)
 
 _CFG = {"min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 
@@ -98,6 +108,67 @@ def APG(
     hook = rules.AdaptiveProjection(eta, norm_threshold, momentum)
     patched.set_model_sampler_pre_cfg_function(ComfyPreCFGFunction(hook))
     return patched
+
+
+#: The transformers whose blocks skip-layer guidance can skip.
+_SKIPPABLE = (MMDiT, FluxTransformer, ChromaTransformer)
+_PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
+
+
+def _skip_layer_guidance(
+    model: ModelHandle, name: str, layers: SkipLayers, scale: float, start: float, end: float, rescaling: float
+) -> ModelHandle:
+    if not layers:
+        return model
+    if not isinstance(model.unet, _SKIPPABLE):
+        _log.warning(
+            "%s has no effect on a %s: it skips blocks of SD3, FLUX.1 and Chroma transformers (as in ComfyUI)",
+            name,
+            type(model.unet).__name__,
+        )
+        return model
+    sampling = model.sampling
+    hook = SkipLayerGuidance(layers, scale, sampling.percent_to_sigma(start), sampling.percent_to_sigma(end), rescaling)
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(ComfyPostCFGFunction(hook))
+    return patched
+
+
+@node(category="advanced/guidance", outputs=[Output("MODEL")])
+def SkipLayerGuidanceDiT(
+    model=Socket("MODEL"),
+    double_layers=String("7, 8, 9", advanced=True),
+    single_layers=String("7, 8, 9", advanced=True),
+    scale=Float(3.0, min=0.0, max=10.0, step=0.1),
+    start_percent=Float(0.01, **_PERCENT, advanced=True),
+    end_percent=Float(0.15, **_PERCENT, advanced=True),
+    rescaling_scale=Float(0.0, min=0.0, max=10.0, step=0.01),
+):
+    """Skip-layer guidance for any diffusion transformer: between start_percent and end_percent, guide away from
+    the positive prompt evaluated with the listed double-stream (or joint) and single-stream blocks skipped."""
+    layers = SkipLayers(block_numbers(double_layers), block_numbers(single_layers))
+    return _skip_layer_guidance(
+        model, "SkipLayerGuidanceDiT", layers, scale, start_percent, end_percent, rescaling_scale
+    )
+
+
+spec_of(SkipLayerGuidanceDiT).experimental = True
+
+
+@node(category="advanced/guidance", outputs=[Output("MODEL")])
+def SkipLayerGuidanceSD3(
+    model=Socket("MODEL"),
+    layers=String("7, 8, 9"),
+    scale=Float(3.0, min=0.0, max=10.0, step=0.1),
+    start_percent=Float(0.01, **_PERCENT),
+    end_percent=Float(0.15, **_PERCENT),
+):
+    """Skip-layer guidance as Stability AI recommends it for SD3.5 Medium: the listed joint blocks skipped."""
+    layers_skipped = SkipLayers(block_numbers(layers))
+    return _skip_layer_guidance(model, "SkipLayerGuidanceSD3", layers_skipped, scale, start_percent, end_percent, 0.0)
+
+
+spec_of(SkipLayerGuidanceSD3).experimental = True
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from torch import nn
 from diffusion.chroma import ChromaTransformer
 from diffusion.controlnet import ControlResiduals
 from diffusion.flux import FluxTransformer
+from diffusion.mmdit import MMDiT
 from diffusion.prediction import ModelSampling
+from diffusion.skip_layer_guidance import SkipLayers
 from diffusion.unet_patches import UNetPatches
 from diffusion.zimage import ZImageTransformer
 
@@ -86,9 +88,22 @@ def _need_pooled(y: torch.Tensor | None) -> torch.Tensor:
     return y
 
 
-def flow_forward(model: nn.Module, sampling: ModelSampling) -> Forward:
+def _skip_arguments(model: nn.Module, skip: SkipLayers | None) -> dict[str, frozenset[int]]:
+    """How ``model``'s forward is told to skip ``skip``'s blocks (skip-layer guidance)."""
+    if not skip:
+        return {}
+    if isinstance(model, (FluxTransformer, ChromaTransformer)):
+        return {"skip_double": skip.double, "skip_single": skip.single}
+    if isinstance(model, MMDiT) and not skip.single:
+        return {"skip_layers": skip.double}
+    what = "single-stream blocks" if isinstance(model, MMDiT) else "blocks skip-layer guidance can skip"
+    raise ValueError(f"a {type(model).__name__} has no {what}")
+
+
+def flow_forward(model: nn.Module, sampling: ModelSampling, skip: SkipLayers | None = None) -> Forward:
     """A flow transformer called with the sampler's timesteps: back to sigma; FLUX and SD3 need the pooled vector,
-    Z-Image and Chroma take none."""
+    Z-Image and Chroma take none. ``skip`` names blocks to pass over (a skip-layer guidance evaluation)."""
+    skipping = _skip_arguments(model, skip)
     multiplier = getattr(sampling, "multiplier", None)
     if multiplier is None:
         raise ValueError(
@@ -113,10 +128,10 @@ def flow_forward(model: nn.Module, sampling: ModelSampling) -> Forward:
         sigma = timesteps / multiplier
         if isinstance(model, FluxTransformer):
             _need_pooled(y)
-            return model(x, sigma, context, y, guidance=guidance, ref_latents=references or None)
+            return model(x, sigma, context, y, guidance=guidance, ref_latents=references or None, **skipping)
         _no_references(model, references)
         if isinstance(model, (ZImageTransformer, ChromaTransformer)):
-            return model(x, sigma, context)
-        return model(x, sigma, context, _need_pooled(y))
+            return model(x, sigma, context, **skipping)
+        return model(x, sigma, context, _need_pooled(y), **skipping)
 
     return forward

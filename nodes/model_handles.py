@@ -42,6 +42,7 @@ from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta
 from diffusion.mmdit import MMDiT
 from diffusion.prediction import EpsPrediction, ModelSampling, VPrediction
+from diffusion.skip_layer_guidance import SkipLayers
 from diffusion.stored_weights import ComputesFromStored
 from diffusion.unet import UNetModel
 from diffusion.vae import FLUX_LATENT, SD1_LATENT, SD2_LATENT, SD3_LATENT, SDXL_LATENT
@@ -438,14 +439,16 @@ class ModelHandle:
             def forward_for(variant: object, cond_or_uncond: tuple[int, ...]) -> Forward:
                 if variant is None and not cond_or_uncond:
                     return forward
-                if flow:
-                    if variant is not None:
-                        raise ValueError(
-                            f"this guidance changes a UNet's attention, and a {self.family.value} model is a "
-                            f"{type(unet).__name__}"
-                        )
+                if not flow:
+                    return unet_forward(unet, unet_call_patches(patches, variant, cond_or_uncond))
+                if variant is None:
                     return forward
-                return unet_forward(unet, unet_call_patches(patches, variant, cond_or_uncond))
+                if not isinstance(variant, SkipLayers):
+                    raise ValueError(
+                        f"this guidance changes a UNet's attention, and a {self.family.value} model is a "
+                        f"{type(unet).__name__}"
+                    )
+                return flow_forward(unet, self.sampling, variant)
 
             def call(
                 x_in: torch.Tensor,

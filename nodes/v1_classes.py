@@ -217,6 +217,8 @@ COMFY_METHODS: dict[str, ComfyMethod] = {
     "FreeU": ComfyMethod("patch"),
     "FreeU_V2": ComfyMethod("patch"),
     "HyperTile": ComfyMethod("patch"),
+    "SkipLayerGuidanceDiT": ComfyMethod("execute"),
+    "SkipLayerGuidanceSD3": ComfyMethod("execute"),
     "PerturbedAttentionGuidance": ComfyMethod("execute"),
     "SelfAttentionGuidance": ComfyMethod("patch"),
     "PatchModelAddDownscale": ComfyMethod("patch"),

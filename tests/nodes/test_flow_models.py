@@ -32,6 +32,7 @@ from nodes.conditioning import (
     ReferenceLatent,
 )
 from nodes.folders import Folders
+from nodes.guidance_nodes import SkipLayerGuidanceDiT, SkipLayerGuidanceSD3
 from nodes.image import FluxKontextImageScale
 from nodes.latent import EmptySD3LatentImage, VAEDecode
 from nodes.loaders import (
@@ -46,6 +47,7 @@ from nodes.loaders import (
 )
 from nodes.model_handles import DEFAULT_GUIDANCE
 from nodes.sampling import KSampler
+from tests.nodes.tiny_models import tiny_checkpoint
 
 CONTEXT, POOLED = 32, 16  # tiny text widths; real files have 4096 and 768 (FLUX) / 2048 (SD3)
 
@@ -147,6 +149,77 @@ def test_ksampler_on_flux_dev_is_flow_euler_with_the_guidance_of_its_conditionin
             FluxFlow(1.15), FLUX_LATENT, latent["samples"], 7, 3,
         )  # fmt: skip
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("double", "single"), [("0", ""), ("", "0"), ("0", "0")])
+def test_skip_layer_guidance_on_flux_guides_away_from_the_prediction_with_blocks_skipped(
+    files, double: str, single: str
+) -> None:
+    model = SkipLayerGuidanceDiT(UNETLoader("flux-dev.safetensors", "default"), double, single, 2.0, 0.0, 1.0, 0.0)
+    positive = FluxGuidance(_conditioning(0), 2.0)
+    latent = EmptySD3LatentImage(64, 48, 1)
+    got = KSampler(model, 7, 3, 1.0, "euler", "simple", positive, _conditioning(1), latent, 1.0)["samples"]
+    reference = files["flux-dev.safetensors"].half().float().eval()
+    context, options = positive[0]
+    skips = {"skip_double": [0] if double else [], "skip_single": [0] if single else []}
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        cond, skipped = (
+            reference(x, sigma, context, options["pooled_output"], torch.full((1,), 2.0), **extra)
+            for extra in ({}, skips)
+        )
+        return cond + (cond - skipped) * 2.0
+
+    with torch.no_grad():
+        expected = _flow_euler(guided, FluxFlow(1.15), FLUX_LATENT, latent["samples"], 7, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_skip_layer_guidance_on_sd3_skips_joint_blocks_inside_its_window_only(files) -> None:
+    model = UNETLoader("sd3.safetensors", "default")
+    positive, negative = _conditioning(0), _conditioning(1)
+    latent = EmptySD3LatentImage(64, 64, 1)
+    # The window (percent 0.3 to 0.5: sigmas 0.875 to 0.75) holds the second of three steps only.
+    patched = SkipLayerGuidanceSD3(model, "1", 3.0, 0.3, 0.5)
+    got = KSampler(patched, 11, 3, 4.0, "euler", "simple", positive, negative, latent, 1.0)["samples"]
+    reference = files["sd3.safetensors"].half().float().eval()
+    low, high = model.sampling.percent_to_sigma(0.5), model.sampling.percent_to_sigma(0.3)
+    calls = []
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        cond, uncond = (reference(x, sigma, c[0][0], c[0][1]["pooled_output"]) for c in (positive, negative))
+        out = uncond + (cond - uncond) * 4.0
+        calls.append(low < float(sigma[0]) <= high)
+        if calls[-1]:
+            skipped = reference(x, sigma, positive[0][0], positive[0][1]["pooled_output"], skip_layers=[1])
+            out = out + (cond - skipped) * 3.0
+        return out
+
+    with torch.no_grad():
+        expected = _flow_euler(guided, DiscreteFlow(3.0), SD3_LATENT, latent["samples"], 11, 3)
+    assert calls == [False, True, False]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_skip_layer_guidance_names_blocks_the_model_does_not_have(files) -> None:
+    model = SkipLayerGuidanceSD3(UNETLoader("sd3.safetensors", "default"), "7", 3.0, 0.0, 1.0)
+    latent = EmptySD3LatentImage(32, 32, 1)
+    with pytest.raises(ValueError, match=r"skip_layers \[7\] are not blocks of this depth-2 MMDiT"):
+        KSampler(model, 1, 1, 4.0, "euler", "simple", _conditioning(0), _conditioning(1), latent, 1.0)
+    with pytest.raises(ValueError, match="a MMDiT has no single-stream blocks"):
+        flux_only = SkipLayerGuidanceDiT(UNETLoader("sd3.safetensors", "default"), "", "0", 3.0, 0.0, 1.0, 0.0)
+        KSampler(flux_only, 1, 1, 4.0, "euler", "simple", _conditioning(0), _conditioning(1), latent, 1.0)
+
+
+def test_skip_layer_guidance_without_layers_or_on_a_unet_leaves_the_model_alone(
+    files, folders: Folders, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = UNETLoader("sd3.safetensors", "default")
+    assert SkipLayerGuidanceDiT(model, "", " , ", 3.0, 0.0, 1.0, 0.0) is model
+    tiny_checkpoint(folders.models, "sd15.safetensors")
+    unet_model = CheckpointLoaderSimple("sd15.safetensors")[0]
+    assert SkipLayerGuidanceSD3(unet_model, "7, 8, 9", 3.0, 0.01, 0.15) is unet_model
+    assert "SkipLayerGuidanceSD3 has no effect on a UNetModel" in caplog.text
 
 
 def test_a_conditioning_without_guidance_gets_comfyui_s_default_and_without_pooled_output_zeros(files) -> None:

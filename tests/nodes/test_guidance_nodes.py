@@ -26,6 +26,8 @@ APG_TIPS = {
     "momentum": "Controls a running average of guidance during diffusion, disabled at a setting of 0.",
 }
 
+PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
+
 # class_type: (category, display name, inputs after "model"/sockets as ComfyUI's object_info gives them,
 #              outputs, output names, experimental)
 SPECS: dict[str, tuple[str, str, dict[str, Any], list[str], list[str], bool]] = {
@@ -71,6 +73,30 @@ SPECS: dict[str, tuple[str, str, dict[str, Any], list[str], list[str], bool]] = 
             "neg_scale": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01}],
         },
         ["GUIDER"], ["GUIDER"], True,
+    ),
+    "SkipLayerGuidanceDiT": (
+        "advanced/guidance", "SkipLayerGuidanceDiT",
+        {
+            "model": ["MODEL"],
+            "double_layers": ["STRING", {"default": "7, 8, 9", "advanced": True}],
+            "single_layers": ["STRING", {"default": "7, 8, 9", "advanced": True}],
+            "scale": ["FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}],
+            "start_percent": ["FLOAT", {"default": 0.01, **PERCENT, "advanced": True}],
+            "end_percent": ["FLOAT", {"default": 0.15, **PERCENT, "advanced": True}],
+            "rescaling_scale": ["FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01}],
+        },
+        ["MODEL"], ["MODEL"], True,
+    ),
+    "SkipLayerGuidanceSD3": (
+        "advanced/guidance", "SkipLayerGuidanceSD3",
+        {
+            "model": ["MODEL"],
+            "layers": ["STRING", {"default": "7, 8, 9"}],
+            "scale": ["FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}],
+            "start_percent": ["FLOAT", {"default": 0.01, **PERCENT}],
+            "end_percent": ["FLOAT", {"default": 0.15, **PERCENT}],
+        },
+        ["MODEL"], ["MODEL"], True,
     ),
 }  # fmt: skip
 

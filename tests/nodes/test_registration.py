@@ -40,6 +40,7 @@ BUILTIN_NAMES = {
     "RescaleCFG", "CFGNorm", "CFGZeroStar", "APG", "DualCFGGuider", "PerpNegGuider", "ModelSamplingDiscrete",
     "ModelSamplingContinuousEDM",
     "Canny",
+    "SkipLayerGuidanceDiT", "SkipLayerGuidanceSD3",
     "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced",
     "FreeU", "FreeU_V2", "HyperTile", "PatchModelAddDownscale", "PerturbedAttentionGuidance", "SelfAttentionGuidance",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
