@@ -6,8 +6,18 @@ latents (512² and 256² images), the VAE decoding a 64x64 latent to 512², CLIP
 tokens, one full-width FLUX.1 double and single block (``flux``) and two full-width SD3.5 Large joint
 blocks (``mmdit``) on a 512² image, the smallest full-width Z-Image (``zimage``: one main block and one
 noise and one context refiner) on a 512² image and a 100-token caption, two full-width Qwen3-4B decoder
-layers (``qwen3``) on 128 tokens of hidden states, and the peak RSS of loading a full-size single-file
-checkpoint. The whole Qwen3-4B encoding a prompt from a memory-mapped file is ``bench/qwen3_encode.py``.
+layers (``qwen3``) on 128 tokens of hidden states, the full SDXL UNet driven by a full SDXL ControlNet
+(``controlnet``: both on a batch of 2, the ControlNet's residuals fed to the UNet, as one CFG step of a
+ControlNet workflow), and the peak RSS of loading a full-size single-file checkpoint. The whole Qwen3-4B
+encoding a prompt from a memory-mapped file is ``bench/qwen3_encode.py``.
+
+``controlnet`` is the heaviest case by far. Its default latent is 128x128 (a 1024² image, SDXL's size), where
+one call is 19.6 TFLOP; ``--controlnet-latent 64`` (512², 4.6 TFLOP per call) took 7 minutes on the project's
+2-core machine (one call: Loom 23 s, diffusers 82 s; bench/RESULTS.md), so the default, at 4.3 times the
+arithmetic, takes about 40 minutes with ``--repeats 2`` and ``32`` (1.2 TFLOP) about 2. Its 3.8 billion fp32
+weights (15.3 GB) exist once: Loom's modules adopt diffusers' tensors, renamed to the LDM layout, and the
+process peaked at 17.9 GB at 64 with Loom's packed convolution copies. The case times fp32 only: a bf16 copy
+of either side would not fit beside them in the machine's 23 GB.
 
 Both sides get the same weights: the diffusers modules are built with their default random
 initialisation and Loom's are loaded from the same tensors renamed to the LDM layout. Each case is
@@ -53,7 +63,7 @@ from diffusion.devices import cpu_computes_bf16_fast
 from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm
 from diffusion.model_memory import place
 
-CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "zimage", "qwen3", "load")
+CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "zimage", "qwen3", "controlnet", "load")
 LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
 CHECKPOINT = Path("/tmp/loom_bench_sd15_fp16.safetensors")
 CONFIG_DIR = Path("/tmp/loom_bench_sd15_diffusers_config")
@@ -82,6 +92,25 @@ SD15_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4,
 )
+# The published stabilityai/stable-diffusion-xl-base-1.0 unet/config.json; its ControlNets (diffusers/controlnet-
+# canny-sdxl-1.0) are the same encoder with the paper's hint stack.
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+SDXL_CONTROLNET_LATENT = 128
 CLIP_L = dict(
     hidden_size=768,
     intermediate_size=3072,
@@ -366,6 +395,51 @@ def mmdit_contenders() -> list[Contender]:
         Contender("loom", "bf16", lambda: loom_bf16(xb, sigma, cb, pb)),
         Contender("diffusers", "bf16", lambda: reference_bf16(xb, cb, pb, sigma * 1000).sample),
     ]
+
+
+def controlnet_contenders(latent: int) -> list[Contender]:
+    """The full SDXL UNet with one full SDXL ControlNet on a batch of 2 at ``latent``² latents, 77 context tokens
+    and SDXL's size conditioning (1024² original and target, no crop): the ControlNet's residuals go into the
+    UNet's skip connections and middle block, as in a sampling step. Loom's UNet and ControlNet adopt diffusers'
+    tensors, renamed to the LDM layout (``unet_to_ldm``, ``controlnet_to_ldm``), so there is one copy of each
+    weight; fp32 only (the module docstring says why)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from diffusion.controlnet import controlnet_to_ldm, load_controlnet
+    from diffusion.unet import sdxl_adm_vector, unet_from_state_dict
+
+    encoder = {k: v for k, v in SDXL_UNET.items() if k not in ("out_channels", "up_block_types", "sample_size")}
+    started = time.perf_counter()
+    with _seeded(14):
+        reference_unet = UNet2DConditionModel(**SDXL_UNET).eval()
+        reference_controlnet = ControlNetModel(**encoder).eval()
+    unet = unet_from_state_dict(unet_to_ldm(reference_unet.state_dict(), reference_unet.config)).eval()
+    controlnet = load_controlnet(controlnet_to_ldm(reference_controlnet.state_dict())).eval()
+    print(f"  (built the SDXL UNet and ControlNet in {time.perf_counter() - started:.0f} s)", flush=True)
+    with _seeded(15):
+        x, hint = torch.randn(2, 4, latent, latent), torch.rand(2, 3, 8 * latent, 8 * latent)
+        context, pooled = torch.randn(2, 77, 2048), torch.randn(2, 1280)
+    t = torch.tensor([500.0, 500.0])
+    y = sdxl_adm_vector(pooled, (1024, 1024), (0, 0), (1024, 1024))
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * 2)}
+
+    def loom_call() -> torch.Tensor:
+        return unet(x, t, context, y, control=controlnet(x, hint, t, context, y))
+
+    def reference_call() -> torch.Tensor:
+        down, middle = reference_controlnet(
+            x, t, context, controlnet_cond=hint, added_cond_kwargs=added, return_dict=False
+        )
+        return reference_unet(
+            x,
+            t,
+            context,
+            added_cond_kwargs=added,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=middle,
+        ).sample
+
+    return [Contender("loom", "fp32", loom_call), Contender("diffusers", "fp32", reference_call)]
 
 
 # Qwen3-4B's sizes (its config.json; the 4B's RoPE base is 1e6, not transformers' default 1e4).
@@ -658,6 +732,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (min is reported)")
+    parser.add_argument(
+        "--controlnet-latent",
+        type=int,
+        default=SDXL_CONTROLNET_LATENT,
+        help="latent side of the controlnet case (128, SDXL's 1024² image, by default; 64 or 32 to make it quick)",
+    )
     parser.add_argument("--probe", choices=LOADERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
@@ -681,6 +761,7 @@ def main() -> None:
         "mmdit": mmdit_contenders,
         "zimage": zimage_contenders,
         "qwen3": qwen3_contenders,
+        "controlnet": lambda: controlnet_contenders(args.controlnet_latent),
     }
     rows: list[Row] = []
     for case in cases:

@@ -10,10 +10,16 @@ fitted to the latent (``fit_hint``: centre crop, nearest-exact resize to 8x the 
 by its strength and adds those of the links before it; outside its window it adds nothing of its own. The
 window is checked on sigma, through the model sampling's ``percent_to_sigma``, as ComfyUI's controls check it.
 
+A T2I-Adapter link (``diffusion.t2i_adapter``) sees neither latent nor timestep: its features are computed once
+per sampling run and size, from the hint sized as ComfyUI sizes adapter hints (``fit_adapter_hint``), and added
+inside the UNet's encoder at its strength. A union ControlNet link runs with the control type its
+``SetUnionControlNetType`` chose (``union_type``, None for "auto"); a Control-LoRA link runs the ControlNet it was
+last bound to (``diffusion.control_lora``), which the caller binds to the sampled UNet before the run.
+
 ``BoundControl`` is one chain bound to a guider's model sampling for one sampling run; it caches the fitted
-hints. ``concat_residuals`` lines the residuals of several entries up with a batched UNet call, zeros for an
-entry without control, and ``share_with_uncond`` gives the negative the positive's controls the way ComfyUI
-does for the old ControlNetApply (``control_apply_to_uncond``).
+hints and the adapters' features. ``concat_residuals`` lines the residuals of several entries up with a batched
+UNet call, zeros for an entry without control, and ``share_with_uncond`` gives the negative the positive's
+controls the way ComfyUI does for the old ControlNetApply (``control_apply_to_uncond``).
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import torch
 from torch import Tensor
 
 from diffusion.cfg_hooks import Conditioning
-from diffusion.controlnet import ControlNet, ControlNetConfig, ControlResiduals, fit_hint
+from diffusion.control_models import ControlModel
+from diffusion.controlnet import ControlNetConfig, ControlResiduals, fit_hint
+from diffusion.controlnet_union import UnionControlNet
 from diffusion.prediction import ModelSampling
+from diffusion.t2i_adapter import T2IAdapter, fit_adapter_hint
 from diffusion.unet_config import UNetConfig
 
 __all__ = [
@@ -43,15 +52,17 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class AppliedControl:
-    """A ControlNet applied to conditioning entries (their ``control`` option), with the controls before it.
+    """A control model (ControlNet, union ControlNet, Control-LoRA or T2I-Adapter) applied to conditioning entries
+    (their ``control`` option), with the controls before it.
 
     ``hint`` is the control image channels first, ``[B or 1, C, H, W]`` in 0..1, at any size. ``name`` says
     which ControlNet it is in errors (its file's name). ``global_average_pooling`` replaces each residual by
-    its spatial mean, as ComfyUI does for the shuffle ControlNet. Compared and hashed by identity: entries
-    that share one object share one ControlNet evaluation per model call.
+    its spatial mean, as ComfyUI does for the shuffle ControlNet. ``union_type`` is the control type a union
+    ControlNet runs with (None: "auto"). Compared and hashed by identity: entries that share one object share
+    one ControlNet evaluation per model call.
     """
 
-    controlnet: ControlNet
+    controlnet: ControlModel
     hint: Tensor
     strength: float = 1.0
     start_percent: float = 0.0
@@ -59,6 +70,7 @@ class AppliedControl:
     previous: AppliedControl | None = None
     name: str = "ControlNet"
     global_average_pooling: bool = False
+    union_type: int | None = None
 
     def chain(self) -> Iterator[AppliedControl]:
         """This control and those applied before it, oldest first."""
@@ -66,9 +78,9 @@ class AppliedControl:
             yield from self.previous.chain()
         yield self
 
-    def controlnets(self) -> list[ControlNet]:
-        """The distinct ControlNet modules of the chain: what must sit on the device beside the UNet."""
-        distinct: dict[int, ControlNet] = {}
+    def controlnets(self) -> list[ControlModel]:
+        """The distinct control modules of the chain: what must sit on the device beside the UNet."""
+        distinct: dict[int, ControlModel] = {}
         for link in self.chain():
             distinct.setdefault(id(link.controlnet), link.controlnet)
         return list(distinct.values())
@@ -113,10 +125,16 @@ def _per_chunk(hint: Tensor, batch: int) -> Tensor:
 
 
 def _pooled(residuals: ControlResiduals) -> ControlResiduals:
-    def mean(r: Tensor | None) -> Tensor | None:
-        return None if r is None else r.mean(dim=(2, 3), keepdim=True).expand_as(r)
+    return residuals.mapped(lambda r: r.mean(dim=(2, 3), keepdim=True).expand_as(r))
 
-    return ControlResiduals(tuple(mean(r) for r in residuals.input), mean(residuals.middle))
+
+def _for_rows(tensor: Tensor, rows: int, chunks: int) -> Tensor:
+    """One per-picture tensor for ``chunks`` blocks of ``rows`` rows: each block cycles over the pictures from the
+    first (``_per_chunk``), one picture repeated to every row."""
+    per_chunk = _per_chunk(tensor, rows)
+    if per_chunk.shape[0] == 1:
+        per_chunk = per_chunk.expand(rows, *per_chunk.shape[1:])
+    return per_chunk.repeat(chunks, *(1,) * (tensor.ndim - 1))
 
 
 class BoundControl:
@@ -133,18 +151,37 @@ class BoundControl:
             for link in control.chain()
         ]
         self._hints: dict[tuple[int, int, int, torch.device, torch.dtype], Tensor] = {}
+        self._features: dict[tuple[int, int, int, torch.device, torch.dtype], ControlResiduals] = {}
 
     def _hint(self, link: AppliedControl, x_in: Tensor, chunks: int, device: torch.device) -> Tensor:
+        controlnet = link.controlnet
+        assert not isinstance(controlnet, T2IAdapter)  # adapters take their hints in _adapter_features
         height, width = x_in.shape[-2:]
-        key = (id(link), height, width, device, link.controlnet.dtype)
+        key = (id(link), height, width, device, controlnet.dtype)
         fitted = self._hints.get(key)
         if fitted is None:
-            scale = link.controlnet.config.hint_downscale
-            fitted = fit_hint(link.hint.float(), height * scale, width * scale).to(device, link.controlnet.dtype)
+            scale = controlnet.config.hint_downscale
+            fitted = fit_hint(link.hint.float(), height * scale, width * scale).to(device, controlnet.dtype)
             self._hints[key] = fitted
         if fitted.shape[0] == 1:
             return fitted
         return _per_chunk(fitted, x_in.shape[0] // chunks).repeat(chunks, 1, 1, 1)
+
+    def _adapter_features(
+        self, link: AppliedControl, adapter: T2IAdapter, x_in: Tensor, chunks: int, device: torch.device
+    ) -> ControlResiduals:
+        """The adapter's features for ``x_in``'s rows: computed on the hint's pictures once per run and latent
+        size (ComfyUI runs an adapter once per sampling), then cycled over each conditioning's rows."""
+        height, width = x_in.shape[-2:]
+        key = (id(link), height, width, device, adapter.dtype)
+        features = self._features.get(key)
+        if features is None:
+            hint = fit_adapter_hint(link.hint.float(), height, width, adapter.config).to(device)
+            with torch.no_grad():
+                features = adapter(hint)
+            self._features[key] = features
+        rows = x_in.shape[0] // chunks
+        return features.mapped(lambda feature: _for_rows(feature, rows, chunks).to(x_in.device))
 
     def residuals(
         self, x_in: Tensor, sigma: float, timesteps: Tensor, context: Tensor, y: Tensor | None, chunks: int = 1
@@ -159,15 +196,20 @@ class BoundControl:
                 continue
             controlnet = link.controlnet
             device = next(controlnet.parameters()).device
-            takes_y = controlnet.config.unet.adm_in_channels is not None
-            with torch.no_grad():
-                own = controlnet(
-                    x_in.to(device),
-                    self._hint(link, x_in, chunks, device),
-                    timesteps.to(device),
-                    context.to(device),
-                    None if y is None or not takes_y else y.to(device),
-                ).to(x_in.device)
+            if isinstance(controlnet, T2IAdapter):
+                own = self._adapter_features(link, controlnet, x_in, chunks, device)
+            else:
+                takes_y = controlnet.config.unet.adm_in_channels is not None
+                union = {"union_type": link.union_type} if isinstance(controlnet, UnionControlNet) else {}
+                with torch.no_grad():
+                    own = controlnet(
+                        x_in.to(device),
+                        self._hint(link, x_in, chunks, device),
+                        timesteps.to(device),
+                        context.to(device),
+                        None if y is None or not takes_y else y.to(device),
+                        **union,
+                    ).to(x_in.device)
             if link.global_average_pooling:
                 own = _pooled(own)
             own = own.scaled(link.strength)
@@ -176,10 +218,7 @@ class BoundControl:
 
 
 def _rows(residuals: ControlResiduals, start: int, stop: int) -> ControlResiduals:
-    def take(r: Tensor | None) -> Tensor | None:
-        return None if r is None else r[start:stop]
-
-    return ControlResiduals(tuple(take(r) for r in residuals.input), take(residuals.middle))
+    return residuals.mapped(lambda r: r[start:stop])
 
 
 def split_rows(residuals: ControlResiduals, parts: int) -> list[ControlResiduals]:
@@ -189,7 +228,7 @@ def split_rows(residuals: ControlResiduals, parts: int) -> list[ControlResiduals
 
 
 def _rows_of(residuals: ControlResiduals) -> int:
-    first = next(r for r in (*residuals.input, residuals.middle) if r is not None)
+    first = next(r for r in residuals.tensors() if r is not None)
     return int(first.shape[0])
 
 
@@ -203,6 +242,7 @@ def concat_residuals(parts: list[ControlResiduals | None]) -> ControlResiduals |
     if not present:
         return None
     count = max(len(part.input) for part in present)
+    stages = max(len(part.encoder) for part in present)
 
     def joined(pick: Any) -> Tensor | None:
         tensors: list[Tensor | None] = [None if part is None else pick(part) for part in parts]
@@ -214,7 +254,14 @@ def concat_residuals(parts: list[ControlResiduals | None]) -> ControlResiduals |
     def input_at(index: int) -> Any:
         return lambda part: part.input[index] if index < len(part.input) else None
 
-    return ControlResiduals(tuple(joined(input_at(index)) for index in range(count)), joined(lambda part: part.middle))
+    def encoder_at(index: int) -> Any:
+        return lambda part: part.encoder[index] if index < len(part.encoder) else None
+
+    return ControlResiduals(
+        tuple(joined(input_at(index)) for index in range(count)),
+        joined(lambda part: part.middle),
+        tuple(joined(encoder_at(index)) for index in range(stages)),
+    )
 
 
 def share_with_uncond(positive: Conditioning, other: Conditioning) -> Conditioning:

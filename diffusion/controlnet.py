@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -39,6 +39,7 @@ __all__ = [
     "controlnet_layout",
     "controlnet_to_ldm",
     "detect_controlnet_config",
+    "detect_hint_block",
     "fit_hint",
     "is_difference_controlnet",
     "load_controlnet",
@@ -58,41 +59,63 @@ class ControlResiduals:
 
     `input` has one entry per UNet input block (the ControlNet's zero convs, in that order): each is
     added to the skip connection that block pushed, when the decoder takes it. `middle` is added to the
-    middle block's output. An entry may be None (nothing added there). These are diffusers'
-    `down_block_additional_residuals` / `mid_block_additional_residual` and ComfyUI's
-    `control["output"]` / `control["middle"]`.
+    middle block's output. These are diffusers' `down_block_additional_residuals` /
+    `mid_block_additional_residual` and ComfyUI's `control["output"]` / `control["middle"]`.
+
+    `encoder` is added inside the encoder, so every later block sees it (T2I-Adapter features: diffusers'
+    `down_intrablock_additional_residuals`, ComfyUI's `control["input"]`). It is indexed by encoder stage
+    rather than by block, so that an adapter fits any UNet with its levels and widths, however many
+    ResBlocks a level has: stage 2 l ends with level l's last ResBlock (before its downsampling), stage
+    2 l + 1 is level l's Downsample; a UNet of L levels has 2 L - 1 stages. Any entry may be None
+    (nothing added there).
     """
 
     input: tuple[torch.Tensor | None, ...]
     middle: torch.Tensor | None = None
+    encoder: tuple[torch.Tensor | None, ...] = ()
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        """Every entry, None included, in a fixed order (input, middle, encoder): for code that treats them alike."""
+        return [*self.input, self.middle, *self.encoder]
+
+    def mapped(self, apply: Callable[[torch.Tensor], torch.Tensor]) -> ControlResiduals:
+        """`apply` on every present entry, the Nones kept where they are."""
+
+        def one(r: torch.Tensor | None) -> torch.Tensor | None:
+            return None if r is None else apply(r)
+
+        return ControlResiduals(tuple(map(one, self.input)), one(self.middle), tuple(map(one, self.encoder)))
 
     def scaled(self, strength: float) -> ControlResiduals:
         """Every residual times `strength` (ControlNetApply's strength); new tensors, these untouched."""
-        return ControlResiduals(
-            tuple(None if r is None else r * strength for r in self.input),
-            None if self.middle is None else self.middle * strength,
-        )
+        return self.mapped(lambda r: r * strength)
 
     def __add__(self, other: ControlResiduals) -> ControlResiduals:
         """Two control models' residuals applied together: summed entry by entry, None counting as zero."""
         if not isinstance(other, ControlResiduals):
             return NotImplemented
-        if self.input and other.input and len(self.input) != len(other.input):
-            raise ValueError(
-                f"cannot add control residuals for {len(self.input)} and {len(other.input)} input blocks "
-                "(control models made for different UNets?)"
-            )
-        count = max(len(self.input), len(other.input))
-        mine = self.input or (None,) * count
-        theirs = other.input or (None,) * count
-        return ControlResiduals(tuple(_sum(a, b) for a, b in zip(mine, theirs)), _sum(self.middle, other.middle))
+        return ControlResiduals(
+            _summed(self.input, other.input, "input blocks"),
+            _sum(self.middle, other.middle),
+            _summed(self.encoder, other.encoder, "encoder stages"),
+        )
 
     def to(self, device: torch.device | str) -> ControlResiduals:
         """The same residuals on `device` (these themselves where they already are)."""
-        return ControlResiduals(
-            tuple(None if r is None else r.to(device) for r in self.input),
-            None if self.middle is None else self.middle.to(device),
+        return self.mapped(lambda r: r.to(device))
+
+
+def _summed(
+    mine: tuple[torch.Tensor | None, ...], theirs: tuple[torch.Tensor | None, ...], what: str
+) -> tuple[torch.Tensor | None, ...]:
+    """Two residual tuples summed position by position; an empty one stands for all None."""
+    if mine and theirs and len(mine) != len(theirs):
+        raise ValueError(
+            f"cannot add control residuals for {len(mine)} and {len(theirs)} {what} "
+            "(control models made for different UNets?)"
         )
+    count = max(len(mine), len(theirs))
+    return tuple(_sum(a, b) for a, b in zip(mine or (None,) * count, theirs or (None,) * count))
 
 
 def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -209,27 +232,39 @@ class ControlNet(nn.Module):
         context: torch.Tensor,
         y: torch.Tensor | None = None,
     ) -> ControlResiduals:
+        hint = self._check_inputs(x, hint, y)
+        emb = self._embedding(x, timesteps, y)
+        return self._encode(x, self.input_hint_block(hint.to(self.dtype)), emb, context)
+
+    def _check_inputs(self, x: torch.Tensor, hint: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The hint expanded to x's batch, after checking that y is given exactly when the encoder takes it."""
         has_adm = self.config.unet.adm_in_channels is not None
         if has_adm and y is None:
             raise ValueError(f"this ControlNet needs y: [B, {self.config.unet.adm_in_channels}] (SDXL conditioning)")
         if not has_adm and y is not None:
             raise ValueError("this ControlNet takes no y (it has no label_emb)")
-        hint = self._check_hint(x, hint)
-        out_dtype, dtype = x.dtype, self.dtype
-        timesteps = torch.as_tensor(timesteps, device=x.device).expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.unet.model_channels).to(dtype))
-        if y is not None:
-            emb = emb + self.label_emb(y.to(dtype))
-        context = context.to(dtype)
+        return self._check_hint(x, hint)
 
-        guided_hint: torch.Tensor | None = self.input_hint_block(hint.to(dtype))
-        h = x.to(dtype)
+    def _embedding(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The time embedding (plus SDXL's label embedding) the encoder's ResBlocks take, in the module's dtype."""
+        timesteps = torch.as_tensor(timesteps, device=x.device).expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.unet.model_channels).to(self.dtype))
+        return emb if y is None else emb + self.label_emb(y.to(self.dtype))
+
+    def _encode(
+        self, x: torch.Tensor, guided_hint: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+    ) -> ControlResiduals:
+        """The encoder copy run on x with the embedded hint added after its first block; residuals in x's dtype."""
+        out_dtype = x.dtype
+        context = context.to(self.dtype)
+        pending: torch.Tensor | None = guided_hint
+        h = x.to(self.dtype)
         residuals = []
         for block, zero_conv in zip(self.input_blocks, self.zero_convs):
             h = block(h, emb, context)
-            if guided_hint is not None:
-                h = h + guided_hint
-                guided_hint = None
+            if pending is not None:
+                h = h + pending
+                pending = None
             residuals.append(zero_conv(h).to(out_dtype))
         h = self.middle_block(h, emb, context)
         return ControlResiduals(tuple(residuals), self.middle_block_out(h).to(out_dtype))
@@ -325,14 +360,22 @@ def _ldm_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return dict(state_dict)
 
 
-def detect_controlnet_config(state_dict: Mapping[str, torch.Tensor]) -> ControlNetConfig:
-    """The config of original-layout ControlNet weights (prefix stripped), from keys and shapes alone."""
-    first = require_key(state_dict, "input_hint_block.0.weight", "ControlNet", _LDM_LAYOUT)
+def detect_hint_block(
+    state_dict: Mapping[str, torch.Tensor], component: str = "ControlNet"
+) -> tuple[int, tuple[int, ...]]:
+    """The hint channels and hint stack widths (`ControlNetConfig`) of original-layout hint block weights."""
+    first = require_key(state_dict, "input_hint_block.0.weight", component, _LDM_LAYOUT)
     convs = sorted(int(m.group(1)) for k in state_dict if (m := _HINT_CONV.match(k)))
     if len(convs) < 2 or len(convs) % 2 or convs != list(range(0, 2 * len(convs), 2)):
-        raise CheckpointLayoutError("ControlNet", "input_hint_block", f"unexpected conv indices {convs}")
+        raise CheckpointLayoutError(component, "input_hint_block", f"unexpected conv indices {convs}")
     # conv_in, then (same-width, strided widening) pairs, then the conv to the UNet width.
     widths = (int(first.shape[0]), *(int(state_dict[f"input_hint_block.{i}.weight"].shape[0]) for i in convs[2:-1:2]))
+    return int(first.shape[1]), widths
+
+
+def detect_controlnet_config(state_dict: Mapping[str, torch.Tensor]) -> ControlNetConfig:
+    """The config of original-layout ControlNet weights (prefix stripped), from keys and shapes alone."""
+    hint_channels, widths = detect_hint_block(state_dict)
 
     # The encoder is a UNet encoder: detect_unet_config reads it, given stand-ins for the two decoder keys
     # it also requires (the output count equals the input block count in every LDM UNet).
@@ -350,11 +393,11 @@ def detect_controlnet_config(state_dict: Mapping[str, torch.Tensor]) -> ControlN
     ends = [sum(unet.num_res_blocks[: i + 1]) - 1 for i in range(len(unet.num_res_blocks))]
     per_level = [(unet.transformer_depth[end], n + 1) for end, n in zip(ends, unet.num_res_blocks)]
     mirrored = tuple(depth for depth, count in reversed(per_level) for _ in range(count))
-    return ControlNetConfig(replace(unet, transformer_depth_output=mirrored), int(first.shape[1]), widths)
+    return ControlNetConfig(replace(unet, transformer_depth_output=mirrored), hint_channels, widths)
 
 
-#: Keys that mark ControlNet files of kinds Loom does not build, and what each is.
-_UNSUPPORTED_KINDS = {
+#: Keys that mark control files of kinds `load_controlnet` does not build, and what each is.
+_OTHER_KINDS = {
     "lora_controlnet": "a Control-LoRA (low-rank ControlNet weights over the base UNet's)",
     "task_embedding": "a union ControlNet (several control types in one model, chosen with SetUnionControlNetType)",
 }
@@ -394,9 +437,11 @@ def load_controlnet(
     by LDM name without prefix (`input_blocks.1.0.in_layers.2.weight` ...), each added to the stored difference
     of the same name. `base` is ignored for an ordinary ControlNet.
     """
-    for marker, kind in _UNSUPPORTED_KINDS.items():
+    for marker, kind in _OTHER_KINDS.items():
         if marker in state_dict or LDM_PREFIX + marker in state_dict:
-            raise CheckpointLayoutError("ControlNet", marker, f"{kind}, which Loom does not load yet")
+            raise CheckpointLayoutError(
+                "ControlNet", marker, f"{kind}: load it with diffusion.control_models.load_control_model"
+            )
     layout = controlnet_layout(state_dict)
     if layout is None:
         raise CheckpointLayoutError(

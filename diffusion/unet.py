@@ -165,8 +165,9 @@ class UNetModel(nn.Module):
     x: [B, in_channels, H, W] latents; timesteps: [B] or scalar (DDPM step index, may be
     fractional); context: [B, tokens, context_dim]; y: [B, adm_in_channels] for SDXL-style models
     (see `sdxl_adm_vector`), None otherwise. control: residuals of ControlNets
-    (`diffusion.controlnet.ControlResiduals`), added to the skip connections as the decoder takes them
-    and to the middle block's output; None computes exactly as without. patches: `UNetPatches`
+    and T2I-Adapters (`diffusion.controlnet.ControlResiduals`): `input` added to the skip connections as
+    the decoder takes them, `middle` to the middle block's output, `encoder` to the output of the block
+    ending each encoder stage, before the skip is pushed; None computes exactly as without. patches: `UNetPatches`
     (`diffusion.unet_patches`: FreeU, HyperTile, Deep Shrink ...) run at ComfyUI's patch points; None
     computes exactly as without. With patches, a control residual whose shape no longer fits its skip
     (a patch resized the features) is left out with a warning, as ComfyUI leaves it out.
@@ -185,6 +186,8 @@ class UNetModel(nn.Module):
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(PackedConv2d(config.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
+        #: Input block index -> the encoder stage it ends (`ControlResiduals.encoder`).
+        self.stage_ends: dict[int, int] = {}
         depths = iter(config.transformer_depth)
         for level, (mult, blocks) in enumerate(zip(config.channel_mult, config.num_res_blocks)):
             for _ in range(blocks):
@@ -194,9 +197,11 @@ class UNetModel(nn.Module):
                 self._add_transformer(layers, ch, next(depths))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
+            self.stage_ends[len(self.input_blocks) - 1] = 2 * level
             if level != len(config.channel_mult) - 1:
                 self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
                 skip_channels.append(ch)
+                self.stage_ends[len(self.input_blocks) - 1] = 2 * level + 1
 
         middle: list[nn.Module] = [ResBlock(ch, emb_dim, ch)]
         self._add_transformer(middle, ch, config.transformer_depth_middle)
@@ -262,13 +267,17 @@ class UNetModel(nn.Module):
         h = x.to(dtype)
         skips = []
         shape = tuple(x.shape)
+        additions = self._encoder_additions(control)
         for index, block in enumerate(self.input_blocks):
             if patches is None:
-                h = block(h, emb, context)
+                h = _added(block(h, emb, context), additions.get(index), self.stage_ends.get(index))
                 skips.append(h)
                 continue
             where = PatchContext(BlockId("input", index), timesteps, shape)
-            h = patches.apply_input_block(block(h, emb, context, transformer=patches.transformer(where)), where)
+            # ComfyUI adds control["input"] before its input_block_patch runs.
+            h = block(h, emb, context, transformer=patches.transformer(where))
+            h = _added(h, additions.get(index), self.stage_ends.get(index), lenient=True)
+            h = patches.apply_input_block(h, where)
             skips.append(h)
             h = patches.apply_input_block_after_skip(h, where)
         middle = None if patches is None else patches.transformer(PatchContext(BlockId("middle", 0), timesteps, shape))
@@ -289,6 +298,16 @@ class UNetModel(nn.Module):
             h = torch.cat([h, skip], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None, transformer)
         return self.out(h).to(out_dtype)
+
+    def _encoder_additions(self, control: ControlResiduals | None) -> dict[int, torch.Tensor]:
+        """The control's encoder additions by the input block after which each is added."""
+        if control is None or not control.encoder:
+            return {}
+        stages = 2 * len(self.config.channel_mult) - 1
+        if len(control.encoder) != stages:
+            raise ValueError(f"control has {len(control.encoder)} encoder additions, this UNet has {stages} stages")
+        additions = {block: control.encoder[stage] for block, stage in self.stage_ends.items()}
+        return {block: addition for block, addition in additions.items() if addition is not None}
 
     @staticmethod
     def _control_residuals(
@@ -321,6 +340,23 @@ class UNetModel(nn.Module):
                 if index < len(residuals):
                     residuals[index] = None
         return residuals
+
+
+def _added(h: torch.Tensor, addition: torch.Tensor | None, stage: int | None, lenient: bool = False) -> torch.Tensor:
+    """`h` plus a control's encoder addition (None: `h` itself). One whose shape does not fit is an error, or
+    with `lenient` (a patched call, whose patches may resize the features) left out with a warning, as ComfyUI
+    leaves it out."""
+    if addition is None:
+        return h
+    if addition.shape != h.shape:
+        message = (
+            f"control addition (encoder stage {stage}) has shape {tuple(addition.shape)}, the UNet {tuple(h.shape)}"
+        )
+        if not lenient:
+            raise ValueError(message)
+        _log.warning("%s: left out (a UNet patch resized the features)", message)
+        return h
+    return h + addition.to(h.dtype)
 
 
 def unet_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: UNetConfig | None = None) -> UNetModel:

@@ -8,20 +8,27 @@ against the MODEL (``check_control_fits``) and places its ControlNets on the dev
 run (``place_controls``).
 
 A difference ControlNet (``DiffControlNetLoader``) is the file's weights plus the MODEL's own, LoRAs
-included, as ComfyUI adds them: a load of its own per MODEL, shared with nothing.
+included, as ComfyUI adds them: a load of its own per MODEL, shared with nothing. A Control-LoRA is built the
+same way over the MODEL it samples with, LoRAs included, when that sampling starts (``place_controls``), as
+ComfyUI builds it. The handle of a union ControlNet carries the control type ``SetUnionControlNetType`` chose;
+T2I-Adapters are handles too, loaded by the same node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from diffusion.applied_control import AppliedControl, controlnet_mismatch, unet_kind
 from diffusion.checkpoint import open_state_dict
+from diffusion.control_lora import ControlLora
+from diffusion.control_models import ControlModel
 from diffusion.controlnet import LDM_PREFIX, ControlNet, is_difference_controlnet, load_controlnet
+from diffusion.controlnet_union import UNION_CONTROLNET_TYPES, UnionControlNet
+from diffusion.t2i_adapter import T2IAdapter, adapter_mismatch
 from diffusion.unet import UNetModel
 from nodes.model_handles import ModelHandle
 from nodes.runtime import current_runtime
@@ -43,16 +50,21 @@ class ControlNetMismatchError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class ControlNetHandle:
-    """CONTROL_NET: a loaded ControlNet, the file it came from, and whether its residuals are pooled."""
+    """CONTROL_NET: a loaded control model, the file it came from, whether its residuals are pooled, and the
+    control type a union ControlNet runs with (None: "auto")."""
 
-    module: ControlNet
+    module: ControlModel
     path: Path
     global_average_pooling: bool = False
+    union_type: int | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> ControlNetHandle:
-        """The ControlNet of ``path``, shared with every live handle of the same unchanged file."""
-        return cls(load_shared_controlnet(path), path, path.stem.endswith(_POOLED_STEMS))
+        """The control model of ``path``, shared with every live handle of the same unchanged file. Only
+        ControlNets pool by file name, as in ComfyUI (which passes the shuffle flag to nothing else)."""
+        module = load_shared_controlnet(path)
+        pooled = isinstance(module, ControlNet) and path.stem.endswith(_POOLED_STEMS)
+        return cls(module, path, pooled)
 
     @classmethod
     def difference(cls, path: Path, model: ModelHandle) -> ControlNetHandle:
@@ -77,8 +89,38 @@ class ControlNetHandle:
         return self.path.name
 
     def loom_parts(self) -> list[object]:
-        """What this handle keeps alive, for ``graph.sizeof``: the ControlNet module."""
+        """What this handle keeps alive, for ``graph.sizeof``: the control module."""
         return [self.module]
+
+    def with_union_type(self, type_name: str) -> ControlNetHandle:
+        """This handle running its union ControlNet as control type ``type_name`` (``UNION_CONTROLNET_TYPES``, or
+        "auto": none chosen). Any other control model has no type to choose: "auto" leaves it as it is, a named
+        type is an error naming the file."""
+        if type_name == "auto":
+            return replace(self, union_type=None)
+        if type_name not in UNION_CONTROLNET_TYPES:
+            raise ValueError(f"unknown union ControlNet type {type_name!r}: one of {', '.join(UNION_CONTROLNET_TYPES)}")
+        if not isinstance(self.module, UnionControlNet):
+            raise ValueError(
+                f"ControlNet {self.name!r} is not a union ControlNet (ControlNet++ / controlnet-union), so it has no "
+                f'control type to set to {type_name!r}: choose "auto" or remove SetUnionControlNetType'
+            )
+        index = UNION_CONTROLNET_TYPES[type_name]
+        if index >= self.module.union.types:
+            raise ValueError(
+                f"ControlNet {self.name!r} knows {self.module.union.types} control types, and {type_name!r} is type "
+                f"{index}, one only the ProMax model knows"
+            )
+        return replace(self, union_type=index)
+
+    @property
+    def hint_channels(self) -> int:
+        module = self.module
+        if isinstance(module, T2IAdapter):
+            return module.config.hint_channels
+        if isinstance(module, ControlLora):
+            return module.hint_channels
+        return module.config.hint_channels
 
     def applied(
         self,
@@ -90,8 +132,10 @@ class ControlNetHandle:
     ) -> AppliedControl:
         """This ControlNet applied with ``image`` (IMAGE, ``[B, H, W, C]``) as its hint after ``previous``, the
         ``control`` an entry already carried (None, or another ``AppliedControl``)."""
-        channels = self.module.config.hint_channels
-        if image.ndim != 4 or image.shape[-1] != channels:
+        channels = self.hint_channels
+        # A one-channel adapter takes any image: ComfyUI averages its channels.
+        takes_any = isinstance(self.module, T2IAdapter) and channels == 1
+        if image.ndim != 4 or (image.shape[-1] != channels and not takes_any):
             raise ValueError(
                 f"ControlNet {self.name!r} takes a {channels}-channel image as its hint, got one of shape "
                 f"{tuple(image.shape)}"
@@ -110,6 +154,7 @@ class ControlNetHandle:
             previous,
             self.name,
             self.global_average_pooling,
+            self.union_type,
         )
 
 
@@ -120,22 +165,46 @@ def check_control_fits(model: ModelHandle, control: object) -> None:
         return
     unet = model.unet
     for link in control.chain():
-        made_for = unet_kind(link.controlnet.config.unet)
+        module = link.controlnet
         if not isinstance(unet, UNetModel):
             raise ControlNetMismatchError(
                 link.name,
                 model.family.value,
-                f"it is a ControlNet for {made_for} UNets, and a {model.family.value} model is a "
-                f"{type(unet).__name__}, which takes no ControlNet residuals",
+                f"it is {_made_for(module)}, and a {model.family.value} model is a {type(unet).__name__}, which "
+                "takes no ControlNet residuals",
             )
-        reason = controlnet_mismatch(link.controlnet.config, unet.config, model.latent_channels)
+        if isinstance(module, T2IAdapter):
+            reason = adapter_mismatch(module.config, unet.config)
+        elif isinstance(module, ControlLora):
+            reason = module.mismatch(unet.config)
+        else:
+            reason = controlnet_mismatch(module.config, unet.config, model.latent_channels)
         if reason is not None:
-            raise ControlNetMismatchError(link.name, model.family.value, f"it was made for {made_for} UNets ({reason})")
+            raise ControlNetMismatchError(link.name, model.family.value, f"it is {_made_for(module)} ({reason})")
+
+
+def _made_for(module: ControlModel) -> str:
+    """What a control model is, for messages."""
+    if isinstance(module, T2IAdapter):
+        return f"a T2I-Adapter for {'SDXL' if module.config.kind == 'full_xl' else 'SD1.x'} UNets"
+    if isinstance(module, ControlLora):
+        return "a Control-LoRA, whose weights are changes to the UNet it was trained for"
+    return f"a ControlNet made for {unet_kind(module.config.unet)} UNets"
 
 
 def place_controls(model: ModelHandle, controls: Sequence[AppliedControl]) -> None:
-    """Put the ControlNets of ``controls`` on the device together with ``model``'s UNet, so that neither is
-    offloaded for the other while they sample."""
+    """Build the Control-LoRAs of ``controls`` over ``model``'s UNet weights, LoRAs included (ComfyUI builds them
+    when sampling starts), then put every control model on the device together with the UNet, so that neither
+    is offloaded for the other while they sample. ``check_control_fits`` has passed for each."""
     modules = {id(module): module for control in controls for module in control.controlnets()}
-    if modules:
-        current_runtime().memory.use(model.unet, *modules.values())
+    placed: list[torch.nn.Module] = []
+    for module in modules.values():
+        if isinstance(module, ControlLora):
+            unet = model.unet
+            assert isinstance(unet, UNetModel)  # check_control_fits refused Control-LoRAs on other models
+            base = model.computed_weights(module.base_names(unet.config))
+            placed.append(module.bind(unet.config, base, unet.dtype))
+        else:
+            placed.append(module)
+    if placed:
+        current_runtime().memory.use(model.unet, *placed)

@@ -13,22 +13,32 @@ carried, and leave the conditioning they were given unchanged:
   whole process, a new control per entry, and marks it ``control_apply_to_uncond``: sampling hands it to the
   negative (``diffusion.applied_control.share_with_uncond``).
 
-Strength 0 returns the conditioning as given. Only SD1.x, SD2.x and SDXL ControlNets load (original and
-diffusers layouts, difference ControlNets through ``DiffControlNetLoader``); T2I adapters, Control-LoRAs,
-union ControlNets (so no ``SetUnionControlNetType``) and the SD3 / FLUX ControlNets are refused on loading.
-The optional ``vae`` of ``ControlNetApplyAdvanced`` is what ComfyUI's ControlNets for latent-space models
-read; SD ControlNets take the image itself, so it is accepted and unused.
+``SetUnionControlNetType`` picks the control type a union ControlNet (ControlNet++) runs with, on a new handle.
+
+Strength 0 returns the conditioning as given. The control models that load are those of SD1.x, SD2.x and SDXL
+UNets: ControlNets (original and diffusers layouts, difference ControlNets through ``DiffControlNetLoader``),
+union ControlNets, Control-LoRAs (built over the MODEL they sample with) and T2I-Adapters (full, light and XL,
+TencentARC's and diffusers' layouts); SD3 / FLUX ControlNets are refused on loading. The optional ``vae`` of
+``ControlNetApplyAdvanced`` is what ComfyUI's ControlNets for latent-space models read; SD ControlNets take the
+image itself, so it is accepted and unused.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from diffusion.controlnet_union import UNION_CONTROLNET_TYPES
 from graph.declare import Combo, Float, Output, Socket, node, spec_of
 from nodes.controlnet_handles import ControlNetHandle
 from nodes.runtime import find_model, list_models
 
-__all__ = ["ControlNetApply", "ControlNetApplyAdvanced", "ControlNetLoader", "DiffControlNetLoader"]
+__all__ = [
+    "ControlNetApply",
+    "ControlNetApplyAdvanced",
+    "ControlNetLoader",
+    "DiffControlNetLoader",
+    "SetUnionControlNetType",
+]
 
 FOLDER_KEY = "controlnet"
 
@@ -41,7 +51,8 @@ def _names() -> list[str]:
 
 @node(category="loaders", display_name="Load ControlNet Model", outputs=[Output("CONTROL_NET")])
 def ControlNetLoader(control_net_name=Combo(_names)):
-    """Load a ControlNet (SD1.x, SD2.x or SDXL; original or diffusers layout) from the controlnet folder."""
+    """Load a ControlNet, union ControlNet, Control-LoRA or T2I-Adapter (SD1.x, SD2.x or SDXL) from the
+    controlnet folder."""
     return ControlNetHandle.from_file(find_model(FOLDER_KEY, control_net_name))
 
 
@@ -111,3 +122,13 @@ def ControlNetApplyAdvanced(
         [[cond, chained(options)] for cond, options in positive],
         [[cond, chained(options)] for cond, options in negative],
     )
+
+
+@node(category="conditioning/controlnet", outputs=[Output("CONTROL_NET")])
+def SetUnionControlNetType(
+    control_net=Socket("CONTROL_NET"),
+    type=Combo(["auto", *UNION_CONTROLNET_TYPES]),
+):
+    """Choose which kind of control image a union ControlNet is given; "auto" chooses none."""
+    handle: ControlNetHandle = control_net
+    return handle.with_union_type(type)

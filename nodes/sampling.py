@@ -11,7 +11,9 @@ What the nodes add is the model side of ComfyUI's ``common_ksampler``:
 - An empty latent made for another channel count is replaced by zeros of the model's count.
 - SDXL's ``y`` (pooled text + size micro-conditioning, Podell et al. 2023) is built per conditioning
   entry when it has none: sizes default to the latent's pixel size and crop (0, 0), as ComfyUI does
-  for a plain CLIPTextEncode; the refiner's aesthetic score defaults to 6 (positive) / 2.5 (negative).
+  for a plain CLIPTextEncode; the refiner's aesthetic score defaults to 6 (positive) / 2.5 (negative). An entry
+  with ``unclip_conditioning`` (``unCLIPConditioning``: SDXL revision) has its pooled text replaced by the
+  noise-augmented image embeddings (``diffusion.unclip``), seeded from the sampler node's seed, as in ComfyUI.
 - Progress goes to ``report_progress`` once per step, through the sampler's step callback, with a
   preview drawn as ``nodes.previews`` says (none with ``--preview-method none``). The same call
   raises ``graph.progress.Interrupted`` when the prompt is stopped, so a stop lands between steps.
@@ -19,6 +21,7 @@ What the nodes add is the model side of ComfyUI's ``common_ksampler``:
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +33,7 @@ from diffusion.prediction import UNetFn
 from diffusion.samplers import SAMPLER_NAMES, SamplerSpec, StepCallback, get_sampler
 from diffusion.sampling import Previewer, prepare_noise, sample
 from diffusion.schedules import SCHEDULER_NAMES, cut_sigmas, denoise_sigmas
+from diffusion.unclip import ClipEmbeddingNoiseAugmentor, unclip_adm
 from diffusion.unet import sdxl_adm_vector, sdxl_refiner_adm_vector
 from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
 from graph.progress import report_progress
@@ -48,18 +52,27 @@ PREVIEW_MAX_SIZE = 512
 #: Per-number width of SDXL's size sinusoids; the rest of ``adm_in_channels`` is the pooled text.
 _SIZE_EMBED = 256
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+#: SDXL's revision augmentor (ComfyUI's for SDXL and the refiner): no data statistics in the checkpoints.
+_REVISION_AUGMENTOR = ClipEmbeddingNoiseAugmentor(width=1280, max_noise_level=1000)
+#: The seed of the sampler node running now (set by ``_sample``), which ComfyUI hands to the model's conditioning:
+#: SDXL revision seeds its noise augmentation from it. Every GUIDER binds its conditioning inside ``_sample``.
+_RUNNING_SEED: ContextVar[int] = ContextVar("loom_running_sampler_seed", default=0)
 
 Latent = dict[str, Any]
 
 
 def _adm_vector(
-    model: ModelHandle, adm: int, options: dict[str, Any], latent: torch.Tensor, negative: bool
+    model: ModelHandle, adm: int, options: dict[str, Any], latent: torch.Tensor, negative: bool, seed: int
 ) -> torch.Tensor:
     """SDXL's ``y`` for a model whose UNet takes ``adm`` (its ``adm_in_channels``) numbers."""
     refiner = model.family.value == "sdxl_refiner"
+    width = adm - (5 if refiner else 6) * _SIZE_EMBED
     pooled = options.get("pooled_output")
-    if pooled is None:
-        pooled = torch.zeros(1, adm - (5 if refiner else 6) * _SIZE_EMBED)
+    if options.get("unclip_conditioning"):
+        # ComfyUI's ``sdxl_pooled``: the class vector's first numbers (1280 in every SDXL) replace the pooled text.
+        pooled = unclip_adm(options["unclip_conditioning"], _REVISION_AUGMENTOR, seed)[:, :width]
+    elif pooled is None:
+        pooled = torch.zeros(1, width)
     height = int(options.get("height", latent.shape[2] * 8))
     width = int(options.get("width", latent.shape[3] * 8))
     crop = (int(options.get("crop_h", 0)), int(options.get("crop_w", 0)))
@@ -84,22 +97,34 @@ def _pooled_vector(width: int, options: dict[str, Any]) -> torch.Tensor:
     return pooled
 
 
+def _check_unclip(model: ModelHandle, options: dict[str, Any]) -> None:
+    if options.get("unclip_conditioning") and model.adm_in_channels is None:
+        raise ValueError(
+            f"the conditioning carries an image prompt from unCLIPConditioning, which this {model.family.value} model "
+            "cannot read: in Loom only SDXL models take it (revision, with clip_vision_g); SD2.1 unCLIP checkpoints "
+            "are not supported"
+        )
+
+
 def model_conditioning(
-    model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool
+    model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool, seed: int | None = None
 ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """Conditioning entries as this model needs them: ``y`` built, inpainting latents scaled or supplied, the
     ControlNets they carry checked against the model (``ControlNetMismatchError``).
 
-    ``latent`` is the latent being sampled, already in the model's space.
+    ``latent`` is the latent being sampled, already in the model's space. ``seed`` is the sampler's (SDXL revision
+    draws from it); None takes the seed of the sampler node running now, 0 outside one (ComfyUI's default).
     """
     prepared = []
     adm = model.adm_in_channels
+    seed = _RUNNING_SEED.get() if seed is None else seed
     for cond, options in conditioning:
         options = dict(options)
         if options.get("control") is not None:
             check_control_fits(model, options["control"])
+        _check_unclip(model, options)
         if adm is not None and options.get("y") is None:
-            options["y"] = _adm_vector(model, adm, options, latent, negative)
+            options["y"] = _adm_vector(model, adm, options, latent, negative, seed)
         if model.pooled_dim is not None:
             options["y"] = _pooled_vector(model.pooled_dim, options)
         if model.takes_guidance:
@@ -224,7 +249,11 @@ def _sample(
             if mask is None
             else guidance.Inpainting.from_mask(mask, latent, start_noise, sigmas, model.mask_policy)
         )
-        denoiser = guider.bind(unet_fn, latent, inpainting)
+        running = _RUNNING_SEED.set(noise.seed)
+        try:
+            denoiser = guider.bind(unet_fn, latent, inpainting)
+        finally:
+            _RUNNING_SEED.reset(running)
         place_controls(model, denoiser.controls())
         result = sample(
             denoiser,

@@ -20,11 +20,16 @@ from torch import nn
 
 from diffusion.checkpoint import LoadedCheckpoint, load_checkpoint, open_state_dict
 from diffusion.checkpoint.text_encoder_files import load_text_encoders
-from diffusion.controlnet import ControlNet, load_controlnet
+from diffusion.clip_vision import ClipVisionModel, load_clip_vision
+from diffusion.control_models import ControlModel, load_control_model
 from diffusion.stored_weights import store_weights_as
+from diffusion.style_model import ReduxImageEncoder, load_style_model
 from nodes.runtime import current_runtime
 
-__all__ = ["load_shared_checkpoint", "load_shared_controlnet", "load_shared_text_encoders", "modules_of"]
+__all__ = [
+    "load_shared_checkpoint", "load_shared_clip_vision", "load_shared_controlnet", "load_shared_style_model",
+    "load_shared_text_encoders", "modules_of",
+]  # fmt: skip
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
@@ -57,15 +62,29 @@ def load_shared_text_encoders(paths: Sequence[Path], clip_type: str) -> LoadedCh
     return current_runtime().memory.load_shared(key, lambda: load_text_encoders(paths, clip_type))
 
 
-def load_shared_controlnet(path: Path) -> ControlNet:
-    """The ControlNet of a file, shared like ``load_shared_checkpoint`` while a handle uses it. Raises
-    ``CheckpointLayoutError`` for a file that holds no ControlNet Loom builds, or a difference ControlNet
-    (which needs a MODEL: ``DiffControlNetLoader``)."""
+def load_shared_controlnet(path: Path) -> ControlModel:
+    """The control model of a file (ControlNet, union ControlNet, Control-LoRA or T2I-Adapter), shared like
+    ``load_shared_checkpoint`` while a handle uses it. Raises ``CheckpointLayoutError`` for a file that holds
+    none Loom builds, or a difference ControlNet (which needs a MODEL: ``DiffControlNetLoader``)."""
     key = ("controlnet", _file_identity(path))
-    return current_runtime().memory.load_shared(key, lambda: load_controlnet(open_state_dict(path)))
+    return current_runtime().memory.load_shared(key, lambda: load_control_model(open_state_dict(path)))
 
 
 def modules_of(checkpoint: LoadedCheckpoint) -> list[nn.Module]:
     """Every module of a loaded file: what a handle holding ``checkpoint`` keeps alive."""
     encoders = checkpoint.text_encoders.modules() if checkpoint.text_encoders is not None else ()
     return [module for module in (checkpoint.unet, checkpoint.vae, *encoders) if module is not None]
+
+
+def load_shared_clip_vision(path: Path) -> ClipVisionModel:
+    """The CLIP or SigLIP vision tower of a file, shared like ``load_shared_checkpoint`` while a handle uses it.
+    Raises ``CheckpointLayoutError`` for a file that holds no tower Loom builds."""
+    key = ("clip_vision", _file_identity(path))
+    return current_runtime().memory.load_shared(key, lambda: load_clip_vision(open_state_dict(path)))
+
+
+def load_shared_style_model(path: Path) -> ReduxImageEncoder:
+    """The style model (FLUX.1 Redux) of a file, shared like ``load_shared_checkpoint`` while a handle uses it.
+    Raises ``CheckpointLayoutError`` for any other file."""
+    key = ("style_model", _file_identity(path))
+    return current_runtime().memory.load_shared(key, lambda: load_style_model(open_state_dict(path)))

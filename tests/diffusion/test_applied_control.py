@@ -16,6 +16,7 @@ from diffusion.applied_control import (
 )
 from diffusion.controlnet import ControlResiduals, fit_hint, load_controlnet, tiny_controlnet_tensors
 from diffusion.prediction import EpsPrediction
+from diffusion.t2i_adapter import fit_adapter_hint, load_t2i_adapter, tiny_t2i_adapter_tensors
 from diffusion.tiny import tiny_checkpoint_tensors, tiny_unet_config
 from diffusion.unet_config import CheckpointLayoutError
 
@@ -38,7 +39,7 @@ def inputs(batch: int = 2):
 
 def same(a: ControlResiduals | None, b: ControlResiduals | None, atol: float = 0.0) -> bool:
     assert a is not None and b is not None
-    pairs = [*zip(a.input, b.input), (a.middle, b.middle)]
+    pairs = [*zip(a.input, b.input), (a.middle, b.middle), *zip(a.encoder, b.encoder, strict=True)]
     return all(torch.allclose(p, q, rtol=0, atol=atol) for p, q in pairs if p is not None and q is not None)
 
 
@@ -166,7 +167,31 @@ def test_a_difference_controlnet_needs_its_base_and_adds_it() -> None:
 @pytest.mark.parametrize(
     ("marker", "kind"), [("lora_controlnet", "a Control-LoRA"), ("task_embedding", "a union ControlNet")]
 )
-def test_controlnet_kinds_loom_does_not_build_are_named(marker: str, kind: str) -> None:
+def test_control_kinds_load_controlnet_does_not_build_are_named_with_their_loader(marker: str, kind: str) -> None:
     weights = {**tiny_controlnet_tensors(tiny_unet_config("sd15")), marker: torch.zeros(1)}
-    with pytest.raises(CheckpointLayoutError, match=f"{marker}: {kind}.*which Loom does not load yet"):
+    with pytest.raises(CheckpointLayoutError, match=f"{marker}: {kind}.*load_control_model"):
         load_controlnet(weights)
+
+
+def test_an_adapter_runs_once_per_run_and_its_features_join_a_controlnets_at_their_strengths(controlnets) -> None:
+    net, _ = controlnets
+    adapter = load_t2i_adapter(tiny_t2i_adapter_tensors(tiny_unet_config("sd15"), seed=3))
+    runs: list[torch.Size] = []
+    adapter.register_forward_hook(lambda module, args, output: runs.append(args[0].shape))
+    pictures = torch.rand(2, 3, 50, 70)
+    first = AppliedControl(net, torch.rand(1, 3, 64, 64), 0.7)
+    both = AppliedControl(adapter, pictures, 0.5, 0.0, 0.6, previous=first)
+    bound = BoundControl(both, SAMPLING)
+    x, t, context = inputs(3)
+    high, low = SAMPLING.percent_to_sigma(0.3), SAMPLING.percent_to_sigma(0.8)
+    at_high = [bound.residuals(x, high, t, context, None) for _ in range(3)]
+    assert runs == [torch.Size([2, 3, 64, 64])]  # once, on the pictures fitted to 8x the latent
+    with torch.no_grad():
+        own = adapter(fit_adapter_hint(pictures, 8, 8, adapter.config))
+        expected = own.mapped(lambda f: f[[0, 1, 0]]).scaled(0.5) + net(x, first.hint, t, context).scaled(0.7)
+    for result in at_high:
+        assert result is not None and same(result, expected, atol=1e-6)
+        assert result.encoder[0] is not None and result.encoder[1] is None and result.input
+    outside = bound.residuals(x, low, t, context, None)  # past the adapter's window: the ControlNet alone
+    assert outside is not None and outside.encoder == ()
+    assert same(outside, net(x, first.hint, t, context).scaled(0.7), atol=1e-6)

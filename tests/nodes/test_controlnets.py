@@ -12,10 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion import guidance
+from diffusion.control_lora import tiny_control_lora_tensors
 from diffusion.controlnet import ControlNet, ControlResiduals, fit_hint, load_controlnet, tiny_controlnet_tensors
+from diffusion.controlnet_union import tiny_controlnet_union_tensors
 from diffusion.samplers import get_sampler
 from diffusion.sampling import prepare_noise, sample
 from diffusion.schedules import denoise_sigmas
+from diffusion.t2i_adapter import T2IAdapter, fit_adapter_hint, tiny_t2i_adapter_tensors
 from diffusion.tiny import tiny_checkpoint_tensors, tiny_unet_config
 from diffusion.tiny_parts import write_tiny_file
 from diffusion.unet_config import CheckpointLayoutError
@@ -23,7 +26,13 @@ from graph.registry import NodeRegistry
 from nodes import controlnets
 from nodes.conditioning import CLIPTextEncode
 from nodes.controlnet_handles import ControlNetHandle, ControlNetMismatchError
-from nodes.controlnets import ControlNetApply, ControlNetApplyAdvanced, ControlNetLoader, DiffControlNetLoader
+from nodes.controlnets import (
+    ControlNetApply,
+    ControlNetApplyAdvanced,
+    ControlNetLoader,
+    DiffControlNetLoader,
+    SetUnionControlNetType,
+)
 from nodes.folders import Folders
 from nodes.latent import EmptyLatentImage
 from nodes.loaders import CheckpointLoaderSimple, LoraLoaderModelOnly, UNETLoader
@@ -65,6 +74,14 @@ SPECS: dict[str, tuple[str, str, dict[str, dict[str, Any]], list[str], list[str]
         },
         ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], False,
     ),
+    "SetUnionControlNetType": (
+        "conditioning/controlnet", "SetUnionControlNetType",
+        {"required": {"control_net": ["CONTROL_NET"], "type": [[
+            "auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
+            "segment", "tile", "repaint",
+        ]]}},
+        ["CONTROL_NET"], ["CONTROL_NET"], False,
+    ),
 }  # fmt: skip
 
 
@@ -101,7 +118,7 @@ def picture(seed: int = 0, size: tuple[int, int] = (48, 40)) -> torch.Tensor:
     return torch.rand(1, *size, 3, generator=torch.Generator().manual_seed(seed))
 
 
-Control = tuple[ControlNet, torch.Tensor, float, float, float]  # module, IMAGE, strength, start, end
+Control = tuple[ControlNet | T2IAdapter, torch.Tensor, float, float, float]  # module, IMAGE, strength, start, end
 
 
 class HandGuider:
@@ -131,8 +148,12 @@ class HandGuider:
         for module, image, strength, start, end in controls:
             window = self.model_sampling.percent_to_sigma(end) <= sigma <= self.model_sampling.percent_to_sigma(start)
             if window:
-                hint = fit_hint(image.movedim(-1, 1), 8 * x_in.shape[-2], 8 * x_in.shape[-1])
-                own = module(x_in, hint, t, context).scaled(strength)
+                if isinstance(module, T2IAdapter):
+                    own = module(fit_adapter_hint(image.movedim(-1, 1), x_in.shape[-2], x_in.shape[-1], module.config))
+                else:
+                    hint = fit_hint(image.movedim(-1, 1), 8 * x_in.shape[-2], 8 * x_in.shape[-1])
+                    own = module(x_in, hint, t, context)
+                own = own.scaled(strength).mapped(lambda r: r.expand(x_in.shape[0], *r.shape[1:]))
                 total = own if total is None else own + total
         return total
 
@@ -413,3 +434,112 @@ def test_an_sdxl_controlnet_takes_the_unets_pooled_conditioning(folders: Folders
     pos, neg = ControlNetApplyAdvanced(positive, negative, control_net, picture(), 1.0, 0.0, 1.0)
     controlled, plain = ksample(model, pos, neg), ksample(model, positive, negative)
     assert controlled.isfinite().all() and not torch.allclose(controlled, plain, atol=1e-3)
+
+
+# ---------------------------------------------------------------- T2I-Adapters, union ControlNets, Control-LoRAs
+
+
+def write_control(folders: Folders, name: str, tensors: dict[str, torch.Tensor]) -> str:
+    path = folders.models / "controlnet" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, path)
+    return name
+
+
+def test_ksampler_with_a_t2i_adapter_equals_the_hand_written_loop(sd15, folders: Folders) -> None:
+    model, clip = sd15
+    positive, negative = CLIPTextEncode("a lighthouse", clip), CLIPTextEncode("fog", clip)
+    name = write_control(
+        folders, "t2iadapter_canny_sd15v2.safetensors", tiny_t2i_adapter_tensors(tiny_unet_config("sd15"))
+    )
+    adapter = ControlNetLoader(name)
+    assert isinstance(adapter.module, T2IAdapter) and not adapter.global_average_pooling
+    image = picture()
+    pos, neg = ControlNetApplyAdvanced(positive, negative, adapter, image, 0.8, 0.0, 0.6)
+    control = (adapter.module, image, 0.8, 0.0, 0.6)
+    expected, controlled = by_hand(model, positive, negative, ([control], [control]))
+    assert 0 < controlled < 2 * STEPS
+    adapted = ksample(model, pos, neg)
+    close(adapted, expected)
+    assert not torch.allclose(adapted, ksample(model, positive, negative), atol=1e-3)
+
+
+def test_an_sdxl_adapter_on_an_sd15_model_is_refused_naming_both(sd15, folders: Folders) -> None:
+    model, clip = sd15
+    positive = CLIPTextEncode("a lighthouse", clip)
+    name = write_control(
+        folders, "t2i-adapter-canny-sdxl.safetensors", tiny_t2i_adapter_tensors(tiny_unet_config("sdxl"))
+    )
+    pos, neg = ControlNetApplyAdvanced(positive, positive, ControlNetLoader(name), picture(), 1.0, 0.0, 1.0)
+    with pytest.raises(
+        ControlNetMismatchError,
+        match=r"'t2i-adapter-canny-sdxl.safetensors' cannot drive this sd15 model: it is a T2I-Adapter for SDXL",
+    ):
+        ksample(model, pos, neg)
+
+
+def test_the_union_type_changes_the_result_and_a_plain_controlnet_has_none(folders: Folders) -> None:
+    tiny_checkpoint(folders.models, "sd_xl_base_1.0.safetensors", family="sdxl")
+    model, clip, _ = CheckpointLoaderSimple("sd_xl_base_1.0.safetensors")
+    positive, negative = CLIPTextEncode("a lighthouse", clip), CLIPTextEncode("fog", clip)
+    union = ControlNetLoader(
+        write_control(folders, "union-promax.safetensors", tiny_controlnet_union_tensors(tiny_unet_config("sdxl")))
+    )
+    results = {}
+    for choice in ("auto", "depth", "tile"):
+        typed = SetUnionControlNetType(union, choice)
+        assert typed.module is union.module and union.union_type is None
+        pos, neg = ControlNetApplyAdvanced(positive, negative, typed, picture(), 1.0, 0.0, 1.0)
+        results[choice] = ksample(model, pos, neg)
+    assert SetUnionControlNetType(union, "tile").union_type == 6
+    assert not torch.allclose(results["auto"], results["depth"], atol=1e-3)
+    assert not torch.allclose(results["depth"], results["tile"], atol=1e-3)
+    plain = ControlNetLoader(controlnet_file(folders, "canny.safetensors", family="sdxl"))
+    assert SetUnionControlNetType(plain, "auto").module is plain.module
+    with pytest.raises(ValueError, match=r"'canny.safetensors' is not a union ControlNet.*'depth'"):
+        SetUnionControlNetType(plain, "depth")
+
+
+def test_a_control_lora_is_built_over_the_sampled_model_like_the_controlnet_of_its_weights(
+    sd15, folders: Folders
+) -> None:
+    model, clip = sd15
+    positive, negative = CLIPTextEncode("a lighthouse", clip), CLIPTextEncode("fog", clip)
+    prefix = "model.diffusion_model."
+    base = {k[len(prefix) :]: v for k, v in tiny_checkpoint_tensors("sd15").items() if k.startswith(prefix)}
+    stored = tiny_control_lora_tensors(tiny_unet_config("sd15"), base, seed=5)
+    handle = ControlNetLoader(write_control(folders, "control-lora-canny-rank4.safetensors", stored))
+    image = picture()
+    pos, neg = ControlNetApplyAdvanced(positive, negative, handle, image, 0.9, 0.0, 1.0)
+    sampled = ksample(model, pos, neg)
+    built = handle.module.bound
+    assert built is not None
+    expected = {}
+    for key in built.state_dict():
+        module = key.removesuffix(".weight")
+        if f"{module}.up" in stored:
+            change = stored[f"{module}.up"].flatten(1) @ stored[f"{module}.down"].flatten(1)
+            expected[key] = base[key] + change.reshape(base[key].shape)
+        else:
+            expected[key] = stored[key] if key in stored else base[key]
+    for key, value in built.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6)
+    control = (built, image, 0.9, 0.0, 1.0)
+    close(sampled, by_hand(model, positive, negative, ([control], [control]))[0])
+
+
+def test_a_control_lora_for_another_model_is_refused_naming_it_and_why(folders: Folders) -> None:
+    tiny_checkpoint(folders.models, "sd2.safetensors", family="sd2")
+    model, clip, _ = CheckpointLoaderSimple("sd2.safetensors")
+    positive = CLIPTextEncode("a lighthouse", clip)
+    prefix = "model.diffusion_model."
+    base = {k[len(prefix) :]: v for k, v in tiny_checkpoint_tensors("sd15").items() if k.startswith(prefix)}
+    name = write_control(
+        folders, "control-lora-sd15.safetensors", tiny_control_lora_tensors(tiny_unet_config("sd15"), base)
+    )
+    pos, neg = ControlNetApplyAdvanced(positive, positive, ControlNetLoader(name), picture(), 1.0, 0.0, 1.0)
+    with pytest.raises(
+        ControlNetMismatchError,
+        match=r"'control-lora-sd15.safetensors' cannot drive this sd2 model: it is a Control-LoRA.*the UNet's",
+    ):
+        ksample(model, pos, neg)
