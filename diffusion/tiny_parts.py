@@ -14,9 +14,16 @@ families and the single parts people download one by one for them:
 - `lora`: ComfyUI's own LoRA layout, `diffusion_model.<module>.lora_down.weight`, `.lora_up.weight` and
   `.alpha`, on the attention and MLP linears of the transformer's blocks.
 - `checkpoint`: all in one.
-- `controlnet` (SD1.5, SD2 and SDXL only): a ControlNet for the UNet of the family's tiny checkpoint, in the
-  original layout under `control_model.` (`diffusion.controlnet.tiny_controlnet_tensors`), as ControlNet files
-  are downloaded; SDXL's has the UNet's `label_emb`.
+- `controlnet` (SD1.5, SD2, SDXL, SD3.5 Large and FLUX.1 dev): a ControlNet for the transformer or UNet of the
+  family's tiny files, in the layout its published files have: the original `control_model.` layout for the UNets
+  (`diffusion.controlnet`; SDXL's has the UNet's `label_emb`), Stability's SD3.5 ControlNet layout (canny,
+  `diffusion.sd3_controlnet`), InstantX's diffusers layout for FLUX (`diffusion.flux_controlnet`).
+- `t2i_adapter` (SD1.5: TencentARC's full adapter; SDXL: the XL adapter in diffusers' layout) and
+  `controlnet_union` (SDXL: xinsir's ProMax layout), `diffusion.t2i_adapter` and `diffusion.controlnet_union`.
+- `clip_vision_h`, `clip_vision_g`, `siglip_vision` (any family: the towers are the same for all): CLIP-ViT-H,
+  CLIP-ViT-bigG and SigLIP vision towers in transformers' layout, as `models/clip_vision/` holds them
+  (`diffusion.clip_vision`); `style_model` (FLUX.1 dev): a Redux image encoder (`diffusion.style_model`) that
+  reads the tiny SigLIP's states and writes tokens of the tiny FLUX's context width.
 
 All-in-one prefixes, as ComfyUI reads and writes them (`supported_models.py`: SD3 keeps the default VAE prefix,
 FLUX sets `vae.`; both set `text_encoders.`): the transformer under `model.diffusion_model.`, the VAE under
@@ -60,8 +67,8 @@ Dtypes (`--dtype`):
   fp16, the VAE in fp32, as in the fp8 files.
 - `fp8_mixed`: per-tensor dtypes in one file, as Chroma1-HD-fp8mixed: the linear layers' weights in float8_e4m3fn
   (no scales), every other floating tensor in bf16. For diffusion models and T5.
-- fp8 files exist for diffusion models, T5 and whole checkpoints only; a VAE, CLIP, Qwen3, LoRA or ControlNet
-  part, and the SD1/SD2/SDXL checkpoints, come in fp32, fp16 and bf16.
+- fp8 files exist for diffusion models, T5 and whole checkpoints only; a VAE, CLIP, Qwen3, LoRA, control or
+  image-encoder part, and the SD1/SD2/SDXL checkpoints, come in fp32, fp16 and bf16.
 
 Every component is drawn from its own stream of the seed, so a part equals the same component of the all-in-one
 file, and the text encoders (like the real files) are the same for every family.
@@ -73,17 +80,24 @@ import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from diffusion.chroma import ChromaConfig, ChromaTransformer
+from diffusion.clip_vision import ClipVisionKind, tiny_clip_vision_tensors
 from diffusion.controlnet import tiny_controlnet_tensors
+from diffusion.controlnet_union import tiny_controlnet_union_tensors
 from diffusion.flux import FluxConfig, FluxTransformer
+from diffusion.flux_controlnet import tiny_flux_controlnet_tensors
 from diffusion.flux import RMSNorm as FluxRMSNorm
 from diffusion.mmdit import MMDiT, MMDiTConfig
 from diffusion.mmdit import RMSNorm as MMDiTRMSNorm
+from diffusion.sd3_controlnet import tiny_sd3_controlnet_tensors
+from diffusion.style_model import tiny_redux_tensors
+from diffusion.t2i_adapter import tiny_t2i_adapter_tensors
 from diffusion.text_encoders import ClipTextConfig, ClipTextModel
 from diffusion.text_encoders.qwen3 import Qwen3Config, Qwen3Encoder, Qwen3RmsNorm
 from diffusion.text_encoders.t5 import T5Encoder, T5EncoderConfig, T5RmsNorm
@@ -129,9 +143,17 @@ _SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")
 _FLUX_FAMILIES = ("flux_dev", "flux_schnell", "flux_fill", "flux_canny", "flux_depth")
 FLOW_FAMILIES = (*_SD3_FAMILIES, *_FLUX_FAMILIES, "zimage", "chroma")
 FAMILIES = (*SD_FAMILIES, *FLOW_FAMILIES)
-PARTS = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "qwen3_4b", "lora", "controlnet")
-#: The SD families with a tiny ControlNet: those ControlNets are published for (no SDXL refiner's).
-_CONTROLNET_FAMILIES = ("sd15", "sd2", "sdxl")
+_MODEL_PARTS = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "qwen3_4b", "lora")
+#: The control and image-prompt models published for each family (none for the SDXL refiner).
+_CONTROL_PARTS = {
+    "sd15": ("controlnet", "t2i_adapter"),
+    "sd2": ("controlnet",),
+    "sdxl": ("controlnet", "t2i_adapter", "controlnet_union"),
+    "sd35_large": ("controlnet",),
+    "flux_dev": ("controlnet", "style_model"),
+}
+_VISION_PARTS = ("clip_vision_h", "clip_vision_g", "siglip_vision")
+PARTS = (*_MODEL_PARTS, "controlnet", "t2i_adapter", "controlnet_union", "style_model", *_VISION_PARTS)
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_scaled", "fp8_mixed")
 _PLAIN_DTYPES = DTYPES[:3]
 _FP8_PARTS = ("checkpoint", "diffusion_model", "t5xxl")
@@ -216,11 +238,31 @@ def valid_parts(family: str) -> tuple[str, ...]:
     if family not in FAMILIES:
         raise TinyFileError("family", family, FAMILIES)
     if family in SD_FAMILIES:
-        return ("checkpoint", "controlnet") if family in _CONTROLNET_FAMILIES else ("checkpoint",)
-    if family in _SPLIT_PARTS:
-        return _SPLIT_PARTS[family]
-    excluded = {"qwen3_4b", "controlnet"} | ({"clip_g"} if _kind(family) == "flux" else set())
-    return tuple(part for part in PARTS if part not in excluded)
+        models: tuple[str, ...] = ("checkpoint",)
+    elif family in _SPLIT_PARTS:
+        models = _SPLIT_PARTS[family]
+    else:
+        excluded = {"qwen3_4b"} | ({"clip_g"} if _kind(family) == "flux" else set())
+        models = tuple(part for part in _MODEL_PARTS if part not in excluded)
+    return (*models, *_CONTROL_PARTS.get(family, ()), *_VISION_PARTS)
+
+
+def _control_tensors(family: str, part: str, seed: int) -> dict[str, torch.Tensor]:
+    """A control or image-prompt part (module docstring) for the tiny models of ``family``."""
+    if part in _VISION_PARTS:
+        return tiny_clip_vision_tensors(cast(ClipVisionKind, part), seed)
+    if part == "style_model":
+        return tiny_redux_tensors(seed)
+    if family == "sd35_large":
+        return tiny_sd3_controlnet_tensors(tiny_mmdit_config(family), seed)
+    if family == "flux_dev":
+        return tiny_flux_controlnet_tensors(tiny_flux_config(family), seed)
+    unet = tiny_unet_config(family)
+    if part == "t2i_adapter":
+        return tiny_t2i_adapter_tensors(unet, seed)
+    if part == "controlnet_union":
+        return tiny_controlnet_union_tensors(unet, seed)
+    return tiny_controlnet_tensors(unet, seed)
 
 
 def valid_dtypes(family: str, part: str) -> tuple[str, ...]:
@@ -487,8 +529,8 @@ def tiny_file_tensors(
     """The tensors of the tiny `part` file of `family` stored as `dtype` (module docstring), deterministic for a
     given torch version and seed. Raises `TinyFileError` for a family, part or dtype with no tiny file."""
     _check(family, part, dtype)
-    if part == "controlnet":
-        return _stored("controlnet", tiny_controlnet_tensors(tiny_unet_config(family), _stream(seed, part)), dtype)
+    if part not in _MODEL_PARTS:
+        return _stored(part, _control_tensors(family, part, _stream(seed, part)), dtype)
     if family in SD_FAMILIES:
         tensors = tiny_checkpoint_tensors(family, seed=seed)
         return _stored("checkpoint", tensors, dtype)

@@ -39,7 +39,10 @@ _TINY_FAMILIES = (
     "sd15, sd2, sdxl, sdxl_refiner, sd3, sd35_medium, sd35_large, flux_dev, flux_schnell, flux_fill, flux_canny, "
     "flux_depth, zimage, chroma"
 )
-_TINY_PARTS = "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, qwen3_4b, lora, controlnet"
+_TINY_PARTS = (
+    "checkpoint, diffusion_model, vae, clip_l, clip_g, t5xxl, qwen3_4b, lora, controlnet, t2i_adapter, "
+    "controlnet_union, style_model, clip_vision_h, clip_vision_g, siglip_vision"
+)
 _TINY_DTYPES = "fp32, fp16, bf16, fp8, fp8_scaled, fp8_mixed"
 
 
@@ -48,8 +51,8 @@ def _add_tiny_checkpoint(subparsers: argparse._SubParsersAction[argparse.Argumen
         "tiny-checkpoint",
         help="write a tiny random model file in the real key layout (it makes noise, not pictures)",
         description="Write a tiny random checkpoint, or one part of a model (a diffusion model, VAE, text encoder, "
-        "LoRA or ControlNet), in the key layout of the file users download. An unknown family, part or dtype exits 2 "
-        "listing the valid ones.",
+        "LoRA, control model or image encoder), in the key layout of the file users download. An unknown family, "
+        "part or dtype exits 2 listing the valid ones.",
     )
     tiny.add_argument("path", help="the .safetensors file to write")
     tiny.add_argument("--family", default="sd15", help=f"model family: {_TINY_FAMILIES} (default sd15)")

@@ -19,10 +19,17 @@ from safetensors.torch import load_file
 from diffusion.applied_control import controlnet_mismatch
 from diffusion.checkpoint import ModelFamily, detect_checkpoint
 from diffusion.chroma import load_chroma
+from diffusion.clip_vision import load_clip_vision
+from diffusion.control_models import load_control_model
 from diffusion.controlnet import ControlNetConfig, load_controlnet, tiny_controlnet_tensors
+from diffusion.controlnet_union import UnionControlNet
 from diffusion.flux import FluxTransformer, load_flux
+from diffusion.flux_controlnet import FluxControlNet, load_flux_controlnet
 from diffusion.mmdit import MMDiT, load_mmdit
 from diffusion.model_memory import place
+from diffusion.sd3_controlnet import SD3ControlNet, load_sd3_controlnet
+from diffusion.style_model import load_style_model
+from diffusion.t2i_adapter import T2IAdapter
 from diffusion.t5_tokenizer import VOCAB_SIZE as T5_VOCAB_SIZE
 from diffusion.t5_tokenizer import load_t5_tokenizer
 from diffusion.text_encoders import load_clip_text_model
@@ -415,13 +422,28 @@ def test_an_sd_controlnet_is_in_the_original_layout_for_the_tiny_checkpoints_une
 
 
 def test_every_family_lists_its_parts_and_dtypes() -> None:
-    assert valid_parts("sd15") == valid_parts("sdxl") == ("checkpoint", "controlnet")
-    assert valid_parts("sdxl_refiner") == ("checkpoint",)
+    vision = ("clip_vision_h", "clip_vision_g", "siglip_vision")
+    assert valid_parts("sd15") == ("checkpoint", "controlnet", "t2i_adapter", *vision)
+    assert valid_parts("sdxl") == ("checkpoint", "controlnet", "t2i_adapter", "controlnet_union", *vision)
+    assert valid_parts("sdxl_refiner") == ("checkpoint", *vision)
     assert valid_dtypes("sd2", "controlnet") == ("fp32", "fp16", "bf16")
-    assert valid_parts("flux_dev") == ("checkpoint", "diffusion_model", "vae", "clip_l", "t5xxl", "lora")
-    assert valid_parts("sd3") == tuple(part for part in PARTS if part not in ("qwen3_4b", "controlnet"))
-    assert valid_parts("zimage") == ("diffusion_model", "vae", "qwen3_4b", "lora")
-    assert valid_parts("chroma") == ("diffusion_model", "vae", "t5xxl", "lora")
+    flux_parts = ("checkpoint", "diffusion_model", "vae", "clip_l", "t5xxl", "lora")
+    assert valid_parts("flux_dev") == (*flux_parts, "controlnet", "style_model", *vision)
+    assert valid_parts("flux_schnell") == (*flux_parts, *vision)
+    sd3_parts = ("checkpoint", "diffusion_model", "vae", "clip_l", "clip_g", "t5xxl", "lora")
+    assert valid_parts("sd3") == (*sd3_parts, *vision)
+    assert valid_parts("sd35_large") == (*sd3_parts, "controlnet", *vision)
+    assert set(PARTS) == {
+        *sd3_parts,
+        "qwen3_4b",
+        "controlnet",
+        "t2i_adapter",
+        "controlnet_union",
+        "style_model",
+        *vision,
+    }
+    assert valid_parts("zimage") == ("diffusion_model", "vae", "qwen3_4b", "lora", *vision)
+    assert valid_parts("chroma") == ("diffusion_model", "vae", "t5xxl", "lora", *vision)
     assert valid_dtypes("sd35_medium", "t5xxl") == DTYPES
     assert "fp8_mixed" not in valid_dtypes("flux_dev", "checkpoint")
     assert valid_dtypes("flux_dev", "vae") == valid_dtypes("sdxl", "checkpoint") == ("fp32", "fp16", "bf16")
@@ -446,8 +468,16 @@ def test_every_family_lists_its_parts_and_dtypes() -> None:
         (("flux_dev", "clip_g", "fp32"), "no part 'clip_g' for flux_dev; valid parts: checkpoint, diffusion_model"),
         (("flux_dev", "vae", "fp8"), "no dtype 'fp8' for the vae of flux_dev; valid dtypes: fp32, fp16, bf16"),
         (("sdxl", "vae", "fp32"), "no part 'vae' for sdxl; valid parts: checkpoint, controlnet"),
-        (("sdxl_refiner", "controlnet", "fp32"), "no part 'controlnet' for sdxl_refiner; valid parts: checkpoint$"),
-        (("flux_dev", "controlnet", "fp32"), "no part 'controlnet' for flux_dev; valid parts: checkpoint, diffusion"),
+        (
+            ("sdxl_refiner", "controlnet", "fp32"),
+            "no part 'controlnet' for sdxl_refiner; valid parts: checkpoint, clip_vision_h, clip_vision_g, "
+            "siglip_vision$",
+        ),
+        (
+            ("flux_schnell", "controlnet", "fp32"),
+            "no part 'controlnet' for flux_schnell; valid parts: checkpoint, diff",
+        ),
+        (("sd3", "style_model", "fp32"), "no part 'style_model' for sd3; valid parts: checkpoint, diffusion_model"),
         (("sd15", "controlnet", "fp8"), "no dtype 'fp8' for the controlnet of sd15; valid dtypes: fp32, fp16, bf16"),
     ],
 )
@@ -456,3 +486,42 @@ def test_a_request_with_no_tiny_file_is_refused_listing_the_valid_ones(
 ) -> None:
     with pytest.raises(TinyFileError, match=message):
         tiny_file_tensors(*request_)
+
+
+@pytest.mark.parametrize(
+    ("family", "part", "kind"),
+    [
+        ("sd15", "t2i_adapter", T2IAdapter),
+        ("sdxl", "t2i_adapter", T2IAdapter),
+        ("sdxl", "controlnet_union", UnionControlNet),
+        ("sd35_large", "controlnet", SD3ControlNet),
+        ("flux_dev", "controlnet", FluxControlNet),
+    ],
+)
+def test_control_parts_load_back_as_their_kind_for_the_family_s_tiny_model(
+    tmp_path: Path, family: str, part: str, kind: type
+) -> None:
+    state_dict = load_file(write_tiny_file(tmp_path / "control.safetensors", family, part, "fp16"))
+    assert {tensor.dtype for tensor in state_dict.values() if tensor.is_floating_point()} == {torch.float16}
+    if family == "sd35_large":
+        model = load_sd3_controlnet(state_dict)
+    elif family == "flux_dev":
+        model = load_flux_controlnet(state_dict)
+    else:
+        model = load_control_model(state_dict)
+    assert isinstance(model, kind)
+
+
+@pytest.mark.parametrize("kind", ["clip_vision_h", "clip_vision_g", "siglip_vision"])
+def test_vision_parts_are_detected_as_their_tower_for_any_family(tmp_path: Path, kind: str) -> None:
+    path = write_tiny_file(tmp_path / "vision.safetensors", "zimage", kind)
+    assert load_clip_vision(load_file(path)).config.kind == kind
+    stored = load_file(path)
+    assert all(torch.equal(tensor, tiny_file_tensors("sd15", kind)[key]) for key, tensor in stored.items())
+
+
+def test_the_style_model_reads_the_tiny_siglip_and_writes_the_tiny_flux_context(tmp_path: Path) -> None:
+    redux = load_style_model(load_file(write_tiny_file(tmp_path / "redux.safetensors", "flux_dev", "style_model")))
+    siglip = load_clip_vision(tiny_file_tensors("flux_dev", "siglip_vision"))
+    assert redux.config.vision_width == siglip.config.width
+    assert redux.config.context_dim == tiny_flux_config("flux_dev").context_dim
