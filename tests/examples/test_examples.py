@@ -50,7 +50,7 @@ def test_the_editor_file_converts_to_the_api_file(api_file: Path, folders: Folde
     assert strip(converted) == strip(expected)
 
 
-FLOW_FAMILIES = {"flux_dev", "flux_schnell", "flux_fill", "sd35_large", "zimage", "chroma"}
+FLOW_FAMILIES = {"flux_dev", "flux_schnell", "flux_fill", "flux_canny", "flux_depth", "sd35_large", "zimage", "chroma"}
 #: A CLIPLoader type's tiny file: (family, part).
 CLIP_LOADER_PARTS = {"lumina2": ("zimage", "qwen3_4b"), "chroma": ("chroma", "t5xxl")}
 
@@ -62,7 +62,8 @@ def name_family(name: str) -> str:
     if name.startswith(("z_image", "Chroma")):
         return "zimage" if name.startswith("z_image") else "chroma"
     if name.startswith("flux1-"):
-        return "flux_fill" if "fill" in name else "flux_schnell" if "schnell" in name else "flux_dev"
+        variants = ("fill", "schnell", "canny", "depth")
+        return next((f"flux_{variant}" for variant in variants if f"-{variant}-" in name), "flux_dev")
     return "sdxl" if "xl" in name else "sd15"
 
 
@@ -97,7 +98,14 @@ def provide_models(prompt: dict[str, Any], folders: Folders) -> None:
             write_tiny_file(folders.models / "vae" / inputs["vae_name"], "flux_dev", "vae")
         elif node["class_type"] in ("ControlNetLoader", "DiffControlNetLoader"):
             name = inputs["control_net_name"]
-            write_tiny_file(folders.models / "controlnet" / name, name_family(name), "controlnet")
+            part = "controlnet_union" if "union" in name else "controlnet"
+            write_tiny_file(folders.models / "controlnet" / name, name_family(name), part)
+        elif node["class_type"] == "CLIPVisionLoader":
+            name = inputs["clip_name"]
+            kind = "siglip_vision" if "sigclip" in name else "clip_vision_g" if "vision_g" in name else "clip_vision_h"
+            write_tiny_file(folders.models / "clip_vision" / name, "sd15", kind)
+        elif node["class_type"] == "StyleModelLoader":
+            write_tiny_file(folders.models / "style_models" / inputs["style_model_name"], "flux_dev", "style_model")
         elif node["class_type"] == "UpscaleModelLoader":
             (folders.models / "upscale_models").mkdir(exist_ok=True)
             torch.save(tiny_srvgg(upscale=4).state_dict(), folders.models / "upscale_models" / inputs["model_name"])
