@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,6 +71,7 @@ __all__ = [
     "flux_controlnet_config_from_state_dict",
     "flux_controlnet_style",
     "instantx_to_original",
+    "is_flux_controlnet",
     "load_flux_controlnet",
     "original_to_instantx",
     "spread_over_blocks",
@@ -103,9 +104,21 @@ class BlockResiduals:
     double: tuple[torch.Tensor | None, ...]
     single: tuple[torch.Tensor | None, ...] = ()
 
+    def tensors(self) -> list[torch.Tensor | None]:
+        """Every entry, None included, double blocks first: for code that treats them alike."""
+        return [*self.double, *self.single]
+
+    def mapped(self, apply: Callable[[torch.Tensor], torch.Tensor]) -> BlockResiduals:
+        """`apply` on every present entry, the Nones kept where they are."""
+
+        def each(entries: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+            return tuple(None if r is None else apply(r) for r in entries)
+
+        return BlockResiduals(each(self.double), each(self.single))
+
     def scaled(self, strength: float) -> BlockResiduals:
         """Every residual times `strength` (ControlNetApply's strength); new tensors, these untouched."""
-        return BlockResiduals(_scale_all(self.double, strength), _scale_all(self.single, strength))
+        return self.mapped(lambda r: r * strength)
 
     def __add__(self, other: BlockResiduals) -> BlockResiduals:
         """Two ControlNets applied together: summed block by block, None counting as zero."""
@@ -117,15 +130,7 @@ class BlockResiduals:
 
     def to(self, device: torch.device | str) -> BlockResiduals:
         """The same residuals on `device` (these themselves where they already are)."""
-
-        def moved(entries: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
-            return tuple(None if r is None else r.to(device) for r in entries)
-
-        return BlockResiduals(moved(self.double), moved(self.single))
-
-
-def _scale_all(entries: tuple[torch.Tensor | None, ...], strength: float) -> tuple[torch.Tensor | None, ...]:
-    return tuple(None if r is None else r * strength for r in entries)
+        return self.mapped(lambda r: r.to(device))
 
 
 def _sum_all(
@@ -198,6 +203,12 @@ def flux_controlnet_style(state_dict: Mapping[str, torch.Tensor]) -> FluxControl
     if "controlnet_x_embedder.weight" in state_dict:
         return "instantx"
     return None
+
+
+def is_flux_controlnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the weights are a FLUX ControlNet ComfyUI's loader recognises: InstantX, XLabs or Mistoline (the last
+    refused by `load_flux_controlnet`)."""
+    return flux_controlnet_style(state_dict) is not None or _MISTOLINE_MARKER in state_dict
 
 
 def _count(state_dict: Mapping[str, torch.Tensor], pattern: re.Pattern[str]) -> int:

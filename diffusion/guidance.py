@@ -40,7 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffusion.applied_control import AppliedControl, BoundControl, concat_residuals, share_with_uncond, split_rows
+from diffusion.applied_control import (
+    AppliedControl,
+    BoundControl,
+    TransformerControl,
+    concat_residuals,
+    share_with_uncond,
+    shared_residuals,
+)
 from diffusion.cfg_hooks import NO_HOOKS, CFGHooks, CFGInputs, Conditioning, SidePredictor
 from diffusion.controlnet import ControlResiduals
 from diffusion.prediction import ModelSampling, UNetFn
@@ -356,9 +363,15 @@ def fill_channels(
 
 
 def _bound_control(
-    side: str, index: int, options: dict[str, Any], model_sampling: ModelSampling, bound: dict[int, BoundControl]
+    side: str,
+    index: int,
+    options: dict[str, Any],
+    model_sampling: ModelSampling,
+    bound: dict[int, BoundControl],
+    region: tuple[slice, slice],
 ) -> BoundControl | None:
-    """The entry's control bound for this run; entries sharing a control share its binding (``bound``, by identity)."""
+    """The entry's control bound for this run, its hints prepared for the entry's ``region`` of the latent; entries
+    sharing a control share its binding (``bound``, by identity)."""
     control = options.get("control")
     if control is None:
         return None
@@ -371,6 +384,8 @@ def _bound_control(
         )
     if id(control) not in bound:
         bound[id(control)] = BoundControl(control, model_sampling)
+    rows, cols = region
+    bound[id(control)].prepare(rows.stop - rows.start, cols.stop - cols.start)
     return bound[id(control)]
 
 
@@ -413,7 +428,7 @@ def _resolve(
                 guidance=None if options.get("guidance") is None else torch.tensor([float(options["guidance"])]),
                 references=tuple(options.get("reference_latents") or ()),
                 side=side_index,
-                control=_bound_control(side, index, options, model_sampling, controls),
+                control=_bound_control(side, index, options, model_sampling, controls, (rows, cols)),
             )
         )
     return resolved
@@ -453,7 +468,8 @@ class ConditioningGuider(ABC):
     ``unet_fn(x_in, timesteps, context, y=..., concat=..., guidance=..., control=...)`` returns the model's raw
     output; ``y``, ``concat``, ``guidance`` and ``control`` are passed only when the conditioning provides them.
     ``control`` (``ControlResiduals``) is the residuals of the ControlNets applied to the batched entries, row
-    block by row block, zeros for an entry without (``diffusion.applied_control``); the caller places the
+    block by row block, zeros for an entry without (``diffusion.applied_control``); for a flow transformer's
+    ControlNets it is a ``TransformerControl`` the unet_fn runs with the transformer. The caller places the
     ControlNets (``controls()``) beside the model. ``inpainting``
     restricts changes to its mask (see ``Inpainting``) and supplies the default mask channel of inpainting
     UNets. ``concat_builder`` makes the model family's extra input channels (``inpaint_channels`` for SD
@@ -499,35 +515,26 @@ class ConditioningGuider(ABC):
 
     def _group_control(
         self, group: list[_Cond], x_in: Tensor, sigma: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None
-    ) -> ControlResiduals | None:
-        """The control residuals of one batched call, row block by row block as ``_evaluate`` stacks the conds.
+    ) -> ControlResiduals | TransformerControl | None:
+        """The controls of one batched call, row block by row block as ``_evaluate`` stacks the conds.
 
-        Conds sharing a control run its ControlNets once over all their rows (positive and negative after
-        ControlNetApplyAdvanced); a cond without control, or whose control does not act now, adds zeros."""
-        if all(cond.control is None for cond in group):
+        For a UNet, their residuals: conds sharing a control run its ControlNets once over all their rows (positive
+        and negative after ControlNetApplyAdvanced); a cond without control, or whose control does not act now,
+        adds zeros. A flow transformer's ControlNets read the transformer, so they go to its forward to run
+        (``TransformerControl``)."""
+        parts = tuple(cond.control for cond in group)
+        if all(part is None for part in parts):
             return None
-        batch = x_in.shape[0] // len(group)
-        per_cond: list[ControlResiduals | None] = [None] * len(group)
-        sharing: dict[int, list[int]] = {}
-        for index, cond in enumerate(group):
-            if cond.control is not None:
-                sharing.setdefault(id(cond.control), []).append(index)
-        for indices in sharing.values():
-            control = group[indices[0]].control
-            assert control is not None  # grouped above
-            rows = torch.cat([torch.arange(i * batch, (i + 1) * batch, device=x_in.device) for i in indices])
-            residuals = control.residuals(
-                x_in[rows],
-                float(sigma.max()),
-                timesteps[rows],
-                context[rows],
-                None if y is None else y[rows],
-                chunks=len(indices),
-            )
-            if residuals is not None:
-                for index, part in zip(indices, split_rows(residuals, len(indices))):
-                    per_cond[index] = part
-        return concat_residuals(per_cond)
+        now = float(sigma.max())
+        if any(part is not None and part.drives_transformer for part in parts):
+            return TransformerControl(parts, now)
+
+        def evaluate(control: BoundControl, rows: Tensor, chunks: int) -> ControlResiduals | None:
+            rows = rows.to(x_in.device)
+            picked_y = None if y is None else y[rows]
+            return control.residuals(x_in[rows], now, timesteps[rows], context[rows], picked_y, chunks)
+
+        return concat_residuals(shared_residuals(parts, x_in.shape[0], evaluate))
 
     def _evaluate(self, group: list[_Cond], x: Tensor, sigma: Tensor, variant: object = None) -> list[Tensor]:
         """One UNet call for conds that share a region and input layout: batch = len(group) x B. ``variant``

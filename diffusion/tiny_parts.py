@@ -91,8 +91,8 @@ from diffusion.clip_vision import ClipVisionKind, tiny_clip_vision_tensors
 from diffusion.controlnet import tiny_controlnet_tensors
 from diffusion.controlnet_union import tiny_controlnet_union_tensors
 from diffusion.flux import FluxConfig, FluxTransformer
-from diffusion.flux_controlnet import tiny_flux_controlnet_tensors
 from diffusion.flux import RMSNorm as FluxRMSNorm
+from diffusion.flux_controlnet import tiny_flux_controlnet_tensors
 from diffusion.mmdit import MMDiT, MMDiTConfig
 from diffusion.mmdit import RMSNorm as MMDiTRMSNorm
 from diffusion.sd3_controlnet import tiny_sd3_controlnet_tensors

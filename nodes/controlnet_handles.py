@@ -10,8 +10,14 @@ run (``place_controls``).
 A difference ControlNet (``DiffControlNetLoader``) is the file's weights plus the MODEL's own, LoRAs
 included, as ComfyUI adds them: a load of its own per MODEL, shared with nothing. A Control-LoRA is built the
 same way over the MODEL it samples with, LoRAs included, when that sampling starts (``place_controls``), as
-ComfyUI builds it. The handle of a union ControlNet carries the control type ``SetUnionControlNetType`` chose;
-T2I-Adapters are handles too, loaded by the same node.
+ComfyUI builds it. The handle of a union ControlNet carries the control type ``SetUnionControlNetType`` chose (for
+an InstantX FLUX union ControlNet, its mode: ComfyUI passes the type's index as the mode); T2I-Adapters are
+handles too, loaded by the same node.
+
+The ControlNets of flow transformers (SD3.5's, FLUX.1's InstantX and XLabs ones) are handles like the others;
+those that take the control image as a VAE latent (SD3.5, InstantX) are applied with the VAE given to the apply
+node, which encodes their hint (``VaeHintEncoder``); without one the apply node raises ``ControlNetNeedsVaeError``
+(ComfyUI warns and fails when sampling starts). They sit on the device beside the transformer they drive.
 """
 
 from __future__ import annotations
@@ -22,19 +28,34 @@ from pathlib import Path
 
 import torch
 
-from diffusion.applied_control import AppliedControl, controlnet_mismatch, unet_kind
+from diffusion.applied_control import (
+    AppliedControl,
+    controlnet_mismatch,
+    transformer_controlnet_mismatch,
+    unet_kind,
+)
 from diffusion.checkpoint import open_state_dict
 from diffusion.control_lora import ControlLora
-from diffusion.control_models import ControlModel
+from diffusion.control_models import ControlModel, hint_latent_format
 from diffusion.controlnet import LDM_PREFIX, ControlNet, is_difference_controlnet, load_controlnet
 from diffusion.controlnet_union import UNION_CONTROLNET_TYPES, UnionControlNet
+from diffusion.flux_controlnet import FluxControlNet
+from diffusion.sd3_controlnet import SD3ControlNet
 from diffusion.t2i_adapter import T2IAdapter, adapter_mismatch
 from diffusion.unet import UNetModel
 from nodes.model_handles import ModelHandle
 from nodes.runtime import current_runtime
 from nodes.shared_models import load_shared_controlnet
+from nodes.vae_handles import VaeHandle
 
-__all__ = ["ControlNetHandle", "ControlNetMismatchError", "check_control_fits", "place_controls"]
+__all__ = [
+    "ControlNetHandle",
+    "ControlNetMismatchError",
+    "ControlNetNeedsVaeError",
+    "VaeHintEncoder",
+    "check_control_fits",
+    "place_controls",
+]
 
 #: File-name endings ComfyUI reads as the shuffle ControlNet, whose residuals are pooled to their spatial mean.
 _POOLED_STEMS = ("_shuffle", "_shuffle_fp16")
@@ -46,6 +67,30 @@ class ControlNetMismatchError(ValueError):
     def __init__(self, controlnet: str, family: str, reason: str) -> None:
         self.controlnet, self.family, self.reason = controlnet, family, reason
         super().__init__(f"ControlNet {controlnet!r} cannot drive this {family} model: {reason}")
+
+
+class ControlNetNeedsVaeError(ValueError):
+    """A ControlNet that takes its hint as a VAE latent applied without a VAE: names the node, its input, the
+    ControlNet and why."""
+
+    def __init__(self, node: str, controlnet: str, reason: str) -> None:
+        self.node, self.input, self.controlnet, self.reason = node, "vae", controlnet, reason
+        super().__init__(f"{node}: ControlNet {controlnet!r} {reason}")
+
+
+@dataclass(frozen=True, eq=False)
+class VaeHintEncoder:
+    """The VAE given to an apply node, as the ControlNet's hint encoder (``diffusion.applied_control.HintEncoder``):
+    pictures ``[B, 3, H, W]`` to the VAE's own latents, encoded as VAEEncode encodes them."""
+
+    vae: VaeHandle
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels.movedim(1, -1))
+
+    def loom_parts(self) -> list[object]:
+        """What it keeps alive, for ``graph.sizeof``: the VAE."""
+        return [self.vae]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,22 +145,51 @@ class ControlNetHandle:
             return replace(self, union_type=None)
         if type_name not in UNION_CONTROLNET_TYPES:
             raise ValueError(f"unknown union ControlNet type {type_name!r}: one of {', '.join(UNION_CONTROLNET_TYPES)}")
-        if not isinstance(self.module, UnionControlNet):
-            raise ValueError(
-                f"ControlNet {self.name!r} is not a union ControlNet (ControlNet++ / controlnet-union), so it has no "
-                f'control type to set to {type_name!r}: choose "auto" or remove SetUnionControlNetType'
-            )
         index = UNION_CONTROLNET_TYPES[type_name]
-        if index >= self.module.union.types:
+        module = self.module
+        if isinstance(module, FluxControlNet) and module.config.union_modes:
+            if index >= module.config.union_modes:
+                raise ValueError(
+                    f"ControlNet {self.name!r} knows {module.config.union_modes} union modes, and {type_name!r} is "
+                    f"mode {index}"
+                )
+            return replace(self, union_type=index)
+        if not isinstance(module, UnionControlNet):
             raise ValueError(
-                f"ControlNet {self.name!r} knows {self.module.union.types} control types, and {type_name!r} is type "
+                f"ControlNet {self.name!r} is not a union ControlNet (ControlNet++ / controlnet-union, or a FLUX.1 "
+                f'union ControlNet), so it has no control type to set to {type_name!r}: choose "auto" or remove '
+                "SetUnionControlNetType"
+            )
+        if index >= module.union.types:
+            raise ValueError(
+                f"ControlNet {self.name!r} knows {module.union.types} control types, and {type_name!r} is type "
                 f"{index}, one only the ProMax model knows"
             )
         return replace(self, union_type=index)
 
     @property
-    def hint_channels(self) -> int:
+    def needs_vae(self) -> bool:
+        """Whether the ControlNet takes its hint as a VAE latent (SD3.5's, InstantX's FLUX ones)."""
+        return hint_latent_format(self.module) is not None
+
+    @property
+    def hint_latent_channels(self) -> int | None:
+        """Channels of the VAE latent the ControlNet's hint is encoded to (16; None for one taking the picture).
+        An inpainting ControlNet's extra mask channel is not the VAE's."""
         module = self.module
+        if not self.needs_vae:
+            return None
+        assert isinstance(module, (SD3ControlNet, FluxControlNet))
+        channels = module.config.hint_channels
+        return channels - 1 if channels % 2 else channels
+
+    @property
+    def hint_channels(self) -> int:
+        """Channels of the IMAGE the ControlNet takes: a transformer's ControlNets take a picture (RGB), which
+        some encode with the VAE."""
+        module = self.module
+        if isinstance(module, (SD3ControlNet, FluxControlNet)):
+            return 3
         if isinstance(module, T2IAdapter):
             return module.config.hint_channels
         if isinstance(module, ControlLora):
@@ -129,9 +203,12 @@ class ControlNetHandle:
         start_percent: float = 0.0,
         end_percent: float = 1.0,
         previous: object = None,
+        vae: VaeHandle | None = None,
     ) -> AppliedControl:
         """This ControlNet applied with ``image`` (IMAGE, ``[B, H, W, C]``) as its hint after ``previous``, the
-        ``control`` an entry already carried (None, or another ``AppliedControl``)."""
+        ``control`` an entry already carried (None, or another ``AppliedControl``). ``vae`` encodes the hint of a
+        ControlNet that takes a VAE latent (``needs_vae``: the caller refuses its absence); others ignore it, as
+        ComfyUI does."""
         channels = self.hint_channels
         # A one-channel adapter takes any image: ComfyUI averages its channels.
         takes_any = isinstance(self.module, T2IAdapter) and channels == 1
@@ -155,6 +232,7 @@ class ControlNetHandle:
             self.name,
             self.global_average_pooling,
             self.union_type,
+            VaeHintEncoder(vae) if self.needs_vae and vae is not None else None,
         )
 
 
@@ -166,12 +244,17 @@ def check_control_fits(model: ModelHandle, control: object) -> None:
     unet = model.unet
     for link in control.chain():
         module = link.controlnet
+        if isinstance(module, (SD3ControlNet, FluxControlNet)):
+            reason = transformer_controlnet_mismatch(module, unet)
+            if reason is not None:
+                raise ControlNetMismatchError(link.name, model.family.value, f"it is {_made_for(module)} ({reason})")
+            continue
         if not isinstance(unet, UNetModel):
             raise ControlNetMismatchError(
                 link.name,
                 model.family.value,
                 f"it is {_made_for(module)}, and a {model.family.value} model is a {type(unet).__name__}, which "
-                "takes no ControlNet residuals",
+                "takes no UNet ControlNet residuals",
             )
         if isinstance(module, T2IAdapter):
             reason = adapter_mismatch(module.config, unet.config)
@@ -189,13 +272,17 @@ def _made_for(module: ControlModel) -> str:
         return f"a T2I-Adapter for {'SDXL' if module.config.kind == 'full_xl' else 'SD1.x'} UNets"
     if isinstance(module, ControlLora):
         return "a Control-LoRA, whose weights are changes to the UNet it was trained for"
+    if isinstance(module, SD3ControlNet):
+        return "an SD3.5 ControlNet, made for an SD3 MMDiT"
+    if isinstance(module, FluxControlNet):
+        return f"a FLUX.1 ControlNet ({'XLabs' if module.config.style == 'xlabs' else 'InstantX'}), made for FLUX.1"
     return f"a ControlNet made for {unet_kind(module.config.unet)} UNets"
 
 
 def place_controls(model: ModelHandle, controls: Sequence[AppliedControl]) -> None:
     """Build the Control-LoRAs of ``controls`` over ``model``'s UNet weights, LoRAs included (ComfyUI builds them
-    when sampling starts), then put every control model on the device together with the UNet, so that neither
-    is offloaded for the other while they sample. ``check_control_fits`` has passed for each."""
+    when sampling starts), then put every control model on the device together with the UNet or transformer, so
+    that neither is offloaded for the other while they sample. ``check_control_fits`` has passed for each."""
     modules = {id(module): module for control in controls for module in control.controlnets()}
     placed: list[torch.nn.Module] = []
     for module in modules.values():

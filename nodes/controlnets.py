@@ -13,14 +13,20 @@ carried, and leave the conditioning they were given unchanged:
   whole process, a new control per entry, and marks it ``control_apply_to_uncond``: sampling hands it to the
   negative (``diffusion.applied_control.share_with_uncond``).
 
-``SetUnionControlNetType`` picks the control type a union ControlNet (ControlNet++) runs with, on a new handle.
+- ``ControlNetApplySD3`` ("Apply Controlnet with VAE", deprecated in ComfyUI) is ``ControlNetApplyAdvanced`` with
+  its ``vae`` required.
+
+``SetUnionControlNetType`` picks the control type a union ControlNet (ControlNet++) runs with, on a new handle; on
+an InstantX FLUX.1 union ControlNet the type's index is the mode, as ComfyUI passes it.
 
 Strength 0 returns the conditioning as given. The control models that load are those of SD1.x, SD2.x and SDXL
 UNets: ControlNets (original and diffusers layouts, difference ControlNets through ``DiffControlNetLoader``),
 union ControlNets, Control-LoRAs (built over the MODEL they sample with) and T2I-Adapters (full, light and XL,
-TencentARC's and diffusers' layouts); SD3 / FLUX ControlNets are refused on loading. The optional ``vae`` of
-``ControlNetApplyAdvanced`` is what ComfyUI's ControlNets for latent-space models read; SD ControlNets take the
-image itself, so it is accepted and unused.
+TencentARC's and diffusers' layouts); and those of flow transformers: Stability's SD3.5 Large ControlNets and
+FLUX.1's InstantX / Shakker-Labs (union included) and XLabs ControlNets. The SD3.5 and InstantX ones take the
+control image as a latent of the ``vae`` given to the apply node (ComfyUI's ControlNets with a latent format):
+without one the node raises ``ControlNetNeedsVaeError``, naming itself and its ``vae`` input, where ComfyUI warns
+and fails when sampling starts. The other ControlNets take the image itself and leave a given ``vae`` unused.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from typing import Any
 
 from diffusion.controlnet_union import UNION_CONTROLNET_TYPES
 from graph.declare import Combo, Float, Output, Socket, node, spec_of
-from nodes.controlnet_handles import ControlNetHandle
+from nodes.controlnet_handles import ControlNetHandle, ControlNetNeedsVaeError
 from nodes.runtime import find_model, list_models
+from nodes.vae_handles import VaeHandle
 
 __all__ = [
     "ControlNetApply",
     "ControlNetApplyAdvanced",
+    "ControlNetApplySD3",
     "ControlNetLoader",
     "DiffControlNetLoader",
     "SetUnionControlNetType",
@@ -51,8 +59,8 @@ def _names() -> list[str]:
 
 @node(category="loaders", display_name="Load ControlNet Model", outputs=[Output("CONTROL_NET")])
 def ControlNetLoader(control_net_name=Combo(_names)):
-    """Load a ControlNet, union ControlNet, Control-LoRA or T2I-Adapter (SD1.x, SD2.x or SDXL) from the
-    controlnet folder."""
+    """Load a ControlNet, union ControlNet, Control-LoRA or T2I-Adapter (SD1.x, SD2.x or SDXL), or an SD3.5 or
+    FLUX.1 ControlNet, from the controlnet folder."""
     return ControlNetHandle.from_file(find_model(FOLDER_KEY, control_net_name))
 
 
@@ -63,6 +71,57 @@ def DiffControlNetLoader(model=Socket("MODEL"), control_net_name=Combo(_names)):
 
 
 _STRENGTH = Float(1.0, min=0.0, max=10.0, step=0.01)
+_PERCENT_START = Float(0.0, min=0.0, max=1.0, step=0.001)
+_PERCENT_END = Float(1.0, min=0.0, max=1.0, step=0.001)
+
+
+def _hint_vae(node_name: str, handle: ControlNetHandle, vae: VaeHandle | None) -> VaeHandle | None:
+    """The node's ``vae`` input as the ControlNet's hint encoder, refused when the ControlNet needs one and it is
+    missing or gives latents of another width (the VAE of another model family)."""
+    channels = handle.hint_latent_channels
+    if channels is None:
+        return vae
+    if vae is None:
+        raise ControlNetNeedsVaeError(
+            node_name,
+            handle.name,
+            "takes the control image as a VAE latent (an SD3.5 or InstantX FLUX.1 ControlNet), and the vae input "
+            "is not connected: connect the model's VAE to it",
+        )
+    if vae.latent_channels != channels:
+        raise ControlNetNeedsVaeError(
+            node_name,
+            handle.name,
+            f"takes the control image as a {channels}-channel VAE latent, and the VAE at the vae input gives "
+            f"{vae.latent_channels}-channel ones: connect the VAE of the model the ControlNet is for",
+        )
+    return vae
+
+
+def _apply_to_both(
+    positive: Conditioning,
+    negative: Conditioning,
+    handle: ControlNetHandle,
+    image: Any,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    vae: VaeHandle | None,
+) -> tuple[Conditioning, Conditioning]:
+    """ControlNetApplyAdvanced's application: one applied control per distinct earlier control (by identity),
+    shared by both sides."""
+    applied: dict[int, Any] = {}
+
+    def chained(options: dict[str, Any]) -> dict[str, Any]:
+        previous = options.get("control")
+        if id(previous) not in applied:
+            applied[id(previous)] = handle.applied(image, strength, start_percent, end_percent, previous, vae)
+        return {**options, "control": applied[id(previous)], "control_apply_to_uncond": False}
+
+    return (
+        [[cond, chained(options)] for cond, options in positive],
+        [[cond, chained(options)] for cond, options in negative],
+    )
 
 
 @node(category="conditioning/controlnet", display_name="Apply ControlNet (OLD)", outputs=[Output("CONDITIONING")])
@@ -74,6 +133,13 @@ def ControlNetApply(
     if strength == 0:
         return conditioning
     handle: ControlNetHandle = control_net
+    if handle.needs_vae:
+        raise ControlNetNeedsVaeError(
+            "ControlNetApply",
+            handle.name,
+            "takes the control image as a VAE latent (an SD3.5 or InstantX FLUX.1 ControlNet), and this node has no "
+            "vae input: use Apply ControlNet (ControlNetApplyAdvanced) and connect the model's VAE to its vae input",
+        )
     return [
         [
             cond,
@@ -101,27 +167,44 @@ def ControlNetApplyAdvanced(
     control_net=Socket("CONTROL_NET"),
     image=Socket("IMAGE"),
     strength=_STRENGTH,
-    start_percent=Float(0.0, min=0.0, max=1.0, step=0.001),
-    end_percent=Float(1.0, min=0.0, max=1.0, step=0.001),
+    start_percent=_PERCENT_START,
+    end_percent=_PERCENT_END,
     vae=Socket("VAE", optional=True),
 ):
     """Guide the positive and negative conditioning with a ControlNet and a control image (an edge map, a depth
-    map, a pose ...), from start_percent to end_percent of the sampling process."""
+    map, a pose ...), from start_percent to end_percent of the sampling process. SD3.5 and InstantX FLUX.1
+    ControlNets need the model's VAE."""
     if strength == 0:
         return positive, negative
     handle: ControlNetHandle = control_net
-    applied: dict[int, Any] = {}  # one applied control per earlier control (by identity), shared by both sides
+    hint_vae = _hint_vae("ControlNetApplyAdvanced", handle, vae)
+    return _apply_to_both(positive, negative, handle, image, strength, start_percent, end_percent, hint_vae)
 
-    def chained(options: dict[str, Any]) -> dict[str, Any]:
-        previous = options.get("control")
-        if id(previous) not in applied:
-            applied[id(previous)] = handle.applied(image, strength, start_percent, end_percent, previous)
-        return {**options, "control": applied[id(previous)], "control_apply_to_uncond": False}
 
-    return (
-        [[cond, chained(options)] for cond, options in positive],
-        [[cond, chained(options)] for cond, options in negative],
-    )
+@node(
+    category="conditioning/controlnet",
+    display_name="Apply Controlnet with VAE",
+    outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative")],
+)
+def ControlNetApplySD3(
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    control_net=Socket("CONTROL_NET"),
+    vae=Socket("VAE"),
+    image=Socket("IMAGE"),
+    strength=_STRENGTH,
+    start_percent=_PERCENT_START,
+    end_percent=_PERCENT_END,
+):
+    """Apply ControlNet with the VAE required, for SD3.5 ControlNets. Superseded by Apply ControlNet."""
+    if strength == 0:
+        return positive, negative
+    handle: ControlNetHandle = control_net
+    hint_vae = _hint_vae("ControlNetApplySD3", handle, vae)
+    return _apply_to_both(positive, negative, handle, image, strength, start_percent, end_percent, hint_vae)
+
+
+spec_of(ControlNetApplySD3).deprecated = True
 
 
 @node(category="conditioning/controlnet", outputs=[Output("CONTROL_NET")])

@@ -3,7 +3,9 @@
 A forward takes ``(x, timesteps, context, y, guidance, reference latents, control)`` as
 ``diffusion.guidance.CFGGuider`` gives them and calls the model the way its family needs: a UNet with the
 timesteps, SDXL's ``y`` and its ControlNets' residuals, a flow transformer with sigma, the pooled text vector
-where it takes one, and FLUX's guidance and reference latents.
+where it takes one, FLUX's guidance and reference latents, and the residuals of its ControlNets (SD3.5's on an
+MMDiT, InstantX's and XLabs' on FLUX), which it runs first on the same noisy latent, sigma, text and guidance
+(``diffusion.applied_control.TransformerControl``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from diffusion.applied_control import TransformerControl
 from diffusion.chroma import ChromaTransformer
 from diffusion.controlnet import ControlResiduals
 from diffusion.flux import FluxTransformer
+from diffusion.flux_controlnet import BlockResiduals
 from diffusion.mmdit import MMDiT
 from diffusion.prediction import ModelSampling
 from diffusion.skip_layer_guidance import SkipLayers
 from diffusion.unet_patches import UNetPatches
 from diffusion.zimage import ZImageTransformer
 
-__all__ = ["Forward", "flow_forward", "unet_call_patches", "unet_forward"]
+__all__ = ["Control", "Forward", "flow_forward", "unet_call_patches", "unet_forward"]
+
+#: What a forward is given of the ControlNets: a UNet's residuals, or a flow transformer's ControlNets to run.
+Control = ControlResiduals | TransformerControl
 
 #: ``(x, timesteps, context, y, guidance, reference latents, control) -> output``: one model family's call.
 Forward = Callable[
@@ -33,7 +40,7 @@ Forward = Callable[
         torch.Tensor | None,
         torch.Tensor | None,
         list[torch.Tensor],
-        ControlResiduals | None,
+        Control | None,
     ],
     torch.Tensor,
 ]
@@ -58,9 +65,11 @@ def unet_forward(unet: nn.Module, patches: UNetPatches | None = None) -> Forward
         y: torch.Tensor | None,
         _: torch.Tensor | None,
         references: list[torch.Tensor],
-        control: ControlResiduals | None,
+        control: Control | None,
     ) -> torch.Tensor:
         _no_references(unet, references)
+        if isinstance(control, TransformerControl):
+            raise ValueError(f"a {type(unet).__name__} takes no ControlNet made for SD3.5 or FLUX.1 transformers")
         if control is None and patches is None:
             return unet(x, timesteps, context, y=y)
         return unet(x, timesteps, context, y=y, control=control, patches=patches)
@@ -118,20 +127,47 @@ def flow_forward(model: nn.Module, sampling: ModelSampling, skip: SkipLayers | N
         y: torch.Tensor | None,
         guidance: torch.Tensor | None,
         references: list[torch.Tensor],
-        control: ControlResiduals | None,
+        control: Control | None,
     ) -> torch.Tensor:
-        if control is not None:
-            raise ValueError(
-                f"a {type(model).__name__} takes no ControlNet residuals: the ControlNets Loom loads are for the "
-                "SD1.x, SD2.x and SDXL UNets"
-            )
         sigma = timesteps / multiplier
+        residuals = None if control is None else _block_residuals(model, control, x, sigma, context, y, guidance)
         if isinstance(model, FluxTransformer):
             _need_pooled(y)
-            return model(x, sigma, context, y, guidance=guidance, ref_latents=references or None, **skipping)
+            return model(
+                x, sigma, context, y, guidance=guidance, ref_latents=references or None, control=residuals, **skipping
+            )
         _no_references(model, references)
         if isinstance(model, (ZImageTransformer, ChromaTransformer)):
             return model(x, sigma, context, **skipping)
-        return model(x, sigma, context, _need_pooled(y), **skipping)
+        return model(x, sigma, context, _need_pooled(y), control=residuals, **skipping)
 
     return forward
+
+
+def _block_residuals(
+    model: nn.Module,
+    control: Control,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    context: torch.Tensor,
+    y: torch.Tensor | None,
+    guidance: torch.Tensor | None,
+) -> BlockResiduals | None:
+    """The residuals of the ControlNets ``control`` holds for ``model``, run on what ``model`` is called with: the
+    noisy latent (the leading channels of ``x``, without a Fill or Canny model's conditioning channels), sigma, the
+    text and its pooled vector, and FLUX's guidance."""
+    if isinstance(control, ControlResiduals):
+        raise ValueError(
+            f"a {type(model).__name__} takes no ControlNet residuals of a UNet: SD1.x, SD2.x and SDXL ControlNets "
+            "drive UNets only"
+        )
+    if isinstance(model, FluxTransformer):
+        noisy = x[:, : model.config.out_latent_channels]
+    elif isinstance(model, MMDiT):
+        noisy = x[:, : model.config.out_channels]
+    else:
+        raise ValueError(
+            f"a {type(model).__name__} takes no ControlNet: Loom runs ControlNets on SD1.x, SD2.x and SDXL UNets, "
+            "SD3.5 MMDiTs and FLUX.1 transformers"
+        )
+    return control.residuals(model, noisy, sigma, context, y, guidance)

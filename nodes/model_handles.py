@@ -50,7 +50,7 @@ from diffusion.zimage import ZImageTransformer
 from nodes.comfy_base_model import ComfyBaseModel
 from nodes.comfy_cfg_hooks import cfg_hooks
 from nodes.comfy_weight_patches import comfy_patches
-from nodes.model_forward import Forward, flow_forward, unet_call_patches, unet_forward
+from nodes.model_forward import Control, Forward, flow_forward, unet_call_patches, unet_forward
 from nodes.patched_weights import PatchedModule, PatchSet, stack_patch_set
 from nodes.runtime import current_runtime
 from nodes.shared_models import modules_of
@@ -420,8 +420,9 @@ class ModelHandle:
     @contextmanager
     def unet_fn(self) -> Iterator[Callable[..., torch.Tensor]]:
         """The ``unet_fn(x_in, timesteps, context, y=None, concat=None, guidance=None, reference_latents=(),
-        control=None, cond_or_uncond=(), variant=None)`` that ``diffusion.guidance.CFGGuider`` calls; ``control``
-        (ControlNet residuals), the row sides and a guidance hook's variant of the UNet patches only for UNets.
+        control=None, cond_or_uncond=(), variant=None)`` that ``diffusion.guidance.CFGGuider`` calls; ``control`` is
+        a UNet's ControlNet residuals or an SD3.5 / FLUX transformer's ControlNets (``nodes.model_forward``); the row
+        sides and a guidance hook's variant of the UNet patches only for UNets.
 
         Inpainting UNets (9 input channels) take the mask and masked-image latent as extra input
         channels after the noisy latent; a 4-channel UNet ignores ``concat``. Flow transformers take
@@ -458,7 +459,7 @@ class ModelHandle:
                 concat: torch.Tensor | None = None,
                 guidance: torch.Tensor | None = None,
                 reference_latents: Sequence[torch.Tensor] = (),
-                control: ControlResiduals | None = None,
+                control: Control | None = None,
                 cond_or_uncond: tuple[int, ...] = (),
                 variant: object = None,
             ) -> torch.Tensor:
@@ -477,7 +478,8 @@ class ModelHandle:
                     return None if tensor is None else tensor.to(device)
 
                 references = [reference.to(device) for reference in reference_latents]
-                residuals = None if control is None else control.to(device)
+                # A transformer's ControlNets run inside the forward, each on its own device.
+                residuals = control.to(device) if isinstance(control, ControlResiduals) else control
                 with torch.no_grad():
                     output = forward_for(variant, cond_or_uncond)(
                         x_in.to(device),

@@ -214,6 +214,10 @@ COMFY_METHODS: dict[str, ComfyMethod] = {
     "DiffControlNetLoader": ComfyMethod("load_controlnet"),
     "ControlNetApply": ComfyMethod("apply_controlnet"),
     "ControlNetApplyAdvanced": ComfyMethod("apply_controlnet"),
+    "ControlNetApplySD3": ComfyMethod(
+        "apply_controlnet",
+        ("positive", "negative", "control_net", "image", "strength", "start_percent", "end_percent", "vae"),
+    ),
     "FreeU": ComfyMethod("patch"),
     "FreeU_V2": ComfyMethod("patch"),
     "HyperTile": ComfyMethod("patch"),

@@ -15,6 +15,7 @@ from diffusion.applied_control import (
     split_rows,
 )
 from diffusion.controlnet import ControlResiduals, fit_hint, load_controlnet, tiny_controlnet_tensors
+from diffusion.flux_controlnet import BlockResiduals
 from diffusion.prediction import EpsPrediction
 from diffusion.t2i_adapter import fit_adapter_hint, load_t2i_adapter, tiny_t2i_adapter_tensors
 from diffusion.tiny import tiny_checkpoint_tensors, tiny_unet_config
@@ -195,3 +196,20 @@ def test_an_adapter_runs_once_per_run_and_its_features_join_a_controlnets_at_the
     outside = bound.residuals(x, low, t, context, None)  # past the adapter's window: the ControlNet alone
     assert outside is not None and outside.encoder == ()
     assert same(outside, net(x, first.hint, t, context).scaled(0.7), atol=1e-6)
+
+
+def test_transformer_residuals_line_up_with_a_batched_call_zeros_where_an_entry_has_none() -> None:
+    """A FLUX call batching an InstantX-controlled entry (double and single blocks), an entry without control and an
+    XLabs-controlled one (double blocks only): each block position joins its rows, zeros for the others'."""
+    tokens = torch.ones(1, 6, 8)
+    instantx = BlockResiduals((tokens, tokens * 2), (tokens * 3,))
+    xlabs = BlockResiduals((tokens * 4, None))
+    joined = concat_residuals([instantx, None, xlabs])
+    assert joined is not None and len(joined.double) == 2 and len(joined.single) == 1
+    assert all(r is not None for r in joined.tensors())
+    rows = [[float(r[index, 0, 0]) for index in range(3)] for r in joined.tensors() if r is not None]
+    assert rows == [[1.0, 0.0, 4.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]
+    first, _, last = split_rows(joined, 3)
+    assert first.single[0] is not None and torch.equal(first.single[0], tokens * 3)
+    assert last.double[0] is not None and torch.equal(last.double[0], tokens * 4)
+    assert concat_residuals([None, None]) is None

@@ -74,6 +74,16 @@ SPECS: dict[str, tuple[str, str, dict[str, dict[str, Any]], list[str], list[str]
         },
         ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], False,
     ),
+    "ControlNetApplySD3": (
+        "conditioning/controlnet", "Apply Controlnet with VAE",
+        {"required": {
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+            "vae": ["VAE"], "image": ["IMAGE"], "strength": ["FLOAT", {"default": 1.0, **STRENGTH}],
+            "start_percent": ["FLOAT", {"default": 0.0, **PERCENT}],
+            "end_percent": ["FLOAT", {"default": 1.0, **PERCENT}],
+        }},
+        ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], True,
+    ),
     "SetUnionControlNetType": (
         "conditioning/controlnet", "SetUnionControlNetType",
         {"required": {"control_net": ["CONTROL_NET"], "type": [[
