@@ -89,7 +89,9 @@ class AppliedControl:
     its spatial mean, as ComfyUI does for the shuffle ControlNet. ``union_type`` is the control type a union
     ControlNet runs with (None: "auto"; a FLUX union ControlNet's mode). ``encoder`` encodes the hint for a
     ControlNet that takes a VAE latent (``hint_latent_format``), None for one that takes the picture. Compared and
-    hashed by identity: entries that share one object share one ControlNet evaluation per model call.
+    hashed by identity: entries that share one object share one ControlNet evaluation per model call. ``mask`` is
+    an inpainting ControlNet's mask channel, ``[B or 1, 1, H, W]``, 1 where the picture is kept (None: all ones,
+    ComfyUI's default).
     """
 
     controlnet: ControlModel
@@ -102,6 +104,7 @@ class AppliedControl:
     global_average_pooling: bool = False
     union_type: int | None = None
     encoder: HintEncoder | None = None
+    mask: Tensor | None = None
 
     def chain(self) -> Iterator[AppliedControl]:
         """This control and those applied before it, oldest first."""
@@ -351,8 +354,8 @@ class BoundControl:
 def _hint_for(link: AppliedControl, height: int, width: int) -> Tensor:
     """A link's hint for latents of ``height`` x ``width``, as ComfyUI's ControlNet prepares it: the picture fitted
     to the ControlNet's scale (centre crop, nearest-exact), then for the SD3.5 ControlNets preprocessed, and for
-    those taking a VAE latent encoded, brought into the family's latent space (``process_in``) and given an
-    all-ones mask channel when they take one (the inpainting ones)."""
+    those taking a VAE latent encoded, brought into the family's latent space (``process_in``) and given a mask
+    channel when they take one (the inpainting ones): the link's mask fitted to the latent the same way, or ones."""
     controlnet = link.controlnet
     assert not isinstance(controlnet, T2IAdapter)
     if isinstance(controlnet, (SD3ControlNet, FluxControlNet)):
@@ -372,7 +375,11 @@ def _hint_for(link: AppliedControl, height: int, width: int) -> Tensor:
         )
     latent = latent_format.to_model(link.encoder(image).float().cpu())
     if controlnet.config.hint_channels == latent.shape[1] + 1:
-        latent = torch.cat([latent, torch.ones_like(latent[:, :1])], dim=1)
+        if link.mask is None:
+            mask = torch.ones_like(latent[:, :1])
+        else:
+            mask = _per_chunk(fit_hint(link.mask.float(), latent.shape[-2], latent.shape[-1]), latent.shape[0])
+        latent = torch.cat([latent, mask.expand(latent.shape[0], -1, -1, -1)], dim=1)
     return latent
 
 

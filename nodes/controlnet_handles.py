@@ -184,6 +184,16 @@ class ControlNetHandle:
         return channels - 1 if channels % 2 else channels
 
     @property
+    def takes_mask(self) -> bool:
+        """Whether the ControlNet takes a mask channel after its hint latent (the inpainting ones, AliMama's)."""
+        channels = self.hint_latent_channels
+        if channels is None:
+            return False
+        module = self.module
+        assert isinstance(module, (SD3ControlNet, FluxControlNet))  # only they take latents
+        return module.config.hint_channels == channels + 1
+
+    @property
     def hint_channels(self) -> int:
         """Channels of the IMAGE the ControlNet takes: a transformer's ControlNets take a picture (RGB), which
         some encode with the VAE."""
@@ -204,11 +214,12 @@ class ControlNetHandle:
         end_percent: float = 1.0,
         previous: object = None,
         vae: VaeHandle | None = None,
+        mask: torch.Tensor | None = None,
     ) -> AppliedControl:
         """This ControlNet applied with ``image`` (IMAGE, ``[B, H, W, C]``) as its hint after ``previous``, the
         ``control`` an entry already carried (None, or another ``AppliedControl``). ``vae`` encodes the hint of a
         ControlNet that takes a VAE latent (``needs_vae``: the caller refuses its absence); others ignore it, as
-        ComfyUI does."""
+        ComfyUI does. ``mask`` (``[B, 1, H, W]``, 1 where kept) is an inpainting ControlNet's mask channel."""
         channels = self.hint_channels
         # A one-channel adapter takes any image: ComfyUI averages its channels.
         takes_any = isinstance(self.module, T2IAdapter) and channels == 1
@@ -233,6 +244,7 @@ class ControlNetHandle:
             self.global_average_pooling,
             self.union_type,
             VaeHintEncoder(vae) if self.needs_vae and vae is not None else None,
+            mask,
         )
 
 

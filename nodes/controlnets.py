@@ -36,6 +36,7 @@ from typing import Any
 from diffusion.controlnet_union import UNION_CONTROLNET_TYPES
 from graph.declare import Combo, Float, Output, Socket, node, spec_of
 from nodes.controlnet_handles import ControlNetHandle, ControlNetNeedsVaeError
+from nodes.image import resample
 from nodes.runtime import find_model, list_models
 from nodes.vae_handles import VaeHandle
 
@@ -107,6 +108,7 @@ def _apply_to_both(
     start_percent: float,
     end_percent: float,
     vae: VaeHandle | None,
+    mask: Any = None,
 ) -> tuple[Conditioning, Conditioning]:
     """ControlNetApplyAdvanced's application: one applied control per distinct earlier control (by identity),
     shared by both sides."""
@@ -115,7 +117,7 @@ def _apply_to_both(
     def chained(options: dict[str, Any]) -> dict[str, Any]:
         previous = options.get("control")
         if id(previous) not in applied:
-            applied[id(previous)] = handle.applied(image, strength, start_percent, end_percent, previous, vae)
+            applied[id(previous)] = handle.applied(image, strength, start_percent, end_percent, previous, vae, mask)
         return {**options, "control": applied[id(previous)], "control_apply_to_uncond": False}
 
     return (
@@ -205,6 +207,42 @@ def ControlNetApplySD3(
 
 
 spec_of(ControlNetApplySD3).deprecated = True
+
+
+@node(
+    category="conditioning/controlnet",
+    outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative")],
+)
+def ControlNetInpaintingAliMamaApply(
+    positive=Socket("CONDITIONING"),
+    negative=Socket("CONDITIONING"),
+    control_net=Socket("CONTROL_NET"),
+    vae=Socket("VAE"),
+    image=Socket("IMAGE"),
+    mask=Socket("MASK"),
+    strength=_STRENGTH,
+    start_percent=_PERCENT_START,
+    end_percent=_PERCENT_END,
+):
+    """Apply an inpainting ControlNet (AliMama's FLUX.1 inpainting ControlNets): the picture with the masked
+    region blacked out, and the mask, tell it what to keep. A ControlNet without a mask channel is applied as
+    Apply ControlNet applies it."""
+    if strength == 0:
+        return positive, negative
+    handle: ControlNetHandle = control_net
+    hint_vae = _hint_vae("ControlNetInpaintingAliMamaApply", handle, vae)
+    if not handle.takes_mask:
+        return _apply_to_both(positive, negative, handle, image, strength, start_percent, end_percent, hint_vae)
+    if image.ndim != 4 or mask.ndim not in (2, 3):
+        raise ValueError(
+            f"ControlNetInpaintingAliMamaApply: image must be IMAGE [B, H, W, C] and mask MASK [B, H, W], got "
+            f"{tuple(image.shape)} and {tuple(mask.shape)}"
+        )
+    kept = 1.0 - mask.reshape(-1, 1, *mask.shape[-2:]).float()
+    # ComfyUI scales the mask to the picture bilinearly (centre crop) and rounds it before blacking out.
+    on_picture = resample(kept, image.shape[2], image.shape[1], "bilinear", crop="center").round()
+    blacked = image * on_picture.movedim(1, -1)
+    return _apply_to_both(positive, negative, handle, blacked, strength, start_percent, end_percent, hint_vae, kept)
 
 
 @node(category="conditioning/controlnet", outputs=[Output("CONTROL_NET")])

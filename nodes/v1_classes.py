@@ -222,6 +222,7 @@ COMFY_METHODS: dict[str, ComfyMethod] = {
     "FreeU_V2": ComfyMethod("patch"),
     "HyperTile": ComfyMethod("patch"),
     "SetUnionControlNetType": ComfyMethod("set_controlnet_type"),
+    "ControlNetInpaintingAliMamaApply": ComfyMethod("apply_inpaint_controlnet"),
     "CLIPVisionLoader": ComfyMethod("load_clip"),
     "CLIPVisionEncode": ComfyMethod("encode"),
     "unCLIPConditioning": ComfyMethod("apply_adm"),

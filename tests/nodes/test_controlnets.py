@@ -84,6 +84,16 @@ SPECS: dict[str, tuple[str, str, dict[str, dict[str, Any]], list[str], list[str]
         }},
         ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], True,
     ),
+    "ControlNetInpaintingAliMamaApply": (
+        "conditioning/controlnet", "ControlNetInpaintingAliMamaApply",
+        {"required": {
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+            "vae": ["VAE"], "image": ["IMAGE"], "mask": ["MASK"], "strength": ["FLOAT", {"default": 1.0, **STRENGTH}],
+            "start_percent": ["FLOAT", {"default": 0.0, **PERCENT}],
+            "end_percent": ["FLOAT", {"default": 1.0, **PERCENT}],
+        }},
+        ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], False,
+    ),
     "SetUnionControlNetType": (
         "conditioning/controlnet", "SetUnionControlNetType",
         {"required": {"control_net": ["CONTROL_NET"], "type": [[

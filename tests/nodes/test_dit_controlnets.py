@@ -27,6 +27,7 @@ from nodes.controlnets import (
     ControlNetApply,
     ControlNetApplyAdvanced,
     ControlNetApplySD3,
+    ControlNetInpaintingAliMamaApply,
     ControlNetLoader,
     SetUnionControlNetType,
 )
@@ -261,6 +262,54 @@ def test_ksampler_with_an_instantx_flux_controlnet_equals_the_hand_written_loop(
     got = ksample(model, pos, neg)
     close(got, expected)
     assert not torch.allclose(got, ksample(model, positive, negative), atol=1e-3)
+
+
+def alimama_file(folders: Folders) -> ControlNetHandle:
+    """An InstantX-layout FLUX ControlNet whose hint is the latent plus a mask channel (17 x 2 x 2 features), as
+    AliMama's inpainting ControlNets are."""
+    tensors = tiny_flux_controlnet_tensors(tiny_flux_config("flux_dev"), 2)
+    embedder = tensors["controlnet_x_embedder.weight"]
+    generator = torch.Generator().manual_seed(4)
+    tensors["controlnet_x_embedder.weight"] = torch.randn(embedder.shape[0], 17 * 4, generator=generator) * 0.05
+    return write_control(folders, "FLUX.1-dev-Controlnet-Inpainting-Beta.safetensors", tensors)
+
+
+def test_the_alimama_node_hands_an_inpainting_controlnet_the_blacked_out_picture_and_the_kept_mask(
+    flux, folders: Folders
+) -> None:
+    model, vae = flux
+    positive, negative = conditioning(model, 0), conditioning(model, 1)
+    control_net = alimama_file(folders)
+    assert control_net.takes_mask and control_net.hint_latent_channels == 16
+    image = picture(size=(48, 64))
+    mask = torch.zeros(1, 48, 64)
+    mask[:, 8:40, 16:48] = 1.0  # repaint the middle
+    pos, neg = ControlNetInpaintingAliMamaApply(positive, negative, control_net, vae, image, mask, 0.9, 0.0, 1.0)
+    kept = 1.0 - mask.unsqueeze(1)
+    blacked = image.movedim(-1, 1) * kept
+
+    def hint(height: int, width: int) -> torch.Tensor:
+        latent = latent_hint(vae, FLUX_LATENT, fit_hint(blacked, 8 * height, 8 * width))
+        return torch.cat([latent, fit_hint(kept, height, width)], dim=1)
+
+    control: Control = (control_net.module, hint, 0.9, 0.0, 1.0, {})
+    expected, _ = by_hand(model, model.sampling, positive, negative, [control], DEFAULT_GUIDANCE)
+    close(ksample(model, pos, neg), expected)
+
+
+def test_the_alimama_node_applies_a_controlnet_without_a_mask_channel_as_apply_controlnet_does(
+    flux, folders: Folders
+) -> None:
+    model, vae = flux
+    positive, negative = conditioning(model, 0), conditioning(model, 1)
+    write_tiny_file(folders.models / "controlnet" / "instantx_canny.safetensors", "flux_dev", "controlnet")
+    control_net = ControlNetLoader("instantx_canny.safetensors")
+    image, mask = picture(), torch.ones(1, 40, 56)
+    inpainting = ControlNetInpaintingAliMamaApply(positive, negative, control_net, vae, image, mask, 0.8, 0.0, 0.6)
+    advanced = ControlNetApplyAdvanced(positive, negative, control_net, image, 0.8, 0.0, 0.6, vae)
+    assert torch.equal(ksample(model, *inpainting), ksample(model, *advanced))
+    with pytest.raises(ControlNetNeedsVaeError, match="ControlNetInpaintingAliMamaApply"):
+        ControlNetInpaintingAliMamaApply(positive, negative, control_net, None, image, mask, 0.8, 0.0, 0.6)
 
 
 def test_ksampler_with_an_xlabs_flux_controlnet_takes_the_picture_and_needs_no_vae(flux, folders: Folders) -> None:

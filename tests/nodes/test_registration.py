@@ -43,7 +43,7 @@ BUILTIN_NAMES = {
     "CLIPVisionLoader", "CLIPVisionEncode", "unCLIPConditioning", "StyleModelLoader", "StyleModelApply",
     "SkipLayerGuidanceDiT", "SkipLayerGuidanceSD3",
     "ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced",
-    "SetUnionControlNetType", "ControlNetApplySD3",
+    "SetUnionControlNetType", "ControlNetApplySD3", "ControlNetInpaintingAliMamaApply",
     "FreeU", "FreeU_V2", "HyperTile", "PatchModelAddDownscale", "PerturbedAttentionGuidance", "SelfAttentionGuidance",
     "SolidMask", "InvertMask", "GrowMask", "FeatherMask", "MaskComposite", "ThresholdMask", "ImageToMask",
     "MaskToImage", "ImageColorToMask", "CropMask", "MaskPreview",
