@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 import torch
@@ -160,11 +159,9 @@ def test_anything_but_arithmetic_is_refused(expression: str, reason: str) -> Non
     ],
 )
 def test_evaluation_failures_name_the_expression_and_reason(expression: str, reason: str) -> None:
-    started = time.perf_counter()
     with pytest.raises(ExpressionError, match=reason) as caught:
         MathExpression(expression=expression, a=1, b=None, c=None)
     assert caught.value.expression == expression
-    assert time.perf_counter() - started < 1.0
 
 
 def test_validation_accepts_good_and_linked_expressions() -> None:
