@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
+from diffusion.attention_masks import TokenAttentionMask
 from diffusion.fused_linear import FusedLinear
 from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
@@ -291,8 +292,9 @@ class RotaryEmbedding(NamedTuple):
 def _attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RotaryEmbedding, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """[B, heads, L, d] each -> [B, L, heads * d], positions applied to q and k; `mask` (boolean, broadcast to
-    [B, heads, L, L], True where a query may attend to a key) leaves keys out, as Chroma does T5's padding."""
+    """[B, heads, L, d] each -> [B, L, heads * d], positions applied to q and k; `mask` broadcast to
+    [B, heads, L, L]: boolean (True where a query may attend to a key; Chroma leaves T5's padding out so) or an
+    additive bias in q's dtype (a conditioning's attention mask)."""
     return merge_heads(F.scaled_dot_product_attention(rope.rotate(q), rope.rotate(k), v, attn_mask=mask))
 
 
@@ -410,11 +412,16 @@ class DoubleStreamBlock(nn.Module):
         self.txt_mlp = _mlp(dim, mlp_hidden)
 
     def forward(
-        self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope: RotaryEmbedding
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        vec: torch.Tensor,
+        rope: RotaryEmbedding,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.img_mod is None or self.txt_mod is None:
             raise _no_modulation(self)
-        return self.modulated(img, txt, self.img_mod(vec), self.txt_mod(vec), rope)
+        return self.modulated(img, txt, self.img_mod(vec), self.txt_mod(vec), rope, mask)
 
     def modulated(
         self,
@@ -464,11 +471,13 @@ class SingleStreamBlock(nn.Module):
         self.pre_norm = _layer_norm(dim)
         self.modulation = Modulation(dim, 1) if modulation else None
 
-    def forward(self, x: torch.Tensor, vec: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, vec: torch.Tensor, rope: RotaryEmbedding, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.modulation is None:
             raise _no_modulation(self)
         (mod,) = self.modulation(vec)
-        return self.modulated(x, mod, rope)
+        return self.modulated(x, mod, rope, mask)
 
     def modulated(
         self, x: torch.Tensor, mod: Modulated, rope: RotaryEmbedding, mask: torch.Tensor | None = None
@@ -560,6 +569,7 @@ class FluxTransformer(nn.Module):
         control: BlockResiduals | None = None,
         skip_double: Collection[int] = (),
         skip_single: Collection[int] = (),
+        attention_mask: TokenAttentionMask | None = None,
     ) -> torch.Tensor:
         """Predict the flow of a latent.
 
@@ -571,7 +581,9 @@ class FluxTransformer(nn.Module):
         control: ControlNet residuals (`diffusion.flux_controlnet`), one per double and per single block (or none
         of a kind), each added to the image tokens after its block; Kontext references get none, as in ComfyUI.
         skip_double, skip_single: blocks that pass their tokens through unchanged (skip-layer guidance); a skipped
-        block's ControlNet residual is still added, as ComfyUI adds it.
+        block's ControlNet residual is still added, as ComfyUI adds it. attention_mask: an additive bias over the
+        joint [text, image] sequence (`diffusion.attention_masks`; FLUX.1 Redux's attn_bias), its image part
+        stretched to this latent's tokens; not with reference latents.
         Returns [B, out_latent_channels, H, W].
         """
         config = self.config
@@ -616,17 +628,18 @@ class FluxTransformer(nn.Module):
             img = torch.cat(extra, dim=1)
         img = self.img_in(img)
         rope = RotaryEmbedding.of(torch.cat(ids), config.axes_dim, config.theta)
+        mask = None if attention_mask is None else _joint_bias(attention_mask, txt.shape[1], rows, cols, img, dtype)
 
         start = txt.shape[1]
         for index, double in enumerate(self.double_blocks):
             if index not in skipped_double:
-                img, txt = double(img, txt, vec, rope)
+                img, txt = double(img, txt, vec, rope, mask)
             if control is not None and control.double and (add := control.double[index]) is not None:
                 img = _add_to_image(img, 0, add)
         joint = torch.cat((txt, img), dim=1)
         for index, single in enumerate(self.single_blocks):
             if index not in skipped_single:
-                joint = single(joint, vec, rope)
+                joint = single(joint, vec, rope, mask)
             if control is not None and control.single and (add := control.single[index]) is not None:
                 joint = _add_to_image(joint, start, add)
         out = self.final_layer(joint[:, start : start + image_tokens], vec)
@@ -650,6 +663,22 @@ class FluxTransformer(nn.Module):
                 raise ValueError(
                     f"a reference latent must be [1 or {x.shape[0]}, {x.shape[1]}, h, w], got {tuple(ref.shape)}"
                 )
+
+
+def _joint_bias(
+    attention_mask: TokenAttentionMask, text_tokens: int, rows: int, cols: int, img: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """A conditioning's attention mask as the additive ``[B, 1, L, L]`` bias of this call's joint sequence."""
+    bias = attention_mask.over_image(rows, cols)
+    expected = text_tokens + rows * cols
+    if img.shape[1] != rows * cols:
+        raise ValueError("an attention mask cannot be combined with reference latents (FLUX.1 Kontext)")
+    if bias.shape[-1] != expected or bias.shape[0] not in (1, img.shape[0]):
+        raise ValueError(
+            f"the attention mask is [{bias.shape[0]}, {bias.shape[-2]}, {bias.shape[-1]}] and this call attends over "
+            f"{text_tokens} text and {rows * cols} image tokens of {img.shape[0]} pictures"
+        )
+    return bias[:, None].to(img.device, dtype)
 
 
 def blocks_to_skip(indices: Collection[int], count: int, kind: str) -> frozenset[int]:

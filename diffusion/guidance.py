@@ -48,6 +48,7 @@ from diffusion.applied_control import (
     share_with_uncond,
     shared_residuals,
 )
+from diffusion.attention_masks import TokenAttentionMask, as_additive
 from diffusion.cfg_hooks import NO_HOOKS, CFGHooks, CFGInputs, Conditioning, SidePredictor
 from diffusion.controlnet import ControlResiduals
 from diffusion.prediction import ModelSampling, UNetFn
@@ -229,6 +230,7 @@ class _Cond:
     references: tuple[Tensor, ...]  # [1, C, h, w] each: an edit model's reference latents
     side: int  # which of the guider's conditionings it belongs to
     control: BoundControl | None = None  # the ControlNets applied to the entry
+    attention_mask: TokenAttentionMask | None = None  # a transformer's attention bias (Redux's attn_bias)
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
@@ -245,6 +247,9 @@ class _Cond:
             _trailing_shape(self.concat),
             self.guidance is None,
             tuple(tuple(reference.shape[1:]) for reference in self.references),
+            None
+            if self.attention_mask is None
+            else (self.attention_mask.bias.shape[1:], self.attention_mask.image_shape),
         )
 
 
@@ -429,9 +434,35 @@ def _resolve(
                 references=tuple(options.get("reference_latents") or ()),
                 side=side_index,
                 control=_bound_control(side, index, options, model_sampling, controls, (rows, cols)),
+                attention_mask=_attention_mask(side, index, options, context),
             )
         )
     return resolved
+
+
+def _attention_mask(side: str, index: int, options: dict[str, Any], context: Tensor) -> TokenAttentionMask | None:
+    """An entry's ``attention_mask`` and ``attention_mask_img_shape`` (``diffusion.attention_masks``), checked
+    against its context: the mask's text part must be the context's tokens."""
+    mask = options.get("attention_mask")
+    if mask is None:
+        return None
+    shape = options.get("attention_mask_img_shape")
+    if not isinstance(mask, Tensor) or mask.ndim != 3 or mask.shape[-1] != mask.shape[-2] or shape is None:
+        raise ConditioningError(
+            side,
+            index,
+            "attention_mask",
+            "must be a [B, N, N] tensor with attention_mask_img_shape (h, w) beside it",
+        )
+    attention = TokenAttentionMask(as_additive(mask), (int(shape[0]), int(shape[1])))
+    if attention.text_tokens != context.shape[1]:
+        raise ConditioningError(
+            side,
+            index,
+            "attention_mask",
+            f"covers {attention.text_tokens} text tokens and the entry's context has {context.shape[1]}",
+        )
+    return attention
 
 
 def _repeat_tokens(context: Tensor, length: int) -> Tensor:
@@ -564,6 +595,10 @@ class ConditioningGuider(ABC):
         optional: dict[str, Any] = {}
         if references:
             optional["reference_latents"] = references
+        if group[0].attention_mask is not None:
+            masks = [c.attention_mask for c in group if c.attention_mask is not None]
+            joined = torch.cat([_per_item(mask.bias, batch) for mask in masks])
+            optional["attention_mask"] = TokenAttentionMask(joined, masks[0].image_shape)
         if control is not None:
             optional["control"] = control
         if self.hooks.label_rows:

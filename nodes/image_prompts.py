@@ -11,9 +11,10 @@ Names, inputs, ranges, widget order and categories are ComfyUI's:
   (``nodes.sampling``, ``diffusion.unclip``). Strength 0 returns the conditioning as given.
 - ``StyleModelLoader`` loads a style model of the ``style_models`` folder (FLUX.1 Redux: ``diffusion.style_model``)
   as a STYLE_MODEL; ``StyleModelApply`` appends its tokens, every picture's in one row, to the context of each entry.
-  ``strength_type`` "multiply" scales the tokens. "attn_bias" is ComfyUI's attention bias of log(strength) between
-  the text and image tokens and the style tokens, an attention mask the FLUX transformer would take; Loom's FLUX
-  forward takes none yet, so "attn_bias" at a strength other than 1 (where the bias is 0) is refused by name.
+  ``strength_type`` "multiply" scales the tokens. "attn_bias" leaves them as they are and weights them inside
+  attention instead: the entry's ``attention_mask`` gains a bias of log(strength) on the style tokens' keys
+  (``diffusion.attention_masks``, laid out as ComfyUI lays it out), which the FLUX transformer adds to its
+  attention logits; at strength 1 that bias is 0 and no mask is added, as in ComfyUI.
 
 The unCLIP checkpoint loader is not here: Loom does not load SD2.1 unCLIP checkpoints (docs/compatibility.md §6.1).
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from diffusion.attention_masks import UNSIZED, TokenAttentionMask, as_additive, with_token_bias
 from diffusion.clip_vision import ClipVisionModel, ClipVisionOutput
 from diffusion.style_model import ReduxImageEncoder
 from graph.declare import Combo, Float, Output, Socket, node
@@ -155,13 +157,27 @@ def StyleModelApply(
     strength=Float(1.0, min=0.0, max=10.0, step=0.001),
     strength_type=Combo(["multiply", "attn_bias"]),
 ):
-    """Append a picture's style tokens to the prompt (FLUX.1 Redux), scaled by strength."""
-    if strength_type == "attn_bias" and strength != 1.0:
-        raise ValueError(
-            "StyleModelApply: strength_type 'attn_bias' weights the style tokens with an attention bias, and Loom's "
-            "FLUX transformer takes no attention mask yet; use 'multiply', or 'attn_bias' at strength 1"
-        )
+    """Append a picture's style tokens to the prompt (FLUX.1 Redux), weighted by strength: the tokens scaled
+    ("multiply"), or their attention weighted ("attn_bias")."""
     tokens = style_model.get_cond(clip_vision_output).flatten(0, 1).unsqueeze(0)
     if strength_type == "multiply":
         tokens = tokens * strength
-    return [[_appended(cond, tokens), dict(options)] for cond, options in conditioning]
+    biased = strength_type == "attn_bias" and strength != 1.0
+    return [
+        [_appended(cond, tokens), _with_bias(options, cond, tokens.shape[1], strength) if biased else dict(options)]
+        for cond, options in conditioning
+    ]
+
+
+def _with_bias(options: dict[str, Any], context: torch.Tensor, added: int, strength: float) -> dict[str, Any]:
+    """``options`` whose attention mask also weights the ``added`` tokens appended to ``context`` by ``strength``."""
+    previous = options.get("attention_mask")
+    earlier = None
+    if previous is not None:
+        shape = options.get("attention_mask_img_shape", UNSIZED)
+        earlier = TokenAttentionMask(as_additive(previous), (int(shape[0]), int(shape[1])))
+    try:
+        mask = with_token_bias(earlier, context.shape[0], context.shape[1], added, strength)
+    except ValueError as error:
+        raise ValueError(f"StyleModelApply: {error}") from error
+    return {**options, "attention_mask": mask.bias, "attention_mask_img_shape": mask.image_shape}

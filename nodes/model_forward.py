@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from diffusion.applied_control import TransformerControl
+from diffusion.attention_masks import TokenAttentionMask
 from diffusion.chroma import ChromaTransformer
 from diffusion.controlnet import ControlResiduals
 from diffusion.flux import FluxTransformer
@@ -31,7 +32,8 @@ __all__ = ["Control", "Forward", "flow_forward", "unet_call_patches", "unet_forw
 #: What a forward is given of the ControlNets: a UNet's residuals, or a flow transformer's ControlNets to run.
 Control = ControlResiduals | TransformerControl
 
-#: ``(x, timesteps, context, y, guidance, reference latents, control) -> output``: one model family's call.
+#: ``(x, timesteps, context, y, guidance, reference latents, control, attention mask) -> output``: one model
+#: family's call.
 Forward = Callable[
     [
         torch.Tensor,
@@ -41,9 +43,18 @@ Forward = Callable[
         torch.Tensor | None,
         list[torch.Tensor],
         Control | None,
+        TokenAttentionMask | None,
     ],
     torch.Tensor,
 ]
+
+
+def _no_attention_mask(model: nn.Module, attention_mask: TokenAttentionMask | None) -> None:
+    if attention_mask is not None:
+        raise ValueError(
+            f"this {type(model).__name__} takes no attention mask (the conditioning's attention_mask): Apply Style "
+            "Model's attn_bias is for FLUX.1"
+        )
 
 
 def _no_references(model: nn.Module, references: list[torch.Tensor]) -> None:
@@ -66,8 +77,10 @@ def unet_forward(unet: nn.Module, patches: UNetPatches | None = None) -> Forward
         _: torch.Tensor | None,
         references: list[torch.Tensor],
         control: Control | None,
+        attention_mask: TokenAttentionMask | None,
     ) -> torch.Tensor:
         _no_references(unet, references)
+        _no_attention_mask(unet, attention_mask)
         if isinstance(control, TransformerControl):
             raise ValueError(f"a {type(unet).__name__} takes no ControlNet made for SD3.5 or FLUX.1 transformers")
         if control is None and patches is None:
@@ -128,15 +141,25 @@ def flow_forward(model: nn.Module, sampling: ModelSampling, skip: SkipLayers | N
         guidance: torch.Tensor | None,
         references: list[torch.Tensor],
         control: Control | None,
+        attention_mask: TokenAttentionMask | None,
     ) -> torch.Tensor:
         sigma = timesteps / multiplier
         residuals = None if control is None else _block_residuals(model, control, x, sigma, context, y, guidance)
         if isinstance(model, FluxTransformer):
             _need_pooled(y)
             return model(
-                x, sigma, context, y, guidance=guidance, ref_latents=references or None, control=residuals, **skipping
+                x,
+                sigma,
+                context,
+                y,
+                guidance=guidance,
+                ref_latents=references or None,
+                control=residuals,
+                attention_mask=attention_mask,
+                **skipping,
             )
         _no_references(model, references)
+        _no_attention_mask(model, attention_mask)
         if isinstance(model, (ZImageTransformer, ChromaTransformer)):
             return model(x, sigma, context, **skipping)
         return model(x, sigma, context, _need_pooled(y), control=residuals, **skipping)

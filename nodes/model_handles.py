@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import torch
 
 from diffusion import guidance
+from diffusion.attention_masks import TokenAttentionMask
 from diffusion.cfg_hooks import CFGHooks
 from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
@@ -460,6 +461,7 @@ class ModelHandle:
                 guidance: torch.Tensor | None = None,
                 reference_latents: Sequence[torch.Tensor] = (),
                 control: Control | None = None,
+                attention_mask: TokenAttentionMask | None = None,
                 cond_or_uncond: tuple[int, ...] = (),
                 variant: object = None,
             ) -> torch.Tensor:
@@ -489,6 +491,7 @@ class ModelHandle:
                         moved(guidance),
                         references,
                         residuals,
+                        attention_mask,
                     )
                 return output.to(x_in.device)
 

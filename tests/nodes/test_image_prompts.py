@@ -250,15 +250,63 @@ def test_redux_multiply_appends_the_scaled_tokens_and_flux_samples_with_them(fol
     assert not torch.allclose(got, plain, atol=1e-4)
 
 
-def test_attn_bias_at_strength_1_is_the_plain_tokens_and_otherwise_is_refused(folders: Folders) -> None:
+def test_attn_bias_at_strength_1_is_the_plain_tokens_without_a_mask(folders: Folders) -> None:
     clip_vision = CLIPVisionLoader(clip_vision_file(folders, "siglip_vision", "siglip.safetensors"))
     style_model = StyleModelLoader(redux_file(folders))
     output = CLIPVisionEncode(clip_vision, picture(), "center")
     positive = _flux_conditioning(1)
     unbiased = StyleModelApply(positive, style_model, output, 1.0, "attn_bias")
     assert torch.equal(unbiased[0][0], StyleModelApply(positive, style_model, output, 1.0, "multiply")[0][0])
-    with pytest.raises(ValueError, match="StyleModelApply.*attn_bias.*attention mask"):
-        StyleModelApply(positive, style_model, output, 0.5, "attn_bias")
+    assert "attention_mask" not in unbiased[0][1]
+
+
+def test_attn_bias_lays_out_comfyuis_mask_and_keeps_an_earlier_one(folders: Folders) -> None:
+    clip_vision = CLIPVisionLoader(clip_vision_file(folders, "siglip_vision", "siglip.safetensors"))
+    style_model = StyleModelLoader(redux_file(folders))
+    output = CLIPVisionEncode(clip_vision, picture(), "center")
+    once = StyleModelApply(_flux_conditioning(1), style_model, output, 0.5, "attn_bias")
+    context, options = once[0]
+    assert torch.equal(context[:, 5:], _redux_tokens(folders, picture()).to(context))  # unscaled
+    mask, shape = options["attention_mask"], options["attention_mask_img_shape"]
+    assert mask.dtype == torch.float16 and mask.shape == (1, 5 + 729 + 1, 5 + 729 + 1) and shape == (1, 1)
+    expected = torch.zeros(1, 735, 735)
+    expected[:, :, 5:734] = math.log(0.5)
+    expected[:, 5:734, :] = math.log(0.5)
+    assert torch.equal(mask, expected.half())
+    twice = StyleModelApply(once, style_model, output, 2.0, "attn_bias")
+    second = twice[0][1]["attention_mask"]
+    assert second.shape == (1, 735 + 729, 735 + 729)
+    assert torch.equal(second[:, :734, :734], mask[:, :734, :734])  # the earlier text quadrant kept
+    assert torch.equal(second[:, :734, -1], mask[:, :734, -1])  # the image column moved past the new tokens
+    assert (second[:, :, 734:1463] == torch.tensor(math.log(2.0)).half()).all()
+
+
+def test_attn_bias_at_strength_0_hides_the_style_tokens_from_the_picture(folders: Folders, flux: Path) -> None:
+    model = UNETLoader(flux.name, "default")
+    clip_vision = CLIPVisionLoader(clip_vision_file(folders, "siglip_vision", "siglip.safetensors"))
+    style_model = StyleModelLoader(redux_file(folders))
+    output = CLIPVisionEncode(clip_vision, picture(), "center")
+    positive = _flux_conditioning(0)
+    latent = EmptySD3LatentImage(32, 32, 1)
+
+    def ksample(conditioning: list[list[Any]]) -> torch.Tensor:
+        return KSampler(model, 9, STEPS, 1.0, "euler", "simple", conditioning, conditioning, latent, 1.0)["samples"]
+
+    plain = ksample(positive)
+    hidden = ksample(StyleModelApply(positive, style_model, output, 0.0, "attn_bias"))
+    torch.testing.assert_close(hidden, plain, rtol=1e-5, atol=1e-5)
+    weighted = ksample(StyleModelApply(positive, style_model, output, 0.5, "attn_bias"))
+    scaled = ksample(StyleModelApply(positive, style_model, output, 0.5, "multiply"))
+    assert not torch.allclose(weighted, plain, atol=1e-4) and not torch.allclose(weighted, scaled, atol=1e-4)
+
+
+def test_an_attention_mask_on_a_model_that_takes_none_is_named(folders: Folders) -> None:
+    tiny_checkpoint(folders.models, "sd15.safetensors")
+    model, clip, _ = CheckpointLoaderSimple("sd15.safetensors")
+    context, options = CLIPTextEncode("a cat", clip)[0]
+    masked = [[context, {**options, "attention_mask": torch.zeros(1, 78, 78), "attention_mask_img_shape": (1, 1)}]]
+    with pytest.raises(ValueError, match="takes no attention mask"):
+        KSampler(model, 1, 1, 1.0, "euler", "normal", masked, masked, EmptyLatentImage(64, 64, 1), 1.0)
 
 
 def test_redux_on_the_wrong_tower_or_conditioning_is_named(folders: Folders) -> None:
