@@ -6,9 +6,12 @@
  */
 import { widgetTypeNames } from './widgets/custom_widgets.js';
 
-/** The body fields that carry a workflow, for POST /prompt and POST /loom/api_prompt alike. */
+/**
+ * The body fields that carry a workflow, for POST /prompt and POST /loom/api_prompt alike. `graph` may
+ * be a subgraph's inside that is being edited: the whole file it belongs to is sent.
+ */
 export function workflowBody(graph) {
-  return { workflow: graph.toJSON(), widget_types: widgetTypeNames() };
+  return { workflow: graph.root.toJSON(), widget_types: widgetTypeNames() };
 }
 
 /** `{prompt, warnings}`: the API prompt queueing this graph would run, without queueing it. */

@@ -37,10 +37,10 @@ export function editorCommands(session) {
     save: () => saveToServer(session),
     open: async () => { const file = await pickFile('.json,.png,application/json,image/png'); if (file) openFile(file); },
     openFile,
-    exportWorkflow: () => downloadJson('workflow.json', editor.graph.toJSON()),
+    exportWorkflow: () => downloadJson('workflow.json', editor.root.toJSON()),
     exportApi: () => exportApiPrompt(session),
     openDefault: () => session.open(defaultWorkflow(session.checkpoints[0])),
-    clear: () => { editor.graph.nodes.clear(); editor.graph.links.clear(); editor.graph.groups = []; editor.selection.clear(); editor.commit(); },
+    clear: () => editor.clear(),
     interrupt: () => api.post('/interrupt', {}),
     fit: () => session.controller.fit(),
     help: toggleHelp,
@@ -63,7 +63,7 @@ async function saveToServer(session) {
   const name = await askText('Save workflow as', session.fileName() || 'workflow');
   if (!name) return;
   try {
-    const file = await session.workflows.save(name.trim(), session.editor.graph.toJSON());
+    const file = await session.workflows.save(name.trim(), session.editor.root.toJSON());
     session.nameFile(file);
     toast(`Saved ${file}`);
   } catch (error) {

@@ -1,12 +1,17 @@
 /**
- * The editing session: one graph, the node definitions, the view, the selection and the undo history.
+ * The editing session: one workflow, the node definitions, the view, the selection and the undo history.
  * Every user-visible edit goes through a method here and ends in commit(), which records the undo
  * snapshot and stores the workflow in localStorage so a reload restores it.
+ * `root` is the workflow's own graph; `graph` is the one shown and edited, which is the root or, after
+ * entering a subgraph instance, that subgraph's inside (subgraphs.js). Each commit writes an edited
+ * inside back into the root's definitions, so snapshots, saving and queueing always see the whole file.
  */
 import { copyNodes, pasteNodes, readClipboard } from './clipboard.js';
 import { Graph, MODE_ALWAYS } from './graph_model.js';
 import { UndoHistory } from './history.js';
 import { createNode, createReroute } from './node_factory.js';
+import { convertToSubgraph, definitionInUse, definitionOf, openLevel, storeDefinition, unpackSubgraph } from './subgraphs.js';
+import { instanceWidgets, instanceWidgetValue, setInstanceWidgetValue } from './subgraphs_widgets.js';
 import { defaultWidgetValue, typesCompatible, widgetSpecs } from './node_defs.js';
 import { View } from './canvas/view.js';
 import { layoutNode, nodeBounds, TITLE_H } from './canvas/layout.js';
@@ -27,8 +32,14 @@ export class Editor extends EventTarget {
     this.defs = defs;
     this.execution = execution;
     this.graph = new Graph();
+    this.root = this.graph;
+    /** The subgraphs entered, outermost first: `{definitionId, instanceId, view}` (the view to return to). */
+    this.path = [];
+    this.levelBaseline = null;
     this.view = new View();
     this.selection = new Set();
+    this.selectedReroutes = new Set();
+    this.instanceWidgetCache = new Map();
     this.history = new UndoHistory();
     this.widgetCache = new Map();
     this.imageCache = new Map();
@@ -40,27 +51,65 @@ export class Editor extends EventTarget {
   }
 
   widgetsFor(node) {
-    if (!this.widgetCache.has(node.type)) {
-      const def = this.defs[node.type];
-      this.widgetCache.set(node.type, def ? widgetSpecs(def) : []);
+    const definition = !this.defs[node.type] && this.graph.subgraphOf(node.type);
+    if (definition) {
+      // Per node: proxy widgets are the instance's own choice. Cleared whenever the graph may have changed.
+      if (!this.instanceWidgetCache.has(node.id)) {
+        this.instanceWidgetCache.set(node.id, instanceWidgets(node, definition, (type) => (this.defs[type] ? this.typeWidgets(type) : [])));
+      }
+      return this.instanceWidgetCache.get(node.id);
     }
-    return this.widgetCache.get(node.type);
+    return this.typeWidgets(node.type);
+  }
+
+  typeWidgets(type) {
+    if (!this.widgetCache.has(type)) {
+      const def = this.defs[type];
+      this.widgetCache.set(type, def ? widgetSpecs(def) : []);
+    }
+    return this.widgetCache.get(type);
+  }
+
+  /** A widget's value, wherever it lives: the node's `widgets_values`, or for an instance maybe inside its subgraph. */
+  widgetValue(node, index) {
+    const spec = this.widgetsFor(node)[index];
+    if (spec && spec.source) return instanceWidgetValue(this.graph.subgraphOf(node.type), node, spec.source);
+    return node.widgets_values[index];
+  }
+
+  /** Sets a widget without an undo step (a drag in progress); the gesture's end commits. */
+  setWidgetLive(node, index, value) {
+    const specs = this.widgetsFor(node);
+    const spec = specs[index];
+    if (spec && spec.source) { setInstanceWidgetValue(this.graph.subgraphOf(node.type), node, specs, spec.source, value); return; }
+    while (node.widgets_values.length <= index) node.widgets_values.push(defaultWidgetValue(specs[node.widgets_values.length]));
+    node.widgets_values[index] = value;
+  }
+
+  /** The id the server gives this node in the prompt: inside subgraphs, the instance path joined with ':'. */
+  apiId(node) {
+    return [...this.path.map((entry) => entry.instanceId), node.id].join(':');
   }
 
   /** Image shown on the node: execution output or preview, or the picked file of an upload widget. */
   nodeImage(node) {
-    const shown = this.execution.imageFor(node.id);
+    const shown = this.execution.imageFor(this.apiId(node));
     if (shown) return shown;
     const upload = this.widgetsFor(node).find((w) => w.kind === 'upload');
     if (!upload) return null;
     const index = this.widgetsFor(node).findIndex((w) => w.name === upload.target);
-    const filename = node.widgets_values[index];
+    const filename = this.widgetValue(node, index);
     return filename ? { url: this.execution.api.viewUrl({ filename, subfolder: '', type: 'input' }), count: 1 } : null;
   }
 
   /** Whether nothing defines the node's type: not the server, not the editor, not the file's subgraphs. */
   isMissing(node) {
-    return !this.defs[node.type] && node.type !== 'Reroute' && !this.graph.subgraphOf(node.type);
+    return !this.defs[node.type] && node.type !== 'Reroute' && !node.boundary && !this.graph.subgraphOf(node.type);
+  }
+
+  /** Whether the node is a subgraph instance, which double-click opens. */
+  isInstance(node) {
+    return !this.defs[node.type] && Boolean(this.graph.subgraphOf(node.type));
   }
 
   /** The title bar's text: a subgraph instance is named by its definition; a missing type says so. */
@@ -71,7 +120,8 @@ export class Editor extends EventTarget {
 
   /** Layout also writes the settled size back (never less than the content needs), so saved files hold a box that fits. */
   layout(node) {
-    const box = layoutNode(node, { widgets: this.widgetsFor(node), hasImage: Boolean(this.nodeImage(node)), title: this.titleOf(node) });
+    const box = layoutNode(node, { widgets: this.widgetsFor(node), hasImage: Boolean(this.nodeImage(node)), title: this.titleOf(node),
+      badge: this.isInstance(node) });
     if (box.size) node.size = box.size;
     return box;
   }
@@ -79,11 +129,24 @@ export class Editor extends EventTarget {
   /** Sizes grow to fit content (a longer title), so they are settled before every snapshot to keep snapshots comparable. */
   snapshot() {
     for (const node of this.graph.nodes.values()) this.layout(node);
-    this.graph.extra.ds = this.view.toDs();
-    return JSON.stringify(this.graph.toJSON());
+    this.root.extra.ds = this.path.length ? this.path[0].view : this.view.toDs();
+    if (this.path.length) this.storeLevel();
+    return JSON.stringify(this.root.toJSON());
+  }
+
+  /**
+   * Writes the shown subgraph back into the file, only once it differs from what was opened: a
+   * definition nobody edited stays exactly as the file had it.
+   */
+  storeLevel() {
+    const text = JSON.stringify(definitionOf(this.graph));
+    if (text === this.levelBaseline) return;
+    storeDefinition(this.root, JSON.parse(text));
+    this.levelBaseline = text;
   }
 
   commit() {
+    this.instanceWidgetCache.clear();
     const snapshot = this.snapshot();
     this.history.commit(snapshot);
     localStorage.setItem(STORAGE_KEY, snapshot);
@@ -93,14 +156,18 @@ export class Editor extends EventTarget {
 
   /** Only the view changed: remember it for the next reload without an undo step. */
   persistView() {
-    localStorage.setItem(STORAGE_KEY, this.snapshot());
+    persist(this);
   }
 
   /** Opens a whole workflow: 'load' tells the canvas to check that the saved view shows it, 'change' the rest. */
   load(json) {
-    this.graph = Graph.fromJSON(json);
+    this.root = Graph.fromJSON(json);
+    this.graph = this.root;
+    this.path = [];
+    this.instanceWidgetCache.clear();
     this.view.fromDs(this.graph.extra.ds);
     this.selection.clear();
+    this.selectedReroutes.clear();
     this.execution.outputs.clear();
     this.execution.clearErrors();
     const snapshot = this.snapshot();
@@ -108,18 +175,95 @@ export class Editor extends EventTarget {
     localStorage.setItem(STORAGE_KEY, snapshot);
     this.markDirty();
     this.dispatchEvent(new Event('load'));
+    this.dispatchEvent(new Event('navigate'));
     this.dispatchEvent(new Event('change'));
   }
 
+  /** Undo and redo: the whole file comes back, and the subgraph being edited is reopened from it. */
   restore(snapshot) {
     if (snapshot == null) return;
     const view = this.view.toDs();
-    this.graph = Graph.fromJSON(JSON.parse(snapshot));
+    const depth = this.path.length;
+    this.root = Graph.fromJSON(JSON.parse(snapshot));
+    this.showLevel();
     this.view.fromDs(view);
     this.selection = new Set([...this.selection].filter((id) => this.graph.nodes.has(id)));
+    this.selectedReroutes = new Set([...this.selectedReroutes].filter((id) => this.graph.reroutes.has(id)));
     localStorage.setItem(STORAGE_KEY, snapshot);
     this.markDirty();
+    if (this.path.length !== depth) this.dispatchEvent(new Event('navigate'));
     this.dispatchEvent(new Event('change'));
+  }
+
+  /** Opens the level `path` leads to; where the file no longer has a step of it, stops at the step before. */
+  showLevel() {
+    let graph = this.root;
+    for (let depth = 0; depth < this.path.length; depth++) {
+      const { definitionId, instanceId } = this.path[depth];
+      const definition = this.root.subgraphOf(definitionId);
+      if (!definition || graph.nodes.get(instanceId)?.type !== definitionId) { this.path.length = depth; break; }
+      graph = openLevel(this.root, definition);
+    }
+    this.graph = graph;
+    this.instanceWidgetCache.clear();
+    for (const node of graph.nodes.values()) this.layout(node);
+    this.levelBaseline = this.path.length ? JSON.stringify(definitionOf(graph)) : null;
+  }
+
+  /** Double-click on an instance: the canvas shows its subgraph. Not an edit, so no undo step. */
+  enterSubgraph(node) {
+    const definition = !this.defs[node.type] && this.graph.subgraphOf(node.type);
+    if (!definition) return false;
+    if (this.path.length) this.storeLevel();
+    this.path.push({ definitionId: definition.id, instanceId: node.id, view: this.view.toDs() });
+    this.showLevel();
+    this.selection.clear();
+    this.selectedReroutes.clear();
+    this.markDirty();
+    this.dispatchEvent(new CustomEvent('navigate', { detail: { entered: true } }));
+    return true;
+  }
+
+  /** Back out to `depth` levels deep (0: the workflow itself), with the view that level had. */
+  leaveTo(depth) {
+    if (depth >= this.path.length) return;
+    this.storeLevel();
+    const { view } = this.path[depth];
+    this.path.length = depth;
+    this.showLevel();
+    this.view.fromDs(view);
+    this.selection.clear();
+    this.selectedReroutes.clear();
+    this.markDirty();
+    this.dispatchEvent(new CustomEvent('navigate', { detail: { entered: false } }));
+    persist(this);
+  }
+
+  /** The breadcrumb's names: the workflow, then each subgraph entered. */
+  levelNames() {
+    return ['Workflow', ...this.path.map((entry) => this.root.subgraphOf(entry.definitionId)?.name || 'Subgraph')];
+  }
+
+  /** Context menu: the selected nodes become one subgraph instance; one undo step. */
+  convertSelectionToSubgraph() {
+    const instance = convertToSubgraph(this.graph, [...this.selection], (node) => nodeBounds(this.layout(node)));
+    if (!instance) return null;
+    this.select([instance.id]);
+    this.commit();
+    return instance;
+  }
+
+  /** Context menu: an instance is replaced by its subgraph's nodes; a definition nothing uses any more goes. */
+  unpackSubgraph(node) {
+    const ids = unpackSubgraph(this.graph, node.id, (type) => this.typeWidgets(type).map((w) => w.name));
+    if (!ids.length) return [];
+    if (!definitionInUse(this.root, this.graph, node.type)) {
+      const defs = this.root.passthrough.definitions;
+      defs.subgraphs = defs.subgraphs.filter((d) => d.id !== node.type);
+    }
+    this.select(ids);
+    this.commit();
+    return ids;
   }
 
   undo() { this.restore(this.history.undo()); }
@@ -142,6 +286,7 @@ export class Editor extends EventTarget {
 
   select(ids, additive = false) {
     if (!additive) this.selection.clear();
+    this.selectedReroutes.clear();
     for (const id of ids) this.selection.add(id);
     this.bringToFront(ids);
     this.markDirty();
@@ -160,15 +305,52 @@ export class Editor extends EventTarget {
     return [...this.selection].map((id) => this.graph.nodes.get(id)).filter(Boolean);
   }
 
+  /** The selection less a subgraph's input and output nodes, which can be moved but not deleted, copied or restyled. */
+  editableNodes() {
+    return this.selectedNodes().filter((n) => !n.boundary);
+  }
+
   deleteSelected() {
-    if (!this.selection.size) return;
-    for (const id of this.selection) this.graph.removeNode(id);
+    if (!this.selection.size && !this.selectedReroutes.size) return;
+    for (const node of this.editableNodes()) this.graph.removeNode(node.id);
+    for (const id of this.selectedReroutes) this.graph.removeReroute(id);
     this.selection.clear();
+    this.selectedReroutes.clear();
     this.commit();
   }
 
+  /** Toolbar "Clear": every node of the level shown goes, a subgraph's boundary stays. */
+  clear() {
+    for (const node of [...this.graph.nodes.values()]) if (!node.boundary) this.graph.removeNode(node.id);
+    this.graph.groups = [];
+    this.selection.clear();
+    this.selectedReroutes.clear();
+    this.commit();
+  }
+
+  /** A native reroute on `link` at `pos`, after the reroutes the link passes before that point. */
+  addReroute(link, pos, after = null) {
+    const reroute = this.graph.addReroute(link, pos, after);
+    this.selectReroute(reroute.id);
+    this.commit();
+    return reroute;
+  }
+
+  removeReroute(id) {
+    this.graph.removeReroute(id);
+    this.selectedReroutes.delete(id);
+    this.commit();
+  }
+
+  selectReroute(id) {
+    this.selection.clear();
+    this.selectedReroutes = new Set([id]);
+    this.markDirty();
+  }
+
   copySelected() {
-    if (this.selection.size) copyNodes(this.graph, [...this.selection]);
+    const ids = this.editableNodes().map((n) => n.id);
+    if (ids.length) copyNodes(this.graph, ids);
   }
 
   paste(at, keepInputs = false) {
@@ -179,7 +361,7 @@ export class Editor extends EventTarget {
   }
 
   duplicateSelected() {
-    const nodes = this.selectedNodes();
+    const nodes = this.editableNodes();
     if (!nodes.length) return;
     const data = copyNodes(this.graph, nodes.map((n) => n.id));
     const left = Math.min(...nodes.map((n) => n.pos[0]));
@@ -190,7 +372,7 @@ export class Editor extends EventTarget {
 
   /** Ctrl+B / Ctrl+M: toggles; if any selected node is not yet in `mode`, all go into it. */
   toggleMode(mode) {
-    const nodes = this.selectedNodes();
+    const nodes = this.editableNodes();
     if (!nodes.length) return;
     const target = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
     nodes.forEach((n) => { n.mode = target; });
@@ -198,7 +380,7 @@ export class Editor extends EventTarget {
   }
 
   toggleCollapse() {
-    const nodes = this.selectedNodes();
+    const nodes = this.editableNodes();
     nodes.forEach((n) => { n.flags = { ...n.flags, collapsed: !(n.flags && n.flags.collapsed) }; if (!n.flags.collapsed) delete n.flags.collapsed; });
     if (nodes.length) this.commit();
   }
@@ -212,6 +394,10 @@ export class Editor extends EventTarget {
 
   moveSelected(dx, dy) {
     for (const node of this.selectedNodes()) node.pos = [node.pos[0] + dx, node.pos[1] + dy];
+    for (const id of this.selectedReroutes) {
+      const reroute = this.graph.reroutes.get(id);
+      if (reroute) reroute.pos = [reroute.pos[0] + dx, reroute.pos[1] + dy];
+    }
     this.markDirty();
   }
 
@@ -234,15 +420,15 @@ export class Editor extends EventTarget {
   }
 
   setWidgetValue(node, index, value) {
-    if (node.widgets_values[index] === value) return;
-    while (node.widgets_values.length <= index) node.widgets_values.push(defaultWidgetValue(this.widgetsFor(node)[node.widgets_values.length]));
-    node.widgets_values[index] = value;
+    if (this.widgetValue(node, index) === value) return;
+    this.setWidgetLive(node, index, value);
     this.commit();
   }
 
   setTitle(node, title) {
     const def = this.defs[node.type];
-    node.title = title && title !== (def && def.display_name) ? title : undefined;
+    const named = def ? def.display_name : this.graph.subgraphOf(node.type)?.name;
+    node.title = title && title !== named ? title : undefined;
     this.commit();
   }
 
@@ -301,4 +487,8 @@ export class Editor extends EventTarget {
     }
     this.commit();
   }
+}
+
+function persist(editor) {
+  localStorage.setItem(STORAGE_KEY, editor.snapshot());
 }

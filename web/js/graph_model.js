@@ -25,9 +25,14 @@ export class Graph {
   constructor() {
     this.nodes = new Map();
     this.links = new Map();
+    /** Native reroutes (docs/compatibility.md §C.5.3): points a link is drawn through; they never run. */
+    this.reroutes = new Map();
     this.groups = [];
     this.lastNodeId = 0;
     this.lastLinkId = 0;
+    this.lastRerouteId = 0;
+    /** The workflow this graph belongs to: itself, or for a subgraph's inside (subgraphs.js) the file's graph. */
+    this.root = this;
     this.extra = { ds: { scale: 1, offset: [0, 0] } };
     this.config = {};
     this.passthrough = {};
@@ -79,27 +84,105 @@ export class Graph {
     const input = target && target.inputs[link.target_slot];
     if (input && input.link === id) input.link = null;
     this.links.delete(id);
+    for (const reroute of this.reroutes.values()) reroute.linkIds = reroute.linkIds.filter((l) => l !== id);
+    // A reroute no link passes through any more has nothing to draw; ComfyUI's "floating" reroutes are not kept.
+    for (const [rerouteId, reroute] of this.reroutes) if (!reroute.linkIds.length) this.reroutes.delete(rerouteId);
+  }
+
+  /** The reroutes a link passes through, from its origin to its target (each reroute names the one before it). */
+  rerouteChain(link) {
+    const chain = [];
+    for (let id = link.parentId; id != null && chain.length <= this.reroutes.size;) {
+      const reroute = this.reroutes.get(id);
+      if (!reroute) break;
+      chain.unshift(reroute);
+      id = reroute.parentId;
+    }
+    return chain;
+  }
+
+  /**
+   * A new reroute at `pos` on `link`, placed after the reroute `after` (null: right after the origin).
+   * Reroutes are shared by every link through them, so a reroute added on a bundle serves all of its links.
+   */
+  addReroute(link, pos, after = null) {
+    const id = this.lastRerouteId + 1;
+    this.lastRerouteId = id;
+    const reroute = { id, pos: [...pos], linkIds: [link.id] };
+    if (after != null) reroute.parentId = after;
+    const chain = this.rerouteChain(link);
+    const next = chain[after == null ? 0 : chain.findIndex((r) => r.id === after) + 1];
+    if (next) next.parentId = id; else link.parentId = id;
+    this.reroutes.set(id, reroute);
+    return reroute;
+  }
+
+  /** Takes a reroute out of every chain it is in; its links go straight to its neighbours. */
+  removeReroute(id) {
+    const reroute = this.reroutes.get(id);
+    if (!reroute) return;
+    for (const link of this.links.values()) if (link.parentId === id) link.parentId = reroute.parentId;
+    for (const other of this.reroutes.values()) if (other.parentId === id) other.parentId = reroute.parentId;
+    for (const link of this.links.values()) if (link.parentId === undefined) delete link.parentId;
+    for (const other of this.reroutes.values()) if (other.parentId === undefined) delete other.parentId;
+    this.reroutes.delete(id);
+  }
+
+  nodesJSON() {
+    return [...this.nodes.values()].filter((n) => !n.boundary).sort((a, b) => a.id - b.id).map(nodeJSON);
+  }
+
+  /** v0.4 files store links as tuples (their reroute in `extra.linkExtensions`), version 1 as objects. */
+  linksJSON(asObjects) {
+    const links = [...this.links.values()].sort((a, b) => a.id - b.id);
+    if (!asObjects) return links.map((l) => [l.id, l.origin_id, l.origin_slot, l.target_id, l.target_slot, l.type]);
+    return links.map((l) => {
+      const out = { id: l.id, origin_id: l.origin_id, origin_slot: l.origin_slot, target_id: l.target_id, target_slot: l.target_slot, type: l.type };
+      if (l.parentId != null) out.parentId = l.parentId;
+      return out;
+    });
+  }
+
+  reroutesJSON() {
+    return [...this.reroutes.values()].sort((a, b) => a.id - b.id).map((r) => {
+      const out = { id: r.id, pos: [...r.pos], linkIds: [...r.linkIds] };
+      if (r.parentId != null) out.parentId = r.parentId;
+      return out;
+    });
+  }
+
+  /** Reads native reroutes: version 1 keeps them and the links' `parentId` at the top, v0.4 in `extra`. */
+  readReroutes(rawReroutes, linkParents) {
+    for (const raw of rawReroutes || []) {
+      if (!raw || typeof raw.id !== 'number' || !Array.isArray(raw.pos)) continue;
+      const reroute = { id: raw.id, pos: [Number(raw.pos[0]), Number(raw.pos[1])], linkIds: (raw.linkIds || []).filter((l) => this.links.has(l)) };
+      if (raw.parentId != null) reroute.parentId = raw.parentId;
+      this.reroutes.set(reroute.id, reroute);
+      this.lastRerouteId = Math.max(this.lastRerouteId, reroute.id);
+    }
+    for (const [linkId, parentId] of linkParents) {
+      const link = this.links.get(linkId);
+      if (link && this.reroutes.has(parentId)) link.parentId = parentId;
+    }
+    for (const [id, reroute] of this.reroutes) if (!reroute.linkIds.length) this.reroutes.delete(id);
   }
 
   /** The subgraph definition that nodes of `type` are instances of, when the file defines one. */
   subgraphOf(type) {
-    return (this.passthrough.definitions?.subgraphs || []).find((definition) => definition.id === type) || null;
+    return (this.root.passthrough.definitions?.subgraphs || []).find((definition) => definition.id === type) || null;
   }
 
   toJSON() {
-    const nodes = [...this.nodes.values()].sort((a, b) => a.id - b.id).map((n, order) => {
-      const out = { ...clone(n.passthrough), id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
-        order, mode: n.mode || 0,
-        inputs: n.inputs.map((i) => { const o = { name: i.name, type: i.type, link: i.link ?? null }; if (i.widget) o.widget = { ...i.widget }; if (i.shape !== undefined) o.shape = i.shape; return o; }),
-        outputs: n.outputs.map((o, slot) => ({ name: o.name, type: o.type, links: o.links && o.links.length ? [...o.links] : null, slot_index: slot })),
-        properties: clone(n.properties) || {}, widgets_values: clone(n.widgets_values) || [] };
-      for (const key of ['title', 'color', 'bgcolor']) if (n[key] !== undefined) out[key] = n[key];
-      return out;
-    });
-    const links = [...this.links.values()].sort((a, b) => a.id - b.id)
-      .map((l) => [l.id, l.origin_id, l.origin_slot, l.target_id, l.target_slot, l.type]);
-    return { ...clone(this.passthrough), id: this.id, revision: 0, last_node_id: this.lastNodeId, last_link_id: this.lastLinkId, nodes, links,
-      groups: clone(this.groups), config: clone(this.config), extra: clone(this.extra), version: 0.4 };
+    const extra = clone(this.extra);
+    delete extra.reroutes;
+    delete extra.linkExtensions;
+    if (this.reroutes.size) {
+      extra.reroutes = this.reroutesJSON();
+      extra.linkExtensions = [...this.links.values()].filter((l) => l.parentId != null).sort((a, b) => a.id - b.id)
+        .map((l) => ({ id: l.id, parentId: l.parentId }));
+    }
+    return { ...clone(this.passthrough), id: this.id, revision: 0, last_node_id: this.lastNodeId, last_link_id: this.lastLinkId,
+      nodes: this.nodesJSON(), links: this.linksJSON(false), groups: clone(this.groups), config: clone(this.config), extra, version: 0.4 };
   }
 
   /** Accepts v0.4 files (tuple links) and version 1 files (object links, docs/compatibility.md §C.5.3). */
@@ -109,6 +192,7 @@ export class Graph {
     const graph = new Graph();
     if (json.id) graph.id = json.id;
     graph.passthrough = json.version === 1 ? version1Fields(json) : unknownFields(json, TOP_FIELDS);
+    const linkParents = (json.extra?.linkExtensions || []).map((e) => [e.id, e.parentId]);
     json.nodes.forEach((raw, i) => {
       if (typeof raw.type !== 'string') throw new WorkflowFormatError(`nodes[${i}].type`, 'missing node type');
       if (typeof raw.id !== 'number') throw new WorkflowFormatError(`nodes[${i}].id`, 'node id must be a number');
@@ -123,11 +207,14 @@ export class Graph {
       if (link == null || typeof link.id !== 'number') throw new WorkflowFormatError(`links[${i}]`, 'not a link');
       const made = graph.connect(link.origin_id, link.origin_slot, link.target_id, link.target_slot, link.id);
       if (made && link.type) made.type = link.type;
+      if (made && link.parentId != null) linkParents.push([made.id, link.parentId]);
     });
     graph.groups = clone(json.groups) || [];
     graph.config = clone(json.config) || {};
     graph.extra = { ds: { scale: 1, offset: [0, 0] }, ...(clone(json.extra) || {}) };
+    graph.readReroutes(json.version === 1 ? json.reroutes : json.extra?.reroutes, linkParents);
     const state = json.state || {};
+    graph.lastRerouteId = Math.max(graph.lastRerouteId, state.lastRerouteId || 0);
     graph.lastNodeId = Math.max(graph.lastNodeId, json.last_node_id || 0, state.lastNodeId || 0);
     graph.lastLinkId = Math.max(graph.lastLinkId, json.last_link_id || 0, state.lastLinkId || 0);
     return graph;
@@ -146,11 +233,22 @@ function unknownFields(raw, known) {
 }
 
 /**
- * Of a version 1 file's own fields only the subgraph `definitions` are kept: v0.4 files carry them in
- * the same shape, while its reroutes and link extensions describe v1 links that the editor rewrites.
+ * Of a version 1 file's own fields only the subgraph `definitions` are kept (v0.4 files carry them in
+ * the same shape); its reroutes are read into the graph and its floating links are not kept.
  */
 function version1Fields(raw) {
   return raw.definitions === undefined ? {} : { definitions: clone(raw.definitions) };
+}
+
+/** A node as the file stores it; `order` is its place in the saved list. */
+export function nodeJSON(n, order) {
+  const out = { ...clone(n.passthrough), id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
+    order, mode: n.mode || 0,
+    inputs: n.inputs.map((i) => { const o = { name: i.name, type: i.type, link: i.link ?? null }; if (i.widget) o.widget = { ...i.widget }; if (i.shape !== undefined) o.shape = i.shape; return o; }),
+    outputs: n.outputs.map((o, slot) => ({ name: o.name, type: o.type, links: o.links && o.links.length ? [...o.links] : null, slot_index: slot })),
+    properties: clone(n.properties) || {}, widgets_values: clone(n.widgets_values) || [] };
+  for (const key of ['title', 'color', 'bgcolor']) if (n[key] !== undefined) out[key] = n[key];
+  return out;
 }
 
 export function makeNode(raw) {

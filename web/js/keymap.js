@@ -35,6 +35,8 @@ export const POINTER_HELP = [
   ["Drag a node's bottom-right corner", 'Resize it (not smaller than its content)'],
   ['Drag a link off an input', 'Disconnect; drop on canvas to search compatible nodes'],
   ['Right-click', 'Menu for nodes, slots, links, groups and the canvas'],
+  ['Double-click a subgraph node', 'Open it; the bar at the top leads back out'],
+  ['Drag a reroute point', 'Move it (right-click it to delete it)'],
 ];
 
 export function comboOf(event) {

@@ -4,7 +4,7 @@
  */
 import { MODE_ALWAYS, MODE_BYPASS, MODE_NEVER } from './graph_model.js';
 import { VIRTUAL_TYPES } from './node_defs.js';
-import { linkMidpoint } from './canvas/render.js';
+import { linkMarker, linkPoints, stretchMidpoint } from './canvas/link_route.js';
 import { GROUP_COLORS } from './canvas/colors.js';
 
 function categoryTree(defs, onPick) {
@@ -27,18 +27,29 @@ function categoryTree(defs, onPick) {
 export function insertReroute(editor, link) {
   const from = editor.layout(editor.graph.nodes.get(link.origin_id)).outputs[link.origin_slot];
   const to = editor.layout(editor.graph.nodes.get(link.target_id)).inputs[link.target_slot];
-  const [mx, my] = linkMidpoint(from, to);
+  const [mx, my] = stretchMidpoint(from, to);
   const { origin_id: o, origin_slot: os, target_id: t, target_slot: ts } = link;
   const reroute = editor.addNode('Reroute', [mx - 37, my - 13]);
   editor.connect(o, os, reroute.id, 0);
   editor.connect(reroute.id, 0, t, ts);
 }
 
+/** A native reroute (a point on the link, saved in the file's `reroutes`) where the link's marker is. */
+function addRerouteOnLink(editor, controller, link) {
+  const points = linkPoints(editor.graph, link, controller.currentBoxes());
+  if (!points) return;
+  const { at: pos, after } = linkMarker(editor.graph, link, points);
+  editor.addReroute(link, pos, after);
+}
+
 export function buildMenu(hit, at, { editor, controller, actions }) {
   if (hit && hit.kind === 'link') return [
     { label: 'Delete link', action: () => editor.disconnect(hit.link.id) },
     { label: 'Add reroute', action: () => insertReroute(editor, hit.link) },
+    { label: 'Add reroute point', action: () => addRerouteOnLink(editor, controller, hit.link) },
   ];
+  if (hit && hit.kind === 'reroute') return [{ label: 'Delete reroute', action: () => editor.removeReroute(hit.reroute.id) }];
+  if (hit && hit.node && hit.node.boundary) return [{ label: 'Leave subgraph', action: () => editor.leaveTo(editor.path.length - 1) }];
   if (hit && hit.kind === 'input') {
     const input = hit.node.inputs[hit.slot];
     return [
@@ -65,7 +76,13 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
     const widgets = VIRTUAL_TYPES.has(node.type) ? [] : editor.widgetsFor(node).filter((w) => !w.control && w.kind !== 'upload');
     const converted = new Set(node.inputs.filter((i) => i.widget).map((i) => i.widget.name));
     const several = editor.selection.size > 1;
+    const instance = editor.isInstance(node);
     return [
+      ...(instance ? [
+        { label: 'Open subgraph', action: () => editor.enterSubgraph(node) },
+        { label: 'Unpack subgraph', action: () => editor.unpackSubgraph(node) },
+        '-',
+      ] : []),
       { label: 'Rename', action: () => actions.rename(node) },
       { label: 'Mode', submenu: [
         { label: 'Always', checked: node.mode === MODE_ALWAYS, action: () => { editor.selectedNodes().forEach((n) => { n.mode = MODE_ALWAYS; }); editor.commit(); } },
@@ -83,6 +100,7 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
       { label: 'Copy', action: () => editor.copySelected() },
       { label: 'Duplicate', action: () => editor.duplicateSelected() },
       { label: 'Group selected', action: () => editor.createGroup() },
+      { label: 'Convert to subgraph', action: () => editor.convertSelectionToSubgraph() },
       { label: 'Align', disabled: !several, submenu: ['left', 'top', 'right', 'bottom'].map((edge) => ({ label: edge, action: () => editor.align(edge) })) },
       '-',
       { label: 'Delete', action: () => editor.deleteSelected() },

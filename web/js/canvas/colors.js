@@ -19,7 +19,7 @@ export const THEME = {
   node: '#2b2e34', nodeTitle: '#353941', nodeBorder: '#15171a', selected: '#e8eaed',
   text: '#d7dae0', textDim: '#8b919b', widget: '#202226', widgetText: '#c9ccd2',
   running: '#4caf50', error: '#ff5252', bypass: 'rgba(156, 39, 176, 0.35)', muted: 0.35,
-  group: '#3f789e', link: '#8d96a3',
+  group: '#3f789e', link: '#8d96a3', boundary: 'rgba(60, 66, 78, 0.55)', reroute: '#e8eaed',
 };
 
 export const GROUP_COLORS = ['#3f789e', '#a1309b', '#b58b2a', '#8a5a3a', '#335533', '#4a4a8a', '#444444'];

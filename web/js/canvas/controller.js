@@ -7,6 +7,7 @@ import { typesCompatible } from '../node_defs.js';
 import { openSearch } from '../search.js';
 import { clampNumber, dragNumber, stepNumber } from '../widgets/number.js';
 import { openTextEditor } from '../widgets/text_editor.js';
+import { SubgraphBreadcrumb } from '../subgraphs_breadcrumb.js';
 import { DomWidgetLayer } from './dom_widgets.js';
 import { hitTest } from './hit_test.js';
 import { enclosingRect, nodeBounds, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
@@ -31,12 +32,15 @@ export class CanvasController {
     this.spaceDown = false;
     this.frames = 0;
     this.domWidgets = new DomWidgetLayer(canvas, editor);
+    this.breadcrumb = new SubgraphBreadcrumb(canvas, editor);
     this.resize();
     // Not only window resizes: a notice above the canvas or an opened panel changes its box too.
     new ResizeObserver(() => this.resize()).observe(canvas);
     // The graph opened at boot came before this canvas; later ones announce themselves.
     this.revealGraph();
     editor.addEventListener('load', () => this.revealGraph());
+    // A subgraph opens fitted to its nodes; leaving it brings back the view it was entered from (the editor keeps that).
+    editor.addEventListener('navigate', (e) => { this.drag = null; if (e.detail && e.detail.entered) this.fitNodes([...editor.graph.nodes.values()]); });
     canvas.addEventListener('pointerdown', (e) => this.onDown(e));
     addEventListener('pointermove', (e) => this.onMove(e));
     addEventListener('pointerup', (e) => this.onUp(e));
@@ -149,7 +153,12 @@ export class CanvasController {
       this.drag = { kind: 'resize', ...start, node: hit.node, size: [hit.box.w, hit.box.h] };
     } else if (hit.kind === 'widget') {
       this.editor.select([hit.node.id]);
-      this.drag = { kind: 'widget', ...start, node: hit.node, rect: hit.rect, value: hit.node.widgets_values[hit.rect.index] };
+      this.drag = { kind: 'widget', ...start, node: hit.node, rect: hit.rect, value: this.editor.widgetValue(hit.node, hit.rect.index) };
+    } else if (hit.kind === 'title' && hit.badge) {
+      this.editor.enterSubgraph(hit.node);
+    } else if (hit.kind === 'reroute') {
+      this.editor.selectReroute(hit.reroute.id);
+      this.drag = { kind: 'nodes', ...start, lastX: wx, lastY: wy };
     } else if (hit.kind === 'title' || hit.kind === 'node') {
       if (event.shiftKey || event.ctrlKey) {
         if (this.editor.selection.has(hit.node.id) && event.ctrlKey) this.editor.selection.delete(hit.node.id);
@@ -204,7 +213,7 @@ export class CanvasController {
       case 'widget': {
         const kind = drag.rect.widget.kind;
         if (drag.moved && (kind === 'int' || kind === 'float') && !this.widgetLinked(drag.node, drag.rect)) {
-          drag.node.widgets_values[drag.rect.index] = dragNumber(drag.rect.widget, drag.value, sx - drag.sx);
+          this.editor.setWidgetLive(drag.node, drag.rect.index, dragNumber(drag.rect.widget, drag.value, sx - drag.sx));
           drag.dragged = true;
         }
         break;
@@ -304,7 +313,7 @@ export class CanvasController {
     const { widget, index } = rect;
     const editor = this.editor;
     if (this.widgetLinked(node, rect)) return;
-    const value = node.widgets_values[index];
+    const value = editor.widgetValue(node, index);
     const onLeft = wx < rect.x + ARROW_ZONE;
     const onRight = wx > rect.x + rect.w - ARROW_ZONE;
     if (widget.kind === 'int' || widget.kind === 'float') {
@@ -355,6 +364,8 @@ export class CanvasController {
     const [sx, sy] = this.local(event);
     const [wx, wy] = this.editor.view.toWorld(sx, sy);
     const hit = hitTest(this.editor, this.currentBoxes(), wx, wy);
+    if (hit && hit.node && (hit.kind === 'title' || hit.kind === 'node') && this.editor.enterSubgraph(hit.node)) return;
+    if (hit && hit.node && hit.node.boundary) return;
     if (hit && hit.kind === 'title') { this.actions.rename(hit.node); return; }
     if (hit && hit.kind === 'group') { this.actions.renameGroup(hit.group); return; }
     if (hit && hit.kind !== 'group-body') return;

@@ -35,7 +35,8 @@ export class DomWidgetLayer {
       const widgets = this.editor.widgetsFor(node);
       widgets.forEach((widget, index) => {
         if (!widget.custom) return;
-        const key = `${node.id}:${node.type}:${widget.name}`;
+        // By prompt id: the same node id means another node inside a subgraph.
+        const key = `${this.editor.apiId(node)}:${node.type}:${widget.name}`;
         present.add(key);
         const mounted = this.mounted.get(key) || this.mount(key, node, widget, index);
         if (!mounted.element) return;
@@ -50,7 +51,7 @@ export class DomWidgetLayer {
             transform: `scale(${view.scale})`, zIndex: String(layer),
           });
         }
-        const value = node.widgets_values[index] ?? defaultWidgetValue(widget);
+        const value = this.editor.widgetValue(node, index) ?? defaultWidgetValue(widget);
         if (value !== mounted.value) {
           mounted.value = value;
           if (mounted.update) this.guard(widget, () => mounted.update(value));
@@ -62,7 +63,7 @@ export class DomWidgetLayer {
 
   mount(key, node, widget, index) {
     const factory = customWidgetType(widget.custom);
-    const value = node.widgets_values[index] ?? defaultWidgetValue(widget);
+    const value = this.editor.widgetValue(node, index) ?? defaultWidgetValue(widget);
     const mounted = { element: null, wrapper: null, update: null, destroy: null, value };
     const nodeId = node.id;
     const setValue = (next) => {

@@ -7,7 +7,7 @@ import { MODE_BYPASS, MODE_NEVER } from '../graph_model.js';
 import { typesCompatible } from '../node_defs.js';
 import { THEME, typeColor } from './colors.js';
 import { drawWidget } from './draw_widgets.js';
-import { LABEL_FONT, resizeHandle, TITLE_FONT, TITLE_H } from './layout.js';
+import { BADGE_W, LABEL_FONT, resizeHandle, TITLE_FONT, TITLE_H } from './layout.js';
 
 export const DETAIL_SCALE = 0.45;
 
@@ -57,9 +57,48 @@ export function drawReroute(ctx, node, box, selected) {
   slotDot(ctx, box.outputs[0][0], box.outputs[0][1], type, node.outputs[0].links.length > 0, false);
 }
 
+/** A subgraph's input or output node: a faint box whose labels sit beside the dots, facing the inner nodes. */
+function drawBoundary(ctx, node, box, s) {
+  ctx.fillStyle = THEME.boundary;
+  ctx.beginPath();
+  ctx.roundRect(box.x, box.y, box.w, box.h, 8);
+  ctx.fill();
+  ctx.strokeStyle = s.selected ? THEME.selected : THEME.nodeBorder;
+  ctx.lineWidth = s.selected ? 2 : 1;
+  ctx.setLineDash([5, 4]);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  const input = node.boundary === 'input';
+  const slots = input ? node.outputs : node.inputs;
+  const dots = input ? box.outputs : box.inputs;
+  ctx.font = LABEL_FONT;
+  ctx.textBaseline = 'middle';
+  ctx.textAlign = input ? 'right' : 'left';
+  slots.forEach((slot, i) => {
+    const [x, y] = dots[i];
+    const linked = input ? slot.links.length > 0 : slot.link != null;
+    const dim = s.dragType != null && (input ? (s.dragFromOutput || !typesCompatible(slot.type, s.dragType)) : (!s.dragFromOutput || !typesCompatible(s.dragType, slot.type)));
+    slotDot(ctx, x, y, slot.type, linked, dim);
+    if (s.scale < DETAIL_SCALE) return;
+    ctx.fillStyle = THEME.text;
+    ctx.fillText(slot.name || slot.type, input ? x - 12 : x + 12, y);
+  });
+}
+
+/** Two overlapping squares at the title's end: this node holds a subgraph, double-click opens it. */
+function drawSubgraphBadge(ctx, box, top) {
+  const x = box.x + box.w - BADGE_W + 2;
+  const y = top + TITLE_H / 2 - 6;
+  ctx.strokeStyle = THEME.textDim;
+  ctx.lineWidth = 1.5;
+  ctx.strokeRect(x, y + 3, 9, 9);
+  ctx.strokeRect(x + 4, y - 1, 9, 9);
+}
+
 /** `s`: {scale, selected, running, progress, error, dragType, dragFromOutput} for this frame. */
 export function drawNode(editor, ctx, node, box, s) {
   if (node.type === 'Reroute') { drawReroute(ctx, node, box, s.selected); return; }
+  if (node.boundary) { drawBoundary(ctx, node, box, s); return; }
   const def = editor.defs[node.type];
   const fullH = box.h + TITLE_H;
   const top = box.y - TITLE_H;
@@ -104,6 +143,7 @@ export function drawNode(editor, ctx, node, box, s) {
   ctx.textAlign = 'left';
   ctx.fillStyle = THEME.text;
   ctx.fillText(editor.titleOf(node), box.x + 12, top + TITLE_H / 2);
+  if (editor.isInstance(node)) drawSubgraphBadge(ctx, box, top);
   if (box.collapsed) { ctx.globalAlpha = 1; return; }
   ctx.font = LABEL_FONT;
   const widgetNames = new Set(box.widgets.map((r) => r.widget.name));
@@ -126,7 +166,7 @@ export function drawNode(editor, ctx, node, box, s) {
   });
   const linkedWidgets = new Set(node.inputs.filter((i) => i.widget && i.link != null).map((i) => i.widget.name));
   for (const rect of box.widgets) {
-    drawWidget(ctx, rect, node.widgets_values[rect.index], {
+    drawWidget(ctx, rect, editor.widgetValue(node, rect.index), {
       linked: linkedWidgets.has(rect.widget.name), error: s.error && s.error.inputs.has(rect.widget.name) });
   }
   drawImage(editor, ctx, node, box);

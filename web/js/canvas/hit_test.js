@@ -1,9 +1,10 @@
 /**
  * What is under a world point, topmost first: slots, then the resize handle, title, widgets and body,
- * then links and groups. Slots win over the handle where they touch, as connecting is the commoner act.
+ * then reroutes, links and groups. Slots win over the handle where they touch, as connecting is the commoner act.
  */
-import { linkMidpoint } from './render.js';
-import { nodeBounds, pointInRect, resizeHandle } from './layout.js';
+import { BADGE_W, nodeBounds, pointInRect, resizeHandle } from './layout.js';
+import { linkMarker, linkPoints } from './link_route.js';
+import { REROUTE_RADIUS } from './render.js';
 
 const SLOT_RADIUS = 10;
 
@@ -24,18 +25,22 @@ export function hitTest(editor, boxes, wx, wy) {
     if (!pointInRect(wx, wy, bounds)) continue;
     const handle = resizeHandle(box);
     if (handle && pointInRect(wx, wy, handle)) return { kind: 'resize', node, box };
-    if (box.title && wy < box.y) return { kind: 'title', node, box };
+    if (box.title && wy < box.y) {
+      // The sign at an instance's title end opens it, as a click on ComfyUI's does.
+      const badge = editor.isInstance(node) && wx > box.x + box.w - BADGE_W;
+      return { kind: 'title', node, box, badge };
+    }
     const rect = box.widgets.find((r) => pointInRect(wx, wy, [r.x, r.y, r.w, r.h]));
     if (rect) return { kind: 'widget', node, rect, box };
     return { kind: 'node', node, box };
   }
+  for (const reroute of editor.graph.reroutes.values()) {
+    if (Math.hypot(wx - reroute.pos[0], wy - reroute.pos[1]) <= REROUTE_RADIUS + 2) return { kind: 'reroute', reroute };
+  }
   for (const link of editor.graph.links.values()) {
-    const from = boxes.get(link.origin_id);
-    const to = boxes.get(link.target_id);
-    const a = from && from.outputs[link.origin_slot];
-    const b = to && to.inputs[link.target_slot];
-    if (!a || !b) continue;
-    const [mx, my] = linkMidpoint(a, b);
+    const points = linkPoints(editor.graph, link, boxes);
+    if (!points) continue;
+    const [mx, my] = linkMarker(editor.graph, link, points).at;
     if (Math.hypot(wx - mx, wy - my) < 8) return { kind: 'link', link };
   }
   for (const group of [...editor.graph.groups].reverse()) {

@@ -22,6 +22,8 @@ export const MIN_WIDTH = 160;
 export const RESIZE_HANDLE = 12;
 export const TITLE_FONT = 'bold 13px sans-serif';
 export const LABEL_FONT = '12px sans-serif';
+/** Room in a subgraph instance's title bar for the sign that it can be opened. */
+export const BADGE_W = 22;
 
 const isMultiline = (widget) => !widget.custom && widget.kind === 'string' && Boolean(widget.options.multiline);
 const grows = (widget) => (widget.custom ? customWidgetType(widget.custom).grow : isMultiline(widget));
@@ -49,11 +51,28 @@ function minimumHeight(rows, widgetHeights, hasImage) {
 }
 
 /**
- * `widgets` are the node's widget specs (empty for unknown types), `hasImage` reserves the image
- * area, `title` is the title bar's text (it sets the minimum width).
+ * A subgraph's input or output node (subgraphs.js): a titleless box of labelled slots, its dots on the
+ * side facing the inner nodes; its stored bounding is the box.
  */
-export function layoutNode(node, { widgets, hasImage, title }) {
+function layoutBoundary(node) {
   const [x, y] = node.pos;
+  const slots = node.boundary === 'input' ? node.outputs : node.inputs;
+  const widest = Math.max(0, ...slots.map((s) => textWidth(LABEL_FONT, s.name || s.type)));
+  const w = Math.max(node.size[0], Math.ceil(widest) + 40, 100);
+  const h = Math.max(node.size[1], slots.length * SLOT_H + 12, 40);
+  const row = (i) => [y + 6 + i * SLOT_H + SLOT_H / 2];
+  return { x, y, w, h, title: false, boundary: node.boundary, widgets: [], image: null, size: [w, h],
+    inputs: node.inputs.map((_, i) => [x, ...row(i)]), outputs: node.outputs.map((_, i) => [x + w, ...row(i)]) };
+}
+
+/**
+ * `widgets` are the node's widget specs (empty for unknown types), `hasImage` reserves the image
+ * area, `title` is the title bar's text (it sets the minimum width), `badge` keeps room for a sign
+ * at the title's end.
+ */
+export function layoutNode(node, { widgets, hasImage, title, badge = false }) {
+  const [x, y] = node.pos;
+  if (node.boundary) return layoutBoundary(node);
   if (node.type === 'Reroute') {
     const [w, h] = REROUTE_SIZE;
     return { x, y, w, h, title: false, inputs: [[x, y + h / 2]], outputs: [[x + w, y + h / 2]], widgets: [], image: null };
@@ -66,7 +85,7 @@ export function layoutNode(node, { widgets, hasImage, title }) {
   const widgetNames = new Set(widgets.map((wd) => wd.name));
   const socketInputs = node.inputs.map((input, i) => [input, i]).filter(([input]) => !(input.widget && widgetNames.has(input.widget.name)));
   const rows = Math.max(socketInputs.length, node.outputs.length);
-  const w = Math.max(minimumWidth(title, socketInputs.map(([input]) => input), node.outputs), node.size[0]);
+  const w = Math.max(minimumWidth(title, socketInputs.map(([input]) => input), node.outputs) + (badge ? BADGE_W : 0), node.size[0]);
   const heights = widgets.map(widgetHeight);
   const least = minimumHeight(rows, heights, hasImage);
   const h = Math.max(least, node.size[1]);

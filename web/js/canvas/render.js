@@ -5,6 +5,7 @@
  */
 import { THEME, typeColor } from './colors.js';
 import { drawNode } from './draw_node.js';
+import { linkMarker, linkPoints, stretchPath } from './link_route.js';
 import { nodeBounds, rectsOverlap } from './layout.js';
 import { drawMinimap } from './minimap.js';
 
@@ -43,44 +44,45 @@ function drawGroups(ctx, editor, visible) {
   }
 }
 
-/** Links are cubic curves leaving outputs to the right and entering inputs from the left. */
-export function linkPath(ctx, a, b) {
-  const dx = Math.max(40, Math.abs(b[0] - a[0]) * 0.5);
-  ctx.moveTo(a[0], a[1]);
-  ctx.bezierCurveTo(a[0] + dx, a[1], b[0] - dx, b[1], b[0], b[1]);
-}
-
-export function linkMidpoint(a, b) {
-  const dx = Math.max(40, Math.abs(b[0] - a[0]) * 0.5);
-  const t = 0.5;
-  const mt = 1 - t;
-  const x = mt ** 3 * a[0] + 3 * mt * mt * t * (a[0] + dx) + 3 * mt * t * t * (b[0] - dx) + t ** 3 * b[0];
-  const y = mt ** 3 * a[1] + 3 * mt * mt * t * a[1] + 3 * mt * t * t * b[1] + t ** 3 * b[1];
-  return [x, y];
-}
-
 function drawLinks(ctx, editor, boxes, visible) {
   ctx.lineWidth = 3;
   for (const link of editor.graph.links.values()) {
-    const from = boxes.get(link.origin_id);
-    const to = boxes.get(link.target_id);
-    if (!from || !to) continue;
-    const a = from.outputs[link.origin_slot];
-    const b = to.inputs[link.target_slot];
-    if (!a || !b) continue;
-    const bbox = [Math.min(a[0], b[0]) - 60, Math.min(a[1], b[1]) - 10, Math.abs(b[0] - a[0]) + 120, Math.abs(b[1] - a[1]) + 20];
+    const points = linkPoints(editor.graph, link, boxes);
+    if (!points) continue;
+    const xs = points.map((p) => p[0]);
+    const ys = points.map((p) => p[1]);
+    const bbox = [Math.min(...xs) - 60, Math.min(...ys) - 10, Math.max(...xs) - Math.min(...xs) + 120, Math.max(...ys) - Math.min(...ys) + 20];
     if (!rectsOverlap(bbox, visible)) continue;
     ctx.strokeStyle = typeColor(link.type);
     ctx.beginPath();
-    linkPath(ctx, a, b);
+    for (let i = 1; i < points.length; i++) stretchPath(ctx, points[i - 1], points[i]);
     ctx.stroke();
     if (editor.view.scale >= 0.6) {
-      const [mx, my] = linkMidpoint(a, b);
+      const [mx, my] = linkMarker(editor.graph, link, points).at;
       ctx.fillStyle = typeColor(link.type);
       ctx.beginPath();
       ctx.arc(mx, my, 4, 0, Math.PI * 2);
       ctx.fill();
     }
+  }
+}
+
+export const REROUTE_RADIUS = 7;
+
+/** Native reroutes: a dot in the colour of what passes through, ringed when selected. */
+function drawReroutes(ctx, editor, visible) {
+  const { graph } = editor;
+  for (const reroute of graph.reroutes.values()) {
+    const [x, y] = reroute.pos;
+    if (!rectsOverlap([x - 10, y - 10, 20, 20], visible)) continue;
+    const link = graph.links.get(reroute.linkIds[0]);
+    ctx.fillStyle = typeColor(link ? link.type : '*');
+    ctx.beginPath();
+    ctx.arc(x, y, REROUTE_RADIUS, 0, Math.PI * 2);
+    ctx.fill();
+    ctx.strokeStyle = editor.selectedReroutes.has(reroute.id) ? THEME.reroute : THEME.nodeBorder;
+    ctx.lineWidth = 2;
+    ctx.stroke();
   }
 }
 
@@ -101,13 +103,16 @@ export function renderFrame(ctx, editor, width, height, overlay) {
   const boxes = layoutAll(editor);
   drawGroups(ctx, editor, visible);
   drawLinks(ctx, editor, boxes, visible);
+  drawReroutes(ctx, editor, visible);
   const drag = overlay.link;
   for (const node of editor.graph.nodes.values()) {
     const box = boxes.get(node.id);
     if (!rectsOverlap(nodeBounds(box), [visible[0], visible[1] - 80, visible[2], visible[3] + 160])) continue;
-    const id = String(node.id);
+    const id = editor.apiId(node);
+    // An instance runs while any node inside it does: their prompt ids start with the instance's.
+    const running = execution.running === id || (execution.running != null && execution.running.startsWith(`${id}:`));
     drawNode(editor, ctx, node, box, {
-      scale: view.scale, selected: editor.selection.has(node.id), running: execution.running === id,
+      scale: view.scale, selected: editor.selection.has(node.id), running,
       progress: execution.progress && execution.progress.node === id ? execution.progress : null,
       error: execution.errors.get(id), dragType: drag ? drag.type : null, dragFromOutput: drag ? drag.fromOutput : false,
     });
@@ -116,7 +121,7 @@ export function renderFrame(ctx, editor, width, height, overlay) {
     ctx.strokeStyle = typeColor(drag.type);
     ctx.lineWidth = 3;
     ctx.beginPath();
-    if (drag.fromOutput) linkPath(ctx, drag.start, drag.end); else linkPath(ctx, drag.end, drag.start);
+    if (drag.fromOutput) stretchPath(ctx, drag.start, drag.end); else stretchPath(ctx, drag.end, drag.start);
     ctx.stroke();
   }
   if (overlay.rubber) {
