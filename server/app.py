@@ -28,10 +28,11 @@ from graph.plugins import PluginReport
 from graph.registry import NodeRegistry
 from graph.services import services_context
 from nodes.runtime import Runtime, build_runtime
-from server import routes_files, routes_info, routes_prompt, routes_queue, routes_userdata
+from server import model_downloads, routes_files, routes_info, routes_prompt, routes_queue, routes_userdata, templates
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, PromptBackend
 from server.keys import CONFIG, HUB, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
+from server.node_docs import add_node_docs_routes
 from server.openapi import add_openapi_route
 from server.plugins import add_plugin_routes, configured_registry
 from server.prompt_server_compat import PromptServer
@@ -52,6 +53,8 @@ API_ROUTE_TABLES = (
     routes_files.routes,
     routes_info.routes,
     routes_userdata.routes,
+    templates.routes,
+    model_downloads.routes,
 )
 
 
@@ -128,6 +131,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     app.router.add_get("/api/ws", hub.handle)
     add_openapi_route(app)
     add_plugin_routes(app, plugin_reports, config.frontend_root)
+    add_node_docs_routes(app)
     add_login_routes(app, config)
     prompt_server.mount_routes()
     app.router.add_get("/api/{tail:.*}", api_not_found)
@@ -146,5 +150,6 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
         await hub.close_all()
 
     app.cleanup_ctx.append(lifetime)
+    app.cleanup_ctx.append(model_downloads.model_downloader_context)
     app.on_shutdown.append(close_sockets)
     return app

@@ -101,6 +101,10 @@ class ServerConfig:
     workers: str = "local"
     #: Place the bundled upscalers and a sample image at start (``server.starter``); ``--no-starter-files``.
     starter_files: bool = True
+    #: Let the editor have model files fetched into the models folders (``server.model_downloads``).
+    #: Off by default: it makes the server open outbound connections and write files that are
+    #: later loaded, which only the machine's owner should allow (``--enable-model-downloads``).
+    enable_model_downloads: bool = False
 
     def __post_init__(self) -> None:
         for name in ("base_dir", "models_dir", "input_dir", "output_dir", "user_dir", "temp_dir", "frontend_root"):

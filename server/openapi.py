@@ -154,6 +154,51 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"unload_models": {"type": "boolean"}, "free_memory": {"type": "boolean"}},
     },
     "Settings": _OBJECT,
+    "ModelDownloadRequest": {
+        "type": "object",
+        "required": ["name", "directory", "url"],
+        "description": "one entry of a workflow's models metadata (ComfyUI's ModelFile)",
+        "properties": {
+            "name": {"type": "string", "description": "file name inside the folder"},
+            "directory": {"type": "string", "description": "model folder key, e.g. checkpoints"},
+            "url": {"type": "string", "description": "https source (http only from a loopback host)"},
+            "hash": {"type": ["string", "null"]},
+            "hash_type": {"type": ["string", "null"], "description": "only sha256 is checked"},
+        },
+    },
+    "ModelDownload": {
+        "type": "object",
+        "required": ["directory", "name", "url", "status", "downloaded", "total", "error"],
+        "description": "one download's state; also the data of the model_download WebSocket event",
+        "properties": {
+            "directory": {"type": "string"},
+            "name": {"type": "string"},
+            "url": {"type": "string"},
+            "status": {"enum": ["downloading", "done", "failed"]},
+            "downloaded": {"type": "integer"},
+            "total": {"type": ["integer", "null"]},
+            "error": {"type": ["string", "null"]},
+            "resumed_from": {"type": "integer"},
+        },
+    },
+    "ModelRequirement": {
+        "type": "object",
+        "required": ["name", "directory", "url", "present", "refused"],
+        "properties": {
+            "name": {"type": "string"},
+            "directory": {"type": "string"},
+            "url": {"type": "string"},
+            "hash": {"type": ["string", "null"]},
+            "hash_type": {"type": ["string", "null"]},
+            "present": {"type": "boolean", "description": "the file is in one of the folder's directories"},
+            "refused": {"type": ["string", "null"], "description": "why the server would not download it"},
+        },
+    },
+    "WorkflowRequirementsRequest": {
+        "type": "object",
+        "required": ["workflow"],
+        "properties": {"workflow": {"type": "object", "description": "an editor workflow"}},
+    },
     "MaskReference": {
         "type": "object",
         "required": ["filename"],
@@ -543,6 +588,110 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "Every plugin found at start and what loading it did; tracebacks only for loopback clients",
             _json({"type": "array", "items": _ref("PluginReport")}),
+        )
+    },
+    "/loom/node_docs/{node_type}": {
+        "get": _op(
+            "A node type's help page as markdown: comfyui-embedded-docs' page in the closest language when that "
+            "package is installed, else one written from the node's description and tooltips",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["node_type", "source", "markdown", "locale", "assets"],
+                    "properties": {
+                        "node_type": {"type": "string"},
+                        "source": {"enum": ["comfyui-embedded-docs", "loom"]},
+                        "markdown": {"type": "string"},
+                        "locale": {"type": ["string", "null"]},
+                        "assets": {"type": ["string", "null"], "description": "URL folder of the page's pictures"},
+                    },
+                }
+            ),
+            errors=(400, 404),
+            params=[_p("node_type"), _q("locale", description="a language tag, e.g. en or pt-BR (default en)")],
+        )
+    },
+    "/docs/{path}": {
+        "get": _op(
+            "A file of the comfyui-embedded-docs package (pages and their pictures), where ComfyUI serves them",
+            _BINARY,
+            errors=(403, 404),
+            params=[_p("path")],
+        )
+    },
+    "/loom/model_downloads": {
+        "get": _op(
+            "Whether downloads are on, and the state of every download since the server started",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["enabled", "downloads"],
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "downloads": {"type": "array", "items": _ref("ModelDownload")},
+                    },
+                }
+            ),
+        ),
+        "post": _op(
+            "Start downloading a model file into its models folder (needs loom serve --enable-model-downloads); "
+            "progress follows as model_download WebSocket events",
+            _json(_ref("ModelDownload")),
+            errors=(400, 403, 409, 413),
+            body=_ref("ModelDownloadRequest"),
+        ),
+    },
+    "/loom/templates": {
+        "get": _op(
+            "Template workflows (comfyui-workflow-templates when installed, examples/, the user's workflows), "
+            "each with the node types and model files this server lacks for it",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["downloads_enabled", "sources", "templates"],
+                    "properties": {
+                        "downloads_enabled": {"type": "boolean"},
+                        "sources": {"type": "array", "items": _OBJECT},
+                        "templates": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["source", "path", "title", "missing_node_types", "models"],
+                                "properties": {
+                                    "source": {"type": "string"},
+                                    "path": {"type": "string"},
+                                    "title": {"type": "string"},
+                                    "description": {"type": "string"},
+                                    "category": {"type": "string"},
+                                    "missing_node_types": _STR_LIST,
+                                    "models": {"type": "array", "items": _ref("ModelRequirement")},
+                                },
+                            },
+                        },
+                    },
+                }
+            ),
+        )
+    },
+    "/loom/templates/{source}/{path}": {
+        "get": _op("One template workflow file", _json(_OBJECT), errors=(403, 404), params=[_p("source"), _p("path")])
+    },
+    "/loom/workflow_requirements": {
+        "post": _op(
+            "The node types this server lacks for a workflow, and the model files its metadata names",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["downloads_enabled", "missing_node_types", "models"],
+                    "properties": {
+                        "downloads_enabled": {"type": "boolean"},
+                        "missing_node_types": _STR_LIST,
+                        "models": {"type": "array", "items": _ref("ModelRequirement")},
+                    },
+                }
+            ),
+            errors=(400, 413),
+            body=_ref("WorkflowRequirementsRequest"),
         )
     },
     "/models": {"get": _op("Model folder keys", _json(_STR_LIST))},

@@ -12,9 +12,10 @@ from aiohttp import web
 
 from graph.registry import NodeRegistry
 from nodes.runtime_options import option_values
-from server.config import AUTH_TOKEN_ENV, REPO_ROOT, ServerConfig, parse_size
+from server.config import AUTH_TOKEN_ENV, ServerConfig, parse_size
 from server.distributed.spec import DistributedUnavailableError, parse_workers, require_ray
 from server.runtime_args import add_runtime_arguments
+from server.static import FRONTENDS, frontend_root
 
 __all__ = ["add_serve_arguments", "config_from_args", "serve_from_args", "run_server"]
 
@@ -58,7 +59,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require this token on every request (or set {AUTH_TOKEN_ENV}, which keeps it out of ps)",
     )
     parser.add_argument(
-        "--frontend-root", type=_path, default=REPO_ROOT / "web", help="static frontend to serve at / (default web/)"
+        "--frontend",
+        choices=FRONTENDS,
+        default=None,
+        help="the editor served at /: loom (default, web/) or comfyui, ComfyUI's own frontend "
+        "(needs the 'comfyui-frontend' extra: pip install 'loom[comfyui-frontend]')",
+    )
+    parser.add_argument(
+        "--frontend-root", type=_path, default=None, help="serve this folder's static frontend at / instead"
     )
     parser.add_argument(
         "--max-upload-size",
@@ -104,6 +112,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not place the bundled Real-ESRGAN models and the sample image at start",
     )
     parser.add_argument(
+        "--enable-model-downloads",
+        action="store_true",
+        help="let the editor download the model files a workflow names (HTTPS only) into the models folders; "
+        "off by default",
+    )
+    parser.add_argument(
         "--workers",
         type=_workers,
         default=defaults.workers,
@@ -119,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         **option_values(args),
         cache_budget_bytes=args.cache_budget,
         auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None,
-        frontend_root=args.frontend_root,
+        frontend_root=frontend_root(args.frontend, args.frontend_root),
         disable_custom_nodes=args.disable_custom_nodes,
         custom_node_whitelist=tuple(args.whitelist_custom_nodes),
         extra_custom_node_dirs=tuple(args.extra_custom_node_dirs),
@@ -127,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cors_origin=args.cors_origin,
         workers=args.workers,
         starter_files=args.starter_files,
+        enable_model_downloads=args.enable_model_downloads,
     )
 
 

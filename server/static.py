@@ -3,15 +3,72 @@
 Registered after every API route, so a file in the frontend root can never shadow an API path.
 Symlinks are not followed out of the root (aiohttp's default), and ``index.html`` is sent with
 ``no-cache`` so a frontend upgrade is picked up on the next reload.
+
+Which root ``loom serve`` hands over is chosen by ``--frontend``: ``loom``, the editor in ``web/``,
+or ``comfyui``, ComfyUI's own frontend from the ``comfyui-frontend-package`` wheel (an optional
+extra under its own license). Both are static pages over the same API, so nothing else changes.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["add_frontend_routes", "PLACEHOLDER_PAGE"]
+from server.config import REPO_ROOT
+
+__all__ = [
+    "add_frontend_routes",
+    "comfyui_frontend_root",
+    "frontend_root",
+    "FrontendNotInstalledError",
+    "FRONTENDS",
+    "LOOM_FRONTEND_ROOT",
+    "PLACEHOLDER_PAGE",
+]
+
+LOOM_FRONTEND_ROOT = REPO_ROOT / "web"
+COMFYUI_FRONTEND_PACKAGE = "comfyui_frontend_package"
+#: The names ``--frontend`` takes.
+FRONTENDS = ("loom", "comfyui")
+
+
+class FrontendNotInstalledError(ValueError):
+    """``--frontend comfyui`` on a machine without ComfyUI's frontend package; says how to install it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"--frontend comfyui: {reason}; install it with pip install 'loom[comfyui-frontend]' "
+            "(or pip install comfyui-frontend-package), or leave out --frontend to use Loom's editor"
+        )
+        self.reason = reason
+
+
+def comfyui_frontend_root() -> Path:
+    """The ``static`` folder of the installed ``comfyui_frontend_package``, the way ComfyUI finds it."""
+    if importlib.util.find_spec(COMFYUI_FRONTEND_PACKAGE) is None:
+        raise FrontendNotInstalledError("ComfyUI's frontend (comfyui-frontend-package) is not installed")
+    root = Path(str(importlib.resources.files(COMFYUI_FRONTEND_PACKAGE) / "static"))
+    if not (root / "index.html").is_file():
+        raise FrontendNotInstalledError(f"the installed comfyui-frontend-package has no {root / 'index.html'}")
+    return root
+
+
+def frontend_root(frontend: str | None, folder: Path | None) -> Path:
+    """The folder to serve at ``/``: ``folder`` (``--frontend-root``) as given, else the named frontend's.
+
+    Naming both is refused rather than letting one silently win.
+    """
+    if folder is not None:
+        if frontend is not None:
+            raise ValueError("give --frontend or --frontend-root, not both")
+        return folder
+    if frontend == "comfyui":
+        return comfyui_frontend_root()
+    return LOOM_FRONTEND_ROOT
+
 
 PLACEHOLDER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Loom</title></head>

@@ -10,6 +10,7 @@ import { canvasActions } from './canvas_actions.js';
 import { CanvasController } from './canvas/controller.js';
 import { editorCommands } from './commands.js';
 import { showPluginNotice } from './extensions.js';
+import { watchForMissingModels } from './missing_models.js';
 import { openSidebar } from './panels/sidebar.js';
 import { createSession } from './session.js';
 import { loadStartup, openFirstWorkflow } from './startup.js';
@@ -19,6 +20,7 @@ import { toast } from './toast.js';
 async function boot() {
   const api = new Api();
   const session = createSession(api, await loadStartup(api));
+  watchForMissingModels(session);
   showServerStatus(api);
   openFirstWorkflow(session);
   openSidebar(session);
