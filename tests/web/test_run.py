@@ -40,7 +40,11 @@ def test_queue_shows_progress_and_the_final_image(editor: EditorPage) -> None:
     editor.page.mouse.click(640, 600)
     editor.page.keyboard.press("Control+Enter")
     editor.page.wait_for_function("(id) => loom.execution.outputs.has(String(id))", arg=save, timeout=20000)
-    editor.page.wait_for_function("() => seen.some(([t]) => t === 'execution_success')", timeout=10000)
+    # As in ComfyUI, executing(node=null) follows execution_success: wait for both.
+    editor.page.wait_for_function(
+        "() => seen.some(([t]) => t === 'execution_success') && seen.some(([t, n]) => t === 'executing' && n === null)",
+        timeout=10000,
+    )
     seen = editor.js("() => seen")
     executing = [node for kind, node in seen if kind == "executing"]
     assert executing[-1] is None, "the prompt ends with executing(node=null)"
