@@ -1,5 +1,5 @@
 """A node's documentation in the help overlay, opened the way the editor offers it (the toolbar's ?
-button or the ? key) and asked for by typing the node's type or display name: the node's own
+button or the ? key, then typing the node's type or display name; or a node's menu, Help): the node's own
 description and tooltips without comfyui-embedded-docs, the package's hand-written page, table and
 picture included, with it (a fake package laid out like the real wheel)."""
 
@@ -97,3 +97,15 @@ def test_help_shows_the_docs_packages_page_with_its_picture(browser: Any, server
         assert editor.page.get_attribute(f"{PAGE} img", "alt") == "Sampling picture"
         assert editor.page.inner_text(SOURCE) == "From the comfyui-embedded-docs package (en)"
         editor.shot("package-page")
+
+
+def test_a_nodes_menu_opens_help_on_that_node(browser: Any, server_without_docs: RunningServer) -> None:
+    with open_editor(browser, server_without_docs, "test_a_nodes_menu_opens_help_on_that_node") as editor:
+        editor.clear_graph()
+        sampler = editor.add_node("ksampler", (480, 300), pick="KSampler")
+        editor.page.mouse.click(*editor.title(sampler), button="right")
+        editor.page.click(".context-menu .menu-entry:text-is('Help')")
+        editor.page.wait_for_function(f"() => document.querySelector('{PAGE} h1')?.textContent === 'KSampler'")
+        assert editor.page.input_value(".help-overlay .node-docs-type") == "KSampler"
+        assert "seed (INT): The random seed of the noise." in editor.page.inner_text(PAGE)
+        editor.shot("node-menu-help")

@@ -6,6 +6,7 @@ import { MODE_ALWAYS, MODE_BYPASS, MODE_NEVER } from './graph_model.js';
 import { VIRTUAL_TYPES } from './node_defs.js';
 import { linkMarker, linkPoints, stretchMidpoint } from './canvas/link_route.js';
 import { GROUP_COLORS } from './canvas/colors.js';
+import { showHelpFor } from './panels/help.js';
 
 function categoryTree(defs, onPick) {
   const root = new Map();
@@ -84,6 +85,8 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
         '-',
       ] : []),
       { label: 'Rename', action: () => actions.rename(node) },
+      // A subgraph's type is its definition's id and an editor-only node has no server page.
+      ...(instance || VIRTUAL_TYPES.has(node.type) ? [] : [{ label: 'Help', action: () => showHelpFor(node.type) }]),
       { label: 'Mode', submenu: [
         { label: 'Always', checked: node.mode === MODE_ALWAYS, action: () => { editor.selectedNodes().forEach((n) => { n.mode = MODE_ALWAYS; }); editor.commit(); } },
         { label: 'Bypass', checked: node.mode === MODE_BYPASS, action: () => editor.toggleMode(MODE_BYPASS) },

@@ -32,6 +32,18 @@ const CARD = `<div class="help-card">
 export function toggleHelp() {
   const existing = document.querySelector('.help-overlay');
   if (existing) { existing.remove(); return; }
+  openHelp();
+}
+
+/** Opens the overlay on `type`'s page: a node menu's Help. */
+export function showHelpFor(type) {
+  closeHelp();
+  const { api, overlay, field } = openHelp();
+  field.value = type;
+  showNodeDocs(api, overlay, type);
+}
+
+function openHelp() {
   const overlay = document.createElement('div');
   overlay.className = 'help-overlay';
   overlay.innerHTML = CARD;
@@ -54,6 +66,7 @@ export function toggleHelp() {
   field.addEventListener('keydown', (e) => { if (e.key === 'Escape') overlay.remove(); });
   overlay.addEventListener('click', (e) => { if (e.target === overlay) overlay.remove(); });
   document.body.appendChild(overlay);
+  return { api, overlay, field };
 }
 
 export function closeHelp() {
