@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.attention import merge_heads, split_heads
-from diffusion.fused_linear import FusedLinear, linear_gelu
+from diffusion.fused_linear import FusedLinear
+from diffusion.text_encoders.clip_model import Activation, ClipEncoderLayer
 from diffusion.tiny import randomize_norms, seeded_rng
 from diffusion.unet_config import CheckpointLayoutError, load_exact
 
@@ -164,44 +164,6 @@ def clip_preprocess(
     return (pixels - mean_t) / std_t
 
 
-class VisionAttention(nn.Module):
-    def __init__(self, config: ClipVisionConfig) -> None:
-        super().__init__()
-        self.heads = config.heads
-        self.q_proj = FusedLinear(config.width, config.width)
-        self.k_proj = FusedLinear(config.width, config.width)
-        self.v_proj = FusedLinear(config.width, config.width)
-        self.out_proj = FusedLinear(config.width, config.width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
-
-
-class VisionMlp(nn.Module):
-    def __init__(self, config: ClipVisionConfig) -> None:
-        super().__init__()
-        self.fc1 = FusedLinear(config.width, config.intermediate)
-        self.fc2 = FusedLinear(config.intermediate, config.width)
-        self.approximate: Literal["none", "tanh"] = "tanh" if config.siglip else "none"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(linear_gelu(x, self.fc1.compute_weight(), self.fc1.bias, self.approximate))
-
-
-class VisionEncoderLayer(nn.Module):
-    def __init__(self, config: ClipVisionConfig) -> None:
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.self_attn = VisionAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.mlp = VisionMlp(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
 class VisionEmbeddings(nn.Module):
     """Patches (plus CLIP's class token) with learned positions."""
 
@@ -225,7 +187,13 @@ class VisionEmbeddings(nn.Module):
 class VisionEncoder(nn.Module):
     def __init__(self, config: ClipVisionConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(VisionEncoderLayer(config) for _ in range(config.layers))
+        activation: Activation = "gelu_tanh" if config.siglip else "gelu"
+        self.layers = nn.ModuleList(
+            ClipEncoderLayer(
+                config.width, config.heads, config.intermediate, activation, config.layer_norm_eps, causal=False
+            )
+            for _ in range(config.layers)
+        )
 
 
 class VisionTransformer(nn.Module):

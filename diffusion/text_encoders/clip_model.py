@@ -26,7 +26,7 @@ from diffusion.stored_weights import StoredEmbedding
 
 __all__ = ["Activation", "ClipTextConfig", "ClipTextModel", "ClipTextOutput", "TokenOverride"]
 
-Activation = Literal["quick_gelu", "gelu"]
+Activation = Literal["quick_gelu", "gelu", "gelu_tanh"]
 # (batch index, position, vector): a textual-inversion vector that replaces one token embedding.
 TokenOverride = tuple[int, int, torch.Tensor]
 
@@ -54,42 +54,47 @@ def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class ClipAttention(nn.Module):
-    def __init__(self, config: ClipTextConfig) -> None:
+    def __init__(self, width: int, heads: int, causal: bool) -> None:
         super().__init__()
-        self.heads = config.heads
-        self.q_proj = FusedLinear(config.width, config.width)
-        self.k_proj = FusedLinear(config.width, config.width)
-        self.v_proj = FusedLinear(config.width, config.width)
-        self.out_proj = FusedLinear(config.width, config.width)
+        self.heads, self.causal = heads, causal
+        self.q_proj = FusedLinear(width, width)
+        self.k_proj = FusedLinear(width, width)
+        self.v_proj = FusedLinear(width, width)
+        self.out_proj = FusedLinear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (split_heads(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        # Causal: CLIP's text tower was trained autoregressively-masked, so a token never sees later ones
-        # (which is also why padding after the end token cannot change the prompt's states).
-        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+        # CLIP's text tower is causal: it was trained autoregressively-masked, so a token never sees later ones
+        # (which is also why padding after the end token cannot change the prompt's states). Vision towers are not.
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
 
 
 class ClipMlp(nn.Module):
-    def __init__(self, config: ClipTextConfig) -> None:
+    def __init__(self, width: int, intermediate: int, activation: Activation) -> None:
         super().__init__()
-        self.fc1 = FusedLinear(config.width, config.intermediate)
-        self.fc2 = FusedLinear(config.intermediate, config.width)
-        self.quick_gelu = config.activation == "quick_gelu"
+        self.fc1 = FusedLinear(width, intermediate)
+        self.fc2 = FusedLinear(intermediate, width)
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # oneDNN fuses the exact GELU into fc1; quick GELU (x * sigmoid(1.702 x)) has no fused form.
-        if self.quick_gelu:
+        # oneDNN fuses the exact and tanh GELUs into fc1; quick GELU (x * sigmoid(1.702 x)) has no fused form.
+        if self.activation == "quick_gelu":
             return self.fc2(_quick_gelu(self.fc1(x)))
-        return self.fc2(linear_gelu(x, self.fc1.compute_weight(), self.fc1.bias))
+        approximate: Literal["none", "tanh"] = "tanh" if self.activation == "gelu_tanh" else "none"
+        return self.fc2(linear_gelu(x, self.fc1.compute_weight(), self.fc1.bias, approximate))
 
 
 class ClipEncoderLayer(nn.Module):
-    def __init__(self, config: ClipTextConfig) -> None:
+    """One pre-norm transformer layer in transformers' CLIP/SigLIP key layout, shared by the text and vision towers."""
+
+    def __init__(
+        self, width: int, heads: int, intermediate: int, activation: Activation, layer_norm_eps: float, causal: bool
+    ) -> None:
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.self_attn = ClipAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.mlp = ClipMlp(config)
+        self.layer_norm1 = nn.LayerNorm(width, eps=layer_norm_eps)
+        self.self_attn = ClipAttention(width, heads, causal)
+        self.layer_norm2 = nn.LayerNorm(width, eps=layer_norm_eps)
+        self.mlp = ClipMlp(width, intermediate, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
@@ -112,7 +117,12 @@ class ClipEmbeddings(nn.Module):
 class ClipEncoder(nn.Module):
     def __init__(self, config: ClipTextConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(ClipEncoderLayer(config) for _ in range(config.layers))
+        self.layers = nn.ModuleList(
+            ClipEncoderLayer(
+                config.width, config.heads, config.intermediate, config.activation, config.layer_norm_eps, causal=True
+            )
+            for _ in range(config.layers)
+        )
 
 
 class ClipTextModel(nn.Module):
