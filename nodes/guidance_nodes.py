@@ -184,16 +184,16 @@ class DualCFGGuiderValue:
     nested: bool
 
     def bind(
-        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None
+        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None, seed: int
     ) -> rules.DualCFGGuider:
         model = self.model
         return rules.DualCFGGuider(
             unet_fn,
             model.sampling,
             latent,
-            model_conditioning(model, self.cond1, latent, negative=False),
-            model_conditioning(model, self.cond2, latent, negative=True),
-            model_conditioning(model, self.negative, latent, negative=True),
+            model_conditioning(model, self.cond1, latent, False, seed),
+            model_conditioning(model, self.cond2, latent, True, seed),
+            model_conditioning(model, self.negative, latent, True, seed),
             self.cfg_conds,
             self.cfg_cond2_negative,
             self.nested,
@@ -231,16 +231,16 @@ class PerpNegGuiderValue:
     neg_scale: float
 
     def bind(
-        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None
+        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None, seed: int
     ) -> rules.PerpNegGuider:
         model = self.model
         return rules.PerpNegGuider(
             unet_fn,
             model.sampling,
             latent,
-            model_conditioning(model, self.positive, latent, negative=False),
-            model_conditioning(model, self.negative, latent, negative=True),
-            model_conditioning(model, self.empty, latent, negative=True),
+            model_conditioning(model, self.positive, latent, False, seed),
+            model_conditioning(model, self.negative, latent, True, seed),
+            model_conditioning(model, self.empty, latent, True, seed),
             self.cfg,
             self.neg_scale,
             inpainting,

@@ -21,7 +21,6 @@ What the nodes add is the model side of ComfyUI's ``common_ksampler``:
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,9 +53,6 @@ _SIZE_EMBED = 256
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 #: SDXL's revision augmentor (ComfyUI's for SDXL and the refiner): no data statistics in the checkpoints.
 _REVISION_AUGMENTOR = ClipEmbeddingNoiseAugmentor(width=1280, max_noise_level=1000)
-#: The seed of the sampler node running now (set by ``_sample``), which ComfyUI hands to the model's conditioning:
-#: SDXL revision seeds its noise augmentation from it. Every GUIDER binds its conditioning inside ``_sample``.
-_RUNNING_SEED: ContextVar[int] = ContextVar("loom_running_sampler_seed", default=0)
 
 Latent = dict[str, Any]
 
@@ -107,17 +103,17 @@ def _check_unclip(model: ModelHandle, options: dict[str, Any]) -> None:
 
 
 def model_conditioning(
-    model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool, seed: int | None = None
+    model: ModelHandle, conditioning: list[Any], latent: torch.Tensor, negative: bool, seed: int = 0
 ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """Conditioning entries as this model needs them: ``y`` built, inpainting latents scaled or supplied, the
     ControlNets they carry checked against the model (``ControlNetMismatchError``).
 
-    ``latent`` is the latent being sampled, already in the model's space. ``seed`` is the sampler's (SDXL revision
-    draws from it); None takes the seed of the sampler node running now, 0 outside one (ComfyUI's default).
+    ``latent`` is the latent being sampled, already in the model's space. ``seed`` is the sampler's noise seed,
+    which ComfyUI hands to the model's conditioning: SDXL revision draws its noise augmentation from it (0 outside
+    a sampling, ComfyUI's default).
     """
     prepared = []
     adm = model.adm_in_channels
-    seed = _RUNNING_SEED.get() if seed is None else seed
     for cond, options in conditioning:
         options = dict(options)
         if options.get("control") is not None:
@@ -196,8 +192,9 @@ class GuiderValue(Protocol):
     def model(self) -> ModelHandle: ...
 
     def bind(
-        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None
-    ) -> guidance.ConditioningGuider: ...
+        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None, seed: int
+    ) -> guidance.ConditioningGuider:
+        """The denoiser for ``latent`` (in model space); ``seed`` is the sampling's noise seed."""
 
 
 @dataclass(frozen=True)
@@ -211,14 +208,17 @@ class Guider:
     negative: list[Any] | None
     cfg: float
 
-    def bind(self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None) -> guidance.CFGGuider:
+    def bind(
+        self, unet_fn: UNetFn, latent: torch.Tensor, inpainting: guidance.Inpainting | None, seed: int
+    ) -> guidance.CFGGuider:
         """The denoiser for ``latent`` (in model space), with the conditioning this model needs."""
+        model = self.model
         return guidance.CFGGuider(
             unet_fn,
-            self.model.sampling,
+            model.sampling,
             latent,
-            model_conditioning(self.model, self.positive, latent, negative=False),
-            None if self.negative is None else model_conditioning(self.model, self.negative, latent, negative=True),
+            model_conditioning(model, self.positive, latent, False, seed),
+            None if self.negative is None else model_conditioning(model, self.negative, latent, True, seed),
             self.cfg,
             inpainting,
             self.model.concat_builder,
@@ -249,11 +249,7 @@ def _sample(
             if mask is None
             else guidance.Inpainting.from_mask(mask, latent, start_noise, sigmas, model.mask_policy)
         )
-        running = _RUNNING_SEED.set(noise.seed)
-        try:
-            denoiser = guider.bind(unet_fn, latent, inpainting)
-        finally:
-            _RUNNING_SEED.reset(running)
+        denoiser = guider.bind(unet_fn, latent, inpainting, noise.seed)
         place_controls(model, denoiser.controls())
         result = sample(
             denoiser,
