@@ -100,6 +100,7 @@ def _hint_vae(node_name: str, handle: ControlNetHandle, vae: VaeHandle | None) -
 
 
 def _apply_to_both(
+    node_name: str,
     positive: Conditioning,
     negative: Conditioning,
     handle: ControlNetHandle,
@@ -110,8 +111,11 @@ def _apply_to_both(
     vae: VaeHandle | None,
     mask: Any = None,
 ) -> tuple[Conditioning, Conditioning]:
-    """ControlNetApplyAdvanced's application: one applied control per distinct earlier control (by identity),
-    shared by both sides."""
+    """ControlNetApplyAdvanced's application, by the node ``node_name``: nothing at strength 0, else one applied
+    control per distinct earlier control (by identity), shared by both sides; the ``vae`` checked first."""
+    if strength == 0:
+        return positive, negative
+    vae = _hint_vae(node_name, handle, vae)
     applied: dict[int, Any] = {}
 
     def chained(options: dict[str, Any]) -> dict[str, Any]:
@@ -176,11 +180,9 @@ def ControlNetApplyAdvanced(
     """Guide the positive and negative conditioning with a ControlNet and a control image (an edge map, a depth
     map, a pose ...), from start_percent to end_percent of the sampling process. SD3.5 and InstantX FLUX.1
     ControlNets need the model's VAE."""
-    if strength == 0:
-        return positive, negative
-    handle: ControlNetHandle = control_net
-    hint_vae = _hint_vae("ControlNetApplyAdvanced", handle, vae)
-    return _apply_to_both(positive, negative, handle, image, strength, start_percent, end_percent, hint_vae)
+    return _apply_to_both(
+        "ControlNetApplyAdvanced", positive, negative, control_net, image, strength, start_percent, end_percent, vae
+    )
 
 
 @node(
@@ -199,11 +201,9 @@ def ControlNetApplySD3(
     end_percent=_PERCENT_END,
 ):
     """Apply ControlNet with the VAE required, for SD3.5 ControlNets. Superseded by Apply ControlNet."""
-    if strength == 0:
-        return positive, negative
-    handle: ControlNetHandle = control_net
-    hint_vae = _hint_vae("ControlNetApplySD3", handle, vae)
-    return _apply_to_both(positive, negative, handle, image, strength, start_percent, end_percent, hint_vae)
+    return _apply_to_both(
+        "ControlNetApplySD3", positive, negative, control_net, image, strength, start_percent, end_percent, vae
+    )
 
 
 spec_of(ControlNetApplySD3).deprecated = True
@@ -227,12 +227,10 @@ def ControlNetInpaintingAliMamaApply(
     """Apply an inpainting ControlNet (AliMama's FLUX.1 inpainting ControlNets): the picture with the masked
     region blacked out, and the mask, tell it what to keep. A ControlNet without a mask channel is applied as
     Apply ControlNet applies it."""
-    if strength == 0:
-        return positive, negative
+    node_name = "ControlNetInpaintingAliMamaApply"
     handle: ControlNetHandle = control_net
-    hint_vae = _hint_vae("ControlNetInpaintingAliMamaApply", handle, vae)
-    if not handle.takes_mask:
-        return _apply_to_both(positive, negative, handle, image, strength, start_percent, end_percent, hint_vae)
+    if strength == 0 or not handle.takes_mask:
+        return _apply_to_both(node_name, positive, negative, handle, image, strength, start_percent, end_percent, vae)
     if image.ndim != 4 or mask.ndim not in (2, 3):
         raise ValueError(
             f"ControlNetInpaintingAliMamaApply: image must be IMAGE [B, H, W, C] and mask MASK [B, H, W], got "
@@ -242,7 +240,9 @@ def ControlNetInpaintingAliMamaApply(
     # ComfyUI scales the mask to the picture bilinearly (centre crop) and rounds it before blacking out.
     on_picture = resample(kept, image.shape[2], image.shape[1], "bilinear", crop="center").round()
     blacked = image * on_picture.movedim(1, -1)
-    return _apply_to_both(positive, negative, handle, blacked, strength, start_percent, end_percent, hint_vae, kept)
+    return _apply_to_both(
+        node_name, positive, negative, handle, blacked, strength, start_percent, end_percent, vae, kept
+    )
 
 
 @node(category="conditioning/controlnet", outputs=[Output("CONTROL_NET")])
