@@ -7,7 +7,8 @@ Both estimates come from one model call (``ode.denoise_with_uncond``); where the
 the two coincide and each sampler here is exactly its plain twin. ComfyUI's guidance scale is used
 as is (it is not remapped to the paper's lambda in [0, 1]).
 
-``res_multistep_cfg_pp`` and ``gradient_estimation_cfg_pp`` live beside their plain twins.
+``res_multistep_cfg_pp`` and ``gradient_estimation_cfg_pp`` live beside their plain twins;
+``dpmpp_2s_ancestral_cfg_pp`` runs its twin's loop (``dpmpp.dpmpp_2s_ancestral``) with the CFG++ flag.
 """
 
 from __future__ import annotations
@@ -18,26 +19,18 @@ import torch
 from torch import Tensor
 from tqdm.auto import trange
 
-from diffusion.samplers.dpmpp import exp_step
+from diffusion.samplers.dpmpp import dpmpp_2s_ancestral
 from diffusion.samplers.noise import NoiseSampler, gaussian_noise_sampler
 from diffusion.samplers.ode import (
     Denoiser,
     StepCallback,
     ancestral_step,
     denoise_with_uncond,
-    flow_ancestral_step,
     report_step,
     sigma_batch,
     to_d,
 )
-from diffusion.samplers.snr import (
-    flow_midpoint,
-    flow_step,
-    half_log_snr,
-    is_rectified_flow,
-    sigma_at,
-    signal_scale,
-)
+from diffusion.samplers.snr import half_log_snr, is_rectified_flow, signal_scale
 
 __all__ = [
     "sample_dpmpp_2m_cfg_pp",
@@ -132,56 +125,8 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
     scale of the next state (1 for VE, ``1 - sigma_next`` for flow). Flow models take the flow split
     (``ode.flow_ancestral_step``), as plain ``dpmpp_2s_ancestral`` does.
     """
-    extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    flow = is_rectified_flow(model)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised, uncond = denoise_with_uncond(model, x, sigma_batch(sigmas[i], x), extra_args)
-        guidance = denoised - uncond
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if flow:
-            x = _flow_2s_cfg_pp_step(
-                model, x, sigmas[i], sigmas[i + 1], uncond, extra_args, eta, s_noise, noise_sampler
-            )
-            x = x + (1 - sigmas[i + 1]) * guidance
-            continue
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        if sigma_down == 0:
-            x = x + to_d(x, sigmas[i], uncond) * (sigma_down - sigmas[i])
-        else:
-            lam = half_log_snr(sigmas[i], False)
-            sigma_mid = sigma_at(lam.lerp(half_log_snr(sigma_down, False), 0.5), False)
-            x_2 = exp_step(x, sigmas[i], sigma_mid, uncond)
-            _, uncond_2 = denoise_with_uncond(model, x_2, sigma_batch(sigma_mid, x), extra_args)
-            x = exp_step(x, sigmas[i], sigma_down, uncond_2)
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-        x = x + guidance
-    return x
-
-
-def _flow_2s_cfg_pp_step(
-    model: Denoiser,
-    x: Tensor,
-    sigma: Tensor,
-    sigma_next: Tensor,
-    uncond: Tensor,
-    extra_args: dict[str, Any],
-    eta: float,
-    s_noise: float,
-    noise_sampler: NoiseSampler,
-) -> Tensor:
-    """The unconditional part of a flow dpmpp_2s_ancestral_cfg_pp step: straight-line substeps, the flow split."""
-    sigma_down, renoise, rescale = flow_ancestral_step(sigma, sigma_next, eta)
-    if sigma_next == 0:
-        return x + to_d(x, sigma, uncond) * (sigma_down - sigma)
-    sigma_mid = flow_midpoint(sigma, sigma_down)
-    x_2 = flow_step(x, sigma, sigma_mid, uncond)
-    _, uncond_2 = denoise_with_uncond(model, x_2, sigma_batch(sigma_mid, x), extra_args)
-    x = flow_step(x, sigma, sigma_down, uncond_2)
-    if eta > 0:
-        x = rescale * x + noise_sampler(sigma, sigma_next) * s_noise * renoise
-    return x
+    return dpmpp_2s_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cfg_pp=True)
 
 
 @torch.no_grad()

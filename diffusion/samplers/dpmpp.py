@@ -13,6 +13,7 @@ gets exactly the VE formulas. ``dpmpp_2m`` is an ODE solver and runs unchanged o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from diffusion.samplers.ode import (
     Denoiser,
     StepCallback,
     ancestral_step,
+    denoise_with_step_estimate,
     flow_ancestral_step,
     report_step,
     sigma_batch,
@@ -41,6 +43,7 @@ from diffusion.samplers.snr import (
 
 __all__ = [
     "brownian_noise",
+    "dpmpp_2s_ancestral",
     "exp_step",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
@@ -84,50 +87,90 @@ def sample_dpmpp_2s_ancestral(
     seed: int | None = None,
 ) -> Tensor:
     """DPM-Solver++(2S) single-step second order, down to sigma_down, then ancestral noise."""
-    extra_args = extra_args or {}
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    if is_rectified_flow(model):
-        return _dpmpp_2s_ancestral_flow(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
-            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        else:
-            sigma_mid = _sigma(_lambda(sigmas[i]).lerp(_lambda(sigma_down), 0.5))
-            x_2 = exp_step(x, sigmas[i], sigma_mid, denoised)
-            denoised_2 = model(x_2, sigma_batch(sigma_mid, x), **extra_args)
-            x = exp_step(x, sigmas[i], sigma_down, denoised_2)
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+    return dpmpp_2s_ancestral(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cfg_pp=False
+    )
 
 
-def _dpmpp_2s_ancestral_flow(
+def dpmpp_2s_ancestral(
     model: Denoiser,
     x: Tensor,
     sigmas: Tensor,
-    extra_args: dict[str, Any],
+    extra_args: dict[str, Any] | None,
     callback: StepCallback | None,
     disable: bool | None,
     eta: float,
     s_noise: float,
     noise_sampler: NoiseSampler,
+    cfg_pp: bool,
 ) -> Tensor:
-    """DPM-Solver++(2S) ancestral on a rectified-flow state: straight-line substeps, the flow split."""
+    """The DPM-Solver++(2S) ancestral loop both variants run; flow models take the flow split.
+
+    ``cfg_pp`` runs the whole step (both substeps and the fresh noise) on the unconditional estimates and
+    adds the guidance ``D - D_uncond`` of the step's first call at the end, weighted by the signal scale of
+    the next state (1 for VE, ``1 - sigma_next`` for flow), as ComfyUI's dpmpp_2s_ancestral_cfg_pp does.
+    """
+    extra_args = extra_args or {}
+    flow = is_rectified_flow(model)
+    two_stage_step = _flow_2s_ancestral_step if flow else _ve_2s_ancestral_step
+
+    def estimate_at(x_2: Tensor, sigma_2: Tensor) -> Tensor:
+        return denoise_with_step_estimate(model, x_2, sigma_2, extra_args, cfg_pp)[1]
+
     for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        sigma_down, renoise, rescale = flow_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        denoised, estimate = denoise_with_step_estimate(model, x, sigmas[i], extra_args, cfg_pp)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
-            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-            continue
-        sigma_mid = flow_midpoint(sigmas[i], sigma_down)
-        denoised_2 = model(flow_step(x, sigmas[i], sigma_mid, denoised), sigma_batch(sigma_mid, x), **extra_args)
-        x = flow_step(x, sigmas[i], sigma_down, denoised_2)
-        if eta > 0:
-            x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
+        x_next = two_stage_step(x, sigmas[i], sigmas[i + 1], estimate, estimate_at, eta, s_noise, noise_sampler)
+        if cfg_pp:
+            guidance = denoised - estimate
+            x_next = x_next + (1 - sigmas[i + 1]) * guidance if flow else x_next + guidance
+        x = x_next
+    return x
+
+
+def _ve_2s_ancestral_step(
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    denoised: Tensor,
+    estimate_at: Callable[[Tensor, Tensor], Tensor],
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler,
+) -> Tensor:
+    """One DPM-Solver++(2S) step to sigma_down through the lambda midpoint, then the ancestral noise."""
+    sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+    if sigma_down == 0:
+        x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+    else:
+        sigma_mid = _sigma(_lambda(sigma).lerp(_lambda(sigma_down), 0.5))
+        denoised_2 = estimate_at(exp_step(x, sigma, sigma_mid, denoised), sigma_mid)
+        x = exp_step(x, sigma, sigma_down, denoised_2)
+    if sigma_next > 0:
+        x = x + noise_sampler(sigma, sigma_next) * s_noise * sigma_up
+    return x
+
+
+def _flow_2s_ancestral_step(
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    denoised: Tensor,
+    estimate_at: Callable[[Tensor, Tensor], Tensor],
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler,
+) -> Tensor:
+    """One DPM-Solver++(2S) ancestral step on a rectified-flow state: straight-line substeps, the flow split."""
+    sigma_down, renoise, rescale = flow_ancestral_step(sigma, sigma_next, eta)
+    if sigma_next == 0:
+        return x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+    sigma_mid = flow_midpoint(sigma, sigma_down)
+    denoised_2 = estimate_at(flow_step(x, sigma, sigma_mid, denoised), sigma_mid)
+    x = flow_step(x, sigma, sigma_down, denoised_2)
+    if eta > 0:
+        x = rescale * x + noise_sampler(sigma, sigma_next) * s_noise * renoise
     return x
 
 

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import trange
 
-from diffusion.samplers.ode import Denoiser, StepCallback, denoise_with_uncond, report_step, sigma_batch, to_d
+from diffusion.samplers.ode import (
+    Denoiser,
+    StepCallback,
+    denoise_with_step_estimate,
+    report_step,
+    sigma_batch,
+    to_d,
+)
 
 __all__ = [
     "ipndm_v_weights",
@@ -216,10 +223,7 @@ def _gradient_estimation(
     extra_args = extra_args or {}
     old_d: Tensor | None = None
     for i in trange(len(sigmas) - 1, disable=disable):
-        if cfg_pp:
-            denoised, uncond = denoise_with_uncond(model, x, sigma_batch(sigmas[i], x), extra_args)
-        else:
-            denoised = uncond = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        denoised, uncond = denoise_with_step_estimate(model, x, sigmas[i], extra_args, cfg_pp)
         d = to_d(x, sigmas[i], uncond)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]

@@ -21,6 +21,7 @@ __all__ = [
     "StepCallback",
     "UncondDenoiser",
     "ancestral_step",
+    "denoise_with_step_estimate",
     "denoise_with_uncond",
     "flow_ancestral_step",
     "model_sampling_of",
@@ -79,6 +80,20 @@ def denoise_with_uncond(model: Denoiser, x: Tensor, sigma: Tensor, extra_args: d
     if isinstance(model, UncondDenoiser):
         return model.with_uncond(x, sigma, **extra_args)
     denoised = model(x, sigma, **extra_args)
+    return denoised, denoised
+
+
+def denoise_with_step_estimate(
+    model: Denoiser, x: Tensor, sigma: Tensor, extra_args: dict[str, Any], cfg_pp: bool
+) -> tuple[Tensor, Tensor]:
+    """The guided x0 estimate of one call at the scalar ``sigma``, and the one a sampler steps with.
+
+    A CFG++ sampler (``cfg_pp``) steps with the unconditional estimate (``denoise_with_uncond``); its plain
+    twin calls the model as usual and steps with the guided estimate itself.
+    """
+    if cfg_pp:
+        return denoise_with_uncond(model, x, sigma_batch(sigma, x), extra_args)
+    denoised = model(x, sigma_batch(sigma, x), **extra_args)
     return denoised, denoised
 
 

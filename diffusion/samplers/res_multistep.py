@@ -28,9 +28,8 @@ from diffusion.samplers.ode import (
     Denoiser,
     StepCallback,
     ancestral_step,
-    denoise_with_uncond,
+    denoise_with_step_estimate,
     report_step,
-    sigma_batch,
     to_d,
 )
 from diffusion.samplers.snr import half_log_snr
@@ -70,10 +69,7 @@ def res_multistep(
     old_denoised: Tensor | None = None
     old_sigma_down: Tensor | None = None
     for i in trange(len(sigmas) - 1, disable=disable):
-        if cfg_pp:
-            denoised, uncond = denoise_with_uncond(model, x, sigma_batch(sigmas[i], x), extra_args)
-        else:
-            denoised = uncond = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        denoised, uncond = denoise_with_step_estimate(model, x, sigmas[i], extra_args, cfg_pp)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigma_down == 0 or old_denoised is None or old_sigma_down is None:

@@ -15,6 +15,7 @@ by ``e^((r - 1) eta h)``. Rectified-flow models step in their own lambda with th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,6 +50,96 @@ def _carry_noise(noise: Tensor, segment: Tensor, fresh: Tensor) -> Tensor:
     return noise * segment.exp() + segment.mul(2).expm1().neg().sqrt() * fresh
 
 
+class _SeedsStep:
+    """One SEEDS step from sigma to sigma_next in lambda time: the state, its first x0 estimate, the noise
+    path drawn so far, and the arithmetic every stage of the step shares."""
+
+    def __init__(
+        self,
+        model: Denoiser,
+        extra_args: dict[str, Any],
+        x: Tensor,
+        denoised: Tensor,
+        sigma: Tensor,
+        sigma_next: Tensor,
+        flow: bool,
+        eta: float,
+        s_noise: float,
+        noise_sampler: NoiseSampler,
+    ) -> None:
+        self.model, self.extra_args, self.x, self.denoised = model, extra_args, x, denoised
+        self.sigma, self.sigma_next, self.flow = sigma, sigma_next, flow
+        self.eta, self.s_noise, self.noise_sampler = eta, s_noise, noise_sampler
+        self.inject_noise = eta > 0 and s_noise > 0
+        self.noise: Tensor | None = None
+        self.lam, self.lam_next = half_log_snr(sigma, flow), half_log_snr(sigma_next, flow)
+        self.h = self.lam_next - self.lam
+        self.h_eta = self.h * (eta + 1)
+
+    def sigma_at(self, r: float) -> Tensor:
+        """The sigma at fraction ``r`` of the step in lambda."""
+        return sigma_at(torch.lerp(self.lam, self.lam_next, r), self.flow)
+
+    def alpha(self, sigma_to: Tensor) -> Tensor:
+        return signal_scale(sigma_to, self.flow)
+
+    def decayed(self, sigma_to: Tensor, r: float) -> Tensor:
+        """The state shrunk for a stage to ``sigma_to`` at fraction ``r``: ``(sigma_to / sigma) e^(-r eta h) x``."""
+        return sigma_to / self.sigma * (-r * self.h * self.eta).exp() * self.x
+
+    def estimate(self, x_k: Tensor, sigma_k: Tensor) -> Tensor:
+        return self.model(x_k, sigma_batch(sigma_k, self.x), **self.extra_args)
+
+    def with_noise(self, x_k: Tensor, sigma_k: Tensor) -> Tensor:
+        """A stage's state plus the path's noise so far at ``sigma_k`` (unchanged when no noise is drawn)."""
+        return x_k if self.noise is None else x_k + self.noise * sigma_k * self.s_noise
+
+    def carry_noise(self, r_from: float, r_to: float, sigma_from: Tensor, sigma_to: Tensor) -> None:
+        """Extend the noise path from fraction ``r_from`` to ``r_to`` of the step."""
+        if self.noise is not None:
+            fresh = self.noise_sampler(sigma_from, sigma_to)
+            self.noise = _carry_noise(self.noise, (r_from - r_to) * self.h * self.eta, fresh)
+
+    def first_stage(self, r: float) -> tuple[Tensor, Tensor]:
+        """The DPM-Solver++(1) substep to fraction ``r`` (the noise path starts there), and the model's
+        estimate at its end: ``(sigma_1, denoised_1)``."""
+        sigma_1 = self.sigma_at(r)
+        x_1 = self.decayed(sigma_1, r) - self.alpha(sigma_1) * _h_phi_1(-r * self.h_eta) * self.denoised
+        if self.inject_noise:
+            self.noise = (-2 * r * self.h * self.eta).expm1().neg().sqrt() * self.noise_sampler(self.sigma, sigma_1)
+        return sigma_1, self.estimate(self.with_noise(x_1, sigma_1), sigma_1)
+
+
+def _seeds(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: StepCallback | None,
+    disable: bool | None,
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler | None,
+    seed: int | None,
+    stages: Callable[[_SeedsStep], Tensor],
+) -> Tensor:
+    """The loop the SEEDS samplers share: ``stages`` takes each step from its first estimate; the last step
+    to sigma 0 returns the x0 estimate."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    flow = is_rectified_flow(model)
+    sigmas = offset_first_sigma(sigmas, model)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        step = _SeedsStep(model, extra_args, x, denoised, sigmas[i], sigmas[i + 1], flow, eta, s_noise, noise_sampler)
+        x = stages(step)
+    return x
+
+
 @torch.no_grad()
 def sample_seeds_2(
     model: Denoiser,
@@ -67,42 +158,21 @@ def sample_seeds_2(
     """SEEDS-2: two model calls per step, the second at fraction ``r`` of the step in lambda."""
     if solver_type not in ("phi_1", "phi_2"):
         raise ValueError(f"solver_type must be 'phi_1' or 'phi_2', got {solver_type!r}")
-    extra_args = extra_args or {}
-    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    inject_noise = eta > 0 and s_noise > 0
-    flow = is_rectified_flow(model)
-    sigmas = offset_first_sigma(sigmas, model)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if sigma_next == 0:
-            x = denoised
-            continue
-        lam, lam_next = half_log_snr(sigma, flow), half_log_snr(sigma_next, flow)
-        h = lam_next - lam
-        h_eta = h * (eta + 1)
-        sigma_1 = sigma_at(torch.lerp(lam, lam_next, r), flow)
-        alpha_1, alpha_next = signal_scale(sigma_1, flow), signal_scale(sigma_next, flow)
 
-        x_1 = sigma_1 / sigma * (-r * h * eta).exp() * x - alpha_1 * _h_phi_1(-r * h_eta) * denoised
-        if inject_noise:
-            noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise_sampler(sigma, sigma_1)
-            x_1 = x_1 + noise * sigma_1 * s_noise
-        denoised_1 = model(x_1, sigma_batch(sigma_1, x), **extra_args)
-
-        decayed = sigma_next / sigma * (-h * eta).exp() * x
+    def stages(step: _SeedsStep) -> Tensor:
+        sigma_1, denoised_1 = step.first_stage(r)
+        decayed, alpha_next = step.decayed(step.sigma_next, 1.0), step.alpha(step.sigma_next)
         if solver_type == "phi_1":
-            x = decayed - alpha_next * _h_phi_1(-h_eta) * torch.lerp(denoised, denoised_1, 1 / (2 * r))
+            x = decayed - alpha_next * _h_phi_1(-step.h_eta) * torch.lerp(step.denoised, denoised_1, 1 / (2 * r))
         else:
-            b_1 = _h_phi_2(-h_eta) / r
-            b_0 = _h_phi_1(-h_eta) - b_1
-            x = decayed - alpha_next * (b_0 * denoised + b_1 * denoised_1)
-        if inject_noise:
-            if r < 1:  # at r = 1 the substep's noise already covers the whole step
-                noise = _carry_noise(noise, (r - 1) * h * eta, noise_sampler(sigma_1, sigma_next))
-            x = x + noise * sigma_next * s_noise
-    return x
+            b_1 = _h_phi_2(-step.h_eta) / r
+            b_0 = _h_phi_1(-step.h_eta) - b_1
+            x = decayed - alpha_next * (b_0 * step.denoised + b_1 * denoised_1)
+        if r < 1:  # at r = 1 the substep's noise already covers the whole step
+            step.carry_noise(r, 1.0, sigma_1, step.sigma_next)
+        return step.with_noise(x, step.sigma_next)
+
+    return _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, seed, stages)
 
 
 @torch.no_grad()
@@ -121,47 +191,23 @@ def sample_seeds_3(
     seed: int | None = None,
 ) -> Tensor:
     """SEEDS-3: three model calls per step, at the start and at fractions ``r_1`` and ``r_2`` in lambda."""
-    extra_args = extra_args or {}
-    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    inject_noise = eta > 0 and s_noise > 0
-    flow = is_rectified_flow(model)
-    sigmas = offset_first_sigma(sigmas, model)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if sigma_next == 0:
-            x = denoised
-            continue
-        lam, lam_next = half_log_snr(sigma, flow), half_log_snr(sigma_next, flow)
-        h = lam_next - lam
-        h_eta = h * (eta + 1)
-        sigma_1 = sigma_at(torch.lerp(lam, lam_next, r_1), flow)
-        sigma_2 = sigma_at(torch.lerp(lam, lam_next, r_2), flow)
-        alpha_1, alpha_2 = signal_scale(sigma_1, flow), signal_scale(sigma_2, flow)
-        alpha_next = signal_scale(sigma_next, flow)
 
-        x_1 = sigma_1 / sigma * (-r_1 * h * eta).exp() * x - alpha_1 * _h_phi_1(-r_1 * h_eta) * denoised
-        if inject_noise:
-            noise = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise_sampler(sigma, sigma_1)
-            x_1 = x_1 + noise * sigma_1 * s_noise
-        denoised_1 = model(x_1, sigma_batch(sigma_1, x), **extra_args)
+    def stages(step: _SeedsStep) -> Tensor:
+        sigma_1, denoised_1 = step.first_stage(r_1)
+        sigma_2 = step.sigma_at(r_2)
+        a_1 = r_2 / r_1 * _h_phi_2(-r_2 * step.h_eta)
+        a_0 = _h_phi_1(-r_2 * step.h_eta) - a_1
+        x_2 = step.decayed(sigma_2, r_2) - step.alpha(sigma_2) * (a_0 * step.denoised + a_1 * denoised_1)
+        step.carry_noise(r_1, r_2, sigma_1, sigma_2)
+        denoised_2 = step.estimate(step.with_noise(x_2, sigma_2), sigma_2)
 
-        a_1 = r_2 / r_1 * _h_phi_2(-r_2 * h_eta)
-        a_0 = _h_phi_1(-r_2 * h_eta) - a_1
-        x_2 = sigma_2 / sigma * (-r_2 * h * eta).exp() * x - alpha_2 * (a_0 * denoised + a_1 * denoised_1)
-        if inject_noise:
-            noise = _carry_noise(noise, (r_1 - r_2) * h * eta, noise_sampler(sigma_1, sigma_2))
-            x_2 = x_2 + noise * sigma_2 * s_noise
-        denoised_2 = model(x_2, sigma_batch(sigma_2, x), **extra_args)
+        b_2 = _h_phi_2(-step.h_eta) / r_2
+        b_0 = _h_phi_1(-step.h_eta) - b_2
+        x = step.decayed(step.sigma_next, 1.0) - step.alpha(step.sigma_next) * (b_0 * step.denoised + b_2 * denoised_2)
+        step.carry_noise(r_2, 1.0, sigma_2, step.sigma_next)
+        return step.with_noise(x, step.sigma_next)
 
-        b_2 = _h_phi_2(-h_eta) / r_2
-        b_0 = _h_phi_1(-h_eta) - b_2
-        x = sigma_next / sigma * (-h * eta).exp() * x - alpha_next * (b_0 * denoised + b_2 * denoised_2)
-        if inject_noise:
-            noise = _carry_noise(noise, (r_2 - 1) * h * eta, noise_sampler(sigma_2, sigma_next))
-            x = x + noise * sigma_next * s_noise
-    return x
+    return _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, seed, stages)
 
 
 @torch.no_grad()
