@@ -47,6 +47,7 @@ from diffusion.cfg_hooks import Conditioning
 from diffusion.control_models import ControlModel, TransformerControlNet, hint_latent_format
 from diffusion.controlnet import ControlNetConfig, ControlResiduals, fit_hint
 from diffusion.controlnet_union import UnionControlNet
+from diffusion.devices import compute_device
 from diffusion.flux import FluxTransformer
 from diffusion.flux_controlnet import BlockResiduals, FluxControlNet
 from diffusion.mmdit import MMDiT
@@ -292,7 +293,7 @@ class BoundControl:
             controlnet = link.controlnet
             if isinstance(controlnet, (SD3ControlNet, FluxControlNet)):
                 raise ValueError(f"ControlNet {link.name!r} drives a transformer, and is chained with UNet controls")
-            device = next(controlnet.parameters()).device
+            device = compute_device(controlnet)
             if isinstance(controlnet, T2IAdapter):
                 own = self._adapter_features(link, controlnet, x_in, chunks, device)
             else:
@@ -335,7 +336,7 @@ class BoundControl:
                 raise ValueError(f"ControlNet {link.name!r} drives a UNet, and is chained with transformer controls")
             if y is None:
                 raise ValueError(f"ControlNet {link.name!r} needs the pooled text vector (pooled_output)")
-            device = next(controlnet.parameters()).device
+            device = compute_device(controlnet)
             hint = self._hint(link, x, chunks, device)
             moved = [x.to(device), hint, sigmas.to(device), context.to(device), y.to(device)]
             with torch.no_grad():

@@ -73,6 +73,9 @@ class GEGLU(nn.Module):
     double-width buffer is written and no separate elementwise pass reads one.
     """
 
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
         self.proj = FusedLinear(dim_in, dim_out * 2)

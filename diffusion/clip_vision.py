@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.devices import compute_device
 from diffusion.fused_linear import FusedLinear
 from diffusion.text_encoders.clip_model import Activation, ClipEncoderLayer
 from diffusion.tiny import randomize_norms, seeded_rng
@@ -241,7 +242,7 @@ class ClipVisionModel(nn.Module):
         """An IMAGE ``[B, H, W, C]`` preprocessed as ComfyUI does (``clip_preprocess``) and encoded, on the device
         the tower sits on; the outputs are float32 on the CPU, as ComfyUI hands them to the next node."""
         config = self.config
-        device = self.vision_model.embeddings.patch_embedding.weight.device
+        device = compute_device(self)
         pixels = clip_preprocess(image.to(device).float(), config.image_size, config.image_mean, config.image_std, crop)
         with torch.no_grad():
             out = self(pixels)

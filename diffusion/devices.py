@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from diffusion.onednn import onednn_computes
 
 __all__ = [
     "MemoryInfo",
+    "compute_device",
     "cpu_computes_bf16_fast",
     "cpu_supports_bf16",
     "memory_info",
@@ -29,6 +31,23 @@ __all__ = [
 ]
 
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+#: The attribute `ModelMemory` sets on a model it placed: the device the model computes on.
+COMPUTE_DEVICE_ATTRIBUTE = "loom_compute_device"
+
+
+def compute_device(model: nn.Module) -> torch.device:
+    """Where ``model`` computes: the device `ModelMemory` placed it on, else where its first parameter is.
+
+    Not simply the first parameter's device: a model placed in part streams some blocks, whose weights rest
+    on the offload device between calls (``diffusion.weight_streaming``), so inputs made on "the device of the
+    weights" could land on the wrong one."""
+    placed = model.__dict__.get(COMPUTE_DEVICE_ATTRIBUTE)
+    if placed is not None:
+        return placed
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def select_device(force_cpu: bool = False) -> torch.device:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.fp8_matmul import fp8_linear
 from diffusion.onednn import runs_on_onednn
 from diffusion.stored_weights import ComputesFromStored
 
@@ -53,6 +54,8 @@ class FusedLinear(ComputesFromStored, nn.Linear):
     may compute from a narrower stored weight (``diffusion.stored_weights``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_matmul:
+            return fp8_linear(x, self.weight, self.weight_scale, self.bias, self.computes_in)
         weight = self.compute_weight()
         if runs_on_onednn(x, weight, self.bias):
             return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")

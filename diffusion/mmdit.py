@@ -216,6 +216,9 @@ class StreamAttention(nn.Module):
 class StreamMLP(nn.Module):
     """`fc1`, tanh-approximated GELU, `fc2`, at 4× width (timm's `Mlp`, hence the key names)."""
 
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.fc1 = FusedLinear(hidden, MLP_RATIO * hidden)

@@ -59,6 +59,8 @@ class ComputesFromStored(nn.Module):
 
     weight: torch.Tensor
     compute_dtype: torch.dtype | None = None
+    #: Multiply by fp8 matmul instead of upcasting (``diffusion.fp8_matmul``); set by ``place`` for the device.
+    fp8_matmul: bool = False
 
     def keeps_stored_weight(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether, placed on ``device`` to compute in ``dtype``, this layer should keep its weight as stored.

@@ -217,6 +217,9 @@ class SelfAttention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU MLP ``w2(silu(w1 x) * w3 x)`` without biases; `w1` is the gate, `w3` the value."""
 
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.w1 = FusedLinear(dim, hidden, bias=False)

@@ -29,6 +29,7 @@ import torch
 
 from diffusion.attention_masks import UNSIZED, TokenAttentionMask, as_additive, with_token_bias
 from diffusion.clip_vision import ClipVisionModel, ClipVisionOutput
+from diffusion.devices import compute_device
 from diffusion.style_model import ReduxImageEncoder
 from graph.declare import Combo, Float, Output, Socket, node
 from nodes.runtime import current_runtime, find_model, list_models
@@ -94,7 +95,7 @@ class StyleModelHandle:
             )
         current_runtime().memory.use(self.model)
         with torch.no_grad():
-            return self.model(states.to(self.model.redux_up.weight.device)).cpu()
+            return self.model(states.to(compute_device(self.model))).cpu()
 
 
 def _clip_vision_names() -> list[str]:

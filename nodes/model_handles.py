@@ -38,6 +38,7 @@ from diffusion.checkpoint import DiffusionModel, LoadedCheckpoint, ModelFamily
 from diffusion.checkpoint.errors import CheckpointError, UnsupportedModelError
 from diffusion.chroma import ChromaTransformer
 from diffusion.controlnet import ControlResiduals
+from diffusion.devices import compute_device
 from diffusion.flow_matching import DiscreteFlow, FluxFlow
 from diffusion.flux import FluxTransformer
 from diffusion.lora import WeightDelta
@@ -229,7 +230,7 @@ class ModelHandle:
     @property
     def device(self) -> torch.device:
         """Where the UNet's weights are now (inside ``unet_fn()``: where it computes)."""
-        return next(self.unet.parameters()).device
+        return compute_device(self.unet)
 
     @property
     def preview_family(self) -> str:
@@ -474,7 +475,7 @@ class ModelHandle:
                             "InstructPixToPixConditioning for FLUX.1 Canny / Depth"
                         )
                     x_in = torch.cat([x_in, concat.to(x_in)], dim=1)
-                device = next(unet.parameters()).device
+                device = compute_device(unet)
 
                 def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
                     return None if tensor is None else tensor.to(device)

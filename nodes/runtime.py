@@ -59,7 +59,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         models=options.models_dir,
     )
     model_paths = ModelPaths.from_files(folders.models, options.extra_model_paths)
-    memory = ModelMemory.for_device(compute.device, dtype=compute.dtype)
+    memory = ModelMemory.for_device(compute.device, dtype=compute.dtype, budget_bytes=options.vram_budget_bytes)
     return Runtime(folders, model_paths, compute, previews, memory)
 
 

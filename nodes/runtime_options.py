@@ -40,6 +40,9 @@ class RuntimeOptions:
     device: str = "auto"
     dtype: str = "auto"
     preview_method: str = "auto"
+    #: Bytes the models may hold on the device (``--vram-budget``); None: its memory less a reserve. Models
+    #: larger than that stream their blocks (``diffusion.weight_streaming``); on the CPU a simulation.
+    vram_budget_bytes: int | None = None
 
     @classmethod
     def of(cls, source: object) -> RuntimeOptions:
@@ -54,6 +57,8 @@ class RuntimeOptions:
             raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPE_MODES:
             raise ValueError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPE_MODES)}")
+        if self.vram_budget_bytes is not None and self.vram_budget_bytes <= 0:
+            raise ValueError(f"vram budget {self.vram_budget_bytes}: expected a positive size, e.g. 6G")
 
 
 def option_values(source: object) -> dict[str, Any]:

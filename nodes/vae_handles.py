@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from diffusion.checkpoint import LoadedCheckpoint
+from diffusion.devices import compute_device
 from diffusion.vae import AutoencoderKL, LatentFormat, ScaledVAE
 from diffusion.vae_tiling import TileSpec
 from nodes.runtime import current_runtime
@@ -82,7 +83,7 @@ class VaeHandle:
 
     def _to_pixels(self, image: torch.Tensor) -> torch.Tensor:
         pixels = self.crop_pixels(image)[..., :3].movedim(-1, 1) * 2.0 - 1.0
-        return pixels.to(next(self.model.parameters()).device)
+        return pixels.to(compute_device(self.model))
 
     @staticmethod
     def _to_image(pixels: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,7 @@ class VaeHandle:
         self.check_latent(latent)
         current_runtime().memory.use(self.model)
         with torch.no_grad():
-            z = latent.to(next(self.model.parameters()).device)
+            z = latent.to(compute_device(self.model))
             pixels = self._scaled.decode(z) if tiles is None else self._scaled.decode_tiled(z, tiles)
         return self._to_image(pixels)
 

@@ -80,6 +80,8 @@ class ServerConfig:
     cache_budget_bytes: int = field(default_factory=default_cache_budget)
     device: str = "auto"
     dtype: str = "auto"
+    #: Bytes the models may hold on the device (``--vram-budget``); None: the device's memory less a reserve.
+    vram_budget_bytes: int | None = None
     auth_token: str | None = field(default_factory=_env_token)
     preview_method: str = "auto"
     frontend_root: Path = REPO_ROOT / "web"

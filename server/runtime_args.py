@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from nodes.runtime_options import DEVICES, DTYPE_MODES, PREVIEW_METHODS, RuntimeOptions
+from server.config import parse_size
 
 __all__ = ["add_runtime_arguments"]
 
@@ -42,6 +43,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=defaults.device, help=f"compute device: {', '.join(DEVICES)} or cuda:N")
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPE_MODES, help="weight dtype mode (default auto)")
+    parser.add_argument(
+        "--vram-budget",
+        dest="vram_budget_bytes",
+        type=parse_size,
+        default=defaults.vram_budget_bytes,
+        metavar="SIZE",
+        help="bytes the models may hold on the device, e.g. 6G (default: its memory less 1 GiB); larger models "
+        "keep what fits there and stream their other blocks, slower, with the same result",
+    )
     parser.add_argument(
         "--preview-method",
         default=defaults.preview_method,

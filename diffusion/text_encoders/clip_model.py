@@ -70,6 +70,9 @@ class ClipAttention(nn.Module):
 
 
 class ClipMlp(nn.Module):
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, width: int, intermediate: int, activation: Activation) -> None:
         super().__init__()
         self.fc1 = FusedLinear(width, intermediate)
@@ -102,6 +105,9 @@ class ClipEncoderLayer(nn.Module):
 
 
 class ClipEmbeddings(nn.Module):
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, config: ClipTextConfig) -> None:
         super().__init__()
         self.token_embedding = StoredEmbedding(config.vocab_size, config.width)

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import merge_heads
+from diffusion.devices import compute_device
 from diffusion.fused_linear import FusedLinear, linear_times
 from diffusion.qwen_tokenizer import PAD_ID, QwenTokenizer, load_qwen_tokenizer
 from diffusion.stored_weights import StoredEmbedding
@@ -166,6 +167,9 @@ class Qwen3Attention(nn.Module):
 
 
 class Qwen3Mlp(nn.Module):
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, config: Qwen3Config) -> None:
         super().__init__()
         self.gate_proj = FusedLinear(config.hidden_size, config.intermediate_size, bias=False)
@@ -332,7 +336,7 @@ def encode_prompt(
     tokenizer = load_qwen_tokenizer() if tokenizer is None else tokenizer
     ids = tokenizer.encode_templated(prompt, template)
     mask = comfy_attention_mask(ids)
-    device = model.model.embed_tokens.weight.device
+    device = compute_device(model)
     token_ids = torch.tensor([ids], dtype=torch.long, device=device)
     attention_mask = torch.tensor([mask], dtype=torch.long)
     with torch.no_grad():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffusion.devices import compute_device
 from diffusion.embeddings import EmbeddingResolver
 from diffusion.prompt_weights import TokenWindow, WindowSpec, empty_window, tokenize_prompt
 from diffusion.text_encoders.clip_model import Activation, ClipTextModel, TokenOverride
@@ -78,7 +79,7 @@ def _family_roles(family: str, available: Mapping[str, object]) -> tuple[Encoder
 
 
 def _device(model: ClipTextModel) -> torch.device:
-    return model.embeddings.token_embedding.weight.device
+    return compute_device(model)
 
 
 def encode_windows(

@@ -37,6 +37,7 @@ from torch import nn
 from diffusion.attention import merge_heads, split_heads
 from diffusion.fused_linear import FusedLinear, linear_times
 from diffusion.stored_weights import StoredEmbedding, WeightScaleError, attach_weight_scales, split_weight_scales
+from diffusion.weight_streaming import KEEP_RESIDENT
 
 __all__ = [
     "T5Encoder",
@@ -121,6 +122,9 @@ class T5SelfAttention(nn.Module):
         self.relative_attention_bias = (
             StoredEmbedding(config.relative_buckets, config.heads) if has_relative_bias else None
         )
+        if self.relative_attention_bias is not None:
+            # The encoder reads it for every block before any runs (T5Encoder.forward): never streamed with block 0.
+            setattr(self.relative_attention_bias, KEEP_RESIDENT, True)
 
     def position_bias(self, length: int) -> torch.Tensor:
         """[1, heads, length, length] additive logit bias; only the first block's attention has the table."""
@@ -150,6 +154,9 @@ class T5AttentionLayer(nn.Module):
 
 
 class T5GatedGeluFeedForward(nn.Module):
+    #: Reads its layers' weights in its own forward, so it is streamed whole (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(self, config: T5EncoderConfig) -> None:
         super().__init__()
         self.wi_0 = FusedLinear(config.d_model, config.d_ff, bias=False)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.devices import compute_device
 from diffusion.embeddings import EmbeddingResolver
 from diffusion.prompt_weights import parse_prompt_weights
 from diffusion.t5_tokenizer import EOS_ID, PAD_ID, T5Tokenizer, load_t5_tokenizer
@@ -111,7 +112,7 @@ def _widened(states: torch.Tensor, width: int) -> torch.Tensor:
 def encode_t5(t5: T5Encoder, tokenizer: T5Tokenizer, text: str, padding: T5Padding) -> torch.Tensor:
     """T5 states [1, tokens, width] of a prompt, with emphasis."""
     tokens = t5_weighted_tokens(text, tokenizer, padding)
-    device = next(t5.parameters()).device
+    device = compute_device(t5)
     batch = [tokens.ids]
     if tokens.is_weighted:
         batch.append(t5_weighted_tokens("", tokenizer, T5Padding(min_length=len(tokens.ids))).ids)
