@@ -37,18 +37,42 @@ The load case writes a random fp16 SD1.5 checkpoint (2 GB) and a diffusers confi
 /tmp once, then loads it in fresh subprocesses (one per loader, so each peak is its own): Loom's
 ``load_checkpoint`` lazily (weights left memory-mapped, as the server loads), then Loom and
 diffusers' ``StableDiffusionPipeline.from_single_file`` (offline) each converting to fp32 and to bf16.
+
+On a GPU (issue 20): ``.venv/bin/python bench/models.py --device cuda`` (bench/gpu_all.sh runs it on the lent
+H100). Both sides' models and inputs go to the card in fp32 (the parity reference), fp16 and bf16 (Loom's modules
+placed with ``diffusion.model_memory.place``, as its runtime places them; diffusers' with ``.to``), the last two
+also in channels_last where the model is convolutional, and each side is credited with its fastest mode as on
+the CPU. Each call is
+bracketed by ``torch.cuda.synchronize()``; every contender is warmed up twice, then timed in interleaved rounds
+(``--repeats``, 10 by default there), min reported. Peak VRAM per contender is its own weights (distinct storages
+on the card) plus what its call allocated above the memory in use before it (``reset_peak_memory_stats``, then
+``max_memory_allocated``), measured on a call of its own: all contenders of a case sit on the card together, so
+the process-wide peak would say nothing about one of them. Rates are given against this card's measured
+8192³ matmul in the mode's compute dtype. The default cases there are issue 20's: ``unet64`` (SD1.5, batch 2,
+512²), ``sdxl_unet`` (the full SDXL UNet, batch 2, 1024²), ``vae1024`` (the VAE decoding a 128² latent to
+1024²), ``flux`` (one full-width double and single block at 1024²: 4,096 image and 512 text tokens) and
+``flux_full`` (the whole FLUX.1-dev-size transformer, 19 double and 38 single blocks, 11.9 B parameters, at
+1024²: both sides in bf16, and Loom with fp8 weights computing in bf16 as it runs an fp8 file, beside diffusers'
+own fp8 storage, ``enable_layerwise_casting``). ``unet32``, ``vae`` and ``clip`` run there too when named.
+On the CPU the new cases are opt-in (``--only``): ``sdxl_unet`` (fp32 only: a bf16 copy of each side would not
+fit beside the 10.3 GB of fp32 weights) and ``vae1024`` at ``--large-latent`` (32 there by default: a smoke run),
+and ``flux_full`` is skipped with its reason (47.6 GB in fp32).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import gzip
+import itertools
 import json
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,7 +87,12 @@ from diffusion.devices import cpu_computes_bf16_fast
 from diffusion.diffusers_layout import unet_to_ldm, vae_to_ldm
 from diffusion.model_memory import place
 
-CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "zimage", "qwen3", "controlnet", "load")
+CPU_CASES = ("unet64", "unet32", "vae", "clip", "flux", "mmdit", "zimage", "qwen3", "controlnet", "load")
+# Issue 20's cases; on the CPU they are opt-in (--only), so a plain CPU run is what it always was.
+DEVICE_CASES = ("unet64", "sdxl_unet", "vae1024", "flux", "flux_full")
+CASES = (*CPU_CASES, "sdxl_unet", "vae1024", "flux_full")
+DEVICE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+FP8_MODE = "fp8 weights, bf16"  # weights stored in float8_e4m3fn, each layer computing in bf16
 LOADERS = ("loom-lazy", "loom-fp32", "diffusers-fp32", "loom-bf16", "diffusers-bf16")
 CHECKPOINT = Path("/tmp/loom_bench_sd15_fp16.safetensors")
 CONFIG_DIR = Path("/tmp/loom_bench_sd15_diffusers_config")
@@ -130,6 +159,8 @@ class Contender:
     side: str
     mode: str
     call: Callable[[], torch.Tensor]
+    #: Bytes of its weights on the GPU (distinct storages), for its peak VRAM; 0 on the CPU.
+    weight_bytes: int = 0
 
 
 @dataclass
@@ -141,10 +172,31 @@ class Row:
     mode: str
     seconds: float
     gflop: float
+    #: On a GPU: its weights plus its call's own allocations (``time_on_device``).
+    peak_bytes: int | None = None
 
     @property
     def gflops(self) -> float:
         return self.gflop / self.seconds
+
+
+Inputs = dict[str, torch.Tensor]
+
+
+@dataclass
+class Twin:
+    """One case's two models, holding the same weights, and how each is called on a dict of inputs (fp32, on the
+    CPU); the GPU modes make their copies from it (``device_contenders``)."""
+
+    loom: torch.nn.Module
+    reference: torch.nn.Module
+    loom_call: Callable[[Any, Inputs], torch.Tensor]
+    reference_call: Callable[[Any, Inputs], torch.Tensor]
+    inputs: Inputs
+    #: Convolutional: also timed in channels_last.
+    convolutional: bool = False
+    #: Inputs passed as they are, not cast to the mode's dtype: timesteps, guidance, position ids.
+    fixed: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -289,10 +341,10 @@ def unet_contenders(models: Models, latent: int) -> list[Contender]:
     ]
 
 
-def vae_contenders(models: Models) -> list[Contender]:
+def vae_contenders(models: Models, latent: int = 64) -> list[Contender]:
     reference, loom, _ = models.vae()
     with _seeded(4):
-        z = torch.randn(1, 4, 64, 64)
+        z = torch.randn(1, 4, latent, latent)
     loom_fast = _bf16_channels_last(loom)
     reference_bf16 = copy.deepcopy(reference).to(torch.bfloat16)
     reference_fast = _bf16_channels_last(reference)
@@ -322,9 +374,10 @@ def clip_contenders(models: Models) -> list[Contender]:
     ]
 
 
-def flux_contenders() -> list[Contender]:
-    """One full-width FLUX.1 double block and one single block (3072 wide, 24 heads), with their embedders, on
-    a 512² image (1,024 image tokens) and 256 T5 tokens; diffusers' twin built by its own single-file converter."""
+def flux_twin(size: int = 512, text_tokens: int = 256) -> Twin:
+    """One full-width FLUX.1 double block and one single block (3072 wide, 24 heads), with their embedders, on a
+    ``size``² image ((size/16)² image tokens) and ``text_tokens`` T5 tokens; diffusers' twin built by its own
+    single-file converter."""
     from diffusers import FluxTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
@@ -336,29 +389,63 @@ def flux_contenders() -> list[Contender]:
     reference = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True).eval()
     weights = {key: value.clone() for key, value in loom.state_dict().items()}
     reference.load_state_dict(convert_flux_transformer_checkpoint_to_diffusers(weights), strict=True)
+    latent = size // 8
     with _seeded(7):
-        x, context, pooled = torch.randn(1, 16, 64, 64), torch.randn(1, 256, 4096), torch.randn(1, 768)
-    sigma, guidance = torch.tensor([0.7]), torch.tensor([3.5])
-    packed = x.reshape(1, 16, 32, 2, 32, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 1024, 64)
-    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+        x, context, pooled = torch.randn(1, 16, latent, latent), torch.randn(1, text_tokens, 4096), torch.randn(1, 768)
+    return Twin(
+        loom, reference, _flux_loom_call, _flux_reference_call, flux_inputs(x, context, pooled), fixed=FLUX_FIXED
+    )
+
+
+FLUX_FIXED = ("sigma", "guidance", "image_ids", "text_ids")
+
+
+def flux_inputs(x: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor) -> Inputs:
+    """A FLUX call's inputs for both sides: diffusers takes the latent packed into 2x2 patches with position ids."""
+    side = x.shape[-1] // 2
+    packed = x.reshape(1, 16, side, 2, side, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, side * side, 64)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
-    text_ids = torch.zeros(256, 3)
+    return {
+        "x": x,
+        "context": context,
+        "pooled": pooled,
+        "packed": packed,
+        "sigma": torch.tensor([0.7]),
+        "guidance": torch.tensor([3.5]),
+        "image_ids": image_ids,
+        "text_ids": torch.zeros(context.shape[1], 3),
+    }
 
-    def reference_call() -> torch.Tensor:
-        out = reference(packed, context, pooled, sigma, image_ids, text_ids, guidance=guidance).sample
-        return out.reshape(1, 32, 32, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 64, 64)
 
-    loom_bf16, reference_bf16 = copy.deepcopy(loom).to(torch.bfloat16), copy.deepcopy(reference).to(torch.bfloat16)
-    bf16 = [t.to(torch.bfloat16) for t in (x, context, pooled, packed)]
+def _flux_loom_call(model: Any, i: Inputs) -> torch.Tensor:
+    return model(i["x"], i["sigma"], i["context"], i["pooled"], i["guidance"])
+
+
+def _flux_reference_call(model: Any, i: Inputs) -> torch.Tensor:
+    out = model(
+        i["packed"], i["context"], i["pooled"], i["sigma"], i["image_ids"], i["text_ids"], guidance=i["guidance"]
+    ).sample
+    side = i["x"].shape[-1] // 2
+    return out.reshape(1, side, side, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 2 * side, 2 * side)
+
+
+def flux_contenders() -> list[Contender]:
+    """``flux_twin`` at 512² with 256 T5 tokens, in fp32 and bf16 on each side."""
+    twin = flux_twin()
+    contenders = [
+        Contender("loom", "fp32", functools.partial(twin.loom_call, twin.loom, twin.inputs)),
+        Contender("diffusers", "fp32", functools.partial(twin.reference_call, twin.reference, twin.inputs)),
+    ]
+    loom_bf16, reference_bf16 = (
+        copy.deepcopy(twin.loom).to(torch.bfloat16),
+        copy.deepcopy(twin.reference).to(torch.bfloat16),
+    )
+    bf16 = cast_inputs(twin, torch.device("cpu"), torch.bfloat16, channels_last=False)
     return [
-        Contender("loom", "fp32", lambda: loom(x, sigma, context, pooled, guidance)),
-        Contender("diffusers", "fp32", reference_call),
-        Contender("loom", "bf16", lambda: loom_bf16(bf16[0], sigma, bf16[1], bf16[2], guidance)),
-        Contender(
-            "diffusers",
-            "bf16",
-            lambda: reference_bf16(bf16[3], bf16[1], bf16[2], sigma, image_ids, text_ids, guidance=guidance).sample,
-        ),
+        *contenders,
+        Contender("loom", "bf16", functools.partial(twin.loom_call, loom_bf16, bf16)),
+        Contender("diffusers", "bf16", functools.partial(twin.reference_call, reference_bf16, bf16)),
     ]
 
 
@@ -554,6 +641,433 @@ def qwen3_contenders() -> list[Contender]:
     ]
 
 
+# ---- on a GPU (--device cuda, issue 20) ----------------------------------------------------------------------
+
+
+def cast_inputs(twin: Twin, device: torch.device, dtype: torch.dtype, channels_last: bool) -> Inputs:
+    """``twin``'s inputs on ``device``, floating ones in ``dtype`` (except ``twin.fixed``), 4-D ones channels_last
+    if asked."""
+    out = {}
+    for key, value in twin.inputs.items():
+        value = value.to(device)
+        if key not in twin.fixed and value.is_floating_point():
+            value = value.to(dtype)
+        if channels_last and value.ndim == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+def cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of ``module`` with its floating-point tensors in ``dtype``, cast one at a time, so that no whole
+    second copy in the source's dtype exists (the SDXL UNet is 10.3 GB in fp32)."""
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point() and id(tensor) not in memo:
+            cast = tensor.detach().to(dtype)
+            memo[id(tensor)] = (
+                torch.nn.Parameter(cast, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else cast
+            )
+    return copy.deepcopy(module, memo)
+
+
+def device_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers on the GPU, each storage once (two sides may share one)."""
+    storages = {}
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type != "cpu":
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def device_contenders(twin: Twin, device: torch.device) -> list[Contender]:
+    """Each side in fp32 (the parity reference; the twin's own modules where they already sit on ``device``, so
+    a 10 GB UNet is not copied), then in fp16 and bf16, also channels_last for a convolutional model: Loom's
+    copies placed as its runtime places a model (``place``), diffusers' moved with ``.to``."""
+
+    def contender(side: str, mode: str, model: torch.nn.Module, inputs: Inputs) -> Contender:
+        call = twin.loom_call if side == "loom" else twin.reference_call
+        return Contender(side, mode, functools.partial(call, model, inputs), device_bytes(model))
+
+    def on_device(module: torch.nn.Module) -> bool:
+        return next(module.parameters()).device == device
+
+    loom32 = twin.loom if on_device(twin.loom) else cast_copy(twin.loom, torch.float32)
+    place(loom32, device, torch.float32)
+    reference32 = twin.reference if on_device(twin.reference) else cast_copy(twin.reference, torch.float32).to(device)
+    inputs32 = cast_inputs(twin, device, torch.float32, channels_last=False)
+    contenders = [contender("loom", "fp32", loom32, inputs32), contender("diffusers", "fp32", reference32, inputs32)]
+    for name, dtype in DEVICE_DTYPES.items():
+        for channels_last in (False, True) if twin.convolutional else (False,):
+            loom = cast_copy(twin.loom, dtype)
+            place(loom, device, dtype)
+            reference = cast_copy(twin.reference, dtype).to(device)
+            if channels_last:
+                for module in (loom, reference):
+                    module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from the stub
+            inputs = cast_inputs(twin, device, dtype, channels_last)
+            mode = name + ("+CL" if channels_last else "")
+            contenders += [contender("loom", mode, loom, inputs), contender("diffusers", mode, reference, inputs)]
+    return contenders
+
+
+def unet_twin(models: Models, latent: int) -> Twin:
+    reference, loom, _ = models.unet()
+    with _seeded(3):
+        inputs = {"x": torch.randn(2, 4, latent, latent), "t": torch.tensor([500.0, 500.0])}
+        inputs["context"] = torch.randn(2, 77, 768)
+    return Twin(
+        loom,
+        reference,
+        lambda m, i: m(i["x"], i["t"], i["context"]),
+        lambda m, i: m(i["x"], i["t"], i["context"]).sample,
+        inputs,
+        convolutional=True,
+        fixed=("t",),
+    )
+
+
+def vae_twin(models: Models, latent: int) -> Twin:
+    """The SD1.5 VAE, which has SDXL's architecture (only the latent scale differs), decoding a ``latent``² latent."""
+    reference, loom, _ = models.vae()
+    with _seeded(4):
+        z = torch.randn(1, 4, latent, latent)
+    return Twin(
+        loom,
+        reference,
+        lambda m, i: m.decode(i["z"]),
+        lambda m, i: m.decode(i["z"]).sample,
+        {"z": z},
+        convolutional=True,
+    )
+
+
+def clip_twin(models: Models) -> Twin:
+    reference, loom, _ = models.clip()
+    with _seeded(5):
+        ids = torch.randint(0, 49406, (2, 77))
+    ids[:, 0], ids[:, -1] = 49406, 49407
+    return Twin(
+        loom,
+        reference,
+        lambda m, i: m(i["ids"], i["eos"]).hidden,
+        lambda m, i: m(i["ids"]).last_hidden_state,
+        {"ids": ids, "eos": torch.full((2,), 76)},
+    )
+
+
+def sdxl_unet_twin(latent: int, device: torch.device) -> Twin:
+    """The full SDXL UNet (2.57 B parameters) on a batch of 2 at ``latent``² latents, 77 context tokens and SDXL's
+    size conditioning (1024² original and target, no crop), built in fp32 on ``device``; Loom's module adopts
+    diffusers' tensors renamed to the LDM layout (``unet_to_ldm``), so the fp32 weights exist once."""
+    from diffusers import UNet2DConditionModel
+
+    from diffusion.unet import sdxl_adm_vector, unet_from_state_dict
+
+    started = time.perf_counter()
+    with _seeded(14), device:
+        reference: Any = UNet2DConditionModel(**SDXL_UNET)
+    reference.eval().requires_grad_(False)
+    loom = unet_from_state_dict(unet_to_ldm(reference.state_dict(), reference.config)).eval()
+    print(f"  (built the SDXL UNet in {time.perf_counter() - started:.0f} s)", flush=True)
+    with _seeded(15):
+        x, context, pooled = torch.randn(2, 4, latent, latent), torch.randn(2, 77, 2048), torch.randn(2, 1280)
+    inputs = {
+        "x": x,
+        "t": torch.tensor([500.0, 500.0]),
+        "context": context,
+        "y": sdxl_adm_vector(pooled, (1024, 1024), (0, 0), (1024, 1024)),
+        "pooled": pooled,
+        "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * 2),
+    }
+
+    def reference_call(model: Any, i: Inputs) -> torch.Tensor:
+        added = {"text_embeds": i["pooled"], "time_ids": i["time_ids"]}
+        return model(i["x"], i["t"], i["context"], added_cond_kwargs=added).sample
+
+    return Twin(
+        loom,
+        reference,
+        lambda m, i: m(i["x"], i["t"], i["context"], i["y"]),
+        reference_call,
+        inputs,
+        convolutional=True,
+        fixed=("t", "time_ids"),
+    )
+
+
+def sdxl_unet_contenders(latent: int) -> list[Contender]:
+    """On the CPU: fp32 only (the module docstring says why)."""
+    twin = sdxl_unet_twin(latent, torch.device("cpu"))
+    return [
+        Contender("loom", "fp32", functools.partial(twin.loom_call, twin.loom, twin.inputs)),
+        Contender("diffusers", "fp32", functools.partial(twin.reference_call, twin.reference, twin.inputs)),
+    ]
+
+
+def _randomise_(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random weights at scales that keep activations finite through 57 blocks, drawn where the module is (as
+    bench/memory_sdxl.py's ``random_tensor`` draws them for its files): matrices normal(0, 1/sqrt(fan_in)),
+    biases normal(0, 0.02), the other 1-D weights (norm scales) normal(1, 0.02)."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.ndim >= 2:
+                parameter.normal_(0.0, parameter[0].numel() ** -0.5, generator=generator)
+            else:
+                parameter.normal_(0.0 if name.endswith("bias") else 1.0, 0.02, generator=generator)
+
+
+def _no_meta_left(module: torch.nn.Module, what: str) -> None:
+    left = [name for name, t in itertools.chain(module.named_parameters(), module.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{what}: {len(left)} tensors were never given data, e.g. {left[:3]}")
+
+
+def flux_full_contenders(
+    device: torch.device, size: int = 1024, text_tokens: int = 512, depth: tuple[int, int] = (19, 38)
+) -> list[Contender]:
+    """The whole FLUX.1-dev-size transformer (``depth``: 19 double and 38 single blocks, 11.9 B parameters) at
+    ``size``², built straight on ``device`` in bf16 (in fp32 it would be 47.6 GB per side): Loom's drawn at random
+    there, diffusers' adopting the same tensors through its single-file converter (the splits are views: one
+    23.8 GB copy serves both sides). Loom's fp8 model keeps every 2-D weight in float8_e4m3fn and computes in
+    bf16, as ``place`` runs an fp8 file (``diffusion.stored_weights``); diffusers' fp8 counterpart is its own
+    layerwise casting (``enable_layerwise_casting``), when this diffusers has it."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from diffusion.flux import FluxConfig, FluxTransformer
+
+    started = time.perf_counter()
+    config = FluxConfig(depth=depth[0], depth_single_blocks=depth[1])
+
+    def meta_models() -> tuple[torch.nn.Module, Any]:
+        with torch.device("meta"):
+            loom = FluxTransformer(config).eval().requires_grad_(False)
+            reference: Any = FluxTransformer2DModel(
+                num_layers=depth[0], num_single_layers=depth[1], guidance_embeds=True
+            )
+        return loom, reference.eval().requires_grad_(False)
+
+    loom, reference = meta_models()
+    loom = loom.to(torch.bfloat16).to_empty(device=device)
+    _randomise_(loom, torch.Generator(device).manual_seed(16))
+    weights = dict(loom.state_dict())
+    reference.load_state_dict(convert_flux_transformer_checkpoint_to_diffusers(dict(weights)), strict=True, assign=True)
+    _no_meta_left(reference, "diffusers' FLUX")
+    loom_fp8, reference_fp8 = meta_models()
+    fp8 = {key: value.to(torch.float8_e4m3fn) if value.ndim == 2 else value for key, value in weights.items()}
+    loom_fp8.load_state_dict(fp8, strict=True, assign=True)
+    place(loom_fp8, device, torch.bfloat16)
+    del fp8
+    print(f"  (built the FLUX transformer on {device} in {time.perf_counter() - started:.0f} s)", flush=True)
+
+    latent = size // 8
+    with _seeded(17):
+        x, context, pooled = torch.randn(1, 16, latent, latent), torch.randn(1, text_tokens, 4096), torch.randn(1, 768)
+    twin = Twin(
+        loom, reference, _flux_loom_call, _flux_reference_call, flux_inputs(x, context, pooled), fixed=FLUX_FIXED
+    )
+    inputs = cast_inputs(twin, device, torch.bfloat16, channels_last=False)
+    contenders = [
+        Contender("loom", "bf16", functools.partial(_flux_loom_call, loom, inputs), device_bytes(loom)),
+        Contender(
+            "diffusers", "bf16", functools.partial(_flux_reference_call, reference, inputs), device_bytes(reference)
+        ),
+        Contender("loom", FP8_MODE, functools.partial(_flux_loom_call, loom_fp8, inputs), device_bytes(loom_fp8)),
+    ]
+    try:
+        reference_fp8.load_state_dict(
+            convert_flux_transformer_checkpoint_to_diffusers(dict(weights)), strict=True, assign=True
+        )
+        reference_fp8.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        call = functools.partial(_flux_reference_call, reference_fp8, inputs)
+        contenders.append(Contender("diffusers", FP8_MODE, call, device_bytes(reference_fp8)))
+    except Exception as error:  # an optional contender: the case stands without it
+        print(f"  diffusers {FP8_MODE} left out: {type(error).__name__}: {error}", flush=True)
+    return contenders
+
+
+def time_on_device(
+    contenders: list[Contender], repeats: int, warmups: int = 2
+) -> tuple[list[float], list[int], dict[str, torch.Tensor]]:
+    """Min-of-``repeats`` seconds per contender (rounds interleaved, each call bracketed by
+    ``torch.cuda.synchronize()``), its peak VRAM (``Contender.weight_bytes`` plus what its own call allocated
+    above what was in use before it) and its warm-up output for the parity check (on the CPU, in fp32)."""
+    outputs: dict[str, torch.Tensor] = {}
+    peaks = []
+    best = [float("inf")] * len(contenders)
+    with torch.no_grad():
+        for c in contenders:
+            for _ in range(warmups):
+                out = c.call()
+            outputs[f"{c.side}/{c.mode}"] = out.float().cpu()
+            del out
+        for c in contenders:
+            gc.collect()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            c.call()
+            torch.cuda.synchronize()
+            peaks.append(c.weight_bytes + torch.cuda.max_memory_allocated() - before)
+        for _ in range(repeats):
+            for index, c in enumerate(contenders):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                c.call()
+                torch.cuda.synchronize()
+                best[index] = min(best[index], time.perf_counter() - start)
+    return best, peaks, outputs
+
+
+def run_device_case(case: str, contenders: list[Contender], repeats: int, peaks: dict[str, float]) -> list[Row]:
+    """Time one case's contenders; parity against diffusers in fp32 where it ran (else its first mode)."""
+    reference = next(c for c in contenders if c.side == "diffusers")
+    gflop = count_gflop(reference.call)
+    seconds, peak_bytes, outputs = time_on_device(contenders, repeats)
+    base = f"diffusers/{reference.mode}"
+    expected = outputs[base]
+    print(
+        f"  {case}: {gflop:,.0f} GFLOP per call (counted on {base}); outputs against {base} "
+        f"(max |{base}| {expected.abs().max().item():.2e}):"
+    )
+    for name, output in outputs.items():
+        if name != base:
+            print(f"    {name}: max |out - {base}| = {(output - expected).abs().max().item():.2e}")
+    rows = [Row(case, c.side, c.mode, s, gflop, p) for c, s, p in zip(contenders, seconds, peak_bytes)]
+    report_device_rows(rows, peaks)
+    return rows
+
+
+def compute_dtype_name(mode: str) -> str:
+    """The dtype a mode multiplies in: ``fp16+CL`` -> fp16; an fp8-weights mode computes in bf16."""
+    return "bf16" if mode == FP8_MODE else mode.split("+")[0]
+
+
+def mode_group(mode: str) -> str:
+    """The modes compared with each other for a per-dtype ratio: fp16 (+CL), bf16 (+CL), fp8 weights."""
+    return "fp8" if mode == FP8_MODE else compute_dtype_name(mode)
+
+
+def _gb(n: float | None) -> str:
+    return "" if n is None else f"{n / 1e9:.2f}"
+
+
+def report_device_rows(rows: list[Row], peaks: dict[str, float]) -> None:
+    print("\n| case | side | mode | min ms | TFLOP/s | % of the card's matmul peak | peak VRAM GB |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        peak = peaks.get(compute_dtype_name(row.mode))
+        share = f"{100 * row.gflops / peak:.0f} %" if peak else ""
+        print(
+            f"| {row.case} | {row.side} | {row.mode} | {1000 * row.seconds:.2f} | {row.gflops / 1000:.1f} | {share} "
+            f"| {_gb(row.peak_bytes)} |"
+        )
+    print(flush=True)
+
+
+def report_device_summary(rows: list[Row]) -> None:
+    """Per case: each mode group's ratio (Loom's best / diffusers' best in that group), the fastest of each side,
+    and the peak VRAM of those fastest contenders. Issue 20's goals: every ratio <= 0.9, Loom's VRAM <= diffusers'."""
+    print("| case | fp32 loom/diffusers | fp16 | bf16 | fp8 weights | fastest: loom (mode) / diffusers (mode) | "
+          "ratio | peak VRAM GB loom / diffusers (fastest modes) | VRAM ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for case in dict.fromkeys(r.case for r in rows):
+        mine = [r for r in rows if r.case == case]
+        ratios = []
+        for group in ("fp32", "fp16", "bf16", "fp8"):
+            best = {
+                side: min((r.seconds for r in mine if r.side == side and mode_group(r.mode) == group), default=None)
+                for side in ("loom", "diffusers")
+            }
+            mine_s, theirs_s = best["loom"], best["diffusers"]
+            ratios.append(f"{mine_s / theirs_s:.2f}" if mine_s and theirs_s else "")
+        fastest = {
+            side: min((r for r in mine if r.side == side), key=lambda r: r.seconds) for side in ("loom", "diffusers")
+        }
+        lo, di = fastest["loom"], fastest["diffusers"]
+        vram = f"{lo.peak_bytes / di.peak_bytes:.2f}" if lo.peak_bytes and di.peak_bytes else ""
+        print(
+            f"| {case} | {' | '.join(ratios)} | {1000 * lo.seconds:.2f} ms ({lo.mode}) / {1000 * di.seconds:.2f} ms "
+            f"({di.mode}) | {lo.seconds / di.seconds:.2f} | {_gb(lo.peak_bytes)} / {_gb(di.peak_bytes)} | {vram} |"
+        )
+
+
+def describe_device(device: torch.device) -> str:
+    """The card, its driver, and the torch/CUDA/cuDNN/diffusers versions, for the record."""
+    import diffusers
+    import transformers
+
+    props = torch.cuda.get_device_properties(device)
+    driver = "unknown (no nvidia-smi)"
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={device.index or 0}"]
+        result = subprocess.run(query, capture_output=True, text=True)
+        driver = result.stdout.strip() or f"unknown (nvidia-smi: {result.stderr.strip()[:200]})"
+    return (
+        f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs, compute "
+        f"capability {props.major}.{props.minor}; driver {driver}\ntorch {torch.__version__} (CUDA "
+        f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), diffusers {diffusers.__version__}, "
+        f"transformers {transformers.__version__}; cudnn.benchmark {torch.backends.cudnn.benchmark}, "
+        f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
+    )
+
+
+def device_matmul_peaks(device: torch.device, repeats: int, n: int = 8192) -> dict[str, float]:
+    """GFLOP/s of an ``n``³ matmul on random data in each compute dtype: this card's practical ceiling (fp32 as
+    torch computes it by default: TF32 off for matmuls)."""
+    peaks = {}
+    for name, dtype in {"fp32": torch.float32, **DEVICE_DTYPES}.items():
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+        seconds, _, _ = time_on_device([Contender("matmul", name, functools.partial(torch.matmul, a, b))], repeats)
+        peaks[name] = 2 * n**3 / seconds[0] / 1e9
+    return peaks
+
+
+def run_on_device(cases: list[str], repeats: int, latent: int) -> None:
+    """``--device cuda``: every named case that has a device form, each on its own, a failure reported and passed."""
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device cuda: this torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no CUDA device"
+        )
+    device = torch.device("cuda", torch.cuda.current_device())
+    print(describe_device(device), flush=True)
+    print(f"repeats {repeats}, large latent {latent} ({8 * latent}² image)", flush=True)
+    peaks = device_matmul_peaks(device, repeats)
+    print(", ".join(f"8192³ {name} matmul {peak / 1000:.0f} TFLOP/s" for name, peak in peaks.items()), flush=True)
+    models = Models()
+    builders: dict[str, Callable[[], list[Contender]]] = {
+        "unet64": lambda: device_contenders(unet_twin(models, 64), device),
+        "unet32": lambda: device_contenders(unet_twin(models, 32), device),
+        "vae": lambda: device_contenders(vae_twin(models, 64), device),
+        "vae1024": lambda: device_contenders(vae_twin(models, latent), device),
+        "clip": lambda: device_contenders(clip_twin(models), device),
+        "sdxl_unet": lambda: device_contenders(sdxl_unet_twin(latent, device), device),
+        "flux": lambda: device_contenders(flux_twin(1024, 512), device),
+        "flux_full": lambda: flux_full_contenders(device),
+    }
+    rows: list[Row] = []
+    for case in cases:
+        if case not in builders:
+            print(f"{case}: no GPU form prepared (only {', '.join(builders)}); skipped", flush=True)
+            continue
+        print(f"{case} ...", flush=True)
+        started = time.perf_counter()
+        try:
+            rows += run_device_case(case, builders[case](), repeats, peaks)
+        except Exception:  # one case's failure (memory, a version mismatch) must not cost the others on a lent card
+            traceback.print_exc()
+            print(f"{case}: FAILED (traceback above); going on", flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"  ({case} took {time.perf_counter() - started:.0f} s)", flush=True)
+    if rows:
+        print("\nAll cases:")
+        report_device_rows(rows, peaks)
+        report_device_summary(rows)
+
+
 def bf16_skip_reason() -> str | None:
     """Why the bf16 modes cannot be measured meaningfully here, or None when they can."""
     if cpu_computes_bf16_fast():
@@ -730,24 +1244,42 @@ def run_load_case(models: Models) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (min is reported)")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated subset of {', '.join(CASES)} (default on the CPU: {', '.join(CPU_CASES)}; "
+        f"on cuda: {', '.join(DEVICE_CASES)})",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides compute (cpu)")
+    parser.add_argument(
+        "--repeats", type=int, help="timed rounds per contender, min reported (default 3 on the CPU, 10 on cuda)"
+    )
     parser.add_argument(
         "--controlnet-latent",
         type=int,
         default=SDXL_CONTROLNET_LATENT,
         help="latent side of the controlnet case (128, SDXL's 1024² image, by default; 64 or 32 to make it quick)",
     )
+    parser.add_argument(
+        "--large-latent",
+        type=int,
+        help="latent side of sdxl_unet and vae1024 (default 128, a 1024² image, on cuda; 32 on the CPU, a smoke run)",
+    )
     parser.add_argument("--probe", choices=LOADERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         probe_load(args.probe)
         return
-    cases = [c for c in args.only.split(",") if c]
+    on_device = args.device == "cuda"
+    cases = [c for c in (args.only or ",".join(DEVICE_CASES if on_device else CPU_CASES)).split(",") if c]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {args.repeats}", flush=True)
+    repeats = args.repeats or (10 if on_device else 3)
+    latent = args.large_latent or (SDXL_CONTROLNET_LATENT if on_device else 32)
+    if on_device:
+        run_on_device(cases, repeats, latent)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats}", flush=True)
     skip_bf16 = bf16_skip_reason()
     if skip_bf16:
         print(f"skipped modes bf16, bf16+CL, autocast: {skip_bf16}", flush=True)
@@ -762,22 +1294,28 @@ def main() -> None:
         "zimage": zimage_contenders,
         "qwen3": qwen3_contenders,
         "controlnet": lambda: controlnet_contenders(args.controlnet_latent),
+        "sdxl_unet": lambda: sdxl_unet_contenders(latent),
+        "vae1024": lambda: vae_contenders(models, latent),
     }
     rows: list[Row] = []
     for case in cases:
-        if case in builders:
-            print(f"{case} ...", flush=True)
+        if case == "flux_full":
+            print("flux_full: skipped on the CPU: 11.9 B parameters are 47.6 GB per side in fp32, 23.8 in bf16")
+        elif case in builders:
+            print(f"{case} ..." + (f" (latent {latent}²)" if case in ("sdxl_unet", "vae1024") else ""), flush=True)
+            if case == "sdxl_unet":
+                print("  fp32 only on the CPU: a bf16 copy of either side would not fit beside 10.3 GB of fp32 weights")
             contenders = [c for c in builders[case]() if not (skip_bf16 and not c.mode.startswith("fp32"))]
-            rows += run_speed_case(case, contenders, args.repeats)
+            rows += run_speed_case(case, contenders, repeats)
             del contenders  # the model copies of this case's modes go before the next case builds its own
             gc.collect()
     if rows:
-        fp32_peak = matmul_peak_gflops(torch.float32, args.repeats)
+        fp32_peak = matmul_peak_gflops(torch.float32, repeats)
         if skip_bf16:
             print(f"4096^3 matmul: fp32 {fp32_peak:.0f} GFLOP/s (bf16 skipped)")
             report_speed(rows, fp32_peak, "fp32")
         else:
-            bf16_peak = matmul_peak_gflops(torch.bfloat16, args.repeats)
+            bf16_peak = matmul_peak_gflops(torch.bfloat16, repeats)
             print(f"4096^3 matmul: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
             report_speed(rows, bf16_peak, "bf16")
     if "load" in cases:
