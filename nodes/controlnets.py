@@ -59,14 +59,14 @@ def _names() -> list[str]:
 
 
 @node(category="loaders", display_name="Load ControlNet Model", outputs=[Output("CONTROL_NET")])
-def ControlNetLoader(control_net_name=Combo(_names)):
+def ControlNetLoader(control_net_name=Combo(_names, model_folder=FOLDER_KEY)):
     """Load a ControlNet, union ControlNet, Control-LoRA or T2I-Adapter (SD1.x, SD2.x or SDXL), or an SD3.5 or
     FLUX.1 ControlNet, from the controlnet folder."""
     return ControlNetHandle.from_file(find_model(FOLDER_KEY, control_net_name))
 
 
 @node(category="loaders", display_name="Load ControlNet Model (diff)", outputs=[Output("CONTROL_NET")])
-def DiffControlNetLoader(model=Socket("MODEL"), control_net_name=Combo(_names)):
+def DiffControlNetLoader(model=Socket("MODEL"), control_net_name=Combo(_names, model_folder=FOLDER_KEY)):
     """Load a difference ControlNet, stored relative to its base UNet, by adding it to this model's weights."""
     return ControlNetHandle.difference(find_model(FOLDER_KEY, control_net_name), model)
 

@@ -107,7 +107,7 @@ def _style_model_names() -> list[str]:
 
 
 @node(category="loaders", display_name="Load CLIP Vision", outputs=[Output("CLIP_VISION")])
-def CLIPVisionLoader(clip_name=Combo(_clip_vision_names)):
+def CLIPVisionLoader(clip_name=Combo(_clip_vision_names, model_folder=CLIP_VISION_FOLDER)):
     """Load a CLIP or SigLIP vision tower (ViT-H, ViT-bigG, SigLIP so400m) from the clip_vision folder."""
     return ClipVisionHandle.from_file(find_model(CLIP_VISION_FOLDER, clip_name))
 
@@ -136,7 +136,7 @@ def unCLIPConditioning(
 
 
 @node(category="loaders", display_name="Load Style Model", outputs=[Output("STYLE_MODEL")])
-def StyleModelLoader(style_model_name=Combo(_style_model_names)):
+def StyleModelLoader(style_model_name=Combo(_style_model_names, model_folder=STYLE_MODEL_FOLDER)):
     """Load a style model (FLUX.1 Redux) from the style_models folder."""
     return StyleModelHandle.from_file(find_model(STYLE_MODEL_FOLDER, style_model_name))
 

@@ -11,6 +11,7 @@ cache charges the file's weights to ``--cache-budget`` once however many handles
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -44,12 +45,14 @@ _STRENGTH = dict(min=-100.0, max=100.0, step=0.01)
 _TEXT_ENCODER_STEMS = ("lora_te", "text_encoder")
 
 
-def _names(key: str):
-    return lambda: list_models(key)
+def _model_file(key: str, **options: Any) -> Combo:
+    """A choice among the files of model folder ``key``, declared as such (``model_folder``): the server reads
+    it to tell which files a workflow needs (``server.model_inputs``)."""
+    return Combo(lambda: list_models(key), model_folder=key, **options)
 
 
 @node(category="loaders", display_name="Load Checkpoint", outputs=[Output("MODEL"), Output("CLIP"), Output("VAE")])
-def CheckpointLoaderSimple(ckpt_name=Combo(_names("checkpoints"), tooltip="The checkpoint (model) file to load.")):
+def CheckpointLoaderSimple(ckpt_name=_model_file("checkpoints", tooltip="The checkpoint (model) file to load.")):
     """Load a Stable Diffusion checkpoint: the diffusion model, its text encoder(s) and its VAE."""
     path = find_model("checkpoints", ckpt_name)
     loaded = load_shared_checkpoint(path)
@@ -77,7 +80,7 @@ _WEIGHT_DTYPES = {
 
 
 @node(category="advanced/loaders", display_name="Load Diffusion Model", outputs=[Output("MODEL")])
-def UNETLoader(unet_name=Combo(_names("diffusion_models")), weight_dtype=Combo(list(_WEIGHT_DTYPES))):
+def UNETLoader(unet_name=_model_file("diffusion_models"), weight_dtype=Combo(list(_WEIGHT_DTYPES))):
     """Load a diffusion model alone (FLUX, SD3, or an SD UNet) from the diffusion_models folder; its text
     encoders and VAE come from their own loaders."""
     path = find_model("diffusion_models", unet_name)
@@ -96,7 +99,7 @@ def _clip(names: tuple[str, ...], clip_type: str, device: str = "default") -> Cl
 
 
 @node(category="advanced/loaders", outputs=[Output("CLIP")])
-def CLIPLoader(clip_name=Combo(_names("text_encoders")), type=Combo(_SINGLE_CLIP_TYPES), device=_DEVICE):
+def CLIPLoader(clip_name=_model_file("text_encoders"), type=Combo(_SINGLE_CLIP_TYPES), device=_DEVICE):
     """One text encoder file as a CLIP. stable_diffusion: CLIP-L (SD1.x), OpenCLIP-H (SD2.x) or CLIP-G (SDXL
     refiner); sd3: CLIP-L, CLIP-G or T5-XXL alone, the others' parts zeroed; lumina2: Qwen3-4B for Z-Image;
     chroma: T5-XXL for Chroma."""
@@ -105,8 +108,8 @@ def CLIPLoader(clip_name=Combo(_names("text_encoders")), type=Combo(_SINGLE_CLIP
 
 @node(category="advanced/loaders", outputs=[Output("CLIP")])
 def DualCLIPLoader(
-    clip_name1=Combo(_names("text_encoders")),
-    clip_name2=Combo(_names("text_encoders")),
+    clip_name1=_model_file("text_encoders"),
+    clip_name2=_model_file("text_encoders"),
     type=Combo(_DUAL_CLIP_TYPES),
     device=_DEVICE,
 ):
@@ -117,16 +120,16 @@ def DualCLIPLoader(
 
 @node(category="advanced/loaders", outputs=[Output("CLIP")])
 def TripleCLIPLoader(
-    clip_name1=Combo(_names("text_encoders")),
-    clip_name2=Combo(_names("text_encoders")),
-    clip_name3=Combo(_names("text_encoders")),
+    clip_name1=_model_file("text_encoders"),
+    clip_name2=_model_file("text_encoders"),
+    clip_name3=_model_file("text_encoders"),
 ):
     """SD3 / SD3.5's three text encoders as one CLIP: CLIP-L, CLIP-G and T5-XXL, in any order."""
     return _clip((clip_name1, clip_name2, clip_name3), "sd3")
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Output("VAE")])
-def VAELoader(vae_name=Combo(_names("vae"))):
+def VAELoader(vae_name=_model_file("vae")):
     """Load a standalone VAE file (or the VAE inside a checkpoint) from the vae folder."""
     path = find_model("vae", vae_name)
     loaded = load_shared_checkpoint(path)
@@ -155,7 +158,7 @@ def _read_lora(lora_name: str, model: ModelHandle, clip: ClipHandle | None) -> L
 def LoraLoader(
     model=Socket("MODEL"),
     clip=Socket("CLIP"),
-    lora_name=Combo(_names("loras")),
+    lora_name=_model_file("loras"),
     strength_model=Float(1.0, **_STRENGTH),
     strength_clip=Float(1.0, **_STRENGTH),
 ):
@@ -167,9 +170,7 @@ def LoraLoader(
 
 
 @node(category="loaders", outputs=[Output("MODEL")])
-def LoraLoaderModelOnly(
-    model=Socket("MODEL"), lora_name=Combo(_names("loras")), strength_model=Float(1.0, **_STRENGTH)
-):
+def LoraLoaderModelOnly(model=Socket("MODEL"), lora_name=_model_file("loras"), strength_model=Float(1.0, **_STRENGTH)):
     """Apply only the diffusion-model part of a LoRA."""
     if strength_model == 0.0:
         return model

@@ -26,7 +26,7 @@ def upscale_model_names() -> list[str]:
 
 
 @node(category="loaders", display_name="Load Upscale Model", outputs=[Output("UPSCALE_MODEL")])
-def UpscaleModelLoader(model_name=Combo(upscale_model_names)):
+def UpscaleModelLoader(model_name=Combo(upscale_model_names, model_folder=FOLDER_KEY)):
     """Load an ESRGAN-family upscaler (.pth, .safetensors, or an ncnn .param/.bin pair)."""
     return load_upscale_model(find_model(FOLDER_KEY, model_name))
 

@@ -28,7 +28,16 @@ from graph.plugins import PluginReport
 from graph.registry import NodeRegistry
 from graph.services import services_context
 from nodes.runtime import Runtime, build_runtime
-from server import model_downloads, routes_files, routes_info, routes_prompt, routes_queue, routes_userdata, templates
+from server import (
+    model_downloads,
+    routes_files,
+    routes_info,
+    routes_internal,
+    routes_prompt,
+    routes_queue,
+    routes_userdata,
+    templates,
+)
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, PromptBackend
 from server.keys import CONFIG, HUB, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
@@ -52,6 +61,7 @@ API_ROUTE_TABLES = (
     routes_queue.routes,
     routes_files.routes,
     routes_info.routes,
+    routes_internal.routes,
     routes_userdata.routes,
     templates.routes,
     model_downloads.routes,

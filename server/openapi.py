@@ -184,10 +184,11 @@ SCHEMAS: dict[str, Any] = {
     "ModelRequirement": {
         "type": "object",
         "required": ["name", "directory", "url", "present", "refused"],
+        "description": "a model file a workflow's loaders or its models metadata name",
         "properties": {
             "name": {"type": "string"},
             "directory": {"type": "string"},
-            "url": {"type": "string"},
+            "url": {"type": ["string", "null"], "description": "null: only a loader names it, with no source"},
             "hash": {"type": ["string", "null"]},
             "hash_type": {"type": ["string", "null"]},
             "present": {"type": "boolean", "description": "the file is in one of the folder's directories"},
@@ -197,7 +198,7 @@ SCHEMAS: dict[str, Any] = {
     "WorkflowRequirementsRequest": {
         "type": "object",
         "required": ["workflow"],
-        "properties": {"workflow": {"type": "object", "description": "an editor workflow"}},
+        "properties": {"workflow": {"type": "object", "description": "an editor workflow or an API prompt"}},
     },
     "MaskReference": {
         "type": "object",
@@ -678,7 +679,7 @@ PATHS: dict[str, Any] = {
     },
     "/loom/workflow_requirements": {
         "post": _op(
-            "The node types this server lacks for a workflow, and the model files its metadata names",
+            "The node types this server lacks for a workflow, and the model files its loaders and metadata name",
             _json(
                 {
                     "type": "object",
@@ -703,6 +704,35 @@ PATHS: dict[str, Any] = {
     "/global_subgraphs": {"get": _op("Shared subgraph blueprints", _json(_OBJECT))},
     "/node_replacements": {"get": _op("Node replacement hints", _json(_OBJECT))},
     "/workflow_templates": {"get": _op("Workflow templates of plugins", _json(_OBJECT))},
+    "/internal/folder_paths": {
+        "get": _op(
+            "Every model folder key with the directories searched for it (the official frontend's missing-model check)",
+            _json({"type": "object", "additionalProperties": _STR_LIST}),
+        )
+    },
+    "/internal/files/{directory_type}": {
+        "get": _op(
+            "Names of the files directly in the input, output or temp folder, most recently modified first",
+            _json(_STR_LIST),
+            errors=(400,),
+            params=[_p("directory_type")],
+        )
+    },
+    "/templates/{path}": {
+        "get": _op(
+            "A file of the installed comfyui-workflow-templates packages (the official frontend's template browser); "
+            "without them index.json answers [] and index_logo.json {}",
+            {"description": "File bytes", "content": {"application/json": {"schema": {}}, **_BINARY_CONTENT}},
+            errors=(403, 404),
+            params=[_p("path")],
+        )
+    },
+    "/user.css": {
+        "get": _op(
+            "The frontend root's user.css, or an empty stylesheet (the official frontend's page links it)",
+            {"description": "A stylesheet", "content": {"text/css": {"schema": {"type": "string"}}}},
+        )
+    },
     "/settings": {
         "get": _op("All editor settings", _json(_OBJECT)),
         "post": _op("Merge settings", _EMPTY, errors=(400, 413), body=_ref("Settings")),
@@ -727,7 +757,12 @@ PATHS: dict[str, Any] = {
         "get": _op("List one user folder", _json(_ref("UserdataV2")), errors=(403, 404), params=[_q("path")])
     },
     "/userdata/{file}": {
-        "get": _op("A user file (URL-encode '/' in the name)", _BINARY, errors=(403, 404), params=[_p("file")]),
+        "get": _op(
+            "A user file (URL-encode '/' in the name); user.css is an empty stylesheet until one is written",
+            _BINARY,
+            errors=(403, 404),
+            params=[_p("file")],
+        ),
         "post": _op(
             "Write a user file (raw body)",
             _json({"type": ["string", "object"]}),

@@ -6,7 +6,8 @@ so it selects nothing). The ``{file}`` segment arrives URL-decoded, ``workflows/
 ``workflows%2Fa.json`` (docs/compatibility.md §C.4); every such path goes through
 ``nodes.folders.resolve_inside`` so ``..``,
 absolute paths and symlinks cannot leave the user folder. Files are served as downloads, never as
-pages (``server.downloads``), except that ``user.css`` keeps its CSS type because the editor links it.
+pages (``server.downloads``), except that ``user.css`` keeps its CSS type because the editor links it
+(and is an empty sheet until the user writes one).
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ __all__ = ["routes", "user_root"]
 routes = web.RouteTableDef()
 
 SETTINGS_FILE = "comfy.settings.json"
+USER_CSS = "user.css"
+_CSS_HEADERS = {"Content-Type": "text/css", "X-Content-Type-Options": "nosniff"}
+#: The folders the official editor lists as it starts: made with the user folder, so a person who has
+#: saved nothing yet gets empty lists rather than the 404 of a folder that does not exist.
+EDITOR_FOLDERS = ("workflows", "subgraphs")
 _TRUE = ("true", "1", "yes")
 
 
 def user_root(request: web.Request) -> Path:
     root = request.app[RUNTIME].folders.user / "default"
-    root.mkdir(parents=True, exist_ok=True)
+    for folder in EDITOR_FOLDERS:
+        (root / folder).mkdir(parents=True, exist_ok=True)
     return root
 
 
@@ -203,9 +210,12 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     except UnsafePathError as error:
         return _refused(error)
     if not path.is_file():
+        if request.match_info["file"] == USER_CSS:
+            # The official editor links it on every page: without one, an empty sheet rather than a 404.
+            return web.Response(text="", headers=_CSS_HEADERS)
         return error_response(404, "not_found", f"No user file {request.match_info['file']!r}")
-    if path.name == "user.css":
-        return web.FileResponse(path, headers={"Content-Type": "text/css", "X-Content-Type-Options": "nosniff"})
+    if path.name == USER_CSS:
+        return web.FileResponse(path, headers=_CSS_HEADERS)
     return file_response(path)
 
 

@@ -3,20 +3,22 @@
 Three places hold them: the ``comfyui-workflow-templates`` distributions when they are installed (an
 optional extra, never imported: only their files are read), the repository's ``examples/`` and the
 user's saved workflows (``user/default/workflows``). Each listed workflow comes with what this
-server lacks for it: node types the registry does not have, and model files its metadata names
-(``server.model_downloads.model_sources``) that are not in the models folders. The same check
-answers ``/loom/workflow_requirements`` for any workflow the editor opens, which is how the
-missing-models dialog knows what to offer.
+server lacks for it: node types the registry does not have, and model files that are not in the models
+folders: those its loader nodes name (``server.model_inputs``) and those its metadata names with a source
+(``server.model_downloads.model_sources``), which also gives a loader's file its URL. The same check
+answers ``/loom/workflow_requirements`` for any workflow the editor opens (or API prompt), which is how
+the missing-models dialog knows what to offer.
 
-Parsed files are remembered by path, size and modification time: the official templates are a few
-hundred files, read again only when they change.
+Parsed files are remembered by path, size and modification time, as what the check reads of them (no
+registry, no folder listing): the official templates are a few hundred files, read again only when they
+change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +34,7 @@ from nodes.model_folders import ModelPaths
 from server.config import REPO_ROOT
 from server.keys import CONFIG, REGISTRY, RUNTIME
 from server.model_downloads import ModelSource, model_sources, source_report, workflow_graphs, workflow_nodes
+from server.model_inputs import LoaderInputs, NamedModelFile, model_file_present, named_model_files, value_nodes
 from server.request_body import BadRequestBody, read_json
 from server.responses import error_response
 
@@ -93,22 +96,47 @@ class WorkflowSummary:
 
     node_types: frozenset[str]
     models: tuple[ModelSource, ...]
+    #: The nodes' types and values, for the files their loader inputs name (``server.model_inputs``).
+    nodes: tuple[Mapping[str, Any], ...]
 
 
 def node_types(workflow: Mapping[str, Any]) -> frozenset[str]:
-    """Real node types of the workflow and its subgraphs: not editor-only ones, not subgraph instances."""
+    """Real node types of the workflow and its subgraphs (not editor-only ones, not subgraph instances), or of
+    an API prompt."""
+    if not isinstance(workflow.get("nodes"), list):
+        return frozenset(node["class_type"] for node in value_nodes(workflow))
     graphs = workflow_graphs(workflow)
     subgraph_ids = {str(graph.get("id")) for graph in graphs[1:]}
     types = {node.get("type") for graph in graphs for node in workflow_nodes(graph)}
     return frozenset(t for t in types if isinstance(t, str) and t not in VIRTUAL_NODE_TYPES and t not in subgraph_ids)
 
 
+def model_reports(
+    sources: Sequence[ModelSource], loaded: Sequence[NamedModelFile], model_paths: ModelPaths
+) -> list[dict[str, Any]]:
+    """Every model file the workflow names, each once and marked present or not: its metadata's entries, then
+    the files its loaders name that the metadata does not (no ``url``: nothing says where to fetch them)."""
+    reports = []
+    described = set()
+    for source in sources:
+        described.add(NamedModelFile(source.directory, source.name).key)
+        present = model_file_present(model_paths, source.directory, source.name)
+        reports.append({**source_report(source, model_paths), "present": present})
+    for named in loaded:
+        if named.key not in described:
+            present = model_file_present(model_paths, named.directory, named.name)
+            unknown = {"url": None, "hash": None, "hash_type": None, "refused": None}
+            reports.append({"name": named.name, "directory": named.directory, **unknown, "present": present})
+    return reports
+
+
 def workflow_requirements(workflow: object, registry: NodeRegistry, model_paths: ModelPaths) -> dict[str, Any]:
     """Node types this server lacks and the model files the workflow names, each marked present or not."""
     types = node_types(workflow) if isinstance(workflow, Mapping) else frozenset()
+    loaded = named_model_files(value_nodes(workflow), LoaderInputs(registry))
     return {
         "missing_node_types": sorted(t for t in types if registry.get(t) is None),
-        "models": [source_report(source, model_paths) for source in model_sources(workflow)],
+        "models": model_reports(model_sources(workflow), loaded, model_paths),
     }
 
 
@@ -121,7 +149,7 @@ def _summary(path: Path, size: int, mtime_ns: int) -> WorkflowSummary | None:
         return None
     if not isinstance(workflow, Mapping) or not isinstance(workflow.get("nodes"), list):
         return None
-    return WorkflowSummary(node_types(workflow), tuple(model_sources(workflow)))
+    return WorkflowSummary(node_types(workflow), tuple(model_sources(workflow)), tuple(value_nodes(workflow)))
 
 
 def _read_summary(path: Path) -> WorkflowSummary | None:
@@ -162,6 +190,7 @@ def list_templates(source: TemplateSource, registry: NodeRegistry, model_paths: 
                 continue
             found.setdefault(name, folder / name)
     templates = []
+    loaders = LoaderInputs(registry)
     for name, path in found.items():
         summary = _read_summary(path)
         if summary is None:
@@ -176,7 +205,7 @@ def list_templates(source: TemplateSource, registry: NodeRegistry, model_paths: 
                 "description": _text(entry.get("description")),
                 "category": _text(entry.get("category")),
                 "missing_node_types": sorted(t for t in summary.node_types if registry.get(t) is None),
-                "models": [source_report(model, model_paths) for model in summary.models],
+                "models": model_reports(summary.models, named_model_files(summary.nodes, loaders), model_paths),
             }
         )
     return sorted(templates, key=lambda template: (template["category"], template["title"].lower()))

@@ -46,11 +46,12 @@ PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
 # class_type: (category, display name, inputs as ComfyUI's object_info gives them, outputs, output names, deprecated)
 SPECS: dict[str, tuple[str, str, dict[str, dict[str, Any]], list[str], list[str], bool]] = {
     "ControlNetLoader": (
-        "loaders", "Load ControlNet Model", {"required": {"control_net_name": [[]]}},
+        "loaders", "Load ControlNet Model", {"required": {"control_net_name": [[], {"model_folder": "controlnet"}]}},
         ["CONTROL_NET"], ["CONTROL_NET"], False,
     ),
     "DiffControlNetLoader": (
-        "loaders", "Load ControlNet Model (diff)", {"required": {"model": ["MODEL"], "control_net_name": [[]]}},
+        "loaders", "Load ControlNet Model (diff)",
+        {"required": {"model": ["MODEL"], "control_net_name": [[], {"model_folder": "controlnet"}]}},
         ["CONTROL_NET"], ["CONTROL_NET"], False,
     ),
     "ControlNetApply": (

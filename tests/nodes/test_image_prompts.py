@@ -35,7 +35,10 @@ from tests.nodes.tiny_models import tiny_checkpoint
 
 # class_type: (category, display name, inputs as ComfyUI's object_info gives them, outputs)
 SPECS: dict[str, tuple[str, str, dict[str, dict[str, Any]], list[str]]] = {
-    "CLIPVisionLoader": ("loaders", "Load CLIP Vision", {"required": {"clip_name": [[]]}}, ["CLIP_VISION"]),
+    "CLIPVisionLoader": (
+        "loaders", "Load CLIP Vision", {"required": {"clip_name": [[], {"model_folder": "clip_vision"}]}},
+        ["CLIP_VISION"],
+    ),
     "CLIPVisionEncode": (
         "conditioning", "CLIP Vision Encode",
         {"required": {"clip_vision": ["CLIP_VISION"], "image": ["IMAGE"], "crop": [["center", "none"]]}},
@@ -50,7 +53,10 @@ SPECS: dict[str, tuple[str, str, dict[str, dict[str, Any]], list[str]]] = {
         }},
         ["CONDITIONING"],
     ),
-    "StyleModelLoader": ("loaders", "Load Style Model", {"required": {"style_model_name": [[]]}}, ["STYLE_MODEL"]),
+    "StyleModelLoader": (
+        "loaders", "Load Style Model", {"required": {"style_model_name": [[], {"model_folder": "style_models"}]}},
+        ["STYLE_MODEL"],
+    ),
     "StyleModelApply": (
         "conditioning/style_model", "Apply Style Model",
         {"required": {
@@ -101,7 +107,10 @@ def test_the_loader_lists_the_folder_and_encoding_is_the_tower_on_comfyuis_prepr
     name = clip_vision_file(folders, "clip_vision_h", "clip_vision_h.safetensors")
     registry = NodeRegistry()
     registry.register_module(image_prompts)
-    assert registry.object_info()["CLIPVisionLoader"]["input"]["required"]["clip_name"] == [[name]]
+    assert registry.object_info()["CLIPVisionLoader"]["input"]["required"]["clip_name"] == [
+        [name],
+        {"model_folder": "clip_vision"},
+    ]
     clip_vision = CLIPVisionLoader(name)
     assert CLIPVisionLoader(name).model is clip_vision.model  # one load per unchanged file
     tower = load_clip_vision(tiny_clip_vision_tensors("clip_vision_h", seed=1))

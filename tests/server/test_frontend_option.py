@@ -32,7 +32,10 @@ def install_fake_frontend(site: Path, monkeypatch: pytest.MonkeyPatch, index: bo
     if index:
         (static / "index.html").write_text(FAKE_INDEX)
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(sys.modules, COMFYUI_FRONTEND_PACKAGE, raising=False)
+    # Recorded with setitem, so the fake module imported here leaves sys.modules with the test (a later
+    # test must find the real package, not this one); delitem records nothing when the name was absent.
+    monkeypatch.setitem(sys.modules, COMFYUI_FRONTEND_PACKAGE, None)
+    del sys.modules[COMFYUI_FRONTEND_PACKAGE]
     return static
 
 

@@ -81,3 +81,19 @@ async def test_userdata_traversal_is_refused(client, tmp_path, tmp_path_factory,
     listing = await client.get("/api/userdata", params={"dir": "../.."})
     assert listing.status == 403
     assert (await client.get("/api/v2/userdata", params={"path": "link"})).status == 403
+
+
+async def test_a_new_user_has_empty_workflow_and_subgraph_folders(client):
+    """What the official editor lists as it starts: empty lists, not the 404 of a missing folder."""
+    for folder in ("workflows", "subgraphs"):
+        listing = await client.get("/api/userdata", params={"dir": folder, "recurse": "true", "full_info": "true"})
+        assert listing.status == 200 and await listing.json() == [], folder
+
+
+async def test_user_css_is_an_empty_sheet_until_one_is_written(client):
+    empty = await client.get("/api/userdata/user.css")
+    assert empty.status == 200 and empty.content_type == "text/css" and await empty.text() == ""
+    await client.post("/api/userdata/user.css", data=b"body { color: red }")
+    written = await client.get("/api/userdata/user.css")
+    assert written.content_type == "text/css" and await written.text() == "body { color: red }"
+    assert (await client.get(URL("/api/userdata/workflows%2Fuser.css", encoded=True))).status == 404

@@ -1,5 +1,7 @@
 """The Templates panel's catalogue (``server.templates``): the comfyui-workflow-templates layouts, the
-examples and the user's workflows, each with the node types and model files the server lacks."""
+examples and the user's workflows, each with the node types and model files the server lacks: the files
+their models metadata names and those their loader nodes name, in editor workflows (subgraphs included)
+and API prompts alike."""
 
 from __future__ import annotations
 
@@ -138,3 +140,98 @@ async def test_workflow_requirements_of_an_opened_workflow(client: TestClient) -
 
     bad = await client.post("/loom/workflow_requirements", json={"nodes": []})
     assert bad.status == 400
+
+
+def place(client: TestClient, folder: str, name: str) -> Path:
+    path = models_folder(client) / folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights")
+    return path
+
+
+def missing(entry: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    return [(m["directory"], m["name"], m["url"]) for m in entry["models"] if not m["present"]]
+
+
+async def test_examples_are_marked_with_the_files_their_loaders_name(client: TestClient) -> None:
+    examples = by_path(await catalogue(client), "examples")
+    sd15 = examples["sd15_txt2img.workflow.json"]
+    assert sd15["models"] == [
+        {
+            "name": "v1-5-pruned-emaonly.safetensors",
+            "directory": "checkpoints",
+            "url": None,
+            "hash": None,
+            "hash_type": None,
+            "present": False,
+            "refused": None,
+        }
+    ], "the example has no models metadata: its loader's widget names the file, with no source"
+    assert missing(examples["flux_dev_subgraph.workflow.json"]) == [
+        ("diffusion_models", "flux1-dev.safetensors", None),
+        ("text_encoders", "t5xxl_fp16.safetensors", None),
+        ("text_encoders", "clip_l.safetensors", None),
+        ("vae", "ae.safetensors", None),
+    ], "the loaders inside the subgraph definition"
+    assert examples["mask_compositing.workflow.json"]["models"] == []
+
+    place(client, "checkpoints", "v1-5-pruned-emaonly.safetensors")
+    examples = by_path(await catalogue(client), "examples")
+    assert [m["present"] for m in examples["sd15_txt2img.workflow.json"]["models"]] == [True]
+    assert missing(examples["sd15_lora.workflow.json"]) == [("loras", "example_lora.safetensors", None)]
+
+
+def loader(node_id: int, node_type: str, *values: Any) -> dict[str, Any]:
+    return {"id": node_id, "type": node_type, "properties": {}, "widgets_values": list(values)}
+
+
+async def requirements(client: TestClient, workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await client.post("/loom/workflow_requirements", json={"workflow": workflow})
+    assert response.status == 200
+    models: list[dict[str, Any]] = (await response.json())["models"]
+    return models
+
+
+async def test_loader_files_of_an_editor_workflow_an_api_prompt_and_a_subgraph(client: TestClient) -> None:
+    place(client, "checkpoints", "sd15/base.safetensors")
+    lora_source = {"name": "style.safetensors", "directory": "loras", "url": "https://example.com/style.safetensors"}
+    lora_source["hash"] = "ab" * 32
+    inner = loader(3, "VAELoader", "sd15\\vae.safetensors")
+    subgraph = {"id": "sub-1", "nodes": [inner], "links": [], "inputs": [], "outputs": []}
+    lora = {**loader(2, "LoraLoader", "style.safetensors", 1.0, 1.0), "properties": {"models": [lora_source]}}
+    editor = {
+        "nodes": [loader(1, "CheckpointLoaderSimple", "sd15\\base.safetensors"), lora, loader(9, "sub-1")],
+        "links": [],
+        "definitions": {"subgraphs": [subgraph]},
+    }
+    expected = [
+        # The metadata's entry first, with its source; the loader naming the same file adds no second one.
+        ("loras", "style.safetensors", "https://example.com/style.safetensors", "ab" * 32, False),
+        # A Windows name for a file kept in a subfolder here is that file.
+        ("checkpoints", "sd15\\base.safetensors", None, None, True),
+        ("vae", "sd15\\vae.safetensors", None, None, False),
+    ]
+    as_tuples = [
+        (m["directory"], m["name"], m["url"], m["hash"], m["present"]) for m in await requirements(client, editor)
+    ]
+    assert as_tuples == expected
+
+    api = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15/base.safetensors"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"lora_name": "style.safetensors", "model": ["1", 0]}},
+        "9:3": {"class_type": "VAELoader", "inputs": {"vae_name": "sd15/vae.safetensors"}},
+    }
+    as_tuples = [(m["directory"], m["name"], m["present"]) for m in await requirements(client, api)]
+    assert as_tuples == [
+        ("checkpoints", "sd15/base.safetensors", True),
+        ("loras", "style.safetensors", False),
+        ("vae", "sd15/vae.safetensors", False),
+    ]
+    body = await (
+        await client.post("/loom/workflow_requirements", json={"workflow": {**api, "5": {"class_type": "Nope"}}})
+    ).json()
+    assert body["missing_node_types"] == ["Nope"], "an API prompt's node types are checked too"
+
+    place(client, "vae", "sd15/vae.safetensors")
+    place(client, "loras", "style.safetensors")
+    assert all(m["present"] for m in await requirements(client, editor))

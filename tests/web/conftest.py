@@ -133,6 +133,11 @@ class EditorPage:
         self.page.screenshot(path=str(path))
         return path
 
+    def close_missing_models(self) -> None:
+        """Close the dialog that lists an opened workflow's absent model files, as a person would."""
+        self.page.click(".missing-models button:text-is('Close')")
+        self.page.wait_for_selector(".missing-models", state="detached")
+
     def clear_graph(self) -> None:
         self.page.click("#btn-clear")
 

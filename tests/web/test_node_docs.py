@@ -65,6 +65,7 @@ def ask_for(editor: EditorPage, typed: str) -> None:
 
 def test_help_shows_a_nodes_own_description_and_tooltips(browser: Any, server_without_docs: RunningServer) -> None:
     with open_editor(browser, server_without_docs, "test_help_shows_a_nodes_own_description") as editor:
+        editor.close_missing_models()  # a fresh server: the default workflow's checkpoint is absent
         editor.page.click("#btn-help")
         ask_for(editor, "KSampler")
         editor.page.wait_for_function(f"() => document.querySelector('{PAGE} h1')?.textContent === 'KSampler'")
@@ -87,6 +88,7 @@ def test_help_shows_a_nodes_own_description_and_tooltips(browser: Any, server_wi
 
 def test_help_shows_the_docs_packages_page_with_its_picture(browser: Any, server_with_docs: RunningServer) -> None:
     with open_editor(browser, server_with_docs, "test_help_shows_the_docs_packages_page") as editor:
+        editor.close_missing_models()  # a fresh server: the default workflow's checkpoint is absent
         editor.page.mouse.click(640, 400)  # the canvas has the focus, as after any edit
         editor.page.keyboard.press("?")
         ask_for(editor, "KSampler")
@@ -101,6 +103,7 @@ def test_help_shows_the_docs_packages_page_with_its_picture(browser: Any, server
 
 def test_a_nodes_menu_opens_help_on_that_node(browser: Any, server_without_docs: RunningServer) -> None:
     with open_editor(browser, server_without_docs, "test_a_nodes_menu_opens_help_on_that_node") as editor:
+        editor.close_missing_models()  # a fresh server: the default workflow's checkpoint is absent
         editor.clear_graph()
         sampler = editor.add_node("ksampler", (480, 300), pick="KSampler")
         editor.page.mouse.click(*editor.title(sampler), button="right")

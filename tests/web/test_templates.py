@@ -1,7 +1,8 @@
 """The Templates panel and the missing-models dialog, driven like a person would: open a template whose
 upscaler is missing, download it from a model host on loopback while the dialog shows the progress,
-then run the workflow with it. And on a server where downloads are off, the dialog says how to turn
-them on."""
+then run the workflow with it. On a server where downloads are off, the dialog says how to turn them on.
+And an example that names its checkpoint only in its loader is marked as missing it, its dialog says which
+folder to put it in by hand, and once the file is there it is Ready."""
 
 from __future__ import annotations
 
@@ -152,3 +153,66 @@ def test_with_downloads_off_the_dialog_says_how_to_turn_them_on(editor: EditorPa
     editor.shot("downloads-off")
     editor.page.click(".missing-models button:text('Close')")
     assert editor.page.query_selector(".missing-models") is None
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server of this module's own: the test puts a checkpoint in its models folder, and other tests open
+    the shared server as a first visit without one."""
+    from server.config import ServerConfig
+
+    base = tmp_path_factory.mktemp("loom-loader-files")
+    with serve_in_thread(ServerConfig(base_dir=base, auth_token=None, port=free_port())) as server:
+        yield server
+
+
+EXAMPLE = "sd15_txt2img.workflow.json"
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+
+
+def open_templates(editor: EditorPage) -> None:
+    """The tab reads the list again each time it is opened."""
+    if editor.page.query_selector(".tab[data-panel=templates].active"):
+        editor.page.click(".tab[data-panel=templates]")
+    editor.page.click(".tab[data-panel=templates]")
+
+
+def test_an_example_whose_checkpoint_is_absent_says_so_and_is_ready_once_it_is_there(browser, own_server) -> None:
+    with open_editor(browser, own_server, "test_template_loader_files") as editor:
+        open_templates(editor)
+        item = editor.page.wait_for_selector(f'.template-item[data-source=examples][data-path="{EXAMPLE}"]')
+        text = item.inner_text()
+        assert f"Missing models: {CHECKPOINT} (checkpoints)" in text, "the loader's widget names it; no metadata does"
+        assert "put by hand into models/checkpoints/" in text
+        item.scroll_into_view_if_needed()
+        editor.shot("example-missing-checkpoint")
+
+        item.click()
+        row = editor.page.wait_for_selector(f'.missing-models tr[data-key="checkpoints/{CHECKPOINT}"]')
+        assert editor.js("() => document.title") == f"{EXAMPLE} - Loom", "the example is open behind the dialog"
+        assert [cell.inner_text() for cell in row.query_selector_all("td")][:3] == [
+            CHECKPOINT,
+            "checkpoints",
+            "unknown",
+        ]
+        assert row.query_selector("button") is None, "no source is known, so there is nothing to download"
+        assert "put the file into models/checkpoints/ by hand" in row.inner_text()
+        assert editor.page.query_selector(".missing-models-off") is None, "no Download button to turn on"
+        assert len(editor.page.query_selector_all(".missing-models tbody tr")) == 1
+        editor.shot("missing-checkpoint-dialog")
+        editor.page.click(".missing-models button:text('Close')")
+
+        checkpoint = own_server.base_dir / "models" / "checkpoints" / CHECKPOINT
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"stand-in weights: only its presence is checked")
+        open_templates(editor)
+        ready = editor.page.wait_for_selector(f'.template-item[data-path="{EXAMPLE}"] .badge.ok')
+        assert ready.inner_text() == "Ready: all models present"
+        ready.scroll_into_view_if_needed()
+        editor.shot("example-ready")
+
+        with editor.page.expect_response("**/loom/workflow_requirements") as checked:
+            editor.page.click(f'.template-item[data-path="{EXAMPLE}"]')
+        assert all(model["present"] for model in checked.value.json()["models"])
+        editor.page.wait_for_timeout(300)
+        assert editor.page.query_selector(".missing-models") is None, "nothing is missing any more"

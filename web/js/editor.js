@@ -10,6 +10,8 @@ import { copyNodes, pasteNodes, readClipboard } from './clipboard.js';
 import { Graph, MODE_ALWAYS } from './graph_model.js';
 import { UndoHistory } from './history.js';
 import { createNode, createReroute } from './node_factory.js';
+import { connectThroughReroute, openFloatingLinks, rerouteSource, withFloatingLinks } from './reroutes.js';
+import { connectToEmptySlot } from './subgraph_interface.js';
 import { convertToSubgraph, definitionInUse, definitionOf, openLevel, storeDefinition, unpackSubgraph } from './subgraphs.js';
 import { instanceWidgets, instanceWidgetValue, setInstanceWidgetValue } from './subgraphs_widgets.js';
 import { defaultWidgetValue, typesCompatible, widgetSpecs } from './node_defs.js';
@@ -139,7 +141,7 @@ export class Editor extends EventTarget {
    * definition nobody edited stays exactly as the file had it.
    */
   storeLevel() {
-    const text = JSON.stringify(definitionOf(this.graph));
+    const text = JSON.stringify(withFloatingLinks(definitionOf(this.graph), this.graph));
     if (text === this.levelBaseline) return;
     storeDefinition(this.root, JSON.parse(text));
     this.levelBaseline = text;
@@ -203,11 +205,12 @@ export class Editor extends EventTarget {
       const definition = this.root.subgraphOf(definitionId);
       if (!definition || graph.nodes.get(instanceId)?.type !== definitionId) { this.path.length = depth; break; }
       graph = openLevel(this.root, definition);
+      openFloatingLinks(graph, definition);
     }
     this.graph = graph;
     this.instanceWidgetCache.clear();
     for (const node of graph.nodes.values()) this.layout(node);
-    this.levelBaseline = this.path.length ? JSON.stringify(definitionOf(graph)) : null;
+    this.levelBaseline = this.path.length ? JSON.stringify(withFloatingLinks(definitionOf(graph), graph)) : null;
   }
 
   /** Double-click on an instance: the canvas shows its subgraph. Not an edit, so no undo step. */
@@ -312,7 +315,7 @@ export class Editor extends EventTarget {
 
   deleteSelected() {
     if (!this.selection.size && !this.selectedReroutes.size) return;
-    for (const node of this.editableNodes()) this.graph.removeNode(node.id);
+    for (const node of this.editableNodes()) this.graph.removeNode(node.id, true);
     for (const id of this.selectedReroutes) this.graph.removeReroute(id);
     this.selection.clear();
     this.selectedReroutes.clear();
@@ -340,6 +343,22 @@ export class Editor extends EventTarget {
     this.graph.removeReroute(id);
     this.selectedReroutes.delete(id);
     this.commit();
+  }
+
+  /** A link dragged out of a reroute: from the output it carries, through it, to `targetId`'s input. */
+  connectThroughReroute(rerouteId, targetId, targetSlot) {
+    const source = rerouteSource(this.graph, rerouteId);
+    const target = this.graph.nodes.get(targetId);
+    const origin = source && this.graph.nodes.get(source.origin_id);
+    if (!origin || !target || origin.id === targetId) return null;
+    // A subgraph boundary's empty slot grows the interface (connect does that); that link starts at the output.
+    if (target.inputs[targetSlot]?.empty) return this.connect(origin.id, source.origin_slot, targetId, targetSlot);
+    if (!typesCompatible(origin.outputs[source.origin_slot].type, target.inputs[targetSlot].type)) return null;
+    if (target.inputs[targetSlot].link != null) this.graph.removeLink(target.inputs[targetSlot].link, true);
+    const link = connectThroughReroute(this.graph, rerouteId, targetId, targetSlot);
+    if (link && target.type === 'Reroute') target.outputs[0].type = link.type;
+    this.commit();
+    return link;
   }
 
   selectReroute(id) {
@@ -406,7 +425,13 @@ export class Editor extends EventTarget {
     const origin = this.graph.nodes.get(originId);
     const target = this.graph.nodes.get(targetId);
     if (!origin || !target || originId === targetId) return null;
+    // Onto a subgraph boundary's empty slot: the subgraph gains an input or output for it.
+    const grown = connectToEmptySlot(this.root, this.graph, originId, originSlot, targetId, targetSlot,
+      (node, name) => node.widgets_values[this.typeWidgets(node.type).findIndex((w) => w.name === name)]);
+    if (grown !== undefined) { if (grown) this.commit(); return grown; }
     if (!typesCompatible(origin.outputs[originSlot].type, target.inputs[targetSlot].type)) return null;
+    // What fed the input before leaves its reroutes floating, as disconnecting it would.
+    if (target.inputs[targetSlot].link != null) this.graph.removeLink(target.inputs[targetSlot].link, true);
     const link = this.graph.connect(originId, originSlot, targetId, targetSlot);
     if (link && origin.type === 'Reroute' && origin.outputs[0].type === '*') origin.outputs[0].type = target.inputs[targetSlot].type;
     if (link && target.type === 'Reroute') target.outputs[0].type = link.type;
@@ -414,8 +439,9 @@ export class Editor extends EventTarget {
     return link;
   }
 
+  /** A link through reroutes leaves them floating (reroutes.js), to be deleted or reconnected. */
   disconnect(linkId) {
-    this.graph.removeLink(linkId);
+    this.graph.removeLink(linkId, true);
     this.commit();
   }
 

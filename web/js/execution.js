@@ -45,7 +45,8 @@ export class ExecutionState extends EventTarget {
     on('execution_error', (d) => {
       this.running = null;
       this.progress = null;
-      this.errors.set(String(d.node_id), { message: `${d.exception_type}: ${d.exception_message}`, inputs: new Map() });
+      this.errors.set(String(d.node_id), { message: `${d.exception_type}: ${d.exception_message}`, inputs: new Map(), type: d.node_type });
+      markInstances(this.errors);
     });
     on('b_preview', (d) => {
       const id = String(d.meta.display_node_id ?? d.meta.node_id ?? this.running);
@@ -67,8 +68,9 @@ export class ExecutionState extends EventTarget {
         const name = error.extra_info && error.extra_info.input_name;
         if (name) inputs.set(name, text);
       }
-      this.errors.set(String(id), { message: lines.join('\n'), inputs });
+      this.errors.set(String(id), { message: lines.join('\n'), inputs, type: entry.class_type });
     }
+    markInstances(this.errors);
     this.changed();
   }
 
@@ -84,5 +86,28 @@ export class ExecutionState extends EventTarget {
     const images = this.outputs.get(key);
     if (images && images.length) return { url: this.api.viewUrl(images[images.length - 1]), count: images.length };
     return null;
+  }
+}
+
+/**
+ * A node inside a subgraph has the prompt id "<instance>:<inner id>" (nested: "57:3:8"), so its
+ * error also marks every instance around it, each naming the inner node and its message: the
+ * instance is what shows on the canvas until the subgraph is opened.
+ */
+function markInstances(errors) {
+  // Marked afresh each time: what an earlier call added goes first.
+  for (const [id, entry] of [...errors]) { if (entry.inner) errors.delete(id); else entry.message = entry.own ?? entry.message; }
+  const inner = [...errors].filter(([id]) => id.includes(':'));
+  for (const [id, error] of inner) {
+    const parts = id.split(':');
+    for (let depth = parts.length - 1; depth > 0; depth--) {
+      const outer = parts.slice(0, depth).join(':');
+      const entry = errors.get(outer) || { message: '', inputs: new Map(), inner: true };
+      entry.own ??= entry.message;
+      const name = `${error.type || 'node'} #${parts.slice(depth).join(':')}`;
+      const lines = (error.own ?? error.message).split('\n').map((line) => `${name}: ${line}`);
+      entry.message = [entry.message, ...lines].filter(Boolean).join('\n');
+      errors.set(outer, entry);
+    }
   }
 }

@@ -5,6 +5,9 @@
  * so the same model serves the canvas, the API conversion and the tests.
  */
 
+import { detachFloatingLinks, dropFloatingLinksOf, dropUnusedReroutes, floatingLinksJSON, floatRoute, markFloatingEnds,
+  readFloatingLinks } from './reroutes.js';
+
 export const MODE_ALWAYS = 0;
 export const MODE_NEVER = 2;
 export const MODE_BYPASS = 4;
@@ -27,6 +30,9 @@ export class Graph {
     this.links = new Map();
     /** Native reroutes (docs/compatibility.md §C.5.3): points a link is drawn through; they never run. */
     this.reroutes = new Map();
+    /** What is left of links through reroutes whose one end is gone (reroutes.js); ids of their own. */
+    this.floatingLinks = new Map();
+    this.lastFloatingLinkId = 0;
     this.groups = [];
     this.lastNodeId = 0;
     this.lastLinkId = 0;
@@ -47,11 +53,15 @@ export class Graph {
     return node;
   }
 
-  removeNode(id) {
+  /** `keepReroutes`: the reroutes of links into the node stay, floating from their origin (reroutes.js). */
+  removeNode(id, keepReroutes = false) {
     const node = this.nodes.get(id);
     if (!node) return;
-    node.inputs.forEach((input) => { if (input.link != null) this.removeLink(input.link); });
+    node.inputs.forEach((input) => { if (input.link != null) this.removeLink(input.link, keepReroutes); });
     node.outputs.forEach((output) => (output.links || []).slice().forEach((l) => this.removeLink(l)));
+    dropFloatingLinksOf(this, id);
+    dropUnusedReroutes(this);
+    markFloatingEnds(this);
     this.nodes.delete(id);
   }
 
@@ -74,9 +84,14 @@ export class Graph {
     return link;
   }
 
-  removeLink(id) {
+  /**
+   * `keepReroutes`: the link's target side is what went (a person disconnected it or deleted its
+   * node), so its reroutes stay as ComfyUI's floating reroutes; otherwise those only it used go.
+   */
+  removeLink(id, keepReroutes = false) {
     const link = this.links.get(id);
     if (!link) return;
+    if (keepReroutes) floatRoute(this, link);
     const origin = this.nodes.get(link.origin_id);
     const target = this.nodes.get(link.target_id);
     const output = origin && origin.outputs[link.origin_slot];
@@ -85,8 +100,8 @@ export class Graph {
     if (input && input.link === id) input.link = null;
     this.links.delete(id);
     for (const reroute of this.reroutes.values()) reroute.linkIds = reroute.linkIds.filter((l) => l !== id);
-    // A reroute no link passes through any more has nothing to draw; ComfyUI's "floating" reroutes are not kept.
-    for (const [rerouteId, reroute] of this.reroutes) if (!reroute.linkIds.length) this.reroutes.delete(rerouteId);
+    dropUnusedReroutes(this);
+    if (keepReroutes) markFloatingEnds(this);
   }
 
   /** The reroutes a link passes through, from its origin to its target (each reroute names the one before it). */
@@ -125,7 +140,10 @@ export class Graph {
     for (const other of this.reroutes.values()) if (other.parentId === id) other.parentId = reroute.parentId;
     for (const link of this.links.values()) if (link.parentId === undefined) delete link.parentId;
     for (const other of this.reroutes.values()) if (other.parentId === undefined) delete other.parentId;
+    detachFloatingLinks(this, reroute);
     this.reroutes.delete(id);
+    dropUnusedReroutes(this);
+    markFloatingEnds(this);
   }
 
   nodesJSON() {
@@ -147,16 +165,21 @@ export class Graph {
     return [...this.reroutes.values()].sort((a, b) => a.id - b.id).map((r) => {
       const out = { id: r.id, pos: [...r.pos], linkIds: [...r.linkIds] };
       if (r.parentId != null) out.parentId = r.parentId;
+      if (r.floating) out.floating = clone(r.floating);
       return out;
     });
   }
 
-  /** Reads native reroutes: version 1 keeps them and the links' `parentId` at the top, v0.4 in `extra`. */
-  readReroutes(rawReroutes, linkParents) {
+  /**
+   * Reads native reroutes: version 1 keeps them and the links' `parentId` at the top, v0.4 in `extra`;
+   * both keep floating links at the top.
+   */
+  readReroutes(rawReroutes, linkParents, rawFloatingLinks = []) {
     for (const raw of rawReroutes || []) {
       if (!raw || typeof raw.id !== 'number' || !Array.isArray(raw.pos)) continue;
       const reroute = { id: raw.id, pos: [Number(raw.pos[0]), Number(raw.pos[1])], linkIds: (raw.linkIds || []).filter((l) => this.links.has(l)) };
       if (raw.parentId != null) reroute.parentId = raw.parentId;
+      if (raw.floating) reroute.floating = clone(raw.floating);
       this.reroutes.set(reroute.id, reroute);
       this.lastRerouteId = Math.max(this.lastRerouteId, reroute.id);
     }
@@ -164,7 +187,8 @@ export class Graph {
       const link = this.links.get(linkId);
       if (link && this.reroutes.has(parentId)) link.parentId = parentId;
     }
-    for (const [id, reroute] of this.reroutes) if (!reroute.linkIds.length) this.reroutes.delete(id);
+    readFloatingLinks(this, rawFloatingLinks);
+    dropUnusedReroutes(this);
   }
 
   /** The subgraph definition that nodes of `type` are instances of, when the file defines one. */
@@ -182,7 +206,8 @@ export class Graph {
         .map((l) => ({ id: l.id, parentId: l.parentId }));
     }
     return { ...clone(this.passthrough), id: this.id, revision: 0, last_node_id: this.lastNodeId, last_link_id: this.lastLinkId,
-      nodes: this.nodesJSON(), links: this.linksJSON(false), groups: clone(this.groups), config: clone(this.config), extra, version: 0.4 };
+      nodes: this.nodesJSON(), links: this.linksJSON(false), ...(this.floatingLinks.size ? { floatingLinks: floatingLinksJSON(this) } : {}),
+      groups: clone(this.groups), config: clone(this.config), extra, version: 0.4 };
   }
 
   /** Accepts v0.4 files (tuple links) and version 1 files (object links, docs/compatibility.md §C.5.3). */
@@ -212,7 +237,7 @@ export class Graph {
     graph.groups = clone(json.groups) || [];
     graph.config = clone(json.config) || {};
     graph.extra = { ds: { scale: 1, offset: [0, 0] }, ...(clone(json.extra) || {}) };
-    graph.readReroutes(json.version === 1 ? json.reroutes : json.extra?.reroutes, linkParents);
+    graph.readReroutes(json.version === 1 ? json.reroutes : json.extra?.reroutes, linkParents, json.floatingLinks);
     const state = json.state || {};
     graph.lastRerouteId = Math.max(graph.lastRerouteId, state.lastRerouteId || 0);
     graph.lastNodeId = Math.max(graph.lastNodeId, json.last_node_id || 0, state.lastNodeId || 0);
@@ -224,8 +249,8 @@ export class Graph {
 /** A node record with every field the file format has, copied from `raw`. */
 const NODE_FIELDS = new Set(['id', 'type', 'title', 'pos', 'size', 'flags', 'order', 'mode', 'inputs', 'outputs',
   'properties', 'widgets_values', 'color', 'bgcolor', 'passthrough']);
-const TOP_FIELDS = new Set(['id', 'revision', 'last_node_id', 'last_link_id', 'nodes', 'links', 'groups', 'config',
-  'extra', 'version', 'state']);
+const TOP_FIELDS = new Set(['id', 'revision', 'last_node_id', 'last_link_id', 'nodes', 'links', 'floatingLinks', 'groups',
+  'config', 'extra', 'version', 'state']);
 
 /** Fields this editor does not use (widgets_values_named, shape, models, definitions...) ride along unchanged. */
 function unknownFields(raw, known) {
@@ -234,18 +259,25 @@ function unknownFields(raw, known) {
 
 /**
  * Of a version 1 file's own fields only the subgraph `definitions` are kept (v0.4 files carry them in
- * the same shape); its reroutes are read into the graph and its floating links are not kept.
+ * the same shape); its reroutes and floating links are read into the graph.
  */
 function version1Fields(raw) {
   return raw.definitions === undefined ? {} : { definitions: clone(raw.definitions) };
+}
+
+/** A slot's shown name (ComfyUI's `label`, set by renaming) and translated name ride along with it. */
+function slotNames(slot) {
+  const out = {};
+  for (const key of ['label', 'localized_name']) if (slot[key] !== undefined) out[key] = slot[key];
+  return out;
 }
 
 /** A node as the file stores it; `order` is its place in the saved list. */
 export function nodeJSON(n, order) {
   const out = { ...clone(n.passthrough), id: n.id, type: n.type, pos: [...n.pos], size: [...n.size], flags: clone(n.flags) || {},
     order, mode: n.mode || 0,
-    inputs: n.inputs.map((i) => { const o = { name: i.name, type: i.type, link: i.link ?? null }; if (i.widget) o.widget = { ...i.widget }; if (i.shape !== undefined) o.shape = i.shape; return o; }),
-    outputs: n.outputs.map((o, slot) => ({ name: o.name, type: o.type, links: o.links && o.links.length ? [...o.links] : null, slot_index: slot })),
+    inputs: n.inputs.map((i) => { const o = { name: i.name, type: i.type, link: i.link ?? null }; if (i.widget) o.widget = { ...i.widget }; if (i.shape !== undefined) o.shape = i.shape; return { ...slotNames(i), ...o }; }),
+    outputs: n.outputs.map((o, slot) => ({ ...slotNames(o), name: o.name, type: o.type, links: o.links && o.links.length ? [...o.links] : null, slot_index: slot })),
     properties: clone(n.properties) || {}, widgets_values: clone(n.widgets_values) || [] };
   for (const key of ['title', 'color', 'bgcolor']) if (n[key] !== undefined) out[key] = n[key];
   return out;
@@ -262,7 +294,7 @@ export function makeNode(raw) {
     flags: clone(raw.flags) || {},
     mode: raw.mode || 0,
     inputs: (raw.inputs || []).map((i) => ({ ...clone(i), link: i.link ?? null })),
-    outputs: (raw.outputs || []).map((o) => ({ name: o.name, type: o.type, links: o.links ? [...o.links] : [] })),
+    outputs: (raw.outputs || []).map((o) => ({ ...slotNames(o), name: o.name, type: o.type, links: o.links ? [...o.links] : [] })),
     properties: clone(raw.properties) || {},
     widgets_values: clone(raw.widgets_values) ?? [],
     color: raw.color,

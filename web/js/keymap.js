@@ -37,6 +37,7 @@ export const POINTER_HELP = [
   ['Right-click', 'Menu for nodes, slots, links, groups and the canvas'],
   ['Double-click a subgraph node', 'Open it; the bar at the top leads back out'],
   ['Drag a reroute point', 'Move it (right-click it to delete it)'],
+  ['Drag the dot beside a reroute point, or Shift+drag the point', 'Drag a new link out of it, through it'],
 ];
 
 export function comboOf(event) {

@@ -1,11 +1,13 @@
 /**
- * The missing-models dialog. Workflows from ComfyUI's templates name their model files with a source:
- * `models` entries `{name, directory, url, hash?, hash_type?}` on the workflow or its nodes. Whenever a
- * workflow is opened, the server says which of them are not in the models folders
- * (/loom/workflow_requirements); if any, this dialog lists file, folder and source, and its Download
- * buttons have the server fetch them (/loom/model_downloads), with progress from `model_download`
- * WebSocket events. The server alone judges folders, names and URLs (and says why it would refuse
- * one); when downloads are off there, the dialog says how the machine's owner turns them on.
+ * The missing-models dialog. A workflow names model files in its loader nodes' widgets (a checkpoint, a
+ * LoRA, ...), and workflows from ComfyUI's templates also say where they come from: `models` entries
+ * `{name, directory, url, hash?, hash_type?}` on the workflow or its nodes. Whenever a workflow is opened,
+ * the server says which of those files are not in the models folders (/loom/workflow_requirements); if
+ * any, this dialog lists file, folder and source, and its Download buttons have the server fetch them
+ * (/loom/model_downloads), with progress from `model_download` WebSocket events. A file no metadata gives
+ * a source for (`url` null) has no button: the dialog says which folder to put it in. The server alone
+ * judges folders, names and URLs (and says why it would refuse one); when downloads are off there, the
+ * dialog says how the machine's owner turns them on.
  */
 import { refusalText } from './api.js';
 import { toast } from './toast.js';
@@ -14,6 +16,9 @@ const DOWNLOADS_OFF_HINT = 'Downloads are off on this server. Its owner can turn
   + '"loom serve --enable-model-downloads"; or put the files into the folders shown.';
 
 const key = (entry) => `${entry.directory}/${entry.name}`;
+
+/** Where a file without a known source has to be put by hand. */
+export const byHand = (entry) => `No download source known: put the file into models/${entry.directory}/ by hand.`;
 
 /** Checks every workflow the editor opens, from the first one on. */
 export function watchForMissingModels(session) {
@@ -43,6 +48,10 @@ function byteSize(bytes) {
 function sourceCell(url) {
   const cell = document.createElement('td');
   cell.className = 'missing-models-url';
+  if (!url) {
+    cell.appendChild(Object.assign(document.createElement('span'), { className: 'missing-models-unknown', textContent: 'unknown' }));
+    return cell;
+  }
   let web = false;
   try { web = ['https:', 'http:'].includes(new URL(url).protocol); } catch { web = false; }
   const text = web ? Object.assign(document.createElement('a'), { href: url, target: '_blank', rel: 'noopener noreferrer' })
@@ -62,12 +71,18 @@ class MissingModelRow {
     const cell = (text) => Object.assign(document.createElement('td'), { textContent: text });
     this.status = Object.assign(document.createElement('div'), { className: 'missing-models-status' });
     this.progress = Object.assign(document.createElement('progress'), { max: 1, value: 0, hidden: true });
-    this.button = Object.assign(document.createElement('button'), { textContent: 'Download', disabled: !enabled || !!entry.refused });
-    this.button.addEventListener('click', () => this.start());
     const action = document.createElement('td');
     action.className = 'missing-models-action';
-    action.append(this.button, this.progress, this.status);
-    if (entry.refused) this.status.textContent = entry.refused;
+    if (entry.url) {
+      this.button = Object.assign(document.createElement('button'), { textContent: 'Download', disabled: !enabled || !!entry.refused });
+      this.button.addEventListener('click', () => this.start());
+      action.append(this.button, this.progress, this.status);
+      if (entry.refused) this.status.textContent = entry.refused;
+    } else {
+      this.row.dataset.status = 'by-hand';
+      action.appendChild(this.status);
+      this.status.textContent = byHand(entry);
+    }
     this.row.append(cell(entry.name), cell(entry.directory), sourceCell(entry.url), action);
   }
 
@@ -84,6 +99,7 @@ class MissingModelRow {
 
   /** One state from the server: the POST's answer or a `model_download` event. */
   show(state) {
+    if (!this.button) return; // a file with no source here: another workflow's dialog may be fetching it
     this.row.dataset.status = state.status;
     if (state.status === 'downloading') {
       this.progress.hidden = false;
@@ -112,7 +128,8 @@ function showMissingModels(api, missing, enabled) {
   card.innerHTML = '<h3>Missing models</h3><p>This workflow uses model files that are not in the models folders.</p>'
     + '<table><thead><tr><th>File</th><th>Folder</th><th>Source</th><th></th></tr></thead><tbody></tbody></table>';
   card.querySelector('tbody').append(...[...rows.values()].map((row) => row.row));
-  if (!enabled) card.appendChild(Object.assign(document.createElement('p'), { className: 'missing-models-off', textContent: DOWNLOADS_OFF_HINT }));
+  // The hint is about the Download buttons, so only where there is one.
+  if (!enabled && missing.some((entry) => entry.url)) card.appendChild(Object.assign(document.createElement('p'), { className: 'missing-models-off', textContent: DOWNLOADS_OFF_HINT }));
   const buttons = Object.assign(document.createElement('div'), { className: 'modal-buttons' });
   const close = Object.assign(document.createElement('button'), { textContent: 'Close' });
   buttons.appendChild(close);

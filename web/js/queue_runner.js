@@ -24,7 +24,7 @@ export async function queueWorkflow(editor, api, batchCount = 1) {
       }
       throw error;
     }
-    if (applyControls(editor.graph, editor.defs)) editor.commit();
+    if (applyControls(editor.root, editor.graph, editor.defs)) editor.commit();
   }
   return accepted;
 }

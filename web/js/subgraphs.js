@@ -7,6 +7,7 @@
  * or dissolved into, a selection of nodes. Plain data, no drawing.
  */
 import { Graph, makeNode, nodeJSON } from './graph_model.js';
+import { part, rerouteCopies, reroutedIds, routeLink } from './subgraph_reroutes.js';
 
 export const SUBGRAPH_INPUTS = 'Subgraph Inputs';
 export const SUBGRAPH_OUTPUTS = 'Subgraph Outputs';
@@ -16,7 +17,7 @@ const OUTPUT_NODE_ID = -20;
 const BOUNDARY_GAP = 80;
 const BOUNDARY_SIZE = [140, 60];
 
-const uuid = () => (globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`);
+export const uuid = () => (globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`);
 const clone = (value) => (value === undefined ? undefined : JSON.parse(JSON.stringify(value)));
 
 /** Links of a definition as objects, whichever of the two forms it stores. */
@@ -28,11 +29,16 @@ export function definitionLinks(definition) {
 export const inputNodeId = (definition) => definition.inputNode?.id ?? INPUT_NODE_ID;
 export const outputNodeId = (definition) => definition.outputNode?.id ?? OUTPUT_NODE_ID;
 
+/**
+ * A boundary node's slots are the subgraph's inputs (or outputs), then one empty slot: a link dropped
+ * on it makes a new one (subgraph_interface.js).
+ */
 function boundaryNode(end, fallbackId, type, slots, side) {
   const [x, y, w, h] = end?.bounding || [0, 0, ...BOUNDARY_SIZE];
-  const node = makeNode({ id: end?.id ?? fallbackId, type, pos: [x, y], size: [w, h],
-    inputs: side === 'output' ? slots.map((s) => ({ name: s.name, type: s.type, link: null })) : [],
-    outputs: side === 'input' ? slots.map((s) => ({ name: s.name, type: s.type, links: [] })) : [] });
+  const node = makeNode({ id: end?.id ?? fallbackId, type, pos: [x, y], size: [w, h] });
+  const shown = (s) => ({ name: s.name, type: s.type, ...(s.label ? { label: s.label } : {}) });
+  if (side === 'output') node.inputs = [...slots.map((s) => ({ ...shown(s), link: null })), { name: '', type: '*', link: null, empty: true }];
+  else node.outputs = [...slots.map((s) => ({ ...shown(s), links: [] })), { name: '', type: '*', links: [], empty: true }];
   return node;
 }
 
@@ -44,27 +50,31 @@ export function openLevel(root, definition) {
     links: definitionLinks(definition), groups: definition.groups, reroutes: definition.reroutes });
   level.nodes.get(inputs.id).boundary = 'input';
   level.nodes.get(outputs.id).boundary = 'output';
+  // Read back as any node's slots, the empty ones are marked again.
+  level.nodes.get(inputs.id).outputs.at(-1).empty = true;
+  level.nodes.get(outputs.id).inputs.at(-1).empty = true;
   level.root = root;
   level.definition = definition;
   return level;
 }
 
-const boundaryOf = (level, side) => [...level.nodes.values()].find((n) => n.boundary === side);
+export const boundaryOf = (level, side) => [...level.nodes.values()].find((n) => n.boundary === side);
 
 /** The definition a level stands for now; fields the editor does not edit (uuids, widgets, config) ride along. */
 export function definitionOf(level) {
   const base = level.definition;
   const input = boundaryOf(level, 'input');
   const output = boundaryOf(level, 'output');
-  const slotEntry = (declared, slot, linkIds) => ({ ...clone(declared || { id: uuid() }), name: slot.name, type: slot.type, linkIds });
+  const slotEntry = (declared, slot, linkIds) => ({ ...clone(declared || { id: uuid() }), name: slot.name, type: slot.type, linkIds,
+    ...(slot.label ? { label: slot.label } : {}) });
   const out = {
     ...clone(base), id: base.id, version: 1,
     state: { lastGroupId: base.state?.lastGroupId ?? 0, lastNodeId: level.lastNodeId, lastLinkId: level.lastLinkId, lastRerouteId: level.lastRerouteId },
     revision: base.revision ?? 0, config: clone(base.config) ?? {}, name: base.name,
     inputNode: { ...clone(base.inputNode), id: input.id, bounding: [...input.pos, ...input.size] },
     outputNode: { ...clone(base.outputNode), id: output.id, bounding: [...output.pos, ...output.size] },
-    inputs: input.outputs.map((slot, i) => slotEntry(base.inputs?.[i], slot, [...slot.links])),
-    outputs: output.inputs.map((slot, i) => slotEntry(base.outputs?.[i], slot, slot.link != null ? [slot.link] : [])),
+    inputs: input.outputs.filter((slot) => !slot.empty).map((slot, i) => slotEntry(base.inputs?.[i], slot, [...slot.links])),
+    outputs: output.inputs.filter((slot) => !slot.empty).map((slot, i) => slotEntry(base.outputs?.[i], slot, slot.link != null ? [slot.link] : [])),
     widgets: clone(base.widgets) ?? [],
     nodes: level.nodesJSON(), groups: clone(level.groups), links: level.linksJSON(true), extra: clone(base.extra) ?? {},
   };
@@ -97,7 +107,20 @@ export function definitionInUse(root, level, id) {
   return seen.has(id);
 }
 
-function uniqueName(name, taken) {
+/** The definitions nodes of `types` use, and those their insides use in turn (each once, outermost first). */
+export function definitionsUsedBy(root, types) {
+  const found = new Map();
+  const queue = [...types];
+  while (queue.length) {
+    const definition = root.subgraphOf(queue.shift());
+    if (!definition || found.has(definition.id)) continue;
+    found.set(definition.id, definition);
+    queue.push(...(definition.nodes || []).map((n) => n.type));
+  }
+  return [...found.values()];
+}
+
+export function uniqueName(name, taken) {
   let candidate = name;
   for (let n = 2; taken.has(candidate); n++) candidate = `${name}_${n}`;
   taken.add(candidate);
@@ -126,6 +149,7 @@ export function convertToSubgraph(graph, ids, bounds) {
   if (!chosen.size) return null;
   const nodes = [...chosen].map((id) => graph.nodes.get(id));
   const links = [...graph.links.values()];
+  const saved = rerouteCopies(graph);
   const entering = bySource(links.filter((l) => !chosen.has(l.origin_id) && chosen.has(l.target_id)));
   const leaving = bySource(links.filter((l) => chosen.has(l.origin_id) && !chosen.has(l.target_id)));
   const [x, y, w, h] = enclosing(nodes.map(bounds));
@@ -163,7 +187,7 @@ export function convertToSubgraph(graph, ids, bounds) {
   }
   for (const l of links.filter((l) => chosen.has(l.origin_id) && chosen.has(l.target_id))) {
     const made = level.connect(l.origin_id, l.origin_slot, l.target_id, l.target_slot, l.id);
-    if (made) made.type = l.type;
+    if (made) { made.type = l.type; routeLink(level, made, [part(l.parentId, saved)]); }
   }
   entering.forEach((group, slot) => group.forEach((l) => level.connect(inputNode.id, slot, l.target_id, l.target_slot)));
   leaving.forEach((group, slot) => level.connect(group[0].origin_id, group[0].origin_slot, outputNode.id, slot));
@@ -174,8 +198,15 @@ export function convertToSubgraph(graph, ids, bounds) {
     inputs: inputs.map((i) => ({ name: i.name, type: i.type, link: null, ...(i.widget ? { widget: { name: i.name } } : {}) })),
     outputs: outputs.map((o) => ({ name: o.name, type: o.type, links: [] })), properties: {}, widgets_values: [] }));
   for (const id of chosen) graph.removeNode(id);
-  entering.forEach((group, slot) => graph.connect(group[0].origin_id, group[0].origin_slot, instance.id, slot));
-  leaving.forEach((group, slot) => group.forEach((l) => graph.connect(instance.id, slot, l.target_id, l.target_slot)));
+  // A link that crosses the boundary keeps its reroutes on its outer part.
+  entering.forEach((group, slot) => {
+    const made = graph.connect(group[0].origin_id, group[0].origin_slot, instance.id, slot);
+    if (made) routeLink(graph, made, [part(group.find((l) => l.parentId != null)?.parentId, saved)]);
+  });
+  leaving.forEach((group, slot) => group.forEach((l) => {
+    const made = graph.connect(instance.id, slot, l.target_id, l.target_slot);
+    if (made) routeLink(graph, made, [part(l.parentId, saved)]);
+  }));
   return instance;
 }
 
@@ -211,13 +242,19 @@ export function unpackSubgraph(graph, instanceId, widgetNames) {
   const sources = (slot) => { const input = outerInput(slot); const link = input && graph.links.get(input.link); return link ? [link] : []; };
   const consumers = instance.outputs.map((o) => (o.links || []).map((id) => graph.links.get(id)).filter(Boolean));
   const held = heldWidgetValues(level, instance);
+  // Each new link is drawn through the reroutes of the parts it was made of: outside, inside, outside.
+  const outerReroutes = rerouteCopies(graph);
+  const inside = part(null, rerouteCopies(level), reroutedIds(graph), [instance.pos[0] - left, instance.pos[1] - top]);
+  const outer = (l) => l && part(l.parentId, outerReroutes);
   const wiring = [];
   for (const link of level.links.values()) {
     const origin = level.nodes.get(link.origin_id);
     const target = level.nodes.get(link.target_id);
-    const from = origin.boundary ? sources(link.origin_slot).map((l) => [l.origin_id, l.origin_slot]) : [[ids.get(origin.id), link.origin_slot]];
-    const to = target.boundary ? (consumers[link.target_slot] || []).map((l) => [l.target_id, l.target_slot]) : [[ids.get(target.id), link.target_slot]];
-    for (const a of from) for (const b of to) wiring.push([...a, ...b]);
+    const from = origin.boundary ? sources(link.origin_slot).map((l) => [l.origin_id, l.origin_slot, l]) : [[ids.get(origin.id), link.origin_slot, null]];
+    const to = target.boundary ? (consumers[link.target_slot] || []).map((l) => [l.target_id, l.target_slot, l]) : [[ids.get(target.id), link.target_slot, null]];
+    for (const a of from) {
+      for (const b of to) wiring.push({ ends: [a[0], a[1], b[0], b[1]], route: [outer(a[2]), { ...inside, parentId: link.parentId }, outer(b[2])] });
+    }
     if (origin.boundary && !target.boundary && held.has(link.origin_slot)) {
       const copy = graph.nodes.get(ids.get(target.id));
       const name = copy.inputs[link.target_slot]?.widget?.name;
@@ -226,7 +263,10 @@ export function unpackSubgraph(graph, instanceId, widgetNames) {
     }
   }
   graph.removeNode(instanceId);
-  for (const [o, os, t, ts] of wiring) graph.connect(o, os, t, ts);
+  for (const { ends, route } of wiring) {
+    const made = graph.connect(...ends);
+    if (made) routeLink(graph, made, route.filter(Boolean));
+  }
   return [...ids.values()];
 }
 

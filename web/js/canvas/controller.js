@@ -9,10 +9,11 @@ import { clampNumber, dragNumber, stepNumber } from '../widgets/number.js';
 import { openTextEditor } from '../widgets/text_editor.js';
 import { SubgraphBreadcrumb } from '../subgraphs_breadcrumb.js';
 import { DomWidgetLayer } from './dom_widgets.js';
+import { rerouteSource } from '../reroutes.js';
 import { hitTest } from './hit_test.js';
 import { enclosingRect, nodeBounds, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
 import { besideMinimap, minimapFrame, minimapToWorld } from './minimap.js';
-import { layoutAll, renderFrame } from './render.js';
+import { layoutAll, renderFrame, REROUTE_SLOT_OFFSET } from './render.js';
 import { fitScale } from './view.js';
 
 const ARROW_ZONE = 18;
@@ -27,7 +28,8 @@ export class CanvasController {
     this.actions = actions;
     this.boxes = new Map();
     this.drag = null;
-    this.overlay = { link: null, rubber: null };
+    /** `reroute`: the reroute under the pointer, `{id, onSlot}`, whose output slot is shown. */
+    this.overlay = { link: null, rubber: null, reroute: null };
     this.pointer = [0, 0];
     this.spaceDown = false;
     this.frames = 0;
@@ -140,10 +142,13 @@ export class CanvasController {
       const input = hit.node.inputs[hit.slot];
       const link = input.link != null ? this.editor.graph.links.get(input.link) : null;
       if (link) {
+        // A link through reroutes comes off at its last reroute, which floats until the link is dropped somewhere.
         const origin = this.editor.graph.nodes.get(link.origin_id);
-        this.editor.graph.removeLink(link.id);
-        this.drag = { kind: 'link', ...start, node: origin, slot: link.origin_slot, detached: true };
-        this.overlay.link = { fromOutput: true, type: link.type, start: this.editor.layout(origin).outputs[link.origin_slot], end: [wx, wy] };
+        const reroute = this.editor.graph.reroutes.get(link.parentId);
+        this.editor.graph.removeLink(link.id, true);
+        this.drag = { kind: 'link', ...start, node: origin, slot: link.origin_slot, detached: true, reroute: reroute ? reroute.id : null };
+        const from = reroute ? [...reroute.pos] : this.editor.layout(origin).outputs[link.origin_slot];
+        this.overlay.link = { fromOutput: true, type: link.type, start: from, end: [wx, wy] };
       } else {
         this.drag = { kind: 'link', ...start, node: hit.node, slot: hit.slot, reverse: true };
         this.overlay.link = { fromOutput: false, type: input.type, start: hit.box.inputs[hit.slot], end: [wx, wy] };
@@ -156,6 +161,12 @@ export class CanvasController {
       this.drag = { kind: 'widget', ...start, node: hit.node, rect: hit.rect, value: this.editor.widgetValue(hit.node, hit.rect.index) };
     } else if (hit.kind === 'title' && hit.badge) {
       this.editor.enterSubgraph(hit.node);
+    } else if (hit.kind === 'reroute-output' || (hit.kind === 'reroute' && event.shiftKey && rerouteSource(this.editor.graph, hit.reroute.id))) {
+      // As in ComfyUI: a link is dragged out of a reroute from its output slot, or with Shift from its dot.
+      const source = rerouteSource(this.editor.graph, hit.reroute.id);
+      this.drag = { kind: 'link', ...start, node: this.editor.graph.nodes.get(source.origin_id), slot: source.origin_slot, reroute: hit.reroute.id };
+      this.overlay.link = { fromOutput: true, type: source.type, start: [...hit.reroute.pos], end: [wx, wy] };
+      this.overlay.reroute = null;
     } else if (hit.kind === 'reroute') {
       this.editor.selectReroute(hit.reroute.id);
       this.drag = { kind: 'nodes', ...start, lastX: wx, lastY: wy };
@@ -223,10 +234,24 @@ export class CanvasController {
     this.editor.markDirty();
   }
 
-  /** The cursor shows where a press would start a resize; the minimap, drawn on top, takes precedence. */
+  /**
+   * The cursor shows where a press would start a resize; the minimap, drawn on top, takes precedence.
+   * A reroute near the pointer shows its output slot.
+   */
   hover(sx, sy) {
-    const hit = !minimapToWorld(this.editor, sx, sy) && hitTest(this.editor, this.currentBoxes(), ...this.editor.view.toWorld(sx, sy));
+    const [wx, wy] = this.editor.view.toWorld(sx, sy);
+    const hit = !minimapToWorld(this.editor, sx, sy) && hitTest(this.editor, this.currentBoxes(), wx, wy);
     this.canvas.style.cursor = hit && hit.kind === 'resize' ? 'nwse-resize' : '';
+    let reroute = null;
+    if (hit && (hit.kind === 'reroute' || hit.kind === 'reroute-output')) reroute = { id: hit.reroute.id, onSlot: hit.kind === 'reroute-output' };
+    else if (!hit || !hit.node) {
+      const near = [...this.editor.graph.reroutes.values()].find((r) => Math.hypot(wx - r.pos[0], wy - r.pos[1]) < 2 * REROUTE_SLOT_OFFSET);
+      if (near) reroute = { id: near.id, onSlot: false };
+    }
+    const shown = this.overlay.reroute;
+    if (shown?.id === reroute?.id && shown?.onSlot === reroute?.onSlot) return;
+    this.overlay.reroute = reroute;
+    this.editor.markDirty();
   }
 
   onUp(event) {
@@ -280,12 +305,14 @@ export class CanvasController {
     let linked = null;
     if (!drag.reverse && hit && (hit.kind === 'input' || hit.kind === 'title' || hit.kind === 'node' || hit.kind === 'widget')) {
       const slot = hit.kind === 'input' ? hit.slot : hit.node.inputs.findIndex((i) => i.link == null && typesCompatible(type, i.type));
-      if (slot >= 0 && typesCompatible(type, hit.node.inputs[slot].type)) linked = editor.connect(drag.node.id, drag.slot, hit.node.id, slot);
+      if (slot >= 0 && typesCompatible(type, hit.node.inputs[slot].type)) linked = this.linkTo(drag, hit.node.id, slot);
     } else if (drag.reverse && hit && (hit.kind === 'output' || hit.kind === 'title' || hit.kind === 'node')) {
       const slot = hit.kind === 'output' ? hit.slot : hit.node.outputs.findIndex((o) => typesCompatible(o.type, type));
       if (slot >= 0 && typesCompatible(hit.node.outputs[slot].type, type)) linked = editor.connect(hit.node.id, slot, drag.node.id, drag.slot);
     }
     if (linked) return;
+    // A Shift+click on a reroute (no drag) selects it, as a plain click does.
+    if (!drag.moved && drag.reroute != null && !drag.detached && editor.graph.reroutes.has(drag.reroute)) editor.selectReroute(drag.reroute);
     if (drag.detached) editor.commit();
     if (!hit && drag.moved) this.searchAndConnect(drag, type, wx, wy, event.clientX, event.clientY);
   }
@@ -298,11 +325,17 @@ export class CanvasController {
     const node = this.editor.addNode(chosen, [wx, wy]);
     if (fromOutput) {
       const slot = node.inputs.findIndex((i) => typesCompatible(type, i.type));
-      if (slot >= 0) this.editor.connect(drag.node.id, drag.slot, node.id, slot);
+      if (slot >= 0) this.linkTo(drag, node.id, slot);
     } else {
       const slot = node.outputs.findIndex((o) => typesCompatible(o.type, type));
       if (slot >= 0) this.editor.connect(node.id, slot, drag.node.id, drag.slot);
     }
+  }
+
+  /** A link dragged from an output, or out of a reroute (then it passes through that reroute). */
+  linkTo(drag, nodeId, slot) {
+    if (drag.reroute != null && this.editor.graph.reroutes.has(drag.reroute)) return this.editor.connectThroughReroute(drag.reroute, nodeId, slot);
+    return this.editor.connect(drag.node.id, drag.slot, nodeId, slot);
   }
 
   widgetLinked(node, rect) {

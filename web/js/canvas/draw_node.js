@@ -78,10 +78,11 @@ function drawBoundary(ctx, node, box, s) {
     const [x, y] = dots[i];
     const linked = input ? slot.links.length > 0 : slot.link != null;
     const dim = s.dragType != null && (input ? (s.dragFromOutput || !typesCompatible(slot.type, s.dragType)) : (!s.dragFromOutput || !typesCompatible(s.dragType, slot.type)));
+    // The empty slot takes a dropped link to make a new subgraph input or output (subgraph_interface.js).
     slotDot(ctx, x, y, slot.type, linked, dim);
     if (s.scale < DETAIL_SCALE) return;
-    ctx.fillStyle = THEME.text;
-    ctx.fillText(slot.name || slot.type, input ? x - 12 : x + 12, y);
+    ctx.fillStyle = slot.empty ? THEME.textDim : THEME.text;
+    ctx.fillText(slot.empty ? '+' : slot.label || slot.name || slot.type, input ? x - 12 : x + 12, y);
   });
 }
 
@@ -154,7 +155,7 @@ export function drawNode(editor, ctx, node, box, s) {
     if (input.widget && widgetNames.has(input.widget.name)) return;
     ctx.textAlign = 'left';
     ctx.fillStyle = s.error && s.error.inputs.has(input.name) ? THEME.error : THEME.textDim;
-    ctx.fillText(input.name || input.type, x + 12, y);
+    ctx.fillText(input.label || input.name || input.type, x + 12, y);
   });
   node.outputs.forEach((output, i) => {
     const [x, y] = box.outputs[i];
@@ -162,7 +163,7 @@ export function drawNode(editor, ctx, node, box, s) {
     slotDot(ctx, x, y, output.type, output.links.length > 0, dim);
     ctx.textAlign = 'right';
     ctx.fillStyle = THEME.textDim;
-    ctx.fillText(output.name || output.type, x - 12, y);
+    ctx.fillText(output.label || output.name || output.type, x - 12, y);
   });
   const linkedWidgets = new Set(node.inputs.filter((i) => i.widget && i.link != null).map((i) => i.widget.name));
   for (const rect of box.widgets) {

@@ -1,10 +1,12 @@
 /**
  * What is under a world point, topmost first: slots, then the resize handle, title, widgets and body,
- * then reroutes, links and groups. Slots win over the handle where they touch, as connecting is the commoner act.
+ * then reroutes (their dot, then their output slot), links and groups. Slots win over the handle where
+ * they touch, as connecting is the commoner act.
  */
 import { BADGE_W, nodeBounds, pointInRect, resizeHandle } from './layout.js';
 import { linkMarker, linkPoints } from './link_route.js';
-import { REROUTE_RADIUS } from './render.js';
+import { REROUTE_RADIUS, REROUTE_SLOT_OFFSET, REROUTE_SLOT_RADIUS } from './render.js';
+import { rerouteSource } from '../reroutes.js';
 
 const SLOT_RADIUS = 10;
 
@@ -34,9 +36,8 @@ export function hitTest(editor, boxes, wx, wy) {
     if (rect) return { kind: 'widget', node, rect, box };
     return { kind: 'node', node, box };
   }
-  for (const reroute of editor.graph.reroutes.values()) {
-    if (Math.hypot(wx - reroute.pos[0], wy - reroute.pos[1]) <= REROUTE_RADIUS + 2) return { kind: 'reroute', reroute };
-  }
+  const reroute = rerouteAt(editor.graph, wx, wy);
+  if (reroute) return reroute;
   for (const link of editor.graph.links.values()) {
     const points = linkPoints(editor.graph, link, boxes);
     if (!points) continue;
@@ -49,6 +50,21 @@ export function hitTest(editor, boxes, wx, wy) {
   }
   for (const group of [...editor.graph.groups].reverse()) {
     if (pointInRect(wx, wy, group.bounding)) return { kind: 'group-body', group };
+  }
+  return null;
+}
+
+/**
+ * A reroute's dot, else its output slot beside it (a generous target, as the slot only shows under
+ * the pointer); the slot counts only where the reroute carries an output to drag a link from.
+ */
+export function rerouteAt(graph, wx, wy) {
+  for (const reroute of graph.reroutes.values()) {
+    if (Math.hypot(wx - reroute.pos[0], wy - reroute.pos[1]) <= REROUTE_RADIUS + 2) return { kind: 'reroute', reroute };
+  }
+  for (const reroute of graph.reroutes.values()) {
+    if (Math.hypot(wx - reroute.pos[0] - REROUTE_SLOT_OFFSET, wy - reroute.pos[1]) > 2 * REROUTE_SLOT_RADIUS) continue;
+    if (rerouteSource(graph, reroute.id)) return { kind: 'reroute-output', reroute };
   }
   return null;
 }

@@ -15,6 +15,23 @@ export function linkPoints(graph, link, boxes) {
   return [a, ...graph.rerouteChain(link).map((r) => r.pos), b];
 }
 
+/**
+ * The points a floating link passes (reroutes.js): from the end it kept through its reroutes, or null
+ * when that end is not laid out.
+ */
+export function floatingLinkPoints(graph, link, boxes) {
+  const chain = graph.rerouteChain(link).map((r) => r.pos);
+  if (!chain.length) return null;
+  if (link.origin_id !== -1) {
+    const from = boxes.get(link.origin_id);
+    const a = from && from.outputs[link.origin_slot];
+    return a ? [a, ...chain] : null;
+  }
+  const to = boxes.get(link.target_id);
+  const b = to && to.inputs[link.target_slot];
+  return b ? [...chain, b] : null;
+}
+
 /** Links leave and enter horizontally, reroutes included, as in ComfyUI's splines. */
 export function stretchPath(ctx, a, b) {
   const dx = Math.max(40, Math.abs(b[0] - a[0]) * 0.5);

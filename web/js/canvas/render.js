@@ -5,7 +5,8 @@
  */
 import { THEME, typeColor } from './colors.js';
 import { drawNode } from './draw_node.js';
-import { linkMarker, linkPoints, stretchPath } from './link_route.js';
+import { floatingLinkPoints, linkMarker, linkPoints, stretchPath } from './link_route.js';
+import { isFloating, rerouteLink, rerouteSource } from '../reroutes.js';
 import { nodeBounds, rectsOverlap } from './layout.js';
 import { drawMinimap } from './minimap.js';
 
@@ -44,19 +45,25 @@ function drawGroups(ctx, editor, visible) {
   }
 }
 
+/** Strokes the curve through `points` when it may be on screen; says whether it did. */
+function strokeRoute(ctx, points, visible) {
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const bbox = [Math.min(...xs) - 60, Math.min(...ys) - 10, Math.max(...xs) - Math.min(...xs) + 120, Math.max(...ys) - Math.min(...ys) + 20];
+  if (!rectsOverlap(bbox, visible)) return false;
+  ctx.beginPath();
+  for (let i = 1; i < points.length; i++) stretchPath(ctx, points[i - 1], points[i]);
+  ctx.stroke();
+  return true;
+}
+
 function drawLinks(ctx, editor, boxes, visible) {
   ctx.lineWidth = 3;
   for (const link of editor.graph.links.values()) {
     const points = linkPoints(editor.graph, link, boxes);
     if (!points) continue;
-    const xs = points.map((p) => p[0]);
-    const ys = points.map((p) => p[1]);
-    const bbox = [Math.min(...xs) - 60, Math.min(...ys) - 10, Math.max(...xs) - Math.min(...xs) + 120, Math.max(...ys) - Math.min(...ys) + 20];
-    if (!rectsOverlap(bbox, visible)) continue;
     ctx.strokeStyle = typeColor(link.type);
-    ctx.beginPath();
-    for (let i = 1; i < points.length; i++) stretchPath(ctx, points[i - 1], points[i]);
-    ctx.stroke();
+    if (!strokeRoute(ctx, points, visible)) continue;
     if (editor.view.scale >= 0.6) {
       const [mx, my] = linkMarker(editor.graph, link, points).at;
       ctx.fillStyle = typeColor(link.type);
@@ -67,22 +74,55 @@ function drawLinks(ctx, editor, boxes, visible) {
   }
 }
 
-export const REROUTE_RADIUS = 7;
+/** Floating links (reroutes.js): dimmed and dashed, from the end they kept to their last reroute. */
+function drawFloatingLinks(ctx, editor, boxes, visible) {
+  ctx.lineWidth = 3;
+  ctx.globalAlpha = FLOATING_ALPHA;
+  ctx.setLineDash([10, 8]);
+  for (const link of editor.graph.floatingLinks.values()) {
+    const points = floatingLinkPoints(editor.graph, link, boxes);
+    if (!points) continue;
+    ctx.strokeStyle = typeColor(link.type);
+    strokeRoute(ctx, points, visible);
+  }
+  ctx.setLineDash([]);
+  ctx.globalAlpha = 1;
+}
 
-/** Native reroutes: a dot in the colour of what passes through, ringed when selected. */
-function drawReroutes(ctx, editor, visible) {
+export const REROUTE_RADIUS = 7;
+/** A reroute's output slot: shown beside it under the pointer; a link is dragged out of it. */
+export const REROUTE_SLOT_OFFSET = 17;
+export const REROUTE_SLOT_RADIUS = 5;
+const FLOATING_ALPHA = 0.45;
+
+/**
+ * Native reroutes: a dot in the colour of what passes through, ringed when selected, dimmed when only
+ * floating links pass. The one under the pointer shows its output slot, filled while the pointer is on it.
+ */
+function drawReroutes(ctx, editor, visible, hover) {
   const { graph } = editor;
   for (const reroute of graph.reroutes.values()) {
     const [x, y] = reroute.pos;
-    if (!rectsOverlap([x - 10, y - 10, 20, 20], visible)) continue;
-    const link = graph.links.get(reroute.linkIds[0]);
-    ctx.fillStyle = typeColor(link ? link.type : '*');
+    if (!rectsOverlap([x - 10, y - 10, 20 + REROUTE_SLOT_OFFSET, 20], visible)) continue;
+    const link = rerouteLink(graph, reroute);
+    const color = typeColor(link ? link.type : '*');
+    ctx.globalAlpha = isFloating(reroute) ? FLOATING_ALPHA : 1;
+    ctx.fillStyle = color;
     ctx.beginPath();
     ctx.arc(x, y, REROUTE_RADIUS, 0, Math.PI * 2);
     ctx.fill();
     ctx.strokeStyle = editor.selectedReroutes.has(reroute.id) ? THEME.reroute : THEME.nodeBorder;
     ctx.lineWidth = 2;
     ctx.stroke();
+    ctx.globalAlpha = 1;
+    if (hover && hover.id === reroute.id && rerouteSource(graph, reroute.id)) {
+      ctx.beginPath();
+      ctx.arc(x + REROUTE_SLOT_OFFSET, y, REROUTE_SLOT_RADIUS, 0, Math.PI * 2);
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1.5;
+      if (hover.onSlot) { ctx.fillStyle = color; ctx.fill(); }
+      ctx.stroke();
+    }
   }
 }
 
@@ -103,7 +143,8 @@ export function renderFrame(ctx, editor, width, height, overlay) {
   const boxes = layoutAll(editor);
   drawGroups(ctx, editor, visible);
   drawLinks(ctx, editor, boxes, visible);
-  drawReroutes(ctx, editor, visible);
+  drawFloatingLinks(ctx, editor, boxes, visible);
+  drawReroutes(ctx, editor, visible, overlay.reroute);
   const drag = overlay.link;
   for (const node of editor.graph.nodes.values()) {
     const box = boxes.get(node.id);

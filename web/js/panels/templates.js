@@ -2,12 +2,14 @@
  * Templates: ready-made workflows the server lists (/loom/templates): ComfyUI's template packages when
  * installed, the repository's examples and the user's saved workflows, one section per source. Each
  * says what this server lacks for it: node types no plugin provides, model files not in the models
- * folders. A click opens the workflow, and opening a workflow is what brings up the missing-models
+ * folders (those its loader nodes name and those its metadata names with a source), each with its folder.
+ * A click opens the workflow, and opening a workflow is what brings up the missing-models
  * dialog (missing_models.js), so the Templates panel adds no download path of its own; the list is
  * read again when it is opened and when a download finishes while it is open.
  * index.html has no place for this panel, so it makes its own tab and aside.
  */
 import { refusalText } from '../api.js';
+import { byHand } from '../missing_models.js';
 import { toast } from '../toast.js';
 
 const element = (tag, className, textContent = '') => Object.assign(document.createElement(tag), { className, textContent });
@@ -26,9 +28,13 @@ function statusBadges(template) {
     status.appendChild(badge);
   }
   if (missingModels.length) {
-    const badge = element('span', 'badge warn', `Missing models: ${missingModels.map((m) => m.name).join(', ')}`);
-    badge.title = missingModels.map((m) => `${m.directory}/${m.name} from ${m.url}`).join('\n');
+    const badge = element('span', 'badge warn', `Missing models: ${missingModels.map((m) => `${m.name} (${m.directory})`).join(', ')}`);
+    badge.title = missingModels.map((m) => `${m.directory}/${m.name}: ${m.url ? `from ${m.url}` : byHand(m)}`).join('\n');
     status.appendChild(badge);
+    const folders = [...new Set(missingModels.filter((m) => !m.url).map((m) => `models/${m.directory}/`))];
+    if (folders.length) {
+      status.appendChild(element('div', 'template-description template-by-hand', `No download source known: put by hand into ${folders.join(', ')}`));
+    }
   }
   if (!status.children.length) status.appendChild(element('span', 'badge ok', template.models.length ? 'Ready: all models present' : 'Ready'));
   return status;
