@@ -1,13 +1,13 @@
 """The output cache: node outputs by content-addressed key, within a byte budget, least recently used first out.
 
-Two budgets, because accelerator memory is the scarce one: ``device_budget_bytes`` bounds the bytes
-of output tensors that stay on a non-CPU device and ``budget_bytes`` (``--cache-budget``) bounds
-everything the cache holds. Values stay where the node produced them (a GPU latent stays on the GPU,
-so the next prompt needs no copy). When the device budget is exceeded, the least recently used
-entries are first *offloaded*: their device tensors are copied to CPU, which frees device memory but
-keeps the result. Only when the total budget is exceeded are entries *dropped*, again least recently
-used first. ComfyUI's RAM-pressure mode (docs/compatibility.md §4.4) weighs age against size; plain
-LRU is predictable and testable.
+Two budgets, counted separately, because they bound two memories: ``device_budget_bytes``
+(``--cache-vram-budget``) bounds the bytes of output tensors that stay on a non-CPU device and
+``budget_bytes`` (``--cache-budget``) everything else the cache holds, in RAM. Values stay where the node
+produced them (a GPU latent stays on the GPU, so the next prompt needs no copy). When the device budget is
+exceeded, the least recently used entries are first *offloaded*: their device tensors are copied to CPU,
+which frees device memory but keeps the result, now counted in RAM. Only when the RAM budget is exceeded
+are entries *dropped*, again least recently used first. ComfyUI's RAM-pressure mode
+(docs/compatibility.md §4.4) weighs age against size; plain LRU is predictable and testable.
 
 The cache owns the memory of what it holds, models included: a loaded checkpoint lives exactly as
 long as some entry (or the running prompt) holds a handle over it, because nothing else keeps one
@@ -228,12 +228,16 @@ class OutputCache:
                 self._offload(self._entries[key])
                 if self._device_bytes <= self.device_budget_bytes:
                     break
-        if self.budget_bytes is not None and self._bytes > self.budget_bytes:
+        if self.budget_bytes is not None and self._host_bytes > self.budget_bytes:
             for key in [k for k in self._entries if k not in self._pinned]:
                 self._remove(key)
                 self._evictions += 1
-                if self._bytes <= self.budget_bytes:
+                if self._host_bytes <= self.budget_bytes:
                     break
+
+    @property
+    def _host_bytes(self) -> int:
+        return self._bytes - self._device_bytes
 
     def _offload(self, entry: CacheEntry) -> None:
         released, device_before = (entry.scalar_bytes, entry.holds), entry.device_nbytes

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion.model_memory import ModelMemory
+from diffusion.model_memory import DEFAULT_RESERVE_BYTES, ModelMemory
 from graph.services import current_services
 from nodes.compute import Compute
 from nodes.folders import Folders, make_folders
@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+#: Output tensors kept on a GPU between prompts unless ``--cache-vram-budget`` says otherwise.
+DEFAULT_CACHE_VRAM_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class Runtime:
     """What nodes need from their installation; built by ``build_runtime``, never changed after."""
@@ -42,6 +46,8 @@ class Runtime:
     previews: Previews
     #: Places the runtime's models on the device and shares their loads; owns none (docs/architecture.md, "Memory").
     memory: ModelMemory
+    #: Bytes of output tensors the output cache may keep on the device (``OutputCache.device_budget_bytes``).
+    cache_vram_budget_bytes: int | None = None
 
 
 def build_runtime(options: RuntimeOptions) -> Runtime:
@@ -59,8 +65,16 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         models=options.models_dir,
     )
     model_paths = ModelPaths.from_files(folders.models, options.extra_model_paths)
-    memory = ModelMemory.for_device(compute.device, dtype=compute.dtype, budget_bytes=options.vram_budget_bytes)
-    return Runtime(folders, model_paths, compute, previews, memory)
+    cache_vram = options.cache_vram_budget_bytes
+    if cache_vram is None and compute.device.type != "cpu":
+        cache_vram = DEFAULT_CACHE_VRAM_BYTES
+    memory = ModelMemory.for_device(
+        compute.device,
+        reserve_bytes=DEFAULT_RESERVE_BYTES + (cache_vram or 0),
+        dtype=compute.dtype,
+        budget_bytes=options.vram_budget_bytes,
+    )
+    return Runtime(folders, model_paths, compute, previews, memory, cache_vram)
 
 
 class RuntimeNotConfiguredError(RuntimeError):

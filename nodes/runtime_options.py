@@ -43,6 +43,9 @@ class RuntimeOptions:
     #: Bytes the models may hold on the device (``--vram-budget``); None: its memory less a reserve. Models
     #: larger than that stream their blocks (``diffusion.weight_streaming``); on the CPU a simulation.
     vram_budget_bytes: int | None = None
+    #: Bytes of node outputs the output cache may keep on the device between prompts (``--cache-vram-budget``);
+    #: None: 1 GiB on a GPU (left out of the models' default budget), no bound on the CPU, which has no device.
+    cache_vram_budget_bytes: int | None = None
 
     @classmethod
     def of(cls, source: object) -> RuntimeOptions:
@@ -59,6 +62,8 @@ class RuntimeOptions:
             raise ValueError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPE_MODES)}")
         if self.vram_budget_bytes is not None and self.vram_budget_bytes <= 0:
             raise ValueError(f"vram budget {self.vram_budget_bytes}: expected a positive size, e.g. 6G")
+        if self.cache_vram_budget_bytes is not None and self.cache_vram_budget_bytes < 0:
+            raise ValueError(f"cache vram budget {self.cache_vram_budget_bytes}: expected a size, e.g. 2G or 0")
 
 
 def option_values(source: object) -> dict[str, Any]:

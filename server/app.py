@@ -7,7 +7,9 @@ middleware lends it to every request, since validation and ``/object_info`` ask 
 choices. Nothing is process-wide, so two apps in one process keep their own. The worker threads, the backend they run
 prompts on (in process, or Ray actors: ``config.workers``) and the database are owned by a
 ``cleanup_ctx`` so they start with the server and stop with it: the worker finishes (or interrupts)
-its prompts, the backend is closed, and the database is closed last. Every API route is registered
+its prompts, the backend is closed, and the database is closed last. The server log the official
+frontend's Logs panel shows (``server.log_buffer``) is kept while the plugins load and while the app
+runs, and no longer: its handler leaves the root logger when the app stops. Every API route is registered
 twice, bare and under ``/api`` (docs/compatibility.md §1.1): the frontend uses ``/api``, Python clients the bare paths.
 The application exists before the plugins are imported, behind a fresh ``PromptServer.instance``
 (``server.prompt_server_compat``), so ComfyUI packs can declare routes at import; those are mounted
@@ -40,7 +42,8 @@ from server import (
 )
 from server.config import ServerConfig
 from server.distributed.backend import LocalBackend, PromptBackend
-from server.keys import CONFIG, HUB, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
+from server.keys import CONFIG, HUB, LOGS, QUEUE, REGISTRY, RUNTIME, STORE, WORKER
+from server.log_buffer import LogBuffer
 from server.node_docs import add_node_docs_routes
 from server.openapi import add_openapi_route
 from server.plugins import add_plugin_routes, configured_registry
@@ -85,7 +88,7 @@ def _backend(config: ServerConfig, registry: NodeRegistry, given_registry: bool,
             plugins=None if given_registry else config,
         )
         return RayBackend(config.workers_spec, setup)
-    cache = OutputCache(config.cache_budget_bytes)
+    cache = OutputCache(config.cache_budget_bytes, device_budget_bytes=runtime.cache_vram_budget_bytes)
     return LocalBackend(Executor(registry, cache, services=runtime), cache)
 
 
@@ -114,8 +117,13 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     prompt_server = PromptServer.open(app)
     given_registry = registry is not None
     plugin_reports: list[PluginReport] = []
+    log_buffer = LogBuffer()
     if registry is None:
-        registry, plugin_reports = configured_registry(config, runtime)
+        log_buffer.attach()  # what loading the plugins logs (their import times) belongs in the server log
+        try:
+            registry, plugin_reports = configured_registry(config, runtime)
+        finally:
+            log_buffer.detach()
     backend = _backend(config, registry, given_registry, runtime)
 
     store = PromptStore(config.database_path, config.max_history)
@@ -131,6 +139,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     prompt_server.connect(publisher, queue)
     app[CONFIG], app[RUNTIME], app[REGISTRY] = config, runtime, registry
     app[STORE], app[QUEUE], app[HUB], app[WORKER] = store, queue, hub, worker
+    app[LOGS] = log_buffer
 
     for table in API_ROUTE_TABLES:
         for route in table:
@@ -148,13 +157,16 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None) -> we
     add_frontend_routes(app, config.frontend_root)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        publisher.attach(hub, asyncio.get_running_loop())
-        prompt_server.loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        log_buffer.attach(loop, hub.send_logs)
+        publisher.attach(hub, loop)
+        prompt_server.loop = loop
         worker.start()
         yield
         await asyncio.to_thread(worker.stop)
         await asyncio.to_thread(backend.close)
         store.close()
+        log_buffer.detach()
 
     async def close_sockets(app: web.Application) -> None:
         await hub.close_all()

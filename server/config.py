@@ -82,6 +82,8 @@ class ServerConfig:
     dtype: str = "auto"
     #: Bytes the models may hold on the device (``--vram-budget``); None: the device's memory less a reserve.
     vram_budget_bytes: int | None = None
+    #: Bytes of node outputs kept on the device between prompts (``--cache-vram-budget``); None: 1 GiB on a GPU.
+    cache_vram_budget_bytes: int | None = None
     auth_token: str | None = field(default_factory=_env_token)
     preview_method: str = "auto"
     frontend_root: Path = REPO_ROOT / "web"

@@ -49,8 +49,17 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_size,
         default=defaults.vram_budget_bytes,
         metavar="SIZE",
-        help="bytes the models may hold on the device, e.g. 6G (default: its memory less 1 GiB); larger models "
-        "keep what fits there and stream their other blocks, slower, with the same result",
+        help="bytes the models may hold on the device, e.g. 6G (default: its memory less 1 GiB and the cache's "
+        "share); larger models keep what fits there and stream their other blocks, slower, with the same result",
+    )
+    parser.add_argument(
+        "--cache-vram-budget",
+        dest="cache_vram_budget_bytes",
+        type=parse_size,
+        default=defaults.cache_vram_budget_bytes,
+        metavar="SIZE",
+        help="bytes of node outputs kept on the device between prompts (default 1G on a GPU); past it the "
+        "least recently used move to RAM, under --cache-budget",
     )
     parser.add_argument(
         "--preview-method",

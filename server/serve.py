@@ -14,6 +14,7 @@ from graph.registry import NodeRegistry
 from nodes.runtime_options import option_values
 from server.config import AUTH_TOKEN_ENV, ServerConfig, parse_size
 from server.distributed.spec import DistributedUnavailableError, parse_workers, require_ray
+from server.log_buffer import LOG_FORMAT
 from server.runtime_args import add_runtime_arguments
 from server.static import FRONTENDS, frontend_root
 
@@ -50,7 +51,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-budget",
         type=parse_size,
         default=defaults.cache_budget_bytes,
-        help="bytes of node outputs kept between prompts, loaded models included, e.g. 12G "
+        help="bytes of node outputs kept in RAM between prompts, loaded models included, e.g. 12G "
         "(default: three quarters of this machine's RAM)",
     )
     parser.add_argument(
@@ -149,7 +150,7 @@ def run_server(config: ServerConfig, registry: NodeRegistry | None = None) -> No
     """Serve until interrupted; refuses a non-loopback bind without a token only with a warning."""
     from server.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if not config.loopback_only and not config.auth_token:
         logging.getLogger(__name__).warning(
             "listening on %s without --auth-token: anyone who can reach this port can run workflows", config.host

@@ -112,8 +112,8 @@ class LoomWorkerActor:
     """The body of one Ray worker actor (wrapped with ``ray.remote`` by ``RayBackend``)."""
 
     def __init__(self, setup: WorkerSetup) -> None:
-        cache = OutputCache(setup.cache_budget_bytes)
         self.runtime = build_runtime(setup.runtime)
+        cache = OutputCache(setup.cache_budget_bytes, device_budget_bytes=self.runtime.cache_vram_budget_bytes)
         self._local = LocalBackend(Executor(setup.build_registry(), cache, services=self.runtime), cache)
         self._lock = threading.Lock()
         self._executing = threading.Lock()

@@ -172,6 +172,19 @@ def test_over_the_device_budget_tensors_are_offloaded_before_anything_is_dropped
     assert cache.get(b"new").outputs[0][0].device.type == "cuda"
 
 
+def test_device_bytes_count_against_the_device_budget_only_until_they_are_offloaded() -> None:
+    cache = OutputCache(budget_bytes=500, device_budget_bytes=1_000)
+    cache.put(b"latent", ([FakeTensor(200)],))  # 800 bytes on the device, none in RAM
+    cache.put(b"text", outputs(400))
+    assert len(cache) == 2 and cache.stats().evictions == 0, "RAM and VRAM are two budgets"
+    cache.put(b"image", ([FakeTensor(100)],))  # 1,200 on the device: the oldest device entry moves to RAM
+    stats = cache.stats()
+    assert (stats.offloads, stats.device_bytes) == (1, 400)
+    # Offloaded first, then dropped because RAM (400 + 800) overflowed: the least recently used goes.
+    assert (b"latent" in cache, b"text" in cache, b"image" in cache, stats.evictions) == (False, True, True, 1)
+    assert stats.bytes - stats.device_bytes == 400
+
+
 def test_offloading_keeps_container_shapes() -> None:
     cache = OutputCache(device_budget_bytes=0)
     cache.put(b"latent", ([{"samples": FakeTensor(4), "batch_index": [0]}],))

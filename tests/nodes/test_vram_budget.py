@@ -144,3 +144,15 @@ def test_vram_budget_is_a_flag_of_serve_and_run() -> None:
 
 def test_the_runtime_memory_takes_the_budget(tmp_path: Path) -> None:
     assert runtime_at(tmp_path, 6 * 2**30).memory.budget_bytes == 6 * 2**30
+
+
+def test_the_cache_vram_budget_is_a_flag_and_reaches_the_runtime(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_runtime_arguments(parser)
+    options = RuntimeOptions.of(parser.parse_args(["--cache-vram-budget", "2G"]))
+    assert options.cache_vram_budget_bytes == 2 * 2**30
+    given = build_runtime(RuntimeOptions(base_dir=tmp_path, device="cpu", cache_vram_budget_bytes=2**30))
+    assert given.cache_vram_budget_bytes == 2**30
+    assert runtime_at(tmp_path, None).cache_vram_budget_bytes is None, "the CPU makes no device outputs to bound"
+    with pytest.raises(ValueError, match="cache vram budget"):
+        RuntimeOptions(cache_vram_budget_bytes=-1)
