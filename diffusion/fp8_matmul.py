@@ -8,7 +8,7 @@ so their largest magnitude lands on e4m3's largest finite value (448), rounded t
 (3 mantissa bits) is the cost: measured against the upcast path on random layers, the relative error of the
 output is about 2-3 % (tests/diffusion/test_fp8_matmul.py bounds it at 5 %), the trade ComfyUI offers as
 ``--fast fp8_matrix_mult``. Shapes fp8 matmul cannot take (an input or output width that is not a multiple
-of 16) and e5m2 weights fall back to the upcast path.
+of 16), e5m2 weights and the UNet's GEGLU projection (split into two halves) keep the upcast path.
 """
 
 from __future__ import annotations

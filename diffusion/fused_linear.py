@@ -60,3 +60,15 @@ class FusedLinear(ComputesFromStored, nn.Linear):
         if runs_on_onednn(x, weight, self.bias):
             return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
         return F.linear(x, weight, self.bias)
+
+    def gelu(self, x: torch.Tensor, approximate: Literal["none", "tanh"] = "none") -> torch.Tensor:
+        """``gelu(self(x))``: fused on oneDNN (``linear_gelu``), or after an fp8 matmul, which has no such epilogue."""
+        if self.fp8_matmul:
+            return F.gelu(self.forward(x), approximate=approximate)
+        return linear_gelu(x, self.compute_weight(), self.bias, approximate)
+
+    def times(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``self(x) * other``: fused on oneDNN (``linear_times``), or after an fp8 matmul."""
+        if self.fp8_matmul:
+            return self.forward(x).mul_(other)
+        return linear_times(x, self.compute_weight(), self.bias, other)

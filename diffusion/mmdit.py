@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import merge_heads
-from diffusion.fused_linear import FusedLinear, linear_gelu
+from diffusion.fused_linear import FusedLinear
 from diffusion.packed_conv import PackedConv2d
 from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
@@ -225,7 +225,7 @@ class StreamMLP(nn.Module):
         self.fc2 = FusedLinear(MLP_RATIO * hidden, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(linear_gelu(x, self.fc1.compute_weight(), self.fc1.bias, approximate="tanh"))
+        return self.fc2(self.fc1.gelu(x, approximate="tanh"))
 
 
 class StreamState(NamedTuple):

@@ -7,7 +7,7 @@ returns, so the device holds the resident blocks plus the block running now. Res
 fully loaded model: the same weights and the same kernels on the same device; only the copies cost time.
 
 Blocks, not single layers, are the streamed units because model code may read a child layer's weight from
-its parent's forward (`linear_gelu(x, self.fc1.compute_weight(), ...)`), where no hook of the child runs. So a
+its parent's forward (`self.fc1.gelu(x)`, a fused MLP), where no hook of the child runs. So a
 model is split through containers (`nn.ModuleList`, `nn.Sequential`, `nn.ModuleDict`, and modules that
 only group others, with no forward of their own), at its root, and through a module only when it is larger
 than a quarter of the budget (a text encoder's whole decoder under its wrapper): every other module is one

@@ -56,7 +56,7 @@ from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
 from diffusion.flux import RotaryEmbedding
-from diffusion.fused_linear import FusedLinear, linear_times
+from diffusion.fused_linear import FusedLinear
 from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
 
@@ -229,7 +229,7 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = F.silu(self.w1(x))
         # The product is fused into the value projection's matmul where oneDNN runs it.
-        return self.w2(_finite_in_fp16(linear_times(x, self.w3.compute_weight(), None, gate)))
+        return self.w2(_finite_in_fp16(self.w3.times(x, gate)))
 
 
 class ZImageBlock(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
-from diffusion.fused_linear import FusedLinear, linear_gelu
+from diffusion.fused_linear import FusedLinear
 from diffusion.stored_weights import StoredEmbedding
 
 __all__ = ["Activation", "ClipTextConfig", "ClipTextModel", "ClipTextOutput", "TokenOverride"]
@@ -84,7 +84,7 @@ class ClipMlp(nn.Module):
         if self.activation == "quick_gelu":
             return self.fc2(_quick_gelu(self.fc1(x)))
         approximate: Literal["none", "tanh"] = "tanh" if self.activation == "gelu_tanh" else "none"
-        return self.fc2(linear_gelu(x, self.fc1.compute_weight(), self.fc1.bias, approximate))
+        return self.fc2(self.fc1.gelu(x, approximate))
 
 
 class ClipEncoderLayer(nn.Module):

@@ -59,7 +59,7 @@ from torch import nn
 
 from diffusion.attention import merge_heads
 from diffusion.devices import compute_device
-from diffusion.fused_linear import FusedLinear, linear_times
+from diffusion.fused_linear import FusedLinear
 from diffusion.qwen_tokenizer import PAD_ID, QwenTokenizer, load_qwen_tokenizer
 from diffusion.stored_weights import StoredEmbedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
@@ -179,7 +179,7 @@ class Qwen3Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = F.silu(self.gate_proj(x))
         # The product is fused into the up projection's matmul where oneDNN runs it.
-        return self.down_proj(linear_times(x, self.up_proj.compute_weight(), None, gate))
+        return self.down_proj(self.up_proj.times(x, gate))
 
 
 class Qwen3Layer(nn.Module):

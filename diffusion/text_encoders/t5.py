@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.attention import merge_heads, split_heads
-from diffusion.fused_linear import FusedLinear, linear_times
+from diffusion.fused_linear import FusedLinear
 from diffusion.stored_weights import StoredEmbedding, WeightScaleError, attach_weight_scales, split_weight_scales
 from diffusion.weight_streaming import KEEP_RESIDENT
 
@@ -166,7 +166,7 @@ class T5GatedGeluFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = F.gelu(self.wi_0(x), approximate="tanh")
         # The product is fused into the value projection's matmul where oneDNN runs it.
-        return self.wo(linear_times(x, self.wi_1.compute_weight(), None, gate))
+        return self.wo(self.wi_1.times(x, gate))
 
 
 class T5FeedForwardLayer(nn.Module):

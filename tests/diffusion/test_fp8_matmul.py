@@ -82,3 +82,15 @@ def test_which_weights_and_devices_take_fp8_matmul() -> None:
     assert not takes_fp8_matmul(e4m3.to(torch.float8_e5m2), torch.bfloat16)
     assert not takes_fp8_matmul(torch.zeros(32, 48, dtype=torch.bfloat16), torch.bfloat16)
     assert not fp8_matmul_supported(torch.device("cpu"))
+
+
+def test_fused_mlp_projections_multiply_in_fp8_too() -> None:
+    layer = fp8_layer(128, 256, scaled=True)
+    place(layer, torch.device("cpu"), torch.bfloat16)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 128, generator=generator).to(torch.bfloat16)
+    other = torch.randn(64, 256, generator=generator).to(torch.bfloat16)
+    upcast_gelu, upcast_times = layer.gelu(x, "tanh"), layer.times(x, other)
+    layer.fp8_matmul = True
+    assert 0 < relative_error(layer.gelu(x, "tanh"), upcast_gelu) < TOLERANCE
+    assert 0 < relative_error(layer.times(x, other), upcast_times) < TOLERANCE
