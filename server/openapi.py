@@ -154,6 +154,39 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"unload_models": {"type": "boolean"}, "free_memory": {"type": "boolean"}},
     },
     "Settings": _OBJECT,
+    "LogsSubscription": {
+        "type": "object",
+        "required": ["enabled", "clientId"],
+        "properties": {
+            "enabled": {"type": "boolean", "description": "true to start logs messages, false to stop them"},
+            "clientId": {"type": "string", "description": "the id of a connected /ws client (its clientId or sid)"},
+        },
+    },
+    "LogEntry": {
+        "type": "object",
+        "required": ["t", "m"],
+        "properties": {
+            "t": {"type": "string", "description": "when it was logged, ISO 8601 local time"},
+            "m": {
+                "type": "string",
+                "description": "the line, ending in a newline; control characters but newline and tab are "
+                "written as \\xNN escapes",
+            },
+        },
+    },
+    "ServerLog": {
+        "type": "object",
+        "required": ["entries", "size"],
+        "properties": {
+            "entries": {"type": "array", "items": _ref("LogEntry"), "description": "oldest first"},
+            "size": {
+                "type": "object",
+                "description": "the server console's size (80x24 without a terminal)",
+                "required": ["cols", "rows"],
+                "properties": {"cols": {"type": "integer"}, "rows": {"type": "integer"}},
+            },
+        },
+    },
     "ModelDownloadRequest": {
         "type": "object",
         "required": ["name", "directory", "url"],
@@ -718,6 +751,26 @@ PATHS: dict[str, Any] = {
             params=[_p("directory_type")],
         )
     },
+    "/internal/logs": {
+        "get": _op(
+            "The server log kept in memory as one string, each line after its time ('<t> - <m>')",
+            _json({"type": "string"}),
+        )
+    },
+    "/internal/logs/raw": {
+        "get": _op(
+            "The server log kept in memory, line by line (the official frontend's Logs panel)", _json(_ref("ServerLog"))
+        )
+    },
+    "/internal/logs/subscribe": {
+        "patch": _op(
+            "Start or stop 'logs' WebSocket messages ({entries, size}, as /internal/logs/raw) with each new batch "
+            "of lines, for one connected client; 400 when starting them for a client that is not connected",
+            _EMPTY,
+            errors=(400, 413),
+            body=_ref("LogsSubscription"),
+        )
+    },
     "/templates/{path}": {
         "get": _op(
             "A file of the installed comfyui-workflow-templates packages (the official frontend's template browser); "
@@ -785,7 +838,8 @@ PATHS: dict[str, Any] = {
     },
     "/ws": {
         "get": {
-            "summary": "WebSocket: status, execution events, binary previews (see docs/compatibility.md §1.4)",
+            "summary": "WebSocket: status, execution events, binary previews, server log lines to subscribers "
+            "(see docs/compatibility.md §1.4)",
             "parameters": [_q("clientId")],
             "responses": {"101": {"description": "Switching protocols"}},
         }

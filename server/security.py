@@ -36,7 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUTH_COOKIE = "loom_session"
 _LOGIN_PATH = "/login"
-_CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+_CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "Content-Type, Authorization, Comfy-User"
 
 

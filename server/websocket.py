@@ -9,6 +9,9 @@ Previews are binary frames that naive API clients mistake for output images (doc
 socket receives them only when it asked: it must be the socket that submitted the prompt *and* have
 declared a preview capability in its ``feature_flags`` message — ``supports_preview_metadata``
 (the official frontend; type-4 frames with metadata) or ``loom_previews`` (legacy type-1 frames).
+Likewise ``logs`` frames (the server log, ``server.log_buffer``) reach only sockets that subscribed
+through ``PATCH /internal/logs/subscribe``; the subscription belongs to the socket, so it ends when
+the socket closes, and a reconnecting client subscribes again, as ComfyUI's frontend does.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import json
 import logging
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from graph.formats.strict_json import JsonDocumentError, parse_json
+from server.log_buffer import LogEntry, console_size
 
 __all__ = [
     "SocketHub",
@@ -66,6 +70,7 @@ class ClientSocket:
         self.ws = ws
         self._transport = transport
         self.features: dict[str, Any] = {}
+        self.wants_logs = False
         self.closed_reason: str | None = None
         self._frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=queue_size)
         self._timeout = send_timeout
@@ -168,6 +173,16 @@ class SocketHub:
         with_metadata = bool(client.features.get("supports_preview_metadata"))
         client.offer(encode_preview_frame(image, mime, metadata if with_metadata else None))
         return True
+
+    def send_logs(self, entries: Sequence[LogEntry]) -> None:
+        """One ``logs`` frame with these lines for every socket that subscribed to the server log."""
+        subscribers = [client for client in self._clients.values() if client.wants_logs]
+        if not subscribers or not entries:
+            return
+        data = {"entries": [entry.wire() for entry in entries], "size": console_size()}
+        frame = json.dumps({"type": "logs", "data": data})
+        for client in subscribers:
+            client.offer(frame)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)

@@ -147,6 +147,7 @@ class PromptWorker:
             lane.running = item
         sid = item.extra_data.get("client_id") or None
         start = time.time()
+        log.info("prompt %s started (%d nodes)", item.prompt_id, len(item.prompt))
         try:
             record = self._backend.execute(
                 item.prompt,
@@ -185,9 +186,9 @@ class PromptWorker:
             self._queue.done(item.prompt_id)
             return
         entry = {"prompt": item.wire(), "outputs": outputs, "status": history_status, "meta": meta}
-        self._store.finish(
-            HistoryRecord(item.prompt_id, item.number, status, item.create_time, start, time.time(), entry)
-        )
+        end = time.time()
+        self._store.finish(HistoryRecord(item.prompt_id, item.number, status, item.create_time, start, end, entry))
+        log.info("prompt %s finished: %s in %.2f s", item.prompt_id, status, end - start)
         with self._lock:
             lane.running = None
         self._queue.done(item.prompt_id)

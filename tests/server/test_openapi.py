@@ -30,7 +30,7 @@ def test_the_document_is_well_formed_openapi_3_1():
         Draft202012Validator.check_schema(schema)
     for path, operations in OPENAPI["paths"].items():
         for method, operation in operations.items():
-            assert method in ("get", "post", "put", "delete"), path
+            assert method in ("get", "post", "put", "patch", "delete"), path
             assert operation["summary"] and operation["responses"], (path, method)
             declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
             assert declared == set(re.findall(r"{(\w+)}", path)), (path, method)

@@ -3,7 +3,8 @@
 The page is driven with real clicks and typing: its default graph (Z-Image-Turbo in this release) gets
 the tiny stand-in model files picked in its loaders' combo menus, a 64 px size and two steps typed
 into its number prompts, and its Run button pressed; the picture must then show on its Save Image
-node and in Loom's ``/history``. The editor's own model (``window.app``) is read only to find where
+node and in Loom's ``/history``, and its Logs panel must show the line Loom logged when the prompt
+finished, and, while open, the next prompt's line as it is logged. The editor's own model (``window.app``) is read only to find where
 a widget is drawn on the canvas and to check the outcome.
 
 Every console error, page error and failed loopback request fails the test unless listed in
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +51,9 @@ TINY_FILES = {
     ("text_encoders", "tiny-qwen3.safetensors"): "qwen3_4b",
     ("vae", "tiny-ae.safetensors"): "vae",
 }
+#: The text of the Logs panel's terminal; a line wider than the terminal continues on the next row.
+LOGS_TEXT = "() => [...document.querySelectorAll('[data-testid=\"terminal-host\"] .xterm-rows > div')]"
+LOGS_TEXT += ".map((row) => row.textContent).join('')"
 #: Where a widget is drawn, in page pixels: the middle of its row on the canvas.
 WIDGET_AT = """([id, name]) => {
   const node = app.graph.getNodeById(id), widget = node.widgets.find((w) => w.name === name);
@@ -87,8 +92,14 @@ def official_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
         frontend_root=official_frontend_root(),
         starter_files=False,
     )
-    with serve_in_thread(config) as server:
-        yield server
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as `loom serve` configures logging: INFO lines reach the server log
+    try:
+        with serve_in_thread(config) as server:
+            yield server
+    finally:
+        root.setLevel(level)
 
 
 def write_settings(server: RunningServer, settings: dict[str, Any]) -> None:
@@ -227,6 +238,24 @@ def test_the_default_graph_runs_from_the_run_button(browser: Any, official_serve
         )
         assert shown == [[64, 64]], "the Save Image node shows the 64 px picture"
         editor.shot("generated")
+
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/internal/logs/subscribe") as subscribed:
+            page.get_by_role("button", name="Toggle Bottom Panel").click()
+            page.get_by_role("tab", name="Logs").wait_for()
+        assert subscribed.value.status == 200
+        page.wait_for_function(
+            f"() => ({LOGS_TEXT})().includes('INFO server.worker: prompt {prompt_id} finished: success in ')",
+            timeout=10000,
+        )
+        with page.expect_response(
+            lambda r: urlsplit(r.url).path == "/api/prompt" and r.request.method == "POST"
+        ) as queued_again:
+            page.click('[data-testid="queue-button"]')
+        again = queued_again.value.json()["prompt_id"]
+        page.wait_for_function(
+            f"() => ({LOGS_TEXT})().includes('prompt {again} finished: success in ')", timeout=30000
+        )  # arrives as a `logs` WebSocket message: the panel fetched the log before this prompt existed
+        editor.shot("logs")
 
     with urllib.request.urlopen(f"{official_server.url}/history/{prompt_id}") as reply:
         record = json.load(reply)[prompt_id]
