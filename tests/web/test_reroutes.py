@@ -302,3 +302,66 @@ def test_floating_links_inside_a_subgraph_are_opened_and_written_back(editor: Ed
     assert into_invert["origin_id"] == 1 and into_invert["parentId"] == 1
     assert inside["reroutes"] == [{"id": 1, "pos": [560, 260], "linkIds": [into_invert["id"]]}]
     assert schema_issues(editor.js("() => loom.editor.root.toJSON()")) == []
+
+
+# Dragging back from a reroute's input side, the slot left of it, to an output re-sources the reroute:
+# every link through it comes from that output, as in ComfyUI.
+
+
+def reroute_input_on_screen(editor: EditorPage, reroute_id: int) -> tuple[float, float]:
+    x, y = editor.js(
+        "([id, dx]) => { const [x, y] = loom.graph.reroutes.get(id).pos; return loom.controller.pageOf(x - dx, y); }",
+        [reroute_id, SLOT_OFFSET],
+    )
+    return x, y
+
+
+def test_a_link_dragged_from_a_reroutes_input_side_to_an_output_resources_its_links(editor: EditorPage) -> None:
+    open_fixture(editor)
+    preview = editor.add_node("preview", (640, 620), pick="PreviewImage")
+    editor.drag(reroute_slot_on_screen(editor, 2), editor.slot(preview, "input", 0))
+    source = editor.add_node("emptyimg", (260, 560))
+    assert editor.js("(id) => loom.graph.nodes.get(id).type", source) == "EmptyImage"
+    into_invert, into_preview = link_into(editor, 2), link_into(editor, preview)
+
+    # Under the pointer a reroute shows its input slot on the left; a link is dragged from there to the new output.
+    editor.page.mouse.move(*reroute_input_on_screen(editor, 2))
+    editor.shot("input-slot-shown")
+    editor.page.mouse.down()
+    editor.page.mouse.move(*editor.slot(source, "output", 0), steps=8)
+    editor.shot("dragging-to-output")
+    editor.page.mouse.up()
+    prompt = editor.js("() => loom.prompt()")
+    assert prompt["2"]["inputs"]["image"] == [str(source), 0], "the link through the reroute comes from the new output"
+    assert prompt[str(preview)]["inputs"]["images"] == [str(source), 0], "and so does every other link through it"
+    new_links = [link_into(editor, 2), link_into(editor, preview)]
+    assert all(link_parents(editor)[link] == 2 for link in new_links)
+    assert reroutes(editor) == [{"id": 2, "pos": [600, 420], "linkIds": sorted(new_links)}], (
+        "the reroute starts the chain now; the one before it carried nothing else and went"
+    )
+    assert "floatingLinks" not in editor.workflow()
+    editor.shot("resourced")
+    editor.page.keyboard.press("Control+z")
+    assert [link_into(editor, 2), link_into(editor, preview)] == [into_invert, into_preview]
+    assert [r["id"] for r in reroutes(editor)] == [1, 2]
+
+    # An output whose type the inputs do not take is refused with a toast, and nothing changes.
+    latent = editor.add_node("empty latent", (260, 700), pick="EmptyLatentImage")
+    before = editor.workflow()
+    editor.drag(reroute_input_on_screen(editor, 2), editor.slot(latent, "output", 0))
+    toast = editor.page.wait_for_selector(".toast:text('Not connected')")
+    assert "LATENT" in toast.text_content() and "IMAGE" in toast.text_content()
+    editor.shot("refused")
+    assert editor.workflow() == before
+
+
+def test_a_floating_reroute_that_lost_its_origin_gets_one_from_its_input_side(editor: EditorPage) -> None:
+    original = fixture_json("floating_reroutes_v1.json")
+    editor.open_file("floating.json", json.dumps(original).encode())
+    editor.page.wait_for_function("() => loom.graph.nodes.size === 4 && loom.graph.reroutes.size === 3")
+    (lost,) = [f for f in original["floatingLinks"] if f["origin_id"] == -1]
+    editor.drag(reroute_input_on_screen(editor, lost["parentId"]), editor.slot(1, "output", 0))
+    prompt = editor.js("() => loom.prompt()")
+    assert prompt[str(lost["target_id"])]["inputs"]["images"] == ["1", 0], "the floating link is a link again"
+    assert all(f["origin_id"] != -1 for f in editor.workflow()["floatingLinks"])
+    editor.shot("reconnected")

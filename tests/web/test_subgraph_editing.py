@@ -18,6 +18,7 @@ from graph.formats.schema import schema_issues
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
 from tests.web.conftest import EditorPage, fixture_json
+from tests.web.test_reroutes import reroute_slot_on_screen
 from tests.web.test_subgraphs import computations
 
 pytestmark = pytest.mark.browser
@@ -466,3 +467,108 @@ def test_errors_and_progress_inside_a_subgraph_show_on_its_instance(editor: Edit
     assert outline_colour(editor, INSTANCE, "instance-running") == (0x4C, 0xAF, 0x50)
     editor.js("() => loom.api.dispatchEvent(new CustomEvent('executing', { detail: { node: null, prompt_id: 'p' } }))")
     assert outline_colour(editor, INSTANCE, "instance-idle") != (0x4C, 0xAF, 0x50)
+
+
+def test_a_boundary_slot_is_renamed_by_double_clicking_its_name(editor: EditorPage) -> None:
+    open_crop_workflow(editor)
+    enter(editor, INSTANCE)
+    # The input node's names sit left of their dots, the output node's right of theirs.
+    x, y = editor.slot(-10, "output", 1)
+    editor.page.mouse.dblclick(x - 40, y)
+    editor.page.wait_for_selector(".modal input")
+    assert editor.page.input_value(".modal input") == "crop_width", "the prompt starts from the current name"
+    editor.shot("rename-prompt")
+    answer(editor, "side")
+    x, y = editor.slot(-20, "input", 0)
+    editor.page.mouse.dblclick(x + 30, y)
+    answer(editor, "cropped")
+    assert editor.js("() => loom.graph.nodes.get(-10).outputs.map((o) => o.label || o.name)") == ["image", "side", ""]
+    editor.shot("renamed-by-double-click")
+
+    sub = definition(whole_file(editor))
+    assert [(e["name"], e.get("label")) for e in sub["inputs"]] == [("image", None), ("side", "side")]
+    assert [(e["name"], e.get("label")) for e in sub["outputs"]] == [("cropped", "cropped")]
+    instance = node_of(whole_file(editor), INSTANCE)
+    assert [i["name"] for i in instance["inputs"]] == ["image", "side"]
+    assert instance["inputs"][1]["widget"] == {"name": "side"}
+    assert [o["name"] for o in instance["outputs"]] == ["cropped"]
+
+    # A double-click on the "+" row or off the rows asks nothing.
+    x, y = editor.slot(-10, "output", 2)
+    editor.page.mouse.dblclick(x - 30, y)
+    editor.page.wait_for_timeout(150)
+    assert editor.page.query_selector(".modal") is None
+
+    editor.page.keyboard.press("Control+z")
+    editor.page.keyboard.press("Control+z")
+    sub = definition(whole_file(editor))
+    assert [e["name"] for e in sub["inputs"]] == ["image", "crop_width"]
+    assert [e["name"] for e in sub["outputs"]] == ["IMAGE"]
+    assert [i["name"] for i in node_of(whole_file(editor), INSTANCE)["inputs"]] == ["image", "crop_width"]
+
+
+def test_a_floating_reroute_selected_with_its_node_moves_into_the_subgraph_and_back_out(editor: EditorPage) -> None:
+    original = fixture_json("native_reroutes_v1.json")
+    editor.open_file("reroutes.json", json.dumps(original).encode())
+    editor.page.wait_for_function("() => loom.graph.nodes.size === 3")
+    # Deleting the invert leaves the link's reroutes floating from the empty image's output.
+    editor.page.mouse.click(*editor.title(2))
+    editor.page.keyboard.press("Delete")
+    floating = whole_file(editor)["floatingLinks"]
+    assert [(f["origin_id"], f["parentId"]) for f in floating] == [(1, 2)]
+
+    # Ctrl+drag a rectangle around the empty image and both reroutes, short of the save node.
+    start = editor.js("() => loom.controller.pageOf(60, 140)")
+    end = editor.js("() => loom.controller.pageOf(660, 470)")
+    editor.page.keyboard.down("Control")
+    editor.drag(start, end)
+    editor.page.keyboard.up("Control")
+    assert editor.js("() => [[...loom.editor.selection], [...loom.editor.selectedReroutes].sort()]") == [[1], [1, 2]]
+    editor.shot("selected")
+    menu(editor, editor.title(1), "Convert to subgraph")
+
+    saved = whole_file(editor)
+    (sub,) = saved["definitions"]["subgraphs"]
+    assert sub["floatingLinks"] == [
+        {"id": 1, "origin_id": 1, "origin_slot": 0, "target_id": -1, "target_slot": -1, "type": "IMAGE", "parentId": 2}
+    ]
+    assert sub["reroutes"] == [
+        {"id": 1, "pos": [450, 420], "linkIds": []},
+        {"id": 2, "parentId": 1, "pos": [600, 420], "linkIds": [], "floating": {"slotType": "output"}},
+    ]
+    assert sub["state"]["lastRerouteId"] == 2
+    assert "floatingLinks" not in saved and "reroutes" not in saved["extra"], "nothing floats outside any more"
+    assert schema_issues(saved) == []
+    (instance,) = [n for n in saved["nodes"] if n["type"] == sub["id"]]
+    editor.shot("converted")
+
+    enter(editor, instance["id"])
+    assert editor.js("() => [...loom.graph.floatingLinks.keys()]") == [1]
+    editor.shot("inside")
+    leave(editor)
+
+    menu(editor, editor.title(instance["id"]), "Unpack subgraph")
+    saved = whole_file(editor)
+    (image,) = [n for n in saved["nodes"] if n["type"] == "EmptyImage"]
+    (link,) = saved["floatingLinks"]
+    reroutes = {r["id"]: r for r in saved["extra"]["reroutes"]}
+    assert link["origin_id"] == image["id"] and link["target_id"] == -1 and link["type"] == "IMAGE"
+    last = reroutes[link["parentId"]]
+    first = reroutes[last["parentId"]]
+    assert sorted(reroutes) == sorted([first["id"], last["id"]]) and "parentId" not in first
+    assert last["floating"] == {"slotType": "output"} and first["linkIds"] == last["linkIds"] == []
+    offsets = [[r["pos"][0] - image["pos"][0], r["pos"][1] - image["pos"][1]] for r in (first, last)]
+    assert offsets == [[350, 220], [500, 220]], "the reroutes keep their place beside the node"
+    assert "definitions" not in saved or not saved["definitions"]["subgraphs"]
+    assert schema_issues(saved) == []
+    editor.shot("unpacked")
+
+    # Reconnected from the last reroute, the unpacked route runs again.
+    editor.drag(reroute_slot_on_screen(editor, last["id"]), editor.slot(3, "input", 0))
+    assert editor.js("() => loom.prompt()")["3"]["inputs"]["images"] == [str(image["id"]), 0]
+    assert "floatingLinks" not in whole_file(editor)
+
+    for _ in range(3):
+        editor.page.keyboard.press("Control+z")
+    assert [(f["origin_id"], f["parentId"]) for f in whole_file(editor)["floatingLinks"]] == [(1, 2)]
+    assert "definitions" not in whole_file(editor) or not whole_file(editor)["definitions"]["subgraphs"]

@@ -8,6 +8,7 @@ import { pickFile } from './files.js';
 import { showMenu } from './menus.js';
 import { buildMenu } from './node_menus.js';
 import { toggleHelp } from './panels/help.js';
+import { interfaceSide, renameInterfaceSlot } from './subgraph_interface.js';
 import { toast } from './toast.js';
 
 export function canvasActions(session) {
@@ -21,6 +22,14 @@ export function canvasActions(session) {
     renameGroup: async (group) => {
       const title = await askText('Group title', group.title);
       if (title !== null) { group.title = title; editor.commit(); }
+    },
+    /** A subgraph input or output, from its slot's menu or a double-click on its boundary row; one undo step. */
+    renameInterfaceSlot: async (node, slotKind, index) => {
+      const side = interfaceSide(node, slotKind);
+      const slot = side && (slotKind === 'output' ? node.outputs : node.inputs)[index];
+      if (!slot || slot.empty) return;
+      const name = await askText(`Rename subgraph ${side}`, slot.label || slot.name);
+      if (name !== null && renameInterfaceSlot(editor.root, editor.graph, side, index, name)) editor.commit();
     },
     linkMenu: (link, x, y) => showMenu(x, y, buildMenu({ kind: 'link', link }, null, menuContext())),
     comboMenu: (values, x, y, pick) => showMenu(x, y, values.map((v) => ({ label: String(v), action: () => pick(v) }))),

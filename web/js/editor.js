@@ -10,7 +10,7 @@ import { copyNodes, pasteNodes, readClipboard } from './clipboard.js';
 import { Graph, MODE_ALWAYS } from './graph_model.js';
 import { UndoHistory } from './history.js';
 import { createNode, createReroute } from './node_factory.js';
-import { connectThroughReroute, openFloatingLinks, rerouteSource, withFloatingLinks } from './reroutes.js';
+import { connectThroughReroute, rerouteSource, resourceReroute } from './reroutes.js';
 import { connectToEmptySlot } from './subgraph_interface.js';
 import { convertToSubgraph, definitionInUse, definitionOf, openLevel, storeDefinition, unpackSubgraph } from './subgraphs.js';
 import { instanceWidgets, instanceWidgetValue, setInstanceWidgetValue } from './subgraphs_widgets.js';
@@ -141,7 +141,7 @@ export class Editor extends EventTarget {
    * definition nobody edited stays exactly as the file had it.
    */
   storeLevel() {
-    const text = JSON.stringify(withFloatingLinks(definitionOf(this.graph), this.graph));
+    const text = JSON.stringify(definitionOf(this.graph));
     if (text === this.levelBaseline) return;
     storeDefinition(this.root, JSON.parse(text));
     this.levelBaseline = text;
@@ -205,12 +205,11 @@ export class Editor extends EventTarget {
       const definition = this.root.subgraphOf(definitionId);
       if (!definition || graph.nodes.get(instanceId)?.type !== definitionId) { this.path.length = depth; break; }
       graph = openLevel(this.root, definition);
-      openFloatingLinks(graph, definition);
     }
     this.graph = graph;
     this.instanceWidgetCache.clear();
     for (const node of graph.nodes.values()) this.layout(node);
-    this.levelBaseline = this.path.length ? JSON.stringify(withFloatingLinks(definitionOf(graph), graph)) : null;
+    this.levelBaseline = this.path.length ? JSON.stringify(definitionOf(graph)) : null;
   }
 
   /** Double-click on an instance: the canvas shows its subgraph. Not an edit, so no undo step. */
@@ -247,9 +246,9 @@ export class Editor extends EventTarget {
     return ['Workflow', ...this.path.map((entry) => this.root.subgraphOf(entry.definitionId)?.name || 'Subgraph')];
   }
 
-  /** Context menu: the selected nodes become one subgraph instance; one undo step. */
+  /** Context menu: the selected nodes (and floating reroutes selected with them) become one subgraph instance; one undo step. */
   convertSelectionToSubgraph() {
-    const instance = convertToSubgraph(this.graph, [...this.selection], (node) => nodeBounds(this.layout(node)));
+    const instance = convertToSubgraph(this.graph, [...this.selection], (node) => nodeBounds(this.layout(node)), [...this.selectedReroutes]);
     if (!instance) return null;
     this.select([instance.id]);
     this.commit();
@@ -287,9 +286,9 @@ export class Editor extends EventTarget {
     return node;
   }
 
+  /** Additive: the nodes join what is selected, reroutes included. */
   select(ids, additive = false) {
-    if (!additive) this.selection.clear();
-    this.selectedReroutes.clear();
+    if (!additive) { this.selection.clear(); this.selectedReroutes.clear(); }
     for (const id of ids) this.selection.add(id);
     this.bringToFront(ids);
     this.markDirty();
@@ -359,6 +358,20 @@ export class Editor extends EventTarget {
     if (link && target.type === 'Reroute') target.outputs[0].type = link.type;
     this.commit();
     return link;
+  }
+
+  /**
+   * A link dragged from a reroute's input side to an output: every link through the reroute comes from
+   * that output now (reroutes.js). Throws RerouteSourceError, with nothing changed, where types do not allow it.
+   */
+  resourceReroute(rerouteId, originId, originSlot) {
+    const links = resourceReroute(this.graph, rerouteId, originId, originSlot, typesCompatible);
+    for (const link of links) {
+      const target = this.graph.nodes.get(link.target_id);
+      if (target.type === 'Reroute') target.outputs[0].type = link.type;
+    }
+    this.commit();
+    return links;
   }
 
   selectReroute(id) {

@@ -7,8 +7,7 @@ import { VIRTUAL_TYPES } from './node_defs.js';
 import { linkMarker, linkPoints, stretchMidpoint } from './canvas/link_route.js';
 import { GROUP_COLORS } from './canvas/colors.js';
 import { showHelpFor } from './panels/help.js';
-import { askText } from './dialogs.js';
-import { interfaceSide, removeInterfaceSlot, renameInterfaceSlot } from './subgraph_interface.js';
+import { interfaceSide, removeInterfaceSlot } from './subgraph_interface.js';
 
 function categoryTree(defs, onPick) {
   const root = new Map();
@@ -51,8 +50,8 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
     { label: 'Add reroute', action: () => insertReroute(editor, hit.link) },
     { label: 'Add reroute point', action: () => addRerouteOnLink(editor, controller, hit.link) },
   ];
-  if (hit && (hit.kind === 'reroute' || hit.kind === 'reroute-output')) return [{ label: 'Delete reroute', action: () => editor.removeReroute(hit.reroute.id) }];
-  if (hit && hit.node && hit.node.boundary) return [...interfaceEntries(editor, hit), { label: 'Leave subgraph', action: () => editor.leaveTo(editor.path.length - 1) }];
+  if (hit && hit.reroute) return [{ label: 'Delete reroute', action: () => editor.removeReroute(hit.reroute.id) }];
+  if (hit && hit.node && hit.node.boundary) return [...interfaceEntries(editor, actions, hit), { label: 'Leave subgraph', action: () => editor.leaveTo(editor.path.length - 1) }];
   if (hit && hit.kind === 'input') {
     const input = hit.node.inputs[hit.slot];
     return [
@@ -126,16 +125,12 @@ export function buildMenu(hit, at, { editor, controller, actions }) {
 }
 
 /** A subgraph input's or output's own entries, on its slot of the boundary node. */
-function interfaceEntries(editor, hit) {
+function interfaceEntries(editor, actions, hit) {
   const side = interfaceSide(hit.node, hit.kind);
   const slot = side && (hit.kind === 'output' ? hit.node.outputs : hit.node.inputs)[hit.slot];
   if (!slot || slot.empty) return [];
-  const rename = async () => {
-    const name = await askText(`Rename subgraph ${side}`, slot.label || slot.name);
-    if (name !== null && renameInterfaceSlot(editor.root, editor.graph, side, hit.slot, name)) editor.commit();
-  };
   return [
-    { label: `Rename ${side}`, action: rename },
+    { label: `Rename ${side}`, action: () => actions.renameInterfaceSlot(hit.node, hit.kind, hit.slot) },
     { label: `Remove ${side}`, action: () => { if (removeInterfaceSlot(editor.root, editor.graph, side, hit.slot)) editor.commit(); } },
     '-',
   ];

@@ -113,19 +113,70 @@ export function floatingLinksJSON(graph) {
   return [...graph.floatingLinks.values()].sort((a, b) => a.id - b.id).map(clone);
 }
 
-/**
- * A subgraph's inside is opened (subgraphs.js `openLevel`) from its links and reroutes only: this
- * adds the definition's floating links and the reroutes that only they keep.
- */
-export function openFloatingLinks(level, definition) {
-  if (!definition.floatingLinks?.length) return;
-  const known = new Set(level.reroutes.keys());
-  level.readReroutes((definition.reroutes || []).filter((r) => r && !known.has(r.id)), [], definition.floatingLinks);
+/** Why a reroute cannot take a new source; nothing was changed. */
+export class RerouteSourceError extends Error {
+  constructor(rerouteId, reason) {
+    super(reason);
+    this.rerouteId = rerouteId;
+    this.reason = reason;
+  }
 }
 
-/** The definition `definitionOf` made from a level, with the level's floating links in place of the stored ones. */
-export function withFloatingLinks(definition, level) {
-  if (level.floatingLinks.size) definition.floatingLinks = floatingLinksJSON(level);
-  else delete definition.floatingLinks;
-  return definition;
+/**
+ * The links a reroute leads on to inputs, as `{link, floating}`: live ones, and floating ones that
+ * lost their origin where their input is still free.
+ */
+function linksOnward(graph, rerouteId) {
+  const through = (link) => graph.rerouteChain(link).some((r) => r.id === rerouteId);
+  const free = (f) => graph.nodes.get(f.target_id)?.inputs[f.target_slot]?.link === null;
+  return [...[...graph.links.values()].filter(through).map((link) => ({ link, floating: false })),
+    ...floatingThrough(graph, rerouteId).filter((f) => !keepsOutput(f) && free(f)).map((link) => ({ link, floating: true }))];
+}
+
+/**
+ * A link dragged from a reroute's input side to an output, as ComfyUI allows: everything through the
+ * reroute now comes from output `originSlot` of `originId`. Its live links, and floating links that
+ * lost their origin (where their input is still free), become links from that output through the
+ * reroute and the ones after it; the reroutes before it stay only where other links still pass.
+ * Floating links that kept their output start from the new one. Throws RerouteSourceError, having
+ * changed nothing, when an input would not take the output's type (`compatible(outType, inType)`).
+ * Returns the new links.
+ */
+export function resourceReroute(graph, rerouteId, originId, originSlot, compatible) {
+  const reroute = graph.reroutes.get(rerouteId);
+  const output = graph.nodes.get(originId)?.outputs[originSlot];
+  if (!reroute) throw new RerouteSourceError(rerouteId, 'That reroute is gone');
+  if (!output || output.empty) throw new RerouteSourceError(rerouteId, 'A reroute takes its links from an existing output');
+  const onward = linksOnward(graph, rerouteId);
+  for (const { link } of onward) {
+    const target = graph.nodes.get(link.target_id);
+    const input = target?.inputs[link.target_slot];
+    if (link.target_id === originId) throw new RerouteSourceError(rerouteId, `${target.title || target.type} cannot feed itself`);
+    if (input && !compatible(output.type, input.type)) {
+      throw new RerouteSourceError(rerouteId, `A ${output.type} output cannot feed the ${input.type} input "${input.label || input.name}" through this reroute`);
+    }
+  }
+  // The reroute becomes the first of its chain; the ones before it are copied first, as replacing a link drops those only it passed.
+  const saved = new Map([...graph.reroutes].map(([id, r]) => [id, { ...clone(r), linkIds: [] }]));
+  delete saved.get(rerouteId).parentId;
+  delete reroute.parentId;
+  const made = [];
+  for (const { link: old, floating } of onward) {
+    if (floating) graph.floatingLinks.delete(old.id);
+    const link = graph.connect(originId, originSlot, old.target_id, old.target_slot);
+    if (!link) continue;
+    link.parentId = old.parentId;
+    for (let id = old.parentId; saved.has(id); id = saved.get(id).parentId) {
+      if (!graph.reroutes.has(id)) graph.reroutes.set(id, { ...clone(saved.get(id)), linkIds: [] });
+      graph.reroutes.get(id).linkIds.push(link.id);
+      if (id === rerouteId) break;
+    }
+    made.push(link);
+  }
+  for (const f of floatingThrough(graph, rerouteId)) {
+    if (keepsOutput(f)) Object.assign(f, { origin_id: originId, origin_slot: originSlot, type: output.type });
+  }
+  dropUnusedReroutes(graph);
+  markFloatingEnds(graph);
+  return made;
 }

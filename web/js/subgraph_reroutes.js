@@ -4,7 +4,11 @@
  * the boundary keeps its reroutes on its outer part; unpacking brings them back out, a link made of an
  * outer and an inner part passing through the reroutes of both, origin side first. Reroutes are read
  * from copies taken before any link went, as removing a link drops the reroutes only it passed through.
+ * Floating links (reroutes.js) move in and out with the node they kept and the reroutes they pass.
  */
+import { keepsOutput, markFloatingEnds } from './reroutes.js';
+
+const clone = (value) => JSON.parse(JSON.stringify(value));
 
 /** The graph's reroutes as they are now, by id: where each is and which one comes before it. */
 export function rerouteCopies(graph) {
@@ -56,4 +60,33 @@ export function routeLink(graph, link, parts) {
     last = nearestTarget;
   }
   if (last != null) link.parentId = last; else delete link.parentId;
+}
+
+/**
+ * Copies the floating links `links` of graph `from` into graph `to`, with ids of `to`'s own.
+ * `endOf(nodeId, slot, kept)` says where, in `to`, the end each kept ('output' or 'input' side) is:
+ * `[nodeId, slot]`, or null to leave that link out. Their reroutes get the ids `idOf` gives (the same
+ * as the live links' reroutes, so shared ones stay shared) and are moved by `shift`.
+ */
+export function copyFloatingLinks(from, to, links, endOf, idOf = (id) => id, shift = [0, 0]) {
+  for (const f of links) {
+    const output = keepsOutput(f);
+    const end = output ? endOf(f.origin_id, f.origin_slot, 'output') : endOf(f.target_id, f.target_slot, 'input');
+    const chain = from.rerouteChain(f);
+    if (!end || !chain.length) continue;
+    chain.forEach((source, i) => {
+      const id = idOf(source.id);
+      if (to.reroutes.has(id)) return;
+      const reroute = { id, pos: [source.pos[0] + shift[0], source.pos[1] + shift[1]], linkIds: [] };
+      if (i > 0) reroute.parentId = idOf(chain[i - 1].id);
+      to.reroutes.set(id, reroute);
+      to.lastRerouteId = Math.max(to.lastRerouteId, id);
+    });
+    const id = Math.max(to.lastFloatingLinkId, ...to.floatingLinks.keys()) + 1;
+    to.lastFloatingLinkId = id;
+    const [nodeId, slot] = end;
+    to.floatingLinks.set(id, { ...clone(f), id, parentId: idOf(f.parentId),
+      ...(output ? { origin_id: nodeId, origin_slot: slot } : { target_id: nodeId, target_slot: slot }) });
+  }
+  markFloatingEnds(to);
 }

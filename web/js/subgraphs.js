@@ -7,7 +7,8 @@
  * or dissolved into, a selection of nodes. Plain data, no drawing.
  */
 import { Graph, makeNode, nodeJSON } from './graph_model.js';
-import { part, rerouteCopies, reroutedIds, routeLink } from './subgraph_reroutes.js';
+import { floatingLinksJSON } from './reroutes.js';
+import { copyFloatingLinks, part, rerouteCopies, reroutedIds, routeLink } from './subgraph_reroutes.js';
 
 export const SUBGRAPH_INPUTS = 'Subgraph Inputs';
 export const SUBGRAPH_OUTPUTS = 'Subgraph Outputs';
@@ -42,12 +43,15 @@ function boundaryNode(end, fallbackId, type, slots, side) {
   return node;
 }
 
-/** The inside of `definition` as a graph of its own; its boundary nodes are marked `boundary`. */
+/**
+ * The inside of `definition` as a graph of its own, its reroutes and floating links included; its
+ * boundary nodes are marked `boundary`.
+ */
 export function openLevel(root, definition) {
   const inputs = boundaryNode(definition.inputNode, INPUT_NODE_ID, SUBGRAPH_INPUTS, definition.inputs || [], 'input');
   const outputs = boundaryNode(definition.outputNode, OUTPUT_NODE_ID, SUBGRAPH_OUTPUTS, definition.outputs || [], 'output');
   const level = Graph.fromJSON({ version: 1, id: definition.id, state: definition.state, nodes: [inputs, outputs, ...(definition.nodes || [])],
-    links: definitionLinks(definition), groups: definition.groups, reroutes: definition.reroutes });
+    links: definitionLinks(definition), groups: definition.groups, reroutes: definition.reroutes, floatingLinks: definition.floatingLinks });
   level.nodes.get(inputs.id).boundary = 'input';
   level.nodes.get(outputs.id).boundary = 'output';
   // Read back as any node's slots, the empty ones are marked again.
@@ -79,6 +83,7 @@ export function definitionOf(level) {
     nodes: level.nodesJSON(), groups: clone(level.groups), links: level.linksJSON(true), extra: clone(base.extra) ?? {},
   };
   if (level.reroutes.size) out.reroutes = level.reroutesJSON(); else delete out.reroutes;
+  if (level.floatingLinks.size) out.floatingLinks = floatingLinksJSON(level); else delete out.floatingLinks;
   return out;
 }
 
@@ -142,9 +147,10 @@ function bySource(links) {
  * Moves the nodes `ids` of `graph` into a new subgraph and puts an instance where they were. Links
  * from outside become subgraph inputs (one per source output), links to outside its outputs (one per
  * inner output), so the instance computes exactly what the nodes did. `bounds(node)` is a node's drawn
- * rectangle. Returns the instance, or null when nothing movable was chosen.
+ * rectangle. A floating link moves in when its kept end is a chosen node and every reroute it passes
+ * is among `rerouteIds` (chosen with the nodes). Returns the instance, or null when nothing movable was chosen.
  */
-export function convertToSubgraph(graph, ids, bounds) {
+export function convertToSubgraph(graph, ids, bounds, rerouteIds = []) {
   const chosen = new Set(ids.filter((id) => graph.nodes.has(id) && !graph.nodes.get(id).boundary));
   if (!chosen.size) return null;
   const nodes = [...chosen].map((id) => graph.nodes.get(id));
@@ -191,6 +197,9 @@ export function convertToSubgraph(graph, ids, bounds) {
   }
   entering.forEach((group, slot) => group.forEach((l) => level.connect(inputNode.id, slot, l.target_id, l.target_slot)));
   leaving.forEach((group, slot) => level.connect(group[0].origin_id, group[0].origin_slot, outputNode.id, slot));
+  const chosenReroutes = new Set(rerouteIds);
+  const floating = [...graph.floatingLinks.values()].filter((f) => graph.rerouteChain(f).every((r) => chosenReroutes.has(r.id)));
+  copyFloatingLinks(graph, level, floating, (nodeId, slot) => (chosen.has(nodeId) ? [nodeId, slot] : null));
   const definition = definitionOf(level);
   storeDefinition(graph.root, definition);
 
@@ -267,6 +276,13 @@ export function unpackSubgraph(graph, instanceId, widgetNames) {
     const made = graph.connect(...ends);
     if (made) routeLink(graph, made, route.filter(Boolean));
   }
+  // A floating link comes out with the inner node it kept, or from what feeds the subgraph input it kept.
+  const inputNode = boundaryOf(level, 'input').id;
+  copyFloatingLinks(level, graph, [...level.floatingLinks.values()], (nodeId, slot, kept) => {
+    if (ids.has(nodeId)) return [ids.get(nodeId), slot];
+    const source = nodeId === inputNode && kept === 'output' && sources(slot)[0];
+    return source ? [source.origin_id, source.origin_slot] : null;
+  }, inside.idOf, inside.shift);
   return [...ids.values()];
 }
 

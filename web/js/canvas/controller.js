@@ -9,9 +9,10 @@ import { clampNumber, dragNumber, stepNumber } from '../widgets/number.js';
 import { openTextEditor } from '../widgets/text_editor.js';
 import { SubgraphBreadcrumb } from '../subgraphs_breadcrumb.js';
 import { DomWidgetLayer } from './dom_widgets.js';
-import { rerouteSource } from '../reroutes.js';
-import { hitTest } from './hit_test.js';
-import { enclosingRect, nodeBounds, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
+import { rerouteLink, rerouteSource, RerouteSourceError } from '../reroutes.js';
+import { toast } from '../toast.js';
+import { boundaryRowAt, hitTest } from './hit_test.js';
+import { enclosingRect, nodeBounds, pointInRect, rectsOverlap, resizeHandle, TITLE_H } from './layout.js';
 import { besideMinimap, minimapFrame, minimapToWorld } from './minimap.js';
 import { layoutAll, renderFrame, REROUTE_SLOT_OFFSET } from './render.js';
 import { fitScale } from './view.js';
@@ -28,7 +29,7 @@ export class CanvasController {
     this.actions = actions;
     this.boxes = new Map();
     this.drag = null;
-    /** `reroute`: the reroute under the pointer, `{id, onSlot}`, whose output slot is shown. */
+    /** `reroute`: the reroute under the pointer, `{id, slot}`, whose slots are shown; `slot` ('input', 'output' or null) is the one pointed at. */
     this.overlay = { link: null, rubber: null, reroute: null };
     this.pointer = [0, 0];
     this.spaceDown = false;
@@ -167,8 +168,18 @@ export class CanvasController {
       this.drag = { kind: 'link', ...start, node: this.editor.graph.nodes.get(source.origin_id), slot: source.origin_slot, reroute: hit.reroute.id };
       this.overlay.link = { fromOutput: true, type: source.type, start: [...hit.reroute.pos], end: [wx, wy] };
       this.overlay.reroute = null;
+    } else if (hit.kind === 'reroute-input') {
+      // Dragged back from a reroute's input side to an output, the reroute takes its links from there.
+      const carried = rerouteLink(this.editor.graph, hit.reroute);
+      this.drag = { kind: 'link', ...start, reverse: true, rerouteInput: hit.reroute.id };
+      this.overlay.link = { fromOutput: false, type: carried ? carried.type : '*', start: [...hit.reroute.pos], end: [wx, wy] };
+      this.overlay.reroute = null;
     } else if (hit.kind === 'reroute') {
-      this.editor.selectReroute(hit.reroute.id);
+      // Ctrl+click adds a reroute to the selection (or takes it out); a selected one drags the whole selection.
+      const selected = this.editor.selectedReroutes;
+      if (event.ctrlKey || event.metaKey) {
+        if (selected.has(hit.reroute.id)) selected.delete(hit.reroute.id); else selected.add(hit.reroute.id);
+      } else if (!selected.has(hit.reroute.id)) this.editor.selectReroute(hit.reroute.id);
       this.drag = { kind: 'nodes', ...start, lastX: wx, lastY: wy };
     } else if (hit.kind === 'title' || hit.kind === 'node') {
       if (event.shiftKey || event.ctrlKey) {
@@ -243,13 +254,13 @@ export class CanvasController {
     const hit = !minimapToWorld(this.editor, sx, sy) && hitTest(this.editor, this.currentBoxes(), wx, wy);
     this.canvas.style.cursor = hit && hit.kind === 'resize' ? 'nwse-resize' : '';
     let reroute = null;
-    if (hit && (hit.kind === 'reroute' || hit.kind === 'reroute-output')) reroute = { id: hit.reroute.id, onSlot: hit.kind === 'reroute-output' };
+    if (hit && hit.reroute) reroute = { id: hit.reroute.id, slot: { 'reroute-input': 'input', 'reroute-output': 'output' }[hit.kind] ?? null };
     else if (!hit || !hit.node) {
       const near = [...this.editor.graph.reroutes.values()].find((r) => Math.hypot(wx - r.pos[0], wy - r.pos[1]) < 2 * REROUTE_SLOT_OFFSET);
-      if (near) reroute = { id: near.id, onSlot: false };
+      if (near) reroute = { id: near.id, slot: null };
     }
     const shown = this.overlay.reroute;
-    if (shown?.id === reroute?.id && shown?.onSlot === reroute?.onSlot) return;
+    if (shown?.id === reroute?.id && shown?.slot === reroute?.slot) return;
     this.overlay.reroute = reroute;
     this.editor.markDirty();
   }
@@ -263,7 +274,7 @@ export class CanvasController {
     const editor = this.editor;
     switch (drag.kind) {
       case 'pan':
-        if (!drag.moved && editor.selection.size) { editor.selection.clear(); }
+        if (!drag.moved) { editor.selection.clear(); editor.selectedReroutes.clear(); }
         editor.persistView();
         break;
       case 'minimap':
@@ -282,6 +293,7 @@ export class CanvasController {
         if (r) {
           const ids = [...editor.graph.nodes.values()].filter((n) => rectsOverlap(nodeBounds(editor.layout(n)), r)).map((n) => n.id);
           editor.select(ids, drag.additive);
+          for (const reroute of editor.graph.reroutes.values()) if (pointInRect(reroute.pos[0], reroute.pos[1], r)) editor.selectedReroutes.add(reroute.id);
         }
         break;
       }
@@ -307,12 +319,15 @@ export class CanvasController {
       const slot = hit.kind === 'input' ? hit.slot : hit.node.inputs.findIndex((i) => i.link == null && typesCompatible(type, i.type));
       if (slot >= 0 && typesCompatible(type, hit.node.inputs[slot].type)) linked = this.linkTo(drag, hit.node.id, slot);
     } else if (drag.reverse && hit && (hit.kind === 'output' || hit.kind === 'title' || hit.kind === 'node')) {
-      const slot = hit.kind === 'output' ? hit.slot : hit.node.outputs.findIndex((o) => typesCompatible(o.type, type));
-      if (slot >= 0 && typesCompatible(hit.node.outputs[slot].type, type)) linked = editor.connect(hit.node.id, slot, drag.node.id, drag.slot);
+      let slot = hit.kind === 'output' ? hit.slot : hit.node.outputs.findIndex((o) => !o.empty && typesCompatible(o.type, type));
+      // From a reroute, an output of the wrong type is refused with a reason rather than ignored.
+      if (slot < 0 && drag.rerouteInput != null && hit.node.outputs.length) slot = 0;
+      if (slot >= 0 && (drag.rerouteInput != null || typesCompatible(hit.node.outputs[slot].type, type))) linked = this.linkFrom(drag, hit.node.id, slot);
     }
     if (linked) return;
-    // A Shift+click on a reroute (no drag) selects it, as a plain click does.
-    if (!drag.moved && drag.reroute != null && !drag.detached && editor.graph.reroutes.has(drag.reroute)) editor.selectReroute(drag.reroute);
+    // A Shift+click on a reroute, or a click on one of its slots (no drag), selects it, as a plain click does.
+    const clicked = drag.reroute ?? drag.rerouteInput;
+    if (!drag.moved && clicked != null && !drag.detached && editor.graph.reroutes.has(clicked)) editor.selectReroute(clicked);
     if (drag.detached) editor.commit();
     if (!hit && drag.moved) this.searchAndConnect(drag, type, wx, wy, event.clientX, event.clientY);
   }
@@ -328,7 +343,7 @@ export class CanvasController {
       if (slot >= 0) this.linkTo(drag, node.id, slot);
     } else {
       const slot = node.outputs.findIndex((o) => typesCompatible(o.type, type));
-      if (slot >= 0) this.editor.connect(node.id, slot, drag.node.id, drag.slot);
+      if (slot >= 0) this.linkFrom(drag, node.id, slot);
     }
   }
 
@@ -336,6 +351,21 @@ export class CanvasController {
   linkTo(drag, nodeId, slot) {
     if (drag.reroute != null && this.editor.graph.reroutes.has(drag.reroute)) return this.editor.connectThroughReroute(drag.reroute, nodeId, slot);
     return this.editor.connect(drag.node.id, drag.slot, nodeId, slot);
+  }
+
+  /**
+   * A link dragged back from an input to an output, or from a reroute's input side: then all the
+   * reroute's links come from that output, or a toast says why they cannot.
+   */
+  linkFrom(drag, nodeId, slot) {
+    if (drag.rerouteInput == null) return this.editor.connect(nodeId, slot, drag.node.id, drag.slot);
+    try {
+      return this.editor.resourceReroute(drag.rerouteInput, nodeId, slot);
+    } catch (error) {
+      if (!(error instanceof RerouteSourceError)) throw error;
+      toast(`Not connected: ${error.reason}`);
+      return null;
+    }
   }
 
   widgetLinked(node, rect) {
@@ -398,7 +428,12 @@ export class CanvasController {
     const [wx, wy] = this.editor.view.toWorld(sx, sy);
     const hit = hitTest(this.editor, this.currentBoxes(), wx, wy);
     if (hit && hit.node && (hit.kind === 'title' || hit.kind === 'node') && this.editor.enterSubgraph(hit.node)) return;
-    if (hit && hit.node && hit.node.boundary) return;
+    if (hit && hit.node && hit.node.boundary) {
+      // A subgraph input's or output's name is edited where it is written, as a node's title is.
+      const row = hit.kind === 'input' || hit.kind === 'output' ? { slotKind: hit.kind, slot: hit.slot } : boundaryRowAt(hit.node, hit.box, wx, wy);
+      if (row) this.actions.renameInterfaceSlot(hit.node, row.slotKind, row.slot);
+      return;
+    }
     if (hit && hit.kind === 'title') { this.actions.rename(hit.node); return; }
     if (hit && hit.kind === 'group') { this.actions.renameGroup(hit.group); return; }
     if (hit && hit.kind !== 'group-body') return;

@@ -3,7 +3,7 @@
  * then reroutes (their dot, then their output slot), links and groups. Slots win over the handle where
  * they touch, as connecting is the commoner act.
  */
-import { BADGE_W, nodeBounds, pointInRect, resizeHandle } from './layout.js';
+import { BADGE_W, nodeBounds, pointInRect, resizeHandle, SLOT_H } from './layout.js';
 import { linkMarker, linkPoints } from './link_route.js';
 import { REROUTE_RADIUS, REROUTE_SLOT_OFFSET, REROUTE_SLOT_RADIUS } from './render.js';
 import { rerouteSource } from '../reroutes.js';
@@ -55,16 +55,30 @@ export function hitTest(editor, boxes, wx, wy) {
 }
 
 /**
- * A reroute's dot, else its output slot beside it (a generous target, as the slot only shows under
- * the pointer); the slot counts only where the reroute carries an output to drag a link from.
+ * A reroute's dot, else its output slot to the right or its input slot to the left (generous targets,
+ * as the slots only show under the pointer); the output slot counts only where the reroute carries
+ * an output to drag a link from.
  */
 export function rerouteAt(graph, wx, wy) {
   for (const reroute of graph.reroutes.values()) {
     if (Math.hypot(wx - reroute.pos[0], wy - reroute.pos[1]) <= REROUTE_RADIUS + 2) return { kind: 'reroute', reroute };
   }
+  const near = (reroute, side) => Math.hypot(wx - reroute.pos[0] - side * REROUTE_SLOT_OFFSET, wy - reroute.pos[1]) <= 2 * REROUTE_SLOT_RADIUS;
   for (const reroute of graph.reroutes.values()) {
-    if (Math.hypot(wx - reroute.pos[0] - REROUTE_SLOT_OFFSET, wy - reroute.pos[1]) > 2 * REROUTE_SLOT_RADIUS) continue;
-    if (rerouteSource(graph, reroute.id)) return { kind: 'reroute-output', reroute };
+    if (near(reroute, 1) && rerouteSource(graph, reroute.id)) return { kind: 'reroute-output', reroute };
+    if (near(reroute, -1)) return { kind: 'reroute-input', reroute };
   }
   return null;
+}
+
+/**
+ * The slot whose row of a subgraph boundary node is at a world point, its label included:
+ * `{slotKind, slot}` (the input node shows the subgraph's inputs as its outputs), or null.
+ */
+export function boundaryRowAt(node, box, wx, wy) {
+  if (!node.boundary || !pointInRect(wx, wy, [box.x, box.y, box.w, box.h])) return null;
+  const slotKind = node.boundary === 'input' ? 'output' : 'input';
+  const dots = slotKind === 'output' ? box.outputs : box.inputs;
+  const slot = dots.findIndex(([, y]) => Math.abs(wy - y) <= SLOT_H / 2);
+  return slot < 0 ? null : { slotKind, slot };
 }

@@ -97,7 +97,8 @@ const FLOATING_ALPHA = 0.45;
 
 /**
  * Native reroutes: a dot in the colour of what passes through, ringed when selected, dimmed when only
- * floating links pass. The one under the pointer shows its output slot, filled while the pointer is on it.
+ * floating links pass. The one under the pointer shows its input slot (left) and, where it carries an
+ * output, its output slot (right); the slot pointed at is filled.
  */
 function drawReroutes(ctx, editor, visible, hover) {
   const { graph } = editor;
@@ -111,19 +112,27 @@ function drawReroutes(ctx, editor, visible, hover) {
     ctx.beginPath();
     ctx.arc(x, y, REROUTE_RADIUS, 0, Math.PI * 2);
     ctx.fill();
-    ctx.strokeStyle = editor.selectedReroutes.has(reroute.id) ? THEME.reroute : THEME.nodeBorder;
+    const selected = editor.selectedReroutes.has(reroute.id);
+    // A selected floating reroute's ring is not dimmed: what is selected must read as such.
+    if (selected) ctx.globalAlpha = 1;
+    ctx.strokeStyle = selected ? THEME.reroute : THEME.nodeBorder;
     ctx.lineWidth = 2;
     ctx.stroke();
     ctx.globalAlpha = 1;
-    if (hover && hover.id === reroute.id && rerouteSource(graph, reroute.id)) {
-      ctx.beginPath();
-      ctx.arc(x + REROUTE_SLOT_OFFSET, y, REROUTE_SLOT_RADIUS, 0, Math.PI * 2);
-      ctx.strokeStyle = color;
-      ctx.lineWidth = 1.5;
-      if (hover.onSlot) { ctx.fillStyle = color; ctx.fill(); }
-      ctx.stroke();
+    if (hover && hover.id === reroute.id) {
+      if (rerouteSource(graph, reroute.id)) drawRerouteSlot(ctx, x + REROUTE_SLOT_OFFSET, y, color, hover.slot === 'output');
+      drawRerouteSlot(ctx, x - REROUTE_SLOT_OFFSET, y, color, hover.slot === 'input');
     }
   }
+}
+
+function drawRerouteSlot(ctx, x, y, color, pointed) {
+  ctx.beginPath();
+  ctx.arc(x, y, REROUTE_SLOT_RADIUS, 0, Math.PI * 2);
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 1.5;
+  if (pointed) { ctx.fillStyle = color; ctx.fill(); }
+  ctx.stroke();
 }
 
 /** Layout of every node (links need both ends even when a node is off screen). */
