@@ -398,6 +398,13 @@ class DoubleStreamBlock(nn.Module):
     every block's triples elsewhere (Chroma) and call `modulated`.
     """
 
+    #: Calls its layers' methods (`heads_of`) in its own forward, so it is streamed whole
+    #: (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
+    #: Chroma enters it through `modulated` with its own modulation (diffusion/weight_streaming.py).
+    loom_stream_methods = ("modulated",)
+
     def __init__(self, dim: int, heads: int, mlp_hidden: int, modulation: bool = True) -> None:
         super().__init__()
         self.img_mod = Modulation(dim, 2) if modulation else None
@@ -459,6 +466,9 @@ class SingleStreamBlock(nn.Module):
 
     `modulation=False` builds it without `modulation`; the caller gives its triple to `modulated` (Chroma).
     """
+
+    #: Chroma enters it through `modulated` with its own modulation (diffusion/weight_streaming.py).
+    loom_stream_methods = ("modulated",)
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, modulation: bool = True) -> None:
         super().__init__()

@@ -244,6 +244,10 @@ class StreamBlock(nn.Module):
     (9, dual attention), or one shift/scale pair alone (2, pre-only).
     """
 
+    #: Calls its layers' methods (`heads_of`, `pre_attention`) in its own forward, so it is streamed whole
+    #: (diffusion/weight_streaming.py).
+    loom_stream_whole = True
+
     def __init__(
         self, hidden: int, heads: int, qk_norm: bool, pre_only: bool = False, dual_attention: bool = False
     ) -> None:
@@ -284,6 +288,10 @@ class StreamBlock(nn.Module):
 class JointBlock(nn.Module):
     """Both streams through one attention: text tokens first, then image patches, as the original
     concatenates them (the order changes nothing: there is no mask and no position inside attention)."""
+
+    #: Calls its layers' methods (`heads_of`, `pre_attention`) in its own forward, so it is streamed whole
+    #: (diffusion/weight_streaming.py).
+    loom_stream_whole = True
 
     def __init__(self, config: MMDiTConfig, index: int) -> None:
         super().__init__()

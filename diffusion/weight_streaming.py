@@ -30,7 +30,16 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["KEEP_RESIDENT", "STREAM_WHOLE", "StreamedUnit", "Unit", "direct_tensors", "rebind", "split_units"]
+__all__ = [
+    "KEEP_RESIDENT",
+    "STREAM_METHODS",
+    "STREAM_WHOLE",
+    "StreamedUnit",
+    "Unit",
+    "direct_tensors",
+    "rebind",
+    "split_units",
+]
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 
@@ -56,6 +65,9 @@ def direct_tensors(module: nn.Module) -> Iterator[tuple[dict[str, Any], str, tor
 #: A class attribute, True on modules that read their layers' weights in their own forward (a fused MLP):
 #: such a module is never split, however large.
 STREAM_WHOLE = "loom_stream_whole"
+#: A class attribute naming methods other than ``forward`` that callers enter a unit through (Chroma calls
+#: a FLUX block's ``modulated`` with its own modulation): they bind and release the unit's weights too.
+STREAM_METHODS = "loom_stream_methods"
 #: Set to True on a module whose tensors its model reads outside that module's own call (T5's relative
 #: position table, read by the encoder for all blocks): it stays resident wherever its block is streamed.
 KEEP_RESIDENT = "loom_keep_resident"
@@ -126,12 +138,29 @@ class StreamedUnit:
             module.register_forward_pre_hook(self._enter),
             module.register_forward_hook(self._exit, always_call=True),
         ]
+        self._methods = tuple(getattr(type(module), STREAM_METHODS, ()))
+        for name in self._methods:
+            module.__dict__[name] = self._entered_through(getattr(module, name))
 
     def remove(self) -> None:
         """Take the hooks off and leave the real tensors bound (where they rest: the offload device)."""
         for handle in self._handles:
             handle.remove()
+        for name in self._methods:
+            del self.unit.module.__dict__[name]
         self._bind(self._real)
+
+    def _entered_through(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        """``method`` with the unit's weights bound around it, as a call of the unit binds them."""
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            self._enter(self.unit.module, args)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._exit(self.unit.module, args, None)
+
+        return bound
 
     def _bind(self, tensors: list[torch.Tensor]) -> None:
         for (table, name), tensor in zip(self._slots, tensors, strict=True):

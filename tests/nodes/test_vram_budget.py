@@ -38,6 +38,11 @@ EXAMPLES_STREAMED = [
     ("sd35_txt2img", True),
     ("zimage_turbo_txt2img", True),
     ("sdxl_lora", False),
+    ("chroma_txt2img", True),
+    ("sd35_large_canny_controlnet", True),
+    ("flux_redux", True),
+    ("sdxl_controlnet_union", True),
+    ("flux_kontext_edit", True),
 ]
 
 
