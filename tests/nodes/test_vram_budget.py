@@ -29,20 +29,18 @@ from server.runtime_args import add_runtime_arguments
 from tests.examples.test_examples import EXAMPLES, load, provide_models, shrink
 from tests.nodes.tiny_models import make_executor, run_prompt
 
-#: (example, whether streamed weights are unreachable between calls). A LoRA handle computes its patched
-#: weights from the loaded ones outside any call, so with LoRAs the blocks rest readable, as in production.
+
+def _uses_models(path: Path) -> bool:
+    return any("Loader" in node["class_type"] for node in load(path).values())
+
+
+#: (example, whether streamed weights are unreachable between calls): every example that loads a model. A LoRA
+#: handle computes its patched weights from the loaded ones outside any call, so with LoRAs the blocks rest
+#: readable, as in production.
 EXAMPLES_STREAMED = [
-    ("sdxl_txt2img", True),
-    ("sd15_controlnet", True),
-    ("flux_dev_txt2img", True),
-    ("sd35_txt2img", True),
-    ("zimage_turbo_txt2img", True),
-    ("sdxl_lora", False),
-    ("chroma_txt2img", True),
-    ("sd35_large_canny_controlnet", True),
-    ("flux_redux", True),
-    ("sdxl_controlnet_union", True),
-    ("flux_kontext_edit", True),
+    (path.name.removesuffix(".api.json"), "lora" not in path.name)
+    for path in sorted(EXAMPLES.glob("*.api.json"))
+    if _uses_models(path)
 ]
 
 
