@@ -25,10 +25,10 @@
 #
 #   env.txt             nvidia-smi, python, torch/CUDA/diffusers/transformers versions, the commit
 #   checkpoint.txt      the random SDXL file (6.9 GB, /tmp/loom-bench), written in the background from the start
-#   models.txt          bench/models.py --device cuda: unet64, sdxl_unet, vae1024, flux, flux_full     (≤ 260 s)
+#   models.txt          bench/models.py --device cuda: unet64, sdxl_unet, vae1024, flux, flux_full     (≤ 230 s)
 #   pipeline_bf16.txt   bench/pipeline.py --device cuda (1024², 20 steps, bf16)                       (≤ 170 s)
 #   pipeline_fp16.txt   bench/pipeline.py --device cuda --dtype fp16, if 150 s are left                (≤ 120 s)
-#   pytest_cuda.txt     pytest -m cuda on the test files that mark tests so (none yet: says so)          (≤ 30 s)
+#   pytest_cuda.txt     pytest -m cuda (weight streaming on the GPU, fp8 matmul parity), run first        (≤ 45 s)
 #   summary.txt         each step's exit status and seconds
 #
 # Timeouts can be changed with GPU_ALL_BUDGET (seconds for the whole, default 530). Exit status: 0 when every
@@ -134,11 +134,21 @@ if ! grep -q "loom imports: ok" "$OUT/env.txt"; then
     exit 2
 fi
 
-# The SDXL file takes a minute or two of CPU to write: do it while the GPU runs models.py.
+# The SDXL file takes a minute or two of CPU to write: do it while the GPU runs the tests and models.py.
 timeout -k 10 300 "$PYTHON" bench/pipeline.py --write-checkpoint >"$OUT/checkpoint.txt" 2>&1 &
 WRITER=$!
 
-step models 260 "$OUT/models.txt" "$PYTHON" bench/models.py --device cuda
+# The correctness checks first (weight streaming really moving blocks, fp8 matmul parity): cheap, and the
+# numbers after them mean little if they fail.
+mapfile -t MARKED < <(grep -rlE "pytest\.mark\.cuda|mark\.cuda\b" tests --include='*.py' 2>/dev/null)
+if [ "${#MARKED[@]}" -gt 0 ]; then
+    step pytest_cuda 45 "$OUT/pytest_cuda.txt" "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda "${MARKED[@]}"
+else
+    echo "no test in tests/ is marked cuda" >"$OUT/pytest_cuda.txt"
+    summary "== pytest_cuda: no test in tests/ is marked cuda"
+fi
+
+step models 230 "$OUT/models.txt" "$PYTHON" bench/models.py --device cuda
 wait "$WRITER"
 summary "   checkpoint writer: exit $? ($((SECONDS - START)) s in)"
 LIMIT=$(($(left) - 35))
@@ -151,13 +161,6 @@ if [ "$(left)" -ge 150 ]; then
         --child-timeout 60
 else
     summary "== pipeline_fp16: skipped, $(left) s left"
-fi
-mapfile -t MARKED < <(grep -rlE "pytest\.mark\.cuda|mark\.cuda\b" tests --include='*.py' 2>/dev/null)
-if [ "${#MARKED[@]}" -gt 0 ]; then
-    step pytest_cuda 30 "$OUT/pytest_cuda.txt" "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda "${MARKED[@]}"
-else
-    echo "no test in tests/ is marked cuda" >"$OUT/pytest_cuda.txt"
-    summary "== pytest_cuda: no test in tests/ is marked cuda"
 fi
 summary "== done in $((SECONDS - START)) s, status $STATUS"
 exit "$STATUS"

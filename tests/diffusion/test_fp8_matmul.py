@@ -94,3 +94,18 @@ def test_fused_mlp_projections_multiply_in_fp8_too() -> None:
     layer.fp8_matmul = True
     assert 0 < relative_error(layer.gelu(x, "tanh"), upcast_gelu) < TOLERANCE
     assert 0 < relative_error(layer.times(x, other), upcast_times) < TOLERANCE
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not fp8_matmul_supported(torch.device("cuda")),
+    reason="needs a GPU with fp8 matmul (compute capability 8.9+); the CPU's _scaled_mm checks the arithmetic above",
+)
+def test_on_a_gpu_with_fp8_matmul_place_turns_it_on_and_it_matches_the_upcast_path() -> None:
+    layer = fp8_layer(1024, 2048, scaled=True)
+    place(layer, torch.device("cuda"), torch.bfloat16)
+    assert layer.fp8_matmul
+    x = torch.randn(2, 4096, 1024, generator=torch.Generator().manual_seed(4)).to("cuda", torch.bfloat16)
+    fp8 = layer(x)
+    layer.fp8_matmul = False
+    assert 0 < relative_error(fp8, layer(x)) < TOLERANCE

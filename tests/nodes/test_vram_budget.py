@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torch import nn
 
@@ -96,8 +97,9 @@ def run_example(name: str, base: Path, runtime: Runtime) -> np.ndarray:
     return pixels
 
 
-def runtime_at(base: Path, vram_budget: int | None) -> Runtime:
-    return build_runtime(RuntimeOptions(base_dir=base, device="cpu", dtype="fp32", vram_budget_bytes=vram_budget))
+def runtime_at(base: Path, vram_budget: int | None, device: str = "cpu") -> Runtime:
+    dtype = "fp32" if device == "cpu" else "auto"
+    return build_runtime(RuntimeOptions(base_dir=base, device=device, dtype=dtype, vram_budget_bytes=vram_budget))
 
 
 @pytest.mark.parametrize(("name", "unreachable"), EXAMPLES_STREAMED)
@@ -159,3 +161,17 @@ def test_the_cache_vram_budget_is_a_flag_and_reaches_the_runtime(tmp_path: Path)
     assert runtime_at(tmp_path, None).cache_vram_budget_bytes is None, "the CPU makes no device outputs to bound"
     with pytest.raises(ValueError, match="cache vram budget"):
         RuntimeOptions(cache_vram_budget_bytes=-1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU; the CPU simulation above covers every path"
+)
+@pytest.mark.parametrize("name", ["sdxl_txt2img", "flux_dev_txt2img", "zimage_turbo_txt2img"])
+def test_on_a_gpu_streamed_blocks_really_move_and_give_the_same_picture(name: str, tmp_path: Path) -> None:
+    whole = run_example(name, tmp_path, runtime_at(tmp_path, None, "cuda"))
+    streaming = runtime_at(tmp_path, 1 << 40, "cuda")
+    with budget_per_use(streaming.memory) as uses:
+        streamed = run_example(name, tmp_path, streaming)
+    assert np.array_equal(whole, streamed)
+    assert uses and all(partial for _, _, partial in uses), uses
