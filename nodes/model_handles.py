@@ -56,7 +56,7 @@ from nodes.model_forward import Control, Forward, flow_forward, unet_call_patche
 from nodes.patched_weights import PatchedModule, PatchSet, stack_patch_set
 from nodes.runtime import current_runtime
 from nodes.shared_models import modules_of
-from nodes.unet_patches import UNET_PATCHES_KEY, unet_patches_of
+from nodes.unet_patch_options import UNET_PATCHES_KEY, unet_patches_of
 
 __all__ = ["DEFAULT_GUIDANCE", "ModelHandle"]
 

@@ -1,9 +1,9 @@
 """ComfyUI's UNet patch nodes: FreeU, FreeU_V2, HyperTile, PatchModelAddDownscale (Kohya Deep Shrink) and the
 attention guidances PerturbedAttentionGuidance and SelfAttentionGuidance.
 
-Each returns ``model.clone()`` carrying one more patch in its ``model_options["transformer_options"]``, under
-``UNET_PATCHES_KEY`` as a ``diffusion.unet_patches.UNetPatches`` value; ``unet_patches_of(model_options)`` reads it
-back for the UNet call (``UNetModel.forward(..., patches=...)``). The loaded weights are never touched, and the
+Each returns ``model.clone()`` carrying one more patch in its ``model_options["transformer_options"]``, as a
+``diffusion.unet_patches.UNetPatches`` value (``nodes/unet_patch_options.py``), which the model handle reads back
+for the UNet call (``UNetModel.forward(..., patches=...)``). The loaded weights are never touched, and the
 model the node was given keeps its own options (ComfyUI's ``clone`` then ``set_model_*_patch``).
 
 Interfaces are ComfyUI's (``comfy_extras/nodes_freelunch.py``, ``nodes_hypertile.py``,
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ from graph.declare import Boolean, Combo, Float, Int, Output, Socket, node
 from nodes.comfy_cfg_hooks import ComfyPostCFGFunction
 from nodes.image import resample
 from nodes.latent import bislerp
+from nodes.unet_patch_options import patched_model, unet_patches_of
 
 __all__ = [
     "DOWNSCALE_METHODS",
@@ -43,39 +43,14 @@ __all__ = [
     "PatchModelAddDownscale",
     "PerturbedAttentionGuidance",
     "SelfAttentionGuidance",
-    "UNET_PATCHES_KEY",
-    "unet_patches_of",
 ]
 
 _log = logging.getLogger(__name__)
 
-#: Where a MODEL's ``transformer_options`` keep Loom's UNet patches.
-UNET_PATCHES_KEY = "loom_unet_patches"
 #: ComfyUI's PatchModelAddDownscale methods, in its order (the first is the default).
 DOWNSCALE_METHODS = ["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
 
 _CATEGORY = "model_patches/unet"
-
-
-def unet_patches_of(model_options: Mapping[str, Any]) -> UNetPatches | None:
-    """The UNet patches a MODEL's ``model_options`` carry, or None when there are none."""
-    patches = model_options.get("transformer_options", {}).get(UNET_PATCHES_KEY)
-    if patches is None:
-        return None
-    if not isinstance(patches, UNetPatches):
-        raise TypeError(
-            f"model_options['transformer_options'][{UNET_PATCHES_KEY!r}] holds a {type(patches).__name__}, "
-            "not Loom's UNetPatches"
-        )
-    return None if patches.is_empty else patches
-
-
-def _patched(model: Any, change: Callable[[UNetPatches], UNetPatches]) -> Any:
-    """``model.clone()`` whose UNet patches are ``change(patches)``."""
-    twin = model.clone()
-    options = twin.model_options.setdefault("transformer_options", {})
-    options[UNET_PATCHES_KEY] = change(unet_patches_of(twin.model_options) or UNetPatches())
-    return twin
 
 
 def _unet_of(model: Any) -> UNetModel | None:
@@ -91,7 +66,7 @@ def _freeu(model: Any, b1: float, b2: float, s1: float, s2: float, mean_normalis
             f"{type(getattr(model, 'unet', model)).__name__}"
         )
     scaling = freeu_scaling(unet.config.model_channels, b1, b2, s1, s2, mean_normalised)
-    return _patched(model, lambda patches: patches.with_output_block_patch(scaling))
+    return patched_model(model, lambda patches: patches.with_output_block_patch(scaling))
 
 
 def _factor(default: float) -> Float:
@@ -136,7 +111,7 @@ def HyperTile(
     if _no_effect(model, "HyperTile"):
         return model
     attention = HyperTileAttention(tile_size, swap_size, max_depth, scale_depth)
-    return _patched(model, lambda patches: patches.with_attn1_replace(attention))
+    return patched_model(model, lambda patches: patches.with_attn1_replace(attention))
 
 
 def _resize(h: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
@@ -180,7 +155,7 @@ def PatchModelAddDownscale(
             upscale
         )
 
-    return _patched(model, add)
+    return patched_model(model, add)
 
 
 @node(category=_CATEGORY, outputs=[Output("MODEL")])
@@ -209,7 +184,7 @@ def SelfAttentionGuidance(
         return model
     current = unet_patches_of(model.model_options)
     recorder = attention_guidance.AttentionRecorder(None if current is None else current.attn1)
-    patched = _patched(model, lambda patches: patches.with_attn1_replace(recorder))
+    patched = patched_model(model, lambda patches: patches.with_attn1_replace(recorder))
     guidance = attention_guidance.SelfAttentionGuidance(scale, blur_sigma, recorder)
     patched.set_model_sampler_post_cfg_function(ComfyPostCFGFunction(guidance), disable_cfg1_optimization=True)
     return patched

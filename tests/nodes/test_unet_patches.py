@@ -33,15 +33,14 @@ from nodes.folders import Folders
 from nodes.latent import EmptyLatentImage
 from nodes.loaders import CheckpointLoaderSimple, LoraLoaderModelOnly
 from nodes.sampling import KSampler
+from nodes.unet_patch_options import UNET_PATCHES_KEY, unet_patches_of
 from nodes.unet_patches import (
-    UNET_PATCHES_KEY,
     FreeU,
     FreeU_V2,
     HyperTile,
     PatchModelAddDownscale,
     PerturbedAttentionGuidance,
     SelfAttentionGuidance,
-    unet_patches_of,
 )
 from tests.nodes.tiny_models import kohya_lora_tensors, tiny_checkpoint, write_lora
 
