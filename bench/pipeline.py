@@ -176,7 +176,8 @@ class ServerThread:
 
 
 async def run_prompt(base: str, prompt: dict[str, Any]) -> dict[str, Any]:
-    """POST ``prompt``, wait for its end marker on the WebSocket, return its history entry."""
+    """POST ``prompt``, wait for its end marker on the WebSocket, return its history entry, with the node ids
+    that ran (``executing``) and those served from the output cache (``execution_cached``) added."""
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
@@ -187,6 +188,8 @@ async def run_prompt(base: str, prompt: dict[str, Any]) -> dict[str, Any]:
                     raise RuntimeError(f"POST /prompt: {response.status} {json.dumps(body)[:2000]}")
             prompt_id = body["prompt_id"]
             errors = []
+            ran: list[str] = []
+            cached: list[str] = []
             async for message in ws:
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     continue  # binary frames: previews, which are off
@@ -194,13 +197,17 @@ async def run_prompt(base: str, prompt: dict[str, Any]) -> dict[str, Any]:
                 data = event.get("data", {})
                 if event["type"] == "execution_error" and data.get("prompt_id") == prompt_id:
                     errors.append(f"{data.get('exception_type')}: {data.get('exception_message')}")
+                if event["type"] == "execution_cached" and data.get("prompt_id") == prompt_id:
+                    cached.extend(data.get("nodes", []))
+                if event["type"] == "executing" and data.get("node") is not None and data.get("prompt_id") == prompt_id:
+                    ran.append(data["node"])
                 if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                     break
         async with session.get(f"{base}/history/{prompt_id}") as response:
             entry = (await response.json())[prompt_id]
     if errors or not entry["status"].get("completed", False):
         raise RuntimeError(f"prompt {prompt_id} failed: {errors or entry['status']}")
-    return entry
+    return {**entry, "ran": ran, "cached": cached}
 
 
 def submit(base: str, prompt: dict[str, Any]) -> dict[str, Any]:
@@ -245,9 +252,11 @@ def measure_loom(job: Any, device: str, dtype: str) -> dict[str, Any]:
         result: dict[str, Any] = {"server_start_s": time.perf_counter() - started}
         try:
             for run, seed in (("cold", sdxl.SEED), ("warm", sdxl.SEED + 1)):
-                entry = timed_run(meter, functools.partial(submit, base, loom_prompt(job, seed)))
+                prompt = loom_prompt(job, seed)
+                entry = timed_run(meter, functools.partial(submit, base, prompt))
                 image = sdxl.image_stats(Image.open(saved_image(entry, base_dir / "output")))
-                result[run] = {"seconds": entry["seconds"], "peak": entry["peak"], "image": image}
+                kinds = {key: [prompt[node]["class_type"] for node in entry[key]] for key in ("ran", "cached")}
+                result[run] = {"seconds": entry["seconds"], "peak": entry["peak"], "image": image, **kinds}
             result["resident"] = meter.now()
         finally:
             server.close()
@@ -391,6 +400,9 @@ def report(results: dict[str, dict[str, Any] | None], args: argparse.Namespace) 
         print(f"diffusers' scheduler: {diffusers['scheduler']}")
     if loom:
         print(f"Loom's server started in {loom['server_start_s']:.1f} s (not in the times above)")
+        warm = loom["warm"]
+        ran, cached = ", ".join(warm["ran"]), ", ".join(warm["cached"])
+        print(f"Loom's warm run (a new seed only) ran {ran}; from the cache: {cached}")
 
 
 def main() -> None:
