@@ -5,7 +5,7 @@ those offsets before conversion and cut back to the tiny widths after it, so the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -17,7 +17,7 @@ def _widths(hidden: int, mlp: int) -> tuple[int, ...]:
     return (hidden,) * 3 + (mlp,)
 
 
-def at_release_width(
+def _at_release_width(
     state_dict: Mapping[str, torch.Tensor], blocks: int, hidden: int, mlp: int
 ) -> dict[str, torch.Tensor]:
     """The same weights with each single block's ``linear1`` rows (q, k, v, MLP input) moved to the offsets the
@@ -35,7 +35,7 @@ def at_release_width(
     return widened
 
 
-def cut_to_model_width(converted: dict[str, torch.Tensor], blocks: int, hidden: int, mlp: int) -> None:
+def _cut_to_model_width(converted: dict[str, torch.Tensor], blocks: int, hidden: int, mlp: int) -> None:
     """Cut the converted single-block layers back to the model's widths, checking only padding is dropped."""
     for i in range(blocks):
         for name, width in zip(_SINGLE_BLOCK_PARTS, _widths(hidden, mlp)):
@@ -43,3 +43,17 @@ def cut_to_model_width(converted: dict[str, torch.Tensor], blocks: int, hidden: 
                 key = f"single_transformer_blocks.{i}.{name}.{suffix}"
                 assert not converted[key][width:].any()  # the zeros at_release_width put there, nothing else
                 converted[key] = converted[key][:width]
+
+
+def converted_at_model_width(
+    state_dict: Mapping[str, torch.Tensor],
+    converter: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    blocks: int,
+    hidden: int,
+    mlp: int,
+) -> dict[str, torch.Tensor]:
+    """diffusers' single-file ``converter`` over a tiny model's original-layout weights, holding exactly them:
+    the single blocks' rows moved to the release widths before, the converted layers cut back after."""
+    converted = converter(_at_release_width(state_dict, blocks, hidden, mlp))
+    _cut_to_model_width(converted, blocks, hidden, mlp)
+    return converted

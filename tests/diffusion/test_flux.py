@@ -27,7 +27,8 @@ from diffusion.flux import (
 from diffusion.fused_linear import FusedLinear
 from diffusion.model_memory import place
 from diffusion.unet_config import CheckpointLayoutError
-from tests.diffusion.single_block_widths import at_release_width, cut_to_model_width
+from tests.diffusion.random_weights import original_state_dict, with_random_scales
+from tests.diffusion.single_block_widths import converted_at_model_width
 
 TOLERANCE = 1e-4
 AXES = (4, 14, 14)  # two heads of 32
@@ -50,25 +51,13 @@ def tiny_config(in_channels: int = 64, guidance: bool = True) -> FluxConfig:
 
 
 def random_flux(config: FluxConfig, seed: int = 0) -> FluxTransformer:
-    """Random weights, QK-norm scales included (they initialise to ones, which would hide a misplaced scale)."""
-    torch.manual_seed(seed)
-    model = FluxTransformer(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(".scale"):
-                parameter.uniform_(0.5, 1.5)
-    return model.eval().requires_grad_(False)
-
-
-def original_state_dict(model: FluxTransformer) -> dict[str, torch.Tensor]:
-    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    return with_random_scales(lambda: FluxTransformer(config), seed)
 
 
 def diffusers_twin(state_dict: dict[str, torch.Tensor], config: FluxConfig) -> FluxTransformer2DModel:
     """A diffusers model holding exactly the given original-layout weights, through diffusers' own converter."""
     sizes = (config.depth_single_blocks, config.hidden_size, config.mlp_hidden_size)
-    converted = convert_flux_transformer_checkpoint_to_diffusers(at_release_width(state_dict, *sizes))
-    cut_to_model_width(converted, *sizes)
+    converted = converted_at_model_width(state_dict, convert_flux_transformer_checkpoint_to_diffusers, *sizes)
     reference = FluxTransformer2DModel(
         patch_size=1,
         in_channels=config.in_channels,

@@ -30,7 +30,8 @@ from diffusion.flux_controlnet import (
 )
 from diffusion.tiny_parts import tiny_flux_config
 from diffusion.unet_config import CheckpointLayoutError
-from tests.diffusion.test_flux import AXES, CONTEXT_DIM, VEC_DIM, diffusers_twin, original_state_dict, random_flux
+from tests.diffusion.random_weights import original_state_dict
+from tests.diffusion.test_flux import AXES, CONTEXT_DIM, VEC_DIM, diffusers_twin, random_flux
 
 TOLERANCE = 1e-5
 TRANSFORMER = FluxConfig(

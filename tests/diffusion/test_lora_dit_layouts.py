@@ -35,11 +35,11 @@ from diffusion.flux import FluxConfig, FluxTransformer, load_flux
 from diffusion.lora import apply_lora_patches, parse_lora
 from diffusion.mmdit import MMDiT, load_mmdit
 from diffusion.zimage import ZImageConfig, ZImageTransformer, load_zimage
+from tests.diffusion.random_weights import original_state_dict
 from tests.diffusion.test_flux import (
     assert_matches,
     conditioning,
     diffusers_twin,
-    original_state_dict,
     random_flux,
     run_diffusers,
     run_loom,
@@ -227,7 +227,7 @@ def test_a_peft_sd3_lora_computes_in_loom_what_it_computes_merged_into_diffusers
 def test_a_peft_chroma_lora_computes_in_loom_what_it_computes_merged_into_diffusers() -> None:
     config = chroma_twin.tiny_config()
     model = chroma_twin.random_chroma(config, seed=20)
-    original = chroma_twin.original_state_dict(model)
+    original = original_state_dict(model)
     reference = chroma_twin.diffusers_twin(original, config)
     layers = trainable_layers(reference)
     assert {
@@ -334,7 +334,7 @@ def _sd35_medium_and_its_lora() -> tuple[nn.Module, dict[str, torch.Tensor]]:
 def _chroma_and_its_lora() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     config = chroma_twin.tiny_config()
     model = chroma_twin.random_chroma(config, seed=14)
-    reference = chroma_twin.diffusers_twin(chroma_twin.original_state_dict(model), config)
+    reference = chroma_twin.diffusers_twin(original_state_dict(model), config)
     return model, random_peft_lora(trainable_layers(reference), seed=15)
 
 

@@ -22,6 +22,7 @@ from diffusion.fused_linear import FusedLinear
 from diffusion.model_memory import place
 from diffusion.unet_config import CheckpointLayoutError
 from diffusion.zimage import ZImageConfig, ZImageTransformer, load_zimage, zimage_config_from_state_dict
+from tests.diffusion.random_weights import original_state_dict
 
 TOLERANCE = 1e-4
 CONTEXT_DIM = 64
@@ -66,10 +67,6 @@ def random_zimage(config: ZImageConfig = TINY, seed: int = 0) -> ZImageTransform
             elif parameter.ndim == 1 and name.endswith(".weight"):  # RMSNorm weights
                 parameter.uniform_(0.5, 1.5)
     return model.eval().requires_grad_(False)
-
-
-def original_state_dict(model: ZImageTransformer) -> dict[str, torch.Tensor]:
-    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
 
 
 def diffusers_twin(state_dict: dict[str, torch.Tensor], config: ZImageConfig = TINY) -> ZImageTransformer2DModel:

@@ -20,7 +20,8 @@ from nodes.folders import Folders
 from nodes.latent import EmptySD3LatentImage
 from nodes.loaders import UNETLoader
 from nodes.sampling import BasicGuider, CFGGuider, KSamplerSelect, RandomNoise, SamplerCustomAdvanced
-from tests.diffusion.test_flux import diffusers_twin, original_state_dict, random_flux
+from tests.diffusion.random_weights import original_state_dict
+from tests.diffusion.test_flux import diffusers_twin, random_flux
 from tests.diffusion.test_mmdit import FAMILIES, _diffusers_model, _original_layout_weights
 
 SEED, STEPS, GUIDANCE, CFG, SIZE = 7, 4, 3.5, 4.5, 64
