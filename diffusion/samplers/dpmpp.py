@@ -73,6 +73,26 @@ def exp_step(x: Tensor, sigma: Tensor, sigma_to: Tensor, denoised: Tensor) -> Te
     return (sigma_to / sigma) * x - (_lambda(sigma) - _lambda(sigma_to)).expm1() * denoised
 
 
+def _sde_setup(
+    model: Denoiser, x: Tensor, sigmas: Tensor, noise_sampler: NoiseSampler | None, seed: int | None
+) -> tuple[NoiseSampler, bool, Tensor]:
+    """What every DPM-Solver++ SDE sampler sets up: its noise, whether the model is a flow, its schedule.
+
+    The Brownian path spans the schedule as given; the samplers then step on it with a flow model's
+    first sigma moved off 1 (``offset_first_sigma``), as ComfyUI's do.
+    """
+    noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
+    return noise_sampler, is_rectified_flow(model), offset_first_sigma(sigmas, model)
+
+
+def _sde_noise(noise_sampler: NoiseSampler, sigma: Tensor, sigma_next: Tensor, eta_h: Tensor, s_noise: float) -> Tensor:
+    """The noise a multistep DPM-Solver++ SDE step adds: std ``sigma_next sqrt(1 - exp(-2 eta h))``.
+
+    It replaces the part of the noise the step's ``exp(-eta h)`` decay took out of the state.
+    """
+    return noise_sampler(sigma, sigma_next) * sigma_next * (-2 * eta_h).expm1().neg().sqrt() * s_noise
+
+
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(
     model: Denoiser,
@@ -194,9 +214,7 @@ def sample_dpmpp_sde(
     ``diffusion.samplers.snr``), scaled back by alpha; for a VE model alpha is exactly 1.
     """
     extra_args = extra_args or {}
-    noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
-    flow = is_rectified_flow(model)
-    sigmas = offset_first_sigma(sigmas, model)
+    noise_sampler, flow, sigmas = _sde_setup(model, x, sigmas, noise_sampler, seed)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
         report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
@@ -244,6 +262,51 @@ def sample_dpmpp_2m(
     return x
 
 
+#: The ``(denoised, h)`` of a multistep SDE's earlier steps, newest first (at most two); ``h`` is None while
+#: no step has left sigma 0's side of the schedule.
+_History = list[tuple[Tensor, Tensor | None]]
+
+#: One multistep SDE step that does not land on sigma 0, before its noise:
+#: ``(x, denoised, sigma, sigma_next, h, flow, history) -> x_next``.
+_MultistepSDEStep = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, bool, _History], Tensor]
+
+
+def _multistep_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: StepCallback | None,
+    disable: bool | None,
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler | None,
+    seed: int | None,
+    step: _MultistepSDEStep,
+) -> Tensor:
+    """The loop DPM-Solver++(2M) SDE and (3M) SDE share; they differ only in ``step``.
+
+    Each step calls the model, lands on the denoised estimate at sigma 0, and otherwise runs ``step`` over
+    the half-log-SNR step ``h`` with the earlier estimates, then adds the ``exp(-eta h)`` noise (``_sde_noise``).
+    """
+    extra_args = extra_args or {}
+    noise_sampler, flow, sigmas = _sde_setup(model, x, sigmas, noise_sampler, seed)
+    history: _History = []
+    h: Tensor | None = None
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = half_log_snr(sigmas[i + 1], flow) - half_log_snr(sigmas[i], flow)
+            x = step(x, denoised, sigmas[i], sigmas[i + 1], h, flow, history)
+            if eta:
+                x = x + _sde_noise(noise_sampler, sigmas[i], sigmas[i + 1], h * eta, s_noise)
+        history = [(denoised, h), *history[:1]]
+    return x
+
+
 @torch.no_grad()
 def sample_dpmpp_2m_sde(
     model: Denoiser,
@@ -261,40 +324,27 @@ def sample_dpmpp_2m_sde(
     """DPM-Solver++(2M) SDE with the midpoint or Heun form of the second-order correction."""
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
-    extra_args = extra_args or {}
-    noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
-    flow = is_rectified_flow(model)
-    sigmas = offset_first_sigma(sigmas, model)
-    old_denoised: Tensor | None = None
-    h_last: Tensor | None = None
-    h: Tensor | None = None
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            h = half_log_snr(sigmas[i + 1], flow) - half_log_snr(sigmas[i], flow)
-            alpha_next = signal_scale(sigmas[i + 1], flow)
-            eta_h = eta * h
-            decay = (-h - eta_h).expm1().neg()
-            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + alpha_next * decay * denoised
-            if old_denoised is not None and h_last is not None:
+
+    def second_order_step(
+        x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, h: Tensor, flow: bool, history: _History
+    ) -> Tensor:
+        alpha_next = signal_scale(sigma_next, flow)
+        eta_h = eta * h
+        decay = (-h - eta_h).expm1().neg()
+        x = sigma_next / sigma * (-eta_h).exp() * x + alpha_next * decay * denoised
+        if history:
+            old_denoised, h_last = history[0]
+            if h_last is not None:
                 slope = (denoised - old_denoised) * (h / h_last)
                 if solver_type == "heun":
                     x = x + alpha_next * (decay / (-h - eta_h) + 1) * slope
                 else:
                     x = x + alpha_next * 0.5 * decay * slope
-            if eta:
-                x = (
-                    x
-                    + noise_sampler(sigmas[i], sigmas[i + 1])
-                    * sigmas[i + 1]
-                    * (-2 * eta_h).expm1().neg().sqrt()
-                    * s_noise
-                )
-        old_denoised, h_last = denoised, h
-    return x
+        return x
+
+    return _multistep_sde(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, seed, second_order_step
+    )
 
 
 @torch.no_grad()
@@ -311,50 +361,33 @@ def sample_dpmpp_3m_sde(
     seed: int | None = None,
 ) -> Tensor:
     """DPM-Solver++(3M) SDE: third order from the two previous denoised estimates."""
-    extra_args = extra_args or {}
-    noise_sampler = noise_sampler or brownian_noise(x, sigmas, seed)
-    flow = is_rectified_flow(model)
-    sigmas = offset_first_sigma(sigmas, model)
-    denoised_1: Tensor | None = None
-    denoised_2: Tensor | None = None
-    h: Tensor | None = None
-    h_1: Tensor | None = None
-    h_2: Tensor | None = None
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            h = half_log_snr(sigmas[i + 1], flow) - half_log_snr(sigmas[i], flow)
-            alpha, alpha_next = signal_scale(sigmas[i], flow), signal_scale(sigmas[i + 1], flow)
-            h_eta = h * (eta + 1)
-            x = alpha_next / alpha * torch.exp(-h_eta) * x + alpha_next * (-h_eta).expm1().neg() * denoised
-            phi_2 = h_eta.neg().expm1() / h_eta + 1
-            if h_2 is not None:
-                # h is never unset, so h_2 (set two steps back) implies h_1 and both older estimates
-                assert h_1 is not None and denoised_1 is not None and denoised_2 is not None
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0 = (denoised - denoised_1) / r0
-                d1_1 = (denoised_1 - denoised_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_3 = phi_2 / h_eta - 0.5
-                x = x + alpha_next * phi_2 * d1 - alpha_next * phi_3 * d2
-            elif h_1 is not None:
-                assert denoised_1 is not None  # set with h_1, one step back
-                x = x + alpha_next * phi_2 * (denoised - denoised_1) / (h_1 / h)
-            if eta:
-                x = (
-                    x
-                    + noise_sampler(sigmas[i], sigmas[i + 1])
-                    * sigmas[i + 1]
-                    * (-2 * h * eta).expm1().neg().sqrt()
-                    * s_noise
-                )
-        denoised_1, denoised_2 = denoised, denoised_1
-        h_1, h_2 = h, h_1
-    return x
+
+    def third_order_step(
+        x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, h: Tensor, flow: bool, history: _History
+    ) -> Tensor:
+        alpha, alpha_next = signal_scale(sigma, flow), signal_scale(sigma_next, flow)
+        h_eta = h * (eta + 1)
+        x = alpha_next / alpha * torch.exp(-h_eta) * x + alpha_next * (-h_eta).expm1().neg() * denoised
+        phi_2 = h_eta.neg().expm1() / h_eta + 1
+        denoised_1, h_1 = history[0] if history else (denoised, None)
+        denoised_2, h_2 = history[1] if len(history) > 1 else (denoised, None)
+        if h_2 is not None:
+            # h is never unset, so h_2 (set two steps back) implies h_1
+            assert h_1 is not None
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0 = (denoised - denoised_1) / r0
+            d1_1 = (denoised_1 - denoised_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_3 = phi_2 / h_eta - 0.5
+            x = x + alpha_next * phi_2 * d1 - alpha_next * phi_3 * d2
+        elif h_1 is not None:
+            x = x + alpha_next * phi_2 * (denoised - denoised_1) / (h_1 / h)
+        return x
+
+    return _multistep_sde(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, seed, third_order_step
+    )
 
 
 @torch.no_grad()

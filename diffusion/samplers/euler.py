@@ -6,6 +6,8 @@ ancestral ones split each step with ``ode.flow_ancestral_step`` there, as ComfyU
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,23 +36,69 @@ __all__ = [
 ]
 
 
-def _churn(
+@dataclass(frozen=True)
+class _Churn:
+    """Karras et al. 2022, Algorithm 2's churn settings and the noise it draws."""
+
+    s_churn: float
+    s_tmin: float
+    s_tmax: float
+    s_noise: float
+    noise_sampler: NoiseSampler
+
+    def __call__(self, x: Tensor, sigmas: Tensor, i: int) -> tuple[Tensor, Tensor]:
+        """Algorithm 2 lines 5-7: raise the noise level to ``sigma_hat`` before the step."""
+        in_range = self.s_tmin <= float(sigmas[i]) <= self.s_tmax
+        gamma = min(self.s_churn / (len(sigmas) - 1), 2**0.5 - 1) if in_range else 0.0
+        sigma_hat = sigmas[i] * (gamma + 1)
+        if gamma > 0:
+            noise = self.noise_sampler(sigmas[i], sigma_hat)
+            x = x + noise * self.s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+        return x, sigma_hat
+
+
+#: The higher-order part of one Algorithm 2 step: ``(x, d, sigma_hat, i) -> x_next`` from the churned state
+#: ``x`` at ``sigma_hat`` and the slope ``d`` there, for a step that does not land on sigma 0.
+_Correction = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+
+
+def _algorithm_2(
+    model: Denoiser,
     x: Tensor,
     sigmas: Tensor,
-    i: int,
-    s_churn: float,
-    s_tmin: float,
-    s_tmax: float,
-    s_noise: float,
-    noise_sampler: NoiseSampler,
+    extra_args: dict[str, Any],
+    callback: StepCallback | None,
+    disable: bool | None,
+    churn: _Churn,
+    correction: _Correction | None,
+) -> Tensor:
+    """Karras et al. 2022, Algorithm 2: the loop Euler, Heun, Heun++ and DPM2 share.
+
+    Each step churns, evaluates the slope at ``sigma_hat`` and hands it to ``correction``; a step to
+    sigma 0, and every step when ``correction`` is None, is the plain Euler step, so the samplers
+    differ only in how they spend their extra model calls on the other steps.
+    """
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x, sigma_hat = churn(x, sigmas, i)
+        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
+        if correction is None or sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigma_hat)
+        else:
+            x = correction(x, d, sigma_hat, i)
+    return x
+
+
+def _euler_look_ahead(
+    model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_to: Tensor, extra_args: dict[str, Any]
 ) -> tuple[Tensor, Tensor]:
-    """Karras et al. 2022, Algorithm 2 lines 5-7: raise the noise level to ``sigma_hat`` before the step."""
-    in_range = s_tmin <= float(sigmas[i]) <= s_tmax
-    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if in_range else 0.0
-    sigma_hat = sigmas[i] * (gamma + 1)
-    if gamma > 0:
-        x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
-    return x, sigma_hat
+    """The Euler prediction at ``sigma_to`` from slope ``d``, and the model's slope there.
+
+    The second evaluation of Heun's method (and of Heun++'s look-ahead points, and of DPM2 at its midpoint).
+    """
+    x_to = x + d * (sigma_to - sigma)
+    return x_to, to_d(x_to, sigma_to, model(x_to, sigma_batch(sigma_to, x), **extra_args))
 
 
 @torch.no_grad()
@@ -70,13 +118,8 @@ def sample_euler(
 ) -> Tensor:
     """Karras et al. 2022, Algorithm 2 with Euler steps (first order, one model call per step)."""
     extra_args = extra_args or {}
-    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
-        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
-        x = x + to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
-    return x
+    churn = _Churn(s_churn, s_tmin, s_tmax, s_noise, noise_sampler or gaussian_noise_sampler(x, seed))
+    return _algorithm_2(model, x, sigmas, extra_args, callback, disable, churn, None)
 
 
 @torch.no_grad()
@@ -149,20 +192,13 @@ def sample_heun(
 ) -> Tensor:
     """Karras et al. 2022, Algorithm 2: Heun's second-order correction, Euler on the last step to 0."""
     extra_args = extra_args or {}
-    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
-        dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
-            x = x + d * dt
-            continue
-        x_2 = x + d * dt
-        d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigma_batch(sigmas[i + 1], x), **extra_args))
-        x = x + (d + d_2) / 2 * dt
-    return x
+    churn = _Churn(s_churn, s_tmin, s_tmax, s_noise, noise_sampler or gaussian_noise_sampler(x, seed))
+
+    def heun_correction(x: Tensor, d: Tensor, sigma_hat: Tensor, i: int) -> Tensor:
+        _, d_2 = _euler_look_ahead(model, x, d, sigma_hat, sigmas[i + 1], extra_args)
+        return x + (d + d_2) / 2 * (sigmas[i + 1] - sigma_hat)
+
+    return _algorithm_2(model, x, sigmas, extra_args, callback, disable, churn, heun_correction)
 
 
 @torch.no_grad()
@@ -189,28 +225,20 @@ def sample_heunpp2(
     nonzero, one point (Heun-like) before the last nonzero sigma, and plain Euler to 0.
     """
     extra_args = extra_args or {}
-    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
+    churn = _Churn(s_churn, s_tmin, s_tmax, s_noise, noise_sampler or gaussian_noise_sampler(x, seed))
     scale = 2 * sigmas[0]
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
+
+    def look_ahead_correction(x: Tensor, d: Tensor, sigma_hat: Tensor, i: int) -> Tensor:
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
-            x = x + d * dt
-            continue
-        x_2 = x + d * dt
-        d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigma_batch(sigmas[i + 1], x), **extra_args))
+        x_2, d_2 = _euler_look_ahead(model, x, d, sigma_hat, sigmas[i + 1], extra_args)
         if i + 2 >= len(sigmas) - 1 or sigmas[i + 2] == 0:
             w_2 = sigmas[i + 1] / scale
-            x = x + (d * (1 - w_2) + d_2 * w_2) * dt
-            continue
-        x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
-        d_3 = to_d(x_3, sigmas[i + 2], model(x_3, sigma_batch(sigmas[i + 2], x), **extra_args))
+            return x + (d * (1 - w_2) + d_2 * w_2) * dt
+        _, d_3 = _euler_look_ahead(model, x_2, d_2, sigmas[i + 1], sigmas[i + 2], extra_args)
         w_2, w_3 = sigmas[i + 1] / scale, sigmas[i + 2] / scale
-        x = x + (d * (1 - w_2 - w_3) + d_2 * w_2 + d_3 * w_3) * dt
-    return x
+        return x + (d * (1 - w_2 - w_3) + d_2 * w_2 + d_3 * w_3) * dt
+
+    return _algorithm_2(model, x, sigmas, extra_args, callback, disable, churn, look_ahead_correction)
 
 
 def _dpm_2_step(
@@ -218,8 +246,7 @@ def _dpm_2_step(
 ) -> Tensor:
     """DPM-Solver-2 (Lu et al. 2022) in sigma: the slope at the log-space midpoint carries the whole step."""
     sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
-    x_2 = x + d * (sigma_mid - sigma)
-    d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_batch(sigma_mid, x), **extra_args))
+    _, d_2 = _euler_look_ahead(model, x, d, sigma, sigma_mid, extra_args)
     return x + d_2 * (sigma_to - sigma)
 
 
@@ -240,17 +267,12 @@ def sample_dpm_2(
 ) -> Tensor:
     """Karras et al. 2022 Algorithm 2 with DPM-Solver-2 midpoint steps (k-diffusion's "DPM2")."""
     extra_args = extra_args or {}
-    noise_sampler = noise_sampler or gaussian_noise_sampler(x, seed)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = model(x, sigma_batch(sigma_hat, x), **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
-        if sigmas[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigma_hat)
-        else:
-            x = _dpm_2_step(model, x, d, sigma_hat, sigmas[i + 1], extra_args)
-    return x
+    churn = _Churn(s_churn, s_tmin, s_tmax, s_noise, noise_sampler or gaussian_noise_sampler(x, seed))
+
+    def midpoint_correction(x: Tensor, d: Tensor, sigma_hat: Tensor, i: int) -> Tensor:
+        return _dpm_2_step(model, x, d, sigma_hat, sigmas[i + 1], extra_args)
+
+    return _algorithm_2(model, x, sigmas, extra_args, callback, disable, churn, midpoint_correction)
 
 
 @torch.no_grad()
