@@ -55,6 +55,32 @@ def _lagrange_weights(
     return weights
 
 
+#: One linear multistep step: ``(x, i, denoised, slopes) -> x_next``, the slopes ``to_d`` newest first.
+_MultistepStep = Callable[[Tensor, int, Tensor, list[Tensor]], Tensor]
+
+
+def _linear_multistep(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: StepCallback | None,
+    disable: bool | None,
+    max_order: int,
+    step: _MultistepStep,
+) -> Tensor:
+    """The loop LMS, iPNDM, iPNDM-v and DEIS share: one model call per step, its slope kept with the last
+    ``max_order - 1`` ones (newest first), and ``step`` combining them; they differ only in the weights."""
+    extra_args = extra_args or {}
+    slopes: list[Tensor] = []
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
+        slopes = ([to_d(x, sigmas[i], denoised)] + slopes)[:max_order]
+        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        x = step(x, i, denoised, slopes)
+    return x
+
+
 @torch.no_grad()
 def sample_lms(
     model: Denoiser,
@@ -67,17 +93,15 @@ def sample_lms(
 ) -> Tensor:
     """Linear multistep in sigma (k-diffusion's LMS): the slope is interpolated through the last
     ``order`` slopes as a polynomial in sigma and integrated exactly over the step."""
-    extra_args = extra_args or {}
     sigma_values = sigmas.detach().cpu().double().numpy()
-    slopes: list[Tensor] = []
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        slopes = (slopes + [to_d(x, sigmas[i], denoised)])[-order:]
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+
+    def step(x: Tensor, i: int, denoised: Tensor, slopes: list[Tensor]) -> Tensor:
         nodes = sigma_values[i + 1 - len(slopes) : i + 1][::-1]
         weights = _lagrange_weights(nodes, sigma_values[i], sigma_values[i + 1])
-        x = x + sum(w * d for w, d in zip(weights, reversed(slopes)))
-    return x
+        return x + sum(w * d for w, d in zip(weights, slopes))
+
+    # order 0 has always kept every slope (as ``slopes[-0:]`` did)
+    return _linear_multistep(model, x, sigmas, extra_args, callback, disable, order or len(sigmas), step)
 
 
 @torch.no_grad()
@@ -97,15 +121,12 @@ def sample_ipndm(
     """
     if not 1 <= max_order <= len(_ADAMS_BASHFORTH):
         raise ValueError(f"ipndm max_order must be between 1 and {len(_ADAMS_BASHFORTH)}, got {max_order}")
-    extra_args = extra_args or {}
-    slopes: list[Tensor] = []
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        slopes = ([to_d(x, sigmas[i], denoised)] + slopes)[:max_order]
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+
+    def step(x: Tensor, i: int, denoised: Tensor, slopes: list[Tensor]) -> Tensor:
         slope = sum(w * d for w, d in zip(_ADAMS_BASHFORTH[len(slopes) - 1], slopes))
-        x = x + slope * (sigmas[i + 1] - sigmas[i])
-    return x
+        return x + slope * (sigmas[i + 1] - sigmas[i])
+
+    return _linear_multistep(model, x, sigmas, extra_args, callback, disable, max_order, step)
 
 
 def ipndm_v_weights(steps: list[float]) -> list[float]:
@@ -163,20 +184,16 @@ def sample_ipndm_v(
     sigma 0 returns the x0 estimate."""
     if not 1 <= max_order <= 4:
         raise ValueError(f"ipndm_v max_order must be between 1 and 4, got {max_order}")
-    extra_args = extra_args or {}
     sigma_values = sigmas.detach().cpu().double().tolist()
-    slopes: list[Tensor] = []
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        slopes = ([to_d(x, sigmas[i], denoised)] + slopes)[:max_order]
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+
+    def step(x: Tensor, i: int, denoised: Tensor, slopes: list[Tensor]) -> Tensor:
         if sigmas[i + 1] == 0:
-            x = denoised
-            continue
+            return denoised
         steps = [sigma_values[i + 1 - k] - sigma_values[i - k] for k in range(len(slopes))]
         slope = sum(w * d for w, d in zip(ipndm_v_weights(steps), slopes))
-        x = x + slope * (sigmas[i + 1] - sigmas[i])
-    return x
+        return x + slope * (sigmas[i + 1] - sigmas[i])
+
+    return _linear_multistep(model, x, sigmas, extra_args, callback, disable, max_order, step)
 
 
 @torch.no_grad()
@@ -261,15 +278,12 @@ def sample_deis(
     ``dx = eps dsigma``, so a step adds ``sum_j eps_j * integral L_j(t(sigma)) dsigma``. Polynomials
     in t rather than sigma are the paper's point: eps varies smoothly in t.
     """
-    extra_args = extra_args or {}
     sigma_values = sigmas.detach().cpu().double().numpy()
     times = vp_time(sigma_values)
-    slopes: list[Tensor] = []
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = model(x, sigma_batch(sigmas[i], x), **extra_args)
-        slopes = ([to_d(x, sigmas[i], denoised)] + slopes)[:max_order]
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+
+    def step(x: Tensor, i: int, denoised: Tensor, slopes: list[Tensor]) -> Tensor:
         nodes = times[i + 1 - len(slopes) : i + 1][::-1]
         weights = _lagrange_weights(nodes, sigma_values[i], sigma_values[i + 1], vp_time)
-        x = x + sum(w * d for w, d in zip(weights, slopes))
-    return x
+        return x + sum(w * d for w, d in zip(weights, slopes))
+
+    return _linear_multistep(model, x, sigmas, extra_args, callback, disable, max_order, step)

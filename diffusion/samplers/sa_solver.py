@@ -82,6 +82,26 @@ def _adams_combination(estimates: list[Tensor], weights: Tensor) -> Tensor:
     return sum((w * d for w, d in zip(weights.tolist(), estimates)), torch.zeros_like(estimates[0]))
 
 
+def _adams_step(
+    x: Tensor,
+    estimates: list[Tensor],
+    nodes: Tensor,
+    lambda_s: Tensor,
+    lambda_t: Tensor,
+    sigma_s: Tensor,
+    sigma_t: Tensor,
+    tau: float,
+    flow: bool,
+) -> Tensor:
+    """The deterministic part of the SDE's step from ``sigma_s`` to ``sigma_t`` with the x0 estimates at
+    ``nodes``: the predictor takes it from the last estimates, the corrector redoes the same step with the
+    new one included; only the nodes differ."""
+    weights = stochastic_adams_weights(nodes, lambda_s, lambda_t, tau)
+    weights = weights * float(signal_scale(sigma_t, flow))
+    x = sigma_t / sigma_s * (-(tau**2) * (lambda_t - lambda_s)).exp() * x
+    return x + _adams_combination(estimates, weights)
+
+
 @torch.no_grad()
 def sample_sa_solver(
     model: Denoiser,
@@ -111,7 +131,6 @@ def sample_sa_solver(
     lower_order_to_end = float(sigmas[-1]) == 0.0
     estimates: list[Tensor] = []
     x_pred = x
-    h = torch.zeros_like(sigmas[0])
     tau = 0.0
     noise: Tensor | None = None
     for i in trange(steps, disable=disable):
@@ -126,10 +145,10 @@ def sample_sa_solver(
         if order_c == 0:
             x = x_pred
         else:
-            weights = stochastic_adams_weights(lambdas[i - order_c + 1 : i + 1], lambdas[i - 1], lambdas[i], tau)
-            weights = weights * float(signal_scale(sigmas[i], flow))
-            x = sigmas[i] / sigmas[i - 1] * (-(tau**2) * h).exp() * x
-            x = x + _adams_combination(estimates[-order_c:], weights)
+            nodes = lambdas[i - order_c + 1 : i + 1]
+            x = _adams_step(
+                x, estimates[-order_c:], nodes, lambdas[i - 1], lambdas[i], sigmas[i - 1], sigmas[i], tau, flow
+            )
             if noise is not None:
                 x = x + noise
             if use_pece:
@@ -140,13 +159,13 @@ def sample_sa_solver(
             x_pred = denoised
             continue
         tau = tau_of(sigmas[i + 1])
-        weights = stochastic_adams_weights(lambdas[i - order_p + 1 : i + 1], lambdas[i], lambdas[i + 1], tau)
-        weights = weights * float(signal_scale(sigmas[i + 1], flow))
-        h = lambdas[i + 1] - lambdas[i]
-        x_pred = sigmas[i + 1] / sigmas[i] * (-(tau**2) * h).exp() * x
-        x_pred = x_pred + _adams_combination(estimates[-order_p:], weights)
+        nodes = lambdas[i - order_p + 1 : i + 1]
+        x_pred = _adams_step(
+            x, estimates[-order_p:], nodes, lambdas[i], lambdas[i + 1], sigmas[i], sigmas[i + 1], tau, flow
+        )
         noise = None
         if tau > 0 and s_noise > 0:
+            h = lambdas[i + 1] - lambdas[i]
             noise_std = sigmas[i + 1] * (-2 * tau**2 * h).expm1().neg().sqrt() * s_noise
             noise = noise_sampler(sigmas[i], sigmas[i + 1]) * noise_std
             x_pred = x_pred + noise

@@ -109,6 +109,16 @@ class _SeedsStep:
             self.noise = (-2 * r * self.h * self.eta).expm1().neg().sqrt() * self.noise_sampler(self.sigma, sigma_1)
         return sigma_1, self.estimate(self.with_noise(x_1, sigma_1), sigma_1)
 
+    def phi_2_end(self, denoised_r: Tensor, r: float) -> Tensor:
+        """The step's end before its noise, from its first estimate and the one at fraction ``r``, with the
+        exponential-integrator weights ``b_r = phi_2(-h_eta) / r``, ``b_0 = phi_1(-h_eta) - b_r``: SEEDS-2's
+        ``phi_2`` solver and SEEDS-3's last stage are this one update."""
+        b_r = _h_phi_2(-self.h_eta) / r
+        b_0 = _h_phi_1(-self.h_eta) - b_r
+        return self.decayed(self.sigma_next, 1.0) - self.alpha(self.sigma_next) * (
+            b_0 * self.denoised + b_r * denoised_r
+        )
+
 
 def _seeds(
     model: Denoiser,
@@ -161,13 +171,11 @@ def sample_seeds_2(
 
     def stages(step: _SeedsStep) -> Tensor:
         sigma_1, denoised_1 = step.first_stage(r)
-        decayed, alpha_next = step.decayed(step.sigma_next, 1.0), step.alpha(step.sigma_next)
         if solver_type == "phi_1":
+            decayed, alpha_next = step.decayed(step.sigma_next, 1.0), step.alpha(step.sigma_next)
             x = decayed - alpha_next * _h_phi_1(-step.h_eta) * torch.lerp(step.denoised, denoised_1, 1 / (2 * r))
         else:
-            b_1 = _h_phi_2(-step.h_eta) / r
-            b_0 = _h_phi_1(-step.h_eta) - b_1
-            x = decayed - alpha_next * (b_0 * step.denoised + b_1 * denoised_1)
+            x = step.phi_2_end(denoised_1, r)
         if r < 1:  # at r = 1 the substep's noise already covers the whole step
             step.carry_noise(r, 1.0, sigma_1, step.sigma_next)
         return step.with_noise(x, step.sigma_next)
@@ -201,9 +209,7 @@ def sample_seeds_3(
         step.carry_noise(r_1, r_2, sigma_1, sigma_2)
         denoised_2 = step.estimate(step.with_noise(x_2, sigma_2), sigma_2)
 
-        b_2 = _h_phi_2(-step.h_eta) / r_2
-        b_0 = _h_phi_1(-step.h_eta) - b_2
-        x = step.decayed(step.sigma_next, 1.0) - step.alpha(step.sigma_next) * (b_0 * step.denoised + b_2 * denoised_2)
+        x = step.phi_2_end(denoised_2, r_2)
         step.carry_noise(r_2, 1.0, sigma_2, step.sigma_next)
         return step.with_noise(x, step.sigma_next)
 

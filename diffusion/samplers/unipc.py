@@ -43,6 +43,13 @@ def _coefficients(ratios: list[float], h: float, order: int, variant: str) -> tu
     return torch.stack(rows), torch.tensor(b, dtype=torch.float64), b_h
 
 
+def _rho(rows: Tensor, b: Tensor) -> Tensor:
+    """The weights ``rho`` of the differences, from ``rows @ rho = b``; a one-term system takes 0.5 instead
+    of its solution (the reference implementations' rule, for the predictor at order 2 and the corrector
+    at order 1 alike)."""
+    return torch.tensor([0.5]) if len(b) == 1 else torch.linalg.solve(rows, b)
+
+
 def _weighted(weights: Tensor, values: list[Tensor]) -> Tensor | float:
     """``sum_k w_k v_k``; 0 when there are no values (a first-order step has no differences)."""
     return sum(float(w) * v for w, v in zip(weights, values))
@@ -79,10 +86,10 @@ def _sample_unipc(
         rows, b, b_h = _coefficients(ratios, h, step_order, variant)
         x_next = base
         if differences:
-            rho_p = torch.tensor([0.5]) if step_order == 2 else torch.linalg.solve(rows[:-1, :-1], b[:-1])
+            rho_p = _rho(rows[:-1, :-1], b[:-1])
             x_next = base - b_h * _weighted(rho_p, differences)
         m_next = model(x_next, sigma_batch(sigmas[i + 1], x), **extra_args)
-        rho_c = torch.tensor([0.5]) if step_order == 1 else torch.linalg.solve(rows, b)
+        rho_c = _rho(rows, b)
         correction = _weighted(rho_c[:-1], differences) + float(rho_c[-1]) * (m_next - m0)
         x = base - b_h * correction
         history = (history + [(lambdas[i + 1], m_next)])[-order:]
