@@ -57,6 +57,7 @@ __all__ = [
     "BlockShapes",
     "FluxConfig",
     "FluxTransformer",
+    "FluxTrunk",
     "block_shapes",
     "flux_config_from_state_dict",
     "load_flux",
@@ -541,16 +542,21 @@ def _per_sample(value: torch.Tensor | float, batch: int, device: torch.device) -
     return torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1).expand(batch)
 
 
-class FluxTransformer(nn.Module):
-    """`flux(x, timesteps, context, y, guidance=None, ref_latents=None)` -> the flow (velocity) prediction.
+def _sinusoid(value: torch.Tensor | float, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """FLUX's embedding input for a sigma or a guidance scale: 256 sinusoids of it times 1000, one row per sample."""
+    return timestep_embedding(_per_sample(value, batch, device) * _TIME_FACTOR, _SINUSOID_DIM).to(dtype)
 
-    Computes in the dtype of its layers (`dtype`); inputs are cast at the entry and the output is cast back to
-    ``x``'s dtype. The weights may be stored narrower than they compute (`diffusion.stored_weights`).
+
+class FluxTrunk(nn.Module):
+    """The layers FLUX.1 and its ControlNets share, under the same key names: the image and text input
+    projections, the embedders of the conditioning vector, and the double and single blocks.
+
+    Computes in the dtype of its layers (`dtype`); the weights may be stored narrower than they compute
+    (`diffusion.stored_weights`).
     """
 
     def __init__(self, config: FluxConfig) -> None:
         super().__init__()
-        self.config = config
         dim, heads, mlp_hidden = config.hidden_size, config.num_heads, config.mlp_hidden_size
         self.img_in = FusedLinear(config.in_channels, dim)
         self.time_in = MLPEmbedder(_SINUSOID_DIM, dim)
@@ -562,11 +568,42 @@ class FluxTransformer(nn.Module):
         self.single_blocks = nn.ModuleList(
             SingleStreamBlock(dim, heads, mlp_hidden) for _ in range(config.depth_single_blocks)
         )
-        self.final_layer = FinalLayer(dim, config.out_channels)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.img_in.computes_in
+
+    def conditioning_vector(
+        self,
+        timesteps: torch.Tensor | float,
+        guidance: torch.Tensor | float | None,
+        y: torch.Tensor,
+        batch: int,
+        device: torch.device,
+        what: str,
+    ) -> torch.Tensor:
+        """The vector that modulates every block: time, then guidance (guidance-distilled models only, which
+        `what` names in the error when it is missing), then the pooled text ``y`` [B, vec_dim]."""
+        dtype = self.dtype
+        vec = self.time_in(_sinusoid(timesteps, batch, device, dtype))
+        if "guidance_in" in self._modules:
+            if guidance is None:
+                raise ValueError(f"this {what} is guidance-distilled (it has guidance_in): pass guidance")
+            vec = vec + self.guidance_in(_sinusoid(guidance, batch, device, dtype))
+        return vec + self.vector_in(y.to(dtype))
+
+
+class FluxTransformer(FluxTrunk):
+    """`flux(x, timesteps, context, y, guidance=None, ref_latents=None)` -> the flow (velocity) prediction.
+
+    Computes in the dtype of its layers (`dtype`); inputs are cast at the entry and the output is cast back to
+    ``x``'s dtype. The weights may be stored narrower than they compute (`diffusion.stored_weights`).
+    """
+
+    def __init__(self, config: FluxConfig) -> None:
+        super().__init__(config)
+        self.config = config
+        self.final_layer = FinalLayer(config.hidden_size, config.out_channels)
 
     def forward(
         self,
@@ -603,15 +640,7 @@ class FluxTransformer(nn.Module):
         batch, _, height, width = x.shape
         out_dtype, dtype, device = x.dtype, self.dtype, x.device
 
-        vec = self.time_in(
-            timestep_embedding(_per_sample(timesteps, batch, device) * _TIME_FACTOR, _SINUSOID_DIM).to(dtype)
-        )
-        if config.guidance_embed:
-            if guidance is None:
-                raise ValueError("this FLUX model is guidance-distilled (it has guidance_in): pass guidance")
-            scale = _per_sample(guidance, batch, device) * _TIME_FACTOR
-            vec = vec + self.guidance_in(timestep_embedding(scale, _SINUSOID_DIM).to(dtype))
-        vec = vec + self.vector_in(y.to(dtype))
+        vec = self.conditioning_vector(timesteps, guidance, y, batch, device, "FLUX model")
         txt = self.txt_in(context.to(dtype))
 
         rows, cols = _to_tokens(height), _to_tokens(width)

@@ -48,19 +48,16 @@ from torch import nn
 from diffusion.dit_diffusers_layout import OriginalLayer, flux_diffusers_layers
 from diffusion.flux import (
     PATCH,
-    DoubleStreamBlock,
     FluxConfig,
     FluxTransformer,
-    MLPEmbedder,
+    FluxTrunk,
     RotaryEmbedding,
-    SingleStreamBlock,
     image_position_ids,
     pad_to_patches,
     patchify,
 )
 from diffusion.fused_linear import FusedLinear
 from diffusion.packed_conv import PackedConv2d
-from diffusion.unet import timestep_embedding
 from diffusion.unet_config import CheckpointLayoutError, load_exact, require_key
 
 __all__ = [
@@ -81,8 +78,6 @@ __all__ = [
 FluxControlNetStyle = Literal["instantx", "xlabs"]
 
 _COMPONENT = "FLUX ControlNet"
-_SINUSOID_DIM = 256
-_TIME_FACTOR = 1000.0
 _DEFAULT_AXES_DIM = (16, 56, 56)
 HINT_WIDTH = 16  # XLabs' input_hint_block works at 16 channels throughout
 _HINT_STRIDES = (1, 1, 2, 1, 2, 1, 2, 1)  # its eight convolutions, at indices 0, 2, ..., 14 (SiLUs between)
@@ -235,18 +230,45 @@ def _diffusers_blocks_config(state_dict: Mapping[str, torch.Tensor], axes_dim: t
     prefix = "transformer_blocks.0." if depth else "single_transformer_blocks.0."
     head_dim = int(required(f"{prefix}attn.norm_q.weight").shape[0])
     mlp = required("transformer_blocks.0.ff.net.0.proj.weight" if depth else f"{prefix}proj_mlp.weight")
-    return FluxConfig(
+    return _blocks_config(
+        hidden=int(hidden),
         in_channels=int(in_channels),
-        out_channels=int(in_channels),
-        hidden_size=int(hidden),
-        num_heads=int(hidden) // head_dim,
-        depth=depth,
-        depth_single_blocks=single,
+        head_dim=head_dim,
+        blocks=(depth, single),
         context_dim=int(required("context_embedder.weight").shape[1]),
         vec_dim=int(required("time_text_embed.text_embedder.linear_1.weight").shape[1]),
         guidance_embed="time_text_embed.guidance_embedder.linear_1.weight" in state_dict,
+        mlp_width=int(mlp.shape[0]),
+        axes_dim=axes_dim,
+    )
+
+
+def _blocks_config(
+    *,
+    hidden: int,
+    in_channels: int,
+    head_dim: int,
+    blocks: tuple[int, int],
+    context_dim: int,
+    vec_dim: int,
+    guidance_embed: bool,
+    mlp_width: int,
+    axes_dim: tuple[int, ...] | None,
+) -> FluxConfig:
+    """The transformer part of a ControlNet from what its file's shapes say, in either key layout; ``blocks``
+    is (double, single)."""
+    return FluxConfig(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        hidden_size=hidden,
+        num_heads=hidden // head_dim,
+        depth=blocks[0],
+        depth_single_blocks=blocks[1],
+        context_dim=context_dim,
+        vec_dim=vec_dim,
+        guidance_embed=guidance_embed,
         axes_dim=_axes_for(head_dim, axes_dim),
-        mlp_ratio=int(mlp.shape[0]) / int(hidden),
+        mlp_ratio=mlp_width / hidden,
     )
 
 
@@ -270,18 +292,16 @@ def flux_controlnet_config_from_state_dict(
     else:
         head_dim = int(required("single_blocks.0.norm.query_norm.scale").shape[0])
         mlp_width = int(required("single_blocks.0.linear1.weight").shape[0]) - 3 * int(hidden)
-    blocks = FluxConfig(
+    blocks = _blocks_config(
+        hidden=int(hidden),
         in_channels=int(in_channels),
-        out_channels=int(in_channels),
-        hidden_size=int(hidden),
-        num_heads=int(hidden) // head_dim,
-        depth=depth,
-        depth_single_blocks=single,
+        head_dim=head_dim,
+        blocks=(depth, single),
         context_dim=int(required("txt_in.weight").shape[1]),
         vec_dim=int(required("vector_in.in_layer.weight").shape[1]),
         guidance_embed="guidance_in.in_layer.weight" in state_dict,
-        axes_dim=_axes_for(head_dim, axes_dim),
-        mlp_ratio=mlp_width / int(hidden),
+        mlp_width=mlp_width,
+        axes_dim=axes_dim,
     )
     modes = state_dict.get("controlnet_mode_embedder.weight")
     return FluxControlNetConfig(
@@ -417,27 +437,17 @@ def _hint_block() -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-class FluxControlNet(nn.Module):
+class FluxControlNet(FluxTrunk):
     """`controlnet(x, hint, timesteps, context, y, guidance, transformer=flux)` -> `BlockResiduals` for `flux`.
 
     Computes in its parameters' dtype, like `FluxTransformer`; the residuals come back in x's dtype.
     """
 
     def __init__(self, config: FluxControlNetConfig) -> None:
-        super().__init__()
+        super().__init__(config.blocks)
         self.config = config
         blocks = config.blocks
-        dim, heads, mlp_hidden = blocks.hidden_size, blocks.num_heads, blocks.mlp_hidden_size
-        self.img_in = FusedLinear(blocks.in_channels, dim)
-        self.time_in = MLPEmbedder(_SINUSOID_DIM, dim)
-        self.vector_in = MLPEmbedder(blocks.vec_dim, dim)
-        if blocks.guidance_embed:
-            self.guidance_in = MLPEmbedder(_SINUSOID_DIM, dim)
-        self.txt_in = FusedLinear(blocks.context_dim, dim)
-        self.double_blocks = nn.ModuleList(DoubleStreamBlock(dim, heads, mlp_hidden) for _ in range(blocks.depth))
-        self.single_blocks = nn.ModuleList(
-            SingleStreamBlock(dim, heads, mlp_hidden) for _ in range(blocks.depth_single_blocks)
-        )
+        dim = blocks.hidden_size
         self.controlnet_blocks = nn.ModuleList(FusedLinear(dim, dim) for _ in range(blocks.depth))
         self.controlnet_single_blocks = nn.ModuleList(FusedLinear(dim, dim) for _ in range(blocks.depth_single_blocks))
         self.pos_embed_input = FusedLinear(config.hint_features, dim)
@@ -445,10 +455,6 @@ class FluxControlNet(nn.Module):
             self.controlnet_mode_embedder = nn.Embedding(config.union_modes, dim)
         if config.style == "xlabs":
             self.input_hint_block = _hint_block()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.img_in.computes_in
 
     def forward(
         self,
@@ -483,12 +489,7 @@ class FluxControlNet(nn.Module):
         control = patchify(pad_to_patches(hint.to(dtype)))
         img = self.img_in(tokens) + self.pos_embed_input(control)
 
-        vec = self.time_in(_sinusoid(timesteps, batch, device, dtype))
-        if blocks.guidance_embed:
-            if guidance is None:
-                raise ValueError("this FLUX ControlNet is guidance-distilled (it has guidance_in): pass guidance")
-            vec = vec + self.guidance_in(_sinusoid(guidance, batch, device, dtype))
-        vec = vec + self.vector_in(y.to(dtype))
+        vec = self.conditioning_vector(timesteps, guidance, y, batch, device, "FLUX ControlNet")
         txt = self.txt_in(context.to(dtype))
         if mode is not None:
             embedded = self.controlnet_mode_embedder(torch.tensor([mode], device=device)).to(dtype)
@@ -551,12 +552,6 @@ class FluxControlNet(nn.Module):
                 f"{tuple(x.shape)}, got {tuple(hint.shape)}"
             )
         return hint.expand(x.shape[0], -1, -1, -1)
-
-
-def _sinusoid(value: torch.Tensor | float, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """FLUX's embedding input: 256 sinusoids of the value times 1000, one row per sample."""
-    values = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1).expand(batch)
-    return timestep_embedding(values * _TIME_FACTOR, _SINUSOID_DIM).to(dtype)
 
 
 # ---------------------------------------------------------------- loading
