@@ -11,7 +11,7 @@ five double and three single blocks, so that two ControlNet residuals must sprea
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -149,6 +149,22 @@ def ids(latent: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def twin_with_residuals(twin: Any, case: dict[str, torch.Tensor], double: Any, **extra: Any) -> torch.Tensor:
+    """diffusers' FLUX transformer on ``case`` with ControlNet residuals (``extra``: the single-block ones, or
+    ``controlnet_blocks_repeat``), unpacked to a latent like Loom's output."""
+    out = twin(
+        hidden_states=packed(case["x"]),
+        encoder_hidden_states=case["context"],
+        pooled_projections=case["y"],
+        timestep=case["sigmas"],
+        guidance=case["guidance"],
+        controlnet_block_samples=double,
+        **extra,
+        **ids(case["x"]),
+    ).sample
+    return FluxPipeline._unpack_latents(out, 48, 80, 8)
+
+
 def run_reference(reference: FluxControlNetModel, hint: torch.Tensor, case: dict[str, torch.Tensor], **extra):
     out = reference(
         hidden_states=packed(case["x"]),
@@ -215,17 +231,7 @@ def test_flux_adds_double_and_single_residuals_to_the_image_tokens_as_diffusers_
         actual = flux(case["x"], case["sigmas"], case["context"], case["y"], case["guidance"], control=residuals)
         plain = flux(case["x"], case["sigmas"], case["context"], case["y"], case["guidance"])
         double, single = run_reference(reference, packed(case["latent_hint"].expand(2, -1, -1, -1)), case)
-        out = twin(
-            hidden_states=packed(case["x"]),
-            encoder_hidden_states=case["context"],
-            pooled_projections=case["y"],
-            timestep=case["sigmas"],
-            guidance=case["guidance"],
-            controlnet_block_samples=double,
-            controlnet_single_block_samples=single,
-            **ids(case["x"]),
-        ).sample
-    expected = FluxPipeline._unpack_latents(out, 48, 80, 8)
+        expected = twin_with_residuals(twin, case, double, controlnet_single_block_samples=single)
     assert (actual - plain).abs().max() > 0.1
     assert_close(actual, expected)
 
@@ -306,17 +312,8 @@ def test_flux_adds_xlabs_residuals_as_diffusers_does_with_blocks_repeated(transf
         residuals = run_controlnet(model, case["image_hint"], case, flux)
         actual = flux(case["x"], case["sigmas"], case["context"], case["y"], case["guidance"], control=residuals)
         double, _ = run_reference(reference, case["image_hint"].expand(2, -1, -1, -1) * 2 - 1, case)
-        out = twin(
-            hidden_states=packed(case["x"]),
-            encoder_hidden_states=case["context"],
-            pooled_projections=case["y"],
-            timestep=case["sigmas"],
-            guidance=case["guidance"],
-            controlnet_block_samples=double,
-            controlnet_blocks_repeat=True,
-            **ids(case["x"]),
-        ).sample
-    assert_close(actual, FluxPipeline._unpack_latents(out, 48, 80, 8))
+        expected = twin_with_residuals(twin, case, double, controlnet_blocks_repeat=True)
+    assert_close(actual, expected)
 
 
 def test_xlabs_hint_block_is_eight_convolutions_three_strided(xlabs):
