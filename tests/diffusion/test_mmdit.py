@@ -21,6 +21,7 @@ from diffusers.models.attention import FeedForward
 from diffusion.mmdit import MMDiT, MMDiTConfig, StreamMLP, load_mmdit, mmdit_config_from_state_dict
 from diffusion.model_memory import place
 from diffusion.unet_config import CheckpointLayoutError
+from tests.diffusion.random_weights import original_state_dict
 
 TOLERANCE = 1e-4
 CONTEXT_DIM = 32
@@ -118,7 +119,7 @@ def _original_layout_weights(config: MMDiTConfig, seed: int = 0) -> dict[str, to
             if name.endswith(("ln_q.weight", "ln_k.weight")):
                 parameter.copy_(1 + 0.3 * torch.randn_like(parameter))
         model.pos_embed.copy_(0.5 * torch.randn_like(model.pos_embed))
-    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    return original_state_dict(model)
 
 
 def _converted_by_diffusers(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

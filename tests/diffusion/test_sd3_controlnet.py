@@ -30,6 +30,7 @@ from diffusion.sd3_controlnet import (
 )
 from diffusion.tiny_parts import tiny_mmdit_config
 from diffusion.unet_config import CheckpointLayoutError
+from tests.diffusion.random_weights import original_state_dict
 
 TOLERANCE = 1e-5
 HIDDEN, HEADS, DEPTH, CONTROL_DEPTH = 128, 2, 4, 2  # 64-wide heads, as the loader reads them
@@ -98,8 +99,8 @@ def diffusers_transformer(model: MMDiT) -> SD3Transformer2DModel:
         pos_embed_max_size=16,
         qk_norm="rms_norm",
     )
-    weights = {key: tensor.clone() for key, tensor in model.state_dict().items()}
-    reference.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(weights), strict=True)
+    converted = convert_sd3_transformer_checkpoint_to_diffusers(original_state_dict(model))
+    reference.load_state_dict(converted, strict=True)
     return reference.eval().requires_grad_(False)
 
 
