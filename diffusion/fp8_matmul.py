@@ -3,10 +3,11 @@
 An fp8 or scaled-fp8 checkpoint (``diffusion.stored_weights``) otherwise upcasts each weight to bf16/fp16
 at every call and multiplies in that dtype: the memory is halved, the arithmetic is not. GPUs with fp8
 tensor cores (compute capability 8.9 and up: Ada, Hopper) multiply fp8 by fp8 directly through
-``torch._scaled_mm``, at about twice the bf16 rate. The activations are quantised for it, per tensor: scaled
+``torch._scaled_mm``, at twice the bf16 rate on paper (measured by ``bench/models.py --device cuda``,
+``flux_full``). The activations are quantised for it, per tensor: scaled
 so their largest magnitude lands on e4m3's largest finite value (448), rounded to e4m3. That rounding
 (3 mantissa bits) is the cost: measured against the upcast path on random layers, the relative error of the
-output is about 2-3 % (tests/diffusion/test_fp8_matmul.py bounds it at 5 %), the trade ComfyUI offers as
+output stays under 5 % (tests/diffusion/test_fp8_matmul.py), the trade ComfyUI offers as
 ``--fast fp8_matrix_mult``. Shapes fp8 matmul cannot take (an input or output width that is not a multiple
 of 16), e5m2 weights and the UNet's GEGLU projection (split into two halves) keep the upcast path.
 """
